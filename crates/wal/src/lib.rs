@@ -1,0 +1,40 @@
+//! The byte formats of lifeboat, without I/O.
+//!
+//! Roles:
+//! - [`sqlite`] reads SQLite's own write-ahead log: the 32-byte [`sqlite::WalHeader`], the frame
+//!   headers, and the cumulative frame checksum that tells a valid frame from a stale or torn one.
+//! - [`segment`] encodes and decodes a *segment*: a run of whole committed transactions, as the
+//!   original WAL frames, LZ4-compressed, with a commit table and a CRC32 over the object.
+//! - [`snapshot`] streams a *snapshot*: a full database image in LZ4-compressed chunks, with a
+//!   CRC32 over the object.
+//! - [`checksum`] is the rolling database checksum (XOR of per-page hashes) that every snapshot and
+//!   every commit records, so a restore can prove it rebuilt the database bit for bit.
+//! - [`types`] holds the domain values ([`Generation`], [`TxId`]) that appear in keys and headers.
+//!
+//! Nothing here touches the file system, the network or a logger: callers hand in byte slices or
+//! `io::Read`/`io::Write` values. `docs/format.md` in the repository describes every byte.
+//!
+//! ```
+//! use lifeboat_wal::checksum::PageHashes;
+//! let mut db = PageHashes::new(4096);
+//! db.set_page(1, &[0u8; 4096]);
+//! assert_ne!(db.checksum().0, 0);
+//! ```
+#![deny(missing_docs)]
+
+pub mod checksum;
+mod error;
+pub mod segment;
+pub mod snapshot;
+pub mod sqlite;
+pub mod types;
+
+pub use checksum::DbChecksum;
+pub use error::Error;
+pub use types::{Generation, TxId};
+
+/// The version of the replica format this crate writes. Readers refuse newer versions.
+pub const FORMAT_VERSION: u16 = 1;
+
+/// Result alias for this crate.
+pub type Result<T, E = Error> = std::result::Result<T, E>;
