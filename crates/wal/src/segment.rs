@@ -211,13 +211,19 @@ impl SegmentHeader {
             return Err(Error::corrupt(16, "segment holds no commit"));
         }
         if h.last_txid.0 - h.first_txid.0 + 1 != u64::from(h.commit_count) {
-            return Err(Error::corrupt(40, "commit count does not match the txid range"));
+            return Err(Error::corrupt(
+                40,
+                "commit count does not match the txid range",
+            ));
         }
         let frame_size = (FRAME_HEADER_SIZE + h.page_size as usize) as u64;
         let expect_raw = u64::from(h.commit_count) * COMMIT_RECORD_SIZE as u64
             + u64::from(h.frame_count) * frame_size;
         if h.raw_len != expect_raw {
-            return Err(Error::corrupt(136, "body length does not match frame count"));
+            return Err(Error::corrupt(
+                136,
+                "body length does not match frame count",
+            ));
         }
         Ok(h)
     }
@@ -297,7 +303,10 @@ impl Segment {
         }
         let table_len = h.commit_count as usize * COMMIT_RECORD_SIZE;
         let mut commits = Vec::with_capacity(h.commit_count as usize);
-        for (i, r) in raw[..table_len].chunks_exact(COMMIT_RECORD_SIZE).enumerate() {
+        for (i, r) in raw[..table_len]
+            .chunks_exact(COMMIT_RECORD_SIZE)
+            .enumerate()
+        {
             let c = CommitRecord {
                 txid: TxId(get64(r, 0)),
                 time_ms: get64(r, 8),
@@ -371,14 +380,12 @@ impl Segment {
 
     /// The frames as `(frame header, page)` pairs.
     pub fn frames(&self) -> impl Iterator<Item = (FrameHeader, &[u8])> {
-        self.frames
-            .chunks_exact(self.header.frame_size())
-            .map(|f| {
-                (
-                    FrameHeader::parse(f).expect("verified frame"),
-                    &f[FRAME_HEADER_SIZE..],
-                )
-            })
+        self.frames.chunks_exact(self.header.frame_size()).map(|f| {
+            (
+                FrameHeader::parse(f).expect("verified frame"),
+                &f[FRAME_HEADER_SIZE..],
+            )
+        })
     }
 
     /// The frames grouped by transaction: `(commit record, frames of that transaction)`.
@@ -475,7 +482,10 @@ mod tests {
         assert_eq!(d.commits, s.commits);
         assert_eq!(d.frames, s.frames);
         assert_eq!(d.transactions().count(), 2);
-        assert_eq!(d.frames().map(|(h, _)| h.pgno).collect::<Vec<_>>(), [1, 2, 1]);
+        assert_eq!(
+            d.frames().map(|(h, _)| h.pgno).collect::<Vec<_>>(),
+            [1, 2, 1]
+        );
     }
 
     #[test]
@@ -484,7 +494,10 @@ mod tests {
         for i in 0..bytes.len() {
             let mut b = bytes.clone();
             b[i] ^= 0x10;
-            assert!(Segment::decode(&b).is_err(), "flip at byte {i} not detected");
+            assert!(
+                Segment::decode(&b).is_err(),
+                "flip at byte {i} not detected"
+            );
         }
     }
 

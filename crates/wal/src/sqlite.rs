@@ -212,7 +212,11 @@ pub fn check_frame(
         return Ok(Err(FrameFault::BadPageNumber));
     }
     let c = wal_checksum(hdr.big_endian, prev, &frame[..8]);
-    let c = wal_checksum(hdr.big_endian, c, &frame[FRAME_HEADER_SIZE..hdr.frame_size()]);
+    let c = wal_checksum(
+        hdr.big_endian,
+        c,
+        &frame[FRAME_HEADER_SIZE..hdr.frame_size()],
+    );
     if c != fh.checksum {
         return Ok(Err(FrameFault::ChecksumMismatch));
     }

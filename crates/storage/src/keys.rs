@@ -1,0 +1,198 @@
+//! Every object key, built and parsed here and nowhere else.
+//!
+//! ```text
+//! generations/<generation>/snapshots/<txid>-<time_ms>.lbsnap
+//! generations/<generation>/segments/<first_txid>-<last_txid>-<last_time_ms>.lbseg
+//! ```
+//! All numbers are 16 lower-case hex digits, so a listing is in chronological order. The time in
+//! the key is when the agent saw the last transaction, which lets a point-in-time restore choose
+//! its objects from one listing, without reading any object header.
+
+use std::fmt;
+
+use lifeboat_wal::{Generation, TxId};
+
+/// Prefix of all generations.
+pub const GENERATIONS: &str = "generations/";
+
+/// Prefix of one generation.
+pub fn generation_prefix(g: Generation) -> String {
+    format!("{GENERATIONS}{g}/")
+}
+
+/// Prefix of a generation's snapshots.
+pub fn snapshots_prefix(g: Generation) -> String {
+    format!("{GENERATIONS}{g}/snapshots/")
+}
+
+/// Prefix of a generation's segments.
+pub fn segments_prefix(g: Generation) -> String {
+    format!("{GENERATIONS}{g}/segments/")
+}
+
+/// A parsed object key.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Key {
+    /// A snapshot: the database after transaction `txid`.
+    Snapshot {
+        /// Generation.
+        generation: Generation,
+        /// State after this transaction.
+        txid: TxId,
+        /// When the state was current (Unix ms).
+        time_ms: u64,
+    },
+    /// A segment: transactions `first..=last`.
+    Segment {
+        /// Generation.
+        generation: Generation,
+        /// First transaction.
+        first: TxId,
+        /// Last transaction.
+        last: TxId,
+        /// When the agent saw the last transaction (Unix ms).
+        time_ms: u64,
+    },
+}
+
+impl Key {
+    /// The generation the object belongs to.
+    pub fn generation(&self) -> Generation {
+        match *self {
+            Key::Snapshot { generation, .. } | Key::Segment { generation, .. } => generation,
+        }
+    }
+
+    /// Parses a key; `None` for anything that is not a snapshot or segment key.
+    pub fn parse(key: &str) -> Option<Key> {
+        let rest = key.strip_prefix(GENERATIONS)?;
+        let (g, rest) = rest.split_once('/')?;
+        let generation: Generation = g.parse().ok()?;
+        if let Some(name) = rest.strip_prefix("snapshots/") {
+            let stem = name.strip_suffix(".lbsnap")?;
+            let (t, ms) = stem.split_once('-')?;
+            return Some(Key::Snapshot {
+                generation,
+                txid: t.parse().ok()?,
+                time_ms: parse_hex(ms)?,
+            });
+        }
+        if let Some(name) = rest.strip_prefix("segments/") {
+            let stem = name.strip_suffix(".lbseg")?;
+            let mut it = stem.split('-');
+            let first: TxId = it.next()?.parse().ok()?;
+            let last: TxId = it.next()?.parse().ok()?;
+            let time_ms = parse_hex(it.next()?)?;
+            if it.next().is_some() || last < first {
+                return None;
+            }
+            return Some(Key::Segment {
+                generation,
+                first,
+                last,
+                time_ms,
+            });
+        }
+        None
+    }
+}
+
+fn parse_hex(s: &str) -> Option<u64> {
+    if s.len() != 16 {
+        return None;
+    }
+    u64::from_str_radix(s, 16).ok()
+}
+
+impl fmt::Display for Key {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match *self {
+            Key::Snapshot {
+                generation,
+                txid,
+                time_ms,
+            } => write!(
+                f,
+                "{}{txid}-{time_ms:016x}.lbsnap",
+                snapshots_prefix(generation)
+            ),
+            Key::Segment {
+                generation,
+                first,
+                last,
+                time_ms,
+            } => write!(
+                f,
+                "{}{first}-{last}-{time_ms:016x}.lbseg",
+                segments_prefix(generation)
+            ),
+        }
+    }
+}
+
+/// The generation named by a key under [`GENERATIONS`], if any.
+pub fn generation_of(key: &str) -> Option<Generation> {
+    key.strip_prefix(GENERATIONS)?
+        .split_once('/')?
+        .0
+        .parse()
+        .ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn round_trip() {
+        let keys = [
+            Key::Snapshot {
+                generation: Generation(0xabc),
+                txid: TxId(5),
+                time_ms: 1_700_000_000_000,
+            },
+            Key::Segment {
+                generation: Generation(0xabc),
+                first: TxId(6),
+                last: TxId(9),
+                time_ms: 1_700_000_000_123,
+            },
+        ];
+        for k in keys {
+            let s = k.to_string();
+            assert_eq!(Key::parse(&s), Some(k), "{s}");
+            assert_eq!(generation_of(&s), Some(Generation(0xabc)));
+        }
+    }
+
+    #[test]
+    fn listing_order_is_txid_order() {
+        let a = Key::Segment {
+            generation: Generation(1),
+            first: TxId(9),
+            last: TxId(15),
+            time_ms: 2,
+        }
+        .to_string();
+        let b = Key::Segment {
+            generation: Generation(1),
+            first: TxId(16),
+            last: TxId(16),
+            time_ms: 1,
+        }
+        .to_string();
+        assert!(a < b);
+    }
+
+    #[test]
+    fn rejects_foreign_keys() {
+        for k in [
+            "generations/xyz/segments/a.lbseg",
+            "other/file",
+            "generations/0000000000000001/segments/0000000000000002-0000000000000001-0000000000000000.lbseg",
+            "generations/0000000000000001/snapshots/0000000000000002.lbsnap",
+        ] {
+            assert_eq!(Key::parse(k), None, "{k}");
+        }
+    }
+}

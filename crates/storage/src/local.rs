@@ -1,0 +1,318 @@
+//! A replica in a local folder (another disk, a mounted network share, a test directory).
+//!
+//! Every write goes to a temporary file in the target folder, is fsynced, then linked into place
+//! with `link(2)`, which fails if the name exists: that makes the write atomic and create-only at
+//! once. The temporary name is then removed and the folder fsynced, so a crash leaves either no
+//! object or the whole object, never a part.
+
+use std::fs::{self, File};
+use std::io::{self, Read, Seek, SeekFrom, Write};
+use std::ops::Range;
+use std::path::{Path, PathBuf};
+
+use async_trait::async_trait;
+use bytes::Bytes;
+
+use crate::{Error, ObjectMeta, PutOutcome, ReplicaClient, Result};
+
+const TMP_PREFIX: &str = ".tmp-";
+
+/// A replica rooted at a local folder.
+#[derive(Clone, Debug)]
+pub struct LocalClient {
+    root: PathBuf,
+}
+
+impl LocalClient {
+    /// A client for the folder `root`, created on first write if missing.
+    pub fn new(root: impl Into<PathBuf>) -> Self {
+        LocalClient { root: root.into() }
+    }
+
+    /// The folder.
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    fn path(&self, key: &str) -> Result<PathBuf> {
+        if key.is_empty()
+            || key.starts_with('/')
+            || key
+                .split('/')
+                .any(|c| c == ".." || c == "." || c.is_empty())
+        {
+            return Err(Error::Backend {
+                op: "resolve",
+                key: key.into(),
+                message: "invalid object key".into(),
+                transient: false,
+            });
+        }
+        Ok(self.root.join(key))
+    }
+}
+
+enum Source<'a> {
+    Bytes(&'a [u8]),
+    File(&'a Path),
+}
+
+fn fsync_dir(dir: &Path) -> io::Result<()> {
+    File::open(dir)?.sync_all()
+}
+
+/// Creates `dir` and any missing parents, fsyncing each parent of a created folder.
+fn create_dirs(dir: &Path) -> io::Result<()> {
+    if dir.is_dir() {
+        return Ok(());
+    }
+    if let Some(parent) = dir.parent() {
+        create_dirs(parent)?;
+    }
+    match fs::create_dir(dir) {
+        Ok(()) => {
+            if let Some(parent) = dir.parent() {
+                fsync_dir(parent)?;
+            }
+            Ok(())
+        }
+        Err(e) if e.kind() == io::ErrorKind::AlreadyExists => Ok(()),
+        Err(e) => Err(e),
+    }
+}
+
+fn same_content(existing: &Path, src: &Source<'_>) -> io::Result<bool> {
+    let mut a = File::open(existing)?;
+    match src {
+        Source::Bytes(b) => {
+            if a.metadata()?.len() != b.len() as u64 {
+                return Ok(false);
+            }
+            let mut buf = Vec::with_capacity(b.len());
+            a.read_to_end(&mut buf)?;
+            Ok(buf == *b)
+        }
+        Source::File(p) => {
+            let mut b = File::open(p)?;
+            if a.metadata()?.len() != b.metadata()?.len() {
+                return Ok(false);
+            }
+            let (mut x, mut y) = (vec![0u8; 1 << 16], vec![0u8; 1 << 16]);
+            loop {
+                let n = a.read(&mut x)?;
+                if n == 0 {
+                    return Ok(true);
+                }
+                b.read_exact(&mut y[..n])?;
+                if x[..n] != y[..n] {
+                    return Ok(false);
+                }
+            }
+        }
+    }
+}
+
+fn put_blocking(path: &Path, src: Source<'_>) -> io::Result<PutOutcome> {
+    let dir = path.parent().expect("object path has a parent");
+    create_dirs(dir)?;
+    let name = path.file_name().expect("file name").to_string_lossy();
+    let tmp = dir.join(format!("{TMP_PREFIX}{name}-{:016x}", rand::random::<u64>()));
+    let result = (|| {
+        let mut f = File::options().write(true).create_new(true).open(&tmp)?;
+        match &src {
+            Source::Bytes(b) => f.write_all(b)?,
+            Source::File(p) => {
+                io::copy(&mut File::open(p)?, &mut f)?;
+            }
+        }
+        f.sync_all()?;
+        drop(f);
+        match fs::hard_link(&tmp, path) {
+            Ok(()) => Ok(PutOutcome::Created),
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
+                if same_content(path, &src)? {
+                    Ok(PutOutcome::AlreadyExisted)
+                } else {
+                    Err(io::Error::new(io::ErrorKind::AlreadyExists, "conflict"))
+                }
+            }
+            Err(e) => Err(e),
+        }
+    })();
+    let _ = fs::remove_file(&tmp);
+    let outcome = result?;
+    fsync_dir(dir)?;
+    Ok(outcome)
+}
+
+fn walk(root: &Path, dir: &Path, out: &mut Vec<ObjectMeta>) -> io::Result<()> {
+    let entries = match fs::read_dir(dir) {
+        Ok(e) => e,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => return Err(e),
+    };
+    for entry in entries {
+        let entry = entry?;
+        let name = entry.file_name();
+        if name.to_string_lossy().starts_with(TMP_PREFIX) {
+            continue;
+        }
+        let ft = entry.file_type()?;
+        let path = entry.path();
+        if ft.is_dir() {
+            walk(root, &path, out)?;
+        } else if ft.is_file() {
+            let rel = path.strip_prefix(root).expect("under root");
+            let key = rel
+                .components()
+                .map(|c| c.as_os_str().to_string_lossy())
+                .collect::<Vec<_>>()
+                .join("/");
+            out.push(ObjectMeta {
+                key,
+                size: entry.metadata()?.len(),
+            });
+        }
+    }
+    Ok(())
+}
+
+async fn blocking<T: Send + 'static>(
+    op: &'static str,
+    key: &str,
+    f: impl FnOnce() -> io::Result<T> + Send + 'static,
+) -> Result<T> {
+    let key_owned = key.to_string();
+    match tokio::task::spawn_blocking(f).await {
+        Ok(Ok(v)) => Ok(v),
+        Ok(Err(e)) if e.kind() == io::ErrorKind::NotFound => {
+            Err(Error::NotFound { key: key_owned })
+        }
+        Ok(Err(e)) if e.kind() == io::ErrorKind::AlreadyExists && op == "put" => {
+            Err(Error::Conflict { key: key_owned })
+        }
+        Ok(Err(e)) => Err(Error::io(op, key_owned, e)),
+        Err(e) => Err(Error::Backend {
+            op,
+            key: key_owned,
+            message: format!("worker failed: {e}"),
+            transient: false,
+        }),
+    }
+}
+
+#[async_trait]
+impl ReplicaClient for LocalClient {
+    fn describe(&self) -> String {
+        format!("file://{}", self.root.display())
+    }
+
+    async fn put(&self, key: &str, data: Bytes) -> Result<PutOutcome> {
+        let path = self.path(key)?;
+        blocking("put", key, move || {
+            put_blocking(&path, Source::Bytes(&data))
+        })
+        .await
+    }
+
+    async fn put_file(&self, key: &str, src: &Path) -> Result<PutOutcome> {
+        let path = self.path(key)?;
+        let src = src.to_path_buf();
+        blocking("put", key, move || put_blocking(&path, Source::File(&src))).await
+    }
+
+    async fn get(&self, key: &str) -> Result<Bytes> {
+        let path = self.path(key)?;
+        blocking("get", key, move || fs::read(path).map(Bytes::from)).await
+    }
+
+    async fn get_range(&self, key: &str, range: Range<u64>) -> Result<Bytes> {
+        let path = self.path(key)?;
+        blocking("get", key, move || {
+            let mut f = File::open(path)?;
+            f.seek(SeekFrom::Start(range.start))?;
+            let mut buf = Vec::new();
+            f.take(range.end.saturating_sub(range.start))
+                .read_to_end(&mut buf)?;
+            Ok(Bytes::from(buf))
+        })
+        .await
+    }
+
+    async fn get_to_file(&self, key: &str, dest: &Path) -> Result<u64> {
+        let path = self.path(key)?;
+        let dest = dest.to_path_buf();
+        blocking("get", key, move || {
+            let mut src = File::open(path)?;
+            let mut out = File::create(dest)?;
+            let n = io::copy(&mut src, &mut out)?;
+            out.sync_all()?;
+            Ok(n)
+        })
+        .await
+    }
+
+    async fn list(&self, prefix: &str) -> Result<Vec<ObjectMeta>> {
+        let root = self.root.clone();
+        let prefix_owned = prefix.to_string();
+        // Walk only the deepest folder that the prefix names in full.
+        let start = match prefix.rfind('/') {
+            Some(i) => root.join(&prefix[..i]),
+            None => root.clone(),
+        };
+        blocking("list", prefix, move || {
+            let mut out = Vec::new();
+            walk(&root, &start, &mut out)?;
+            out.retain(|o| o.key.starts_with(&prefix_owned));
+            out.sort_by(|a, b| a.key.cmp(&b.key));
+            Ok(out)
+        })
+        .await
+    }
+
+    async fn delete(&self, key: &str) -> Result<()> {
+        let path = self.path(key)?;
+        blocking("delete", key, move || {
+            match fs::remove_file(&path) {
+                Ok(()) => {}
+                Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
+                Err(e) => return Err(e),
+            }
+            fsync_dir(path.parent().expect("parent"))
+        })
+        .await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn passes_conformance() {
+        let dir = tempfile::tempdir().unwrap();
+        let c = LocalClient::new(dir.path().join("replica"));
+        crate::conformance::check(&c).await;
+    }
+
+    #[tokio::test]
+    async fn leaves_no_temporary_files() {
+        let dir = tempfile::tempdir().unwrap();
+        let c = LocalClient::new(dir.path());
+        c.put("a/b", Bytes::from_static(b"x")).await.unwrap();
+        let _ = c.put("a/b", Bytes::from_static(b"y")).await;
+        let names: Vec<_> = fs::read_dir(dir.path().join("a"))
+            .unwrap()
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .collect();
+        assert_eq!(names, ["b"]);
+    }
+
+    #[tokio::test]
+    async fn rejects_escaping_keys() {
+        let dir = tempfile::tempdir().unwrap();
+        let c = LocalClient::new(dir.path());
+        assert!(c.put("../x", Bytes::new()).await.is_err());
+        assert!(c.put("a//b", Bytes::new()).await.is_err());
+    }
+}
