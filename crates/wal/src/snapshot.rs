@@ -1,14 +1,16 @@
 //! Snapshots: a full database image, streamed in LZ4-compressed chunks.
 //!
 //! Neither the writer nor the reader holds more than one chunk in memory. The header records the
-//! generation, the transaction the image is the state after, its page count and its database
-//! checksum; the trailer records the total length and a CRC32 over every byte before it.
-//! The reader recomputes the database checksum as pages stream past and refuses a mismatch.
+//! generation, the transaction the image is the state after, and where the source WAL stood; the
+//! trailer records the page count, the database checksum, the total length and a CRC32 over every
+//! byte before it. They sit in the trailer because the writer learns them only as pages stream
+//! past. The reader recomputes the database checksum as pages stream past and refuses a mismatch.
 
 use std::io::{Read, Write};
 
 use crate::checksum::{DbChecksum, PageHashes};
-use crate::segment::{get16, get32, get64};
+use crate::segment::{get16, get32, get64, WalPosition};
+use crate::sqlite;
 use crate::{Error, Generation, Result, TxId, FORMAT_VERSION};
 
 /// Magic bytes at the start of a snapshot.
@@ -16,9 +18,9 @@ pub const MAGIC: &[u8; 4] = b"LBSN";
 /// Magic bytes at the start of the trailer.
 pub const TRAILER_MAGIC: &[u8; 4] = b"LBEN";
 /// Size of the fixed header, CRC included.
-pub const HEADER_SIZE: usize = 60;
+pub const HEADER_SIZE: usize = 76;
 /// Size of the trailer.
-pub const TRAILER_SIZE: usize = 16;
+pub const TRAILER_SIZE: usize = 28;
 /// Raw bytes per chunk (a chunk holds whole pages; at least one).
 pub const CHUNK_BYTES: usize = 1 << 20;
 
@@ -33,12 +35,22 @@ pub struct SnapshotHeader {
     pub txid: TxId,
     /// Page size in bytes.
     pub page_size: u32,
-    /// Number of pages.
-    pub page_count: u32,
     /// When the image was taken (Unix ms).
     pub time_ms: u64,
+    /// Where the source WAL stood when the image was taken (`start_offset == end_offset`;
+    /// an offset of 0 means the WAL was empty).
+    pub wal: WalPosition,
+}
+
+/// What the trailer of a snapshot says.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SnapshotTrailer {
+    /// Number of pages.
+    pub page_count: u32,
     /// Database checksum of the image.
     pub checksum: DbChecksum,
+    /// Total length of the object.
+    pub total_len: u64,
 }
 
 impl SnapshotHeader {
@@ -52,15 +64,18 @@ impl SnapshotHeader {
         let mut b = Vec::with_capacity(HEADER_SIZE);
         b.extend_from_slice(MAGIC);
         b.extend_from_slice(&self.version.to_be_bytes());
-        b.extend_from_slice(&0u16.to_be_bytes());
+        b.extend_from_slice(&u16::from(self.wal.big_endian).to_be_bytes());
         b.extend_from_slice(&self.generation.0.to_be_bytes());
         b.extend_from_slice(&self.txid.0.to_be_bytes());
         b.extend_from_slice(&self.page_size.to_be_bytes());
-        b.extend_from_slice(&self.page_count.to_be_bytes());
-        b.extend_from_slice(&self.time_ms.to_be_bytes());
-        b.extend_from_slice(&self.checksum.0.to_be_bytes());
         b.extend_from_slice(&self.chunk_pages().to_be_bytes());
+        b.extend_from_slice(&self.time_ms.to_be_bytes());
+        b.extend_from_slice(&self.wal.checkpoint_seq.to_be_bytes());
+        b.extend_from_slice(&self.wal.salt1.to_be_bytes());
+        b.extend_from_slice(&self.wal.salt2.to_be_bytes());
         b.extend_from_slice(&0u32.to_be_bytes());
+        b.extend_from_slice(&self.wal.end_offset.to_be_bytes());
+        b.extend_from_slice(&sqlite::pack(self.wal.checksum_after).to_be_bytes());
         let crc = crc32fast::hash(&b);
         b.extend_from_slice(&crc.to_be_bytes());
         debug_assert_eq!(b.len(), HEADER_SIZE);
@@ -81,8 +96,8 @@ impl SnapshotHeader {
         if version > FORMAT_VERSION || version == 0 {
             return Err(Error::UnsupportedVersion(version));
         }
-        let stored = get32(b, 56);
-        let computed = crc32fast::hash(&b[..56]);
+        let stored = get32(b, 72);
+        let computed = crc32fast::hash(&b[..72]);
         if stored != computed {
             return Err(Error::ChecksumMismatch {
                 what: "snapshot header CRC32",
@@ -90,22 +105,53 @@ impl SnapshotHeader {
                 computed: computed.into(),
             });
         }
+        let end = get64(b, 56);
+        let sum = sqlite::unpack(get64(b, 64));
         let h = SnapshotHeader {
             version,
             generation: Generation(get64(b, 8)),
             txid: TxId(get64(b, 16)),
             page_size: get32(b, 24),
-            page_count: get32(b, 28),
             time_ms: get64(b, 32),
-            checksum: DbChecksum(get64(b, 40)),
+            wal: WalPosition {
+                big_endian: get16(b, 6) & 1 == 1,
+                checkpoint_seq: get32(b, 40),
+                salt1: get32(b, 44),
+                salt2: get32(b, 48),
+                start_offset: end,
+                end_offset: end,
+                checksum_before: sum,
+                checksum_after: sum,
+            },
         };
         if !(512..=65536).contains(&h.page_size) || !h.page_size.is_power_of_two() {
             return Err(Error::corrupt(24, format!("bad page size {}", h.page_size)));
         }
-        if get32(b, 48) != h.chunk_pages() {
-            return Err(Error::corrupt(48, "unexpected chunk size"));
+        if get32(b, 28) != h.chunk_pages() {
+            return Err(Error::corrupt(28, "unexpected chunk size"));
         }
         Ok(h)
+    }
+}
+
+impl SnapshotTrailer {
+    /// Decodes the last [`TRAILER_SIZE`] bytes of a snapshot (without the CRC check, which needs
+    /// the whole object).
+    pub fn decode(b: &[u8]) -> Result<SnapshotTrailer> {
+        if b.len() < TRAILER_SIZE {
+            return Err(Error::Incomplete {
+                needed: TRAILER_SIZE - b.len(),
+            });
+        }
+        let t = &b[b.len() - TRAILER_SIZE..];
+        if &t[0..4] != TRAILER_MAGIC {
+            return Err(Error::corrupt(0, "bad snapshot trailer"));
+        }
+        Ok(SnapshotTrailer {
+            page_count: get32(t, 4),
+            checksum: DbChecksum(get64(t, 8)),
+            total_len: get64(t, 16),
+        })
     }
 }
 
@@ -133,9 +179,7 @@ pub struct SnapshotWriter<W: Write> {
 }
 
 impl<W: Write> SnapshotWriter<W> {
-    /// Starts a snapshot. `header.checksum` is checked against the pages at [`finish`].
-    ///
-    /// [`finish`]: SnapshotWriter::finish
+    /// Starts a snapshot.
     pub fn new(inner: W, header: SnapshotHeader) -> std::io::Result<Self> {
         let mut out = CrcWriter {
             inner,
@@ -170,36 +214,30 @@ impl<W: Write> SnapshotWriter<W> {
         if self.chunk.is_empty() {
             return Ok(());
         }
-        let c = lz4_flex::block::compress(&self.chunk);
+        let c = lz4_flex::block::compress_prepend_size(&self.chunk);
         self.out.put(&(c.len() as u32).to_be_bytes())?;
         self.out.put(&c)?;
         self.chunk.clear();
         Ok(())
     }
 
-    /// Writes the trailer and returns the inner writer and the checksum of the pages written.
-    /// Fails if the page count or checksum differs from the header.
-    pub fn finish(mut self) -> std::io::Result<(W, DbChecksum)> {
+    /// Writes the end mark and trailer; returns the inner writer, the per-page hashes of the image
+    /// and the trailer.
+    pub fn finish(mut self) -> std::io::Result<(W, PageHashes, SnapshotTrailer)> {
         self.flush_chunk()?;
-        if self.pages != self.header.page_count {
-            return Err(std::io::Error::other(format!(
-                "snapshot has {} pages, header says {}",
-                self.pages, self.header.page_count
-            )));
-        }
-        let sum = self.hashes.checksum();
-        if sum != self.header.checksum {
-            return Err(std::io::Error::other(format!(
-                "snapshot pages have checksum {sum}, header says {}",
-                self.header.checksum
-            )));
-        }
-        let total = self.out.len + TRAILER_SIZE as u64;
+        self.out.put(&0u32.to_be_bytes())?;
+        let trailer = SnapshotTrailer {
+            page_count: self.pages,
+            checksum: self.hashes.checksum(),
+            total_len: self.out.len + TRAILER_SIZE as u64,
+        };
         self.out.put(TRAILER_MAGIC)?;
-        self.out.put(&total.to_be_bytes())?;
+        self.out.put(&trailer.page_count.to_be_bytes())?;
+        self.out.put(&trailer.checksum.0.to_be_bytes())?;
+        self.out.put(&trailer.total_len.to_be_bytes())?;
         let crc = self.out.crc.clone().finalize();
         self.out.inner.write_all(&crc.to_be_bytes())?;
-        Ok((self.out.inner, sum))
+        Ok((self.out.inner, self.hashes, trailer))
     }
 }
 
@@ -209,8 +247,8 @@ pub struct SnapshotReader<R: Read> {
     crc: crc32fast::Hasher,
     len: u64,
     header: SnapshotHeader,
-    pages_read: u32,
     hashes: PageHashes,
+    trailer: Option<SnapshotTrailer>,
 }
 
 impl<R: Read> SnapshotReader<R> {
@@ -227,13 +265,23 @@ impl<R: Read> SnapshotReader<R> {
             len: HEADER_SIZE as u64,
             hashes: PageHashes::new(header.page_size as usize),
             header,
-            pages_read: 0,
+            trailer: None,
         })
     }
 
     /// The verified header.
     pub fn header(&self) -> &SnapshotHeader {
         &self.header
+    }
+
+    /// The per-page hashes of the pages read so far.
+    pub fn hashes(&self) -> &PageHashes {
+        &self.hashes
+    }
+
+    /// The verified trailer, once [`next_chunk`](Self::next_chunk) has returned `None`.
+    pub fn trailer(&self) -> Option<SnapshotTrailer> {
+        self.trailer
     }
 
     fn take(&mut self, buf: &mut [u8]) -> Result<()> {
@@ -244,31 +292,38 @@ impl<R: Read> SnapshotReader<R> {
     }
 
     /// Returns the next chunk of whole pages (page numbers follow on from the previous chunk), or
-    /// `None` after the last page once the trailer and the database checksum have been verified.
+    /// `None` after the last page once the trailer, the CRC and the database checksum have been
+    /// verified.
     pub fn next_chunk(&mut self) -> Result<Option<Vec<u8>>> {
-        let ps = self.header.page_size as usize;
-        if self.pages_read == self.header.page_count {
-            self.finish()?;
+        if self.trailer.is_some() {
             return Ok(None);
         }
+        let ps = self.header.page_size as usize;
         let mut lb = [0u8; 4];
         self.take(&mut lb)?;
         let clen = u32::from_be_bytes(lb) as usize;
-        let pages = (self.header.page_count - self.pages_read).min(self.header.chunk_pages());
-        let raw_len = pages as usize * ps;
-        if clen > lz4_flex::block::get_maximum_output_size(raw_len) {
+        if clen == 0 {
+            self.finish()?;
+            return Ok(None);
+        }
+        let max_raw = self.header.chunk_pages() as usize * ps;
+        if clen > lz4_flex::block::get_maximum_output_size(max_raw) + 4 {
             return Err(Error::corrupt(self.len, "chunk length out of range"));
         }
         let mut c = vec![0u8; clen];
         self.take(&mut c)?;
-        let raw = lz4_flex::block::decompress(&c, raw_len)
-            .map_err(|e| Error::corrupt(self.len, format!("LZ4: {e}")))?;
-        if raw.len() != raw_len {
-            return Err(Error::corrupt(self.len, "short chunk"));
+        if c.len() < 4 || u32::from_le_bytes([c[0], c[1], c[2], c[3]]) as usize > max_raw {
+            return Err(Error::corrupt(self.len, "chunk size out of range"));
         }
+        let raw = lz4_flex::block::decompress_size_prepended(&c)
+            .map_err(|e| Error::corrupt(self.len, format!("LZ4: {e}")))?;
+        if raw.is_empty() || raw.len() % ps != 0 {
+            return Err(Error::corrupt(self.len, "chunk is not whole pages"));
+        }
+        let mut pgno = self.hashes.page_count();
         for p in raw.chunks_exact(ps) {
-            self.pages_read += 1;
-            self.hashes.set_page(self.pages_read, p);
+            pgno += 1;
+            self.hashes.set_page(pgno, p);
         }
         Ok(Some(raw))
     }
@@ -276,15 +331,13 @@ impl<R: Read> SnapshotReader<R> {
     fn finish(&mut self) -> Result<()> {
         let mut t = [0u8; TRAILER_SIZE];
         self.inner.read_exact(&mut t)?;
-        self.crc.update(&t[..12]);
-        if &t[0..4] != TRAILER_MAGIC {
-            return Err(Error::corrupt(self.len, "bad snapshot trailer"));
-        }
-        let total = u64::from_be_bytes(t[4..12].try_into().expect("8 bytes"));
-        if total != self.len + TRAILER_SIZE as u64 {
+        self.crc.update(&t[..TRAILER_SIZE - 4]);
+        let trailer = SnapshotTrailer::decode(&t)?;
+        let total = self.len + TRAILER_SIZE as u64;
+        if trailer.total_len != total {
             return Err(Error::corrupt(self.len, "snapshot length mismatch"));
         }
-        let stored = u32::from_be_bytes(t[12..16].try_into().expect("4 bytes"));
+        let stored = get32(&t, TRAILER_SIZE - 4);
         let computed = self.crc.clone().finalize();
         if stored != computed {
             return Err(Error::ChecksumMismatch {
@@ -297,14 +350,18 @@ impl<R: Read> SnapshotReader<R> {
         if self.inner.read(&mut extra).unwrap_or(0) != 0 {
             return Err(Error::corrupt(total, "trailing bytes after snapshot"));
         }
+        if trailer.page_count != self.hashes.page_count() {
+            return Err(Error::corrupt(total, "snapshot page count mismatch"));
+        }
         let sum = self.hashes.checksum();
-        if sum != self.header.checksum {
+        if sum != trailer.checksum {
             return Err(Error::ChecksumMismatch {
                 what: "snapshot database checksum",
-                stored: self.header.checksum.0,
+                stored: trailer.checksum.0,
                 computed: sum.0,
             });
         }
+        self.trailer = Some(trailer);
         Ok(())
     }
 }
@@ -313,36 +370,43 @@ impl<R: Read> SnapshotReader<R> {
 mod tests {
     use super::*;
 
-    fn build(pages: u32, page_size: u32) -> Vec<u8> {
-        let mut hashes = PageHashes::new(page_size as usize);
-        let data: Vec<Vec<u8>> = (1..=pages)
-            .map(|p| vec![(p % 251) as u8; page_size as usize])
-            .collect();
-        for (i, d) in data.iter().enumerate() {
-            hashes.set_page(i as u32 + 1, d);
-        }
-        let header = SnapshotHeader {
+    fn header(page_size: u32) -> SnapshotHeader {
+        SnapshotHeader {
             version: FORMAT_VERSION,
             generation: Generation(1),
             txid: TxId(0),
             page_size,
-            page_count: pages,
             time_ms: 5,
-            checksum: hashes.checksum(),
-        };
-        let mut w = SnapshotWriter::new(Vec::new(), header).unwrap();
-        for d in &data {
-            w.write_page(d).unwrap();
+            wal: WalPosition {
+                salt1: 3,
+                end_offset: 32,
+                start_offset: 32,
+                checksum_after: (1, 2),
+                checksum_before: (1, 2),
+                ..WalPosition::default()
+            },
         }
-        w.finish().unwrap().0
+    }
+
+    fn build(pages: u32, page_size: u32) -> Vec<u8> {
+        let mut w = SnapshotWriter::new(Vec::new(), header(page_size)).unwrap();
+        for p in 1..=pages {
+            w.write_page(&vec![(p % 251) as u8; page_size as usize]).unwrap();
+        }
+        let (out, hashes, trailer) = w.finish().unwrap();
+        assert_eq!(trailer.checksum, hashes.checksum());
+        assert_eq!(trailer.total_len, out.len() as u64);
+        out
     }
 
     fn read_all(b: &[u8]) -> Result<Vec<u8>> {
         let mut r = SnapshotReader::new(b)?;
+        assert_eq!(r.header().wal.salt1, 3);
         let mut out = Vec::new();
         while let Some(c) = r.next_chunk()? {
             out.extend_from_slice(&c);
         }
+        assert!(r.trailer().is_some());
         Ok(out)
     }
 
@@ -352,6 +416,8 @@ mod tests {
         let out = read_all(&b).unwrap();
         assert_eq!(out.len(), 600 * 4096);
         assert_eq!(out[599 * 4096], (600 % 251) as u8);
+        let t = SnapshotTrailer::decode(&b).unwrap();
+        assert_eq!(t.page_count, 600);
     }
 
     #[test]
@@ -376,21 +442,5 @@ mod tests {
         for n in [0, 10, HEADER_SIZE, b.len() - 1] {
             assert!(read_all(&b[..n]).is_err(), "truncation at {n} not detected");
         }
-    }
-
-    #[test]
-    fn writer_refuses_wrong_checksum() {
-        let header = SnapshotHeader {
-            version: FORMAT_VERSION,
-            generation: Generation(1),
-            txid: TxId(0),
-            page_size: 512,
-            page_count: 1,
-            time_ms: 0,
-            checksum: DbChecksum(1),
-        };
-        let mut w = SnapshotWriter::new(Vec::new(), header).unwrap();
-        w.write_page(&[0u8; 512]).unwrap();
-        assert!(w.finish().is_err());
     }
 }
