@@ -1,1 +1,72 @@
+//! lifeboat's agent: replicate a live SQLite database and restore it.
+//!
+//! # Layout
+//! - [`walfile`] reads the application's `-wal` file: whole committed transactions, checked
+//!   frame by frame with SQLite's own checksum, and whether the log restarted cleanly.
+//! - [`db`] is the agent's side of the database: its connections, the *pin* (a read transaction
+//!   that keeps SQLite from recycling frames the agent has not shipped), checkpoints, consistent
+//!   page images.
+//! - [`replica`] is one replica's state: generation, cursor, rolling database checksum.
+//! - [`replicator`] is the sync engine for one database: resume or start generations, ship
+//!   segments, move the pin, checkpoint.
+//! - [`agent`] runs replicators on threads, wakes them on file events, paces uploads with a PUT
+//!   budget, and stops them with a final sync.
+//! - [`catalog`] lists what a replica holds; [`restore`] rebuilds a database from it.
+//! - [`status`] is what the agent reports about itself.
+//!
+//! The design, and why the pin makes WAL restarts safe to follow, is in `docs/design.md`.
+#![deny(missing_docs)]
 
+pub mod agent;
+pub mod catalog;
+pub mod db;
+mod error;
+pub mod replica;
+pub mod replicator;
+pub mod restore;
+pub mod status;
+pub mod walfile;
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+pub use error::{Error, Result};
+
+/// Tuning for one database's replication. The defaults suit a small web app.
+#[derive(Clone, Debug)]
+pub struct Options {
+    /// Average PUT requests per second per database once the burst is spent (default 1).
+    pub puts_per_second: f64,
+    /// PUTs that may go out back to back after a quiet spell (default 4), so an idle or lightly
+    /// written database ships each commit at once.
+    pub put_burst: f64,
+    /// WAL frames after which the agent runs a PASSIVE checkpoint (default 1000).
+    pub checkpoint_pages: u32,
+    /// If a replica is unreachable and the WAL grows past this many bytes, the agent stops
+    /// holding the WAL for it (the app's checkpoints resume) and starts a new generation when it
+    /// returns (default 256 MiB).
+    pub max_wal_bytes: u64,
+    /// Largest segment, in raw frame bytes (a bigger single transaction still fits in one).
+    pub max_segment_bytes: usize,
+    /// How often to look at the WAL when no file-system event arrives (default 1 s).
+    pub poll_interval: Duration,
+    /// How long the final sync on shutdown may take (default 30 s).
+    pub shutdown_timeout: Duration,
+    /// Where snapshots are staged before upload (default: the system temp folder).
+    pub staging_dir: PathBuf,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Options {
+            puts_per_second: 1.0,
+            put_burst: 4.0,
+            checkpoint_pages: 1000,
+            max_wal_bytes: 256 << 20,
+            max_segment_bytes: 16 << 20,
+            poll_interval: Duration::from_secs(1),
+            shutdown_timeout: Duration::from_secs(30),
+            staging_dir: std::env::temp_dir(),
+        }
+    }
+}

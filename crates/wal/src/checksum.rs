@@ -23,12 +23,23 @@ pub fn page_hash(pgno: u32, data: &[u8]) -> u64 {
 }
 
 /// The per-page hashes of a whole database, kept up to date page by page.
+///
+/// Changes can be journaled ([`begin`](Self::begin)) and undone ([`rollback`](Self::rollback)), so
+/// a caller can compute the checksums of a batch before knowing whether it will be shipped.
 #[derive(Clone, Debug)]
 pub struct PageHashes {
     page_size: usize,
     hashes: Vec<u64>,
     xor: u64,
     zero_page: Vec<u8>,
+    journal: Option<Journal>,
+}
+
+#[derive(Clone, Debug)]
+struct Journal {
+    len: usize,
+    xor: u64,
+    old: Vec<(usize, u64)>,
 }
 
 impl PageHashes {
@@ -39,6 +50,45 @@ impl PageHashes {
             hashes: Vec::new(),
             xor: 0,
             zero_page: vec![0; page_size],
+            journal: None,
+        }
+    }
+
+    /// Starts journaling changes, replacing any journal in progress.
+    pub fn begin(&mut self) {
+        self.journal = Some(Journal {
+            len: self.hashes.len(),
+            xor: self.xor,
+            old: Vec::new(),
+        });
+    }
+
+    /// Keeps the changes made since [`begin`](Self::begin).
+    pub fn commit(&mut self) {
+        self.journal = None;
+    }
+
+    /// Undoes the changes made since [`begin`](Self::begin).
+    pub fn rollback(&mut self) {
+        if let Some(j) = self.journal.take() {
+            for &(i, h) in j.old.iter().rev() {
+                if i < self.hashes.len() {
+                    self.hashes[i] = h;
+                } else {
+                    self.hashes.resize(i + 1, 0);
+                    self.hashes[i] = h;
+                }
+            }
+            self.hashes.truncate(j.len);
+            self.xor = j.xor;
+        }
+    }
+
+    fn record(&mut self, i: usize) {
+        if let Some(j) = &mut self.journal {
+            if i < j.len {
+                j.old.push((i, self.hashes[i]));
+            }
         }
     }
 
@@ -64,6 +114,7 @@ impl PageHashes {
         if pgno as usize > self.hashes.len() {
             self.resize(pgno);
         }
+        self.record(pgno as usize - 1);
         let slot = &mut self.hashes[pgno as usize - 1];
         let h = page_hash(pgno, data);
         self.xor ^= *slot ^ h;
@@ -74,6 +125,7 @@ impl PageHashes {
     pub fn resize(&mut self, pages: u32) {
         let pages = pages as usize;
         while self.hashes.len() > pages {
+            self.record(self.hashes.len() - 1);
             let h = self.hashes.pop().expect("non-empty");
             self.xor ^= h;
         }
@@ -108,6 +160,24 @@ mod tests {
         b.set_page(2, &page(9));
         assert_eq!(a.checksum(), b.checksum());
         assert_eq!(a.page_count(), 2);
+    }
+
+    #[test]
+    fn rollback_restores_everything() {
+        let mut a = PageHashes::new(512);
+        a.set_page(1, &page(1));
+        a.set_page(2, &page(2));
+        let before = a.clone();
+        a.begin();
+        a.set_page(2, &page(7));
+        a.set_page(5, &page(5));
+        a.resize(1);
+        a.set_page(3, &page(3));
+        a.rollback();
+        assert_eq!(a.checksum(), before.checksum());
+        assert_eq!(a.page_count(), 2);
+        a.set_page(2, &page(2));
+        assert_eq!(a.checksum(), before.checksum());
     }
 
     #[test]

@@ -391,7 +391,8 @@ mod tests {
     fn build(pages: u32, page_size: u32) -> Vec<u8> {
         let mut w = SnapshotWriter::new(Vec::new(), header(page_size)).unwrap();
         for p in 1..=pages {
-            w.write_page(&vec![(p % 251) as u8; page_size as usize]).unwrap();
+            w.write_page(&vec![(p % 251) as u8; page_size as usize])
+                .unwrap();
         }
         let (out, hashes, trailer) = w.finish().unwrap();
         assert_eq!(trailer.checksum, hashes.checksum());

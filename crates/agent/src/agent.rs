@@ -1,0 +1,273 @@
+//! Running replicators: one thread per database, woken by file-system events (with a polling
+//! fallback), paced by a PUT budget, stopped by a cancellation token with a final sync.
+
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc::{sync_channel, Receiver, RecvTimeoutError, SyncSender};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use lifeboat_storage::ReplicaClient;
+use notify::{RecursiveMode, Watcher};
+use tokio::runtime::Handle;
+use tokio_util::sync::CancellationToken;
+use tracing::{error, info, warn};
+
+use crate::replicator::Replicator;
+use crate::status::Status;
+use crate::{Error, Options, Result};
+
+/// One database and where to replicate it.
+#[derive(Clone, Debug)]
+pub struct DbConfig {
+    /// The database file.
+    pub path: PathBuf,
+    /// Its replicas.
+    pub replicas: Vec<Arc<dyn ReplicaClient>>,
+    /// Tuning.
+    pub options: Options,
+}
+
+/// A token bucket: `rate` tokens a second, at most `burst` saved up.
+#[derive(Debug)]
+pub struct Budget {
+    rate: f64,
+    burst: f64,
+    tokens: f64,
+    last: Instant,
+}
+
+impl Budget {
+    /// A full bucket.
+    pub fn new(rate: f64, burst: f64) -> Budget {
+        Budget {
+            rate,
+            burst: burst.max(1.0),
+            tokens: burst.max(1.0),
+            last: Instant::now(),
+        }
+    }
+
+    fn refill(&mut self, now: Instant) {
+        let dt = now.saturating_duration_since(self.last).as_secs_f64();
+        self.tokens = (self.tokens + dt * self.rate).min(self.burst);
+        self.last = now;
+    }
+
+    /// How long until a token is available (zero if one is).
+    pub fn wait(&mut self, now: Instant) -> Duration {
+        self.refill(now);
+        if self.tokens >= 1.0 || self.rate <= 0.0 {
+            Duration::ZERO
+        } else {
+            Duration::from_secs_f64((1.0 - self.tokens) / self.rate)
+        }
+    }
+
+    /// Spends `n` tokens (the balance may go negative: the next wait is longer).
+    pub fn spend(&mut self, n: u32) {
+        if self.rate > 0.0 {
+            self.tokens -= f64::from(n);
+        }
+    }
+}
+
+/// A running replicator thread.
+pub struct DbHandle {
+    /// Its progress.
+    pub status: Arc<Status>,
+    stop: Arc<AtomicBool>,
+    wake: SyncSender<()>,
+    thread: std::thread::JoinHandle<Result<()>>,
+    _watcher: Option<notify::RecommendedWatcher>,
+    path: PathBuf,
+}
+
+impl DbHandle {
+    /// Asks the thread to run a final sync and stop.
+    pub fn stop(&self) {
+        self.stop.store(true, Ordering::SeqCst);
+        let _ = self.wake.try_send(());
+    }
+
+    /// Waits for the thread to end.
+    pub fn join(self) -> Result<()> {
+        match self.thread.join() {
+            Ok(r) => r,
+            Err(_) => Err(Error::Inconsistent(format!(
+                "replicator thread for {} panicked",
+                self.path.display()
+            ))),
+        }
+    }
+}
+
+/// Opens the database, resumes or plans generations, and starts its thread.
+pub fn start(cfg: DbConfig, rt: Handle) -> Result<DbHandle> {
+    let status = Arc::new(Status::default());
+    let mut rep = Replicator::open(
+        &cfg.path,
+        cfg.replicas.clone(),
+        cfg.options.clone(),
+        rt,
+        status.clone(),
+    )?;
+    let (wake, events) = sync_channel::<()>(1);
+    let watcher = watch(&cfg.path, wake.clone());
+    let stop = Arc::new(AtomicBool::new(false));
+    let stop2 = stop.clone();
+    let opts = cfg.options.clone();
+    let path = cfg.path.clone();
+    let thread = std::thread::Builder::new()
+        .name(format!("lifeboat {}", cfg.path.display()))
+        .spawn(move || {
+            rep.resume();
+            run_loop(&mut rep, &opts, &events, &stop2);
+            Ok(())
+        })
+        .map_err(|e| Error::io("start replicator thread", e))?;
+    Ok(DbHandle {
+        status,
+        stop,
+        wake,
+        thread,
+        _watcher: watcher,
+        path,
+    })
+}
+
+fn watch(db: &std::path::Path, wake: SyncSender<()>) -> Option<notify::RecommendedWatcher> {
+    let wal = crate::walfile::WalFile::for_db(db).path().to_path_buf();
+    let dir = db
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(std::path::Path::new("."))
+        .to_path_buf();
+    let res = notify::recommended_watcher(move |ev: notify::Result<notify::Event>| {
+        if let Ok(ev) = ev {
+            if ev
+                .paths
+                .iter()
+                .any(|p| p == &wal || p.file_name() == wal.file_name())
+            {
+                let _ = wake.try_send(());
+            }
+        }
+    });
+    match res {
+        Ok(mut w) => match w.watch(&dir, RecursiveMode::NonRecursive) {
+            Ok(()) => Some(w),
+            Err(e) => {
+                warn!(dir = %dir.display(), error = %e, "file watching unavailable; polling only");
+                None
+            }
+        },
+        Err(e) => {
+            warn!(error = %e, "file watching unavailable; polling only");
+            None
+        }
+    }
+}
+
+fn wal_stamp(rep: &Replicator) -> Option<(u64, std::time::SystemTime)> {
+    let m = std::fs::metadata(rep.database().wal().path()).ok()?;
+    Some((m.len(), m.modified().ok()?))
+}
+
+fn run_loop(rep: &mut Replicator, opts: &Options, events: &Receiver<()>, stop: &AtomicBool) {
+    let mut budget = Budget::new(opts.puts_per_second, opts.put_burst);
+    let mut stamp = None;
+    // When the next pass is due; `None` while idle (only events or the poll wake us).
+    let mut due: Option<Instant> = Some(Instant::now());
+    loop {
+        if stop.load(Ordering::SeqCst) {
+            break;
+        }
+        let now = Instant::now();
+        let wait = due.map_or(opts.poll_interval, |t| t.saturating_duration_since(now));
+        if !wait.is_zero() {
+            match events.recv_timeout(wait) {
+                Ok(()) => due = Some(Instant::now()),
+                Err(RecvTimeoutError::Timeout) | Err(RecvTimeoutError::Disconnected) => {}
+            }
+        }
+        if stop.load(Ordering::SeqCst) {
+            break;
+        }
+        let now = Instant::now();
+        let s = wal_stamp(rep);
+        if s != stamp {
+            stamp = s;
+            due = Some(due.map_or(now, |t| t.min(now)));
+        }
+        match due {
+            Some(t) if t <= now => {}
+            _ => continue,
+        }
+        let b = budget.wait(now);
+        if !b.is_zero() {
+            due = Some(now + b);
+            continue;
+        }
+        let r = rep.sync();
+        budget.spend(r.puts);
+        due = if !r.pending {
+            None
+        } else if r.puts > 0 {
+            Some(Instant::now())
+        } else {
+            let retry = rep.replicas().iter().filter_map(|x| x.retry_at).min();
+            Some(retry.unwrap_or_else(|| Instant::now() + opts.poll_interval))
+        };
+    }
+    // Final sync: ship everything committed, whatever the budget.
+    let deadline = Instant::now() + opts.shutdown_timeout;
+    loop {
+        let r = rep.sync();
+        if !r.pending || Instant::now() >= deadline {
+            if r.pending {
+                error!(db = %rep.database().path().display(), "final sync did not complete before the shutdown timeout");
+            } else {
+                info!(db = %rep.database().path().display(), "final sync complete");
+            }
+            break;
+        }
+        let retry = rep
+            .replicas()
+            .iter()
+            .filter_map(|r| r.retry_at)
+            .min()
+            .map_or(Duration::from_millis(10), |t| {
+                t.saturating_duration_since(Instant::now())
+            });
+        std::thread::sleep(retry.min(deadline.saturating_duration_since(Instant::now())));
+    }
+}
+
+/// Replicates every database until `shutdown` is cancelled, then syncs each one a last time.
+pub async fn replicate(dbs: Vec<DbConfig>, shutdown: CancellationToken) -> Result<()> {
+    let rt = Handle::current();
+    let mut handles = Vec::new();
+    for cfg in dbs {
+        let rt2 = rt.clone();
+        let h = tokio::task::spawn_blocking(move || start(cfg, rt2))
+            .await
+            .map_err(|e| Error::Inconsistent(e.to_string()))??;
+        handles.push(h);
+    }
+    shutdown.cancelled().await;
+    for h in &handles {
+        h.stop();
+    }
+    let mut first_err = None;
+    for h in handles {
+        let r = tokio::task::spawn_blocking(move || h.join())
+            .await
+            .map_err(|e| Error::Inconsistent(e.to_string()))?;
+        if let Err(e) = r {
+            error!(error = %e, "replicator failed");
+            first_err.get_or_insert(e);
+        }
+    }
+    first_err.map_or(Ok(()), Err)
+}

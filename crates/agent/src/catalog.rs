@@ -1,0 +1,158 @@
+//! What a replica holds: its generations, snapshots and segments, from one listing.
+
+use std::collections::BTreeMap;
+
+use lifeboat_storage::keys::{self, Key};
+use lifeboat_storage::ReplicaClient;
+use lifeboat_wal::segment::{SegmentHeader, WalPosition, HEADER_SIZE as SEG_HEADER_SIZE};
+use lifeboat_wal::snapshot::{
+    SnapshotHeader, SnapshotTrailer, HEADER_SIZE as SNAP_HEADER_SIZE, TRAILER_SIZE,
+};
+use lifeboat_wal::{DbChecksum, Generation, TxId};
+
+use crate::{Error, Result};
+
+/// An object in the catalog.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Object {
+    /// The parsed key.
+    pub key: Key,
+    /// The key as stored.
+    pub name: String,
+    /// Size in bytes.
+    pub size: u64,
+}
+
+/// The objects of one generation, each list sorted by key (so by transaction).
+#[derive(Clone, Debug, Default)]
+pub struct GenerationObjects {
+    /// Snapshots.
+    pub snapshots: Vec<Object>,
+    /// Segments.
+    pub segments: Vec<Object>,
+}
+
+/// Everything in a replica, by generation.
+#[derive(Clone, Debug, Default)]
+pub struct Catalog {
+    /// Generations in creation order.
+    pub generations: BTreeMap<Generation, GenerationObjects>,
+    /// Keys under `generations/` that lifeboat did not write.
+    pub foreign: Vec<String>,
+}
+
+impl Catalog {
+    /// Lists the replica (one paginated LIST of `generations/`).
+    pub async fn load(client: &dyn ReplicaClient) -> Result<Catalog> {
+        let mut cat = Catalog::default();
+        for o in client.list(keys::GENERATIONS).await? {
+            let Some(key) = Key::parse(&o.key) else {
+                cat.foreign.push(o.key);
+                continue;
+            };
+            let g = cat.generations.entry(key.generation()).or_default();
+            let obj = Object {
+                key,
+                name: o.key,
+                size: o.size,
+            };
+            match key {
+                Key::Snapshot { .. } => g.snapshots.push(obj),
+                Key::Segment { .. } => g.segments.push(obj),
+            }
+        }
+        Ok(cat)
+    }
+
+    /// The newest generation that has a snapshot (so can be restored).
+    pub fn latest(&self) -> Option<(Generation, &GenerationObjects)> {
+        self.generations
+            .iter()
+            .rev()
+            .find(|(_, o)| !o.snapshots.is_empty())
+            .map(|(g, o)| (*g, o))
+    }
+}
+
+/// Where a generation's history ends: the state a resuming agent must find locally.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Tip {
+    /// Generation.
+    pub generation: Generation,
+    /// Last transaction.
+    pub txid: TxId,
+    /// Where the source WAL stood after it.
+    pub wal: WalPosition,
+    /// Database checksum after it.
+    pub checksum: DbChecksum,
+    /// Database size in pages after it.
+    pub db_size: u32,
+    /// Page size.
+    pub page_size: u32,
+    /// When it was seen (Unix ms).
+    pub time_ms: u64,
+}
+
+/// Reads the tip of a generation from the header of its last object.
+pub async fn tip(
+    client: &dyn ReplicaClient,
+    generation: Generation,
+    objs: &GenerationObjects,
+) -> Result<Tip> {
+    let snap = objs
+        .snapshots
+        .last()
+        .ok_or_else(|| Error::Replica(format!("generation {generation} has no snapshot")))?;
+    let Key::Snapshot {
+        txid: snap_txid, ..
+    } = snap.key
+    else {
+        unreachable!("snapshot list holds snapshots")
+    };
+    if let Some(seg) = objs.segments.last() {
+        if let Key::Segment { last, .. } = seg.key {
+            if last > snap_txid {
+                let b = client
+                    .get_range(&seg.name, 0..SEG_HEADER_SIZE as u64)
+                    .await?;
+                let h = SegmentHeader::decode(&b).map_err(|e| Error::Corrupt {
+                    key: seg.name.clone(),
+                    source: e,
+                })?;
+                return Ok(Tip {
+                    generation,
+                    txid: h.last_txid,
+                    wal: h.wal,
+                    checksum: h.checksum_after,
+                    db_size: h.db_size,
+                    page_size: h.page_size,
+                    time_ms: h.last_time_ms,
+                });
+            }
+        }
+    }
+    let hb = client
+        .get_range(&snap.name, 0..SNAP_HEADER_SIZE as u64)
+        .await?;
+    let corrupt = |e| Error::Corrupt {
+        key: snap.name.clone(),
+        source: e,
+    };
+    let h = SnapshotHeader::decode(&hb).map_err(corrupt)?;
+    let tb = client
+        .get_range(
+            &snap.name,
+            snap.size.saturating_sub(TRAILER_SIZE as u64)..snap.size,
+        )
+        .await?;
+    let t = SnapshotTrailer::decode(&tb).map_err(corrupt)?;
+    Ok(Tip {
+        generation,
+        txid: h.txid,
+        wal: h.wal,
+        checksum: t.checksum,
+        db_size: t.page_count,
+        page_size: h.page_size,
+        time_ms: h.time_ms,
+    })
+}

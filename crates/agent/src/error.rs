@@ -1,0 +1,91 @@
+use std::path::PathBuf;
+
+use thiserror::Error;
+
+/// Result alias for the agent.
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// What stops the agent or a restore. Messages name the file or object and say what to do.
+#[derive(Debug, Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// The database file does not exist.
+    #[error("database {0} does not exist")]
+    NoDatabase(PathBuf),
+    /// The database could not be put in WAL mode.
+    #[error("database {0} is not in WAL mode and could not be switched (is another process holding it open in rollback mode?)")]
+    NotWal(PathBuf),
+    /// Another agent holds the lock.
+    #[error(
+        "another lifeboat is already replicating {db} (lock {lock} is held{}); stop it first — two \
+         agents on one database would fight over its WAL",
+        if holder.is_empty() { String::new() } else { format!(" by {holder}") }
+    )]
+    AlreadyReplicating {
+        /// The database.
+        db: PathBuf,
+        /// The lock file.
+        lock: PathBuf,
+        /// What the lock file says about its holder.
+        holder: String,
+    },
+    /// SQLite failed.
+    #[error("{what} on {path}: {source}")]
+    Sqlite {
+        /// The database.
+        path: PathBuf,
+        /// What the agent was doing.
+        what: &'static str,
+        /// SQLite's error.
+        source: rusqlite::Error,
+    },
+    /// A local file operation failed.
+    #[error("{what}: {source}")]
+    Io {
+        /// What, on which file.
+        what: String,
+        /// The error.
+        source: std::io::Error,
+    },
+    /// A replica operation failed.
+    #[error(transparent)]
+    Storage(#[from] lifeboat_storage::Error),
+    /// An object failed verification.
+    #[error("object {key} is corrupt: {source}; the replica cannot be restored past it")]
+    Corrupt {
+        /// The object.
+        key: String,
+        /// What was wrong.
+        source: lifeboat_wal::Error,
+    },
+    /// The replica does not hold a restorable chain.
+    #[error("{0}")]
+    Replica(String),
+    /// Something that must hold did not.
+    #[error("inconsistent state: {0}")]
+    Inconsistent(String),
+    /// Refused to touch an existing file.
+    #[error("{0}")]
+    Refused(String),
+}
+
+impl Error {
+    pub(crate) fn sqlite(
+        path: &std::path::Path,
+        what: &'static str,
+        source: rusqlite::Error,
+    ) -> Self {
+        Error::Sqlite {
+            path: path.to_path_buf(),
+            what,
+            source,
+        }
+    }
+
+    pub(crate) fn io(what: impl Into<String>, source: std::io::Error) -> Self {
+        Error::Io {
+            what: what.into(),
+            source,
+        }
+    }
+}

@@ -1,0 +1,525 @@
+//! The sync engine for one database: resume or start generations, ship transactions, move the
+//! pin, checkpoint.
+//!
+//! A [`Replicator`] is synchronous and owns its [`Database`]; [`crate::agent`] runs each one on
+//! a thread of its own and wakes it on WAL changes. Uploads go through a Tokio runtime handle.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use bytes::Bytes;
+use lifeboat_storage::keys::Key;
+use lifeboat_storage::retry::{retry, RetryPolicy};
+use lifeboat_storage::{PutOutcome, ReplicaClient};
+use lifeboat_wal::segment::{CommitRecord, Segment, SegmentHeader};
+use lifeboat_wal::snapshot::{SnapshotHeader, SnapshotWriter};
+use lifeboat_wal::sqlite::WAL_HEADER_SIZE;
+use lifeboat_wal::{DbChecksum, Generation, TxId, FORMAT_VERSION};
+use tokio::runtime::Handle;
+use tracing::{debug, error, info, warn};
+
+use crate::catalog::{self, Catalog};
+use crate::db::{CheckpointMode, Database};
+use crate::replica::{Replica, ReplicaState};
+use crate::status::Status;
+use crate::walfile::{position_in_cycle, Continuity, Cursor};
+use crate::{Error, Options, Result};
+
+/// Unix time in milliseconds.
+pub fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+/// What one pass did.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SyncReport {
+    /// Objects written (segments and snapshots).
+    pub puts: u32,
+    /// Transactions shipped (summed over replicas).
+    pub txns: u64,
+    /// Whether some replica still has work (behind, or waiting to retry).
+    pub pending: bool,
+}
+
+/// Replicates one database to its replicas.
+pub struct Replicator {
+    db: Database,
+    replicas: Vec<Replica>,
+    opts: Options,
+    rt: Handle,
+    status: Arc<Status>,
+}
+
+impl std::fmt::Debug for Replicator {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Replicator")
+            .field("db", &self.db.path())
+            .finish()
+    }
+}
+
+impl Replicator {
+    /// Opens the database (taking the agent lock and pinning the WAL).
+    pub fn open(
+        path: &std::path::Path,
+        clients: Vec<Arc<dyn ReplicaClient>>,
+        opts: Options,
+        rt: Handle,
+        status: Arc<Status>,
+    ) -> Result<Replicator> {
+        let db = Database::open(path)?;
+        Ok(Replicator {
+            db,
+            replicas: clients.into_iter().map(Replica::new).collect(),
+            opts,
+            rt,
+            status,
+        })
+    }
+
+    /// The database.
+    pub fn database(&self) -> &Database {
+        &self.db
+    }
+
+    /// The replicas.
+    pub fn replicas(&self) -> &[Replica] {
+        &self.replicas
+    }
+
+    /// For each replica, resumes its newest generation if the local database provably is its
+    /// last state, or leaves it to start a new generation on the next pass.
+    pub fn resume(&mut self) {
+        for i in 0..self.replicas.len() {
+            if let Err(e) = self.resume_one(i) {
+                let r = &mut self.replicas[i];
+                let d = r.failed(Instant::now());
+                warn!(replica = %r.client.describe(), error = %e, retry_in = ?d, "cannot read replica state");
+                self.status.record_error(&e.to_string());
+            }
+        }
+    }
+
+    fn resume_one(&mut self, i: usize) -> Result<()> {
+        let client = self.replicas[i].client.clone();
+        let cat = self.rt.block_on(Catalog::load(client.as_ref()))?;
+        let Some((generation, objs)) = cat.latest() else {
+            self.replicas[i].lose_continuity("the replica is empty".into());
+            self.replicas[i].succeeded();
+            return Ok(());
+        };
+        let tip = self
+            .rt
+            .block_on(catalog::tip(client.as_ref(), generation, objs))?;
+        self.replicas[i].succeeded();
+        if tip.page_size != self.db.page_size() {
+            self.replicas[i].lose_continuity(format!(
+                "page size changed from {} to {}",
+                tip.page_size,
+                self.db.page_size()
+            ));
+            return Ok(());
+        }
+        // The pin is held: nothing the app does from here on can break the WAL under us.
+        self.db.pin()?;
+        let header = self
+            .db
+            .wal()
+            .header()
+            .map_err(|e| Error::io("read WAL header", e))?;
+        let in_cycle = header.filter(|h| position_in_cycle(&tip.wal, h));
+        let (hashes, cursor) = match in_cycle {
+            Some(h) => {
+                let c = Cursor {
+                    header: Some(h),
+                    offset: tip.wal.end_offset,
+                    checksum: tip.wal.checksum_after,
+                };
+                if self
+                    .db
+                    .wal()
+                    .check(&c)
+                    .map_err(|e| Error::io("read WAL", e))?
+                    != Continuity::Same
+                {
+                    self.replicas[i]
+                        .lose_continuity("the WAL no longer holds the replica's last frame".into());
+                    return Ok(());
+                }
+                (
+                    self.db
+                        .hashes_at(tip.db_size, Some((&h, tip.wal.end_offset)))?,
+                    c,
+                )
+            }
+            None => {
+                // The log restarted (or was removed) since: the replica's last state must be
+                // exactly the database file, and the whole current WAL comes after it.
+                if header.is_some_and(|h| h.salt1 == tip.wal.salt1 && h.salt2 == tip.wal.salt2) {
+                    self.replicas[i]
+                        .lose_continuity("the WAL changed in a way lifeboat cannot follow".into());
+                    return Ok(());
+                }
+                let c = header.map_or(Cursor::empty(), Cursor::at_start);
+                (self.db.hashes_at(tip.db_size, None)?, c)
+            }
+        };
+        match hashes {
+            Some(h) if h.checksum() == tip.checksum => {
+                info!(
+                    db = %self.db.path().display(),
+                    replica = %client.describe(),
+                    generation = %generation,
+                    txid = %tip.txid,
+                    "resuming generation: the local database matches the replica's last state"
+                );
+                self.replicas[i].state = Some(ReplicaState {
+                    generation,
+                    next_txid: tip.txid.next(),
+                    cursor,
+                    hashes: h,
+                    at_end: false,
+                });
+            }
+            Some(h) => self.replicas[i].lose_continuity(format!(
+                "the local database (checksum {}) is not the replica's last state (generation {generation}, txid {}, checksum {})",
+                h.checksum(),
+                tip.txid,
+                tip.checksum
+            )),
+            None => self.replicas[i]
+                .lose_continuity("the WAL no longer holds the replica's last frames".into()),
+        }
+        Ok(())
+    }
+
+    /// One pass: start generations where needed, then ship everything new (bounded by the
+    /// segment size per PUT), then move the pin and checkpoint if every replica is caught up.
+    pub fn sync(&mut self) -> SyncReport {
+        let mut report = SyncReport::default();
+        let now = Instant::now();
+        let need: Vec<usize> = (0..self.replicas.len())
+            .filter(|&i| self.replicas[i].state.is_none() && self.replicas[i].ready(now))
+            .collect();
+        if !need.is_empty() {
+            match self.new_generation(&need) {
+                Ok(n) => report.puts += n,
+                Err(e) => {
+                    error!(db = %self.db.path().display(), error = %e, "cannot start a new generation");
+                    self.status.record_error(&e.to_string());
+                    for &i in &need {
+                        self.replicas[i].failed(now);
+                    }
+                }
+            }
+        }
+        for i in 0..self.replicas.len() {
+            if self.replicas[i].state.is_none() || !self.replicas[i].ready(Instant::now()) {
+                continue;
+            }
+            loop {
+                match self.ship_one(i) {
+                    Ok(0) => break,
+                    Ok(n) => {
+                        report.puts += 1;
+                        report.txns += n;
+                    }
+                    Err(e) => {
+                        let r = &mut self.replicas[i];
+                        let d = r.failed(Instant::now());
+                        warn!(db = %self.db.path().display(), replica = %r.client.describe(), error = %e, retry_in = ?d, "upload failed");
+                        self.status.record_error(&e.to_string());
+                        if let Error::Storage(lifeboat_storage::Error::Conflict { .. }) = e {
+                            error!(replica = %r.client.describe(), error = %e, "replication to this replica stopped");
+                            r.halted = Some(e.to_string());
+                        }
+                        break;
+                    }
+                }
+            }
+        }
+        self.after_ship();
+        report.pending = self.replicas.iter().any(|r| {
+            r.halted.is_none()
+                && (r.state.as_ref().is_none_or(|s| !s.at_end) || r.retry_at.is_some())
+        });
+        self.status.update(&self.replicas);
+        report
+    }
+
+    /// Ships the next batch to replica `i`; returns the number of transactions shipped.
+    fn ship_one(&mut self, i: usize) -> Result<u64> {
+        let wal = self.db.wal().clone();
+        let client = self.replicas[i].client.clone();
+        let st = self.replicas[i].state.as_mut().expect("replica has state");
+        match wal
+            .check(&st.cursor)
+            .map_err(|e| Error::io("read WAL", e))?
+        {
+            Continuity::Same => {}
+            Continuity::Empty => {
+                st.at_end = true;
+                return Ok(0);
+            }
+            Continuity::Restarted(h) => {
+                debug!(
+                    salt1 = h.salt1,
+                    checkpoint_seq = h.checkpoint_seq,
+                    "WAL restarted"
+                );
+                st.cursor = Cursor::at_start(h);
+            }
+            Continuity::Broken(reason) => {
+                warn!(db = %self.db.path().display(), reason = %reason, "lost WAL continuity; a new generation will start");
+                self.replicas[i].lose_continuity(reason);
+                return Ok(0);
+            }
+        }
+        let batch = wal
+            .read_batch(&st.cursor, self.opts.max_segment_bytes)
+            .map_err(|e| Error::io(format!("read {}", wal.path().display()), e))?;
+        if batch.txns.is_empty() {
+            st.at_end = true;
+            return Ok(0);
+        }
+        let time_ms = now_ms();
+        let ps = self.db.page_size() as usize;
+        let checksum_before = st.hashes.checksum();
+        st.hashes.begin();
+        let mut commits = Vec::with_capacity(batch.txns.len());
+        let mut frames = Vec::with_capacity(batch.bytes);
+        let mut txid = st.next_txid;
+        for t in &batch.txns {
+            for f in t.frames.chunks_exact(24 + ps) {
+                let pgno = u32::from_be_bytes([f[0], f[1], f[2], f[3]]);
+                st.hashes.set_page(pgno, &f[24..]);
+            }
+            st.hashes.resize(t.commit_size);
+            commits.push(CommitRecord {
+                txid,
+                time_ms,
+                frames: t.frame_count,
+                db_size: t.commit_size,
+                checksum: st.hashes.checksum(),
+            });
+            frames.extend_from_slice(&t.frames);
+            txid = txid.next();
+        }
+        let last = *commits.last().expect("non-empty batch");
+        let seg = Segment {
+            header: SegmentHeader {
+                version: FORMAT_VERSION,
+                generation: st.generation,
+                first_txid: st.next_txid,
+                last_txid: last.txid,
+                page_size: ps as u32,
+                frame_count: 0,
+                commit_count: 0,
+                db_size: last.db_size,
+                first_time_ms: time_ms,
+                last_time_ms: time_ms,
+                checksum_before,
+                checksum_after: last.checksum,
+                wal: batch.end.position(&st.cursor),
+                body_len: 0,
+                raw_len: 0,
+            },
+            commits,
+            frames,
+        };
+        let key = Key::Segment {
+            generation: st.generation,
+            first: st.next_txid,
+            last: last.txid,
+            time_ms,
+        }
+        .to_string();
+        let body = Bytes::from(seg.encode());
+        let n = batch.txns.len() as u64;
+        let size = body.len();
+        let result = self
+            .rt
+            .block_on(put_with_retry(client.as_ref(), &key, body));
+        let st = self.replicas[i].state.as_mut().expect("replica has state");
+        match result {
+            Ok(_) => {
+                st.hashes.commit();
+                st.cursor = batch.end;
+                st.next_txid = txid;
+                st.at_end = false;
+                self.replicas[i].succeeded();
+                self.status.shipped(i, n, size as u64, time_ms, last.txid);
+                debug!(key = %key, txns = n, bytes = size, "segment uploaded");
+                Ok(n)
+            }
+            Err(e) => {
+                st.hashes.rollback();
+                Err(e)
+            }
+        }
+    }
+
+    /// After shipping: if every replica with a generation is caught up, move the pin forward;
+    /// checkpoint when the WAL has grown past the threshold. If the WAL has grown past the bound
+    /// because a replica is failing, give up on that replica's continuity so the app's WAL can
+    /// be checkpointed.
+    fn after_ship(&mut self) {
+        let caught_up = self
+            .replicas
+            .iter()
+            .all(|r| r.state.as_ref().is_none_or(|s| s.at_end));
+        if !caught_up {
+            let size = self.db.wal().size().unwrap_or(0);
+            if size > self.opts.max_wal_bytes {
+                for r in &mut self.replicas {
+                    if r.state.as_ref().is_some_and(|s| !s.at_end) {
+                        error!(
+                            db = %self.db.path().display(),
+                            replica = %r.client.describe(),
+                            wal_bytes = size,
+                            bound = self.opts.max_wal_bytes,
+                            "replica is too far behind; releasing the WAL so the app can checkpoint — a new generation will start when it is reachable"
+                        );
+                        r.lose_continuity(
+                            "the WAL grew past max-wal-bytes while the replica was unreachable"
+                                .into(),
+                        );
+                    }
+                }
+            } else {
+                return;
+            }
+        }
+        if let Err(e) = self.db.pin() {
+            warn!(error = %e, "cannot move the WAL pin");
+            return;
+        }
+        let frames = self
+            .replicas
+            .iter()
+            .filter_map(|r| r.state.as_ref())
+            .map(|s| {
+                s.cursor.offset.saturating_sub(WAL_HEADER_SIZE as u64)
+                    / (24 + u64::from(self.db.page_size()))
+            })
+            .max()
+            .unwrap_or(0);
+        if frames >= u64::from(self.opts.checkpoint_pages) {
+            let started = Instant::now();
+            match self.db.checkpoint(CheckpointMode::Passive) {
+                Ok(r) => {
+                    debug!(?r, elapsed = ?started.elapsed(), "passive checkpoint");
+                    self.status.checkpointed(started.elapsed());
+                    if let Err(e) = self.db.pin() {
+                        warn!(error = %e, "cannot move the WAL pin");
+                    }
+                }
+                Err(e) => warn!(error = %e, "checkpoint failed"),
+            }
+        }
+    }
+
+    /// Takes a snapshot and starts a new generation on replicas `which`; returns objects written.
+    fn new_generation(&mut self, which: &[usize]) -> Result<u32> {
+        let started = Instant::now();
+        let cursor = self.db.pin_at_end()?;
+        let generation = Generation::new(now_ms(), rand::random());
+        let time_ms = now_ms();
+        let header = SnapshotHeader {
+            version: FORMAT_VERSION,
+            generation,
+            txid: TxId(0),
+            page_size: self.db.page_size(),
+            time_ms,
+            wal: cursor.position(&cursor),
+        };
+        let tmp = tempfile::NamedTempFile::new_in(&self.opts.staging_dir).map_err(|e| {
+            Error::io(
+                format!("create temp file in {}", self.opts.staging_dir.display()),
+                e,
+            )
+        })?;
+        let file = tmp
+            .reopen()
+            .map_err(|e| Error::io("open snapshot temp file", e))?;
+        let mut w = SnapshotWriter::new(std::io::BufWriter::with_capacity(1 << 20, file), header)
+            .map_err(|e| Error::io("write snapshot", e))?;
+        self.db.for_each_page(|p| w.write_page(p))?;
+        let (out, hashes, trailer) = w.finish().map_err(|e| Error::io("write snapshot", e))?;
+        out.into_inner()
+            .map_err(|e| Error::io("write snapshot", e.into_error()))?
+            .sync_all()
+            .map_err(|e| Error::io("write snapshot", e))?;
+        let key = Key::Snapshot {
+            generation,
+            txid: TxId(0),
+            time_ms,
+        }
+        .to_string();
+        let mut puts = 0;
+        for &i in which {
+            let client = self.replicas[i].client.clone();
+            let reason = self.replicas[i].new_generation_reason.clone();
+            let res = self
+                .rt
+                .block_on(retry(RetryPolicy::default(), "snapshot upload", || {
+                    client.put_file(&key, tmp.path())
+                }));
+            match res {
+                Ok(_) => {
+                    puts += 1;
+                    info!(
+                        db = %self.db.path().display(),
+                        replica = %client.describe(),
+                        generation = %generation,
+                        pages = trailer.page_count,
+                        bytes = trailer.total_len,
+                        elapsed = ?started.elapsed(),
+                        reason = %reason,
+                        "new generation: snapshot uploaded"
+                    );
+                    let r = &mut self.replicas[i];
+                    r.succeeded();
+                    r.state = Some(ReplicaState {
+                        generation,
+                        next_txid: TxId(1),
+                        cursor,
+                        hashes: hashes.clone(),
+                        at_end: false,
+                    });
+                    self.status.snapshotted(i, started.elapsed());
+                }
+                Err(e) => {
+                    let r = &mut self.replicas[i];
+                    let d = r.failed(Instant::now());
+                    warn!(replica = %client.describe(), error = %e, retry_in = ?d, "snapshot upload failed");
+                    self.status.record_error(&e.to_string());
+                    if matches!(e, lifeboat_storage::Error::Conflict { .. }) {
+                        r.halted = Some(e.to_string());
+                    }
+                }
+            }
+        }
+        Ok(puts)
+    }
+
+    /// Checksum of the last shipped state of replica `i`, if it has one.
+    pub fn checksum(&self, i: usize) -> Option<DbChecksum> {
+        self.replicas[i].state.as_ref().map(|s| s.hashes.checksum())
+    }
+}
+
+async fn put_with_retry(
+    client: &dyn ReplicaClient,
+    key: &str,
+    body: Bytes,
+) -> std::result::Result<PutOutcome, Error> {
+    let policy = RetryPolicy {
+        attempts: 3,
+        initial: Duration::from_millis(100),
+        max: Duration::from_secs(1),
+    };
+    Ok(retry(policy, "segment upload", || client.put(key, body.clone())).await?)
+}

@@ -1,0 +1,125 @@
+//! What the agent has done, for logs, the health endpoint and metrics.
+
+use std::sync::Mutex;
+use std::time::Duration;
+
+use lifeboat_wal::TxId;
+use serde::Serialize;
+
+use crate::replica::Replica;
+
+/// One replica's progress.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct ReplicaStatus {
+    /// Where it lives.
+    pub replica: String,
+    /// Current generation, if any.
+    pub generation: Option<String>,
+    /// Last shipped transaction.
+    pub last_txid: Option<String>,
+    /// When the last upload succeeded (Unix ms).
+    pub last_sync_ms: Option<u64>,
+    /// Whether everything read from the WAL has been shipped.
+    pub caught_up: bool,
+    /// Consecutive failures.
+    pub failures: u32,
+    /// Why replication to it stopped, if it did.
+    pub halted: Option<String>,
+    /// Transactions shipped since start.
+    pub txns: u64,
+    /// Bytes written since start.
+    pub bytes: u64,
+    /// Objects written since start.
+    pub objects: u64,
+}
+
+/// Progress of one database, shared between the replicator thread and readers.
+#[derive(Debug, Default)]
+pub struct Status {
+    inner: Mutex<StatusInner>,
+}
+
+/// A copy of a database's progress.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct StatusInner {
+    /// Per replica.
+    pub replicas: Vec<ReplicaStatus>,
+    /// Errors since start.
+    pub errors: u64,
+    /// The last error.
+    pub last_error: Option<String>,
+    /// Checkpoints run by the agent.
+    pub checkpoints: u64,
+    /// Time spent in them.
+    pub checkpoint_seconds: f64,
+    /// Snapshots taken.
+    pub snapshots: u64,
+    /// Time spent taking and uploading them.
+    pub snapshot_seconds: f64,
+}
+
+impl Status {
+    fn with<T>(&self, f: impl FnOnce(&mut StatusInner) -> T) -> T {
+        f(&mut self.inner.lock().unwrap_or_else(|p| p.into_inner()))
+    }
+
+    /// A copy of the current state.
+    pub fn snapshot(&self) -> StatusInner {
+        self.with(|s| s.clone())
+    }
+
+    fn replica(s: &mut StatusInner, i: usize) -> &mut ReplicaStatus {
+        if s.replicas.len() <= i {
+            s.replicas.resize(i + 1, ReplicaStatus::default());
+        }
+        &mut s.replicas[i]
+    }
+
+    pub(crate) fn record_error(&self, e: &str) {
+        self.with(|s| {
+            s.errors += 1;
+            s.last_error = Some(e.to_string());
+        });
+    }
+
+    pub(crate) fn shipped(&self, i: usize, txns: u64, bytes: u64, at_ms: u64, last: TxId) {
+        self.with(|s| {
+            let r = Self::replica(s, i);
+            r.txns += txns;
+            r.bytes += bytes;
+            r.objects += 1;
+            r.last_sync_ms = Some(at_ms);
+            r.last_txid = Some(last.to_string());
+        });
+    }
+
+    pub(crate) fn snapshotted(&self, i: usize, took: Duration) {
+        self.with(|s| {
+            s.snapshots += 1;
+            s.snapshot_seconds += took.as_secs_f64();
+            let r = Self::replica(s, i);
+            r.objects += 1;
+            r.last_sync_ms = Some(crate::replicator::now_ms());
+        });
+    }
+
+    pub(crate) fn checkpointed(&self, took: Duration) {
+        self.with(|s| {
+            s.checkpoints += 1;
+            s.checkpoint_seconds += took.as_secs_f64();
+        });
+    }
+
+    pub(crate) fn update(&self, replicas: &[Replica]) {
+        self.with(|s| {
+            for (i, r) in replicas.iter().enumerate() {
+                let st = Self::replica(s, i);
+                st.replica = r.client.describe();
+                st.generation = r.state.as_ref().map(|x| x.generation.to_string());
+                st.caught_up = r.state.as_ref().is_some_and(|x| x.at_end);
+                st.failures = r.failures;
+                st.halted = r.halted.clone();
+            }
+        });
+    }
+}

@@ -1,0 +1,306 @@
+//! Reading the live WAL file that the application writes.
+//!
+//! The agent never trusts the file's length: it accepts a frame only if its salts match the header
+//! and SQLite's running checksum continues, and it ships only whole transactions (up to the last
+//! commit frame). A [`Cursor`] is the agent's place in the log: the header it belongs to, the byte
+//! offset of the next frame, and the running checksum there.
+
+use std::collections::HashMap;
+use std::fs::File;
+use std::io::{self, BufReader, Read, Seek, SeekFrom};
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+
+use lifeboat_wal::segment::WalPosition;
+use lifeboat_wal::sqlite::{
+    check_frame, FrameHeader, WalChecksum, WalHeader, FRAME_HEADER_SIZE, WAL_HEADER_SIZE,
+};
+
+/// A place in the WAL.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Cursor {
+    /// The header of the log cycle the cursor is in; `None` while the WAL is empty.
+    pub header: Option<WalHeader>,
+    /// Byte offset of the next frame (0 while the WAL is empty).
+    pub offset: u64,
+    /// Running checksum at `offset`.
+    pub checksum: WalChecksum,
+}
+
+impl Cursor {
+    /// The position of an empty WAL.
+    pub fn empty() -> Cursor {
+        Cursor {
+            header: None,
+            offset: 0,
+            checksum: (0, 0),
+        }
+    }
+
+    /// The first frame of a log cycle.
+    pub fn at_start(h: WalHeader) -> Cursor {
+        Cursor {
+            header: Some(h),
+            offset: WAL_HEADER_SIZE as u64,
+            checksum: h.checksum,
+        }
+    }
+
+    /// As recorded in a segment or snapshot (with `start_offset` as given).
+    pub fn position(&self, start: &Cursor) -> WalPosition {
+        let h = self.header.or(start.header);
+        WalPosition {
+            checkpoint_seq: h.map_or(0, |h| h.checkpoint_seq),
+            salt1: h.map_or(0, |h| h.salt1),
+            salt2: h.map_or(0, |h| h.salt2),
+            big_endian: h.is_some_and(|h| h.big_endian),
+            start_offset: start.offset,
+            end_offset: self.offset,
+            checksum_before: start.checksum,
+            checksum_after: self.checksum,
+        }
+    }
+
+    /// Whether `h` is the header of this cursor's log cycle.
+    pub fn same_cycle(&self, h: &WalHeader) -> bool {
+        self.header.is_some_and(|c| {
+            c.salt1 == h.salt1
+                && c.salt2 == h.salt2
+                && c.checkpoint_seq == h.checkpoint_seq
+                && c.page_size == h.page_size
+        })
+    }
+}
+
+/// Whether a recorded position is in the log cycle of header `h`.
+pub fn position_in_cycle(p: &WalPosition, h: &WalHeader) -> bool {
+    p.end_offset >= WAL_HEADER_SIZE as u64
+        && p.salt1 == h.salt1
+        && p.salt2 == h.salt2
+        && p.checkpoint_seq == h.checkpoint_seq
+}
+
+/// One committed transaction, as raw WAL frames.
+#[derive(Clone, Debug)]
+pub struct Txn {
+    /// The frames (header and page each).
+    pub frames: Vec<u8>,
+    /// Number of frames.
+    pub frame_count: u32,
+    /// Database size in pages after the commit.
+    pub commit_size: u32,
+}
+
+/// Whole transactions read from a cursor on.
+#[derive(Debug)]
+pub struct Batch {
+    /// The transactions, in order.
+    pub txns: Vec<Txn>,
+    /// The cursor after the last one.
+    pub end: Cursor,
+    /// Raw bytes of frames in the batch.
+    pub bytes: usize,
+}
+
+/// What the WAL looks like compared with a cursor.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Continuity {
+    /// Same log cycle, and the frame before the cursor is still the one the cursor saw.
+    Same,
+    /// SQLite restarted the log exactly once since the cursor: a new cycle begins with this header.
+    Restarted(WalHeader),
+    /// The WAL holds no frames yet (missing, empty or without a valid header).
+    Empty,
+    /// Continuity cannot be proven.
+    Broken(String),
+}
+
+/// The `-wal` file of a database.
+#[derive(Clone, Debug)]
+pub struct WalFile {
+    path: PathBuf,
+}
+
+impl WalFile {
+    /// The WAL of database `db`.
+    pub fn for_db(db: &Path) -> WalFile {
+        let mut p = db.as_os_str().to_owned();
+        p.push("-wal");
+        WalFile { path: p.into() }
+    }
+
+    /// The file's path.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    fn open(&self) -> io::Result<Option<File>> {
+        match File::open(&self.path) {
+            Ok(f) => Ok(Some(f)),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Current size in bytes (0 if missing).
+    pub fn size(&self) -> io::Result<u64> {
+        match std::fs::metadata(&self.path) {
+            Ok(m) => Ok(m.len()),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(0),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// The header, if the file holds a valid one.
+    pub fn header(&self) -> io::Result<Option<WalHeader>> {
+        let Some(f) = self.open()? else {
+            return Ok(None);
+        };
+        let mut b = [0u8; WAL_HEADER_SIZE];
+        match f.read_exact_at(&mut b, 0) {
+            Ok(()) => Ok(WalHeader::parse(&b).ok()),
+            Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Compares the file with `cursor`.
+    pub fn check(&self, cursor: &Cursor) -> io::Result<Continuity> {
+        let now = self.header()?;
+        let (c, h) = match (cursor.header, now) {
+            (None, None) => return Ok(Continuity::Empty),
+            (None, Some(h)) => return Ok(Continuity::Restarted(h)),
+            (Some(_), None) => {
+                return Ok(if self.size()? == 0 {
+                    Continuity::Broken("the WAL was truncated or removed by another process".into())
+                } else {
+                    Continuity::Empty
+                })
+            }
+            (Some(c), Some(h)) => (c, h),
+        };
+        if cursor.same_cycle(&h) {
+            if cursor.offset > WAL_HEADER_SIZE as u64 {
+                let f = self.open()?.expect("header was just read");
+                let mut fh = [0u8; FRAME_HEADER_SIZE];
+                let at = cursor.offset - h.frame_size() as u64;
+                let ok = match f.read_exact_at(&mut fh, at) {
+                    Ok(()) => {
+                        let fh = FrameHeader::parse(&fh).expect("24 bytes");
+                        fh.salt1 == h.salt1 && fh.salt2 == h.salt2 && fh.checksum == cursor.checksum
+                    }
+                    Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => false,
+                    Err(e) => return Err(e),
+                };
+                if !ok {
+                    return Ok(Continuity::Broken(format!(
+                        "the WAL frame before offset {} was overwritten by another process",
+                        cursor.offset
+                    )));
+                }
+            }
+            return Ok(Continuity::Same);
+        }
+        if h.salt1 == c.salt1.wrapping_add(1)
+            && h.checkpoint_seq == c.checkpoint_seq.wrapping_add(1)
+            && h.page_size == c.page_size
+        {
+            return Ok(Continuity::Restarted(h));
+        }
+        Ok(Continuity::Broken(format!(
+            "the WAL was restarted more than once, or replaced (checkpoint sequence {} -> {})",
+            c.checkpoint_seq, h.checkpoint_seq
+        )))
+    }
+
+    /// Reads whole committed transactions from `cursor` on, stopping after the transaction that
+    /// brings the batch to `max_bytes` or more, at the first invalid frame, or at the end.
+    pub fn read_batch(&self, cursor: &Cursor, max_bytes: usize) -> io::Result<Batch> {
+        let mut batch = Batch {
+            txns: Vec::new(),
+            end: *cursor,
+            bytes: 0,
+        };
+        let Some(h) = cursor.header else {
+            return Ok(batch);
+        };
+        let Some(mut f) = self.open()? else {
+            return Ok(batch);
+        };
+        f.seek(SeekFrom::Start(cursor.offset))?;
+        let mut r = BufReader::with_capacity(1 << 20, f);
+        let fs = h.frame_size();
+        let mut frame = vec![0u8; fs];
+        let mut running = cursor.checksum;
+        let mut offset = cursor.offset;
+        let mut pending = Vec::new();
+        let mut pending_count = 0u32;
+        loop {
+            match r.read_exact(&mut frame) {
+                Ok(()) => {}
+                Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => break,
+                Err(e) => return Err(e),
+            }
+            let Ok(Ok((fh, c))) = check_frame(&h, running, &frame) else {
+                break;
+            };
+            running = c;
+            offset += fs as u64;
+            pending.extend_from_slice(&frame);
+            pending_count += 1;
+            if fh.is_commit() {
+                batch.bytes += pending.len();
+                batch.txns.push(Txn {
+                    frames: std::mem::take(&mut pending),
+                    frame_count: pending_count,
+                    commit_size: fh.commit_size,
+                });
+                pending_count = 0;
+                batch.end = Cursor {
+                    header: Some(h),
+                    offset,
+                    checksum: c,
+                };
+                if batch.bytes >= max_bytes {
+                    break;
+                }
+            }
+        }
+        Ok(batch)
+    }
+
+    /// Maps each page to its latest frame in the current cycle up to byte offset `end`
+    /// (exclusive), verifying the checksum chain. `None` if the chain does not reach `end`.
+    pub fn page_index(&self, h: &WalHeader, end: u64) -> io::Result<Option<HashMap<u32, u64>>> {
+        let Some(f) = self.open()? else {
+            return Ok(None);
+        };
+        let mut r = BufReader::with_capacity(1 << 20, f);
+        r.seek(SeekFrom::Start(WAL_HEADER_SIZE as u64))?;
+        let fs = h.frame_size();
+        let mut frame = vec![0u8; fs];
+        let mut running = h.checksum;
+        let mut offset = WAL_HEADER_SIZE as u64;
+        let mut map = HashMap::new();
+        while offset < end {
+            if r.read_exact(&mut frame).is_err() {
+                return Ok(None);
+            }
+            let Ok(Ok((fh, c))) = check_frame(h, running, &frame) else {
+                return Ok(None);
+            };
+            running = c;
+            map.insert(fh.pgno, offset);
+            offset += fs as u64;
+        }
+        Ok((offset == end).then_some(map))
+    }
+
+    /// Reads the page of the frame at `offset`.
+    pub fn read_page(&self, offset: u64, page: &mut [u8]) -> io::Result<()> {
+        let f = self
+            .open()?
+            .ok_or_else(|| io::Error::new(io::ErrorKind::NotFound, "WAL vanished"))?;
+        f.read_exact_at(page, offset + FRAME_HEADER_SIZE as u64)
+    }
+}

@@ -1,0 +1,228 @@
+//! The sync engine driven pass by pass against a local-folder replica, with the app's writes on
+//! their own connection (WAL mode, autocheckpoint on).
+
+use std::path::Path;
+use std::sync::Arc;
+
+use lifeboat_agent::replicator::Replicator;
+use lifeboat_agent::restore::{restore, RestoreOptions, Target};
+use lifeboat_agent::status::Status;
+use lifeboat_agent::Options;
+use lifeboat_storage::local::LocalClient;
+use lifeboat_storage::ReplicaClient;
+use rusqlite::Connection;
+
+fn pages(path: &Path) -> Vec<Vec<u8>> {
+    let c = Connection::open(path).unwrap();
+    let mut s = c
+        .prepare("SELECT data FROM sqlite_dbpage ORDER BY pgno")
+        .unwrap();
+    s.query_map([], |r| r.get::<_, Vec<u8>>(0))
+        .unwrap()
+        .map(|r| r.unwrap())
+        .collect()
+}
+
+fn file_pages(path: &Path, ps: usize) -> Vec<Vec<u8>> {
+    std::fs::read(path)
+        .unwrap()
+        .chunks(ps)
+        .map(|c| c.to_vec())
+        .collect()
+}
+
+fn app(path: &Path, page_size: u32) -> Connection {
+    let c = Connection::open(path).unwrap();
+    c.execute_batch(&format!(
+        "PRAGMA page_size={page_size}; PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL;"
+    ))
+    .unwrap();
+    c
+}
+
+struct Rig {
+    _dir: tempfile::TempDir,
+    db: std::path::PathBuf,
+    replica: Arc<LocalClient>,
+    rt: tokio::runtime::Runtime,
+}
+
+impl Rig {
+    fn new() -> Rig {
+        let dir = tempfile::tempdir().unwrap();
+        let db = dir.path().join("app.db");
+        let replica = Arc::new(LocalClient::new(dir.path().join("replica")));
+        Rig {
+            db,
+            replica,
+            _dir: dir,
+            rt: tokio::runtime::Runtime::new().unwrap(),
+        }
+    }
+
+    fn replicator(&self) -> Replicator {
+        let clients: Vec<Arc<dyn ReplicaClient>> = vec![self.replica.clone()];
+        let mut r = Replicator::open(
+            &self.db,
+            clients,
+            Options::default(),
+            self.rt.handle().clone(),
+            Arc::new(Status::default()),
+        )
+        .unwrap();
+        r.resume();
+        r
+    }
+
+    fn restore_pages(&self, ps: usize) -> Vec<Vec<u8>> {
+        let out = self
+            ._dir
+            .path()
+            .join(format!("restored-{}.db", rand::random::<u32>()));
+        let opts = RestoreOptions {
+            output: out.clone(),
+            generation: None,
+            target: Target::Latest,
+            parallelism: 4,
+            force: false,
+        };
+        self.rt
+            .block_on(restore(self.replica.as_ref(), &opts))
+            .unwrap();
+        file_pages(&out, ps)
+    }
+}
+
+fn write_batch(c: &Connection, round: u32) {
+    c.execute_batch("BEGIN").unwrap();
+    for i in 0..50 {
+        c.execute(
+            "INSERT INTO t(v) VALUES (?1)",
+            [format!("round {round} row {i} {}", "x".repeat(200))],
+        )
+        .unwrap();
+    }
+    c.execute("UPDATE t SET v = v || '!' WHERE id % 7 = ?1", [round % 7])
+        .unwrap();
+    c.execute("DELETE FROM t WHERE id % 11 = ?1", [round % 11])
+        .unwrap();
+    c.execute_batch("COMMIT").unwrap();
+}
+
+#[test]
+fn mixed_writes_restore_page_for_page() {
+    for ps in [1024u32, 4096, 65536] {
+        let rig = Rig::new();
+        let c = app(&rig.db, ps);
+        c.execute_batch("CREATE TABLE t(id INTEGER PRIMARY KEY, v TEXT);")
+            .unwrap();
+        let mut rep = rig.replicator();
+        for round in 0..40 {
+            write_batch(&c, round);
+            if round % 10 == 5 {
+                c.execute_batch(
+                    "DROP TABLE IF EXISTS u; CREATE TABLE u(x); INSERT INTO u VALUES (1);",
+                )
+                .unwrap();
+            }
+            if round % 3 == 0 {
+                rep.sync();
+            }
+        }
+        rep.sync();
+        assert_eq!(
+            rig.restore_pages(ps as usize),
+            pages(&rig.db),
+            "page size {ps}"
+        );
+    }
+}
+
+#[test]
+fn app_checkpoints_while_agent_runs_lose_nothing() {
+    let rig = Rig::new();
+    let c = app(&rig.db, 4096);
+    c.execute_batch("CREATE TABLE t(id INTEGER PRIMARY KEY, v TEXT);")
+        .unwrap();
+    // An app that runs RESTART or TRUNCATE itself waits up to its busy timeout for readers.
+    c.busy_timeout(std::time::Duration::from_millis(100))
+        .unwrap();
+    let mut rep = rig.replicator();
+    for round in 0..30 {
+        write_batch(&c, round);
+        let mode = ["PASSIVE", "FULL", "RESTART", "TRUNCATE"][round as usize % 4];
+        // The agent's pin makes RESTART and TRUNCATE report busy rather than recycle frames.
+        c.query_row(&format!("PRAGMA wal_checkpoint({mode})"), [], |_| Ok(()))
+            .unwrap();
+        if round % 2 == 0 {
+            rep.sync();
+        }
+    }
+    rep.sync();
+    assert_eq!(rig.restore_pages(4096), pages(&rig.db));
+}
+
+#[test]
+fn app_checkpoints_while_agent_stopped_lose_nothing() {
+    let rig = Rig::new();
+    let c = app(&rig.db, 4096);
+    c.execute_batch("CREATE TABLE t(id INTEGER PRIMARY KEY, v TEXT);")
+        .unwrap();
+    for (round, mode) in ["PASSIVE", "RESTART", "TRUNCATE", "FULL", "TRUNCATE"]
+        .iter()
+        .enumerate()
+    {
+        let mut rep = rig.replicator();
+        write_batch(&c, round as u32);
+        rep.sync();
+        write_batch(&c, round as u32 + 100);
+        drop(rep);
+        write_batch(&c, round as u32 + 200);
+        c.query_row(&format!("PRAGMA wal_checkpoint({mode})"), [], |_| Ok(()))
+            .unwrap();
+        write_batch(&c, round as u32 + 300);
+    }
+    let mut rep = rig.replicator();
+    rep.sync();
+    assert_eq!(rig.restore_pages(4096), pages(&rig.db));
+}
+
+#[test]
+fn restart_resumes_the_generation_when_nothing_happened() {
+    let rig = Rig::new();
+    let c = app(&rig.db, 4096);
+    c.execute_batch("CREATE TABLE t(id INTEGER PRIMARY KEY, v TEXT);")
+        .unwrap();
+    let mut rep = rig.replicator();
+    write_batch(&c, 1);
+    rep.sync();
+    let g1 = rep.replicas()[0].state.as_ref().unwrap().generation;
+    drop(rep);
+    write_batch(&c, 2);
+    let mut rep = rig.replicator();
+    let st = rep.replicas()[0].state.as_ref().expect("resumed");
+    assert_eq!(st.generation, g1, "same generation after a plain restart");
+    rep.sync();
+    assert_eq!(rig.restore_pages(4096), pages(&rig.db));
+}
+
+#[test]
+fn a_second_agent_on_the_same_database_is_refused() {
+    let rig = Rig::new();
+    let c = app(&rig.db, 4096);
+    c.execute_batch("CREATE TABLE t(x);").unwrap();
+    let _first = rig.replicator();
+    let clients: Vec<Arc<dyn ReplicaClient>> = vec![rig.replica.clone()];
+    let err = Replicator::open(
+        &rig.db,
+        clients,
+        Options::default(),
+        rig.rt.handle().clone(),
+        Arc::new(Status::default()),
+    )
+    .unwrap_err();
+    assert!(
+        err.to_string().contains("already replicating"),
+        "unexpected message: {err}"
+    );
+}
