@@ -1,1 +1,8 @@
+//! End-to-end tests: the real `lifeboat` binary against a local folder and a real S3-compatible
+//! server on 127.0.0.1, with the application writing through its own SQLite connection in WAL
+//! mode with autocheckpoint on.
 
+mod support;
+
+mod corruption;
+mod replicate;

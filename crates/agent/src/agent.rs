@@ -118,6 +118,11 @@ pub fn start(cfg: DbConfig, rt: Handle) -> Result<DbHandle> {
     let stop2 = stop.clone();
     let opts = cfg.options.clone();
     let path = cfg.path.clone();
+    info!(
+        db = %cfg.path.display(),
+        replicas = %cfg.replicas.iter().map(|r| r.describe()).collect::<Vec<_>>().join(", "),
+        "replicating"
+    );
     let thread = std::thread::Builder::new()
         .name(format!("lifeboat {}", cfg.path.display()))
         .spawn(move || {

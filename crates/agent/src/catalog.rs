@@ -117,7 +117,7 @@ pub async fn tip(
                     .await?;
                 let h = SegmentHeader::decode(&b).map_err(|e| Error::Corrupt {
                     key: seg.name.clone(),
-                    source: e,
+                    cause: e,
                 })?;
                 return Ok(Tip {
                     generation,
@@ -136,7 +136,7 @@ pub async fn tip(
         .await?;
     let corrupt = |e| Error::Corrupt {
         key: snap.name.clone(),
-        source: e,
+        cause: e,
     };
     let h = SnapshotHeader::decode(&hb).map_err(corrupt)?;
     let tb = client

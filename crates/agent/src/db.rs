@@ -24,7 +24,7 @@ use lifeboat_wal::sqlite::WalHeader;
 use rusqlite::config::DbConfig;
 use rusqlite::{Connection, OpenFlags};
 
-use crate::walfile::{Cursor, WalFile};
+use crate::walfile::{Continuity, Cursor, WalFile};
 use crate::{Error, Result};
 
 /// SQLite's checkpoint modes, as lifeboat uses them.
@@ -98,6 +98,11 @@ pub struct Database {
     active: Option<usize>,
     aux: Connection,
     page_size: u32,
+    /// Our own descriptor on the database file, kept open for the agent's lifetime. POSIX
+    /// advisory locks belong to the process and are released when *any* descriptor on the file
+    /// closes, so opening and closing the file ourselves would silently drop SQLite's locks (and
+    /// let the app's last connection checkpoint and delete the WAL under us).
+    file: File,
     _lock: LockFile,
 }
 
@@ -133,6 +138,8 @@ impl Database {
             return Err(Error::NoDatabase(path.to_path_buf()));
         }
         let lock = LockFile::acquire(path)?;
+        let file =
+            File::open(path).map_err(|e| Error::io(format!("open {}", path.display()), e))?;
         let aux = open_conn(path)?;
         let mode: String = aux
             .query_row("PRAGMA journal_mode", [], |r| r.get(0))
@@ -156,6 +163,7 @@ impl Database {
             active: None,
             aux,
             page_size,
+            file,
             _lock: lock,
         };
         db.pin()?;
@@ -212,45 +220,110 @@ impl Database {
             .map_err(|e| Error::sqlite(&self.path, "checkpoint", e))
     }
 
-    /// Pins the database at exactly the current end of committed WAL frames and returns that
-    /// position. Takes SQLite's write lock for as long as it takes to read the WAL tail (the
-    /// WAL was scanned before taking the lock), never for whole-database work.
-    pub fn pin_at_end(&mut self) -> Result<Cursor> {
-        let pre = self.scan_to_end(Cursor::empty())?;
-        self.aux
-            .execute_batch("BEGIN IMMEDIATE")
-            .map_err(|e| Error::sqlite(&self.path, "take write lock", e))?;
-        let result = (|| -> Result<Cursor> {
-            let end = self.scan_to_end(pre)?;
+    /// Moves the pin forward and returns exactly where in the WAL its read transaction stands.
+    ///
+    /// SQLite's `sqlite3_snapshot_get` hands back a copy of the WAL-index header the read
+    /// transaction uses (its layout is documented in SQLite's WAL-index file format): the number
+    /// of frames it sees, their running checksum and the salts. The position is cross-checked
+    /// against the frame in the WAL file before it is trusted. No write lock is taken, so a
+    /// writer committing back to back cannot starve the agent.
+    pub fn pin_snapshot(&mut self) -> Result<Cursor> {
+        for _ in 0..100 {
             self.pin()?;
-            Ok(end)
-        })();
-        let rb = self.aux.execute_batch("ROLLBACK");
-        let end = result?;
-        rb.map_err(|e| Error::sqlite(&self.path, "release write lock", e))?;
-        Ok(end)
-    }
-
-    /// The end of committed frames, scanning from `from` if it is still in the current cycle.
-    fn scan_to_end(&self, from: Cursor) -> Result<Cursor> {
-        let Some(h) = self.wal.header().map_err(|e| self.wal_err(e))? else {
-            return Ok(Cursor::empty());
-        };
-        let mut c = if from.same_cycle(&h) {
-            from
-        } else {
-            Cursor::at_start(h)
-        };
-        loop {
-            let b = self
-                .wal
-                .read_batch(&c, 64 << 20)
-                .map_err(|e| self.wal_err(e))?;
-            if b.txns.is_empty() {
+            if let Some(c) = self.pinned_cursor()? {
                 return Ok(c);
             }
-            c = b.end;
         }
+        Err(Error::Inconsistent(
+            "could not match the pinned read transaction to the WAL file after 100 tries".into(),
+        ))
+    }
+
+    /// The WAL-index header of the pinned read transaction; `None` when SQLite declines because
+    /// the log has never held a frame since the WAL index was built (its running checksum is
+    /// still zero), in which case the pinned state is the database file alone.
+    fn snapshot_header(&self) -> Result<Option<[u8; 48]>> {
+        let a = self.active.expect("pinned");
+        let conn = &self.pins[a];
+        let mut snap: *mut rusqlite::ffi::sqlite3_snapshot = std::ptr::null_mut();
+        // SAFETY: the handle is a live connection owned by `self`; "main" is a NUL-terminated
+        // string; on success SQLite allocates `snap`, which is copied and freed right here.
+        let rc = unsafe {
+            rusqlite::ffi::sqlite3_snapshot_get(conn.handle(), c"main".as_ptr(), &mut snap)
+        };
+        if rc == rusqlite::ffi::SQLITE_ERROR {
+            return Ok(None);
+        }
+        if rc != rusqlite::ffi::SQLITE_OK || snap.is_null() {
+            return Err(Error::sqlite(
+                &self.path,
+                "read the pinned WAL position",
+                rusqlite::Error::SqliteFailure(rusqlite::ffi::Error::new(rc), None),
+            ));
+        }
+        // SAFETY: `snap` is non-null and points at SQLite's 48-byte snapshot object.
+        let bytes = unsafe { (*snap).hidden };
+        unsafe { rusqlite::ffi::sqlite3_snapshot_free(snap) };
+        Ok(Some(bytes))
+    }
+
+    /// The cursor matching the pin, or `None` if the WAL moved under the check (try again).
+    fn pinned_cursor(&self) -> Result<Option<Cursor>> {
+        let Some(hdr) = self.snapshot_header()? else {
+            // No frame has ever been written to this log: every valid frame that appears in
+            // the file from now on is new.
+            return Ok(Some(Cursor::empty()));
+        };
+        let u32_at = |i: usize| u32::from_ne_bytes(hdr[i..i + 4].try_into().expect("4 bytes"));
+        let sz = u16::from_ne_bytes([hdr[14], hdr[15]]);
+        let page_size = if sz == 1 { 65536 } else { u32::from(sz) };
+        let mx_frame = u64::from(u32_at(16));
+        let frame_cksum = (u32_at(24), u32_at(28));
+        // The salts are the header's bytes copied verbatim (big-endian); the rest is native.
+        let be_at = |i: usize| u32::from_be_bytes(hdr[i..i + 4].try_into().expect("4 bytes"));
+        let salts = (be_at(32), be_at(36));
+        if page_size != self.page_size {
+            return Err(Error::Inconsistent(format!(
+                "WAL page size {page_size} differs from the database's {}",
+                self.page_size
+            )));
+        }
+        let file_header = self.wal.header().map_err(|e| self.wal_err(e))?;
+        let cursor = match file_header {
+            Some(h) if (h.salt1, h.salt2) == salts => {
+                if mx_frame == 0 {
+                    Cursor::at_start(h)
+                } else {
+                    let c = Cursor {
+                        header: Some(h),
+                        offset: h.frame_offset(mx_frame),
+                        checksum: frame_cksum,
+                        expect_salts: None,
+                    };
+                    if self.wal.check(&c).map_err(|e| self.wal_err(e))? != Continuity::Same {
+                        return Ok(None);
+                    }
+                    c
+                }
+            }
+            // The file still shows an earlier cycle: the pinned cycle has no frames on disk yet.
+            Some(_) | None if mx_frame == 0 => Cursor {
+                expect_salts: Some(salts),
+                ..Cursor::empty()
+            },
+            // The log restarted right after the pin (possible only from a fully checkpointed
+            // log, which the pin then holds as mark zero): the next cycle follows on directly.
+            Some(h) if h.salt1 == salts.0.wrapping_add(1) => Cursor {
+                expect_salts: Some((h.salt1, h.salt2)),
+                ..Cursor::empty()
+            },
+            _ => return Ok(None),
+        };
+        // The header must not have changed while we looked.
+        if self.wal.header().map_err(|e| self.wal_err(e))? != file_header {
+            return Ok(None);
+        }
+        Ok(Some(cursor))
     }
 
     fn wal_err(&self, e: io::Error) -> Error {
@@ -323,7 +396,7 @@ impl Database {
             },
             None => HashMap::new(),
         };
-        let file = File::open(&self.path).map_err(|e| Error::io("open database", e))?;
+        let file = &self.file;
         let ps = self.page_size as usize;
         let mut page = vec![0u8; ps];
         let mut hashes = PageHashes::new(ps);

@@ -30,33 +30,33 @@ pub enum Error {
         holder: String,
     },
     /// SQLite failed.
-    #[error("{what} on {path}: {source}")]
+    #[error("{what} on {path}: {cause}")]
     Sqlite {
         /// The database.
         path: PathBuf,
         /// What the agent was doing.
         what: &'static str,
         /// SQLite's error.
-        source: rusqlite::Error,
+        cause: rusqlite::Error,
     },
     /// A local file operation failed.
-    #[error("{what}: {source}")]
+    #[error("{what}: {cause}")]
     Io {
         /// What, on which file.
         what: String,
         /// The error.
-        source: std::io::Error,
+        cause: std::io::Error,
     },
     /// A replica operation failed.
     #[error(transparent)]
     Storage(#[from] lifeboat_storage::Error),
     /// An object failed verification.
-    #[error("object {key} is corrupt: {source}; the replica cannot be restored past it")]
+    #[error("object {key} is corrupt: {cause}; the replica cannot be restored past it")]
     Corrupt {
         /// The object.
         key: String,
         /// What was wrong.
-        source: lifeboat_wal::Error,
+        cause: lifeboat_wal::Error,
     },
     /// The replica does not hold a restorable chain.
     #[error("{0}")]
@@ -78,14 +78,14 @@ impl Error {
         Error::Sqlite {
             path: path.to_path_buf(),
             what,
-            source,
+            cause: source,
         }
     }
 
     pub(crate) fn io(what: impl Into<String>, source: std::io::Error) -> Self {
         Error::Io {
             what: what.into(),
-            source,
+            cause: source,
         }
     }
 }

@@ -70,3 +70,8 @@ impl Default for Options {
         }
     }
 }
+
+/// The version of the SQLite library lifeboat is built with.
+pub fn sqlite_version() -> &'static str {
+    rusqlite::version()
+}

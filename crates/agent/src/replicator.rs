@@ -136,6 +136,7 @@ impl Replicator {
                     header: Some(h),
                     offset: tip.wal.end_offset,
                     checksum: tip.wal.checksum_after,
+                    expect_salts: None,
                 };
                 if self
                     .db
@@ -424,7 +425,7 @@ impl Replicator {
     /// Takes a snapshot and starts a new generation on replicas `which`; returns objects written.
     fn new_generation(&mut self, which: &[usize]) -> Result<u32> {
         let started = Instant::now();
-        let cursor = self.db.pin_at_end()?;
+        let cursor = self.db.pin_snapshot()?;
         let generation = Generation::new(now_ms(), rand::random());
         let time_ms = now_ms();
         let header = SnapshotHeader {

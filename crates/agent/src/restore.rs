@@ -288,7 +288,7 @@ pub async fn restore(client: &dyn ReplicaClient, opts: &RestoreOptions) -> Resul
             let f = File::open(&snap_path).map_err(|e| Error::io("open snapshot", e))?;
             let corrupt = |e| Error::Corrupt {
                 key: key.clone(),
-                source: e,
+                cause: e,
             };
             let mut r =
                 SnapshotReader::new(BufReader::with_capacity(1 << 20, f)).map_err(corrupt)?;
@@ -341,7 +341,7 @@ pub async fn restore(client: &dyn ReplicaClient, opts: &RestoreOptions) -> Resul
                 .map_err(|e| Error::Inconsistent(e.to_string()))?
                 .map_err(|e| Error::Corrupt {
                     key: name.clone(),
-                    source: e,
+                    cause: e,
                 })?;
             Ok::<_, Error>((o, seg))
         })

@@ -25,6 +25,9 @@ pub struct Cursor {
     pub offset: u64,
     /// Running checksum at `offset`.
     pub checksum: WalChecksum,
+    /// While `header` is `None`: the salts the next log cycle must carry, when known. A header
+    /// on disk with other salts is a stale leftover of an earlier cycle, not the next one.
+    pub expect_salts: Option<(u32, u32)>,
 }
 
 impl Cursor {
@@ -34,6 +37,7 @@ impl Cursor {
             header: None,
             offset: 0,
             checksum: (0, 0),
+            expect_salts: None,
         }
     }
 
@@ -43,6 +47,7 @@ impl Cursor {
             header: Some(h),
             offset: WAL_HEADER_SIZE as u64,
             checksum: h.checksum,
+            expect_salts: None,
         }
     }
 
@@ -164,24 +169,42 @@ impl WalFile {
         }
     }
 
-    /// Compares the file with `cursor`.
+    /// Compares the file with `cursor`. The header and the frame before the cursor are read
+    /// separately, so a check that sees them disagree is repeated after re-reading the header:
+    /// a log restarted or truncated between the two reads is not mistaken for an overwrite.
     pub fn check(&self, cursor: &Cursor) -> io::Result<Continuity> {
-        let now = self.header()?;
+        let mut attempts = 0;
+        loop {
+            let now = self.header()?;
+            let verdict = self.check_against(cursor, now)?;
+            attempts += 1;
+            if matches!(verdict, Continuity::Broken(_)) && attempts < 3 && self.header()? != now {
+                continue;
+            }
+            return Ok(verdict);
+        }
+    }
+
+    fn check_against(&self, cursor: &Cursor, now: Option<WalHeader>) -> io::Result<Continuity> {
         let (c, h) = match (cursor.header, now) {
             (None, None) => return Ok(Continuity::Empty),
-            (None, Some(h)) => return Ok(Continuity::Restarted(h)),
-            (Some(_), None) => {
-                return Ok(if self.size()? == 0 {
-                    Continuity::Broken("the WAL was truncated or removed by another process".into())
-                } else {
-                    Continuity::Empty
+            (None, Some(h)) => {
+                return Ok(match cursor.expect_salts {
+                    Some(s) if s != (h.salt1, h.salt2) => Continuity::Empty,
+                    _ => Continuity::Restarted(h),
                 })
             }
+            // Truncated (by a TRUNCATE checkpoint) or not yet rewritten: SQLite can only have
+            // done that from a fully checkpointed log that the pin shows we had read to the end;
+            // the next header must then be exactly one restart on, which the arm below checks.
+            (Some(_), None) => return Ok(Continuity::Empty),
             (Some(c), Some(h)) => (c, h),
         };
         if cursor.same_cycle(&h) {
             if cursor.offset > WAL_HEADER_SIZE as u64 {
-                let f = self.open()?.expect("header was just read");
+                let Some(f) = self.open()? else {
+                    return Ok(Continuity::Empty);
+                };
                 let mut fh = [0u8; FRAME_HEADER_SIZE];
                 let at = cursor.offset - h.frame_size() as u64;
                 let ok = match f.read_exact_at(&mut fh, at) {
@@ -260,6 +283,7 @@ impl WalFile {
                     header: Some(h),
                     offset,
                     checksum: c,
+                    expect_salts: None,
                 };
                 if batch.bytes >= max_bytes {
                     break;

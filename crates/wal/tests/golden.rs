@@ -36,7 +36,10 @@ fn ok_wal_is_read_to_the_last_commit() {
 
 #[test]
 fn salt_mismatch_ends_the_log() {
-    assert_eq!(scan("salt-mismatch").stopped_by, Some(FrameFault::SaltMismatch));
+    assert_eq!(
+        scan("salt-mismatch").stopped_by,
+        Some(FrameFault::SaltMismatch)
+    );
 }
 
 #[test]

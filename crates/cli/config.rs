@@ -1,0 +1,199 @@
+//! The configuration file, and turning arguments into databases to replicate.
+//!
+//! ```toml
+//! [[databases]]
+//! path = "/data/app.db"
+//! puts-per-second = 1.0          # optional
+//! replicas = ["s3://my-bucket/app?region=${AWS_REGION}", "file:///mnt/backup/app"]
+//! ```
+//! `${VAR}` is replaced by the environment variable `VAR` (an unset variable is an error;
+//! `${VAR:-default}` gives a default). Credentials never go in this file: S3 credentials come from
+//! the standard AWS environment variables and configuration files.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::{bail, Context, Result};
+use lifeboat_agent::agent::DbConfig;
+use lifeboat_agent::Options;
+use serde::Deserialize;
+
+use crate::args::ReplicateArgs;
+use crate::replica_url;
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct File {
+    databases: Vec<Database>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+struct Database {
+    path: PathBuf,
+    replicas: Vec<String>,
+    puts_per_second: Option<f64>,
+    put_burst: Option<f64>,
+    checkpoint_pages: Option<u32>,
+    max_wal_bytes: Option<u64>,
+    #[serde(default, with = "humantime_serde_opt")]
+    poll_interval: Option<Duration>,
+    staging_dir: Option<PathBuf>,
+}
+
+mod humantime_serde_opt {
+    use std::time::Duration;
+
+    use serde::{Deserialize, Deserializer};
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
+        let s: Option<String> = Option::deserialize(d)?;
+        s.map(|s| humantime::parse_duration(&s).map_err(serde::de::Error::custom))
+            .transpose()
+    }
+}
+
+/// Replaces `${VAR}` and `${VAR:-default}`.
+pub fn expand_env(text: &str, get: impl Fn(&str) -> Option<String>) -> Result<String> {
+    let mut out = String::with_capacity(text.len());
+    let mut rest = text;
+    while let Some(i) = rest.find("${") {
+        out.push_str(&rest[..i]);
+        let after = &rest[i + 2..];
+        let Some(end) = after.find('}') else {
+            bail!("unterminated ${{ in configuration");
+        };
+        let expr = &after[..end];
+        let (name, default) = match expr.split_once(":-") {
+            Some((n, d)) => (n, Some(d)),
+            None => (expr, None),
+        };
+        if name.is_empty() || !name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') {
+            bail!("invalid variable name {name:?} in configuration");
+        }
+        match (get(name), default) {
+            (Some(v), _) => out.push_str(&v),
+            (None, Some(d)) => out.push_str(d),
+            (None, None) => bail!("environment variable {name} is not set (used in configuration)"),
+        }
+        rest = &after[end + 1..];
+    }
+    out.push_str(rest);
+    Ok(out)
+}
+
+/// The databases to replicate, from a config file or from the command line.
+pub async fn databases(args: &ReplicateArgs) -> Result<Vec<DbConfig>> {
+    let mut out = Vec::new();
+    if let Some(path) = &args.config {
+        let text = std::fs::read_to_string(path)
+            .with_context(|| format!("cannot read configuration {}", path.display()))?;
+        let text = expand_env(&text, |k| std::env::var(k).ok())
+            .with_context(|| format!("in {}", path.display()))?;
+        let file: File = toml::from_str(&text)
+            .with_context(|| format!("invalid configuration {}", path.display()))?;
+        if file.databases.is_empty() {
+            bail!("{} lists no databases", path.display());
+        }
+        for d in file.databases {
+            if d.replicas.is_empty() {
+                bail!(
+                    "database {} has no replicas in {}",
+                    d.path.display(),
+                    path.display()
+                );
+            }
+            let mut options = Options::default();
+            if let Some(v) = d.puts_per_second.or(args.puts_per_second) {
+                options.puts_per_second = v;
+            }
+            if let Some(v) = d.put_burst {
+                options.put_burst = v;
+            }
+            if let Some(v) = d.checkpoint_pages {
+                options.checkpoint_pages = v;
+            }
+            if let Some(v) = d.max_wal_bytes {
+                options.max_wal_bytes = v;
+            }
+            if let Some(v) = d.poll_interval {
+                options.poll_interval = v;
+            }
+            if let Some(v) = d.staging_dir {
+                options.staging_dir = v;
+            }
+            let mut replicas = Vec::new();
+            for u in &d.replicas {
+                replicas.push(replica_url::open(u).await?);
+            }
+            out.push(DbConfig {
+                path: d.path,
+                replicas,
+                options,
+            });
+        }
+    } else {
+        let db = args.db.clone().context("a database path is required")?;
+        if args.urls.is_empty() {
+            bail!("give at least one replica URL after the database path");
+        }
+        let mut options = Options::default();
+        if let Some(v) = args.puts_per_second {
+            options.puts_per_second = v;
+        }
+        let mut replicas = Vec::new();
+        for u in &args.urls {
+            replicas.push(replica_url::open(u).await?);
+        }
+        out.push(DbConfig {
+            path: db,
+            replicas,
+            options,
+        });
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn env(k: &str) -> Option<String> {
+        (k == "BUCKET").then(|| "b1".to_string())
+    }
+
+    #[test]
+    fn expands_variables() {
+        assert_eq!(expand_env("s3://${BUCKET}/x", env).unwrap(), "s3://b1/x");
+        assert_eq!(expand_env("${NOPE:-d}", env).unwrap(), "d");
+        assert!(expand_env("${NOPE}", env)
+            .unwrap_err()
+            .to_string()
+            .contains("NOPE"));
+        assert!(expand_env("${BUCKET", env).is_err());
+    }
+
+    #[test]
+    fn parses_a_config() {
+        let f: File = toml::from_str(
+            r#"
+            [[databases]]
+            path = "/data/app.db"
+            replicas = ["file:///tmp/r"]
+            poll-interval = "500ms"
+            "#,
+        )
+        .unwrap();
+        assert_eq!(
+            f.databases[0].poll_interval,
+            Some(Duration::from_millis(500))
+        );
+    }
+
+    #[test]
+    fn rejects_unknown_keys() {
+        assert!(
+            toml::from_str::<File>("[[databases]]\npath='x'\nreplicas=[]\nsecret='y'\n").is_err()
+        );
+    }
+}

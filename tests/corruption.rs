@@ -1,0 +1,118 @@
+//! Damaged replicas: restore refuses, naming the object, and leaves no output behind.
+
+use std::path::Path;
+
+use crate::support::*;
+
+fn replicated(dir: &Path) -> (std::path::PathBuf, String) {
+    let db = dir.join("app.db");
+    let replica = dir.join("replica");
+    let url = format!("file://{}", replica.display());
+    let c = app_conn(&db, 4096);
+    create_schema(&c);
+    let agent = Agent::replicate(&db, &url, &dir.join("a.log"));
+    // Several segments: stop and start the agent between bursts of writes.
+    for s in 0..30 {
+        mixed_txn(&c, s);
+    }
+    agent.stop_ok();
+    for round in 1..4 {
+        let agent = Agent::replicate(&db, &url, &dir.join(format!("a{round}.log")));
+        for s in 0..30 {
+            mixed_txn(&c, round * 100 + s);
+        }
+        agent.stop_ok();
+    }
+    let gens = std::fs::read_dir(replica.join("generations"))
+        .unwrap()
+        .count();
+    if gens != 1 {
+        let logs: Vec<String> = (0..4)
+            .map(|i| {
+                let name = if i == 0 {
+                    "a.log".to_string()
+                } else {
+                    format!("a{i}.log")
+                };
+                std::fs::read_to_string(dir.join(name)).unwrap()
+            })
+            .collect();
+        panic!(
+            "restarts must resume the generation, got {gens}:\n{}",
+            logs.join("\n---\n")
+        );
+    }
+    (replica, url)
+}
+
+fn relative_key(replica: &Path, p: &Path) -> String {
+    p.strip_prefix(replica)
+        .unwrap()
+        .to_string_lossy()
+        .to_string()
+}
+
+#[test]
+fn a_flipped_byte_in_a_segment_fails_restore_naming_the_object() {
+    let dir = tempfile::tempdir().unwrap();
+    let (replica, url) = replicated(dir.path());
+    let segs = files_with_suffix(&replica, ".lbseg");
+    assert!(segs.len() >= 3, "want several segments, got {}", segs.len());
+    let victim = &segs[segs.len() / 2];
+    let mut data = std::fs::read(victim).unwrap();
+    let i = data.len() / 2;
+    data[i] ^= 0x01;
+    std::fs::write(victim, &data).unwrap();
+    let out = dir.path().join("out.db");
+    let o = run(&["restore", &url, "-o", out.to_str().unwrap()]);
+    assert!(
+        !o.status.success(),
+        "restore of a corrupt replica must fail: victim {}, {}",
+        victim.display(),
+        String::from_utf8_lossy(&o.stderr)
+    );
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        err.contains(&relative_key(&replica, victim)),
+        "the error must name the object: {err}"
+    );
+    assert!(!out.exists(), "no output may be left behind");
+}
+
+#[test]
+fn a_segment_missing_from_the_middle_fails_restore_naming_the_gap() {
+    let dir = tempfile::tempdir().unwrap();
+    let (replica, url) = replicated(dir.path());
+    let segs = files_with_suffix(&replica, ".lbseg");
+    assert!(segs.len() >= 3);
+    let victim = &segs[segs.len() / 2];
+    let next = &segs[segs.len() / 2 + 1];
+    std::fs::remove_file(victim).unwrap();
+    let out = dir.path().join("out.db");
+    let o = run(&["restore", &url, "-o", out.to_str().unwrap()]);
+    assert!(!o.status.success());
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        err.contains("missing transactions") && err.contains(&relative_key(&replica, next)),
+        "the error must name the gap and the object after it: {err}"
+    );
+    assert!(!out.exists());
+}
+
+#[test]
+fn a_flipped_byte_in_a_snapshot_fails_restore_naming_the_object() {
+    let dir = tempfile::tempdir().unwrap();
+    let (replica, url) = replicated(dir.path());
+    let snaps = files_with_suffix(&replica, ".lbsnap");
+    let victim = snaps.last().unwrap();
+    let mut data = std::fs::read(victim).unwrap();
+    let i = data.len() / 3;
+    data[i] ^= 0x40;
+    std::fs::write(victim, &data).unwrap();
+    let out = dir.path().join("out.db");
+    let o = run(&["restore", &url, "-o", out.to_str().unwrap()]);
+    assert!(!o.status.success());
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(err.contains(&relative_key(&replica, victim)), "{err}");
+    assert!(!out.exists());
+}

@@ -1,0 +1,148 @@
+//! Replication to a local folder, driven through the binary.
+
+use std::time::Duration;
+
+use nix::sys::signal::Signal;
+
+use crate::support::*;
+
+fn file_url(p: &std::path::Path) -> String {
+    format!("file://{}", p.display())
+}
+
+#[test]
+fn continuous_mixed_writes_restore_page_for_page_at_each_page_size() {
+    for ps in [1024u32, 4096, 65536] {
+        let dir = tempfile::tempdir().unwrap();
+        let db = dir.path().join("app.db");
+        let replica = dir.path().join("replica");
+        create_schema(&app_conn(&db, ps));
+        let agent = Agent::replicate(&db, &file_url(&replica), &dir.path().join("agent.log"));
+        let w = Writer::start(&db, ps, 0, 600);
+        assert_eq!(w.finish(), 600);
+        agent.stop_ok();
+        restore_and_compare(&file_url(&replica), &dir.path().join("out.db"), &db);
+    }
+}
+
+#[test]
+fn agent_killed_and_restarted_25_times_during_writes_loses_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("app.db");
+    let replica = dir.path().join("replica");
+    create_schema(&app_conn(&db, 4096));
+    let url = file_url(&replica);
+    let w = Writer::start(&db, 4096, 0, u64::MAX);
+    for i in 0..25 {
+        let before = count_files(&replica);
+        let agent = Agent::replicate(&db, &url, &dir.path().join(format!("agent-{i}.log")));
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        while count_files(&replica) <= before {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "agent {i} uploaded nothing in 30 s; log:\n{}",
+                agent.log_text()
+            );
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        agent.kill();
+    }
+    let n = w.halt();
+    assert!(n > 0);
+    let agent = Agent::replicate(&db, &url, &dir.path().join("agent-final.log"));
+    agent.stop_ok();
+    restore_and_compare(&url, &dir.path().join("out.db"), &db);
+}
+
+#[test]
+fn second_agent_on_the_same_database_is_refused_and_the_replica_stays_sound() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("app.db");
+    let replica = dir.path().join("replica");
+    create_schema(&app_conn(&db, 4096));
+    let url = file_url(&replica);
+    let first = Agent::replicate(&db, &url, &dir.path().join("a.log"));
+    let w = Writer::start(&db, 4096, 0, 300);
+    let mut second = Agent::start(
+        &["replicate", db.to_str().unwrap(), &url],
+        &dir.path().join("b.log"),
+    );
+    let status = second.wait(Duration::from_secs(30));
+    assert!(!status.success(), "a second agent must refuse to run");
+    let msg = second.log_text();
+    assert!(
+        msg.contains("already replicating") && msg.contains("app.db"),
+        "the refusal must say why and name the database: {msg}"
+    );
+    w.finish();
+    first.stop_ok();
+    restore_and_compare(&url, &dir.path().join("out.db"), &db);
+}
+
+#[test]
+fn app_checkpoints_while_the_agent_is_stopped_lose_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("app.db");
+    let replica = dir.path().join("replica");
+    let url = file_url(&replica);
+    let c = app_conn(&db, 4096);
+    create_schema(&c);
+    let mut seq = 0;
+    for mode in ["PASSIVE", "RESTART", "TRUNCATE", "FULL"] {
+        let agent = Agent::replicate(&db, &url, &dir.path().join(format!("{mode}.log")));
+        for _ in 0..50 {
+            mixed_txn(&c, seq);
+            seq += 1;
+        }
+        agent.stop_ok();
+        for _ in 0..50 {
+            mixed_txn(&c, seq);
+            seq += 1;
+        }
+        c.query_row(&format!("PRAGMA wal_checkpoint({mode})"), [], |_| Ok(()))
+            .unwrap();
+        for _ in 0..20 {
+            mixed_txn(&c, seq);
+            seq += 1;
+        }
+    }
+    let agent = Agent::replicate(&db, &url, &dir.path().join("last.log"));
+    agent.stop_ok();
+    restore_and_compare(&url, &dir.path().join("out.db"), &db);
+}
+
+#[test]
+fn sigint_also_syncs_before_exit() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("app.db");
+    let replica = dir.path().join("replica");
+    let url = file_url(&replica);
+    let c = app_conn(&db, 4096);
+    create_schema(&c);
+    let mut agent = Agent::replicate(&db, &url, &dir.path().join("a.log"));
+    for s in 0..100 {
+        mixed_txn(&c, s);
+    }
+    agent.signal(Signal::SIGINT);
+    assert!(agent.wait(Duration::from_secs(60)).success());
+    restore_and_compare(&url, &dir.path().join("out.db"), &db);
+}
+
+#[test]
+fn restore_refuses_to_overwrite_an_existing_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("app.db");
+    let replica = dir.path().join("replica");
+    let url = file_url(&replica);
+    create_schema(&app_conn(&db, 4096));
+    Agent::replicate(&db, &url, &dir.path().join("a.log")).stop_ok();
+    let out = dir.path().join("existing.db");
+    std::fs::write(&out, b"precious").unwrap();
+    let o = run(&["restore", &url, "-o", out.to_str().unwrap()]);
+    assert!(!o.status.success());
+    assert!(String::from_utf8_lossy(&o.stderr).contains("refusing to overwrite"));
+    assert_eq!(std::fs::read(&out).unwrap(), b"precious");
+    let o = run(&["restore", &url, "-o", out.to_str().unwrap(), "--force"]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert_same_pages(&file_pages(&out), &pages(&db));
+}

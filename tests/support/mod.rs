@@ -1,0 +1,310 @@
+//! Helpers shared by the end-to-end tests.
+
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Output, Stdio};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use nix::sys::signal::{kill, Signal};
+use nix::unistd::Pid;
+use rusqlite::Connection;
+
+/// The binary under test.
+pub fn bin() -> &'static str {
+    env!("CARGO_BIN_EXE_lifeboat")
+}
+
+/// Polls `cond` until it holds or `timeout` passes; panics with `what` on timeout.
+pub fn wait_until(what: &str, timeout: Duration, mut cond: impl FnMut() -> bool) {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if cond() {
+            return;
+        }
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// A running `lifeboat` process whose stderr goes to a log file.
+pub struct Agent {
+    pub child: Child,
+    pub log: PathBuf,
+}
+
+impl Agent {
+    pub fn start(args: &[&str], log: &Path) -> Agent {
+        let f = std::fs::File::create(log).unwrap();
+        let child = Command::new(bin())
+            .args(args)
+            .env("RUST_LOG", "info")
+            .stdout(Stdio::null())
+            .stderr(f)
+            .spawn()
+            .expect("start lifeboat");
+        Agent {
+            child,
+            log: log.to_path_buf(),
+        }
+    }
+
+    /// Starts `lifeboat replicate` and waits until it says it is replicating.
+    pub fn replicate(db: &Path, url: &str, log: &Path) -> Agent {
+        let mut a = Agent::start(&["replicate", db.to_str().unwrap(), url], log);
+        a.wait_for_log("replicating");
+        a
+    }
+
+    /// Waits until the log contains `text` (the process must still be running).
+    pub fn wait_for_log(&mut self, text: &str) {
+        wait_until(
+            &format!("agent log line {text:?}"),
+            Duration::from_secs(30),
+            || {
+                if let Some(s) = self.child.try_wait().unwrap() {
+                    panic!("agent exited with {s}: {}", self.log_text());
+                }
+                self.log_text().contains(text)
+            },
+        );
+    }
+
+    pub fn signal(&self, s: Signal) {
+        kill(Pid::from_raw(self.child.id() as i32), s).unwrap();
+    }
+
+    /// SIGTERM, then wait (bounded) for the exit status.
+    pub fn stop(mut self) -> ExitStatus {
+        self.signal(Signal::SIGTERM);
+        self.wait(Duration::from_secs(60))
+    }
+
+    /// SIGTERM, and assert a clean exit (showing the agent's log if not).
+    pub fn stop_ok(mut self) {
+        self.signal(Signal::SIGTERM);
+        let status = self.wait(Duration::from_secs(60));
+        assert!(
+            status.success(),
+            "agent exited with {status}; log:\n{}",
+            self.log_text()
+        );
+    }
+
+    pub fn kill(mut self) {
+        self.signal(Signal::SIGKILL);
+        let _ = self.child.wait();
+    }
+
+    pub fn wait(&mut self, timeout: Duration) -> ExitStatus {
+        let mut status = None;
+        wait_until("lifeboat to exit", timeout, || {
+            status = self.child.try_wait().unwrap();
+            status.is_some()
+        });
+        status.unwrap()
+    }
+
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+impl Drop for Agent {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Runs `lifeboat` to completion.
+pub fn run(args: &[&str]) -> Output {
+    Command::new(bin())
+        .args(args)
+        .output()
+        .expect("run lifeboat")
+}
+
+/// Opens the app's connection: WAL mode, default autocheckpoint, short busy timeout.
+pub fn app_conn(path: &Path, page_size: u32) -> Connection {
+    let c = Connection::open(path).unwrap();
+    c.execute_batch(&format!(
+        "PRAGMA page_size={page_size}; PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL;"
+    ))
+    .unwrap();
+    c.busy_timeout(Duration::from_millis(200)).unwrap();
+    c
+}
+
+pub fn create_schema(c: &Connection) {
+    c.execute_batch(
+        "CREATE TABLE IF NOT EXISTS marks(seq INTEGER PRIMARY KEY, t INTEGER, pad TEXT);
+         CREATE TABLE IF NOT EXISTS items(id INTEGER PRIMARY KEY, v TEXT);
+         CREATE INDEX IF NOT EXISTS items_v ON items(v);",
+    )
+    .unwrap();
+}
+
+/// One transaction of the mixed workload: a marker row, inserts, updates, deletes, and now and
+/// then a table dropped and recreated or a checkpoint of the app's own.
+pub fn mixed_txn(c: &Connection, seq: u64) {
+    c.execute_batch("BEGIN").unwrap();
+    c.execute(
+        "INSERT INTO marks(seq, t, pad) VALUES (?1, strftime('%s','now'), ?2)",
+        rusqlite::params![seq as i64, "m".repeat(100)],
+    )
+    .unwrap();
+    for i in 0..3 {
+        c.execute(
+            "INSERT INTO items(v) VALUES (?1)",
+            [format!("{seq}-{i}-{}", "v".repeat(200))],
+        )
+        .unwrap();
+    }
+    c.execute(
+        "UPDATE items SET v = v || 'u' WHERE id % 13 = ?1",
+        [(seq % 13) as i64],
+    )
+    .unwrap();
+    c.execute("DELETE FROM items WHERE id % 17 = ?1", [(seq % 17) as i64])
+        .unwrap();
+    if seq % 97 == 0 {
+        c.execute_batch(
+            "DROP TABLE IF EXISTS scratch; CREATE TABLE scratch(a, b); INSERT INTO scratch VALUES (1, randomblob(3000));",
+        )
+        .unwrap();
+    }
+    c.execute_batch("COMMIT").unwrap();
+    if seq % 151 == 0 {
+        let mode = ["PASSIVE", "RESTART", "TRUNCATE"][(seq / 151 % 3) as usize];
+        c.query_row(&format!("PRAGMA wal_checkpoint({mode})"), [], |_| Ok(()))
+            .unwrap();
+    }
+}
+
+/// A writer thread running the mixed workload until stopped or `limit` transactions are done.
+pub struct Writer {
+    pub stop: Arc<AtomicBool>,
+    pub done: Arc<AtomicU64>,
+    handle: Option<JoinHandle<u64>>,
+}
+
+impl Writer {
+    pub fn start(path: &Path, page_size: u32, first: u64, limit: u64) -> Writer {
+        let stop = Arc::new(AtomicBool::new(false));
+        let done = Arc::new(AtomicU64::new(0));
+        let (s, d) = (stop.clone(), done.clone());
+        let path = path.to_path_buf();
+        let handle = std::thread::spawn(move || {
+            let c = app_conn(&path, page_size);
+            create_schema(&c);
+            let mut n = 0;
+            while n < limit && !s.load(Ordering::SeqCst) {
+                mixed_txn(&c, first + n);
+                n += 1;
+                d.store(n, Ordering::SeqCst);
+            }
+            n
+        });
+        Writer {
+            stop,
+            done,
+            handle: Some(handle),
+        }
+    }
+
+    pub fn finish(mut self) -> u64 {
+        self.handle.take().unwrap().join().unwrap()
+    }
+
+    pub fn halt(self) -> u64 {
+        self.stop.store(true, Ordering::SeqCst);
+        self.finish()
+    }
+}
+
+/// The database's pages as SQLite sees them now (WAL included).
+pub fn pages(path: &Path) -> Vec<Vec<u8>> {
+    let c = Connection::open(path).unwrap();
+    let mut s = c
+        .prepare("SELECT data FROM sqlite_dbpage ORDER BY pgno")
+        .unwrap();
+    s.query_map([], |r| r.get::<_, Vec<u8>>(0))
+        .unwrap()
+        .map(|r| r.unwrap())
+        .collect()
+}
+
+/// A database file's pages, read raw.
+pub fn file_pages(path: &Path) -> Vec<Vec<u8>> {
+    let data = std::fs::read(path).unwrap();
+    let ps = u16::from_be_bytes([data[16], data[17]]);
+    let ps = if ps == 1 { 65536 } else { ps as usize };
+    data.chunks(ps).map(|c| c.to_vec()).collect()
+}
+
+/// Asserts two page lists are equal, reporting the first differing page rather than megabytes.
+pub fn assert_same_pages(restored: &[Vec<u8>], source: &[Vec<u8>]) {
+    assert_eq!(restored.len(), source.len(), "page counts differ");
+    for (i, (a, b)) in restored.iter().zip(source).enumerate() {
+        assert!(a == b, "page {} differs", i + 1);
+    }
+}
+
+/// Restores `url` into `out` with the binary and checks it equals `source` page for page.
+pub fn restore_and_compare(url: &str, out: &Path, source: &Path) {
+    let o = run(&["restore", url, "-o", out.to_str().unwrap()]);
+    assert!(
+        o.status.success(),
+        "restore failed: {}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    assert_same_pages(&file_pages(out), &pages(source));
+    let c = Connection::open(out).unwrap();
+    let ok: String = c
+        .query_row("PRAGMA integrity_check", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(ok, "ok");
+}
+
+/// Files under a folder, recursively (a local replica's objects).
+pub fn count_files(dir: &Path) -> usize {
+    fn walk(d: &Path, n: &mut usize) {
+        if let Ok(rd) = std::fs::read_dir(d) {
+            for e in rd.flatten() {
+                let p = e.path();
+                if p.is_dir() {
+                    walk(&p, n);
+                } else {
+                    *n += 1;
+                }
+            }
+        }
+    }
+    let mut n = 0;
+    walk(dir, &mut n);
+    n
+}
+
+/// All files under a folder whose names end with `suffix`, sorted.
+pub fn files_with_suffix(dir: &Path, suffix: &str) -> Vec<PathBuf> {
+    fn walk(d: &Path, suffix: &str, out: &mut Vec<PathBuf>) {
+        if let Ok(rd) = std::fs::read_dir(d) {
+            for e in rd.flatten() {
+                let p = e.path();
+                if p.is_dir() {
+                    walk(&p, suffix, out);
+                } else if p.to_string_lossy().ends_with(suffix) {
+                    out.push(p);
+                }
+            }
+        }
+    }
+    let mut out = Vec::new();
+    walk(dir, suffix, &mut out);
+    out.sort();
+    out
+}
