@@ -6,6 +6,7 @@ use std::sync::Arc;
 use anyhow::{bail, Context, Result};
 use lifeboat_storage::local::LocalClient;
 use lifeboat_storage::ReplicaClient;
+use lifeboat_storage_s3::{S3Client, S3Config};
 
 /// The local folder a `file://` URL names.
 pub fn file_path(url: &str) -> Option<PathBuf> {
@@ -25,7 +26,12 @@ pub async fn open(url: &str) -> Result<Arc<dyn ReplicaClient>> {
         return Ok(Arc::new(LocalClient::new(path)));
     }
     if url.starts_with("s3://") {
-        bail!("{url:?}: this build has no S3 backend yet");
+        let cfg =
+            S3Config::from_url(url).with_context(|| format!("invalid replica URL {url:?}"))?;
+        let client = S3Client::new(cfg)
+            .await
+            .with_context(|| format!("cannot set up S3 client for {url:?}"))?;
+        return Ok(Arc::new(client));
     }
     bail!("unsupported replica URL {url:?}: use file:///path/to/folder or s3://bucket/prefix")
 }

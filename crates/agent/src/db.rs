@@ -96,6 +96,8 @@ pub struct Database {
     wal: WalFile,
     pins: [Connection; 2],
     active: Option<usize>,
+    /// Where the pin stands in the WAL, when known.
+    pin_position: Option<Cursor>,
     aux: Connection,
     page_size: u32,
     /// Our own descriptor on the database file, kept open for the agent's lifetime. POSIX
@@ -161,6 +163,7 @@ impl Database {
             wal: WalFile::for_db(path),
             pins: [open_conn(path)?, open_conn(path)?],
             active: None,
+            pin_position: None,
             aux,
             page_size,
             file,
@@ -204,7 +207,13 @@ impl Database {
                 .map_err(|e| Error::sqlite(&self.path, "release pin", e))?;
         }
         self.active = Some(next);
+        self.pin_position = self.pinned_cursor().ok().flatten();
         Ok(())
+    }
+
+    /// Where the pin stands in the WAL, if it could be matched to the file.
+    pub fn pin_position(&self) -> Option<Cursor> {
+        self.pin_position
     }
 
     /// Runs a checkpoint on the auxiliary connection (never holding the pin's connection).
@@ -230,7 +239,7 @@ impl Database {
     pub fn pin_snapshot(&mut self) -> Result<Cursor> {
         for _ in 0..100 {
             self.pin()?;
-            if let Some(c) = self.pinned_cursor()? {
+            if let Some(c) = self.pin_position {
                 return Ok(c);
             }
         }

@@ -43,6 +43,21 @@ pub struct SyncReport {
     pub pending: bool,
 }
 
+/// What one upload shipped.
+#[derive(Clone, Copy, Debug)]
+struct Shipped {
+    txns: u64,
+    /// The batch was cut at the segment size limit: more is waiting.
+    full: bool,
+}
+
+impl Shipped {
+    const NOTHING: Shipped = Shipped {
+        txns: 0,
+        full: false,
+    };
+}
+
 /// Replicates one database to its replicas.
 pub struct Replicator {
     db: Database,
@@ -220,12 +235,17 @@ impl Replicator {
             if self.replicas[i].state.is_none() || !self.replicas[i].ready(Instant::now()) {
                 continue;
             }
+            // One segment per pass, so the PUT budget paces uploads; more only while a backlog
+            // fills whole segments (catching up after an outage or a restart).
             loop {
                 match self.ship_one(i) {
-                    Ok(0) => break,
-                    Ok(n) => {
+                    Ok(Shipped { txns: 0, .. }) => break,
+                    Ok(Shipped { txns, full }) => {
                         report.puts += 1;
-                        report.txns += n;
+                        report.txns += txns;
+                        if !full {
+                            break;
+                        }
                     }
                     Err(e) => {
                         let r = &mut self.replicas[i];
@@ -250,8 +270,8 @@ impl Replicator {
         report
     }
 
-    /// Ships the next batch to replica `i`; returns the number of transactions shipped.
-    fn ship_one(&mut self, i: usize) -> Result<u64> {
+    /// Ships the next batch to replica `i`.
+    fn ship_one(&mut self, i: usize) -> Result<Shipped> {
         let wal = self.db.wal().clone();
         let client = self.replicas[i].client.clone();
         let st = self.replicas[i].state.as_mut().expect("replica has state");
@@ -262,7 +282,7 @@ impl Replicator {
             Continuity::Same => {}
             Continuity::Empty => {
                 st.at_end = true;
-                return Ok(0);
+                return Ok(Shipped::NOTHING);
             }
             Continuity::Restarted(h) => {
                 debug!(
@@ -275,7 +295,7 @@ impl Replicator {
             Continuity::Broken(reason) => {
                 warn!(db = %self.db.path().display(), reason = %reason, "lost WAL continuity; a new generation will start");
                 self.replicas[i].lose_continuity(reason);
-                return Ok(0);
+                return Ok(Shipped::NOTHING);
             }
         }
         let batch = wal
@@ -283,8 +303,9 @@ impl Replicator {
             .map_err(|e| Error::io(format!("read {}", wal.path().display()), e))?;
         if batch.txns.is_empty() {
             st.at_end = true;
-            return Ok(0);
+            return Ok(Shipped::NOTHING);
         }
+        let full = batch.bytes >= self.opts.max_segment_bytes;
         let time_ms = now_ms();
         let ps = self.db.page_size() as usize;
         let checksum_before = st.hashes.checksum();
@@ -353,7 +374,7 @@ impl Replicator {
                 self.replicas[i].succeeded();
                 self.status.shipped(i, n, size as u64, time_ms, last.txid);
                 debug!(key = %key, txns = n, bytes = size, "segment uploaded");
-                Ok(n)
+                Ok(Shipped { txns: n, full })
             }
             Err(e) => {
                 st.hashes.rollback();
@@ -367,10 +388,14 @@ impl Replicator {
     /// because a replica is failing, give up on that replica's continuity so the app's WAL can
     /// be checkpointed.
     fn after_ship(&mut self) {
-        let caught_up = self
-            .replicas
-            .iter()
-            .all(|r| r.state.as_ref().is_none_or(|s| s.at_end));
+        // Moving the pin is safe once every replica has shipped what the current pin protects
+        // (see `db`): at the end of the WAL when idle, at or past the pin under steady writes.
+        let pin = self.db.pin_position();
+        let caught_up = self.replicas.iter().all(|r| {
+            r.state
+                .as_ref()
+                .is_none_or(|s| s.at_end || pin.is_some_and(|p| s.cursor.covers(&p)))
+        });
         if !caught_up {
             let size = self.db.wal().size().unwrap_or(0);
             if size > self.opts.max_wal_bytes {

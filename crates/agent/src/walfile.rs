@@ -66,6 +66,19 @@ impl Cursor {
         }
     }
 
+    /// Whether this cursor (a replica's place) is at or past `pin` (where the WAL pin's read
+    /// transaction stands): everything the pin protects has then been shipped. Conservative:
+    /// `false` whenever it cannot tell.
+    pub fn covers(&self, pin: &Cursor) -> bool {
+        match (self.header, pin.header) {
+            (Some(a), Some(b)) if a.salt1 == b.salt1 && a.salt2 == b.salt2 => {
+                self.offset >= pin.offset
+            }
+            (Some(a), Some(b)) => a.salt1 == b.salt1.wrapping_add(1),
+            _ => false,
+        }
+    }
+
     /// Whether `h` is the header of this cursor's log cycle.
     pub fn same_cycle(&self, h: &WalHeader) -> bool {
         self.header.is_some_and(|c| {

@@ -1,0 +1,12 @@
+#!/usr/bin/env bash
+# Runs every test: installs what the tests need (an S3-compatible server, moto, in .venv; the
+# sqlite3 shell when apt is available), then `cargo test --workspace`.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+bash scripts/s3-server/install.sh
+if ! command -v sqlite3 >/dev/null 2>&1 && command -v apt-get >/dev/null 2>&1; then
+  (apt-get update -qq && apt-get install -y -qq sqlite3 >/dev/null) || echo "note: could not install the sqlite3 shell; the shell compatibility check will be skipped"
+fi
+export LIFEBOAT_MOTO_SERVER="$PWD/.venv/bin/moto_server"
+cargo test --workspace --all-targets "$@"
