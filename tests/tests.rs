@@ -6,3 +6,4 @@ mod support;
 
 mod corruption;
 mod replicate;
+mod s3;

@@ -38,9 +38,14 @@ pub struct Agent {
 
 impl Agent {
     pub fn start(args: &[&str], log: &Path) -> Agent {
+        Agent::start_env(args, log, &[])
+    }
+
+    pub fn start_env(args: &[&str], log: &Path, env: &[(&str, &str)]) -> Agent {
         let f = std::fs::File::create(log).unwrap();
         let child = Command::new(bin())
             .args(args)
+            .envs(env.iter().copied())
             .env("RUST_LOG", "info")
             .stdout(Stdio::null())
             .stderr(f)
@@ -54,7 +59,12 @@ impl Agent {
 
     /// Starts `lifeboat replicate` and waits until it says it is replicating.
     pub fn replicate(db: &Path, url: &str, log: &Path) -> Agent {
-        let mut a = Agent::start(&["replicate", db.to_str().unwrap(), url], log);
+        Agent::replicate_env(db, url, log, &[])
+    }
+
+    /// [`Agent::replicate`] with extra environment variables.
+    pub fn replicate_env(db: &Path, url: &str, log: &Path, env: &[(&str, &str)]) -> Agent {
+        let mut a = Agent::start_env(&["replicate", db.to_str().unwrap(), url], log, env);
         a.wait_for_log("replicating");
         a
     }
@@ -122,8 +132,14 @@ impl Drop for Agent {
 
 /// Runs `lifeboat` to completion.
 pub fn run(args: &[&str]) -> Output {
+    run_env(args, &[])
+}
+
+/// Runs `lifeboat` to completion with extra environment variables.
+pub fn run_env(args: &[&str], env: &[(&str, &str)]) -> Output {
     Command::new(bin())
         .args(args)
+        .envs(env.iter().copied())
         .output()
         .expect("run lifeboat")
 }
@@ -256,7 +272,12 @@ pub fn assert_same_pages(restored: &[Vec<u8>], source: &[Vec<u8>]) {
 
 /// Restores `url` into `out` with the binary and checks it equals `source` page for page.
 pub fn restore_and_compare(url: &str, out: &Path, source: &Path) {
-    let o = run(&["restore", url, "-o", out.to_str().unwrap()]);
+    restore_and_compare_env(url, out, source, &[])
+}
+
+/// [`restore_and_compare`] with extra environment variables.
+pub fn restore_and_compare_env(url: &str, out: &Path, source: &Path, env: &[(&str, &str)]) {
+    let o = run_env(&["restore", url, "-o", out.to_str().unwrap()], env);
     assert!(
         o.status.success(),
         "restore failed: {}",

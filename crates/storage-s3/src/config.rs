@@ -109,9 +109,11 @@ impl S3Config {
                 }
                 "region" => cfg.region = Some(v),
                 "force_path_style" | "path_style" => path_style = Some(parse_bool(k, &v)?),
-                _ => return Err(ConfigError(format!(
+                _ => {
+                    return Err(ConfigError(format!(
                     "unknown option {k:?} in {url:?} (known: endpoint, region, force_path_style)"
-                ))),
+                )))
+                }
             }
         }
         cfg.force_path_style = path_style.unwrap_or(cfg.endpoint.is_some());
