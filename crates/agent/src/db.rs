@@ -216,17 +216,55 @@ impl Database {
         self.pin_position
     }
 
+    /// Takes SQLite's write lock on the auxiliary connection, waiting at most `timeout`.
+    /// `Ok(false)` if the app held it all that time.
+    pub fn try_write_lock(&self, timeout: Duration) -> Result<bool> {
+        self.aux
+            .busy_timeout(timeout)
+            .map_err(|e| Error::sqlite(&self.path, "configure", e))?;
+        let r = self.aux.execute_batch("BEGIN IMMEDIATE");
+        let _ = self.aux.busy_timeout(Duration::from_secs(5));
+        match r {
+            Ok(()) => Ok(true),
+            Err(rusqlite::Error::SqliteFailure(e, _))
+                if e.code == rusqlite::ErrorCode::DatabaseBusy
+                    || e.code == rusqlite::ErrorCode::DatabaseLocked =>
+            {
+                Ok(false)
+            }
+            Err(e) => Err(Error::sqlite(&self.path, "take write lock", e)),
+        }
+    }
+
+    /// Releases the write lock taken by [`try_write_lock`](Self::try_write_lock).
+    pub fn release_write_lock(&self) -> Result<()> {
+        self.aux
+            .execute_batch("ROLLBACK")
+            .map_err(|e| Error::sqlite(&self.path, "release write lock", e))
+    }
+
+    /// Ends the pin's read transaction. Only for use while the write lock is held (the write
+    /// transaction's own read mark keeps the WAL in place), followed by [`pin`](Self::pin).
+    pub fn unpin(&mut self) -> Result<()> {
+        if let Some(a) = self.active.take() {
+            self.pin_position = None;
+            self.pins[a]
+                .execute_batch("COMMIT")
+                .map_err(|e| Error::sqlite(&self.path, "release pin", e))?;
+        }
+        Ok(())
+    }
+
+    /// Runs a checkpoint on an idle pin connection (for use between [`unpin`](Self::unpin) and
+    /// [`pin`](Self::pin), while the auxiliary connection holds the write lock).
+    pub fn checkpoint_unpinned(&self, mode: CheckpointMode) -> Result<CheckpointResult> {
+        assert!(self.active.is_none(), "checkpoint_unpinned while pinned");
+        run_checkpoint(&self.pins[0], &self.path, mode)
+    }
+
     /// Runs a checkpoint on the auxiliary connection (never holding the pin's connection).
     pub fn checkpoint(&self, mode: CheckpointMode) -> Result<CheckpointResult> {
-        self.aux
-            .query_row(mode.sql(), [], |r| {
-                Ok(CheckpointResult {
-                    busy: r.get::<_, i64>(0)? != 0,
-                    log_frames: r.get(1)?,
-                    checkpointed: r.get(2)?,
-                })
-            })
-            .map_err(|e| Error::sqlite(&self.path, "checkpoint", e))
+        run_checkpoint(&self.aux, &self.path, mode)
     }
 
     /// Moves the pin forward and returns exactly where in the WAL its read transaction stands.
@@ -431,6 +469,17 @@ impl Database {
         }
         Ok(Some(hashes))
     }
+}
+
+fn run_checkpoint(c: &Connection, path: &Path, mode: CheckpointMode) -> Result<CheckpointResult> {
+    c.query_row(mode.sql(), [], |r| {
+        Ok(CheckpointResult {
+            busy: r.get::<_, i64>(0)? != 0,
+            log_frames: r.get(1)?,
+            checkpointed: r.get(2)?,
+        })
+    })
+    .map_err(|e| Error::sqlite(path, "checkpoint", e))
 }
 
 impl Drop for Database {

@@ -22,6 +22,9 @@ pub struct ReplicaState {
     pub hashes: PageHashes,
     /// Whether the last pass found nothing more to ship.
     pub at_end: bool,
+    /// Transactions read from the WAL but not yet shipped, carried over a WAL restart that
+    /// the agent let happen (see `Replicator::restart_wal`).
+    pub carry: std::collections::VecDeque<crate::walfile::Batch>,
 }
 
 /// A replica and what the agent knows about it.

@@ -19,7 +19,7 @@ use tokio::runtime::Handle;
 use tracing::{debug, error, info, warn};
 
 use crate::catalog::{self, Catalog};
-use crate::db::{CheckpointMode, Database};
+use crate::db::{CheckpointMode, CheckpointResult, Database};
 use crate::replica::{Replica, ReplicaState};
 use crate::status::Status;
 use crate::walfile::{position_in_cycle, Continuity, Cursor};
@@ -65,6 +65,7 @@ pub struct Replicator {
     opts: Options,
     rt: Handle,
     status: Arc<Status>,
+    last_restart_attempt: Option<Instant>,
 }
 
 impl std::fmt::Debug for Replicator {
@@ -91,6 +92,7 @@ impl Replicator {
             opts,
             rt,
             status,
+            last_restart_attempt: None,
         })
     }
 
@@ -197,6 +199,7 @@ impl Replicator {
                     cursor,
                     hashes: h,
                     at_end: false,
+                    carry: Default::default(),
                 });
             }
             Some(h) => self.replicas[i].lose_continuity(format!(
@@ -275,37 +278,42 @@ impl Replicator {
         let wal = self.db.wal().clone();
         let client = self.replicas[i].client.clone();
         let st = self.replicas[i].state.as_mut().expect("replica has state");
-        match wal
-            .check(&st.cursor)
-            .map_err(|e| Error::io("read WAL", e))?
-        {
-            Continuity::Same => {}
-            Continuity::Empty => {
-                st.at_end = true;
-                return Ok(Shipped::NOTHING);
+        let carried = !st.carry.is_empty();
+        let batch = if let Some(b) = st.carry.front() {
+            // Read under the write lock before the WAL restarted; it starts at the cursor.
+            b.clone()
+        } else {
+            match wal
+                .check(&st.cursor)
+                .map_err(|e| Error::io("read WAL", e))?
+            {
+                Continuity::Same => {}
+                Continuity::Empty => {
+                    st.at_end = true;
+                    return Ok(Shipped::NOTHING);
+                }
+                Continuity::Restarted(h) => {
+                    debug!(
+                        salt1 = h.salt1,
+                        checkpoint_seq = h.checkpoint_seq,
+                        "WAL restarted"
+                    );
+                    st.cursor = Cursor::at_start(h);
+                }
+                Continuity::Broken(reason) => {
+                    warn!(db = %self.db.path().display(), reason = %reason, "lost WAL continuity; a new generation will start");
+                    self.replicas[i].lose_continuity(reason);
+                    return Ok(Shipped::NOTHING);
+                }
             }
-            Continuity::Restarted(h) => {
-                debug!(
-                    salt1 = h.salt1,
-                    checkpoint_seq = h.checkpoint_seq,
-                    "WAL restarted"
-                );
-                st.cursor = Cursor::at_start(h);
-            }
-            Continuity::Broken(reason) => {
-                warn!(db = %self.db.path().display(), reason = %reason, "lost WAL continuity; a new generation will start");
-                self.replicas[i].lose_continuity(reason);
-                return Ok(Shipped::NOTHING);
-            }
-        }
-        let batch = wal
-            .read_batch(&st.cursor, self.opts.max_segment_bytes)
-            .map_err(|e| Error::io(format!("read {}", wal.path().display()), e))?;
+            wal.read_batch(&st.cursor, self.opts.max_segment_bytes)
+                .map_err(|e| Error::io(format!("read {}", wal.path().display()), e))?
+        };
         if batch.txns.is_empty() {
             st.at_end = true;
             return Ok(Shipped::NOTHING);
         }
-        let full = batch.bytes >= self.opts.max_segment_bytes;
+        let full = carried || batch.bytes >= self.opts.max_segment_bytes;
         let time_ms = now_ms();
         let ps = self.db.page_size() as usize;
         let checksum_before = st.hashes.checksum();
@@ -368,6 +376,9 @@ impl Replicator {
         match result {
             Ok(_) => {
                 st.hashes.commit();
+                if carried {
+                    st.carry.pop_front();
+                }
                 st.cursor = batch.end;
                 st.next_txid = txid;
                 st.at_end = false;
@@ -422,29 +433,99 @@ impl Replicator {
             warn!(error = %e, "cannot move the WAL pin");
             return;
         }
-        let frames = self
+        let frames = self.db.pin_position().map_or(0, |p| {
+            p.offset.saturating_sub(WAL_HEADER_SIZE as u64) / (24 + u64::from(self.db.page_size()))
+        });
+        let healthy = self
             .replicas
             .iter()
-            .filter_map(|r| r.state.as_ref())
-            .map(|s| {
-                s.cursor.offset.saturating_sub(WAL_HEADER_SIZE as u64)
-                    / (24 + u64::from(self.db.page_size()))
-            })
-            .max()
-            .unwrap_or(0);
-        if frames >= u64::from(self.opts.checkpoint_pages) {
-            let started = Instant::now();
-            match self.db.checkpoint(CheckpointMode::Passive) {
-                Ok(r) => {
-                    debug!(?r, elapsed = ?started.elapsed(), "passive checkpoint");
-                    self.status.checkpointed(started.elapsed());
-                    if let Err(e) = self.db.pin() {
-                        warn!(error = %e, "cannot move the WAL pin");
-                    }
+            .all(|r| r.halted.is_none() && r.retry_at.is_none());
+        let due = self
+            .last_restart_attempt
+            .is_none_or(|t| t.elapsed() >= Duration::from_secs(1));
+        if frames >= u64::from(self.opts.checkpoint_pages) && healthy && due {
+            match self.restart_wal(frames) {
+                Ok(true) => self.last_restart_attempt = Some(Instant::now()),
+                Ok(false) => {}
+                Err(e) => {
+                    self.last_restart_attempt = Some(Instant::now());
+                    warn!(error = %e, "checkpoint failed");
                 }
-                Err(e) => warn!(error = %e, "checkpoint failed"),
             }
         }
+    }
+
+    /// Lets SQLite restart the WAL from the top, which it can only do once every frame is
+    /// checkpointed and no reader holds a frame mark — never the case while the app writes
+    /// steadily and the pin sits on the newest frames. So, briefly holding the write lock
+    /// (nothing can be appended), the agent reads every replica's unshipped tail into memory,
+    /// releases its pin, checkpoints everything (PASSIVE: it waits for no one), takes a fresh
+    /// pin (mark zero when the checkpoint was complete) and lets go of the lock. The app's next
+    /// write then restarts the log. The carried tails are shipped on the next passes.
+    /// Returns whether the checkpoint ran to the end of the WAL.
+    fn restart_wal(&mut self, frames: u64) -> Result<bool> {
+        let wait = if frames >= 4 * u64::from(self.opts.checkpoint_pages) {
+            Duration::from_millis(1000)
+        } else {
+            Duration::from_millis(100)
+        };
+        if !self.db.try_write_lock(wait)? {
+            debug!(frames, "write lock busy; checkpoint deferred");
+            return Ok(false);
+        }
+        let result = self.carry_tails_and_checkpoint();
+        // Re-pin while the write lock is still held, so there is never a moment without a reader.
+        let pinned = self.db.pin();
+        let released = self.db.release_write_lock();
+        let r = result?;
+        pinned?;
+        released?;
+        debug!(?r, frames, "checkpoint under the agent's write lock");
+        Ok(r.is_some_and(|r| !r.busy && r.log_frames == r.checkpointed))
+    }
+
+    fn carry_tails_and_checkpoint(&mut self) -> Result<Option<CheckpointResult>> {
+        let wal = self.db.wal().clone();
+        for r in self.replicas.iter() {
+            let Some(st) = r.state.as_ref() else { continue };
+            if !st.carry.is_empty()
+                || wal
+                    .check(&st.cursor)
+                    .map_err(|e| Error::io("read WAL", e))?
+                    != Continuity::Same
+            {
+                return Ok(None);
+            }
+        }
+        for r in self.replicas.iter_mut() {
+            let Some(st) = r.state.as_mut() else { continue };
+            let mut c = st.cursor;
+            loop {
+                let b = wal
+                    .read_batch(&c, self.opts.max_segment_bytes)
+                    .map_err(|e| Error::io(format!("read {}", wal.path().display()), e))?;
+                if b.txns.is_empty() {
+                    break;
+                }
+                c = b.end;
+                st.carry.push_back(b);
+            }
+            st.at_end = st.carry.is_empty();
+        }
+        let started = Instant::now();
+        self.db.unpin()?;
+        // The app's own autocheckpoint may be running (it finishes quickly: with the write lock
+        // held nothing new can arrive), in which case ours reports busy at once; try again.
+        let mut r = self.db.checkpoint_unpinned(CheckpointMode::Passive)?;
+        for _ in 0..50 {
+            if !(r.busy && r.log_frames < 0) {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(2));
+            r = self.db.checkpoint_unpinned(CheckpointMode::Passive)?;
+        }
+        self.status.checkpointed(started.elapsed());
+        Ok(Some(r))
     }
 
     /// Takes a snapshot and starts a new generation on replicas `which`; returns objects written.
@@ -514,6 +595,7 @@ impl Replicator {
                         cursor,
                         hashes: hashes.clone(),
                         at_end: false,
+                        carry: Default::default(),
                     });
                     self.status.snapshotted(i, started.elapsed());
                 }

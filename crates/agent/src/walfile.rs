@@ -110,7 +110,7 @@ pub struct Txn {
 }
 
 /// Whole transactions read from a cursor on.
-#[derive(Debug)]
+#[derive(Clone, Debug)]
 pub struct Batch {
     /// The transactions, in order.
     pub txns: Vec<Txn>,
