@@ -401,17 +401,14 @@ impl Replicator {
     fn after_ship(&mut self) {
         // Moving the pin is safe once every replica has shipped what the current pin protects
         // (see `db`): at the end of the WAL when idle, at or past the pin under steady writes.
-        let pin = self.db.pin_position();
-        let caught_up = self.replicas.iter().all(|r| {
-            r.state
-                .as_ref()
-                .is_none_or(|s| s.at_end || pin.is_some_and(|p| s.cursor.covers(&p)))
-        });
-        if !caught_up {
+        if !self.caught_up() {
             let size = self.db.wal().size().unwrap_or(0);
             if size > self.opts.max_wal_bytes {
+                // Only a replica that keeps failing is given up on: under heavy writes a healthy
+                // replica may be a pass behind while the file (which never shrinks on a restart)
+                // is large.
                 for r in &mut self.replicas {
-                    if r.state.as_ref().is_some_and(|s| !s.at_end) {
+                    if r.failures >= 3 && r.state.as_ref().is_some_and(|s| !s.at_end) {
                         error!(
                             db = %self.db.path().display(),
                             replica = %r.client.describe(),
@@ -425,7 +422,8 @@ impl Replicator {
                         );
                     }
                 }
-            } else {
+            }
+            if !self.caught_up() {
                 return;
             }
         }
@@ -453,6 +451,16 @@ impl Replicator {
                 }
             }
         }
+    }
+
+    /// Whether every replica with a generation has shipped what the current pin protects.
+    fn caught_up(&self) -> bool {
+        let pin = self.db.pin_position();
+        self.replicas.iter().all(|r| {
+            r.state
+                .as_ref()
+                .is_none_or(|s| s.at_end || pin.is_some_and(|p| s.cursor.covers(&p)))
+        })
     }
 
     /// Lets SQLite restart the WAL from the top, which it can only do once every frame is
