@@ -5,5 +5,6 @@
 mod support;
 
 mod corruption;
+mod pitr;
 mod replicate;
 mod s3;

@@ -36,6 +36,11 @@ pub enum Command {
     Replicate(ReplicateArgs),
     /// Restore a database from a replica, verified bit for bit.
     Restore(RestoreArgs),
+    /// List a replica's generations and their restorable ranges (from one listing).
+    Generations(InspectArgs),
+    /// Read and check every object of a replica and rebuild every generation; non-zero exit on
+    /// any problem.
+    Verify(InspectArgs),
     /// Print the version.
     Version,
 }
@@ -63,9 +68,22 @@ pub struct RestoreArgs {
     /// Where to write the database.
     #[arg(long, short)]
     pub output: PathBuf,
-    /// Restore the state right after this transaction (16 hex digits).
-    #[arg(long)]
+    /// Restore the state right after this transaction (16 hex digits, as lifeboat prints them).
+    #[arg(long, conflicts_with = "timestamp")]
     pub txid: Option<String>,
+    /// Restore the state as of this time: RFC 3339 (`2026-11-28T17:00:00Z`) or relative to now
+    /// (`-15m`, `-2h`).
+    #[arg(long, allow_hyphen_values = true)]
+    pub timestamp: Option<String>,
+    /// Do nothing (exit 0) if the output database already exists.
+    #[arg(long)]
+    pub if_db_not_exists: bool,
+    /// Do nothing (exit 0) if the replica holds no backup yet.
+    #[arg(long)]
+    pub if_replica_exists: bool,
+    /// Print the plan (objects, bytes, target) and write nothing.
+    #[arg(long)]
+    pub dry_run: bool,
     /// Restore from this generation (default: the newest).
     #[arg(long)]
     pub generation: Option<String>,
@@ -75,4 +93,13 @@ pub struct RestoreArgs {
     /// Replace the output file if it exists (its -wal and -shm are removed).
     #[arg(long)]
     pub force: bool,
+}
+
+#[derive(Debug, ClapArgs)]
+pub struct InspectArgs {
+    /// Replica URL.
+    pub url: String,
+    /// Machine-readable output.
+    #[arg(long)]
+    pub json: bool,
 }

@@ -57,45 +57,168 @@ async fn run(args: Args) -> Result<ExitCode> {
             lifeboat_agent::agent::replicate(dbs, shutdown).await?;
             Ok(ExitCode::SUCCESS)
         }
-        Command::Restore(r) => {
-            let client = replica_url::open(&r.url).await?;
-            let target = match r.txid {
-                Some(t) => lifeboat_agent::restore::Target::TxId(
-                    t.parse()
-                        .context("--txid takes 16 hex digits, as `lifeboat` prints them")?,
-                ),
-                None => lifeboat_agent::restore::Target::Latest,
-            };
-            let generation = match &r.generation {
-                Some(g) => Some(g.parse().context("--generation takes 16 hex digits")?),
-                None => None,
-            };
-            let opts = lifeboat_agent::restore::RestoreOptions {
-                output: r.output.clone(),
-                generation,
-                target,
-                parallelism: r.parallelism,
-                force: r.force,
-            };
-            let report = lifeboat_agent::restore::restore(client.as_ref(), &opts)
-                .await
-                .with_context(|| format!("restore from {} failed", client.describe()))?;
-            println!(
-                "restored {} to generation {} txid {}: {} pages of {} bytes, checksum {} verified, \
-                 integrity_check ok ({} objects, {} bytes in {:.2}s)",
-                r.output.display(),
-                report.generation,
-                report.txid,
-                report.pages,
-                report.page_size,
-                report.checksum,
-                report.objects,
-                report.bytes,
-                report.seconds
-            );
+        Command::Restore(r) => restore(r).await,
+        Command::Generations(a) => {
+            let client = replica_url::open(&a.url).await?;
+            let cat = lifeboat_agent::catalog::Catalog::load(client.as_ref()).await?;
+            let rows: Vec<_> = cat
+                .generations
+                .iter()
+                .map(|(g, o)| lifeboat_agent::verify::summarize(*g, o))
+                .collect();
+            print_generations(&rows, a.json)?;
             Ok(ExitCode::SUCCESS)
         }
+        Command::Verify(a) => {
+            let client = replica_url::open(&a.url).await?;
+            let rows = lifeboat_agent::verify::verify(client.as_ref()).await?;
+            print_generations(&rows, a.json)?;
+            let problems: usize = rows.iter().map(|r| r.problems.len()).sum();
+            if !a.json {
+                if problems == 0 {
+                    println!("verify: {} generation(s), no problems", rows.len());
+                } else {
+                    for r in &rows {
+                        for p in &r.problems {
+                            println!("PROBLEM generation {}: {p}", r.generation);
+                        }
+                    }
+                    println!("verify: {problems} problem(s)");
+                }
+            }
+            Ok(if problems == 0 {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::from(2)
+            })
+        }
     }
+}
+
+fn print_generations(rows: &[lifeboat_agent::verify::GenerationSummary], json: bool) -> Result<()> {
+    if json {
+        println!("{}", serde_json::to_string_pretty(rows)?);
+        return Ok(());
+    }
+    println!(
+        "{:<16}  {:>4}  {:>6}  {:>12}  {:<16}  {:<24}  {:<24}",
+        "generation", "snap", "segs", "bytes", "last txid", "from", "to"
+    );
+    for r in rows {
+        println!(
+            "{:<16}  {:>4}  {:>6}  {:>12}  {:<16}  {:<24}  {:<24}",
+            r.generation,
+            r.snapshots,
+            r.segments,
+            r.bytes,
+            r.last_txid.as_deref().unwrap_or("-"),
+            r.from.as_deref().unwrap_or("-"),
+            r.to.as_deref().unwrap_or("-"),
+        );
+    }
+    Ok(())
+}
+
+/// Parses `--timestamp`: RFC 3339, or `-15m`-style relative to now.
+fn parse_time(s: &str) -> Result<u64> {
+    let now = std::time::SystemTime::now();
+    let t = if let Some(rel) = s.strip_prefix('-') {
+        let d = humantime::parse_duration(rel)
+            .with_context(|| format!("--timestamp {s:?}: not a duration like -15m or -2h"))?;
+        now - d
+    } else {
+        humantime::parse_rfc3339_weak(s).with_context(|| {
+            format!("--timestamp {s:?}: use RFC 3339 (2026-11-28T17:00:00Z) or -15m")
+        })?
+    };
+    Ok(t.duration_since(std::time::UNIX_EPOCH)
+        .context("--timestamp before 1970")?
+        .as_millis() as u64)
+}
+
+async fn restore(r: args::RestoreArgs) -> Result<ExitCode> {
+    use lifeboat_agent::restore::{self as rs, Target};
+    if r.if_db_not_exists && r.output.exists() {
+        println!(
+            "{} exists; nothing to do (--if-db-not-exists)",
+            r.output.display()
+        );
+        return Ok(ExitCode::SUCCESS);
+    }
+    let client = replica_url::open(&r.url).await?;
+    let target = match (&r.txid, &r.timestamp) {
+        (Some(t), _) => Target::TxId(
+            t.parse()
+                .context("--txid takes 16 hex digits, as lifeboat prints them")?,
+        ),
+        (None, Some(ts)) => Target::Time(parse_time(ts)?),
+        (None, None) => Target::Latest,
+    };
+    let generation = match &r.generation {
+        Some(g) => Some(g.parse().context("--generation takes 16 hex digits")?),
+        None => None,
+    };
+    let opts = rs::RestoreOptions {
+        output: r.output.clone(),
+        generation,
+        target,
+        parallelism: r.parallelism,
+        force: r.force,
+    };
+    let cat = lifeboat_agent::catalog::Catalog::load(client.as_ref())
+        .await
+        .with_context(|| format!("cannot list {}", client.describe()))?;
+    if cat.latest().is_none() && r.if_replica_exists {
+        println!(
+            "{} holds no backup yet; nothing to do (--if-replica-exists)",
+            client.describe()
+        );
+        return Ok(ExitCode::SUCCESS);
+    }
+    let plan = rs::plan(&cat, generation, target)
+        .with_context(|| format!("cannot restore from {}", client.describe()))?;
+    if r.dry_run {
+        println!("restore plan for {} (nothing written):", r.output.display());
+        println!("  generation {}", plan.generation);
+        println!("  target     {target:?}");
+        println!(
+            "  snapshot   {} ({} bytes)",
+            plan.snapshot.name, plan.snapshot.size
+        );
+        for s in &plan.segments {
+            println!("  segment    {} ({} bytes)", s.name, s.size);
+        }
+        println!(
+            "  {} objects, {} bytes",
+            1 + plan.segments.len(),
+            plan.bytes()
+        );
+        if r.output.exists() && !r.force {
+            println!(
+                "  note: {} exists; a real run needs --force",
+                r.output.display()
+            );
+        }
+        return Ok(ExitCode::SUCCESS);
+    }
+    let report = rs::execute(client.as_ref(), &plan, &opts)
+        .await
+        .with_context(|| format!("restore from {} failed", client.describe()))?;
+    println!(
+        "restored {} to generation {} txid {} ({}): {} pages of {} bytes, checksum {} verified, \
+         integrity_check ok ({} objects, {} bytes in {:.2}s)",
+        r.output.display(),
+        report.generation,
+        report.txid,
+        rs::fmt_time(report.time_ms),
+        report.pages,
+        report.page_size,
+        report.checksum,
+        report.objects,
+        report.bytes,
+        report.seconds
+    );
+    Ok(ExitCode::SUCCESS)
 }
 
 fn rusqlite_version() -> &'static str {

@@ -203,6 +203,7 @@ fn run_loop(rep: &mut Replicator, opts: &Options, events: &Receiver<()>, stop: &
         let s = wal_stamp(rep);
         if s != stamp {
             stamp = s;
+            rep.observe();
             due = Some(due.map_or(now, |t| t.min(now)));
         }
         match due {

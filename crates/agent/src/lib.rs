@@ -25,6 +25,7 @@ pub mod replica;
 pub mod replicator;
 pub mod restore;
 pub mod status;
+pub mod verify;
 pub mod walfile;
 
 use std::path::PathBuf;

@@ -66,6 +66,12 @@ pub struct Replicator {
     rt: Handle,
     status: Arc<Status>,
     last_restart_attempt: Option<Instant>,
+    /// When each commit was first seen, by (salt 1, salt 2, end offset): the agent looks at the
+    /// WAL on every file event, even when the PUT budget holds uploads back, so commit times are
+    /// accurate to the event latency rather than to the upload cadence.
+    observed: std::collections::BTreeMap<(u32, u32, u64), u64>,
+    /// Where observation continues: (salt 1, salt 2, offset).
+    observe_at: Option<(u32, u32, u64)>,
 }
 
 impl std::fmt::Debug for Replicator {
@@ -93,6 +99,8 @@ impl Replicator {
             rt,
             status,
             last_restart_attempt: None,
+            observed: Default::default(),
+            observe_at: None,
         })
     }
 
@@ -214,9 +222,52 @@ impl Replicator {
         Ok(())
     }
 
+    /// Notes the time of every commit that appeared in the WAL since the last look.
+    pub fn observe(&mut self) {
+        let wal = self.db.wal();
+        let Ok(Some(h)) = wal.header() else { return };
+        let from = match self.observe_at {
+            Some((s1, s2, off)) if (s1, s2) == (h.salt1, h.salt2) => off,
+            _ => WAL_HEADER_SIZE as u64,
+        };
+        let Ok(ends) = wal.commit_offsets(&h, from, 100_000) else {
+            return;
+        };
+        let now = now_ms();
+        for &end in &ends {
+            self.observed.entry((h.salt1, h.salt2, end)).or_insert(now);
+        }
+        let next = ends.last().copied().unwrap_or(from);
+        self.observe_at = Some((h.salt1, h.salt2, next));
+        if self.observed.len() > 10_000 {
+            self.observed
+                .retain(|_, t| now.saturating_sub(*t) < 600_000);
+        }
+    }
+
+    /// Drops commit times that every replica has shipped.
+    fn forget_shipped_observations(&mut self) {
+        let mut cycle = None;
+        let mut min_offset = u64::MAX;
+        for st in self.replicas.iter().filter_map(|r| r.state.as_ref()) {
+            let Some(h) = st.cursor.header else { return };
+            if *cycle.get_or_insert((h.salt1, h.salt2)) != (h.salt1, h.salt2) {
+                return;
+            }
+            min_offset = min_offset.min(st.cursor.offset);
+        }
+        let watching = self.observe_at.map(|(s1, s2, _)| (s1, s2));
+        if let Some(c) = cycle {
+            self.observed.retain(|&(s1, s2, off), _| {
+                ((s1, s2) == c && off > min_offset) || (Some((s1, s2)) == watching && (s1, s2) != c)
+            });
+        }
+    }
+
     /// One pass: start generations where needed, then ship everything new (bounded by the
     /// segment size per PUT), then move the pin and checkpoint if every replica is caught up.
     pub fn sync(&mut self) -> SyncReport {
+        self.observe();
         let mut report = SyncReport::default();
         let now = Instant::now();
         let need: Vec<usize> = (0..self.replicas.len())
@@ -265,6 +316,7 @@ impl Replicator {
             }
         }
         self.after_ship();
+        self.forget_shipped_observations();
         report.pending = self.replicas.iter().any(|r| {
             r.halted.is_none()
                 && (r.state.as_ref().is_none_or(|s| !s.at_end) || r.retry_at.is_some())
@@ -314,14 +366,30 @@ impl Replicator {
             return Ok(Shipped::NOTHING);
         }
         let full = carried || batch.bytes >= self.opts.max_segment_bytes;
-        let time_ms = now_ms();
+        let now = now_ms();
+        let salts = batch.end.header.map_or((0, 0), |h| (h.salt1, h.salt2));
+        let observed = &self.observed;
+        let mut last_time = 0u64;
+        let times: Vec<u64> = batch
+            .txns
+            .iter()
+            .map(|t| {
+                let seen = observed
+                    .get(&(salts.0, salts.1, t.end_offset))
+                    .copied()
+                    .unwrap_or(now);
+                last_time = last_time.max(seen);
+                last_time
+            })
+            .collect();
+        let (first_time_ms, time_ms) = (times[0], last_time);
         let ps = self.db.page_size() as usize;
         let checksum_before = st.hashes.checksum();
         st.hashes.begin();
         let mut commits = Vec::with_capacity(batch.txns.len());
         let mut frames = Vec::with_capacity(batch.bytes);
         let mut txid = st.next_txid;
-        for t in &batch.txns {
+        for (t, &commit_time) in batch.txns.iter().zip(&times) {
             for f in t.frames.chunks_exact(24 + ps) {
                 let pgno = u32::from_be_bytes([f[0], f[1], f[2], f[3]]);
                 st.hashes.set_page(pgno, &f[24..]);
@@ -329,7 +397,7 @@ impl Replicator {
             st.hashes.resize(t.commit_size);
             commits.push(CommitRecord {
                 txid,
-                time_ms,
+                time_ms: commit_time,
                 frames: t.frame_count,
                 db_size: t.commit_size,
                 checksum: st.hashes.checksum(),
@@ -348,7 +416,7 @@ impl Replicator {
                 frame_count: 0,
                 commit_count: 0,
                 db_size: last.db_size,
-                first_time_ms: time_ms,
+                first_time_ms,
                 last_time_ms: time_ms,
                 checksum_before,
                 checksum_after: last.checksum,

@@ -35,6 +35,9 @@ pub enum Target {
     Latest,
     /// The state right after this transaction.
     TxId(TxId),
+    /// The state after the last transaction the agent saw commit at or before this time (Unix
+    /// ms). Precise to when the agent noticed the commit (file-event latency, milliseconds).
+    Time(u64),
 }
 
 /// How to restore.
@@ -84,8 +87,8 @@ pub struct Plan {
     pub snapshot: Object,
     /// Segments to apply, in order.
     pub segments: Vec<Object>,
-    /// Stop after this transaction (`None`: the end of the chain).
-    pub stop_after: Option<TxId>,
+    /// Where to stop.
+    pub target: Target,
 }
 
 impl Plan {
@@ -102,21 +105,28 @@ fn snapshot_txid(o: &Object) -> TxId {
     }
 }
 
+fn snapshot_time(o: &Object) -> u64 {
+    match o.key {
+        Key::Snapshot { time_ms, .. } => time_ms,
+        Key::Segment { .. } => unreachable!("a snapshot"),
+    }
+}
+
 /// Chooses the snapshot and segments for a target within one generation.
 pub fn plan_generation(
     generation: Generation,
     objs: &GenerationObjects,
     target: Target,
 ) -> Result<Plan> {
-    let limit = match target {
-        Target::Latest => None,
-        Target::TxId(t) => Some(t),
-    };
     let snapshot = objs
         .snapshots
         .iter()
         .rev()
-        .find(|s| limit.is_none_or(|t| snapshot_txid(s) <= t))
+        .find(|s| match target {
+            Target::Latest => true,
+            Target::TxId(t) => snapshot_txid(s) <= t,
+            Target::Time(t) => snapshot_time(s) <= t,
+        })
         .ok_or_else(|| {
             Error::Replica(format!(
                 "generation {generation} has no snapshot at or before the target"
@@ -126,14 +136,22 @@ pub fn plan_generation(
     let mut next = snapshot_txid(&snapshot).next();
     let mut segments = Vec::new();
     for s in &objs.segments {
-        let Key::Segment { first, last, .. } = s.key else {
+        let Key::Segment {
+            first,
+            last,
+            time_ms,
+            ..
+        } = s.key
+        else {
             continue;
         };
         if last < next {
             continue;
         }
-        if limit.is_some_and(|t| first > t) {
-            break;
+        if let Target::TxId(t) = target {
+            if first > t {
+                break;
+            }
         }
         if first > next {
             return Err(Error::Replica(format!(
@@ -147,8 +165,15 @@ pub fn plan_generation(
         }
         segments.push(s.clone());
         next = last.next();
+        // The first segment whose last commit is after the target time may hold commits at or
+        // before it; later ones cannot.
+        if let Target::Time(t) = target {
+            if time_ms > t {
+                break;
+            }
+        }
     }
-    if let Some(t) = limit {
+    if let Target::TxId(t) = target {
         if TxId(next.0 - 1) < t {
             return Err(Error::Replica(format!(
                 "generation {generation} ends at txid {}, before the target txid {t}",
@@ -160,7 +185,7 @@ pub fn plan_generation(
         generation,
         snapshot,
         segments,
-        stop_after: limit,
+        target,
     })
 }
 
@@ -173,9 +198,24 @@ pub fn plan(cat: &Catalog, generation: Option<Generation>, target: Target) -> Re
                 Error::Replica(format!("generation {g} not found in the replica"))
             })?,
         ),
-        None => cat.latest().ok_or_else(|| {
-            Error::Replica("the replica holds no snapshot: nothing to restore".into())
-        })?,
+        None => match target {
+            // The newest generation that has a state at or before the time.
+            Target::Time(t) => cat
+                .generations
+                .iter()
+                .rev()
+                .find(|(_, o)| o.snapshots.iter().any(|s| snapshot_time(s) <= t))
+                .map(|(g, o)| (*g, o))
+                .ok_or_else(|| {
+                    Error::Replica(format!(
+                        "the replica holds no state at or before {}",
+                        fmt_time(t)
+                    ))
+                })?,
+            _ => cat.latest().ok_or_else(|| {
+                Error::Replica("the replica holds no snapshot: nothing to restore".into())
+            })?,
+        },
     };
     plan_generation(g, objs, target)
 }
@@ -240,12 +280,27 @@ impl Output {
     }
 }
 
+/// Formats Unix milliseconds as RFC 3339 (UTC).
+pub fn fmt_time(ms: u64) -> String {
+    humantime::format_rfc3339_millis(std::time::UNIX_EPOCH + Duration::from_millis(ms)).to_string()
+}
+
 /// Restores a replica into `opts.output`.
 pub async fn restore(client: &dyn ReplicaClient, opts: &RestoreOptions) -> Result<RestoreReport> {
-    let started = Instant::now();
     check_output(&opts.output, opts.force)?;
     let cat = Catalog::load(client).await?;
     let plan = plan(&cat, opts.generation, opts.target)?;
+    execute(client, &plan, opts).await
+}
+
+/// Carries out a plan into `opts.output`.
+pub async fn execute(
+    client: &dyn ReplicaClient,
+    plan: &Plan,
+    opts: &RestoreOptions,
+) -> Result<RestoreReport> {
+    let started = Instant::now();
+    check_output(&opts.output, opts.force)?;
     info!(
         generation = %plan.generation,
         snapshot = %plan.snapshot.name,
@@ -351,13 +406,12 @@ pub async fn restore(client: &dyn ReplicaClient, opts: &RestoreOptions) -> Resul
         let (o, seg) = r?;
         objects += 1;
         bytes += o.size;
-        apply_segment(&out, &mut hashes, &mut state, &o, &seg, plan.stop_after)?;
-        if plan.stop_after.is_some_and(|t| state.txid >= t) {
+        if apply_segment(&out, &mut hashes, &mut state, &o, &seg, plan.target)? {
             break;
         }
     }
     drop(fetches);
-    if let Some(t) = plan.stop_after {
+    if let Target::TxId(t) = plan.target {
         if state.txid != t {
             return Err(Error::Replica(format!(
                 "restore reached txid {} but the target is {t}",
@@ -432,8 +486,8 @@ fn apply_segment(
     state: &mut State,
     o: &Object,
     seg: &Segment,
-    stop_after: Option<TxId>,
-) -> Result<()> {
+    target: Target,
+) -> Result<bool> {
     let h = &seg.header;
     let bad = |what: String| Error::Replica(format!("object {}: {what}", o.name));
     if h.generation != state.generation {
@@ -468,6 +522,11 @@ fn apply_segment(
         if (i as u64) < skip {
             continue;
         }
+        if let Target::Time(t) = target {
+            if c.time_ms > t {
+                return Ok(true);
+            }
+        }
         for f in frames.chunks_exact(24 + ps) {
             let pgno = u32::from_be_bytes([f[0], f[1], f[2], f[3]]);
             out.write_page(pgno, &f[24..])?;
@@ -487,11 +546,13 @@ fn apply_segment(
         state.time_ms = c.time_ms;
         state.db_size = c.db_size;
         state.checksum = c.checksum;
-        if stop_after.is_some_and(|t| c.txid >= t) {
-            break;
+        if let Target::TxId(t) = target {
+            if c.txid >= t {
+                return Ok(true);
+            }
         }
     }
-    Ok(())
+    Ok(false)
 }
 
 /// The database checksum of a file, computed independently of any replica.

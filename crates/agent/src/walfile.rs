@@ -107,6 +107,8 @@ pub struct Txn {
     pub frame_count: u32,
     /// Database size in pages after the commit.
     pub commit_size: u32,
+    /// Byte offset just past the commit frame.
+    pub end_offset: u64,
 }
 
 /// Whole transactions read from a cursor on.
@@ -290,6 +292,7 @@ impl WalFile {
                     frames: std::mem::take(&mut pending),
                     frame_count: pending_count,
                     commit_size: fh.commit_size,
+                    end_offset: offset,
                 });
                 pending_count = 0;
                 batch.end = Cursor {
@@ -331,6 +334,40 @@ impl WalFile {
             offset += fs as u64;
         }
         Ok((offset == end).then_some(map))
+    }
+
+    /// Lists the commit frames of the current cycle from byte offset `from` on, reading frame
+    /// headers only (at most `max_frames`): `(end offset of the commit, header)`. For timestamps
+    /// only: the frames are not verified here (shipping verifies them).
+    pub fn commit_offsets(
+        &self,
+        h: &WalHeader,
+        from: u64,
+        max_frames: usize,
+    ) -> io::Result<Vec<u64>> {
+        let Some(f) = self.open()? else {
+            return Ok(Vec::new());
+        };
+        let fs = h.frame_size() as u64;
+        let mut out = Vec::new();
+        let mut at = from;
+        let mut fh = [0u8; FRAME_HEADER_SIZE];
+        for _ in 0..max_frames {
+            match f.read_exact_at(&mut fh, at) {
+                Ok(()) => {}
+                Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => break,
+                Err(e) => return Err(e),
+            }
+            let fr = FrameHeader::parse(&fh).expect("24 bytes");
+            if fr.salt1 != h.salt1 || fr.salt2 != h.salt2 {
+                break;
+            }
+            at += fs;
+            if fr.is_commit() {
+                out.push(at);
+            }
+        }
+        Ok(out)
     }
 
     /// Reads the page of the frame at `offset`.

@@ -1,6 +1,7 @@
 //! `s3://bucket/prefix?endpoint=...&region=...&force_path_style=true`
 
 use std::fmt;
+use std::time::Duration;
 
 /// Where an S3 replica lives.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -17,6 +18,48 @@ pub struct S3Config {
     pub force_path_style: bool,
     /// Static credentials (tests only; real deployments use the AWS chain).
     pub static_credentials: Option<(String, String)>,
+    /// How long to wait on the network before giving up (with a transient error).
+    pub timeouts: Timeouts,
+}
+
+/// How long the client waits, chosen so that a dead or frozen endpoint fails within seconds
+/// while a large upload on a slow link still finishes.
+///
+/// Every wait is bounded: connecting, waiting for a response, and each pause inside a response
+/// body. An upload's limit grows with its size, because the SDK's read timeout would otherwise
+/// count the time spent sending the body and cut off every large upload on a slow link.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Timeouts {
+    /// Establishing a connection (TCP and TLS).
+    pub connect: Duration,
+    /// From sending a request without a large body to the response headers. AWS advises retrying
+    /// requests for small objects that take over about two seconds.
+    pub first_byte: Duration,
+    /// The longest pause while reading a response body (a download stalls, the server froze).
+    pub body_idle: Duration,
+    /// The slowest upload rate tolerated, in bytes per second: sending `n` bytes and getting the
+    /// answer may take `first_byte + n / min_upload_rate`.
+    pub min_upload_rate: u64,
+}
+
+impl Default for Timeouts {
+    fn default() -> Self {
+        Timeouts {
+            connect: Duration::from_secs(3),
+            first_byte: Duration::from_secs(4),
+            body_idle: Duration::from_secs(20),
+            min_upload_rate: 128 << 10,
+        }
+    }
+}
+
+impl Timeouts {
+    /// The limit for one attempt to upload `len` bytes (a PUT, a part, or completing an upload
+    /// of that size, which a server may spend time assembling).
+    pub fn upload(&self, len: u64) -> Duration {
+        let rate = self.min_upload_rate.max(1);
+        self.first_byte + Duration::from_millis(len.saturating_mul(1000) / rate)
+    }
 }
 
 /// A malformed replica URL.
@@ -91,6 +134,7 @@ impl S3Config {
             region: None,
             force_path_style: false,
             static_credentials: None,
+            timeouts: Timeouts::default(),
         };
         let mut path_style = None;
         for pair in query.split('&').filter(|p| !p.is_empty()) {
