@@ -1,4 +1,9 @@
 //! [`S3Client`]: the [`ReplicaClient`] over `aws-sdk-s3`.
+//!
+//! Every write is a conditional create (`If-None-Match: *`), on a single PutObject or on the
+//! CompleteMultipartUpload that ends a multipart upload; when the server refuses it because the
+//! key exists, the object is read back and compared, streaming, with what we meant to write.
+//! Every wait on the network is bounded (see [`Timeouts`](crate::Timeouts)).
 
 use std::ops::Range;
 use std::path::Path;
@@ -10,17 +15,20 @@ use aws_config::timeout::TimeoutConfig;
 use aws_config::BehaviorVersion;
 use aws_sdk_s3::error::{ProvideErrorMetadata, SdkError};
 use aws_sdk_s3::primitives::ByteStream;
-use aws_sdk_s3::types::{CompletedMultipartUpload, CompletedPart};
+use aws_sdk_s3::types::{ChecksumAlgorithm, CompletedMultipartUpload, CompletedPart};
 use aws_sdk_s3::Client;
+use aws_smithy_types::byte_stream::Length;
 use bytes::Bytes;
 use lifeboat_storage::{Error, ObjectMeta, PutOutcome, ReplicaClient, Result};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tracing::warn;
 
+use crate::error::{classify, message, Kind};
 use crate::S3Config;
 
 /// Files larger than this are uploaded in parts.
 const MULTIPART_THRESHOLD: u64 = 64 << 20;
-/// Part size for multipart uploads.
+/// Part size for multipart uploads: 10,000 parts (the S3 limit) make 160 GiB.
 const PART_SIZE: u64 = 16 << 20;
 
 /// A replica in an S3 bucket, under a prefix.
@@ -32,87 +40,40 @@ pub struct S3Client {
 
 impl std::fmt::Debug for S3Client {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // The configuration may hold test credentials: show only where the replica is.
         f.debug_struct("S3Client")
             .field("replica", &self.cfg.describe())
             .finish()
     }
 }
 
-/// How an S3 error maps onto the storage error kinds.
-enum Kind {
-    NotFound,
-    Precondition,
-    Transient,
-    Permanent,
-}
-
-fn classify<E: ProvideErrorMetadata + std::error::Error + 'static, R>(
-    e: &SdkError<E, R>,
-    status: Option<u16>,
-) -> Kind {
-    match e {
-        SdkError::TimeoutError(_) | SdkError::DispatchFailure(_) | SdkError::ResponseError(_) => {
-            Kind::Transient
-        }
-        _ => {
-            let code = e.as_service_error().and_then(|s| s.code()).unwrap_or("");
-            match (status, code) {
-                (_, "NoSuchKey") | (Some(404), _) => Kind::NotFound,
-                (_, "PreconditionFailed") | (_, "ConditionalRequestConflict") | (Some(412), _) => {
-                    Kind::Precondition
-                }
-                (_, "SlowDown") | (_, "RequestTimeout") | (_, "InternalError") => Kind::Transient,
-                (Some(s), _) if s == 429 || s >= 500 => Kind::Transient,
-                _ => Kind::Permanent,
-            }
-        }
-    }
-}
-
-fn describe_err<E: ProvideErrorMetadata + std::error::Error + 'static, R: std::fmt::Debug>(
-    e: &SdkError<E, R>,
-    status: Option<u16>,
-) -> String {
-    let mut msg = match e.as_service_error() {
-        Some(s) => format!(
-            "{}: {}",
-            s.code().unwrap_or("error"),
-            s.message().unwrap_or("(no message)")
-        ),
-        None => {
-            let mut m = e.to_string();
-            let mut src = std::error::Error::source(e);
-            while let Some(s) = src {
-                m.push_str(": ");
-                m.push_str(&s.to_string());
-                src = s.source();
-            }
-            m
-        }
-    };
-    if let Some(s) = status {
-        msg.push_str(&format!(" (HTTP {s})"));
-        if s == 403 {
-            msg.push_str("; check the AWS credentials and the bucket policy");
-        }
-    }
-    msg
+/// What a create-only write meant to store, for comparing with what the bucket holds.
+enum Local<'a> {
+    Bytes(&'a Bytes),
+    File(&'a Path),
 }
 
 impl S3Client {
-    /// Builds a client: credentials and (unless given) region from the AWS chain.
+    /// Builds a client: credentials and (unless given) the region from the standard AWS chain
+    /// (environment, profile files, web identity, instance metadata), else region `us-east-1`.
     pub async fn new(cfg: S3Config) -> Result<S3Client> {
+        let t = cfg.timeouts;
         let mut loader = aws_config::defaults(BehaviorVersion::latest())
             .timeout_config(
-                // A dead endpoint must fail fast (connect, first byte), while a large snapshot
-                // upload on a slow link still has time to finish.
                 TimeoutConfig::builder()
-                    .connect_timeout(Duration::from_secs(3))
-                    .read_timeout(Duration::from_secs(10))
-                    .operation_attempt_timeout(Duration::from_secs(600))
+                    .connect_timeout(t.connect)
+                    // Counts from sending the request to the response headers; uploads get
+                    // their own limit, scaled by size (see `upload_timeouts`).
+                    .read_timeout(t.first_byte)
                     .build(),
             )
-            .retry_config(RetryConfig::standard().with_max_attempts(2));
+            // One quick retry in the SDK (a pooled connection the server had closed); callers
+            // retry transient errors with their own backoff.
+            .retry_config(
+                RetryConfig::standard()
+                    .with_max_attempts(2)
+                    .with_initial_backoff(Duration::from_millis(200)),
+            );
         if let Some(r) = &cfg.region {
             loader = loader.region(aws_config::Region::new(r.clone()));
         }
@@ -150,6 +111,34 @@ impl S3Client {
         &self.client
     }
 
+    /// `s3://bucket/prefix/key`, for messages.
+    fn url(&self, key: &str) -> String {
+        format!("s3://{}/{}", self.cfg.bucket, self.cfg.full_key(key))
+    }
+
+    fn backend(&self, op: &'static str, key: &str, message: String, transient: bool) -> Error {
+        Error::Backend {
+            op,
+            key: self.url(key),
+            message,
+            transient,
+        }
+    }
+
+    /// A failure reading or writing the local file `path`.
+    fn local_io(&self, op: &'static str, key: &str, path: &Path, e: std::io::Error) -> Error {
+        let transient = matches!(
+            e.kind(),
+            std::io::ErrorKind::Interrupted | std::io::ErrorKind::TimedOut
+        );
+        self.backend(
+            op,
+            key,
+            format!("local file {}: {e}", path.display()),
+            transient,
+        )
+    }
+
     fn err<E: ProvideErrorMetadata + std::error::Error + 'static>(
         &self,
         op: &'static str,
@@ -157,34 +146,140 @@ impl S3Client {
         e: SdkError<E, aws_sdk_s3::config::http::HttpResponse>,
     ) -> Error {
         let status = e.raw_response().map(|r| r.status().as_u16());
-        let full = format!("{}/{}", self.cfg.describe(), key);
         match classify(&e, status) {
-            Kind::NotFound => Error::NotFound { key: full },
-            Kind::Precondition => Error::Conflict { key: full },
-            k => Error::Backend {
+            Kind::NotFound => Error::NotFound { key: self.url(key) },
+            Kind::Precondition => Error::Conflict { key: self.url(key) },
+            k => self.backend(
                 op,
-                key: full,
-                message: describe_err(&e, status),
-                transient: matches!(k, Kind::Transient),
-            },
+                key,
+                message(&e, status, &self.cfg.bucket),
+                k == Kind::Transient,
+            ),
         }
+    }
+
+    /// Per-request timeouts for sending `len` bytes: the SDK's read timeout would count the
+    /// time spent sending the body, so it is off and the whole attempt gets a limit that grows
+    /// with the size. (The read timeout lives in the connection pool's settings, so it cannot
+    /// vary per size without a pool per size; the attempt timeout can.)
+    fn upload_timeouts(&self, len: u64) -> aws_sdk_s3::config::Builder {
+        let t = self.cfg.timeouts;
+        aws_sdk_s3::config::Builder::new().timeout_config(
+            TimeoutConfig::builder()
+                .connect_timeout(t.connect)
+                .disable_read_timeout()
+                .operation_attempt_timeout(t.upload(len))
+                .build(),
+        )
+    }
+
+    /// The next chunk of a response body, giving up if the server sends nothing for
+    /// `body_idle` (the SDK's timeouts end with the response headers).
+    async fn next_chunk(
+        &self,
+        op: &'static str,
+        key: &str,
+        body: &mut ByteStream,
+    ) -> Result<Option<Bytes>> {
+        let idle = self.cfg.timeouts.body_idle;
+        match tokio::time::timeout(idle, body.try_next()).await {
+            Ok(Ok(chunk)) => Ok(chunk),
+            Ok(Err(e)) => {
+                Err(self.backend(op, key, format!("reading the object failed: {e}"), true))
+            }
+            Err(_) => Err(self.backend(
+                op,
+                key,
+                format!(
+                    "the server sent nothing for {idle:?} in the middle of the object; it may be \
+                     down, overloaded or unreachable"
+                ),
+                true,
+            )),
+        }
+    }
+
+    /// Whether the object holds exactly `local`, read and compared streaming. Called after a
+    /// create-only write was refused, so a missing object means a write still in progress.
+    async fn holds(&self, key: &str, local: Local<'_>) -> Result<bool> {
+        let (local_len, mut file) = match local {
+            Local::Bytes(b) => (b.len() as u64, None),
+            Local::File(p) => {
+                let f = tokio::fs::File::open(p)
+                    .await
+                    .map_err(|e| self.local_io("put", key, p, e))?;
+                let len = f
+                    .metadata()
+                    .await
+                    .map_err(|e| self.local_io("put", key, p, e))?
+                    .len();
+                (len, Some((f, p)))
+            }
+        };
+        let resp = match self
+            .client
+            .get_object()
+            .bucket(&self.cfg.bucket)
+            .key(self.cfg.full_key(key))
+            .send()
+            .await
+        {
+            Ok(r) => r,
+            Err(e) => {
+                return Err(match self.err("put", key, e) {
+                    Error::NotFound { .. } => self.backend(
+                        "put",
+                        key,
+                        "the server refused to create the object because it exists, but it \
+                         cannot be read yet (a concurrent write?)"
+                            .into(),
+                        true,
+                    ),
+                    other => other,
+                })
+            }
+        };
+        if resp.content_length().is_some_and(|l| l as u64 != local_len) {
+            return Ok(false);
+        }
+        let mut body = resp.body;
+        let mut offset = 0u64;
+        let mut buf = Vec::new();
+        while let Some(chunk) = self.next_chunk("put", key, &mut body).await? {
+            let end = offset + chunk.len() as u64;
+            if end > local_len {
+                return Ok(false);
+            }
+            let same = match (&local, &mut file) {
+                (Local::Bytes(b), _) => b[offset as usize..end as usize] == chunk[..],
+                (_, Some((f, p))) => {
+                    buf.resize(chunk.len(), 0);
+                    f.read_exact(&mut buf)
+                        .await
+                        .map_err(|e| self.local_io("put", key, p, e))?;
+                    buf[..] == chunk[..]
+                }
+                (Local::File(_), None) => unreachable!("a file source has an open file"),
+            };
+            if !same {
+                return Ok(false);
+            }
+            offset = end;
+        }
+        Ok(offset == local_len)
     }
 
     /// After a create-only write was refused: the same bytes count as success.
-    async fn resolve_conflict(
-        &self,
-        key: &str,
-        same: impl std::future::Future<Output = Result<bool>>,
-    ) -> Result<PutOutcome> {
-        if same.await? {
+    async fn resolve_refused(&self, key: &str, local: Local<'_>) -> Result<PutOutcome> {
+        if self.holds(key, local).await? {
             Ok(PutOutcome::AlreadyExisted)
         } else {
-            Err(Error::Conflict {
-                key: format!("{}/{}", self.cfg.describe(), key),
-            })
+            Err(Error::Conflict { key: self.url(key) })
         }
     }
 
+    /// Uploads `path` (`size` bytes) in parts, completing with `If-None-Match: *`. On any
+    /// failure the upload is aborted so its parts do not linger (and cost) in the bucket.
     async fn put_multipart(&self, key: &str, path: &Path, size: u64) -> Result<()> {
         let full = self.cfg.full_key(key);
         let created = self
@@ -195,64 +290,17 @@ impl S3Client {
             .send()
             .await
             .map_err(|e| self.err("put", key, e))?;
-        let upload_id = created.upload_id().unwrap_or_default().to_string();
-        let result = async {
-            let mut parts = Vec::new();
-            let mut offset = 0u64;
-            let mut n = 1;
-            while offset < size {
-                let len = PART_SIZE.min(size - offset);
-                let body = ByteStream::read_from()
-                    .path(path)
-                    .offset(offset)
-                    .length(aws_smithy_types::byte_stream::Length::Exact(len))
-                    .build()
-                    .await
-                    .map_err(|e| Error::Backend {
-                        op: "put",
-                        key: key.into(),
-                        message: format!("read {}: {e}", path.display()),
-                        transient: false,
-                    })?;
-                let out = self
-                    .client
-                    .upload_part()
-                    .bucket(&self.cfg.bucket)
-                    .key(&full)
-                    .upload_id(&upload_id)
-                    .part_number(n)
-                    .body(body)
-                    .send()
-                    .await
-                    .map_err(|e| self.err("put", key, e))?;
-                parts.push(
-                    CompletedPart::builder()
-                        .part_number(n)
-                        .set_e_tag(out.e_tag().map(str::to_string))
-                        .build(),
-                );
-                offset += len;
-                n += 1;
-            }
-            self.client
-                .complete_multipart_upload()
-                .bucket(&self.cfg.bucket)
-                .key(&full)
-                .upload_id(&upload_id)
-                .if_none_match("*")
-                .multipart_upload(
-                    CompletedMultipartUpload::builder()
-                        .set_parts(Some(parts))
-                        .build(),
-                )
-                .send()
-                .await
-                .map_err(|e| self.err("put", key, e))?;
-            Ok(())
-        }
-        .await;
+        let Some(upload_id) = created.upload_id().map(str::to_string) else {
+            return Err(self.backend(
+                "put",
+                key,
+                "CreateMultipartUpload returned no upload id".into(),
+                true,
+            ));
+        };
+        let result = self.upload_parts(key, path, size, &upload_id).await;
         if result.is_err() {
-            let _ = self
+            let aborted = self
                 .client
                 .abort_multipart_upload()
                 .bucket(&self.cfg.bucket)
@@ -260,47 +308,83 @@ impl S3Client {
                 .upload_id(&upload_id)
                 .send()
                 .await;
+            if let Err(e) = aborted {
+                warn!(
+                    replica = %self.cfg.describe(),
+                    key,
+                    upload_id,
+                    error = %self.err("abort", key, e),
+                    "could not abort a failed multipart upload; its parts stay in the bucket \
+                     until an AbortIncompleteMultipartUpload lifecycle rule removes them"
+                );
+            }
         }
         result
     }
 
-    async fn same_as_file(&self, key: &str, path: &Path) -> Result<bool> {
-        let local = tokio::fs::metadata(path)
-            .await
-            .map_err(|e| Error::io("put", key, e))?
-            .len();
-        let resp = self
-            .client
-            .get_object()
+    async fn upload_parts(&self, key: &str, path: &Path, size: u64, upload_id: &str) -> Result<()> {
+        let full = self.cfg.full_key(key);
+        let mut parts = Vec::new();
+        let mut offset = 0u64;
+        let mut n = 1;
+        while offset < size {
+            let len = PART_SIZE.min(size - offset);
+            // Streams this part from the file: only the SDK's buffers are in memory.
+            let body = ByteStream::read_from()
+                .path(path)
+                .offset(offset)
+                .length(Length::Exact(len))
+                .build()
+                .await
+                .map_err(|e| {
+                    self.backend(
+                        "put",
+                        key,
+                        format!("local file {}: {e}", path.display()),
+                        false,
+                    )
+                })?;
+            let out = self
+                .client
+                .upload_part()
+                .bucket(&self.cfg.bucket)
+                .key(&full)
+                .upload_id(upload_id)
+                .part_number(n)
+                .checksum_algorithm(ChecksumAlgorithm::Crc32)
+                .body(body)
+                .customize()
+                .config_override(self.upload_timeouts(len))
+                .send()
+                .await
+                .map_err(|e| self.err("put", key, e))?;
+            parts.push(
+                CompletedPart::builder()
+                    .part_number(n)
+                    .set_e_tag(out.e_tag().map(str::to_string))
+                    .build(),
+            );
+            offset += len;
+            n += 1;
+        }
+        self.client
+            .complete_multipart_upload()
             .bucket(&self.cfg.bucket)
-            .key(self.cfg.full_key(key))
+            .key(&full)
+            .upload_id(upload_id)
+            .if_none_match("*")
+            .multipart_upload(
+                CompletedMultipartUpload::builder()
+                    .set_parts(Some(parts))
+                    .build(),
+            )
+            // The server assembles the parts before it answers.
+            .customize()
+            .config_override(self.upload_timeouts(size))
             .send()
             .await
-            .map_err(|e| self.err("get", key, e))?;
-        if resp.content_length().is_some_and(|l| l as u64 != local) {
-            return Ok(false);
-        }
-        let mut body = resp.body;
-        let mut f = tokio::fs::File::open(path)
-            .await
-            .map_err(|e| Error::io("put", key, e))?;
-        let mut buf = Vec::new();
-        while let Some(chunk) = body.try_next().await.map_err(|e| Error::Backend {
-            op: "get",
-            key: key.into(),
-            message: e.to_string(),
-            transient: true,
-        })? {
-            buf.resize(chunk.len(), 0);
-            if f.read_exact(&mut buf).await.is_err() || buf[..] != chunk[..] {
-                return Ok(false);
-            }
-        }
-        let mut extra = [0u8; 1];
-        Ok(f.read(&mut extra)
-            .await
-            .map_err(|e| Error::io("put", key, e))?
-            == 0)
+            .map_err(|e| self.err("put", key, e))?;
+        Ok(())
     }
 }
 
@@ -317,45 +401,45 @@ impl ReplicaClient for S3Client {
             .bucket(&self.cfg.bucket)
             .key(self.cfg.full_key(key))
             .if_none_match("*")
-            .checksum_algorithm(aws_sdk_s3::types::ChecksumAlgorithm::Crc32)
+            // The server checks the CRC32 and refuses a body damaged on the way.
+            .checksum_algorithm(ChecksumAlgorithm::Crc32)
             .body(ByteStream::from(data.clone()))
+            .customize()
+            .config_override(self.upload_timeouts(data.len() as u64))
             .send()
             .await;
-        match res {
+        match res.map_err(|e| self.err("put", key, e)) {
             Ok(_) => Ok(PutOutcome::Created),
-            Err(e) => match self.err("put", key, e) {
-                Error::Conflict { .. } => {
-                    self.resolve_conflict(key, async { Ok(self.get(key).await? == data) })
-                        .await
-                }
-                other => Err(other),
-            },
+            Err(Error::Conflict { .. }) => self.resolve_refused(key, Local::Bytes(&data)).await,
+            Err(e) => Err(e),
         }
     }
 
     async fn put_file(&self, key: &str, path: &Path) -> Result<PutOutcome> {
         let size = tokio::fs::metadata(path)
             .await
-            .map_err(|e| Error::io("put", key, e))?
+            .map_err(|e| self.local_io("put", key, path, e))?
             .len();
         let res = if size > MULTIPART_THRESHOLD {
             self.put_multipart(key, path, size).await
         } else {
-            let body = ByteStream::from_path(path)
-                .await
-                .map_err(|e| Error::Backend {
-                    op: "put",
-                    key: key.into(),
-                    message: format!("read {}: {e}", path.display()),
-                    transient: false,
-                })?;
+            let body = ByteStream::from_path(path).await.map_err(|e| {
+                self.backend(
+                    "put",
+                    key,
+                    format!("local file {}: {e}", path.display()),
+                    false,
+                )
+            })?;
             self.client
                 .put_object()
                 .bucket(&self.cfg.bucket)
                 .key(self.cfg.full_key(key))
                 .if_none_match("*")
-                .checksum_algorithm(aws_sdk_s3::types::ChecksumAlgorithm::Crc32)
+                .checksum_algorithm(ChecksumAlgorithm::Crc32)
                 .body(body)
+                .customize()
+                .config_override(self.upload_timeouts(size))
                 .send()
                 .await
                 .map(|_| ())
@@ -363,10 +447,7 @@ impl ReplicaClient for S3Client {
         };
         match res {
             Ok(()) => Ok(PutOutcome::Created),
-            Err(Error::Conflict { .. }) => {
-                self.resolve_conflict(key, self.same_as_file(key, path))
-                    .await
-            }
+            Err(Error::Conflict { .. }) => self.resolve_refused(key, Local::File(path)).await,
             Err(e) => Err(e),
         }
     }
@@ -380,13 +461,12 @@ impl ReplicaClient for S3Client {
             .send()
             .await
             .map_err(|e| self.err("get", key, e))?;
-        let data = resp.body.collect().await.map_err(|e| Error::Backend {
-            op: "get",
-            key: key.into(),
-            message: e.to_string(),
-            transient: true,
-        })?;
-        Ok(data.into_bytes())
+        let mut body = resp.body;
+        let mut out = Vec::with_capacity(resp.content_length.unwrap_or(0).max(0) as usize);
+        while let Some(chunk) = self.next_chunk("get", key, &mut body).await? {
+            out.extend_from_slice(&chunk);
+        }
+        Ok(out.into())
     }
 
     async fn get_range(&self, key: &str, range: Range<u64>) -> Result<Bytes> {
@@ -403,22 +483,21 @@ impl ReplicaClient for S3Client {
             .await;
         let resp = match resp {
             Ok(r) => r,
-            // A range that starts past the end of the object.
+            // A range that starts at or past the end of the object is empty.
             Err(e) if e.raw_response().is_some_and(|r| r.status().as_u16() == 416) => {
                 return Ok(Bytes::new())
             }
             Err(e) => return Err(self.err("get", key, e)),
         };
-        let data = resp.body.collect().await.map_err(|e| Error::Backend {
-            op: "get",
-            key: key.into(),
-            message: e.to_string(),
-            transient: true,
-        })?;
-        let b = data.into_bytes();
-        // Some servers ignore an unsatisfiable end and send more: cut to the asked length.
         let want = (range.end - range.start) as usize;
-        Ok(if b.len() > want { b.slice(..want) } else { b })
+        let mut body = resp.body;
+        let mut out = Vec::new();
+        while let Some(chunk) = self.next_chunk("get", key, &mut body).await? {
+            out.extend_from_slice(&chunk);
+        }
+        // A server that ignores ranges sends everything: cut to the asked length.
+        out.truncate(want);
+        Ok(out.into())
     }
 
     async fn get_to_file(&self, key: &str, path: &Path) -> Result<u64> {
@@ -432,31 +511,24 @@ impl ReplicaClient for S3Client {
             .map_err(|e| self.err("get", key, e))?;
         let mut f = tokio::fs::File::create(path)
             .await
-            .map_err(|e| Error::io("get", key, e))?;
+            .map_err(|e| self.local_io("get", key, path, e))?;
         let mut body = resp.body;
         let mut n = 0u64;
-        while let Some(chunk) = body.try_next().await.map_err(|e| Error::Backend {
-            op: "get",
-            key: key.into(),
-            message: e.to_string(),
-            transient: true,
-        })? {
+        while let Some(chunk) = self.next_chunk("get", key, &mut body).await? {
             f.write_all(&chunk)
                 .await
-                .map_err(|e| Error::io("get", key, e))?;
+                .map_err(|e| self.local_io("get", key, path, e))?;
             n += chunk.len() as u64;
         }
-        f.sync_all().await.map_err(|e| Error::io("get", key, e))?;
+        f.sync_all()
+            .await
+            .map_err(|e| self.local_io("get", key, path, e))?;
         Ok(n)
     }
 
     async fn list(&self, prefix: &str) -> Result<Vec<ObjectMeta>> {
         let full_prefix = self.cfg.full_key(prefix);
-        let strip = if self.cfg.prefix.is_empty() {
-            0
-        } else {
-            self.cfg.prefix.len() + 1
-        };
+        let root = self.cfg.full_key("");
         let mut pages = self
             .client
             .list_objects_v2()
@@ -468,16 +540,16 @@ impl ReplicaClient for S3Client {
         while let Some(page) = pages.next().await {
             let page = page.map_err(|e| self.err("list", prefix, e))?;
             for o in page.contents() {
-                let Some(k) = o.key() else { continue };
-                if k.len() < strip {
+                let Some(key) = o.key().and_then(|k| k.strip_prefix(&root)) else {
                     continue;
-                }
+                };
                 out.push(ObjectMeta {
-                    key: k[strip..].to_string(),
+                    key: key.to_string(),
                     size: o.size().unwrap_or(0).max(0) as u64,
                 });
             }
         }
+        // S3 lists in UTF-8 binary order already; other stores may not.
         out.sort_by(|a, b| a.key.cmp(&b.key));
         Ok(out)
     }
@@ -490,12 +562,10 @@ impl ReplicaClient for S3Client {
             .key(self.cfg.full_key(key))
             .send()
             .await
+            .map_err(|e| self.err("delete", key, e))
         {
-            Ok(_) => Ok(()),
-            Err(e) => match self.err("delete", key, e) {
-                Error::NotFound { .. } => Ok(()),
-                other => Err(other),
-            },
+            Ok(_) | Err(Error::NotFound { .. }) => Ok(()),
+            Err(e) => Err(e),
         }
     }
 }

@@ -36,6 +36,8 @@ pub struct Timeouts {
     /// requests for small objects that take over about two seconds.
     pub first_byte: Duration,
     /// The longest pause while reading a response body (a download stalls, the server froze).
+    /// The SDK's own stalled-stream protection, on by default, may give up sooner (a transfer
+    /// under one byte per second after a five-second grace period).
     pub body_idle: Duration,
     /// The slowest upload rate tolerated, in bytes per second: sending `n` bytes and getting the
     /// answer may take `first_byte + n / min_upload_rate`.
@@ -208,6 +210,25 @@ mod tests {
             .unwrap();
         assert_eq!(c.endpoint.as_deref(), Some("https://x.example"));
         assert!(!c.force_path_style);
+    }
+
+    #[test]
+    fn uploads_get_time_in_proportion_to_their_size() {
+        let t = Timeouts::default();
+        assert_eq!(t.upload(0), t.first_byte);
+        assert_eq!(
+            t.upload(16 << 20),
+            t.first_byte + Duration::from_secs(128),
+            "a 16 MiB part at 128 KiB/s"
+        );
+        let t = Timeouts {
+            min_upload_rate: 0,
+            ..t
+        };
+        assert!(
+            t.upload(1) > t.first_byte,
+            "a zero rate does not divide by zero"
+        );
     }
 
     #[test]

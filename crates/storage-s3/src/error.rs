@@ -47,7 +47,11 @@ fn classify_code(status: Option<u16>, code: &str) -> Kind {
 
 /// The message for a failure: the server's code and message (or the chain of causes of a
 /// network failure), the HTTP status, and a hint.
-pub(crate) fn message<E, R>(e: &SdkError<E, R>, status: Option<u16>, bucket: &str) -> String
+pub(crate) fn message<E, R: std::fmt::Debug>(
+    e: &SdkError<E, R>,
+    status: Option<u16>,
+    bucket: &str,
+) -> String
 where
     E: ProvideErrorMetadata + std::error::Error + 'static,
 {

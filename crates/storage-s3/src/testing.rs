@@ -1,10 +1,16 @@
 //! A real S3-compatible server for tests: `moto_server` (PyPI `moto[server]`) on 127.0.0.1.
 //!
 //! The binary is found from `LIFEBOAT_MOTO_SERVER`, else `<workspace>/.venv/bin/moto_server`,
-//! else `moto_server` on `PATH`; `scripts/s3-server/install.sh` installs it. moto keeps objects
-//! in memory, so an outage is simulated by freezing the process ([`S3TestServer::pause`], SIGSTOP)
-//! and thawing it ([`S3TestServer::resume`], SIGCONT): connections hang, then the data is still
-//! there.
+//! else `moto_server` on `PATH`; `scripts/s3-server/install.sh` installs it.
+//!
+//! moto keeps objects in memory and has no way to keep them across a restart, so there is no
+//! `restart()`. An outage that the data survives is simulated by freezing the process
+//! ([`S3TestServer::pause`], SIGSTOP) and thawing it ([`S3TestServer::resume`], SIGCONT): while
+//! frozen, connections are accepted by the kernel and then hang, as with a server that stopped
+//! answering. [`S3TestServer::stop`] kills the server for good (connections are refused).
+//!
+//! Clients get fake static credentials through their configuration ([`S3TestServer::client`]),
+//! never through the process environment, which tests running in parallel share.
 
 use std::net::{TcpListener, TcpStream};
 use std::path::PathBuf;
@@ -13,15 +19,21 @@ use std::time::{Duration, Instant};
 
 use crate::{S3Client, S3Config};
 
-/// A running moto server with one fresh bucket.
+/// How long moto may take to start (a cold Python start on a busy machine).
+const START_DEADLINE: Duration = Duration::from_secs(60);
+
+/// A running moto server with one fresh bucket. Dropping it kills the server.
 pub struct S3TestServer {
     child: Child,
+    /// Whether the child was killed and reaped: its pid may belong to another process now.
+    stopped: bool,
     port: u16,
     bucket: String,
+    log: PathBuf,
 }
 
 fn moto_binary() -> PathBuf {
-    if let Ok(p) = std::env::var("LIFEBOAT_MOTO_SERVER") {
+    if let Some(p) = std::env::var_os("LIFEBOAT_MOTO_SERVER") {
         return PathBuf::from(p);
     }
     let venv = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../.venv/bin/moto_server");
@@ -36,7 +48,10 @@ fn moto_binary() -> PathBuf {
             }
         }
     }
-    panic!("moto_server not found: run scripts/s3-server/install.sh (or set LIFEBOAT_MOTO_SERVER)");
+    panic!(
+        "moto_server not found: run scripts/s3-server/install.sh (or set LIFEBOAT_MOTO_SERVER \
+         to a moto_server binary)"
+    );
 }
 
 impl S3TestServer {
@@ -47,36 +62,60 @@ impl S3TestServer {
             .and_then(|l| l.local_addr())
             .expect("free port")
             .port();
-        let child = Command::new(moto_binary())
+        let bin = moto_binary();
+        // moto logs every request; a file (unlike an unread pipe) never fills up and blocks it.
+        let log = std::env::temp_dir().join(format!("lifeboat-moto-{port}.log"));
+        let log_file = std::fs::File::create(&log).expect("create moto log file");
+        let child = Command::new(&bin)
             .args(["-H", "127.0.0.1", "-p", &port.to_string()])
             .stdout(Stdio::null())
-            .stderr(Stdio::null())
+            .stderr(log_file)
             .spawn()
-            .expect("start moto_server");
+            .unwrap_or_else(|e| {
+                panic!(
+                    "cannot run {}: {e}; run scripts/s3-server/install.sh",
+                    bin.display()
+                )
+            });
         let mut s = S3TestServer {
             child,
+            stopped: false,
             port,
             bucket: format!("lifeboat-test-{:08x}", rand::random::<u32>()),
+            log,
         };
-        let deadline = Instant::now() + Duration::from_secs(60);
+        let deadline = Instant::now() + START_DEADLINE;
         while TcpStream::connect(("127.0.0.1", port)).is_err() {
             if let Ok(Some(status)) = s.child.try_wait() {
-                panic!("moto_server exited at start with {status}");
+                s.stopped = true;
+                panic!(
+                    "moto_server exited at start with {status}:\n{}",
+                    s.log_tail()
+                );
             }
             assert!(
                 Instant::now() < deadline,
-                "moto_server did not start within 60 s"
+                "moto_server did not listen on port {port} within {START_DEADLINE:?}:\n{}",
+                s.log_tail()
             );
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
         let c = s.client("").await;
-        c.sdk()
-            .create_bucket()
-            .bucket(&s.bucket)
-            .send()
-            .await
-            .expect("create test bucket");
+        if let Err(e) = c.sdk().create_bucket().bucket(&s.bucket).send().await {
+            panic!(
+                "cannot create test bucket {}: {e:?}\n{}",
+                s.bucket,
+                s.log_tail()
+            );
+        }
         s
+    }
+
+    /// The end of the server's log, for failure messages.
+    fn log_tail(&self) -> String {
+        let log = std::fs::read_to_string(&self.log).unwrap_or_default();
+        let lines: Vec<_> = log.lines().collect();
+        lines[lines.len().saturating_sub(20)..].join("\n")
     }
 
     /// `http://127.0.0.1:PORT`.
@@ -89,7 +128,7 @@ impl S3TestServer {
         &self.bucket
     }
 
-    /// A replica URL under `prefix`.
+    /// A replica URL under `prefix`: `s3://BUCKET/PREFIX?endpoint=http://127.0.0.1:PORT&...`.
     pub fn url(&self, prefix: &str) -> String {
         format!(
             "s3://{}/{prefix}?endpoint={}&region=us-east-1",
@@ -108,33 +147,54 @@ impl S3TestServer {
         ]
     }
 
-    /// A client for `prefix`.
-    pub async fn client(&self, prefix: &str) -> S3Client {
+    /// The configuration of a client for `prefix`, with fake static credentials, to adjust
+    /// before [`S3Client::new`].
+    pub fn config(&self, prefix: &str) -> S3Config {
         let mut cfg = S3Config::from_url(&self.url(prefix)).expect("test URL");
         cfg.static_credentials = Some(("test".into(), "test".into()));
-        S3Client::new(cfg).await.expect("S3 client")
+        cfg
+    }
+
+    /// A client for `prefix`.
+    pub async fn client(&self, prefix: &str) -> S3Client {
+        S3Client::new(self.config(prefix)).await.expect("S3 client")
     }
 
     fn signal(&self, sig: i32) {
-        // SAFETY: sending a signal to our own child process.
+        if self.stopped {
+            return;
+        }
+        // SAFETY: kill(2) on our own child, which has not been reaped, so the pid is still ours.
         unsafe { libc::kill(self.child.id() as i32, sig) };
     }
 
-    /// Freezes the server (an outage: requests hang until [`resume`](Self::resume)).
+    /// Freezes the server (an outage: connections are accepted, then requests hang until
+    /// [`resume`](Self::resume)). The data survives.
     pub fn pause(&self) {
         self.signal(libc::SIGSTOP);
     }
 
-    /// Thaws the server.
+    /// Thaws a paused server.
     pub fn resume(&self) {
         self.signal(libc::SIGCONT);
+    }
+
+    /// Kills the server for good: connections to its port are refused from now on, and its
+    /// objects are gone (moto keeps them in memory only).
+    pub fn stop(&mut self) {
+        if !self.stopped {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+            self.stopped = true;
+        }
     }
 }
 
 impl Drop for S3TestServer {
     fn drop(&mut self) {
+        // A frozen process still dies of SIGKILL; resuming first is only politeness.
         self.resume();
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        self.stop();
+        let _ = std::fs::remove_file(&self.log);
     }
 }
