@@ -4,7 +4,7 @@ use std::fmt;
 use std::time::Duration;
 
 /// Where an S3 replica lives.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, PartialEq, Eq)]
 pub struct S3Config {
     /// Bucket name.
     pub bucket: String,
@@ -20,6 +20,27 @@ pub struct S3Config {
     pub static_credentials: Option<(String, String)>,
     /// How long to wait on the network before giving up (with a transient error).
     pub timeouts: Timeouts,
+}
+
+impl fmt::Debug for S3Config {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        // Never print a secret, even in a debug log.
+        f.debug_struct("S3Config")
+            .field("bucket", &self.bucket)
+            .field("prefix", &self.prefix)
+            .field("endpoint", &self.endpoint)
+            .field("region", &self.region)
+            .field("force_path_style", &self.force_path_style)
+            .field(
+                "static_credentials",
+                &self
+                    .static_credentials
+                    .as_ref()
+                    .map(|(id, _)| (id, "<redacted>")),
+            )
+            .field("timeouts", &self.timeouts)
+            .finish()
+    }
 }
 
 /// How long the client waits, chosen so that a dead or frozen endpoint fails within seconds
@@ -229,6 +250,15 @@ mod tests {
             t.upload(1) > t.first_byte,
             "a zero rate does not divide by zero"
         );
+    }
+
+    #[test]
+    fn debug_output_hides_the_secret_key() {
+        let mut c = S3Config::from_url("s3://b/p").unwrap();
+        c.static_credentials = Some(("AKIDEXAMPLE".into(), "s3cr3t-value".into()));
+        let shown = format!("{c:?}");
+        assert!(shown.contains("AKIDEXAMPLE"), "{shown}");
+        assert!(!shown.contains("s3cr3t-value"), "{shown}");
     }
 
     #[test]
