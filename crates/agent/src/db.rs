@@ -27,6 +27,13 @@ use rusqlite::{Connection, OpenFlags};
 use crate::walfile::{Continuity, Cursor, WalFile};
 use crate::{Error, Result};
 
+thread_local! {
+    /// When the agent stops waiting for the write lock (read by the busy handler, which SQLite
+    /// calls with no room for context).
+    static WRITE_LOCK_DEADLINE: std::cell::Cell<std::time::Instant> =
+        std::cell::Cell::new(std::time::Instant::now());
+}
+
 /// SQLite's checkpoint modes, as lifeboat uses them.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum CheckpointMode {
@@ -216,11 +223,31 @@ impl Database {
         self.pin_position
     }
 
+    /// Tries again to match the pin to the WAL file, if that failed when it was taken (the WAL
+    /// was changing under the look).
+    pub fn refresh_pin_position(&mut self) {
+        if self.pin_position.is_none() && self.active.is_some() {
+            self.pin_position = self.pinned_cursor().ok().flatten();
+        }
+    }
+
     /// Takes SQLite's write lock on the auxiliary connection, waiting at most `timeout`.
     /// `Ok(false)` if the app held it all that time.
     pub fn try_write_lock(&self, timeout: Duration) -> Result<bool> {
+        // SQLite's own busy handler sleeps 1 to 100 ms between tries; an app that commits back
+        // to back frees the lock for only microseconds between transactions and would starve
+        // us. Poll every few tens of microseconds instead, within the same time budget.
+        fn poll(_tries: i32) -> bool {
+            let deadline = WRITE_LOCK_DEADLINE.with(|d| d.get());
+            if std::time::Instant::now() >= deadline {
+                return false;
+            }
+            std::thread::sleep(Duration::from_micros(20));
+            true
+        }
+        WRITE_LOCK_DEADLINE.with(|d| d.set(std::time::Instant::now() + timeout));
         self.aux
-            .busy_timeout(timeout)
+            .busy_handler(Some(poll))
             .map_err(|e| Error::sqlite(&self.path, "configure", e))?;
         let r = self.aux.execute_batch("BEGIN IMMEDIATE");
         let _ = self.aux.busy_timeout(Duration::from_secs(5));
@@ -347,7 +374,14 @@ impl Database {
                         checksum: frame_cksum,
                         expect_salts: None,
                     };
-                    if self.wal.check(&c).map_err(|e| self.wal_err(e))? != Continuity::Same {
+                    let v = self.wal.check(&c).map_err(|e| self.wal_err(e))?;
+                    if v != Continuity::Same {
+                        tracing::trace!(
+                            ?v,
+                            mx_frame,
+                            ?frame_cksum,
+                            "pin position does not match the WAL file"
+                        );
                         return Ok(None);
                     }
                     c
@@ -364,7 +398,19 @@ impl Database {
                 expect_salts: Some((h.salt1, h.salt2)),
                 ..Cursor::empty()
             },
-            _ => return Ok(None),
+            // Truncated to nothing after the pin (a TRUNCATE checkpoint, which succeeds only
+            // while the pin holds mark zero on a fully checkpointed log): the pin protects no
+            // frame, and the next cycle follows on directly.
+            None => Cursor::empty(),
+            _ => {
+                tracing::trace!(
+                    mx_frame,
+                    ?salts,
+                    ?file_header,
+                    "pin position does not match the WAL header"
+                );
+                return Ok(None);
+            }
         };
         // The header must not have changed while we looked.
         if self.wal.header().map_err(|e| self.wal_err(e))? != file_header {

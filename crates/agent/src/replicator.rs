@@ -467,8 +467,7 @@ impl Replicator {
     /// because a replica is failing, give up on that replica's continuity so the app's WAL can
     /// be checkpointed.
     fn after_ship(&mut self) {
-        // Moving the pin is safe once every replica has shipped what the current pin protects
-        // (see `db`): at the end of the WAL when idle, at or past the pin under steady writes.
+        self.db.refresh_pin_position();
         if !self.caught_up() {
             let size = self.db.wal().size().unwrap_or(0);
             if size > self.opts.max_wal_bytes {

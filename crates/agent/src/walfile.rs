@@ -75,7 +75,13 @@ impl Cursor {
                 self.offset >= pin.offset
             }
             (Some(a), Some(b)) => a.salt1 == b.salt1.wrapping_add(1),
-            _ => false,
+            // The pin stands at the start of a cycle with no frames yet: it protects no frame,
+            // so a cursor in that cycle (or also at an empty start) has shipped all it holds.
+            (mine, None) => match pin.expect_salts {
+                Some(e) => mine.is_none_or(|a| (a.salt1, a.salt2) == e),
+                None => true,
+            },
+            (None, Some(_)) => false,
         }
     }
 
