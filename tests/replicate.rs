@@ -293,3 +293,36 @@ fn json_logs_are_one_object_per_line() {
         );
     }
 }
+
+#[test]
+fn a_wal_grown_past_the_bound_is_truncated_and_nothing_is_lost() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("app.db");
+    let replica = dir.path().join("replica");
+    create_schema(&app_conn(&db, 4096));
+    let cfg = dir.path().join("lifeboat.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "[[databases]]\npath = \"{}\"\nreplicas = [\"file://{}\"]\ncheckpoint-pages = 200\ntruncate-wal-bytes = 2000000\n",
+            db.display(),
+            replica.display()
+        ),
+    )
+    .unwrap();
+    let mut agent = Agent::start(
+        &["replicate", "--config", cfg.to_str().unwrap()],
+        &dir.path().join("a.log"),
+    );
+    agent.wait_for_log("replicating");
+    let w = Writer::start(&db, 4096, 0, u64::MAX);
+    agent.wait_for_log("WAL truncated");
+    let n = w.halt();
+    assert!(n > 0);
+    agent.stop_ok();
+    restore_and_compare(
+        &format!("file://{}", replica.display()),
+        &dir.path().join("out.db"),
+        &db,
+    );
+}

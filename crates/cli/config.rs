@@ -36,6 +36,7 @@ struct Database {
     put_burst: Option<f64>,
     checkpoint_pages: Option<u32>,
     max_wal_bytes: Option<u64>,
+    truncate_wal_bytes: Option<u64>,
     #[serde(default, with = "humantime_serde_opt")]
     poll_interval: Option<Duration>,
     staging_dir: Option<PathBuf>,
@@ -115,6 +116,9 @@ pub async fn databases(args: &ReplicateArgs) -> Result<Vec<DbConfig>> {
             }
             if let Some(v) = d.max_wal_bytes {
                 options.max_wal_bytes = v;
+            }
+            if let Some(v) = d.truncate_wal_bytes {
+                options.truncate_wal_bytes = v;
             }
             if let Some(v) = d.poll_interval {
                 options.poll_interval = v;

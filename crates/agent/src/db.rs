@@ -34,6 +34,15 @@ thread_local! {
         std::cell::Cell::new(std::time::Instant::now());
 }
 
+/// A busy handler that retries every ~20 µs until [`WRITE_LOCK_DEADLINE`].
+fn poll_busy(_tries: i32) -> bool {
+    if std::time::Instant::now() >= WRITE_LOCK_DEADLINE.with(|d| d.get()) {
+        return false;
+    }
+    std::thread::sleep(Duration::from_micros(20));
+    true
+}
+
 /// SQLite's checkpoint modes, as lifeboat uses them.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum CheckpointMode {
@@ -237,17 +246,9 @@ impl Database {
         // SQLite's own busy handler sleeps 1 to 100 ms between tries; an app that commits back
         // to back frees the lock for only microseconds between transactions and would starve
         // us. Poll every few tens of microseconds instead, within the same time budget.
-        fn poll(_tries: i32) -> bool {
-            let deadline = WRITE_LOCK_DEADLINE.with(|d| d.get());
-            if std::time::Instant::now() >= deadline {
-                return false;
-            }
-            std::thread::sleep(Duration::from_micros(20));
-            true
-        }
         WRITE_LOCK_DEADLINE.with(|d| d.set(std::time::Instant::now() + timeout));
         self.aux
-            .busy_handler(Some(poll))
+            .busy_handler(Some(poll_busy))
             .map_err(|e| Error::sqlite(&self.path, "configure", e))?;
         let r = self.aux.execute_batch("BEGIN IMMEDIATE");
         let _ = self.aux.busy_timeout(Duration::from_secs(5));
@@ -287,6 +288,22 @@ impl Database {
     pub fn checkpoint_unpinned(&self, mode: CheckpointMode) -> Result<CheckpointResult> {
         assert!(self.active.is_none(), "checkpoint_unpinned while pinned");
         run_checkpoint(&self.pins[0], &self.path, mode)
+    }
+
+    /// Truncates the WAL file to zero bytes with a TRUNCATE checkpoint on the idle pin
+    /// connection, waiting at most `timeout` for the app's writers and readers.
+    ///
+    /// Only call it right after a complete checkpoint taken under the write lock, when the pin
+    /// holds mark zero: that mark blocks every checkpoint from copying a frame appended since,
+    /// so the TRUNCATE can only succeed if the log holds nothing the agent has not read.
+    pub fn truncate_wal(&self, timeout: Duration) -> Result<CheckpointResult> {
+        let idle = &self.pins[1 - self.active.expect("pinned")];
+        WRITE_LOCK_DEADLINE.with(|d| d.set(std::time::Instant::now() + timeout));
+        idle.busy_handler(Some(poll_busy))
+            .map_err(|e| Error::sqlite(&self.path, "configure", e))?;
+        let r = run_checkpoint(idle, &self.path, CheckpointMode::Truncate);
+        let _ = idle.busy_timeout(Duration::from_secs(5));
+        r
     }
 
     /// Runs a checkpoint on the auxiliary connection (never holding the pin's connection).

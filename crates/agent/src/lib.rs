@@ -47,6 +47,9 @@ pub struct Options {
     /// holding the WAL for it (the app's checkpoints resume) and starts a new generation when it
     /// returns (default 256 MiB).
     pub max_wal_bytes: u64,
+    /// When the WAL file is larger than this after the agent's checkpoint, truncate it with a
+    /// TRUNCATE checkpoint (default 128 MiB). The file otherwise keeps its largest size.
+    pub truncate_wal_bytes: u64,
     /// Largest segment, in raw frame bytes (a bigger single transaction still fits in one).
     pub max_segment_bytes: usize,
     /// How often to look at the WAL when no file-system event arrives (default 1 s).
@@ -64,6 +67,7 @@ impl Default for Options {
             put_burst: 4.0,
             checkpoint_pages: 1000,
             max_wal_bytes: 256 << 20,
+            truncate_wal_bytes: 128 << 20,
             max_segment_bytes: 16 << 20,
             poll_interval: Duration::from_secs(1),
             shutdown_timeout: Duration::from_secs(30),

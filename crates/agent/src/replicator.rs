@@ -556,7 +556,15 @@ impl Replicator {
         pinned?;
         released?;
         debug!(?r, frames, "checkpoint under the agent's write lock");
-        Ok(r.is_some_and(|r| !r.busy && r.log_frames == r.checkpointed))
+        let complete = r.is_some_and(|r| !r.busy && r.log_frames == r.checkpointed);
+        // The file keeps its largest size across restarts; past the bound, give the space back.
+        if complete && self.db.wal().size().unwrap_or(0) > self.opts.truncate_wal_bytes {
+            match self.db.truncate_wal(Duration::from_millis(200)) {
+                Ok(t) => info!(db = %self.db.path().display(), result = ?t, "WAL truncated"),
+                Err(e) => warn!(error = %e, "WAL truncation failed"),
+            }
+        }
+        Ok(complete)
     }
 
     fn carry_tails_and_checkpoint(&mut self) -> Result<Option<CheckpointResult>> {
