@@ -299,3 +299,40 @@ fn any_flipped_byte_in_any_object_is_caught_by_restore_and_verify() {
         std::fs::write(obj, &original).unwrap();
     }
 }
+
+#[test]
+fn snapshots_and_segments_list_what_the_replica_holds() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("app.db");
+    let replica = dir.path().join("replica");
+    let url = format!("file://{}", replica.display());
+    let c = app_conn(&db, 4096);
+    create_schema(&c);
+    let agent = Agent::replicate(&db, &url, &dir.path().join("a.log"));
+    for s in 0..30 {
+        mixed_txn(&c, s);
+    }
+    agent.stop_ok();
+    for (cmd, suffix) in [("snapshots", ".lbsnap"), ("segments", ".lbseg")] {
+        let o = run(&[cmd, &url, "--json"]);
+        assert!(o.status.success());
+        let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+        let listed: Vec<String> = v
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|r| r["key"].as_str().unwrap().to_string())
+            .collect();
+        let on_disk: Vec<String> = files_with_suffix(&replica, suffix)
+            .iter()
+            .map(|p| {
+                p.strip_prefix(&replica)
+                    .unwrap()
+                    .to_string_lossy()
+                    .to_string()
+            })
+            .collect();
+        assert_eq!(listed, on_disk, "{cmd}");
+        assert!(!listed.is_empty());
+    }
+}

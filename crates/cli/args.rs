@@ -38,6 +38,10 @@ pub enum Command {
     Restore(RestoreArgs),
     /// List a replica's generations and their restorable ranges (from one listing).
     Generations(InspectArgs),
+    /// List a replica's snapshots (from one listing).
+    Snapshots(ListArgs),
+    /// List a replica's segments (from one listing).
+    Segments(ListArgs),
     /// Read and check every object of a replica and rebuild every generation; non-zero exit on
     /// any problem.
     Verify(InspectArgs),
@@ -99,6 +103,18 @@ pub struct RestoreArgs {
 pub struct InspectArgs {
     /// Replica URL.
     pub url: String,
+    /// Machine-readable output.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, ClapArgs)]
+pub struct ListArgs {
+    /// Replica URL.
+    pub url: String,
+    /// Only this generation.
+    #[arg(long)]
+    pub generation: Option<String>,
     /// Machine-readable output.
     #[arg(long)]
     pub json: bool,

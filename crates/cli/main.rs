@@ -69,6 +69,8 @@ async fn run(args: Args) -> Result<ExitCode> {
             print_generations(&rows, a.json)?;
             Ok(ExitCode::SUCCESS)
         }
+        Command::Snapshots(a) => list_objects(a, true).await,
+        Command::Segments(a) => list_objects(a, false).await,
         Command::Verify(a) => {
             let client = replica_url::open(&a.url).await?;
             let rows = lifeboat_agent::verify::verify(client.as_ref()).await?;
@@ -95,6 +97,76 @@ async fn run(args: Args) -> Result<ExitCode> {
     }
 }
 
+/// One row of `snapshots` or `segments`.
+#[derive(serde::Serialize)]
+struct ObjectRow {
+    generation: String,
+    key: String,
+    first_txid: String,
+    last_txid: String,
+    time: String,
+    bytes: u64,
+}
+
+async fn list_objects(a: args::ListArgs, snapshots: bool) -> Result<ExitCode> {
+    use lifeboat_storage::keys::Key;
+    let client = replica_url::open(&a.url).await?;
+    let cat = lifeboat_agent::catalog::Catalog::load(client.as_ref()).await?;
+    let only: Option<lifeboat_wal::Generation> = match &a.generation {
+        Some(g) => Some(g.parse().context("--generation takes 16 hex digits")?),
+        None => None,
+    };
+    let mut rows = Vec::new();
+    for (g, o) in &cat.generations {
+        if only.is_some_and(|x| x != *g) {
+            continue;
+        }
+        let objs = if snapshots { &o.snapshots } else { &o.segments };
+        for obj in objs {
+            let (first, last, time_ms) = match obj.key {
+                Key::Snapshot { txid, time_ms, .. } => (txid, txid, time_ms),
+                Key::Segment {
+                    first,
+                    last,
+                    time_ms,
+                    ..
+                } => (first, last, time_ms),
+            };
+            rows.push(ObjectRow {
+                generation: g.to_string(),
+                key: obj.name.clone(),
+                first_txid: first.to_string(),
+                last_txid: last.to_string(),
+                time: lifeboat_agent::restore::fmt_time(time_ms),
+                bytes: obj.size,
+            });
+        }
+    }
+    if a.json {
+        println!("{}", serde_json::to_string_pretty(&rows)?);
+    } else {
+        println!(
+            "{:<16}  {:<16}  {:<16}  {:<24}  {:>12}",
+            "generation",
+            if snapshots { "txid" } else { "first txid" },
+            if snapshots { "" } else { "last txid" },
+            "time",
+            "bytes"
+        );
+        for r in &rows {
+            println!(
+                "{:<16}  {:<16}  {:<16}  {:<24}  {:>12}",
+                r.generation,
+                r.first_txid,
+                if snapshots { "" } else { r.last_txid.as_str() },
+                r.time,
+                r.bytes
+            );
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
 fn print_generations(rows: &[lifeboat_agent::verify::GenerationSummary], json: bool) -> Result<()> {
     if json {
         println!("{}", serde_json::to_string_pretty(rows)?);
@@ -117,6 +189,30 @@ fn print_generations(rows: &[lifeboat_agent::verify::GenerationSummary], json: b
         );
     }
     Ok(())
+}
+
+/// A progress bar on stderr when it is a terminal; nothing otherwise.
+fn progress_bar() -> Option<lifeboat_agent::restore::Progress> {
+    use std::io::IsTerminal;
+    if !std::io::stderr().is_terminal() {
+        return None;
+    }
+    let bar = indicatif::ProgressBar::new(0);
+    bar.set_style(
+        indicatif::ProgressStyle::with_template(
+            "restoring [{bar:40}] {bytes}/{total_bytes} {bytes_per_sec} eta {eta}",
+        )
+        .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+    );
+    Some(lifeboat_agent::restore::Progress(std::sync::Arc::new(
+        move |done, total| {
+            bar.set_length(total);
+            bar.set_position(done);
+            if done >= total {
+                bar.finish_and_clear();
+            }
+        },
+    )))
 }
 
 /// Parses `--timestamp`: RFC 3339, or `-15m`-style relative to now.
@@ -164,6 +260,7 @@ async fn restore(r: args::RestoreArgs) -> Result<ExitCode> {
         target,
         parallelism: r.parallelism,
         force: r.force,
+        progress: progress_bar(),
     };
     let cat = lifeboat_agent::catalog::Catalog::load(client.as_ref())
         .await

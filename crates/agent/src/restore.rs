@@ -53,6 +53,18 @@ pub struct RestoreOptions {
     pub parallelism: usize,
     /// Replace an existing output file (and remove its `-wal` and `-shm`).
     pub force: bool,
+    /// Told the bytes downloaded so far and the total, as the restore goes.
+    pub progress: Option<Progress>,
+}
+
+/// A progress callback: `(bytes done, bytes in all)`.
+#[derive(Clone)]
+pub struct Progress(pub std::sync::Arc<dyn Fn(u64, u64) + Send + Sync>);
+
+impl std::fmt::Debug for Progress {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Progress")
+    }
 }
 
 /// What a restore did.
@@ -378,6 +390,13 @@ pub async fn execute(
         .await
         .map_err(|e| Error::Inconsistent(e.to_string()))??;
     drop(snap_tmp);
+    let total = plan.bytes();
+    let report_progress = |done: u64| {
+        if let Some(p) = &opts.progress {
+            (p.0)(done, total);
+        }
+    };
+    report_progress(bytes);
     if state.generation != plan.generation {
         return Err(Error::Replica(format!(
             "object {snap_key} belongs to generation {}, not {}",
@@ -406,6 +425,7 @@ pub async fn execute(
         let (o, seg) = r?;
         objects += 1;
         bytes += o.size;
+        report_progress(bytes);
         if apply_segment(&out, &mut hashes, &mut state, &o, &seg, plan.target)? {
             break;
         }

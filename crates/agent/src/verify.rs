@@ -127,6 +127,7 @@ pub async fn verify(client: &dyn ReplicaClient) -> Result<Vec<GenerationSummary>
                     target: Target::Latest,
                     parallelism: 4,
                     force: true,
+                    progress: None,
                 };
                 execute(client, &plan, &opts).await?;
                 std::fs::remove_file(&opts.output).ok();

@@ -85,6 +85,7 @@ impl Rig {
             target: Target::Latest,
             parallelism: 4,
             force: false,
+            progress: None,
         };
         self.rt
             .block_on(restore(self.replica.as_ref(), &opts))
