@@ -383,13 +383,15 @@ impl Database {
         let cursor = match file_header {
             Some(h) if (h.salt1, h.salt2) == salts => {
                 if mx_frame == 0 {
+                    // A new cycle whose first transaction is still being written (or was rolled
+                    // back): all its frames come after the pinned state.
                     Cursor::at_start(h)
                 } else {
                     let c = Cursor {
                         header: Some(h),
                         offset: h.frame_offset(mx_frame),
                         checksum: frame_cksum,
-                        expect_salts: None,
+                        prev: None,
                     };
                     let v = self.wal.check(&c).map_err(|e| self.wal_err(e))?;
                     if v != Continuity::Same {
@@ -404,30 +406,29 @@ impl Database {
                     c
                 }
             }
-            // The file still shows an earlier cycle: the pinned cycle has no frames on disk yet.
-            Some(_) | None if mx_frame == 0 => Cursor {
-                expect_salts: Some(salts),
-                ..Cursor::empty()
-            },
-            // The log restarted right after the pin (possible only from a fully checkpointed
-            // log, which the pin then holds as mark zero): the next cycle follows on directly.
-            Some(h) if h.salt1 == salts.0.wrapping_add(1) => Cursor {
-                expect_salts: Some((h.salt1, h.salt2)),
-                ..Cursor::empty()
-            },
-            // Truncated to nothing after the pin (a TRUNCATE checkpoint, which succeeds only
-            // while the pin holds mark zero on a fully checkpointed log): the pin protects no
-            // frame, and the next cycle follows on directly.
-            None => Cursor::empty(),
-            _ => {
+            // Restarted with nothing written yet, then truncated: the pinned state is the
+            // database file, and whatever header appears next starts the next cycle.
+            None if mx_frame == 0 => Cursor::empty(),
+            // Restarted, and the file still shows an older header: either the previous cycle's
+            // leftover or the next cycle's header written by a transaction that has not committed
+            // yet (a writer may draw random salts). Which one is known only once that writer is
+            // done: look again.
+            Some(_) if mx_frame == 0 => {
                 tracing::trace!(
-                    mx_frame,
                     ?salts,
                     ?file_header,
-                    "pin position does not match the WAL header"
+                    "WAL restart in progress; pin position not known yet"
                 );
                 return Ok(None);
             }
+            // The pinned cycle is fully checkpointed and the log restarted (or was truncated)
+            // right after the pin — possible only while the pin holds read mark zero, which then
+            // also stops every checkpoint: the pinned state is the database file, and the next
+            // cycle is whatever header is not the pinned one.
+            Some(_) | None => Cursor {
+                prev: Some(salts),
+                ..Cursor::empty()
+            },
         };
         // The header must not have changed while we looked.
         if self.wal.header().map_err(|e| self.wal_err(e))? != file_header {

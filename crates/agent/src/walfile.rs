@@ -25,9 +25,11 @@ pub struct Cursor {
     pub offset: u64,
     /// Running checksum at `offset`.
     pub checksum: WalChecksum,
-    /// While `header` is `None`: the salts the next log cycle must carry, when known. A header
-    /// on disk with other salts is a stale leftover of an earlier cycle, not the next one.
-    pub expect_salts: Option<(u32, u32)>,
+    /// The salts of the log cycle this position directly follows, when known. With a `header`,
+    /// the cycle before it (the one SQLite restarted from). Without one (the position is "the
+    /// database file, fully checkpointed"), the cycle whose frames are all in the database file:
+    /// a header on disk with these salts is a leftover, and any other header is the next cycle.
+    pub prev: Option<(u32, u32)>,
 }
 
 impl Cursor {
@@ -37,7 +39,7 @@ impl Cursor {
             header: None,
             offset: 0,
             checksum: (0, 0),
-            expect_salts: None,
+            prev: None,
         }
     }
 
@@ -47,8 +49,21 @@ impl Cursor {
             header: Some(h),
             offset: WAL_HEADER_SIZE as u64,
             checksum: h.checksum,
-            expect_salts: None,
+            prev: None,
         }
+    }
+
+    /// The first frame of the log cycle `h`, which SQLite started right after this position.
+    pub fn restarted(&self, h: WalHeader) -> Cursor {
+        Cursor {
+            prev: self.salts().or(self.prev),
+            ..Cursor::at_start(h)
+        }
+    }
+
+    /// The salts of this position's log cycle, if it is in one.
+    pub fn salts(&self) -> Option<(u32, u32)> {
+        self.header.map(|h| (h.salt1, h.salt2))
     }
 
     /// As recorded in a segment or snapshot (with `start_offset` as given).
@@ -69,30 +84,30 @@ impl Cursor {
     /// Whether this cursor (a replica's place) is at or past `pin` (where the WAL pin's read
     /// transaction stands): everything the pin protects has then been shipped. Conservative:
     /// `false` whenever it cannot tell.
+    ///
+    /// SQLite's salts are not ordered (a writer whose connection never restarted the log itself
+    /// picks random ones), so a cursor in another cycle than the pin's is past it only when it is
+    /// known to be in the cycle that directly followed the pin's.
     pub fn covers(&self, pin: &Cursor) -> bool {
-        match (self.header, pin.header) {
-            (Some(a), Some(b)) if a.salt1 == b.salt1 && a.salt2 == b.salt2 => {
-                self.offset >= pin.offset
-            }
-            (Some(a), Some(b)) => a.salt1 == b.salt1.wrapping_add(1),
-            // The pin stands at the start of a cycle with no frames yet: it protects no frame,
-            // so a cursor in that cycle (or also at an empty start) has shipped all it holds.
-            (mine, None) => match pin.expect_salts {
-                Some(e) => mine.is_none_or(|a| (a.salt1, a.salt2) == e),
-                None => true,
+        match (self.salts(), pin.salts()) {
+            (Some(a), Some(b)) if a == b => self.offset >= pin.offset,
+            (Some(_), Some(b)) => self.prev == Some(b),
+            // The pin stands on the database file with every frame checkpointed: it protects no
+            // frame. A cursor still in the cycle that was checkpointed may not have read all of
+            // it; one in the next cycle (or at an empty start) has.
+            (mine, None) => match (mine, pin.prev) {
+                (None, _) | (_, None) => true,
+                (Some(a), Some(p)) => a != p && self.prev == Some(p),
             },
             (None, Some(_)) => false,
         }
     }
 
-    /// Whether `h` is the header of this cursor's log cycle.
+    /// Whether `h` is the header of this cursor's log cycle (the salts identify a cycle; SQLite
+    /// draws new ones on every restart).
     pub fn same_cycle(&self, h: &WalHeader) -> bool {
-        self.header.is_some_and(|c| {
-            c.salt1 == h.salt1
-                && c.salt2 == h.salt2
-                && c.checkpoint_seq == h.checkpoint_seq
-                && c.page_size == h.page_size
-        })
+        self.header
+            .is_some_and(|c| c.salt1 == h.salt1 && c.salt2 == h.salt2)
     }
 }
 
@@ -210,10 +225,12 @@ impl WalFile {
         let (c, h) = match (cursor.header, now) {
             (None, None) => return Ok(Continuity::Empty),
             (None, Some(h)) => {
-                return Ok(match cursor.expect_salts {
-                    Some(s) if s != (h.salt1, h.salt2) => Continuity::Empty,
-                    _ => Continuity::Restarted(h),
-                })
+                return Ok(if cursor.prev == Some((h.salt1, h.salt2)) {
+                    // The checkpointed cycle's leftover: its frames are in the database file.
+                    Continuity::Empty
+                } else {
+                    Continuity::Restarted(h)
+                });
             }
             // Truncated (by a TRUNCATE checkpoint) or not yet rewritten: SQLite can only have
             // done that from a fully checkpointed log that the pin shows we had read to the end;
@@ -245,15 +262,18 @@ impl WalFile {
             }
             return Ok(Continuity::Same);
         }
-        if h.salt1 == c.salt1.wrapping_add(1)
-            && h.checkpoint_seq == c.checkpoint_seq.wrapping_add(1)
-            && h.page_size == c.page_size
-        {
+        // New salts: SQLite restarted the log. While the agent runs, that can happen only once
+        // past what the agent has read (see `db.rs`: a restart needs the pin at read mark 0,
+        // which blocks every checkpoint from copying a newer frame), so this is the next cycle.
+        // Neither the salts nor the header's checkpoint sequence tell more: the sequence counts
+        // the restarts made by the connection that writes the header, and a connection that
+        // never restarted the log itself draws random salts.
+        if h.page_size == c.page_size {
             return Ok(Continuity::Restarted(h));
         }
         Ok(Continuity::Broken(format!(
-            "the WAL was restarted more than once, or replaced (checkpoint sequence {} -> {})",
-            c.checkpoint_seq, h.checkpoint_seq
+            "the WAL was replaced: its page size changed from {} to {}",
+            c.page_size, h.page_size
         )))
     }
 
@@ -305,7 +325,7 @@ impl WalFile {
                     header: Some(h),
                     offset,
                     checksum: c,
-                    expect_salts: None,
+                    prev: cursor.prev,
                 };
                 if batch.bytes >= max_bytes {
                     break;
