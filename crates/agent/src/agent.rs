@@ -15,7 +15,7 @@ use tracing::{error, info, warn};
 
 use crate::replicator::Replicator;
 use crate::status::Status;
-use crate::{Error, Options, Result};
+use crate::{Error, OnDivergence, Options, Result};
 
 /// One database and where to replicate it.
 #[derive(Clone, Debug)]
@@ -84,6 +84,11 @@ pub struct DbHandle {
 }
 
 impl DbHandle {
+    /// The database.
+    pub fn path(&self) -> &std::path::Path {
+        &self.path
+    }
+
     /// Asks the thread to run a final sync and stop.
     pub fn stop(&self) {
         self.stop.store(true, Ordering::SeqCst);
@@ -112,6 +117,16 @@ pub fn start(cfg: DbConfig, rt: Handle) -> Result<DbHandle> {
         rt,
         status.clone(),
     )?;
+    rep.resume();
+    if cfg.options.on_divergence == OnDivergence::Refuse {
+        if let Some(r) = rep.replicas().iter().find(|r| r.diverged.is_some()) {
+            return Err(Error::Diverged {
+                db: cfg.path.clone(),
+                replica: r.client.describe(),
+                reason: r.diverged.clone().unwrap_or_default(),
+            });
+        }
+    }
     let (wake, events) = sync_channel::<()>(1);
     let watcher = watch(&cfg.path, wake.clone());
     let stop = Arc::new(AtomicBool::new(false));
@@ -126,9 +141,14 @@ pub fn start(cfg: DbConfig, rt: Handle) -> Result<DbHandle> {
     let thread = std::thread::Builder::new()
         .name(format!("lifeboat {}", cfg.path.display()))
         .spawn(move || {
-            rep.resume();
-            run_loop(&mut rep, &opts, &events, &stop2);
-            Ok(())
+            if run_loop(&mut rep, &opts, &events, &stop2) {
+                Ok(())
+            } else {
+                Err(Error::Inconsistent(format!(
+                    "the final sync of {} did not complete: the newest transactions may not be in every replica",
+                    rep.database().path().display()
+                )))
+            }
         })
         .map_err(|e| Error::io("start replicator thread", e))?;
     Ok(DbHandle {
@@ -179,7 +199,13 @@ fn wal_stamp(rep: &Replicator) -> Option<(u64, std::time::SystemTime)> {
     Some((m.len(), m.modified().ok()?))
 }
 
-fn run_loop(rep: &mut Replicator, opts: &Options, events: &Receiver<()>, stop: &AtomicBool) {
+/// Runs until `stop`, then syncs a last time; returns whether that final sync completed.
+fn run_loop(
+    rep: &mut Replicator,
+    opts: &Options,
+    events: &Receiver<()>,
+    stop: &AtomicBool,
+) -> bool {
     let mut budget = Budget::new(opts.puts_per_second, opts.put_burst);
     let mut stamp = None;
     // When the next pass is due; `None` while idle (only events or the poll wake us).
@@ -236,7 +262,7 @@ fn run_loop(rep: &mut Replicator, opts: &Options, events: &Receiver<()>, stop: &
             } else {
                 info!(db = %rep.database().path().display(), "final sync complete");
             }
-            break;
+            return !r.pending && rep.replicas().iter().all(|x| x.halted.is_none());
         }
         let retry = rep
             .replicas()
@@ -251,7 +277,12 @@ fn run_loop(rep: &mut Replicator, opts: &Options, events: &Receiver<()>, stop: &
 }
 
 /// Replicates every database until `shutdown` is cancelled, then syncs each one a last time.
-pub async fn replicate(dbs: Vec<DbConfig>, shutdown: CancellationToken) -> Result<()> {
+/// `started` is handed each database's status once all are running (for a status endpoint).
+pub async fn replicate(
+    dbs: Vec<DbConfig>,
+    shutdown: CancellationToken,
+    started: impl FnOnce(&[DbHandle]),
+) -> Result<()> {
     let rt = Handle::current();
     let mut handles = Vec::new();
     for cfg in dbs {
@@ -261,6 +292,7 @@ pub async fn replicate(dbs: Vec<DbConfig>, shutdown: CancellationToken) -> Resul
             .map_err(|e| Error::Inconsistent(e.to_string()))??;
         handles.push(h);
     }
+    started(&handles);
     shutdown.cancelled().await;
     for h in &handles {
         h.stop();

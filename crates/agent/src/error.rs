@@ -64,6 +64,20 @@ pub enum Error {
     /// Something that must hold did not.
     #[error("inconsistent state: {0}")]
     Inconsistent(String),
+    /// The local database does not continue a replica's newest state.
+    #[error(
+        "{db} is not the newest state of replica {replica}, nor a continuation of it ({reason}): \
+         this looks like a stale disk (an old image came back) or a database changed while \
+         lifeboat was not running"
+    )]
+    Diverged {
+        /// The database.
+        db: PathBuf,
+        /// The replica.
+        replica: String,
+        /// Why continuity could not be proven.
+        reason: String,
+    },
     /// Refused to touch an existing file.
     #[error("{0}")]
     Refused(String),

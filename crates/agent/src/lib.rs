@@ -58,6 +58,20 @@ pub struct Options {
     pub shutdown_timeout: Duration,
     /// Where snapshots are staged before upload (default: the system temp folder).
     pub staging_dir: PathBuf,
+    /// What to do on start-up when a replica already holds history that the local database
+    /// provably does not continue (default: start a new generation).
+    pub on_divergence: OnDivergence,
+}
+
+/// What to do when a replica's newest state is not the local database's past (a stale disk
+/// brought back from an old image, or a database changed while lifeboat was not watching).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum OnDivergence {
+    /// Start a new generation from the local database; the older history stays in the replica.
+    #[default]
+    NewGeneration,
+    /// Refuse to start ([`Error::Diverged`]), so a restore from the replica stays the newest.
+    Refuse,
 }
 
 impl Default for Options {
@@ -72,6 +86,7 @@ impl Default for Options {
             poll_interval: Duration::from_secs(1),
             shutdown_timeout: Duration::from_secs(30),
             staging_dir: std::env::temp_dir(),
+            on_divergence: OnDivergence::default(),
         }
     }
 }

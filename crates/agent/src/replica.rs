@@ -42,6 +42,9 @@ pub struct Replica {
     pub retry_at: Option<Instant>,
     /// Why the next generation starts (for the log).
     pub new_generation_reason: String,
+    /// Set on start-up when the replica holds history that the local database does not
+    /// provably continue: why.
+    pub diverged: Option<String>,
 }
 
 impl Replica {
@@ -54,6 +57,7 @@ impl Replica {
             failures: 0,
             retry_at: None,
             new_generation_reason: "no generation yet".into(),
+            diverged: None,
         }
     }
 

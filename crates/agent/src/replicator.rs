@@ -25,6 +25,16 @@ use crate::status::Status;
 use crate::walfile::{position_in_cycle, Continuity, Cursor};
 use crate::{Error, Options, Result};
 
+/// Transactions read ahead of shipping (see [`ReplicaState::carry`]).
+type Carry = std::collections::VecDeque<crate::walfile::Batch>;
+
+/// The most unshipped WAL the agent reads into memory to resume a generation; past it, a new
+/// generation (a snapshot) is cheaper and bounded.
+const MAX_CARRY_BYTES: usize = 64 << 20;
+
+/// Why a first generation starts.
+const EMPTY_REPLICA: &str = "the replica is empty";
+
 /// Unix time in milliseconds.
 pub fn now_ms() -> u64 {
     SystemTime::now()
@@ -128,10 +138,25 @@ impl Replicator {
     }
 
     fn resume_one(&mut self, i: usize) -> Result<()> {
+        self.try_resume(i)?;
+        let r = &mut self.replicas[i];
+        if r.state.is_none() && r.new_generation_reason != EMPTY_REPLICA {
+            warn!(
+                db = %self.db.path().display(),
+                replica = %r.client.describe(),
+                reason = %r.new_generation_reason,
+                "the local database does not continue the replica's newest state"
+            );
+            r.diverged = Some(r.new_generation_reason.clone());
+        }
+        Ok(())
+    }
+
+    fn try_resume(&mut self, i: usize) -> Result<()> {
         let client = self.replicas[i].client.clone();
         let cat = self.rt.block_on(Catalog::load(client.as_ref()))?;
         let Some((generation, objs)) = cat.latest() else {
-            self.replicas[i].lose_continuity("the replica is empty".into());
+            self.replicas[i].lose_continuity(EMPTY_REPLICA.into());
             self.replicas[i].succeeded();
             return Ok(());
         };
@@ -161,7 +186,7 @@ impl Replicator {
                     header: Some(h),
                     offset: tip.wal.end_offset,
                     checksum: tip.wal.checksum_after,
-                    expect_salts: None,
+                    prev: None,
                 };
                 if self
                     .db
@@ -188,12 +213,26 @@ impl Replicator {
                         .lose_continuity("the WAL changed in a way lifeboat cannot follow".into());
                     return Ok(());
                 }
-                let c = header.map_or(Cursor::empty(), Cursor::at_start);
+                let c = header.map_or(Cursor::empty(), |h| Cursor {
+                    prev: Some((tip.wal.salt1, tip.wal.salt2)),
+                    ..Cursor::at_start(h)
+                });
                 (self.db.hashes_at(tip.db_size, None)?, c)
             }
         };
         match hashes {
             Some(h) if h.checksum() == tip.checksum => {
+                // The proof ran without a lock. Before resuming, make sure the log has not moved
+                // on since, and read everything after the replica's last frame: if the app
+                // checkpointed it all while the agent was stopped, the pin may hold read mark
+                // zero, which lets the app's next write restart the log over those frames.
+                let Some((cursor, carry)) = self.read_tail_locked(cursor)? else {
+                    self.replicas[i].lose_continuity(
+                        "the WAL moved on while lifeboat checked it, or its unshipped tail is too large to carry"
+                            .into(),
+                    );
+                    return Ok(());
+                };
                 info!(
                     db = %self.db.path().display(),
                     replica = %client.describe(),
@@ -207,7 +246,7 @@ impl Replicator {
                     cursor,
                     hashes: h,
                     at_end: false,
-                    carry: Default::default(),
+                    carry,
                 });
             }
             Some(h) => self.replicas[i].lose_continuity(format!(
@@ -220,6 +259,48 @@ impl Replicator {
                 .lose_continuity("the WAL no longer holds the replica's last frames".into()),
         }
         Ok(())
+    }
+
+    /// Under the write lock (nothing can be appended or restarted meanwhile): checks that the
+    /// WAL still continues from `cursor`, reads every whole transaction after it, and re-pins.
+    /// `None` if the log moved on, the tail is larger than [`MAX_CARRY_BYTES`], or the app held
+    /// the write lock for two seconds.
+    fn read_tail_locked(&mut self, cursor: Cursor) -> Result<Option<(Cursor, Carry)>> {
+        if !self.db.try_write_lock(Duration::from_secs(2))? {
+            return Ok(None);
+        }
+        let wal = self.db.wal().clone();
+        let read = (|| -> Result<Option<(Cursor, Carry)>> {
+            let start = match wal.check(&cursor).map_err(|e| Error::io("read WAL", e))? {
+                Continuity::Same | Continuity::Empty => cursor,
+                // A log that appeared since the proof, which was of the database file alone.
+                Continuity::Restarted(h) if cursor.header.is_none() => cursor.restarted(h),
+                Continuity::Restarted(_) | Continuity::Broken(_) => return Ok(None),
+            };
+            let mut carry = Carry::new();
+            let (mut c, mut bytes) = (start, 0usize);
+            loop {
+                let b = wal
+                    .read_batch(&c, self.opts.max_segment_bytes)
+                    .map_err(|e| Error::io(format!("read {}", wal.path().display()), e))?;
+                if b.txns.is_empty() {
+                    break;
+                }
+                bytes += b.bytes;
+                if bytes > MAX_CARRY_BYTES {
+                    return Ok(None);
+                }
+                c = b.end;
+                carry.push_back(b);
+            }
+            Ok(Some((start, carry)))
+        })();
+        let pinned = self.db.pin();
+        let released = self.db.release_write_lock();
+        let r = read?;
+        pinned?;
+        released?;
+        Ok(r)
     }
 
     /// Notes the time of every commit that appeared in the WAL since the last look.
@@ -321,8 +402,34 @@ impl Replicator {
             r.halted.is_none()
                 && (r.state.as_ref().is_none_or(|s| !s.at_end) || r.retry_at.is_some())
         });
-        self.status.update(&self.replicas);
+        let pending: Vec<_> = (0..self.replicas.len()).map(|i| self.pending(i)).collect();
+        self.status
+            .update(&self.replicas, &pending, self.db.wal().size().unwrap_or(0));
         report
+    }
+
+    /// Commits seen in the WAL that replica `i` does not have yet, and when the oldest was seen.
+    fn pending(&self, i: usize) -> (u64, Option<u64>) {
+        let Some(st) = self.replicas[i].state.as_ref() else {
+            return (0, None);
+        };
+        let carried: u64 = st.carry.iter().map(|b| b.txns.len() as u64).sum();
+        let (mut n, mut oldest) = (carried, None::<u64>);
+        for (&(s1, s2, end), &t) in &self.observed {
+            let unshipped = match st.cursor.salts() {
+                Some(c) if c == (s1, s2) => end > st.cursor.offset,
+                // A newer cycle than the cursor's (older ones are forgotten once shipped).
+                _ => {
+                    Some((s1, s2)) != st.cursor.salts()
+                        && self.observe_at.is_some_and(|(a, b, _)| (a, b) == (s1, s2))
+                }
+            };
+            if unshipped {
+                n += 1;
+                oldest = Some(oldest.map_or(t, |o| o.min(t)));
+            }
+        }
+        (n, oldest)
     }
 
     /// Ships the next batch to replica `i`.
@@ -350,7 +457,7 @@ impl Replicator {
                         checkpoint_seq = h.checkpoint_seq,
                         "WAL restarted"
                     );
-                    st.cursor = Cursor::at_start(h);
+                    st.cursor = st.cursor.restarted(h);
                 }
                 Continuity::Broken(reason) => {
                     warn!(db = %self.db.path().display(), reason = %reason, "lost WAL continuity; a new generation will start");
@@ -559,7 +666,7 @@ impl Replicator {
         let complete = r.is_some_and(|r| !r.busy && r.log_frames == r.checkpointed);
         // The file keeps its largest size across restarts; past the bound, give the space back.
         if complete && self.db.wal().size().unwrap_or(0) > self.opts.truncate_wal_bytes {
-            match self.db.truncate_wal(Duration::from_millis(200)) {
+            match self.db.truncate_wal(Duration::from_millis(50)) {
                 Ok(t) => info!(db = %self.db.path().display(), result = ?t, "WAL truncated"),
                 Err(e) => warn!(error = %e, "WAL truncation failed"),
             }

@@ -31,6 +31,12 @@ pub struct ReplicaStatus {
     pub bytes: u64,
     /// Objects written since start.
     pub objects: u64,
+    /// When the agent started on this replica (Unix ms).
+    pub started_ms: Option<u64>,
+    /// Commits seen in the WAL and not yet in the replica.
+    pub pending_txns: u64,
+    /// When the oldest of them was first seen (Unix ms).
+    pub oldest_pending_ms: Option<u64>,
 }
 
 /// Progress of one database, shared between the replicator thread and readers.
@@ -56,6 +62,8 @@ pub struct StatusInner {
     pub snapshots: u64,
     /// Time spent taking and uploading them.
     pub snapshot_seconds: f64,
+    /// Size of the -wal file at the last pass.
+    pub wal_bytes: u64,
 }
 
 impl Status {
@@ -110,10 +118,19 @@ impl Status {
         });
     }
 
-    pub(crate) fn update(&self, replicas: &[Replica]) {
+    pub(crate) fn update(
+        &self,
+        replicas: &[Replica],
+        pending: &[(u64, Option<u64>)],
+        wal_bytes: u64,
+    ) {
         self.with(|s| {
+            s.wal_bytes = wal_bytes;
             for (i, r) in replicas.iter().enumerate() {
                 let st = Self::replica(s, i);
+                st.started_ms.get_or_insert_with(crate::replicator::now_ms);
+                (st.pending_txns, st.oldest_pending_ms) =
+                    pending.get(i).copied().unwrap_or_default();
                 st.replica = r.client.describe();
                 st.generation = r.state.as_ref().map(|x| x.generation.to_string());
                 st.caught_up = r.state.as_ref().is_some_and(|x| x.at_end);
