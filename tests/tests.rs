@@ -5,6 +5,8 @@
 mod support;
 
 mod corruption;
+mod node;
 mod pitr;
 mod replicate;
+mod run;
 mod s3;

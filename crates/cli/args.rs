@@ -34,6 +34,9 @@ pub enum LogFormat {
 pub enum Command {
     /// Replicate databases continuously until SIGINT or SIGTERM, then sync a last time.
     Replicate(ReplicateArgs),
+    /// Run an app under lifeboat: restore on boot if the database is missing, replicate while it
+    /// runs, forward signals, sync a last time when it exits, and exit with its status.
+    Run(RunArgs),
     /// Restore a database from a replica, verified bit for bit.
     Restore(RestoreArgs),
     /// List a replica's generations and their restorable ranges (from one listing).
@@ -63,6 +66,9 @@ pub struct ReplicateArgs {
     /// Average PUT requests per second once the burst is spent.
     #[arg(long)]
     pub puts_per_second: Option<f64>,
+    /// Serve `/health` (JSON) and `/metrics` (Prometheus) on this address, e.g. 127.0.0.1:9090.
+    #[arg(long, visible_alias = "metrics-addr", env = "LIFEBOAT_HEALTH_ADDR")]
+    pub health_addr: Option<String>,
 }
 
 #[derive(Debug, ClapArgs)]
@@ -118,4 +124,54 @@ pub struct ListArgs {
     /// Machine-readable output.
     #[arg(long)]
     pub json: bool,
+}
+
+/// What `lifeboat run` does when the local database does not continue the replica's history.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum OnStale {
+    /// Refuse to start (exit 1) and explain.
+    Refuse,
+    /// Move the local files aside (`<db>.stale-<unix ms>`) and restore the replica's newest state.
+    Restore,
+    /// Keep the local database: it becomes a new generation (the older history stays readable).
+    Keep,
+}
+
+#[derive(Debug, ClapArgs)]
+pub struct RunArgs {
+    /// Configuration file (as for `replicate`): every database in it is restored if missing and
+    /// replicated while the app runs.
+    #[arg(long, short, env = "LIFEBOAT_CONFIG", conflicts_with_all = ["db", "replica"])]
+    pub config: Option<PathBuf>,
+    /// The database the app uses.
+    #[arg(
+        long,
+        env = "LIFEBOAT_DB",
+        required_unless_present = "config",
+        requires = "replica"
+    )]
+    pub db: Option<PathBuf>,
+    /// Where to replicate it (and restore it from).
+    #[arg(
+        long = "replica",
+        env = "LIFEBOAT_REPLICA_URL",
+        required_unless_present = "config"
+    )]
+    pub replica: Option<String>,
+    /// Serve `/health` (JSON) and `/metrics` (Prometheus) on this address, e.g. 127.0.0.1:9090.
+    #[arg(long, env = "LIFEBOAT_HEALTH_ADDR")]
+    pub health_addr: Option<String>,
+    /// How long to wait for the first sync before giving up without starting the app.
+    #[arg(long, env = "LIFEBOAT_READY_TIMEOUT", default_value = "60s", value_parser = humantime::parse_duration)]
+    pub ready_timeout: std::time::Duration,
+    /// How long the final sync may take after the app exits.
+    #[arg(long, env = "LIFEBOAT_SHUTDOWN_TIMEOUT", default_value = "30s", value_parser = humantime::parse_duration)]
+    pub shutdown_timeout: std::time::Duration,
+    /// What to do when a local database exists but is not the replica's newest state nor a
+    /// continuation of it (a stale disk, or a database changed while lifeboat was not running).
+    #[arg(long, env = "LIFEBOAT_ON_STALE", value_enum, default_value_t = OnStale::Refuse)]
+    pub on_stale: OnStale,
+    /// The app and its arguments, after `--`.
+    #[arg(last = true, required = true)]
+    pub command: Vec<String>,
 }

@@ -3,8 +3,10 @@
 
 mod args;
 mod config;
+mod http;
 mod logging;
 mod replica_url;
+mod run;
 
 use std::process::ExitCode;
 
@@ -54,10 +56,28 @@ async fn run(args: Args) -> Result<ExitCode> {
             let shutdown = CancellationToken::new();
             spawn_signal_handler(shutdown.clone())?;
             let dbs = config::databases(&r).await?;
-            lifeboat_agent::agent::replicate(dbs, shutdown).await?;
+            let mut endpoint = Ok(());
+            lifeboat_agent::agent::replicate(dbs, shutdown.clone(), |handles| {
+                if let Some(addr) = &r.health_addr {
+                    let watched = handles
+                        .iter()
+                        .map(|h| http::Watched {
+                            path: h.path().to_path_buf(),
+                            status: h.status.clone(),
+                        })
+                        .collect();
+                    endpoint = http::serve(addr, watched);
+                    if endpoint.is_err() {
+                        shutdown.cancel();
+                    }
+                }
+            })
+            .await?;
+            endpoint?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Restore(r) => restore(r).await,
+        Command::Run(r) => run::run(r).await,
         Command::Generations(a) => {
             let client = replica_url::open(&a.url).await?;
             let cat = lifeboat_agent::catalog::Catalog::load(client.as_ref()).await?;

@@ -1,0 +1,265 @@
+//! The status endpoint: `GET /health` (JSON; 200 while every replica is healthy, 503 otherwise)
+//! and `GET /metrics` (Prometheus text format), both read from the agents' [`Status`].
+//!
+//! It runs on a thread of its own with `tiny_http`, so a slow scraper never touches replication.
+
+use std::fmt::Write as _;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use lifeboat_agent::replicator::now_ms;
+use lifeboat_agent::status::{ReplicaStatus, Status, StatusInner};
+use serde::Serialize;
+
+/// A replica counts as failing once it has failed this many times in a row, or has not shipped
+/// pending work for [`STALL`].
+const FAILURES: u32 = 3;
+const STALL: Duration = Duration::from_secs(60);
+
+/// One database whose status is served.
+#[derive(Clone)]
+pub struct Watched {
+    /// The database file.
+    pub path: PathBuf,
+    /// Its agent's progress.
+    pub status: Arc<Status>,
+}
+
+#[derive(Serialize)]
+struct Health {
+    status: &'static str,
+    databases: Vec<DbHealth>,
+}
+
+#[derive(Serialize)]
+struct DbHealth {
+    db: String,
+    errors: u64,
+    last_error: Option<String>,
+    replicas: Vec<ReplicaHealth>,
+}
+
+#[derive(Serialize)]
+struct ReplicaHealth {
+    #[serde(flatten)]
+    status: ReplicaStatus,
+    /// Seconds since the oldest commit not yet in the replica (0 when caught up).
+    lag_seconds: f64,
+    healthy: bool,
+}
+
+/// Seconds the replica is behind: the age of the oldest commit seen in the WAL and not yet in
+/// the replica (0 when there is none); before its first generation, the time since start.
+fn lag_seconds(r: &ReplicaStatus, now: u64) -> f64 {
+    let since = match (r.generation.as_ref(), r.oldest_pending_ms) {
+        (None, _) => r.started_ms.unwrap_or(now),
+        (Some(_), Some(t)) => t,
+        (Some(_), None) => now,
+    };
+    now.saturating_sub(since) as f64 / 1000.0
+}
+
+fn healthy(r: &ReplicaStatus, now: u64) -> bool {
+    r.halted.is_none()
+        && r.failures < FAILURES
+        && r.generation.is_some()
+        && lag_seconds(r, now) < STALL.as_secs_f64()
+}
+
+fn health(dbs: &[Watched]) -> (bool, String) {
+    let now = now_ms();
+    let mut all = true;
+    let databases = dbs
+        .iter()
+        .map(|w| {
+            let s = w.status.snapshot();
+            let replicas: Vec<ReplicaHealth> = s
+                .replicas
+                .iter()
+                .map(|r| {
+                    let ok = healthy(r, now);
+                    all &= ok;
+                    ReplicaHealth {
+                        status: r.clone(),
+                        lag_seconds: lag_seconds(r, now),
+                        healthy: ok,
+                    }
+                })
+                .collect();
+            DbHealth {
+                db: w.path.display().to_string(),
+                errors: s.errors,
+                last_error: s.last_error,
+                replicas,
+            }
+        })
+        .collect();
+    let h = Health {
+        status: if all { "ok" } else { "failing" },
+        databases,
+    };
+    (
+        all,
+        serde_json::to_string_pretty(&h).unwrap_or_else(|_| "{}".into()),
+    )
+}
+
+/// Escapes a Prometheus label value.
+fn label(v: &str) -> String {
+    v.replace('\\', "\\\\")
+        .replace('"', "\\\"")
+        .replace('\n', "\\n")
+}
+
+fn metrics(dbs: &[Watched]) -> String {
+    let now = now_ms();
+    let snaps: Vec<(String, StatusInner)> = dbs
+        .iter()
+        .map(|w| (label(&w.path.display().to_string()), w.status.snapshot()))
+        .collect();
+    let mut out = String::new();
+    let mut family = |name: &str, kind: &str, help: &str, rows: Vec<(String, f64)>| {
+        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
+        for (labels, v) in rows {
+            let _ = writeln!(out, "{name}{{{labels}}} {v}");
+        }
+    };
+    let per_replica = |f: &dyn Fn(&ReplicaStatus) -> f64| -> Vec<(String, f64)> {
+        snaps
+            .iter()
+            .flat_map(|(db, s)| {
+                s.replicas.iter().map(move |r| {
+                    (
+                        format!("db=\"{db}\",replica=\"{}\"", label(&r.replica)),
+                        f(r),
+                    )
+                })
+            })
+            .collect()
+    };
+    let per_db = |f: &dyn Fn(&StatusInner) -> f64| -> Vec<(String, f64)> {
+        snaps
+            .iter()
+            .map(|(db, s)| (format!("db=\"{db}\""), f(s)))
+            .collect()
+    };
+    family(
+        "lifeboat_replication_lag_seconds",
+        "gauge",
+        "Seconds since the oldest commit not yet in the replica (0 when caught up).",
+        per_replica(&|r| lag_seconds(r, now)),
+    );
+    family(
+        "lifeboat_replication_lag_transactions",
+        "gauge",
+        "Committed transactions read from the WAL but not yet in the replica.",
+        per_replica(&|r| r.pending_txns as f64),
+    );
+    family(
+        "lifeboat_last_sync_timestamp_seconds",
+        "gauge",
+        "Unix time of the last successful upload to the replica.",
+        per_replica(&|r| r.last_sync_ms.map_or(0.0, |t| t as f64 / 1000.0)),
+    );
+    family(
+        "lifeboat_replica_healthy",
+        "gauge",
+        "1 while the replica is healthy (see /health), else 0.",
+        per_replica(&|r| f64::from(u8::from(healthy(r, now)))),
+    );
+    family(
+        "lifeboat_transactions_shipped_total",
+        "counter",
+        "Transactions shipped to the replica.",
+        per_replica(&|r| r.txns as f64),
+    );
+    family(
+        "lifeboat_bytes_written_total",
+        "counter",
+        "Bytes of objects written to the replica.",
+        per_replica(&|r| r.bytes as f64),
+    );
+    family(
+        "lifeboat_objects_written_total",
+        "counter",
+        "Objects (snapshots and segments) written to the replica.",
+        per_replica(&|r| r.objects as f64),
+    );
+    family(
+        "lifeboat_replica_consecutive_failures",
+        "gauge",
+        "Failed attempts in a row.",
+        per_replica(&|r| f64::from(r.failures)),
+    );
+    family(
+        "lifeboat_errors_total",
+        "counter",
+        "Errors (failed uploads, reads, checkpoints).",
+        per_db(&|s| s.errors as f64),
+    );
+    family(
+        "lifeboat_checkpoints_total",
+        "counter",
+        "Checkpoints run by the agent.",
+        per_db(&|s| s.checkpoints as f64),
+    );
+    family(
+        "lifeboat_checkpoint_seconds_total",
+        "counter",
+        "Time spent in the agent's checkpoints.",
+        per_db(&|s| s.checkpoint_seconds),
+    );
+    family(
+        "lifeboat_snapshots_total",
+        "counter",
+        "Snapshots taken (new generations).",
+        per_db(&|s| s.snapshots as f64),
+    );
+    family(
+        "lifeboat_snapshot_seconds_total",
+        "counter",
+        "Time spent taking and uploading snapshots.",
+        per_db(&|s| s.snapshot_seconds),
+    );
+    family(
+        "lifeboat_wal_bytes",
+        "gauge",
+        "Size of the database's -wal file.",
+        per_db(&|s| s.wal_bytes as f64),
+    );
+    out
+}
+
+/// Serves `/health` and `/metrics` on `addr` until the process exits.
+pub fn serve(addr: &str, dbs: Vec<Watched>) -> Result<()> {
+    let server = tiny_http::Server::http(addr)
+        .map_err(|e| anyhow::anyhow!("{e}"))
+        .with_context(|| format!("cannot listen on {addr} for the status endpoint"))?;
+    tracing::info!(addr = %addr, "status endpoint: /health and /metrics");
+    std::thread::Builder::new()
+        .name("lifeboat http".into())
+        .spawn(move || {
+            for req in server.incoming_requests() {
+                let path = req.url().split('?').next().unwrap_or("").to_string();
+                let (code, ctype, body) = match path.as_str() {
+                    "/health" | "/healthz" => {
+                        let (ok, body) = health(&dbs);
+                        (if ok { 200 } else { 503 }, "application/json", body)
+                    }
+                    "/metrics" => (200, "text/plain; version=0.0.4", metrics(&dbs)),
+                    _ => (404, "text/plain", "try /health or /metrics\n".into()),
+                };
+                let header =
+                    tiny_http::Header::from_bytes("Content-Type", ctype).expect("static header");
+                let _ = req.respond(
+                    tiny_http::Response::from_string(body)
+                        .with_status_code(code)
+                        .with_header(header),
+                );
+            }
+        })
+        .context("start the status endpoint thread")?;
+    Ok(())
+}

@@ -1,0 +1,317 @@
+//! `lifeboat run -- app args...`: restore on boot, replicate while the app runs, forward signals,
+//! sync a last time when it exits.
+//!
+//! On boot, for each database: missing and the replica has data → restore the newest state;
+//! missing everywhere → start fresh; present → it must be the replica's newest state or a
+//! continuation of it (proven by checksum, as `replicate` does on resume), otherwise `--on-stale`
+//! decides (refuse by default, so an old disk never becomes the newest backup).
+//!
+//! The app starts only once every replica holds a generation and has shipped everything (the
+//! readiness rule), and gets the same environment and working directory.
+//!
+//! Exit status: the app's own (128 + N if signal N ended it). If the app exited 0 but the final
+//! sync did not complete, 75 (EX_TEMPFAIL), so a supervisor notices that the newest writes may
+//! not be in the replica. 1 if lifeboat could not get the app started (restore failed, stale
+//! disk refused, first sync timed out).
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+use lifeboat_agent::agent::{self, DbConfig, DbHandle};
+use lifeboat_agent::catalog::Catalog;
+use lifeboat_agent::restore::{self, RestoreOptions, Target};
+use lifeboat_agent::OnDivergence;
+use lifeboat_storage::ReplicaClient;
+use nix::sys::signal::{kill, Signal};
+use nix::unistd::Pid;
+use tokio::process::Command;
+use tokio::signal::unix::{signal, SignalKind};
+use tracing::{error, info, warn};
+
+use crate::args::{OnStale, ReplicateArgs, RunArgs};
+use crate::{config, http};
+
+/// Exit status when the app succeeded but the final sync did not.
+pub const EXIT_SYNC_FAILED: u8 = 75;
+
+/// The signals forwarded to the app.
+const FORWARDED: [Signal; 6] = [
+    Signal::SIGINT,
+    Signal::SIGTERM,
+    Signal::SIGHUP,
+    Signal::SIGQUIT,
+    Signal::SIGUSR1,
+    Signal::SIGUSR2,
+];
+
+fn sibling(p: &Path, suffix: &str) -> PathBuf {
+    let mut s = p.as_os_str().to_owned();
+    s.push(suffix);
+    s.into()
+}
+
+/// Restores the newest state of `client` into `db` (which must not exist).
+async fn restore_into(db: &Path, client: &dyn ReplicaClient) -> Result<()> {
+    info!(db = %db.display(), replica = %client.describe(), "restoring the newest state");
+    let opts = RestoreOptions {
+        output: db.to_path_buf(),
+        generation: None,
+        target: Target::Latest,
+        parallelism: 8,
+        force: false,
+        progress: None,
+    };
+    let report = restore::restore(client, &opts).await.with_context(|| {
+        format!(
+            "restore of {} from {} failed",
+            db.display(),
+            client.describe()
+        )
+    })?;
+    info!(db = %db.display(), report = ?report, "restored");
+    Ok(())
+}
+
+/// Brings a missing database back from its first replica, or creates it.
+async fn prepare_missing(cfg: &DbConfig) -> Result<()> {
+    let db = &cfg.path;
+    if db.exists() {
+        return Ok(());
+    }
+    if sibling(db, "-wal").exists() {
+        bail!(
+            "{} is missing but {} is there: refusing to guess which is right; move the -wal file \
+             aside (or restore it by hand) and start again",
+            db.display(),
+            sibling(db, "-wal").display()
+        );
+    }
+    if let Some(dir) = db.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    }
+    let client = cfg.replicas[0].as_ref();
+    let cat = Catalog::load(client)
+        .await
+        .with_context(|| format!("cannot list {}", client.describe()))?;
+    if cat.latest().is_some() {
+        info!(db = %db.display(), "database missing: restoring it from the replica");
+        restore_into(db, client).await
+    } else {
+        info!(db = %db.display(), replica = %client.describe(), "no database and no backup yet: starting fresh");
+        let c = rusqlite::Connection::open(db)
+            .with_context(|| format!("cannot create {}", db.display()))?;
+        c.query_row("PRAGMA journal_mode=WAL", [], |_| Ok(()))
+            .with_context(|| format!("cannot switch {} to WAL mode", db.display()))?;
+        Ok(())
+    }
+}
+
+/// Moves a database and its -wal/-shm aside as `<db>.stale-<ms>[-wal|-shm]`; returns the name.
+fn move_aside(db: &Path) -> Result<PathBuf> {
+    let stamp = lifeboat_agent::replicator::now_ms();
+    let aside = sibling(db, &format!(".stale-{stamp}"));
+    for suffix in ["-wal", "-shm", ""] {
+        let from = sibling(db, suffix);
+        if from.exists() {
+            let to = sibling(&aside, suffix);
+            std::fs::rename(&from, &to).with_context(|| {
+                format!("cannot move {} aside to {}", from.display(), to.display())
+            })?;
+        }
+    }
+    Ok(aside)
+}
+
+/// Starts the agent for one database, applying `--on-stale`.
+async fn start(mut cfg: DbConfig, on_stale: OnStale) -> Result<DbHandle> {
+    cfg.options.on_divergence = match on_stale {
+        OnStale::Keep => OnDivergence::NewGeneration,
+        OnStale::Refuse | OnStale::Restore => OnDivergence::Refuse,
+    };
+    let rt = tokio::runtime::Handle::current();
+    let c2 = cfg.clone();
+    let r = tokio::task::spawn_blocking(move || agent::start(c2, rt))
+        .await
+        .context("replicator start-up")?;
+    match r {
+        Ok(h) => Ok(h),
+        Err(e @ lifeboat_agent::Error::Diverged { .. }) if on_stale == OnStale::Restore => {
+            let aside = move_aside(&cfg.path)?;
+            warn!(db = %cfg.path.display(), moved_to = %aside.display(), error = %e, "local database moved aside; restoring the replica's newest state");
+            restore_into(&cfg.path, cfg.replicas[0].as_ref()).await?;
+            let rt = tokio::runtime::Handle::current();
+            tokio::task::spawn_blocking(move || agent::start(cfg, rt))
+                .await
+                .context("replicator start-up")?
+                .map_err(Into::into)
+        }
+        Err(e @ lifeboat_agent::Error::Diverged { .. }) => Err(anyhow::Error::new(e).context(
+            "stale disk: refusing to start, so that the newer backup stays the newest. To use \
+             the backup, pass --on-stale restore (the local files are moved aside, not deleted); \
+             to keep the local database as a new generation, pass --on-stale keep",
+        )),
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// Waits until every replica of every database has a generation and has shipped all it read.
+async fn wait_ready(handles: &[DbHandle], timeout: Duration) -> Result<()> {
+    let deadline = Instant::now() + timeout;
+    let mut interval = tokio::time::interval(Duration::from_millis(20));
+    loop {
+        interval.tick().await;
+        let mut waiting = None;
+        for h in handles {
+            let st = h.status.snapshot();
+            if let Some(r) = st
+                .replicas
+                .iter()
+                .find(|r| r.generation.is_none() || !r.caught_up)
+            {
+                waiting = Some((r.replica.clone(), st.last_error.clone()));
+                break;
+            }
+            if st.replicas.is_empty() {
+                waiting = Some(("(starting)".into(), None));
+                break;
+            }
+        }
+        let Some((replica, last_error)) = waiting else {
+            return Ok(());
+        };
+        if Instant::now() >= deadline {
+            bail!(
+                "the first sync to {replica} did not complete within {} (last error: {}); the app \
+                 was not started. Check the replica URL and credentials, or raise --ready-timeout",
+                humantime::format_duration(timeout),
+                last_error.as_deref().unwrap_or("none")
+            );
+        }
+    }
+}
+
+fn exit_code_of(status: std::process::ExitStatus) -> u8 {
+    use std::os::unix::process::ExitStatusExt;
+    match (status.code(), status.signal()) {
+        (Some(c), _) => c as u8,
+        (None, Some(sig)) => 128u8.wrapping_add(sig as u8),
+        _ => 1,
+    }
+}
+
+/// Stops every agent with a final sync; whether all of them completed it.
+async fn stop_all(handles: Vec<DbHandle>) -> bool {
+    for h in &handles {
+        h.stop();
+    }
+    let mut ok = true;
+    for h in handles {
+        match tokio::task::spawn_blocking(move || h.join()).await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => {
+                error!(error = %e, "final sync failed");
+                ok = false;
+            }
+            Err(e) => {
+                error!(error = %e, "replicator thread failed");
+                ok = false;
+            }
+        }
+    }
+    ok
+}
+
+pub async fn run(args: RunArgs) -> Result<ExitCode> {
+    let rargs = ReplicateArgs {
+        config: args.config.clone(),
+        db: args.db.clone(),
+        urls: args.replica.iter().cloned().collect(),
+        puts_per_second: None,
+        health_addr: None,
+    };
+    let mut dbs = config::databases(&rargs).await?;
+    for d in &mut dbs {
+        d.options.shutdown_timeout = args.shutdown_timeout;
+        prepare_missing(d).await?;
+    }
+    let mut handles = Vec::new();
+    for d in dbs {
+        match start(d, args.on_stale).await {
+            Ok(h) => handles.push(h),
+            Err(e) => {
+                stop_all(handles).await;
+                return Err(e);
+            }
+        }
+    }
+    if let Some(addr) = &args.health_addr {
+        let watched = handles
+            .iter()
+            .map(|h| http::Watched {
+                path: h.path().to_path_buf(),
+                status: h.status.clone(),
+            })
+            .collect();
+        if let Err(e) = http::serve(addr, watched) {
+            stop_all(handles).await;
+            return Err(e);
+        }
+    }
+    if let Err(e) = wait_ready(&handles, args.ready_timeout).await {
+        stop_all(handles).await;
+        return Err(e);
+    }
+    info!("first sync complete; starting the app");
+
+    // Handlers go in before the child starts, so no signal meant for it is lost.
+    let mut streams = Vec::new();
+    for sig in FORWARDED {
+        streams.push((
+            sig,
+            signal(SignalKind::from_raw(sig as i32)).context("install signal handler")?,
+        ));
+    }
+    let mut child = match Command::new(&args.command[0])
+        .args(&args.command[1..])
+        .spawn()
+    {
+        Ok(c) => c,
+        Err(e) => {
+            stop_all(handles).await;
+            return Err(
+                anyhow::Error::new(e).context(format!("cannot start {:?}", args.command[0]))
+            );
+        }
+    };
+    let pid = Pid::from_raw(child.id().context("the app has no pid")? as i32);
+    let forwarders: Vec<_> = streams
+        .into_iter()
+        .map(|(sig, mut s)| {
+            tokio::spawn(async move {
+                while s.recv().await.is_some() {
+                    info!(signal = ?sig, "forwarding signal to the app");
+                    if let Err(e) = kill(pid, sig) {
+                        warn!(signal = ?sig, error = %e, "cannot forward signal");
+                    }
+                }
+            })
+        })
+        .collect();
+    let status = child.wait().await.context("waiting for the app")?;
+    for f in forwarders {
+        f.abort();
+    }
+    let code = exit_code_of(status);
+    info!(status = %status, "the app exited; final sync");
+    if stop_all(handles).await {
+        info!("final sync complete");
+        Ok(ExitCode::from(code))
+    } else if code == 0 {
+        error!("the app succeeded but its newest writes may not be in the replica: exiting {EXIT_SYNC_FAILED}");
+        Ok(ExitCode::from(EXIT_SYNC_FAILED))
+    } else {
+        Ok(ExitCode::from(code))
+    }
+}

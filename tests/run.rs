@@ -1,0 +1,238 @@
+//! `lifeboat run`: boot-time restore, readiness, signal forwarding, exit status, stale disks.
+
+use std::path::Path;
+use std::time::Duration;
+
+use nix::sys::signal::Signal;
+
+use crate::support::*;
+
+fn run_agent(db: &Path, replica: &Path, log: &Path, script: &str, extra: &[&str]) -> Agent {
+    let url = format!("file://{}", replica.display());
+    let mut args = vec![
+        "run",
+        "--db",
+        db.to_str().unwrap(),
+        "--replica",
+        url.as_str(),
+    ];
+    args.extend_from_slice(extra);
+    args.extend_from_slice(&["--", "sh", "-c", script]);
+    Agent::start(&args, log)
+}
+
+#[test]
+fn signals_are_forwarded_and_the_apps_exit_status_is_returned() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("app.db");
+    let replica = dir.path().join("replica");
+    let sigs = [
+        (Signal::SIGINT, "INT"),
+        (Signal::SIGTERM, "TERM"),
+        (Signal::SIGHUP, "HUP"),
+        (Signal::SIGQUIT, "QUIT"),
+        (Signal::SIGUSR1, "USR1"),
+        (Signal::SIGUSR2, "USR2"),
+    ];
+    for (i, (sig, name)) in sigs.iter().enumerate() {
+        let ready = dir.path().join(format!("ready-{name}"));
+        let code = 20 + i;
+        let script = format!(
+            "trap 'exit {code}' {name}; touch {}; while true; do sleep 0.05; done",
+            ready.display()
+        );
+        let mut agent = run_agent(
+            &db,
+            &replica,
+            &dir.path().join(format!("{name}.log")),
+            &script,
+            &[],
+        );
+        wait_until(
+            &format!("the app to start ({name})"),
+            Duration::from_secs(60),
+            || ready.exists(),
+        );
+        agent.signal(*sig);
+        let status = agent.wait(Duration::from_secs(60));
+        assert_eq!(
+            status.code(),
+            Some(code as i32),
+            "{name}: lifeboat must forward the signal and exit with the app's status; log:\n{}",
+            agent.log_text()
+        );
+    }
+}
+
+#[test]
+fn the_app_starts_only_after_the_first_sync() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("app.db");
+    let replica = dir.path().join("replica");
+    // The app checks, as its first act, that a snapshot is already in the replica.
+    let script = format!(
+        "ls {}/generations/*/snapshots/*.lbsnap >/dev/null 2>&1 && exit 0 || exit 3",
+        replica.display()
+    );
+    let mut agent = run_agent(&db, &replica, &dir.path().join("a.log"), &script, &[]);
+    let status = agent.wait(Duration::from_secs(60));
+    assert_eq!(status.code(), Some(0), "{}", agent.log_text());
+}
+
+#[test]
+fn a_wiped_disk_is_restored_on_boot_and_a_clean_stop_loses_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("app.db");
+    let replica = dir.path().join("replica");
+    // First boot: empty disk, empty replica; the app writes and exits cleanly.
+    let writer = format!(
+        "python3 -c \"import sqlite3; c=sqlite3.connect('{}'); c.execute('CREATE TABLE t(x)'); [c.execute('INSERT INTO t VALUES (?)', (i,)) or c.commit() for i in range(300)]\"",
+        db.display()
+    );
+    let mut agent = run_agent(&db, &replica, &dir.path().join("a.log"), &writer, &[]);
+    assert_eq!(
+        agent.wait(Duration::from_secs(60)).code(),
+        Some(0),
+        "{}",
+        agent.log_text()
+    );
+    let before = pages(&db);
+    // The disk is wiped.
+    for suffix in ["", "-wal", "-shm"] {
+        let _ = std::fs::remove_file(format!("{}{suffix}", db.display()));
+    }
+    let mut agent = run_agent(&db, &replica, &dir.path().join("b.log"), "exit 0", &[]);
+    assert_eq!(
+        agent.wait(Duration::from_secs(60)).code(),
+        Some(0),
+        "{}",
+        agent.log_text()
+    );
+    assert_same_pages(&pages(&db), &before);
+}
+
+#[test]
+fn a_stale_disk_is_refused_with_an_explanation() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("app.db");
+    let replica = dir.path().join("replica");
+    let c = app_conn(&db, 4096);
+    create_schema(&c);
+    drop(c);
+    let old = dir.path().join("old.db");
+    std::fs::copy(&db, &old).unwrap();
+    let url = format!("file://{}", replica.display());
+    let agent = Agent::replicate(&db, &url, &dir.path().join("a.log"));
+    let c = app_conn(&db, 4096);
+    for s in 0..20 {
+        mixed_txn(&c, s);
+    }
+    drop(c);
+    agent.stop_ok();
+    // An old image of the disk comes back.
+    for suffix in ["", "-wal", "-shm"] {
+        let _ = std::fs::remove_file(format!("{}{suffix}", db.display()));
+    }
+    std::fs::copy(&old, &db).unwrap();
+    let mut agent = run_agent(&db, &replica, &dir.path().join("b.log"), "exit 0", &[]);
+    let status = agent.wait(Duration::from_secs(60));
+    assert_eq!(status.code(), Some(1), "{}", agent.log_text());
+    let log = agent.log_text();
+    assert!(
+        log.contains("stale disk")
+            && log.contains("--on-stale restore")
+            && log.contains("--on-stale keep"),
+        "{log}"
+    );
+    // The refusal left the old file alone.
+    assert_same_pages(&file_pages(&db), &file_pages(&old));
+    // --on-stale restore: the old file is moved aside, not deleted, and the backup comes back.
+    let mut agent = run_agent(
+        &db,
+        &replica,
+        &dir.path().join("c.log"),
+        "exit 0",
+        &["--on-stale", "restore"],
+    );
+    assert_eq!(
+        agent.wait(Duration::from_secs(60)).code(),
+        Some(0),
+        "{}",
+        agent.log_text()
+    );
+    let aside: Vec<_> = std::fs::read_dir(dir.path())
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| n.starts_with("app.db.stale-") && !n.ends_with("-wal") && !n.ends_with("-shm"))
+        .collect();
+    assert_eq!(aside.len(), 1, "{aside:?}");
+    assert_same_pages(&file_pages(&dir.path().join(&aside[0])), &file_pages(&old));
+    let c = rusqlite::Connection::open(&db).unwrap();
+    let n: i64 = c
+        .query_row("SELECT count(*) FROM marks", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(
+        n, 20,
+        "the restored database holds every transaction of the backup"
+    );
+    drop(c);
+    // --on-stale keep: the local file stays and becomes a new generation.
+    std::fs::copy(&old, &db).unwrap();
+    for suffix in ["-wal", "-shm"] {
+        let _ = std::fs::remove_file(format!("{}{suffix}", db.display()));
+    }
+    let mut agent = run_agent(
+        &db,
+        &replica,
+        &dir.path().join("d.log"),
+        "exit 0",
+        &["--on-stale", "keep"],
+    );
+    assert_eq!(
+        agent.wait(Duration::from_secs(60)).code(),
+        Some(0),
+        "{}",
+        agent.log_text()
+    );
+    let c = rusqlite::Connection::open(&db).unwrap();
+    let n: i64 = c
+        .query_row("SELECT count(*) FROM marks", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(n, 0, "--on-stale keep keeps the local database");
+}
+
+#[test]
+fn a_clean_restart_on_a_persistent_disk_resumes_without_refusal() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("app.db");
+    let replica = dir.path().join("replica");
+    let writer = format!(
+        "python3 -c \"import sqlite3; c=sqlite3.connect('{}'); c.execute('CREATE TABLE IF NOT EXISTS t(x)'); [c.execute('INSERT INTO t VALUES (?)', (i,)) or c.commit() for i in range(50)]\"",
+        db.display()
+    );
+    for round in 0..3 {
+        let mut agent = run_agent(
+            &db,
+            &replica,
+            &dir.path().join(format!("{round}.log")),
+            &writer,
+            &[],
+        );
+        assert_eq!(
+            agent.wait(Duration::from_secs(60)).code(),
+            Some(0),
+            "{}",
+            agent.log_text()
+        );
+        if round > 0 {
+            assert!(
+                agent.log_text().contains("resuming generation"),
+                "{}",
+                agent.log_text()
+            );
+        }
+    }
+    let out = dir.path().join("out.db");
+    restore_and_compare(&format!("file://{}", replica.display()), &out, &db);
+}
