@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Runs every test: installs what the tests need (an S3-compatible server, moto, in .venv; the
-# sqlite3 shell when apt is available), then `cargo test --workspace`.
+# sqlite3 shell when apt is available; the Node example's node_modules when node is installed),
+# then `cargo test --workspace`. Arguments go to `cargo test` (e.g. `scripts/test.sh node::`).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -8,5 +9,6 @@ bash scripts/s3-server/install.sh
 if ! command -v sqlite3 >/dev/null 2>&1 && command -v apt-get >/dev/null 2>&1; then
   (apt-get update -qq && apt-get install -y -qq sqlite3 >/dev/null) || echo "note: could not install the sqlite3 shell; the shell compatibility check will be skipped"
 fi
+bash scripts/node-example-install.sh
 export LIFEBOAT_MOTO_SERVER="$PWD/.venv/bin/moto_server"
 cargo test --workspace --all-targets "$@"
