@@ -116,3 +116,67 @@ fn a_flipped_byte_in_a_snapshot_fails_restore_naming_the_object() {
     assert!(err.contains(&relative_key(&replica, victim)), "{err}");
     assert!(!out.exists());
 }
+
+#[test]
+fn two_hosts_resuming_one_generation_fork_it_and_restore_and_verify_refuse() {
+    let dir = tempfile::tempdir().unwrap();
+    let a = dir.path().join("a.db");
+    let b = dir.path().join("b.db");
+    let url = format!("file://{}", dir.path().join("replica").display());
+    let c = app_conn(&a, 4096);
+    create_schema(&c);
+    let agent = Agent::replicate(&a, &url, &dir.path().join("a0.log"));
+    for s in 0..5 {
+        mixed_txn(&c, s);
+    }
+    agent.stop_ok();
+    drop(c);
+    // A second host boots from the backup while the first one keeps going (an overlapping
+    // deploy): both resume the same generation at the same transaction.
+    let o = run(&["restore", &url, "-o", b.to_str().unwrap()]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let mut agent_a = Agent::replicate(&a, &url, &dir.path().join("a1.log"));
+    let mut agent_b = Agent::replicate(&b, &url, &dir.path().join("b1.log"));
+    agent_a.wait_for_log("resuming generation");
+    agent_b.wait_for_log("resuming generation");
+    let (ca, cb) = (app_conn(&a, 4096), app_conn(&b, 4096));
+    for s in 0..3 {
+        mixed_txn(&ca, 1000 + s);
+        mixed_txn(&cb, 2000 + s);
+    }
+    agent_a.stop_ok();
+    agent_b.stop_ok();
+
+    let out = dir.path().join("out.db");
+    let o = run(&["restore", &url, "-o", out.to_str().unwrap()]);
+    assert!(
+        !o.status.success(),
+        "a forked generation must not restore silently"
+    );
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        err.contains("forked at txid 0000000000000006") && err.contains(".lbseg"),
+        "{err}"
+    );
+    assert!(!out.exists());
+
+    let o = run(&["verify", &url]);
+    assert_eq!(o.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&o.stdout).contains("forked"));
+
+    // The common history before the fork still restores, exactly.
+    let o = run(&[
+        "restore",
+        &url,
+        "-o",
+        out.to_str().unwrap(),
+        "--txid",
+        "0000000000000005",
+    ]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let n: i64 = rusqlite::Connection::open(&out)
+        .unwrap()
+        .query_row("SELECT count(*) FROM marks", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(n, 5);
+}

@@ -10,3 +10,4 @@ mod pitr;
 mod replicate;
 mod run;
 mod s3;
+mod status;

@@ -145,8 +145,9 @@ pub fn plan_generation(
             ))
         })?
         .clone();
-    let mut next = snapshot_txid(&snapshot).next();
-    let mut segments = Vec::new();
+    let base = snapshot_txid(&snapshot);
+    let mut next = base.next();
+    let mut segments: Vec<Object> = Vec::new();
     for s in &objs.segments {
         let Key::Segment {
             first,
@@ -157,13 +158,27 @@ pub fn plan_generation(
         else {
             continue;
         };
-        if last < next {
-            continue;
-        }
         if let Target::TxId(t) = target {
             if first > t {
                 break;
             }
+        }
+        // One agent never writes two segments that share a transaction: two agents resumed the
+        // same generation (overlapping deploys) and its history forked. Neither branch is
+        // chosen silently.
+        if let Some(prev) = segments.last().filter(|_| first < next && first > base) {
+            return Err(Error::Replica(format!(
+                "generation {generation} forked at txid {first}: {} and {} both hold it, so two \
+                 agents wrote to this replica at once (overlapping deploys?). The history before \
+                 the fork restores with --generation {generation} --txid {}; look at both \
+                 branches with `lifeboat segments`",
+                prev.name,
+                s.name,
+                TxId(first.0 - 1)
+            )));
+        }
+        if last < next {
+            continue;
         }
         if first > next {
             return Err(Error::Replica(format!(
