@@ -326,3 +326,44 @@ fn a_wal_grown_past_the_bound_is_truncated_and_nothing_is_lost() {
         &db,
     );
 }
+
+/// CPU seconds (user + system) a process has used, from /proc.
+fn cpu_seconds(pid: u32) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+    let fields: Vec<&str> = stat
+        .rsplit_once(')')
+        .unwrap()
+        .1
+        .split_whitespace()
+        .collect();
+    let ticks: f64 = fields[11].parse::<f64>().unwrap() + fields[12].parse::<f64>().unwrap();
+    ticks / 100.0
+}
+
+#[test]
+fn an_idle_database_costs_the_agent_no_cpu() {
+    // Regression: the agent woke on the file-system events of its own reads of the WAL, so an
+    // idle database kept it busy on a whole core.
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("app.db");
+    let c = app_conn(&db, 4096);
+    create_schema(&c);
+    for s in 0..3 {
+        mixed_txn(&c, s);
+    }
+    let url = format!("file://{}", dir.path().join("replica").display());
+    let mut agent = Agent::replicate(&db, &url, &dir.path().join("a.log"));
+    agent.wait_for_log("snapshot uploaded");
+    mixed_txn(&c, 3);
+    agent.wait_for_log("segment uploaded");
+    let pid = agent.child.id();
+    let before = cpu_seconds(pid);
+    // An observation window, not a synchronisation: the database stays idle throughout.
+    std::thread::sleep(Duration::from_secs(3));
+    let used = cpu_seconds(pid) - before;
+    assert!(
+        used < 0.3,
+        "an idle agent used {used:.2} CPU seconds in 3 s"
+    );
+    agent.stop_ok();
+}

@@ -170,10 +170,13 @@ fn watch(db: &std::path::Path, wake: SyncSender<()>) -> Option<notify::Recommend
         .to_path_buf();
     let res = notify::recommended_watcher(move |ev: notify::Result<notify::Event>| {
         if let Ok(ev) = ev {
-            if ev
-                .paths
-                .iter()
-                .any(|p| p == &wal || p.file_name() == wal.file_name())
+            // Only changes wake the agent: its own opens and reads of the WAL raise access
+            // events too, and waking on those would make every pass schedule the next.
+            if wakes(&ev.kind)
+                && ev
+                    .paths
+                    .iter()
+                    .any(|p| p == &wal || p.file_name() == wal.file_name())
             {
                 let _ = wake.try_send(());
             }
@@ -191,6 +194,16 @@ fn watch(db: &std::path::Path, wake: SyncSender<()>) -> Option<notify::Recommend
             warn!(error = %e, "file watching unavailable; polling only");
             None
         }
+    }
+}
+
+/// Whether a file-system event on the WAL can mean new frames.
+fn wakes(kind: &notify::EventKind) -> bool {
+    use notify::event::{AccessKind, AccessMode, EventKind};
+    match kind {
+        EventKind::Access(AccessKind::Close(AccessMode::Write)) => true,
+        EventKind::Access(_) => false,
+        _ => true,
     }
 }
 
