@@ -40,6 +40,8 @@ struct Database {
     #[serde(default, with = "humantime_serde_opt")]
     poll_interval: Option<Duration>,
     staging_dir: Option<PathBuf>,
+    #[serde(default, with = "humantime_serde_opt")]
+    retention: Option<Duration>,
 }
 
 mod humantime_serde_opt {
@@ -126,6 +128,7 @@ pub async fn databases(args: &ReplicateArgs) -> Result<Vec<DbConfig>> {
             if let Some(v) = d.staging_dir {
                 options.staging_dir = v;
             }
+            options.retention = d.retention;
             let mut replicas = Vec::new();
             for u in &d.replicas {
                 replicas.push(replica_url::open(u).await?);

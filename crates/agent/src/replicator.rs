@@ -32,6 +32,9 @@ type Carry = std::collections::VecDeque<crate::walfile::Batch>;
 /// generation (a snapshot) is cheaper and bounded.
 const MAX_CARRY_BYTES: usize = 64 << 20;
 
+/// How often the agent applies retention.
+const RETENTION_EVERY: Duration = Duration::from_secs(3600);
+
 /// Why a first generation starts.
 const EMPTY_REPLICA: &str = "the replica is empty";
 
@@ -76,6 +79,8 @@ pub struct Replicator {
     rt: Handle,
     status: Arc<Status>,
     last_restart_attempt: Option<Instant>,
+    /// When retention last ran.
+    last_retention: Option<Instant>,
     /// When each commit was first seen, by (salt 1, salt 2, end offset): the agent looks at the
     /// WAL on every file event, even when the PUT budget holds uploads back, so commit times are
     /// accurate to the event latency rather than to the upload cadence.
@@ -109,6 +114,7 @@ impl Replicator {
             rt,
             status,
             last_restart_attempt: None,
+            last_retention: None,
             observed: Default::default(),
             observe_at: None,
         })
@@ -398,6 +404,7 @@ impl Replicator {
         }
         self.after_ship();
         self.forget_shipped_observations();
+        self.apply_retention();
         report.pending = self.replicas.iter().any(|r| {
             r.halted.is_none()
                 && (r.state.as_ref().is_none_or(|s| !s.at_end) || r.retry_at.is_some())
@@ -406,6 +413,36 @@ impl Replicator {
         self.status
             .update(&self.replicas, &pending, self.db.wal().size().unwrap_or(0));
         report
+    }
+
+    /// At most once per [`RETENTION_EVERY`], deletes generations outside the retention window
+    /// from every healthy replica (failures are logged; they never stop replication).
+    fn apply_retention(&mut self) {
+        let Some(retention) = self.opts.retention else {
+            return;
+        };
+        if self
+            .last_retention
+            .is_some_and(|t| t.elapsed() < RETENTION_EVERY)
+        {
+            return;
+        }
+        self.last_retention = Some(Instant::now());
+        for r in &self.replicas {
+            if r.state.is_none() || r.halted.is_some() || r.retry_at.is_some() {
+                continue;
+            }
+            let res = self.rt.block_on(crate::retention::prune(
+                r.client.as_ref(),
+                retention,
+                now_ms(),
+                false,
+            ));
+            if let Err(e) = res {
+                warn!(replica = %r.client.describe(), error = %e, "retention: prune failed; will try again");
+                self.status.record_error(&e.to_string());
+            }
+        }
     }
 
     /// Commits seen in the WAL that replica `i` does not have yet, and when the oldest was seen.
