@@ -50,8 +50,21 @@ fn prune_keeps_every_restore_point_in_the_window_and_drops_generations_outside_i
     // first generation lies wholly outside it, the second straddles its start.
     let t = humantime::parse_rfc3339(&before[1].2).unwrap() + std::time::Duration::from_secs(3600);
     let now = humantime::format_rfc3339_millis(t).to_string();
-    let dry = run(&["prune", &url, "--retention", "1h", "--now", &now, "--dry-run", "--json"]);
-    assert!(dry.status.success(), "{}", String::from_utf8_lossy(&dry.stderr));
+    let dry = run(&[
+        "prune",
+        &url,
+        "--retention",
+        "1h",
+        "--now",
+        &now,
+        "--dry-run",
+        "--json",
+    ]);
+    assert!(
+        dry.status.success(),
+        "{}",
+        String::from_utf8_lossy(&dry.stderr)
+    );
     let plan: serde_json::Value = serde_json::from_slice(&dry.stdout).unwrap();
     assert_eq!(plan["generations"], serde_json::json!([before[0].0]));
     assert_eq!(generations(&url).len(), 3, "a dry run deletes nothing");
@@ -79,7 +92,11 @@ fn prune_keeps_every_restore_point_in_the_window_and_drops_generations_outside_i
                 "--txid",
                 &format!("{txid:016x}"),
             ]);
-            assert!(o.status.success(), "{g} {txid}: {}", String::from_utf8_lossy(&o.stderr));
+            assert!(
+                o.status.success(),
+                "{g} {txid}: {}",
+                String::from_utf8_lossy(&o.stderr)
+            );
         }
     }
     let o = run(&["verify", &url]);
@@ -92,7 +109,14 @@ fn prune_keeps_every_restore_point_in_the_window_and_drops_generations_outside_i
 
     // However old the history, the newest restorable generation is never pruned.
     let far = humantime::format_rfc3339_millis(t + std::time::Duration::from_secs(86400 * 365));
-    let o = run(&["prune", &url, "--retention", "1h", "--now", &far.to_string()]);
+    let o = run(&[
+        "prune",
+        &url,
+        "--retention",
+        "1h",
+        "--now",
+        &far.to_string(),
+    ]);
     assert!(o.status.success());
     assert!(!generations(&url).is_empty());
     restore_and_compare(&url, &dir.path().join("out2.db"), &db);

@@ -5,9 +5,11 @@
 mod support;
 
 mod corruption;
+mod drill;
 mod node;
 mod pitr;
 mod replicate;
+mod retention;
 mod run;
 mod s3;
 mod status;

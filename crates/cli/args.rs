@@ -48,6 +48,13 @@ pub enum Command {
     /// Read and check every object of a replica and rebuild every generation; non-zero exit on
     /// any problem.
     Verify(InspectArgs),
+    /// Delete generations whose every restore point is older than the retention window (the
+    /// newest restorable generation always stays; a chain is never cut).
+    Prune(PruneArgs),
+    /// Disaster-recovery drill: restore the newest state into a scratch folder, time it, check
+    /// it (integrity, foreign keys, checksum), optionally compare it with the live database;
+    /// exit 2 on any problem. The report is stored in the replica under `drills/`.
+    Drill(DrillArgs),
     /// Print the version.
     Version,
 }
@@ -126,6 +133,31 @@ pub struct ListArgs {
     pub json: bool,
 }
 
+#[derive(Debug, ClapArgs)]
+pub struct DrillArgs {
+    /// Replica URL.
+    pub url: String,
+    /// The live database: check that it is the replica's newest state or a continuation of it
+    /// (unshipped transactions still in its WAL), and how many transactions the replica is behind.
+    #[arg(long)]
+    pub db: Option<PathBuf>,
+    /// Also restore and check a random restore point of the newest generation.
+    #[arg(long)]
+    pub random_point: bool,
+    /// Machine-readable output.
+    #[arg(long)]
+    pub json: bool,
+    /// Do not store the report in the replica (under `drills/`).
+    #[arg(long)]
+    pub no_store: bool,
+    /// Downloads in flight at once.
+    #[arg(long, default_value_t = 8)]
+    pub parallelism: usize,
+    /// Where the scratch folder for the restores goes (default: the system temp folder).
+    #[arg(long)]
+    pub scratch_dir: Option<PathBuf>,
+}
+
 /// What `lifeboat run` does when the local database does not continue the replica's history.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum OnStale {
@@ -174,4 +206,22 @@ pub struct RunArgs {
     /// The app and its arguments, after `--`.
     #[arg(last = true, required = true)]
     pub command: Vec<String>,
+}
+
+#[derive(Debug, ClapArgs)]
+pub struct PruneArgs {
+    /// Replica URL.
+    pub url: String,
+    /// Keep every restore point this recent (`30d`, `12h`, ...).
+    #[arg(long, value_parser = humantime::parse_duration)]
+    pub retention: std::time::Duration,
+    /// Print what would be deleted and delete nothing.
+    #[arg(long)]
+    pub dry_run: bool,
+    /// Machine-readable output.
+    #[arg(long)]
+    pub json: bool,
+    /// Evaluate the window as of this time (RFC 3339) instead of now: for checking a policy ahead.
+    #[arg(long, hide = true)]
+    pub now: Option<String>,
 }

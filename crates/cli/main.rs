@@ -3,6 +3,7 @@
 
 mod args;
 mod config;
+mod drill;
 mod http;
 mod logging;
 mod replica_url;
@@ -77,6 +78,7 @@ async fn run(args: Args) -> Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Restore(r) => restore(r).await,
+        Command::Drill(a) => drill::drill(a).await,
         Command::Run(r) => run::run(r).await,
         Command::Generations(a) => {
             let client = replica_url::open(&a.url).await?;
@@ -87,6 +89,34 @@ async fn run(args: Args) -> Result<ExitCode> {
                 .map(|(g, o)| lifeboat_agent::verify::summarize(*g, o))
                 .collect();
             print_generations(&rows, a.json)?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Prune(a) => {
+            let client = replica_url::open(&a.url).await?;
+            let now = match &a.now {
+                Some(t) => humantime::parse_rfc3339(t)
+                    .with_context(|| format!("--now {t:?}: expected RFC 3339"))?
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map_or(0, |d| d.as_millis() as u64),
+                None => lifeboat_agent::replicator::now_ms(),
+            };
+            let p = lifeboat_agent::retention::prune(client.as_ref(), a.retention, now, a.dry_run)
+                .await?;
+            if a.json {
+                println!("{}", serde_json::to_string_pretty(&p)?);
+            } else {
+                for k in &p.objects {
+                    println!("{} {k}", if a.dry_run { "would delete" } else { "deleted" });
+                }
+                println!(
+                    "{} {} generation(s), {} object(s), {} bytes; restore points since {} are kept",
+                    if a.dry_run { "would prune" } else { "pruned" },
+                    p.generations.len(),
+                    p.objects.len(),
+                    p.bytes,
+                    lifeboat_agent::restore::fmt_time(p.window_start_ms)
+                );
+            }
             Ok(ExitCode::SUCCESS)
         }
         Command::Snapshots(a) => list_objects(a, true).await,

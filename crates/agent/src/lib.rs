@@ -11,7 +11,8 @@
 //!   segments, move the pin, checkpoint.
 //! - [`agent`] runs replicators on threads, wakes them on file events, paces uploads with a PUT
 //!   budget, and stops them with a final sync.
-//! - [`catalog`] lists what a replica holds; [`restore`] rebuilds a database from it.
+//! - [`catalog`] lists what a replica holds; [`restore`] rebuilds a database from it;
+//!   [`retention`] deletes generations that no restore point in the window needs.
 //! - [`status`] is what the agent reports about itself.
 //!
 //! The design, and why the pin makes WAL restarts safe to follow, is in `docs/design.md`.
@@ -20,10 +21,12 @@
 pub mod agent;
 pub mod catalog;
 pub mod db;
+pub mod drill;
 mod error;
 pub mod replica;
 pub mod replicator;
 pub mod restore;
+pub mod retention;
 pub mod status;
 pub mod verify;
 pub mod walfile;
@@ -58,6 +61,9 @@ pub struct Options {
     pub shutdown_timeout: Duration,
     /// Where snapshots are staged before upload (default: the system temp folder).
     pub staging_dir: PathBuf,
+    /// Keep restore points this far back; older generations are deleted when no restore point
+    /// inside the window needs them (see [`retention`]). `None` (the default) keeps everything.
+    pub retention: Option<Duration>,
     /// What to do on start-up when a replica already holds history that the local database
     /// provably does not continue (default: start a new generation).
     pub on_divergence: OnDivergence,
@@ -87,6 +93,7 @@ impl Default for Options {
             shutdown_timeout: Duration::from_secs(30),
             staging_dir: std::env::temp_dir(),
             on_divergence: OnDivergence::default(),
+            retention: None,
         }
     }
 }

@@ -153,7 +153,11 @@ mod tests {
         let p = plan(&cat, Duration::from_millis(8 * H), 12 * H);
         assert_eq!(p.generations, vec![old.to_string()]);
         assert_eq!(p.objects.len(), 3);
-        assert!(p.objects[0].contains("snapshots"), "snapshot first: {:?}", p.objects);
+        assert!(
+            p.objects[0].contains("snapshots"),
+            "snapshot first: {:?}",
+            p.objects
+        );
         let _ = (straddling, recent);
     }
 
@@ -171,6 +175,8 @@ mod tests {
 
     #[test]
     fn an_empty_replica_prunes_nothing() {
-        assert!(plan(&Catalog::default(), Duration::ZERO, 5).objects.is_empty());
+        assert!(plan(&Catalog::default(), Duration::ZERO, 5)
+            .objects
+            .is_empty());
     }
 }

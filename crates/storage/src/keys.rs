@@ -3,6 +3,7 @@
 //! ```text
 //! generations/<generation>/snapshots/<txid>-<time_ms>.lbsnap
 //! generations/<generation>/segments/<first_txid>-<last_txid>-<last_time_ms>.lbseg
+//! drills/<unix_ms>.json
 //! ```
 //! All numbers are 16 lower-case hex digits, so a listing is in chronological order. The time in
 //! the key is when the agent saw the last transaction, which lets a point-in-time restore choose
@@ -28,6 +29,15 @@ pub fn snapshots_prefix(g: Generation) -> String {
 /// Prefix of a generation's segments.
 pub fn segments_prefix(g: Generation) -> String {
     format!("{GENERATIONS}{g}/segments/")
+}
+
+/// Prefix of the drill reports (`lifeboat drill`), outside [`GENERATIONS`] so that restore,
+/// the catalog and `verify` never see them.
+pub const DRILLS: &str = "drills/";
+
+/// Key of the report of a drill started at `unix_ms`: `drills/<16 hex digits of unix ms>.json`.
+pub fn drill_report(unix_ms: u64) -> String {
+    format!("{DRILLS}{unix_ms:016x}.json")
 }
 
 /// A parsed object key.
@@ -182,6 +192,14 @@ mod tests {
         }
         .to_string();
         assert!(a < b);
+    }
+
+    #[test]
+    fn drill_reports_live_outside_generations() {
+        let k = drill_report(0x18f_0000_0001);
+        assert_eq!(k, "drills/0000018f00000001.json");
+        assert!(!k.starts_with(GENERATIONS));
+        assert_eq!(Key::parse(&k), None);
     }
 
     #[test]
