@@ -121,3 +121,160 @@ fn prune_keeps_every_restore_point_in_the_window_and_drops_generations_outside_i
     assert!(!generations(&url).is_empty());
     restore_and_compare(&url, &dir.path().join("out2.db"), &db);
 }
+
+/// The number in "N objects" of a restore's closing line.
+fn objects_read(stdout: &str) -> usize {
+    let at = stdout.find(" objects, ").expect("a restore summary");
+    let digits: String = stdout[..at]
+        .chars()
+        .rev()
+        .take_while(|c| c.is_ascii_digit())
+        .collect();
+    digits.chars().rev().collect::<String>().parse().unwrap()
+}
+
+#[test]
+fn snapshots_within_a_generation_bound_what_restoring_the_newest_state_reads() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("app.db");
+    let replica = dir.path().join("replica");
+    let url = format!("file://{}", replica.display());
+    let cfg = dir.path().join("lifeboat.toml");
+    // Many small segments (a generous PUT budget), and a snapshot after every 40 of them.
+    std::fs::write(
+        &cfg,
+        format!(
+            "[[databases]]\npath = \"{}\"\nreplicas = [\"{url}\"]\nputs-per-second = 2000.0\nput-burst = 50.0\nsnapshot-segments = 40\n",
+            db.display()
+        ),
+    )
+    .unwrap();
+    let c = app_conn(&db, 4096);
+    c.execute_batch("CREATE TABLE t(n INTEGER PRIMARY KEY, v TEXT)")
+        .unwrap();
+    let mut agent = Agent::start(
+        &["replicate", "--config", cfg.to_str().unwrap()],
+        &dir.path().join("a.log"),
+    );
+    agent.wait_for_log("replicating");
+    // Bursts of 50 transactions, each shipped before the next starts, so history spreads over
+    // at least 200 objects.
+    for burst in 0..200 {
+        let before = count_files(&replica);
+        for n in burst * 50..(burst + 1) * 50 {
+            c.execute("INSERT INTO t VALUES (?1, 'x')", [n]).unwrap();
+        }
+        wait_until("a segment", std::time::Duration::from_secs(30), || {
+            count_files(&replica) > before
+        });
+    }
+    agent.wait_for_log("scheduled snapshot uploaded");
+    agent.stop_ok();
+    let segments = files_with_suffix(&replica, ".lbseg").len();
+    let snapshots = files_with_suffix(&replica, ".lbsnap").len();
+    assert_eq!(
+        std::fs::read_dir(replica.join("generations"))
+            .unwrap()
+            .count(),
+        1,
+        "one generation"
+    );
+    assert!(segments >= 150, "history spread over {segments} segments");
+    assert!(snapshots >= 2, "{snapshots} snapshots");
+
+    let out = dir.path().join("out.db");
+    let o = run(&["restore", &url, "-o", out.to_str().unwrap()]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let read = objects_read(&String::from_utf8_lossy(&o.stdout));
+    eprintln!(
+        "history: {segments} segments, {snapshots} snapshots; newest state read {read} objects"
+    );
+    assert!(
+        read <= 1 + 40 + 1,
+        "restoring the newest state read {read} objects of {segments} segments and {snapshots} snapshots"
+    );
+    assert_same_pages(&file_pages(&out), &pages(&db));
+    // Older restore points still restore exactly, from the older snapshots.
+    for txid in [1u64, 700, 2500] {
+        let o = run(&[
+            "restore",
+            &url,
+            "-o",
+            dir.path().join(format!("t{txid}.db")).to_str().unwrap(),
+            "--txid",
+            &format!("{txid:016x}"),
+        ]);
+        assert!(
+            o.status.success(),
+            "{txid}: {}",
+            String::from_utf8_lossy(&o.stderr)
+        );
+        let n: i64 = rusqlite::Connection::open(dir.path().join(format!("t{txid}.db")))
+            .unwrap()
+            .query_row("SELECT count(*) FROM t", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(n as u64, txid, "txid {txid} holds exactly its rows");
+    }
+    let o = run(&["verify", &url]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stdout));
+
+    // Retention inside the generation: with the window starting just after the third snapshot,
+    // it becomes the base; what precedes it goes, every later restore point stays.
+    let o = run(&["snapshots", &url, "--json"]);
+    let snaps: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    let snaps = snaps.as_array().unwrap();
+    let base = &snaps[2];
+    let base_txid = u64::from_str_radix(base["last_txid"].as_str().unwrap(), 16).unwrap();
+    let t = humantime::parse_rfc3339(base["time"].as_str().unwrap()).unwrap()
+        + std::time::Duration::from_secs(3600);
+    let now = humantime::format_rfc3339_millis(t).to_string();
+    let o = run(&["prune", &url, "--retention", "1h", "--now", &now]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let left = files_with_suffix(&replica, ".lbsnap").len();
+    assert_eq!(
+        left,
+        snapshots - 2,
+        "the two snapshots before the base are gone"
+    );
+    for txid in [base_txid, base_txid + 1, (base_txid + 10_000) / 2, 10_000] {
+        let out = dir.path().join(format!("p{txid}.db"));
+        let o = run(&[
+            "restore",
+            &url,
+            "-o",
+            out.to_str().unwrap(),
+            "--txid",
+            &format!("{txid:016x}"),
+        ]);
+        assert!(
+            o.status.success(),
+            "{txid}: {}",
+            String::from_utf8_lossy(&o.stderr)
+        );
+        let n: i64 = rusqlite::Connection::open(&out)
+            .unwrap()
+            .query_row("SELECT count(*) FROM t", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(n as u64, txid);
+    }
+    // A point older than the window is gone, and restore says so rather than guessing.
+    let o = run(&[
+        "restore",
+        &url,
+        "-o",
+        dir.path().join("old.db").to_str().unwrap(),
+        "--txid",
+        &format!("{:016x}", base_txid - 1),
+    ]);
+    assert!(!o.status.success());
+    let o = run(&["verify", &url]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stdout));
+    let o = run(&[
+        "restore",
+        &url,
+        "-o",
+        dir.path().join("after.db").to_str().unwrap(),
+    ]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert_same_pages(&file_pages(&dir.path().join("after.db")), &pages(&db));
+}

@@ -42,6 +42,9 @@ struct Database {
     staging_dir: Option<PathBuf>,
     #[serde(default, with = "humantime_serde_opt")]
     retention: Option<Duration>,
+    #[serde(default, with = "humantime_serde_opt")]
+    snapshot_interval: Option<Duration>,
+    snapshot_segments: Option<u32>,
 }
 
 mod humantime_serde_opt {
@@ -129,6 +132,12 @@ pub async fn databases(args: &ReplicateArgs) -> Result<Vec<DbConfig>> {
                 options.staging_dir = v;
             }
             options.retention = d.retention;
+            if let Some(v) = d.snapshot_interval {
+                options.snapshot_interval = Some(v);
+            }
+            if let Some(v) = d.snapshot_segments {
+                options.snapshot_segments = v;
+            }
             let mut replicas = Vec::new();
             for u in &d.replicas {
                 replicas.push(replica_url::open(u).await?);

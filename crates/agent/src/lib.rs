@@ -61,6 +61,13 @@ pub struct Options {
     pub shutdown_timeout: Duration,
     /// Where snapshots are staged before upload (default: the system temp folder).
     pub staging_dir: PathBuf,
+    /// Take a fresh snapshot within the current generation this often (default 24 h), so that
+    /// restoring the newest state reads one snapshot and what came after it. `None`: never.
+    pub snapshot_interval: Option<Duration>,
+    /// Also take one once this many segments were shipped since the last snapshot (default
+    /// 1000), which bounds the objects a restore of the newest state reads however busy the
+    /// database is.
+    pub snapshot_segments: u32,
     /// Keep restore points this far back; older generations are deleted when no restore point
     /// inside the window needs them (see [`retention`]). `None` (the default) keeps everything.
     pub retention: Option<Duration>,
@@ -94,6 +101,8 @@ impl Default for Options {
             staging_dir: std::env::temp_dir(),
             on_divergence: OnDivergence::default(),
             retention: None,
+            snapshot_interval: Some(Duration::from_secs(24 * 3600)),
+            snapshot_segments: 1000,
         }
     }
 }

@@ -25,6 +25,10 @@ pub struct ReplicaState {
     /// Transactions read from the WAL but not yet shipped, carried over a WAL restart that
     /// the agent let happen (see `Replicator::restart_wal`).
     pub carry: std::collections::VecDeque<crate::walfile::Batch>,
+    /// Segments shipped since the generation's last snapshot.
+    pub since_snapshot: u32,
+    /// When the generation's last snapshot was taken (Unix ms).
+    pub snapshot_ms: u64,
 }
 
 /// A replica and what the agent knows about it.

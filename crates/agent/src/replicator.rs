@@ -81,6 +81,8 @@ pub struct Replicator {
     last_restart_attempt: Option<Instant>,
     /// When retention last ran.
     last_retention: Option<Instant>,
+    /// While a scheduled snapshot is being lined up: ship no transaction past this position.
+    ship_limit: Option<Cursor>,
     /// When each commit was first seen, by (salt 1, salt 2, end offset): the agent looks at the
     /// WAL on every file event, even when the PUT budget holds uploads back, so commit times are
     /// accurate to the event latency rather than to the upload cadence.
@@ -115,6 +117,7 @@ impl Replicator {
             status,
             last_restart_attempt: None,
             last_retention: None,
+            ship_limit: None,
             observed: Default::default(),
             observe_at: None,
         })
@@ -169,6 +172,16 @@ impl Replicator {
         let tip = self
             .rt
             .block_on(catalog::tip(client.as_ref(), generation, objs))?;
+        let (since_snapshot, snapshot_ms) = match objs.snapshots.last().map(|o| o.key) {
+            Some(Key::Snapshot { txid, time_ms, .. }) => (
+                objs.segments
+                    .iter()
+                    .filter(|o| matches!(o.key, Key::Segment { last, .. } if last > txid))
+                    .count() as u32,
+                time_ms,
+            ),
+            _ => (0, now_ms()),
+        };
         self.replicas[i].succeeded();
         if tip.page_size != self.db.page_size() {
             self.replicas[i].lose_continuity(format!(
@@ -253,6 +266,8 @@ impl Replicator {
                     hashes: h,
                     at_end: false,
                     carry,
+                    since_snapshot,
+                    snapshot_ms,
                 });
             }
             Some(h) => self.replicas[i].lose_continuity(format!(
@@ -404,6 +419,7 @@ impl Replicator {
         }
         self.after_ship();
         self.forget_shipped_observations();
+        report.puts += self.scheduled_snapshots();
         self.apply_retention();
         report.pending = self.replicas.iter().any(|r| {
             r.halted.is_none()
@@ -413,6 +429,141 @@ impl Replicator {
         self.status
             .update(&self.replicas, &pending, self.db.wal().size().unwrap_or(0));
         report
+    }
+
+    /// Whether replica `i`'s generation is due a fresh snapshot.
+    fn snapshot_due(&self, i: usize) -> bool {
+        let r = &self.replicas[i];
+        let Some(st) = r.state.as_ref() else {
+            return false;
+        };
+        if r.halted.is_some()
+            || r.retry_at.is_some()
+            || !st.carry.is_empty()
+            || st.since_snapshot == 0
+        {
+            return false;
+        }
+        st.since_snapshot >= self.opts.snapshot_segments
+            || self
+                .opts
+                .snapshot_interval
+                .is_some_and(|d| now_ms().saturating_sub(st.snapshot_ms) >= d.as_millis() as u64)
+    }
+
+    /// Takes the snapshots that are due, within each replica's current generation: pins the
+    /// newest state, streams it to a file, ships the replica exactly up to that state (no
+    /// further), checks that the replica's rolling checksum equals the file's, and uploads it as
+    /// the snapshot after that transaction. Returns objects written.
+    fn scheduled_snapshots(&mut self) -> u32 {
+        let due: Vec<usize> = (0..self.replicas.len())
+            .filter(|&i| self.snapshot_due(i))
+            .collect();
+        // The pin may only move once every replica has shipped what it protects.
+        if due.is_empty() || !self.caught_up() {
+            return 0;
+        }
+        let mut puts = 0;
+        for i in due {
+            // Each snapshot moves the pin; the next may only once every replica covers it.
+            if !self.caught_up() {
+                break;
+            }
+            let r = self.scheduled_snapshot(i);
+            // Shipping stopped at the pinned state, which need not be the end of the WAL.
+            if let Some(st) = self.replicas[i].state.as_mut() {
+                st.at_end = false;
+            }
+            match r {
+                Ok(n) => puts += n,
+                Err(e) => {
+                    let r = &mut self.replicas[i];
+                    let d = r.failed(Instant::now());
+                    warn!(db = %self.db.path().display(), replica = %r.client.describe(), error = %e, retry_in = ?d, "scheduled snapshot failed");
+                    self.status.record_error(&e.to_string());
+                }
+            }
+        }
+        self.ship_limit = None;
+        puts
+    }
+
+    fn scheduled_snapshot(&mut self, i: usize) -> Result<u32> {
+        let started = Instant::now();
+        let pin = self.db.pin_snapshot()?;
+        if pin.header.is_none() {
+            // The log just restarted from a fully checkpointed state: try again next pass.
+            return Ok(0);
+        }
+        // Ship up to the pinned state and no further.
+        self.ship_limit = Some(pin);
+        let mut puts = 0;
+        loop {
+            let st = self.replicas[i]
+                .state
+                .as_ref()
+                .expect("due replicas have state");
+            if st.carry.is_empty()
+                && st.cursor.salts() == pin.salts()
+                && st.cursor.offset == pin.offset
+            {
+                break;
+            }
+            let shipped = self.ship_one(i)?;
+            if shipped.txns == 0 {
+                self.ship_limit = None;
+                return Ok(puts);
+            }
+            puts += 1;
+        }
+        self.ship_limit = None;
+        let st = self.replicas[i]
+            .state
+            .as_ref()
+            .expect("due replicas have state");
+        let (generation, txid, expect) = (
+            st.generation,
+            TxId(st.next_txid.0 - 1),
+            st.hashes.checksum(),
+        );
+        let time_ms = now_ms();
+        let (tmp, hashes, trailer) = self.write_snapshot(generation, txid, time_ms, &pin)?;
+        if hashes.checksum() != expect {
+            return Err(Error::Inconsistent(format!(
+                "the pinned state of {} (checksum {}) is not the replica's state after txid {txid} ({expect}); snapshot not uploaded",
+                self.db.path().display(),
+                hashes.checksum()
+            )));
+        }
+        let key = Key::Snapshot {
+            generation,
+            txid,
+            time_ms,
+        }
+        .to_string();
+        let client = self.replicas[i].client.clone();
+        self.rt
+            .block_on(retry(RetryPolicy::default(), "snapshot upload", || {
+                client.put_file(&key, tmp.path())
+            }))?;
+        let st = self.replicas[i]
+            .state
+            .as_mut()
+            .expect("due replicas have state");
+        st.since_snapshot = 0;
+        st.snapshot_ms = time_ms;
+        self.status.snapshotted(i, started.elapsed());
+        info!(
+            db = %self.db.path().display(),
+            replica = %client.describe(),
+            generation = %generation,
+            txid = %txid,
+            pages = trailer.page_count,
+            bytes = trailer.total_len,
+            elapsed = ?started.elapsed(),
+            "scheduled snapshot uploaded"
+        );
+        Ok(puts + 1)
     }
 
     /// At most once per [`RETENTION_EVERY`], deletes generations outside the retention window
@@ -502,7 +653,11 @@ impl Replicator {
                     return Ok(Shipped::NOTHING);
                 }
             }
-            wal.read_batch(&st.cursor, self.opts.max_segment_bytes)
+            let until = self
+                .ship_limit
+                .filter(|p| p.salts().is_some() && p.salts() == st.cursor.salts())
+                .map_or(u64::MAX, |p| p.offset);
+            wal.read_batch_until(&st.cursor, self.opts.max_segment_bytes, until)
                 .map_err(|e| Error::io(format!("read {}", wal.path().display()), e))?
         };
         if batch.txns.is_empty() {
@@ -594,6 +749,7 @@ impl Replicator {
                 st.cursor = batch.end;
                 st.next_txid = txid;
                 st.at_end = false;
+                st.since_snapshot += 1;
                 self.replicas[i].succeeded();
                 self.status.shipped(i, n, size as u64, time_ms, last.txid);
                 debug!(key = %key, txns = n, bytes = size, "segment uploaded");
@@ -755,19 +911,25 @@ impl Replicator {
         Ok(Some(r))
     }
 
-    /// Takes a snapshot and starts a new generation on replicas `which`; returns objects written.
-    fn new_generation(&mut self, which: &[usize]) -> Result<u32> {
-        let started = Instant::now();
-        let cursor = self.db.pin_snapshot()?;
-        let generation = Generation::new(now_ms(), rand::random());
-        let time_ms = now_ms();
+    /// Streams the pinned state into a compressed snapshot file in the staging folder, fsynced.
+    fn write_snapshot(
+        &self,
+        generation: Generation,
+        txid: TxId,
+        time_ms: u64,
+        cursor: &Cursor,
+    ) -> Result<(
+        tempfile::NamedTempFile,
+        lifeboat_wal::checksum::PageHashes,
+        lifeboat_wal::snapshot::SnapshotTrailer,
+    )> {
         let header = SnapshotHeader {
             version: FORMAT_VERSION,
             generation,
-            txid: TxId(0),
+            txid,
             page_size: self.db.page_size(),
             time_ms,
-            wal: cursor.position(&cursor),
+            wal: cursor.position(cursor),
         };
         let tmp = tempfile::NamedTempFile::new_in(&self.opts.staging_dir).map_err(|e| {
             Error::io(
@@ -786,6 +948,16 @@ impl Replicator {
             .map_err(|e| Error::io("write snapshot", e.into_error()))?
             .sync_all()
             .map_err(|e| Error::io("write snapshot", e))?;
+        Ok((tmp, hashes, trailer))
+    }
+
+    /// Takes a snapshot and starts a new generation on replicas `which`; returns objects written.
+    fn new_generation(&mut self, which: &[usize]) -> Result<u32> {
+        let started = Instant::now();
+        let cursor = self.db.pin_snapshot()?;
+        let generation = Generation::new(now_ms(), rand::random());
+        let time_ms = now_ms();
+        let (tmp, hashes, trailer) = self.write_snapshot(generation, TxId(0), time_ms, &cursor)?;
         let key = Key::Snapshot {
             generation,
             txid: TxId(0),
@@ -823,6 +995,8 @@ impl Replicator {
                         hashes: hashes.clone(),
                         at_end: false,
                         carry: Default::default(),
+                        since_snapshot: 0,
+                        snapshot_ms: time_ms,
                     });
                     self.status.snapshotted(i, started.elapsed());
                 }

@@ -1,12 +1,13 @@
 //! Retention: deleting history older than a window without ever cutting a chain.
 //!
-//! The unit of deletion is a whole generation. A generation is deleted only when every restore
-//! point in it (its snapshot and each commit after it) is older than the window, and a newer
-//! generation that can be restored exists; the newest restorable generation and everything newer
-//! (a generation whose snapshot is still uploading has none yet) are always kept. Within a kept
-//! generation nothing is deleted, so every restore point inside the window restores and verifies
-//! exactly as before. What is kept beyond the window is at most the one generation that straddles
-//! its start.
+//! A generation is deleted whole only when every restore point in it (its snapshot and each
+//! commit after it) is older than the window, and a newer generation that can be restored exists;
+//! the newest restorable generation and everything newer (a generation whose snapshot is still
+//! uploading has none yet) are always kept. Within a kept generation, the newest snapshot taken
+//! at or before the window's start becomes its base: older snapshots and the segments wholly
+//! before it go (every commit they hold is older than the window). Every restore point inside
+//! the window therefore restores and verifies exactly as before, and what is kept beyond the
+//! window is at most one snapshot interval's worth of history.
 //!
 //! A generation's snapshot goes first, so an interrupted prune never leaves a generation that
 //! restores to a silently shorter state: without its snapshot it is not restorable at all, and the
@@ -41,9 +42,7 @@ fn newest_time(g: Generation, o: &GenerationObjects) -> u64 {
     o.snapshots
         .iter()
         .chain(&o.segments)
-        .map(|x| match x.key {
-            Key::Snapshot { time_ms, .. } | Key::Segment { time_ms, .. } => time_ms,
-        })
+        .map(key_time)
         .max()
         .unwrap_or(g.unix_ms())
 }
@@ -72,7 +71,40 @@ pub fn plan(cat: &Catalog, retention: Duration, now_ms: u64) -> PrunePlan {
             p.bytes += x.size;
         }
     }
+    // Within a kept generation, a snapshot taken at or before the window's start makes
+    // everything before it unnecessary: every commit it covers is older than the window.
+    for o in cat.generations.range(keep_from..).map(|(_, o)| o) {
+        let Some(base) = o
+            .snapshots
+            .iter()
+            .rev()
+            .find(|x| key_time(x) <= window_start_ms)
+        else {
+            continue;
+        };
+        let Key::Snapshot {
+            txid: base_txid, ..
+        } = base.key
+        else {
+            continue;
+        };
+        let older_snapshots = o.snapshots.iter().take_while(|x| x.name != base.name);
+        let covered_segments = o
+            .segments
+            .iter()
+            .filter(|x| matches!(x.key, Key::Segment { last, .. } if last <= base_txid));
+        for x in older_snapshots.chain(covered_segments) {
+            p.objects.push(x.name.clone());
+            p.bytes += x.size;
+        }
+    }
     p
+}
+
+fn key_time(x: &crate::catalog::Object) -> u64 {
+    match x.key {
+        Key::Snapshot { time_ms, .. } | Key::Segment { time_ms, .. } => time_ms,
+    }
 }
 
 /// Deletes what [`plan`] chooses (nothing when `dry_run`); returns the plan.
@@ -171,6 +203,34 @@ mod tests {
         let p = plan(&cat, Duration::from_millis(H), 100 * H);
         assert_eq!(p.generations.len(), 1);
         assert!(!p.generations.contains(&newest.to_string()));
+    }
+
+    #[test]
+    fn trims_a_kept_generation_before_its_newest_snapshot_at_the_window_start() {
+        let mut cat = Catalog::default();
+        let g = generation(&mut cat, 0, &[1, 2, 3, 4], true);
+        // A second snapshot, after txid 2, taken at hour 2.
+        let key = Key::Snapshot {
+            generation: g,
+            txid: TxId(2),
+            time_ms: 2 * H,
+        };
+        let o = cat.generations.get_mut(&g).unwrap();
+        o.snapshots.push(Object {
+            key,
+            name: key.to_string(),
+            size: 100,
+        });
+        // Window from hour 3: the hour-2 snapshot is the base; the first snapshot and the
+        // segments of txids 1 and 2 go, those of 3 and 4 stay.
+        let p = plan(&cat, Duration::from_millis(2 * H), 5 * H);
+        assert!(p.generations.is_empty());
+        assert_eq!(p.objects.len(), 3, "{:?}", p.objects);
+        assert!(p.objects[0].contains("snapshots/0000000000000000-"));
+        // A window reaching before the second snapshot keeps everything.
+        assert!(plan(&cat, Duration::from_millis(4 * H), 5 * H)
+            .objects
+            .is_empty());
     }
 
     #[test]

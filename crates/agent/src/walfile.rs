@@ -280,6 +280,17 @@ impl WalFile {
     /// Reads whole committed transactions from `cursor` on, stopping after the transaction that
     /// brings the batch to `max_bytes` or more, at the first invalid frame, or at the end.
     pub fn read_batch(&self, cursor: &Cursor, max_bytes: usize) -> io::Result<Batch> {
+        self.read_batch_until(cursor, max_bytes, u64::MAX)
+    }
+
+    /// [`read_batch`](Self::read_batch), taking no transaction that ends past byte offset
+    /// `until` of the cursor's cycle.
+    pub fn read_batch_until(
+        &self,
+        cursor: &Cursor,
+        max_bytes: usize,
+        until: u64,
+    ) -> io::Result<Batch> {
         let mut batch = Batch {
             txns: Vec::new(),
             end: *cursor,
@@ -310,6 +321,9 @@ impl WalFile {
             };
             running = c;
             offset += fs as u64;
+            if offset > until {
+                break;
+            }
             pending.extend_from_slice(&frame);
             pending_count += 1;
             if fh.is_commit() {
