@@ -236,3 +236,42 @@ fn a_clean_restart_on_a_persistent_disk_resumes_without_refusal() {
     let out = dir.path().join("out.db");
     restore_and_compare(&format!("file://{}", replica.display()), &out, &db);
 }
+
+#[test]
+fn scheduled_drills_run_while_the_app_runs_and_show_in_metrics() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("app.db");
+    let replica = dir.path().join("replica");
+    let stop = dir.path().join("stop");
+    let port = free_port();
+    let addr = format!("127.0.0.1:{port}");
+    let script = format!(
+        "python3 -c \"import sqlite3; c=sqlite3.connect('{}'); c.execute('PRAGMA journal_mode=WAL'); c.execute('CREATE TABLE t(x)'); [c.execute('INSERT INTO t VALUES (?)', (i,)) or c.commit() for i in range(20)]\" && while [ ! -f {} ]; do sleep 0.05; done",
+        db.display(),
+        stop.display()
+    );
+    let mut agent = run_agent(
+        &db,
+        &replica,
+        &dir.path().join("a.log"),
+        &script,
+        &["--drill-interval", "1s", "--health-addr", &addr],
+    );
+    wait_until("a stored drill report", Duration::from_secs(60), || {
+        !files_with_suffix(&replica.join("drills"), ".json").is_empty()
+    });
+    wait_until("the drill in /metrics", Duration::from_secs(30), || {
+        http_get(port, "/metrics").is_some_and(|(_, m)| {
+            m.lines()
+                .any(|l| l.starts_with("lifeboat_last_drill_success{") && l.ends_with(" 1"))
+                && m.contains("lifeboat_last_drill_rto_seconds{")
+        })
+    });
+    std::fs::write(&stop, b"").unwrap();
+    let status = agent.wait(Duration::from_secs(60));
+    assert_eq!(status.code(), Some(0), "{}", agent.log_text());
+    let report = &files_with_suffix(&replica.join("drills"), ".json")[0];
+    let v: serde_json::Value = serde_json::from_slice(&std::fs::read(report).unwrap()).unwrap();
+    assert_eq!(v["ok"], true, "{v}");
+    assert!(agent.log_text().contains("drill passed"));
+}

@@ -203,6 +203,12 @@ pub struct RunArgs {
     /// continuation of it (a stale disk, or a database changed while lifeboat was not running).
     #[arg(long, env = "LIFEBOAT_ON_STALE", value_enum, default_value_t = OnStale::Refuse)]
     pub on_stale: OnStale,
+    /// Run a drill this often while the app runs (`24h`): restore the newest state into a
+    /// temporary folder, check it, compare it with the live database, store the report in the
+    /// replica under drills/, and show the result in /metrics. Failures are logged loudly; they
+    /// never stop the app.
+    #[arg(long, env = "LIFEBOAT_DRILL_INTERVAL", value_parser = humantime::parse_duration)]
+    pub drill_interval: Option<std::time::Duration>,
     /// The app and its arguments, after `--`.
     #[arg(last = true, required = true)]
     pub command: Vec<String>,

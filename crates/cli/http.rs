@@ -223,6 +223,37 @@ fn metrics(dbs: &[Watched]) -> String {
         "Time spent taking and uploading snapshots.",
         per_db(&|s| s.snapshot_seconds),
     );
+    let drills: Vec<_> = snaps
+        .iter()
+        .filter_map(|(db, s)| s.last_drill.map(|d| (format!("db=\"{db}\""), d)))
+        .collect();
+    family(
+        "lifeboat_last_drill_success",
+        "gauge",
+        "1 if the last scheduled drill passed, else 0.",
+        drills
+            .iter()
+            .map(|(l, d)| (l.clone(), f64::from(u8::from(d.ok))))
+            .collect(),
+    );
+    family(
+        "lifeboat_last_drill_rto_seconds",
+        "gauge",
+        "Restore wall time of the last scheduled drill.",
+        drills
+            .iter()
+            .filter_map(|(l, d)| d.rto_seconds.map(|r| (l.clone(), r)))
+            .collect(),
+    );
+    family(
+        "lifeboat_last_drill_timestamp_seconds",
+        "gauge",
+        "Unix time the last scheduled drill started.",
+        drills
+            .iter()
+            .map(|(l, d)| (l.clone(), d.at_ms as f64 / 1000.0))
+            .collect(),
+    );
     family(
         "lifeboat_wal_bytes",
         "gauge",

@@ -236,6 +236,10 @@ pub async fn run(args: RunArgs) -> Result<ExitCode> {
         d.options.shutdown_timeout = args.shutdown_timeout;
         prepare_missing(d).await?;
     }
+    let drill_targets: Vec<_> = dbs
+        .iter()
+        .map(|d| (d.path.clone(), d.replicas[0].clone()))
+        .collect();
     let mut handles = Vec::new();
     for d in dbs {
         match start(d, args.on_stale).await {
@@ -299,7 +303,17 @@ pub async fn run(args: RunArgs) -> Result<ExitCode> {
             })
         })
         .collect();
+    let drills = args.drill_interval.map(|every| {
+        let targets: Vec<_> = drill_targets
+            .into_iter()
+            .zip(handles.iter().map(|h| h.status.clone()))
+            .collect();
+        tokio::spawn(drill_loop(every, targets))
+    });
     let status = child.wait().await.context("waiting for the app")?;
+    if let Some(d) = drills {
+        d.abort();
+    }
     for f in forwarders {
         f.abort();
     }
@@ -313,5 +327,55 @@ pub async fn run(args: RunArgs) -> Result<ExitCode> {
         Ok(ExitCode::from(EXIT_SYNC_FAILED))
     } else {
         Ok(ExitCode::from(code))
+    }
+}
+
+/// A database to drill: its path, the replica to restore from, its agent's status.
+type DrillTarget = (
+    (PathBuf, std::sync::Arc<dyn ReplicaClient>),
+    std::sync::Arc<lifeboat_agent::status::Status>,
+);
+
+/// Runs a drill of each database every `every` (the first one `every` after start), recording
+/// the outcome for /metrics and storing each report in the replica.
+async fn drill_loop(every: Duration, targets: Vec<DrillTarget>) {
+    use lifeboat_agent::drill::{self, DrillOptions};
+    use lifeboat_agent::status::DrillOutcome;
+    let mut tick = tokio::time::interval(every);
+    tick.tick().await;
+    loop {
+        tick.tick().await;
+        for ((db, client), status) in &targets {
+            let opts = DrillOptions {
+                live: Some(db.clone()),
+                ..Default::default()
+            };
+            let at_ms = lifeboat_agent::replicator::now_ms();
+            match drill::drill(client.as_ref(), &opts).await {
+                Ok(mut report) => {
+                    if let Err(e) = drill::store(client.as_ref(), &report).await {
+                        report.problem(format!("cannot store the drill report: {e}"));
+                    }
+                    status.record_drill(DrillOutcome {
+                        ok: report.ok,
+                        rto_seconds: report.rto_seconds,
+                        at_ms,
+                    });
+                    if report.ok {
+                        info!(db = %db.display(), rto_seconds = ?report.rto_seconds, rpo_seconds = ?report.rpo_seconds, "drill passed");
+                    } else {
+                        error!(db = %db.display(), problems = ?report.problems, "DRILL FAILED: the backup may not restore; see the report in the replica under drills/");
+                    }
+                }
+                Err(e) => {
+                    status.record_drill(DrillOutcome {
+                        ok: false,
+                        rto_seconds: None,
+                        at_ms,
+                    });
+                    error!(db = %db.display(), error = %e, "DRILL FAILED: could not run");
+                }
+            }
+        }
     }
 }

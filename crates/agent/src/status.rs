@@ -64,6 +64,19 @@ pub struct StatusInner {
     pub snapshot_seconds: f64,
     /// Size of the -wal file at the last pass.
     pub wal_bytes: u64,
+    /// The last scheduled drill: whether it passed, its restore time, when it ran (Unix ms).
+    pub last_drill: Option<DrillOutcome>,
+}
+
+/// What the last drill found.
+#[derive(Clone, Copy, Debug, Serialize)]
+pub struct DrillOutcome {
+    /// Whether every check passed.
+    pub ok: bool,
+    /// Restore wall time, if the restore ran.
+    pub rto_seconds: Option<f64>,
+    /// When it started (Unix ms).
+    pub at_ms: u64,
 }
 
 impl Status {
@@ -81,6 +94,11 @@ impl Status {
             s.replicas.resize(i + 1, ReplicaStatus::default());
         }
         &mut s.replicas[i]
+    }
+
+    /// Records the outcome of a drill (run by the caller, e.g. `lifeboat run --drill-interval`).
+    pub fn record_drill(&self, d: DrillOutcome) {
+        self.with(|s| s.last_drill = Some(d));
     }
 
     pub(crate) fn record_error(&self, e: &str) {
