@@ -275,3 +275,50 @@ fn scheduled_drills_run_while_the_app_runs_and_show_in_metrics() {
     assert_eq!(v["ok"], true, "{v}");
     assert!(agent.log_text().contains("drill passed"));
 }
+
+#[test]
+fn a_stale_disk_is_refused_even_when_the_replica_was_unreachable_at_boot() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("app.db");
+    let replica = dir.path().join("replica");
+    let c = app_conn(&db, 4096);
+    create_schema(&c);
+    drop(c);
+    let old = dir.path().join("old.db");
+    std::fs::copy(&db, &old).unwrap();
+    let url = format!("file://{}", replica.display());
+    let agent = Agent::replicate(&db, &url, &dir.path().join("a.log"));
+    let c = app_conn(&db, 4096);
+    for s in 0..20 {
+        mixed_txn(&c, s);
+    }
+    drop(c);
+    agent.stop_ok();
+    for suffix in ["", "-wal", "-shm"] {
+        let _ = std::fs::remove_file(format!("{}{suffix}", db.display()));
+    }
+    std::fs::copy(&old, &db).unwrap();
+    // The replica cannot be read at boot (its folder is a file for now).
+    let moved = dir.path().join("replica.moved");
+    std::fs::rename(&replica, &moved).unwrap();
+    std::fs::write(&replica, b"not a folder").unwrap();
+    let mut agent = run_agent(&db, &replica, &dir.path().join("b.log"), "exit 0", &[]);
+    agent.wait_for_log("cannot read replica state");
+    std::fs::remove_file(&replica).unwrap();
+    std::fs::rename(&moved, &replica).unwrap();
+    let status = agent.wait(Duration::from_secs(90));
+    let log = agent.log_text();
+    assert_eq!(status.code(), Some(1), "{log}");
+    assert!(
+        log.contains("stale disk") && log.contains("--on-stale restore"),
+        "{log}"
+    );
+    // Nothing of the stale disk reached the replica.
+    assert_eq!(
+        std::fs::read_dir(replica.join("generations"))
+            .unwrap()
+            .count(),
+        1
+    );
+    assert_same_pages(&file_pages(&db), &file_pages(&old));
+}

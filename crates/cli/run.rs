@@ -165,6 +165,20 @@ async fn wait_ready(handles: &[DbHandle], timeout: Duration) -> Result<()> {
         let mut waiting = None;
         for h in handles {
             let st = h.status.snapshot();
+            if let Some(r) = st.replicas.iter().find(|r| r.halted.is_some()) {
+                let why = r.halted.as_deref().unwrap_or_default();
+                bail!(
+                    "replication to {} stopped: {why}; the app was not started{}",
+                    r.replica,
+                    if why.contains("stale disk") {
+                        ". To use the backup, pass --on-stale restore (the local files are moved \
+                         aside, not deleted); to keep the local database as a new generation, \
+                         pass --on-stale keep"
+                    } else {
+                        ""
+                    }
+                );
+            }
             if let Some(r) = st
                 .replicas
                 .iter()

@@ -49,6 +49,10 @@ pub struct Replica {
     /// Set on start-up when the replica holds history that the local database does not
     /// provably continue: why.
     pub diverged: Option<String>,
+    /// Whether the replica's state was read on start-up. Until it is (the replica was
+    /// unreachable), no new generation starts: a local database that would resume, or that is a
+    /// stale disk to refuse, must not become the newest history because of a network blip.
+    pub resumed: bool,
 }
 
 impl Replica {
@@ -62,6 +66,7 @@ impl Replica {
             retry_at: None,
             new_generation_reason: "no generation yet".into(),
             diverged: None,
+            resumed: false,
         }
     }
 

@@ -137,10 +137,18 @@ impl Replicator {
     /// last state, or leaves it to start a new generation on the next pass.
     pub fn resume(&mut self) {
         for i in 0..self.replicas.len() {
-            if let Err(e) = self.resume_one(i) {
+            self.resume_or_retry(i);
+        }
+    }
+
+    /// [`resume`](Self::resume) for replica `i`; on failure it is tried again on a later pass.
+    fn resume_or_retry(&mut self, i: usize) {
+        match self.resume_one(i) {
+            Ok(()) => self.replicas[i].resumed = true,
+            Err(e) => {
                 let r = &mut self.replicas[i];
                 let d = r.failed(Instant::now());
-                warn!(replica = %r.client.describe(), error = %e, retry_in = ?d, "cannot read replica state");
+                warn!(replica = %r.client.describe(), error = %e, retry_in = ?d, "cannot read replica state; will try again before starting any generation");
                 self.status.record_error(&e.to_string());
             }
         }
@@ -372,8 +380,28 @@ impl Replicator {
         self.observe();
         let mut report = SyncReport::default();
         let now = Instant::now();
+        for i in 0..self.replicas.len() {
+            if !self.replicas[i].resumed && self.replicas[i].ready(now) {
+                self.resume_or_retry(i);
+                let r = &mut self.replicas[i];
+                if let Some(reason) = r.diverged.clone() {
+                    if self.opts.on_divergence == crate::OnDivergence::Refuse {
+                        let e = Error::Diverged {
+                            db: self.db.path().to_path_buf(),
+                            replica: r.client.describe(),
+                            reason,
+                        };
+                        error!(error = %e, "replication to this replica stopped");
+                        r.halted = Some(e.to_string());
+                    }
+                }
+            }
+        }
         let need: Vec<usize> = (0..self.replicas.len())
-            .filter(|&i| self.replicas[i].state.is_none() && self.replicas[i].ready(now))
+            .filter(|&i| {
+                let r = &self.replicas[i];
+                r.state.is_none() && r.resumed && r.ready(now)
+            })
             .collect();
         if !need.is_empty() {
             match self.new_generation(&need) {
