@@ -1,6 +1,6 @@
 //! `lifeboat run`: boot-time restore, readiness, signal forwarding, exit status, stale disks.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use nix::sys::signal::Signal;
@@ -19,6 +19,33 @@ fn run_agent(db: &Path, replica: &Path, log: &Path, script: &str, extra: &[&str]
     args.extend_from_slice(extra);
     args.extend_from_slice(&["--", "sh", "-c", script]);
     Agent::start(&args, log)
+}
+
+/// A replica holding 20 transactions, and the database put back to an image taken before them
+/// (a stale disk). Returns the folder, the database, the replica and the old image.
+fn stale_disk() -> (tempfile::TempDir, PathBuf, PathBuf, PathBuf) {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("app.db");
+    let replica = dir.path().join("replica");
+    let c = app_conn(&db, 4096);
+    create_schema(&c);
+    drop(c);
+    let old = dir.path().join("old.db");
+    std::fs::copy(&db, &old).unwrap();
+    let url = format!("file://{}", replica.display());
+    let agent = Agent::replicate(&db, &url, &dir.path().join("a.log"));
+    let c = app_conn(&db, 4096);
+    for s in 0..20 {
+        mixed_txn(&c, s);
+    }
+    drop(c);
+    agent.stop_ok();
+    // An old image of the disk comes back.
+    for suffix in ["", "-wal", "-shm"] {
+        let _ = std::fs::remove_file(format!("{}{suffix}", db.display()));
+    }
+    std::fs::copy(&old, &db).unwrap();
+    (dir, db, replica, old)
 }
 
 #[test]
@@ -113,27 +140,7 @@ fn a_wiped_disk_is_restored_on_boot_and_a_clean_stop_loses_nothing() {
 
 #[test]
 fn a_stale_disk_is_refused_with_an_explanation() {
-    let dir = tempfile::tempdir().unwrap();
-    let db = dir.path().join("app.db");
-    let replica = dir.path().join("replica");
-    let c = app_conn(&db, 4096);
-    create_schema(&c);
-    drop(c);
-    let old = dir.path().join("old.db");
-    std::fs::copy(&db, &old).unwrap();
-    let url = format!("file://{}", replica.display());
-    let agent = Agent::replicate(&db, &url, &dir.path().join("a.log"));
-    let c = app_conn(&db, 4096);
-    for s in 0..20 {
-        mixed_txn(&c, s);
-    }
-    drop(c);
-    agent.stop_ok();
-    // An old image of the disk comes back.
-    for suffix in ["", "-wal", "-shm"] {
-        let _ = std::fs::remove_file(format!("{}{suffix}", db.display()));
-    }
-    std::fs::copy(&old, &db).unwrap();
+    let (dir, db, replica, old) = stale_disk();
     let mut agent = run_agent(&db, &replica, &dir.path().join("b.log"), "exit 0", &[]);
     let status = agent.wait(Duration::from_secs(60));
     assert_eq!(status.code(), Some(1), "{}", agent.log_text());
@@ -278,26 +285,7 @@ fn scheduled_drills_run_while_the_app_runs_and_show_in_metrics() {
 
 #[test]
 fn a_stale_disk_is_refused_even_when_the_replica_was_unreachable_at_boot() {
-    let dir = tempfile::tempdir().unwrap();
-    let db = dir.path().join("app.db");
-    let replica = dir.path().join("replica");
-    let c = app_conn(&db, 4096);
-    create_schema(&c);
-    drop(c);
-    let old = dir.path().join("old.db");
-    std::fs::copy(&db, &old).unwrap();
-    let url = format!("file://{}", replica.display());
-    let agent = Agent::replicate(&db, &url, &dir.path().join("a.log"));
-    let c = app_conn(&db, 4096);
-    for s in 0..20 {
-        mixed_txn(&c, s);
-    }
-    drop(c);
-    agent.stop_ok();
-    for suffix in ["", "-wal", "-shm"] {
-        let _ = std::fs::remove_file(format!("{}{suffix}", db.display()));
-    }
-    std::fs::copy(&old, &db).unwrap();
+    let (dir, db, replica, old) = stale_disk();
     // The replica cannot be read at boot (its folder is a file for now).
     let moved = dir.path().join("replica.moved");
     std::fs::rename(&replica, &moved).unwrap();

@@ -263,6 +263,18 @@ fn metrics(dbs: &[Watched]) -> String {
     out
 }
 
+/// Serves the status of running agents (see [`serve`]).
+pub fn serve_agents(addr: &str, handles: &[lifeboat_agent::agent::DbHandle]) -> Result<()> {
+    let watched = handles
+        .iter()
+        .map(|h| Watched {
+            path: h.path().to_path_buf(),
+            status: h.status.clone(),
+        })
+        .collect();
+    serve(addr, watched)
+}
+
 /// Serves `/health` and `/metrics` on `addr` until the process exits.
 pub fn serve(addr: &str, dbs: Vec<Watched>) -> Result<()> {
     let server = tiny_http::Server::http(addr)

@@ -60,14 +60,7 @@ async fn run(args: Args) -> Result<ExitCode> {
             let mut endpoint = Ok(());
             lifeboat_agent::agent::replicate(dbs, shutdown.clone(), |handles| {
                 if let Some(addr) = &r.health_addr {
-                    let watched = handles
-                        .iter()
-                        .map(|h| http::Watched {
-                            path: h.path().to_path_buf(),
-                            status: h.status.clone(),
-                        })
-                        .collect();
-                    endpoint = http::serve(addr, watched);
+                    endpoint = http::serve_agents(addr, handles);
                     if endpoint.is_err() {
                         shutdown.cancel();
                     }

@@ -265,14 +265,7 @@ pub async fn run(args: RunArgs) -> Result<ExitCode> {
         }
     }
     if let Some(addr) = &args.health_addr {
-        let watched = handles
-            .iter()
-            .map(|h| http::Watched {
-                path: h.path().to_path_buf(),
-                status: h.status.clone(),
-            })
-            .collect();
-        if let Err(e) = http::serve(addr, watched) {
+        if let Err(e) = http::serve_agents(addr, &handles) {
             stop_all(handles).await;
             return Err(e);
         }
