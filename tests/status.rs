@@ -50,6 +50,14 @@ fn health_and_lag_metrics_follow_a_failing_then_recovering_replica() {
             && metric(&m, "lifeboat_replication_lag_transactions") == 0.0
             && metric(&m, "lifeboat_transactions_shipped_total") >= 5.0
     });
+    // Requests are counted by kind: the snapshot and segments were PUTs.
+    let m = scrape();
+    let puts: f64 = m
+        .lines()
+        .find(|l| l.starts_with("lifeboat_replica_requests_total{") && l.contains("kind=\"put\""))
+        .and_then(|l| l.rsplit(' ').next()?.parse().ok())
+        .unwrap_or_else(|| panic!("no put count in:\n{m}"));
+    assert!(puts >= 2.0, "{m}");
 
     // The replica becomes unwritable (its folder replaced by a file): commits pile up.
     let moved = dir.path().join("replica.moved");

@@ -196,8 +196,33 @@ fn metrics(dbs: &[Watched]) -> String {
     family(
         "lifeboat_errors_total",
         "counter",
-        "Errors (failed uploads, reads, checkpoints).",
-        per_db(&|s| s.errors as f64),
+        "Errors (failed uploads, reads, checkpoints), by kind.",
+        snaps
+            .iter()
+            .flat_map(|(db, s)| {
+                s.errors_by_kind
+                    .iter()
+                    .map(move |(k, v)| (format!("db=\"{db}\",kind=\"{}\"", label(k)), *v as f64))
+            })
+            .collect(),
+    );
+    family(
+        "lifeboat_replica_requests_total",
+        "counter",
+        "Requests made to the replica's backend, by kind (failed: those that returned an error).",
+        snaps
+            .iter()
+            .flat_map(|(db, s)| {
+                s.replicas.iter().flat_map(move |r| {
+                    r.requests.iter().map(move |(k, v)| {
+                        (
+                            format!("db=\"{db}\",replica=\"{}\",kind=\"{k}\"", label(&r.replica)),
+                            *v as f64,
+                        )
+                    })
+                })
+            })
+            .collect(),
     );
     family(
         "lifeboat_checkpoints_total",

@@ -84,6 +84,22 @@ pub enum Error {
 }
 
 impl Error {
+    /// A short name for the kind of error, for metrics.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Error::NoDatabase(_) | Error::NotWal(_) | Error::AlreadyReplicating { .. } => "setup",
+            Error::Sqlite { .. } => "sqlite",
+            Error::Io { .. } => "io",
+            Error::Storage(lifeboat_storage::Error::Conflict { .. }) => "conflict",
+            Error::Storage(lifeboat_storage::Error::NotFound { .. }) => "not_found",
+            Error::Storage(_) => "storage",
+            Error::Corrupt { .. } => "corrupt",
+            Error::Replica(_) | Error::Diverged { .. } => "replica",
+            Error::Inconsistent(_) => "inconsistent",
+            Error::Refused(_) => "refused",
+        }
+    }
+
     pub(crate) fn sqlite(
         path: &std::path::Path,
         what: &'static str,

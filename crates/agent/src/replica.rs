@@ -53,13 +53,18 @@ pub struct Replica {
     /// unreachable), no new generation starts: a local database that would resume, or that is a
     /// stale disk to refuse, must not become the newest history because of a network blip.
     pub resumed: bool,
+    /// Requests made to the backend, by kind.
+    pub requests: Arc<lifeboat_storage::counting::RequestCounts>,
 }
 
 impl Replica {
     /// A replica whose state is not known yet.
     pub fn new(client: Arc<dyn ReplicaClient>) -> Replica {
+        let counting = lifeboat_storage::counting::Counting::new(client);
+        let requests = counting.counts();
         Replica {
-            client,
+            client: Arc::new(counting),
+            requests,
             state: None,
             halted: None,
             failures: 0,

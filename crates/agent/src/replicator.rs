@@ -149,7 +149,7 @@ impl Replicator {
                 let r = &mut self.replicas[i];
                 let d = r.failed(Instant::now());
                 warn!(replica = %r.client.describe(), error = %e, retry_in = ?d, "cannot read replica state; will try again before starting any generation");
-                self.status.record_error(&e.to_string());
+                self.status.record_error(&e);
             }
         }
     }
@@ -408,7 +408,7 @@ impl Replicator {
                 Ok(n) => report.puts += n,
                 Err(e) => {
                     error!(db = %self.db.path().display(), error = %e, "cannot start a new generation");
-                    self.status.record_error(&e.to_string());
+                    self.status.record_error(&e);
                     for &i in &need {
                         self.replicas[i].failed(now);
                     }
@@ -435,7 +435,7 @@ impl Replicator {
                         let r = &mut self.replicas[i];
                         let d = r.failed(Instant::now());
                         warn!(db = %self.db.path().display(), replica = %r.client.describe(), error = %e, retry_in = ?d, "upload failed");
-                        self.status.record_error(&e.to_string());
+                        self.status.record_error(&e);
                         if let Error::Storage(lifeboat_storage::Error::Conflict { .. }) = e {
                             error!(replica = %r.client.describe(), error = %e, "replication to this replica stopped");
                             r.halted = Some(e.to_string());
@@ -508,7 +508,7 @@ impl Replicator {
                     let r = &mut self.replicas[i];
                     let d = r.failed(Instant::now());
                     warn!(db = %self.db.path().display(), replica = %r.client.describe(), error = %e, retry_in = ?d, "scheduled snapshot failed");
-                    self.status.record_error(&e.to_string());
+                    self.status.record_error(&e);
                 }
             }
         }
@@ -619,7 +619,7 @@ impl Replicator {
             ));
             if let Err(e) = res {
                 warn!(replica = %r.client.describe(), error = %e, "retention: prune failed; will try again");
-                self.status.record_error(&e.to_string());
+                self.status.record_error(&e);
             }
         }
     }
@@ -1029,11 +1029,12 @@ impl Replicator {
                     self.status.snapshotted(i, started.elapsed());
                 }
                 Err(e) => {
+                    let e = Error::from(e);
                     let r = &mut self.replicas[i];
                     let d = r.failed(Instant::now());
                     warn!(replica = %client.describe(), error = %e, retry_in = ?d, "snapshot upload failed");
-                    self.status.record_error(&e.to_string());
-                    if matches!(e, lifeboat_storage::Error::Conflict { .. }) {
+                    self.status.record_error(&e);
+                    if matches!(e, Error::Storage(lifeboat_storage::Error::Conflict { .. })) {
                         r.halted = Some(e.to_string());
                     }
                 }

@@ -37,6 +37,9 @@ pub struct ReplicaStatus {
     pub pending_txns: u64,
     /// When the oldest of them was first seen (Unix ms).
     pub oldest_pending_ms: Option<u64>,
+    /// Requests made to the replica since start, by kind (`put`, `get`, `list`, `delete`, and
+    /// `failed` for those that returned an error).
+    pub requests: std::collections::BTreeMap<String, u64>,
 }
 
 /// Progress of one database, shared between the replicator thread and readers.
@@ -52,6 +55,8 @@ pub struct StatusInner {
     pub replicas: Vec<ReplicaStatus>,
     /// Errors since start.
     pub errors: u64,
+    /// Errors since start, by kind.
+    pub errors_by_kind: std::collections::BTreeMap<String, u64>,
     /// The last error.
     pub last_error: Option<String>,
     /// Checkpoints run by the agent.
@@ -101,9 +106,10 @@ impl Status {
         self.with(|s| s.last_drill = Some(d));
     }
 
-    pub(crate) fn record_error(&self, e: &str) {
+    pub(crate) fn record_error(&self, e: &crate::Error) {
         self.with(|s| {
             s.errors += 1;
+            *s.errors_by_kind.entry(e.kind().to_string()).or_default() += 1;
             s.last_error = Some(e.to_string());
         });
     }
@@ -147,6 +153,12 @@ impl Status {
             for (i, r) in replicas.iter().enumerate() {
                 let st = Self::replica(s, i);
                 st.started_ms.get_or_insert_with(crate::replicator::now_ms);
+                st.requests = r
+                    .requests
+                    .snapshot()
+                    .iter()
+                    .map(|(k, v)| (k.to_string(), *v))
+                    .collect();
                 (st.pending_txns, st.oldest_pending_ms) =
                     pending.get(i).copied().unwrap_or_default();
                 st.replica = r.client.describe();

@@ -4,7 +4,8 @@
 //! create-only, whole-object operations); [`keys`] builds and parses every object key, in one
 //! place; [`local::LocalClient`] keeps a replica in a folder; [`memory::MemoryClient`] keeps one in
 //! memory for unit tests; [`conformance`] is the suite every backend must pass; [`retry`] wraps an
-//! operation in bounded, jittered exponential backoff.
+//! operation in bounded, jittered exponential backoff; [`counting::Counting`] counts the requests
+//! made through any backend.
 //!
 //! Objects are immutable. A write never replaces an object: writing a key that exists with the
 //! same bytes succeeds (a retried upload), writing it with other bytes is a
@@ -23,6 +24,7 @@
 #![deny(missing_docs)]
 
 pub mod conformance;
+pub mod counting;
 mod error;
 pub mod keys;
 pub mod local;
