@@ -1,6 +1,7 @@
 //! Damaged replicas: restore refuses, naming the object, and leaves no output behind.
 
 use std::path::Path;
+use std::time::Duration;
 
 use crate::support::*;
 
@@ -139,11 +140,29 @@ fn two_hosts_resuming_one_generation_fork_it_and_restore_and_verify_refuse() {
     let mut agent_b = Agent::replicate(&b, &url, &dir.path().join("b1.log"));
     agent_a.wait_for_log("resuming generation");
     agent_b.wait_for_log("resuming generation");
+    // One host writes, then the other: their segments get different keys (the key holds the
+    // commit time), so create-only writes cannot catch the fork. (Had both hit the same key in
+    // the same millisecond, the second writer would have been stopped by the conflict instead.)
     let (ca, cb) = (app_conn(&a, 4096), app_conn(&b, 4096));
+    mixed_txn(&ca, 1000);
+    agent_a.wait_for_log("segment uploaded");
+    // B's commits must be seen at a later millisecond than A's was.
+    let ms = || {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_millis()
+    };
+    let t0 = ms();
+    wait_until(
+        "the clock to pass A's commit",
+        Duration::from_secs(1),
+        || ms() > t0 + 1,
+    );
     for s in 0..3 {
-        mixed_txn(&ca, 1000 + s);
         mixed_txn(&cb, 2000 + s);
     }
+    agent_b.wait_for_log("segment uploaded");
     agent_a.stop_ok();
     agent_b.stop_ok();
 
