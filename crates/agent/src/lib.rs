@@ -95,7 +95,7 @@ impl Default for Options {
             checkpoint_pages: 1000,
             max_wal_bytes: 256 << 20,
             truncate_wal_bytes: 128 << 20,
-            max_segment_bytes: 4 << 20,
+            max_segment_bytes: 16 << 20,
             poll_interval: Duration::from_secs(1),
             shutdown_timeout: Duration::from_secs(30),
             staging_dir: std::env::temp_dir(),

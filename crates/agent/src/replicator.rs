@@ -872,18 +872,27 @@ impl Replicator {
         } else {
             Duration::from_millis(100)
         };
+        // First copy, without any lock, everything up to the pin (which stands where every
+        // replica has shipped): the app keeps writing meanwhile, and what is left for the locked
+        // step below is only what it appended since — so the app waits on the agent for a short
+        // read and a small checkpoint, never for the bulk of the copying and its fsync.
+        if let Err(e) = self.db.checkpoint(CheckpointMode::Passive) {
+            debug!(error = %e, "checkpoint before the locked step failed");
+        }
         if !self.db.try_write_lock(wait)? {
             debug!(frames, "write lock busy; checkpoint deferred");
             return Ok(false);
         }
+        let locked = Instant::now();
         let result = self.carry_tails_and_checkpoint();
         // Re-pin while the write lock is still held, so there is never a moment without a reader.
         let pinned = self.db.pin();
         let released = self.db.release_write_lock();
+        let held = locked.elapsed();
         let r = result?;
         pinned?;
         released?;
-        debug!(?r, frames, "checkpoint under the agent's write lock");
+        debug!(?r, frames, ?held, "checkpoint under the agent's write lock");
         let complete = r.is_some_and(|r| !r.busy && r.log_frames == r.checkpointed);
         // The file keeps its largest size across restarts; past the bound, give the space back.
         if complete && self.db.wal().size().unwrap_or(0) > self.opts.truncate_wal_bytes {
