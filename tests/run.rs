@@ -113,7 +113,7 @@ fn a_wiped_disk_is_restored_on_boot_and_a_clean_stop_loses_nothing() {
     let replica = dir.path().join("replica");
     // First boot: empty disk, empty replica; the app writes and exits cleanly.
     let writer = format!(
-        "python3 -c \"import sqlite3; c=sqlite3.connect('{}'); c.execute('CREATE TABLE t(x)'); [c.execute('INSERT INTO t VALUES (?)', (i,)) or c.commit() for i in range(300)]\"",
+        "python3 -c \"import sqlite3; c=sqlite3.connect('{}'); c.execute('CREATE TABLE t(x)'); [(c.execute('INSERT INTO t VALUES (?)', (i,)), c.commit()) for i in range(300)]\"",
         db.display()
     );
     let mut agent = run_agent(&db, &replica, &dir.path().join("a.log"), &writer, &[]);
@@ -124,6 +124,11 @@ fn a_wiped_disk_is_restored_on_boot_and_a_clean_stop_loses_nothing() {
         agent.log_text()
     );
     let before = pages(&db);
+    let rows: i64 = rusqlite::Connection::open(&db)
+        .unwrap()
+        .query_row("SELECT count(*) FROM t", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(rows, 300, "the app's writes are in the database");
     // The disk is wiped.
     for suffix in ["", "-wal", "-shm"] {
         let _ = std::fs::remove_file(format!("{}{suffix}", db.display()));
@@ -215,7 +220,7 @@ fn a_clean_restart_on_a_persistent_disk_resumes_without_refusal() {
     let db = dir.path().join("app.db");
     let replica = dir.path().join("replica");
     let writer = format!(
-        "python3 -c \"import sqlite3; c=sqlite3.connect('{}'); c.execute('CREATE TABLE IF NOT EXISTS t(x)'); [c.execute('INSERT INTO t VALUES (?)', (i,)) or c.commit() for i in range(50)]\"",
+        "python3 -c \"import sqlite3; c=sqlite3.connect('{}'); c.execute('CREATE TABLE IF NOT EXISTS t(x)'); [(c.execute('INSERT INTO t VALUES (?)', (i,)), c.commit()) for i in range(50)]\"",
         db.display()
     );
     for round in 0..3 {
@@ -242,6 +247,11 @@ fn a_clean_restart_on_a_persistent_disk_resumes_without_refusal() {
     }
     let out = dir.path().join("out.db");
     restore_and_compare(&format!("file://{}", replica.display()), &out, &db);
+    let rows: i64 = rusqlite::Connection::open(&out)
+        .unwrap()
+        .query_row("SELECT count(*) FROM t", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(rows, 150, "three rounds of 50 transactions");
 }
 
 #[test]
@@ -253,7 +263,7 @@ fn scheduled_drills_run_while_the_app_runs_and_show_in_metrics() {
     let port = free_port();
     let addr = format!("127.0.0.1:{port}");
     let script = format!(
-        "python3 -c \"import sqlite3; c=sqlite3.connect('{}'); c.execute('PRAGMA journal_mode=WAL'); c.execute('CREATE TABLE t(x)'); [c.execute('INSERT INTO t VALUES (?)', (i,)) or c.commit() for i in range(20)]\" && while [ ! -f {} ]; do sleep 0.05; done",
+        "python3 -c \"import sqlite3; c=sqlite3.connect('{}'); c.execute('PRAGMA journal_mode=WAL'); c.execute('CREATE TABLE t(x)'); [(c.execute('INSERT INTO t VALUES (?)', (i,)), c.commit()) for i in range(20)]\" && while [ ! -f {} ]; do sleep 0.05; done",
         db.display(),
         stop.display()
     );
@@ -309,4 +319,92 @@ fn a_stale_disk_is_refused_even_when_the_replica_was_unreachable_at_boot() {
         1
     );
     assert_same_pages(&file_pages(&db), &file_pages(&old));
+}
+
+#[test]
+fn an_overlapping_deploy_gets_its_own_generation_instead_of_forking_the_old_one() {
+    // Render's zero-downtime deploy: the new instance boots from the backup while the old one
+    // still runs and may still take writes.
+    let dir = tempfile::tempdir().unwrap();
+    let (a, b) = (dir.path().join("a.db"), dir.path().join("b.db"));
+    let replica = dir.path().join("replica");
+    let url = format!("file://{}", replica.display());
+    let stop_a = dir.path().join("stop-a");
+    let insert = |db: &Path, from: u32, n: u32| {
+        format!(
+            "python3 -c \"import sqlite3; c=sqlite3.connect('{}'); c.execute('CREATE TABLE IF NOT EXISTS t(x)'); [(c.execute('INSERT INTO t VALUES (?)', (i,)), c.commit()) for i in range({from}, {})]\"",
+            db.display(),
+            from + n
+        )
+    };
+    let script_a = format!(
+        "{} && touch {}/a-wrote && while [ ! -f {} ]; do sleep 0.05; done && {}",
+        insert(&a, 0, 30),
+        dir.path().display(),
+        stop_a.display(),
+        insert(&a, 1000, 5)
+    );
+    let mut old = run_agent(&a, &replica, &dir.path().join("a.log"), &script_a, &[]);
+    wait_until("the old instance's writes", Duration::from_secs(60), || {
+        dir.path().join("a-wrote").exists()
+    });
+    old.wait_for_log("segment uploaded");
+    // The new instance: an empty disk, restored from the backup; it writes and stops.
+    let mut new = run_agent(
+        &b,
+        &replica,
+        &dir.path().join("b.log"),
+        &insert(&b, 2000, 7),
+        &[],
+    );
+    assert_eq!(
+        new.wait(Duration::from_secs(60)).code(),
+        Some(0),
+        "{}",
+        new.log_text()
+    );
+    assert!(
+        new.log_text().contains("new generation"),
+        "{}",
+        new.log_text()
+    );
+    // The old instance takes a few more writes before it is stopped.
+    std::fs::write(&stop_a, b"").unwrap();
+    assert_eq!(
+        old.wait(Duration::from_secs(60)).code(),
+        Some(0),
+        "{}",
+        old.log_text()
+    );
+
+    // No fork: verify is clean, the newest state is the new instance's, and the old
+    // instance's late writes are kept in its own generation.
+    let o = run(&["verify", &url]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stdout));
+    let out = dir.path().join("out.db");
+    restore_and_compare(&url, &out, &b);
+    let o = run(&["generations", &url, "--json"]);
+    let gens: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(gens.as_array().unwrap().len(), 2, "{gens}");
+    let first = gens[0]["generation"].as_str().unwrap().to_string();
+    let old_out = dir.path().join("old.db");
+    let o = run(&[
+        "restore",
+        &url,
+        "-o",
+        old_out.to_str().unwrap(),
+        "--generation",
+        &first,
+    ]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let n: i64 = rusqlite::Connection::open(&old_out)
+        .unwrap()
+        .query_row("SELECT count(*) FROM t", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(
+        n,
+        35,
+        "the old generation holds every write of the old instance: {gens} {}",
+        String::from_utf8_lossy(&o.stdout)
+    );
 }

@@ -74,11 +74,11 @@ async fn restore_into(db: &Path, client: &dyn ReplicaClient) -> Result<()> {
     Ok(())
 }
 
-/// Brings a missing database back from its first replica, or creates it.
-async fn prepare_missing(cfg: &DbConfig) -> Result<()> {
+/// Brings a missing database back from its first replica (returns `true`), or creates it.
+async fn prepare_missing(cfg: &DbConfig) -> Result<bool> {
     let db = &cfg.path;
     if db.exists() {
-        return Ok(());
+        return Ok(false);
     }
     if sibling(db, "-wal").exists() {
         bail!(
@@ -97,14 +97,15 @@ async fn prepare_missing(cfg: &DbConfig) -> Result<()> {
         .with_context(|| format!("cannot list {}", client.describe()))?;
     if cat.latest().is_some() {
         info!(db = %db.display(), "database missing: restoring it from the replica");
-        restore_into(db, client).await
+        restore_into(db, client).await?;
+        Ok(true)
     } else {
         info!(db = %db.display(), replica = %client.describe(), "no database and no backup yet: starting fresh");
         let c = rusqlite::Connection::open(db)
             .with_context(|| format!("cannot create {}", db.display()))?;
         c.query_row("PRAGMA journal_mode=WAL", [], |_| Ok(()))
             .with_context(|| format!("cannot switch {} to WAL mode", db.display()))?;
-        Ok(())
+        Ok(false)
     }
 }
 
@@ -141,6 +142,7 @@ async fn start(mut cfg: DbConfig, on_stale: OnStale) -> Result<DbHandle> {
             let aside = move_aside(&cfg.path)?;
             warn!(db = %cfg.path.display(), moved_to = %aside.display(), error = %e, "local database moved aside; restoring the replica's newest state");
             restore_into(&cfg.path, cfg.replicas[0].as_ref()).await?;
+            cfg.options.resume = false;
             let rt = tokio::runtime::Handle::current();
             tokio::task::spawn_blocking(move || agent::start(cfg, rt))
                 .await
@@ -248,7 +250,10 @@ pub async fn run(args: RunArgs) -> Result<ExitCode> {
     let mut dbs = config::databases(&rargs).await?;
     for d in &mut dbs {
         d.options.shutdown_timeout = args.shutdown_timeout;
-        prepare_missing(d).await?;
+        // A database restored on boot starts a new generation rather than resuming: another
+        // instance may still be running on the old one (an overlapping deploy), and two writers
+        // on one generation would fork it.
+        d.options.resume = !prepare_missing(d).await?;
     }
     let drill_targets: Vec<_> = dbs
         .iter()

@@ -71,6 +71,11 @@ pub struct Options {
     /// Keep restore points this far back; older generations are deleted when no restore point
     /// inside the window needs them (see [`retention`]). `None` (the default) keeps everything.
     pub retention: Option<Duration>,
+    /// Whether to resume a replica's newest generation when the local database provably is its
+    /// last state (default). `false` always starts a new generation: for a database just
+    /// restored from the replica, so that an instance still running elsewhere on the old
+    /// generation (an overlapping deploy) cannot fork it.
+    pub resume: bool,
     /// What to do on start-up when a replica already holds history that the local database
     /// provably does not continue (default: start a new generation).
     pub on_divergence: OnDivergence,
@@ -100,6 +105,7 @@ impl Default for Options {
             shutdown_timeout: Duration::from_secs(30),
             staging_dir: std::env::temp_dir(),
             on_divergence: OnDivergence::default(),
+            resume: true,
             retention: None,
             snapshot_interval: Some(Duration::from_secs(24 * 3600)),
             snapshot_segments: 1000,

@@ -38,6 +38,10 @@ const RETENTION_EVERY: Duration = Duration::from_secs(3600);
 /// Why a first generation starts.
 const EMPTY_REPLICA: &str = "the replica is empty";
 
+/// Why a generation starts without trying to resume (see [`Options::resume`]).
+const FRESH_GENERATION: &str =
+    "the database was just restored: a new generation, so an instance still writing the old one cannot fork it";
+
 /// Unix time in milliseconds.
 pub fn now_ms() -> u64 {
     SystemTime::now()
@@ -157,7 +161,10 @@ impl Replicator {
     fn resume_one(&mut self, i: usize) -> Result<()> {
         self.try_resume(i)?;
         let r = &mut self.replicas[i];
-        if r.state.is_none() && r.new_generation_reason != EMPTY_REPLICA {
+        if r.state.is_none()
+            && r.new_generation_reason != EMPTY_REPLICA
+            && r.new_generation_reason != FRESH_GENERATION
+        {
             warn!(
                 db = %self.db.path().display(),
                 replica = %r.client.describe(),
@@ -177,6 +184,11 @@ impl Replicator {
             self.replicas[i].succeeded();
             return Ok(());
         };
+        if !self.opts.resume {
+            self.replicas[i].lose_continuity(FRESH_GENERATION.into());
+            self.replicas[i].succeeded();
+            return Ok(());
+        }
         let tip = self
             .rt
             .block_on(catalog::tip(client.as_ref(), generation, objs))?;
