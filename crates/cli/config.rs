@@ -15,6 +15,7 @@ use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
 use lifeboat_agent::agent::DbConfig;
+use lifeboat_agent::replica::ReplicaOverrides;
 use lifeboat_agent::Options;
 use serde::Deserialize;
 
@@ -31,7 +32,7 @@ struct File {
 #[serde(deny_unknown_fields, rename_all = "kebab-case")]
 struct Database {
     path: PathBuf,
-    replicas: Vec<String>,
+    replicas: Vec<ReplicaEntry>,
     puts_per_second: Option<f64>,
     put_burst: Option<f64>,
     checkpoint_pages: Option<u32>,
@@ -45,6 +46,45 @@ struct Database {
     #[serde(default, with = "humantime_serde_opt")]
     snapshot_interval: Option<Duration>,
     snapshot_segments: Option<u32>,
+}
+
+/// A replica: its URL, or a table with the URL and settings of its own.
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+enum ReplicaEntry {
+    Url(String),
+    Table(ReplicaTable),
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+struct ReplicaTable {
+    url: String,
+    #[serde(default, with = "humantime_serde_opt")]
+    retention: Option<Duration>,
+    #[serde(default, with = "humantime_serde_opt")]
+    snapshot_interval: Option<Duration>,
+    snapshot_segments: Option<u32>,
+}
+
+impl ReplicaEntry {
+    fn url(&self) -> &str {
+        match self {
+            ReplicaEntry::Url(u) => u,
+            ReplicaEntry::Table(t) => &t.url,
+        }
+    }
+
+    fn overrides(&self) -> ReplicaOverrides {
+        match self {
+            ReplicaEntry::Url(_) => ReplicaOverrides::default(),
+            ReplicaEntry::Table(t) => ReplicaOverrides {
+                retention: t.retention,
+                snapshot_interval: t.snapshot_interval,
+                snapshot_segments: t.snapshot_segments,
+            },
+        }
+    }
 }
 
 mod humantime_serde_opt {
@@ -139,13 +179,14 @@ pub async fn databases(args: &ReplicateArgs) -> Result<Vec<DbConfig>> {
                 options.snapshot_segments = v;
             }
             let mut replicas = Vec::new();
-            for u in &d.replicas {
-                replicas.push(replica_url::open(u).await?);
+            for r in &d.replicas {
+                replicas.push(replica_url::open(r.url()).await?);
             }
             out.push(DbConfig {
                 path: d.path,
                 replicas,
                 options,
+                overrides: d.replicas.iter().map(ReplicaEntry::overrides).collect(),
             });
         }
     } else {
@@ -165,6 +206,7 @@ pub async fn databases(args: &ReplicateArgs) -> Result<Vec<DbConfig>> {
             path: db,
             replicas,
             options,
+            overrides: Vec::new(),
         });
     }
     Ok(out)
@@ -204,6 +246,34 @@ mod tests {
             f.databases[0].poll_interval,
             Some(Duration::from_millis(500))
         );
+    }
+
+    #[test]
+    fn a_replica_may_be_a_table_with_its_own_settings() {
+        let f: File = toml::from_str(
+            r#"
+            [[databases]]
+            path = "/data/app.db"
+            replicas = ["file:///tmp/r", { url = "s3://b/p", retention = "30d", snapshot-interval = "1h" }]
+            "#,
+        )
+        .unwrap();
+        let r = &f.databases[0].replicas;
+        assert_eq!(r[0].url(), "file:///tmp/r");
+        assert_eq!(r[0].overrides(), ReplicaOverrides::default());
+        assert_eq!(r[1].url(), "s3://b/p");
+        assert_eq!(
+            r[1].overrides().retention,
+            Some(Duration::from_secs(30 * 86400))
+        );
+        assert_eq!(
+            r[1].overrides().snapshot_interval,
+            Some(Duration::from_secs(3600))
+        );
+        assert!(toml::from_str::<File>(
+            "[[databases]]\npath='x'\nreplicas=[{ url = 'file:///r', retentoin = '1d' }]\n"
+        )
+        .is_err());
     }
 
     #[test]

@@ -26,6 +26,8 @@ pub struct DbConfig {
     pub replicas: Vec<Arc<dyn ReplicaClient>>,
     /// Tuning.
     pub options: Options,
+    /// Per-replica settings, by index into `replicas` (missing entries: none).
+    pub overrides: Vec<crate::replica::ReplicaOverrides>,
 }
 
 /// A token bucket: `rate` tokens a second, at most `burst` saved up.
@@ -117,6 +119,9 @@ pub fn start(cfg: DbConfig, rt: Handle) -> Result<DbHandle> {
         rt,
         status.clone(),
     )?;
+    for (i, o) in cfg.overrides.iter().enumerate().take(cfg.replicas.len()) {
+        rep.set_overrides(i, *o);
+    }
     rep.resume();
     if cfg.options.on_divergence == OnDivergence::Refuse {
         if let Some(r) = rep.replicas().iter().find(|r| r.diverged.is_some()) {

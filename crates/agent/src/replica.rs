@@ -31,6 +31,17 @@ pub struct ReplicaState {
     pub snapshot_ms: u64,
 }
 
+/// Settings of one replica that override its database's [`Options`](crate::Options).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ReplicaOverrides {
+    /// See [`Options::retention`](crate::Options::retention).
+    pub retention: Option<Duration>,
+    /// See [`Options::snapshot_interval`](crate::Options::snapshot_interval).
+    pub snapshot_interval: Option<Duration>,
+    /// See [`Options::snapshot_segments`](crate::Options::snapshot_segments).
+    pub snapshot_segments: Option<u32>,
+}
+
 /// A replica and what the agent knows about it.
 #[derive(Debug)]
 pub struct Replica {
@@ -55,6 +66,8 @@ pub struct Replica {
     pub resumed: bool,
     /// Requests made to the backend, by kind.
     pub requests: Arc<lifeboat_storage::counting::RequestCounts>,
+    /// Its own settings, where they differ from the database's.
+    pub overrides: ReplicaOverrides,
 }
 
 impl Replica {
@@ -72,6 +85,7 @@ impl Replica {
             new_generation_reason: "no generation yet".into(),
             diverged: None,
             resumed: false,
+            overrides: ReplicaOverrides::default(),
         }
     }
 

@@ -484,11 +484,16 @@ impl Replicator {
         {
             return false;
         }
-        st.since_snapshot >= self.opts.snapshot_segments
-            || self
-                .opts
-                .snapshot_interval
+        let o = r.overrides;
+        st.since_snapshot >= o.snapshot_segments.unwrap_or(self.opts.snapshot_segments)
+            || o.snapshot_interval
+                .or(self.opts.snapshot_interval)
                 .is_some_and(|d| now_ms().saturating_sub(st.snapshot_ms) >= d.as_millis() as u64)
+    }
+
+    /// Gives replica `i` settings of its own.
+    pub fn set_overrides(&mut self, i: usize, o: crate::replica::ReplicaOverrides) {
+        self.replicas[i].overrides = o;
     }
 
     /// Takes the snapshots that are due, within each replica's current generation: pins the
@@ -609,9 +614,14 @@ impl Replicator {
     /// At most once per [`RETENTION_EVERY`], deletes generations outside the retention window
     /// from every healthy replica (failures are logged; they never stop replication).
     fn apply_retention(&mut self) {
-        let Some(retention) = self.opts.retention else {
+        if self.opts.retention.is_none()
+            && self
+                .replicas
+                .iter()
+                .all(|r| r.overrides.retention.is_none())
+        {
             return;
-        };
+        }
         if self
             .last_retention
             .is_some_and(|t| t.elapsed() < RETENTION_EVERY)
@@ -620,6 +630,9 @@ impl Replicator {
         }
         self.last_retention = Some(Instant::now());
         for r in &self.replicas {
+            let Some(retention) = r.overrides.retention.or(self.opts.retention) else {
+                continue;
+            };
             if r.state.is_none() || r.halted.is_some() || r.retry_at.is_some() {
                 continue;
             }
