@@ -278,3 +278,55 @@ fn snapshots_within_a_generation_bound_what_restoring_the_newest_state_reads() {
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     assert_same_pages(&file_pages(&dir.path().join("after.db")), &pages(&db));
 }
+
+#[test]
+fn the_agent_applies_each_replicas_own_retention() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("app.db");
+    let (short, long) = (dir.path().join("short"), dir.path().join("long"));
+    let (short_url, long_url) = (
+        format!("file://{}", short.display()),
+        format!("file://{}", long.display()),
+    );
+    let cfg = dir.path().join("lifeboat.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "[[databases]]\npath = \"{}\"\nreplicas = [{{ url = \"{short_url}\", retention = \"1ms\" }}, \"{long_url}\"]\n",
+            db.display()
+        ),
+    )
+    .unwrap();
+    let c = app_conn(&db, 4096);
+    create_schema(&c);
+    // Two generations (the app truncates its WAL while the agent is stopped).
+    let mut seq = 0;
+    for round in 0..2 {
+        let mut agent = Agent::start(
+            &["replicate", "--config", cfg.to_str().unwrap()],
+            &dir.path().join(format!("{round}.log")),
+        );
+        agent.wait_for_log("replicating");
+        for _ in 0..10 {
+            mixed_txn(&c, seq);
+            seq += 1;
+        }
+        agent.stop_ok();
+        mixed_txn(&c, seq);
+        seq += 1;
+        c.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()))
+            .unwrap();
+    }
+    // A third start makes a third generation on both; the agent then prunes the short-retention
+    // replica down to its newest generation, and leaves the other alone.
+    let mut agent = Agent::start(
+        &["replicate", "--config", cfg.to_str().unwrap()],
+        &dir.path().join("last.log"),
+    );
+    agent.wait_for_log("retention: pruned");
+    agent.stop_ok();
+    assert_eq!(generations(&short_url).len(), 1);
+    assert_eq!(generations(&long_url).len(), 3);
+    restore_and_compare(&short_url, &dir.path().join("s.db"), &db);
+    restore_and_compare(&long_url, &dir.path().join("l.db"), &db);
+}
