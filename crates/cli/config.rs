@@ -49,11 +49,27 @@ struct Database {
 }
 
 /// A replica: its URL, or a table with the URL and settings of its own.
-#[derive(Debug, Deserialize)]
-#[serde(untagged)]
+#[derive(Debug)]
 enum ReplicaEntry {
     Url(String),
     Table(ReplicaTable),
+}
+
+impl<'de> Deserialize<'de> for ReplicaEntry {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        use serde::de::Error as _;
+        match toml::Value::deserialize(d)? {
+            toml::Value::String(url) => Ok(ReplicaEntry::Url(url)),
+            t @ toml::Value::Table(_) => ReplicaTable::deserialize(t)
+                .map(ReplicaEntry::Table)
+                .map_err(|e| D::Error::custom(format!("in a replica table: {e}"))),
+            other => Err(D::Error::custom(format!(
+                "a replica is a URL string or a table with `url` (and `retention`, \
+                 `snapshot-interval`, `snapshot-segments`), not a {}",
+                other.type_str()
+            ))),
+        }
+    }
 }
 
 #[derive(Debug, Deserialize)]
@@ -270,10 +286,16 @@ mod tests {
             r[1].overrides().snapshot_interval,
             Some(Duration::from_secs(3600))
         );
-        assert!(toml::from_str::<File>(
-            "[[databases]]\npath='x'\nreplicas=[{ url = 'file:///r', retentoin = '1d' }]\n"
+        let e = toml::from_str::<File>(
+            "[[databases]]\npath='x'\nreplicas=[{ url = 'file:///r', retentoin = '1d' }]\n",
         )
-        .is_err());
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("retentoin"), "{e}");
+        let e = toml::from_str::<File>("[[databases]]\npath='x'\nreplicas=[3]\n")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("URL string or a table"), "{e}");
     }
 
     #[test]
