@@ -158,15 +158,30 @@ fn snapshots_within_a_generation_bound_what_restoring_the_newest_state_reads() {
     );
     agent.wait_for_log("replicating");
     // Bursts of 50 transactions, each shipped before the next starts, so history spreads over
-    // at least 200 objects.
-    for burst in 0..200 {
-        let before = count_files(&replica);
+    // many objects. (The newest shipped txid is in the segment keys.)
+    let shipped = || {
+        files_with_suffix(&replica, ".lbseg")
+            .iter()
+            .filter_map(|p| {
+                let name = p.file_name()?.to_str()?;
+                u64::from_str_radix(name.split('-').nth(1)?, 16).ok()
+            })
+            .max()
+            .unwrap_or(0)
+    };
+    for burst in 0..200u64 {
         for n in burst * 50..(burst + 1) * 50 {
             c.execute("INSERT INTO t VALUES (?1, 'x')", [n]).unwrap();
         }
-        wait_until("a segment", std::time::Duration::from_secs(30), || {
-            count_files(&replica) > before
-        });
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+        while shipped() < (burst + 1) * 50 {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "burst {burst} not shipped within 30 s; agent log:\n{}",
+                agent.log_text()
+            );
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
     }
     agent.wait_for_log("scheduled snapshot uploaded");
     agent.stop_ok();

@@ -233,7 +233,12 @@ class Agent:
         return proc_cpu_s(self.p.pid)
 
     def stop(self, timeout=90):
-        """SIGTERM, wait (the tools sync a last time), SIGKILL past the timeout."""
+        """SIGTERM, wait (the tools sync a last time), SIGKILL past the timeout.
+
+        Peak RSS is the process's own VmHWM, sampled until it exits. Not ru_maxrss: Linux
+        carries maxrss across exec, so a child forked from this Python process would report at
+        least this process's RSS at fork time, whatever the tool itself used."""
+        hwm = None
         if self.exit_code is None:
             hwm = proc_status_kib(self.p.pid, "VmHWM")
             self.vmhwm_kib = hwm
@@ -242,8 +247,13 @@ class Agent:
             except ProcessLookupError:
                 pass
             deadline = time.monotonic() + timeout
-            while time.monotonic() < deadline and self.alive():
-                time.sleep(0.05)
+            while time.monotonic() < deadline:
+                h = proc_status_kib(self.p.pid, "VmHWM")
+                if h is not None:
+                    hwm = max(hwm or 0, h)
+                if not self.alive():
+                    break
+                time.sleep(0.01)
             if self.exit_code is None:
                 log(f"agent {self.p.pid} ignored SIGTERM for {timeout}s: SIGKILL")
                 self.p.kill()
@@ -253,7 +263,7 @@ class Agent:
         ru = self.rusage
         return {"exit_code": self.exit_code,
                 "cpu_total_s": round(ru.ru_utime + ru.ru_stime, 3),
-                "peak_rss_mib": round(ru.ru_maxrss / 1024, 1)}
+                "peak_rss_mib": round((hwm if hwm else ru.ru_maxrss) / 1024, 1)}
 
     def log_tail(self, n=15):
         try:
