@@ -738,10 +738,13 @@ impl Replicator {
         let ps = self.db.page_size() as usize;
         let checksum_before = st.hashes.checksum();
         st.hashes.begin();
+        let n = batch.txns.len() as u64;
+        let end = batch.end;
         let mut commits = Vec::with_capacity(batch.txns.len());
         let mut frames = Vec::with_capacity(batch.bytes);
         let mut txid = st.next_txid;
-        for (t, &commit_time) in batch.txns.iter().zip(&times) {
+        // Each transaction's frames are dropped once copied: memory holds one copy of the batch.
+        for (t, &commit_time) in batch.txns.into_iter().zip(&times) {
             for f in t.frames.chunks_exact(24 + ps) {
                 let pgno = u32::from_be_bytes([f[0], f[1], f[2], f[3]]);
                 st.hashes.set_page(pgno, &f[24..]);
@@ -772,7 +775,7 @@ impl Replicator {
                 last_time_ms: time_ms,
                 checksum_before,
                 checksum_after: last.checksum,
-                wal: batch.end.position(&st.cursor),
+                wal: end.position(&st.cursor),
                 body_len: 0,
                 raw_len: 0,
             },
@@ -787,7 +790,8 @@ impl Replicator {
         }
         .to_string();
         let body = Bytes::from(seg.encode());
-        let n = batch.txns.len() as u64;
+        // Only the encoded segment stays in memory during the upload.
+        drop(seg);
         let size = body.len();
         let result = self
             .rt
@@ -799,7 +803,7 @@ impl Replicator {
                 if carried {
                     st.carry.pop_front();
                 }
-                st.cursor = batch.end;
+                st.cursor = end;
                 st.next_txid = txid;
                 st.at_end = false;
                 st.since_snapshot += 1;
