@@ -318,23 +318,10 @@ impl Replicator {
                 Continuity::Restarted(h) if cursor.header.is_none() => cursor.restarted(h),
                 Continuity::Restarted(_) | Continuity::Broken(_) => return Ok(None),
             };
-            let mut carry = Carry::new();
-            let (mut c, mut bytes) = (start, 0usize);
-            loop {
-                let b = wal
-                    .read_batch(&c, self.opts.max_segment_bytes)
-                    .map_err(|e| Error::io(format!("read {}", wal.path().display()), e))?;
-                if b.txns.is_empty() {
-                    break;
-                }
-                bytes += b.bytes;
-                if bytes > MAX_CARRY_BYTES {
-                    return Ok(None);
-                }
-                c = b.end;
-                carry.push_back(b);
-            }
-            Ok(Some((start, carry)))
+            Ok(
+                read_tail(&wal, start, self.opts.max_segment_bytes, MAX_CARRY_BYTES)?
+                    .map(|carry| (start, carry)),
+            )
         })();
         let pinned = self.db.pin();
         let released = self.db.release_write_lock();
@@ -948,17 +935,8 @@ impl Replicator {
         }
         for r in self.replicas.iter_mut() {
             let Some(st) = r.state.as_mut() else { continue };
-            let mut c = st.cursor;
-            loop {
-                let b = wal
-                    .read_batch(&c, self.opts.max_segment_bytes)
-                    .map_err(|e| Error::io(format!("read {}", wal.path().display()), e))?;
-                if b.txns.is_empty() {
-                    break;
-                }
-                c = b.end;
-                st.carry.push_back(b);
-            }
+            st.carry = read_tail(&wal, st.cursor, self.opts.max_segment_bytes, usize::MAX)?
+                .unwrap_or_default();
             st.at_end = st.carry.is_empty();
         }
         let started = Instant::now();
@@ -1084,6 +1062,32 @@ impl Replicator {
     /// Checksum of the last shipped state of replica `i`, if it has one.
     pub fn checksum(&self, i: usize) -> Option<DbChecksum> {
         self.replicas[i].state.as_ref().map(|s| s.hashes.checksum())
+    }
+}
+
+/// Every whole transaction from `from` to the end of the WAL, batch by batch; `None` once they
+/// pass `max_bytes`.
+fn read_tail(
+    wal: &crate::walfile::WalFile,
+    from: Cursor,
+    segment_bytes: usize,
+    max_bytes: usize,
+) -> Result<Option<Carry>> {
+    let mut carry = Carry::new();
+    let (mut c, mut bytes) = (from, 0usize);
+    loop {
+        let b = wal
+            .read_batch(&c, segment_bytes)
+            .map_err(|e| Error::io(format!("read {}", wal.path().display()), e))?;
+        if b.txns.is_empty() {
+            return Ok(Some(carry));
+        }
+        bytes += b.bytes;
+        if bytes > max_bytes {
+            return Ok(None);
+        }
+        c = b.end;
+        carry.push_back(b);
     }
 }
 
