@@ -367,3 +367,41 @@ fn an_idle_database_costs_the_agent_no_cpu() {
     );
     agent.stop_ok();
 }
+
+#[test]
+fn snapshots_staged_by_a_killed_agent_are_cleaned_up_at_the_next_start() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("app.db");
+    let staging = dir.path().join("staging");
+    std::fs::create_dir(&staging).unwrap();
+    create_schema(&app_conn(&db, 4096));
+    // A process that has exited, and one that is alive (this test).
+    let mut gone = std::process::Command::new("true").spawn().unwrap();
+    let gone_pid = gone.id();
+    gone.wait().unwrap();
+    let left = staging.join(format!("lifeboat-snapshot-{gone_pid}-abc"));
+    let live = staging.join(format!("lifeboat-snapshot-{}-def", std::process::id()));
+    let other = staging.join("someone-elses-file");
+    for f in [&left, &live, &other] {
+        std::fs::write(f, b"a database image").unwrap();
+    }
+    let cfg = dir.path().join("lifeboat.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "[[databases]]\npath = \"{}\"\nreplicas = [\"file://{}\"]\nstaging-dir = \"{}\"\n",
+            db.display(),
+            dir.path().join("replica").display(),
+            staging.display()
+        ),
+    )
+    .unwrap();
+    let mut agent = Agent::start(
+        &["replicate", "--config", cfg.to_str().unwrap()],
+        &dir.path().join("a.log"),
+    );
+    agent.wait_for_log("snapshot uploaded");
+    assert!(!left.exists(), "a dead agent's staged snapshot is removed");
+    assert!(live.exists() && other.exists(), "nothing else is touched");
+    agent.stop_ok();
+}

@@ -111,6 +111,7 @@ impl DbHandle {
 
 /// Opens the database, resumes or plans generations, and starts its thread.
 pub fn start(cfg: DbConfig, rt: Handle) -> Result<DbHandle> {
+    crate::replicator::clean_staging(&cfg.options.staging_dir);
     let status = Arc::new(Status::default());
     let mut rep = Replicator::open(
         &cfg.path,

@@ -975,12 +975,15 @@ impl Replicator {
             time_ms,
             wal: cursor.position(cursor),
         };
-        let tmp = tempfile::NamedTempFile::new_in(&self.opts.staging_dir).map_err(|e| {
-            Error::io(
-                format!("create temp file in {}", self.opts.staging_dir.display()),
-                e,
-            )
-        })?;
+        let tmp = tempfile::Builder::new()
+            .prefix(&staging_prefix(std::process::id()))
+            .tempfile_in(&self.opts.staging_dir)
+            .map_err(|e| {
+                Error::io(
+                    format!("create temp file in {}", self.opts.staging_dir.display()),
+                    e,
+                )
+            })?;
         let file = tmp
             .reopen()
             .map_err(|e| Error::io("open snapshot temp file", e))?;
@@ -1063,6 +1066,41 @@ impl Replicator {
     pub fn checksum(&self, i: usize) -> Option<DbChecksum> {
         self.replicas[i].state.as_ref().map(|s| s.hashes.checksum())
     }
+}
+
+/// Staged snapshots are named `lifeboat-snapshot-<pid>-...`, so that a later agent can tell the
+/// leftovers of a killed one (a whole database image each) from a live agent's.
+fn staging_prefix(pid: u32) -> String {
+    format!("lifeboat-snapshot-{pid}-")
+}
+
+/// Deletes staged snapshots left in `dir` by agents that are no longer running (killed before
+/// they could remove them); returns how many.
+pub fn clean_staging(dir: &std::path::Path) -> usize {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return 0;
+    };
+    let mut removed = 0;
+    for e in entries.flatten() {
+        let name = e.file_name();
+        let Some(rest) = name
+            .to_str()
+            .and_then(|n| n.strip_prefix("lifeboat-snapshot-"))
+        else {
+            continue;
+        };
+        let Some(pid) = rest.split('-').next().and_then(|p| p.parse::<i32>().ok()) else {
+            continue;
+        };
+        // SAFETY: kill with signal 0 only checks whether the process exists.
+        let gone = unsafe { libc::kill(pid, 0) } != 0
+            && std::io::Error::last_os_error().raw_os_error() == Some(libc::ESRCH);
+        if gone && std::fs::remove_file(e.path()).is_ok() {
+            info!(file = %e.path().display(), "removed a snapshot staged by an agent that is gone");
+            removed += 1;
+        }
+    }
+    removed
 }
 
 /// Every whole transaction from `from` to the end of the WAL, batch by batch; `None` once they
