@@ -17,6 +17,10 @@ use crate::{Error, ObjectMeta, PutOutcome, ReplicaClient, Result};
 
 const TMP_PREFIX: &str = ".tmp-";
 
+/// A temporary file older than this is the leftover of a writer that was killed mid-write (no
+/// write of one object takes that long); a listing removes it.
+const STALE_TMP: std::time::Duration = std::time::Duration::from_secs(6 * 3600);
+
 /// A replica rooted at a local folder.
 #[derive(Clone, Debug)]
 pub struct LocalClient {
@@ -155,6 +159,15 @@ fn walk(root: &Path, dir: &Path, out: &mut Vec<ObjectMeta>) -> io::Result<()> {
         let entry = entry?;
         let name = entry.file_name();
         if name.to_string_lossy().starts_with(TMP_PREFIX) {
+            let stale = entry
+                .metadata()
+                .and_then(|m| m.modified())
+                .ok()
+                .and_then(|t| t.elapsed().ok())
+                .is_some_and(|age| age > STALE_TMP);
+            if stale {
+                let _ = fs::remove_file(entry.path());
+            }
             continue;
         }
         let ft = entry.file_type()?;
@@ -306,6 +319,37 @@ mod tests {
             .map(|e| e.unwrap().file_name().into_string().unwrap())
             .collect();
         assert_eq!(names, ["b"]);
+    }
+
+    #[tokio::test]
+    async fn a_listing_removes_temporary_files_left_by_a_killed_writer() {
+        let dir = tempfile::tempdir().unwrap();
+        let c = LocalClient::new(dir.path());
+        c.put("a/b", Bytes::from_static(b"x")).await.unwrap();
+        let (old, fresh) = (
+            dir.path().join("a/.tmp-b-old"),
+            dir.path().join("a/.tmp-c-new"),
+        );
+        fs::write(&old, b"partial").unwrap();
+        fs::write(&fresh, b"partial").unwrap();
+        let long_ago =
+            std::time::SystemTime::now() - STALE_TMP - std::time::Duration::from_secs(60);
+        File::options()
+            .write(true)
+            .open(&old)
+            .unwrap()
+            .set_modified(long_ago)
+            .unwrap();
+        let keys: Vec<_> = c
+            .list("a/")
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|o| o.key)
+            .collect();
+        assert_eq!(keys, ["a/b"]);
+        assert!(!old.exists(), "a stale temporary file is removed");
+        assert!(fresh.exists(), "one that may still be written is not");
     }
 
     #[tokio::test]
