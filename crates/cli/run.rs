@@ -113,14 +113,34 @@ async fn prepare_missing(cfg: &DbConfig) -> Result<bool> {
 fn move_aside(db: &Path) -> Result<PathBuf> {
     let stamp = lifeboat_agent::replicator::now_ms();
     let aside = sibling(db, &format!(".stale-{stamp}"));
+    // A database separated from its -wal loses the transactions in it: if any rename fails,
+    // the ones already done are undone, so the set moves together or not at all.
+    let mut moved: Vec<(PathBuf, PathBuf)> = Vec::new();
     for suffix in ["-wal", "-shm", ""] {
         let from = sibling(db, suffix);
-        if from.exists() {
-            let to = sibling(&aside, suffix);
-            std::fs::rename(&from, &to).with_context(|| {
-                format!("cannot move {} aside to {}", from.display(), to.display())
-            })?;
+        if !from.exists() {
+            continue;
         }
+        let to = sibling(&aside, suffix);
+        if let Err(e) = std::fs::rename(&from, &to) {
+            for (f, t) in moved.iter().rev() {
+                if let Err(undo) = std::fs::rename(t, f) {
+                    error!(from = %t.display(), to = %f.display(), error = %undo, "cannot move a file back; put it back by hand before starting again");
+                }
+            }
+            return Err(anyhow::Error::new(e).context(format!(
+                "cannot move {} aside to {}",
+                from.display(),
+                to.display()
+            )));
+        }
+        moved.push((from, to));
+    }
+    // The renames must survive a crash before the restore writes a new database in their place.
+    if let Some(dir) = db.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::File::open(dir)
+            .and_then(|d| d.sync_all())
+            .with_context(|| format!("cannot fsync {}", dir.display()))?;
     }
     Ok(aside)
 }
