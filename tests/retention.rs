@@ -21,6 +21,30 @@ fn generations(url: &str) -> Vec<(String, String, String)> {
         .collect()
 }
 
+/// `rounds` generations of `per_round` transactions each: between runs the app writes and
+/// truncates its WAL while the agent is stopped, so each start proves no continuity and takes a
+/// new snapshot. `start` starts the agent for a round.
+fn generations_by_truncation(
+    c: &rusqlite::Connection,
+    rounds: u64,
+    per_round: u64,
+    mut start: impl FnMut(u64) -> Agent,
+) {
+    let mut seq = 0;
+    for round in 0..rounds {
+        let agent = start(round);
+        for _ in 0..per_round {
+            mixed_txn(c, seq);
+            seq += 1;
+        }
+        agent.stop_ok();
+        mixed_txn(c, seq);
+        seq += 1;
+        c.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()))
+            .unwrap();
+    }
+}
+
 #[test]
 fn prune_keeps_every_restore_point_in_the_window_and_drops_generations_outside_it() {
     let dir = tempfile::tempdir().unwrap();
@@ -28,21 +52,9 @@ fn prune_keeps_every_restore_point_in_the_window_and_drops_generations_outside_i
     let url = format!("file://{}", dir.path().join("replica").display());
     let c = app_conn(&db, 4096);
     create_schema(&c);
-    // Three generations: between runs the app writes and truncates its WAL while the agent is
-    // stopped, so each start proves no continuity and takes a new snapshot.
-    let mut seq = 0;
-    for round in 0..3 {
-        let agent = Agent::replicate(&db, &url, &dir.path().join(format!("{round}.log")));
-        for _ in 0..20 {
-            mixed_txn(&c, seq);
-            seq += 1;
-        }
-        agent.stop_ok();
-        mixed_txn(&c, seq);
-        seq += 1;
-        c.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()))
-            .unwrap();
-    }
+    generations_by_truncation(&c, 3, 20, |round| {
+        Agent::replicate(&db, &url, &dir.path().join(format!("{round}.log")))
+    });
     let before = generations(&url);
     assert_eq!(before.len(), 3, "{before:?}");
 
@@ -314,24 +326,14 @@ fn the_agent_applies_each_replicas_own_retention() {
     .unwrap();
     let c = app_conn(&db, 4096);
     create_schema(&c);
-    // Two generations (the app truncates its WAL while the agent is stopped).
-    let mut seq = 0;
-    for round in 0..2 {
+    generations_by_truncation(&c, 2, 10, |round| {
         let mut agent = Agent::start(
             &["replicate", "--config", cfg.to_str().unwrap()],
             &dir.path().join(format!("{round}.log")),
         );
         agent.wait_for_log("replicating");
-        for _ in 0..10 {
-            mixed_txn(&c, seq);
-            seq += 1;
-        }
-        agent.stop_ok();
-        mixed_txn(&c, seq);
-        seq += 1;
-        c.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()))
-            .unwrap();
-    }
+        agent
+    });
     // A third start makes a third generation on both; the agent then prunes the short-retention
     // replica down to its newest generation, and leaves the other alone.
     let mut agent = Agent::start(
