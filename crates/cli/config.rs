@@ -19,8 +19,38 @@ use lifeboat_agent::replica::ReplicaOverrides;
 use lifeboat_agent::Options;
 use serde::Deserialize;
 
-use crate::args::ReplicateArgs;
 use crate::replica_url;
+
+/// Where the databases come from.
+#[derive(Clone, Debug)]
+pub enum Source {
+    /// A configuration file.
+    File(PathBuf),
+    /// One database and its replica URLs, from the command line.
+    Args { db: PathBuf, urls: Vec<String> },
+}
+
+impl Source {
+    /// A configuration file if one is given, else the database and URLs.
+    pub fn new(config: Option<PathBuf>, db: Option<PathBuf>, urls: Vec<String>) -> Result<Source> {
+        if let Some(path) = config {
+            return Ok(Source::File(path));
+        }
+        let db = db.context("a database path is required")?;
+        if urls.is_empty() {
+            bail!("give at least one replica URL after the database path");
+        }
+        Ok(Source::Args { db, urls })
+    }
+}
+
+/// Settings given on the command line. Each one beats the same setting in the configuration
+/// file: a flag is the more specific, later decision.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Flags {
+    /// `--puts-per-second`.
+    pub puts_per_second: Option<f64>,
+}
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -144,86 +174,97 @@ pub fn expand_env(text: &str, get: impl Fn(&str) -> Option<String>) -> Result<St
     Ok(out)
 }
 
-/// The databases to replicate, from a config file or from the command line.
-pub async fn databases(args: &ReplicateArgs) -> Result<Vec<DbConfig>> {
+/// The options of one database of the configuration file, with the command-line `flags` on top.
+fn options(d: &Database, flags: &Flags) -> Options {
+    let mut options = Options::default();
+    if let Some(v) = flags.puts_per_second.or(d.puts_per_second) {
+        options.puts_per_second = v;
+    }
+    if let Some(v) = d.put_burst {
+        options.put_burst = v;
+    }
+    if let Some(v) = d.checkpoint_pages {
+        options.checkpoint_pages = v;
+    }
+    if let Some(v) = d.max_wal_bytes {
+        options.max_wal_bytes = v;
+    }
+    if let Some(v) = d.truncate_wal_bytes {
+        options.truncate_wal_bytes = v;
+    }
+    if let Some(v) = d.poll_interval {
+        options.poll_interval = v;
+    }
+    if let Some(v) = &d.staging_dir {
+        options.staging_dir = v.clone();
+    }
+    options.retention = d.retention;
+    if let Some(v) = d.snapshot_interval {
+        options.snapshot_interval = Some(v);
+    }
+    if let Some(v) = d.snapshot_segments {
+        options.snapshot_segments = v;
+    }
+    options
+}
+
+/// Reads and checks a configuration file (`${VAR}` expanded).
+fn read_file(path: &std::path::Path) -> Result<File> {
+    let text = std::fs::read_to_string(path)
+        .with_context(|| format!("cannot read configuration {}", path.display()))?;
+    let text = expand_env(&text, |k| std::env::var(k).ok())
+        .with_context(|| format!("in {}", path.display()))?;
+    let file: File = toml::from_str(&text)
+        .with_context(|| format!("invalid configuration {}", path.display()))?;
+    if file.databases.is_empty() {
+        bail!("{} lists no databases", path.display());
+    }
+    if let Some(d) = file.databases.iter().find(|d| d.replicas.is_empty()) {
+        bail!(
+            "database {} has no replicas in {}",
+            d.path.display(),
+            path.display()
+        );
+    }
+    Ok(file)
+}
+
+/// The databases to replicate, from a config file or from the command line; `flags` beat the
+/// file.
+pub async fn databases(src: &Source, flags: &Flags) -> Result<Vec<DbConfig>> {
     let mut out = Vec::new();
-    if let Some(path) = &args.config {
-        let text = std::fs::read_to_string(path)
-            .with_context(|| format!("cannot read configuration {}", path.display()))?;
-        let text = expand_env(&text, |k| std::env::var(k).ok())
-            .with_context(|| format!("in {}", path.display()))?;
-        let file: File = toml::from_str(&text)
-            .with_context(|| format!("invalid configuration {}", path.display()))?;
-        if file.databases.is_empty() {
-            bail!("{} lists no databases", path.display());
-        }
-        for d in file.databases {
-            if d.replicas.is_empty() {
-                bail!(
-                    "database {} has no replicas in {}",
-                    d.path.display(),
-                    path.display()
-                );
+    match src {
+        Source::File(path) => {
+            for d in read_file(path)?.databases {
+                let options = options(&d, flags);
+                let mut replicas = Vec::new();
+                for r in &d.replicas {
+                    replicas.push(replica_url::open(r.url()).await?);
+                }
+                out.push(DbConfig {
+                    path: d.path,
+                    replicas,
+                    options,
+                    overrides: d.replicas.iter().map(ReplicaEntry::overrides).collect(),
+                });
             }
+        }
+        Source::Args { db, urls } => {
             let mut options = Options::default();
-            if let Some(v) = d.puts_per_second.or(args.puts_per_second) {
+            if let Some(v) = flags.puts_per_second {
                 options.puts_per_second = v;
             }
-            if let Some(v) = d.put_burst {
-                options.put_burst = v;
-            }
-            if let Some(v) = d.checkpoint_pages {
-                options.checkpoint_pages = v;
-            }
-            if let Some(v) = d.max_wal_bytes {
-                options.max_wal_bytes = v;
-            }
-            if let Some(v) = d.truncate_wal_bytes {
-                options.truncate_wal_bytes = v;
-            }
-            if let Some(v) = d.poll_interval {
-                options.poll_interval = v;
-            }
-            if let Some(v) = d.staging_dir {
-                options.staging_dir = v;
-            }
-            options.retention = d.retention;
-            if let Some(v) = d.snapshot_interval {
-                options.snapshot_interval = Some(v);
-            }
-            if let Some(v) = d.snapshot_segments {
-                options.snapshot_segments = v;
-            }
             let mut replicas = Vec::new();
-            for r in &d.replicas {
-                replicas.push(replica_url::open(r.url()).await?);
+            for u in urls {
+                replicas.push(replica_url::open(u).await?);
             }
             out.push(DbConfig {
-                path: d.path,
+                path: db.clone(),
                 replicas,
                 options,
-                overrides: d.replicas.iter().map(ReplicaEntry::overrides).collect(),
+                overrides: Vec::new(),
             });
         }
-    } else {
-        let db = args.db.clone().context("a database path is required")?;
-        if args.urls.is_empty() {
-            bail!("give at least one replica URL after the database path");
-        }
-        let mut options = Options::default();
-        if let Some(v) = args.puts_per_second {
-            options.puts_per_second = v;
-        }
-        let mut replicas = Vec::new();
-        for u in &args.urls {
-            replicas.push(replica_url::open(u).await?);
-        }
-        out.push(DbConfig {
-            path: db,
-            replicas,
-            options,
-            overrides: Vec::new(),
-        });
     }
     Ok(out)
 }
@@ -296,6 +337,45 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.contains("URL string or a table"), "{e}");
+    }
+
+    /// Regression: `puts-per-second` in the file used to beat `--puts-per-second`.
+    #[test]
+    fn a_flag_beats_the_configuration_file() {
+        let f: File = toml::from_str(
+            "[[databases]]\npath='x'\nreplicas=['file:///r']\nputs-per-second = 5.0\n",
+        )
+        .unwrap();
+        let d = &f.databases[0];
+        assert_eq!(options(d, &Flags::default()).puts_per_second, 5.0);
+        let flags = Flags {
+            puts_per_second: Some(0.5),
+        };
+        assert_eq!(options(d, &flags).puts_per_second, 0.5);
+    }
+
+    #[tokio::test]
+    async fn a_flag_beats_the_configuration_file_for_every_database_it_lists() {
+        let dir = tempfile::tempdir().unwrap();
+        let cfg = dir.path().join("lifeboat.toml");
+        std::fs::write(
+            &cfg,
+            format!(
+                "[[databases]]\npath = 'a.db'\nreplicas = ['file://{0}/a']\nputs-per-second = 5.0\n\
+                 [[databases]]\npath = 'b.db'\nreplicas = ['file://{0}/b']\n",
+                dir.path().display()
+            ),
+        )
+        .unwrap();
+        let src = Source::File(cfg);
+        let from_file = databases(&src, &Flags::default()).await.unwrap();
+        assert_eq!(from_file[0].options.puts_per_second, 5.0);
+        assert_eq!(from_file[1].options.puts_per_second, 1.0);
+        let flags = Flags {
+            puts_per_second: Some(20.0),
+        };
+        let dbs = databases(&src, &flags).await.unwrap();
+        assert!(dbs.iter().all(|d| d.options.puts_per_second == 20.0));
     }
 
     #[test]

@@ -6,17 +6,11 @@
 use std::fmt::Write as _;
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::Duration;
 
 use anyhow::{Context, Result};
-use lifeboat_agent::replicator::now_ms;
+use lifeboat_agent::clock::now_ms;
 use lifeboat_agent::status::{ReplicaStatus, Status, StatusInner};
 use serde::Serialize;
-
-/// A replica counts as failing once it has failed this many times in a row, or has not shipped
-/// pending work for [`STALL`].
-const FAILURES: u32 = 3;
-const STALL: Duration = Duration::from_secs(60);
 
 /// One database whose status is served.
 #[derive(Clone)]
@@ -50,24 +44,6 @@ struct ReplicaHealth {
     healthy: bool,
 }
 
-/// Seconds the replica is behind: the age of the oldest commit seen in the WAL and not yet in
-/// the replica (0 when there is none); before its first generation, the time since start.
-fn lag_seconds(r: &ReplicaStatus, now: u64) -> f64 {
-    let since = match (r.generation.as_ref(), r.oldest_pending_ms) {
-        (None, _) => r.started_ms.unwrap_or(now),
-        (Some(_), Some(t)) => t,
-        (Some(_), None) => now,
-    };
-    now.saturating_sub(since) as f64 / 1000.0
-}
-
-fn healthy(r: &ReplicaStatus, now: u64) -> bool {
-    r.halted.is_none()
-        && r.failures < FAILURES
-        && r.generation.is_some()
-        && lag_seconds(r, now) < STALL.as_secs_f64()
-}
-
 fn health(dbs: &[Watched]) -> (bool, String) {
     let now = now_ms();
     let mut all = true;
@@ -79,11 +55,11 @@ fn health(dbs: &[Watched]) -> (bool, String) {
                 .replicas
                 .iter()
                 .map(|r| {
-                    let ok = healthy(r, now);
+                    let ok = r.healthy(now);
                     all &= ok;
                     ReplicaHealth {
                         status: r.clone(),
-                        lag_seconds: lag_seconds(r, now),
+                        lag_seconds: r.lag_seconds(now),
                         healthy: ok,
                     }
                 })
@@ -149,7 +125,7 @@ fn metrics(dbs: &[Watched]) -> String {
         "lifeboat_replication_lag_seconds",
         "gauge",
         "Seconds since the oldest commit not yet in the replica (0 when caught up).",
-        per_replica(&|r| lag_seconds(r, now)),
+        per_replica(&|r| r.lag_seconds(now)),
     );
     family(
         "lifeboat_replication_lag_transactions",
@@ -167,7 +143,7 @@ fn metrics(dbs: &[Watched]) -> String {
         "lifeboat_replica_healthy",
         "gauge",
         "1 while the replica is healthy (see /health), else 0.",
-        per_replica(&|r| f64::from(u8::from(healthy(r, now)))),
+        per_replica(&|r| f64::from(u8::from(r.healthy(now)))),
     );
     family(
         "lifeboat_transactions_shipped_total",

@@ -19,9 +19,11 @@ use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
-use lifeboat_agent::agent::{self, DbConfig, DbHandle};
+use lifeboat_agent::agent::{DbConfig, DbHandle, Supervisor};
 use lifeboat_agent::catalog::Catalog;
-use lifeboat_agent::restore::{self, RestoreOptions, Target};
+use lifeboat_agent::clock::now_ms;
+use lifeboat_agent::files::{fsync_dir, sibling};
+use lifeboat_agent::restore::{self, RestoreOptions};
 use lifeboat_agent::OnDivergence;
 use lifeboat_storage::ReplicaClient;
 use nix::sys::signal::{kill, Signal};
@@ -30,8 +32,9 @@ use tokio::process::Command;
 use tokio::signal::unix::{signal, SignalKind};
 use tracing::{error, info, warn};
 
-use crate::args::{OnStale, ReplicateArgs, RunArgs};
-use crate::{config, http};
+use crate::args::{OnStale, RunArgs};
+use crate::config::{self, Flags, Source};
+use crate::http;
 
 /// Exit status when the app succeeded but the final sync did not.
 pub const EXIT_SYNC_FAILED: u8 = 75;
@@ -46,23 +49,10 @@ const FORWARDED: [Signal; 6] = [
     Signal::SIGUSR2,
 ];
 
-fn sibling(p: &Path, suffix: &str) -> PathBuf {
-    let mut s = p.as_os_str().to_owned();
-    s.push(suffix);
-    s.into()
-}
-
 /// Restores the newest state of `client` into `db` (which must not exist).
 async fn restore_into(db: &Path, client: &dyn ReplicaClient) -> Result<()> {
     info!(db = %db.display(), replica = %client.describe(), "restoring the newest state");
-    let opts = RestoreOptions {
-        output: db.to_path_buf(),
-        generation: None,
-        target: Target::Latest,
-        parallelism: 8,
-        force: false,
-        progress: None,
-    };
+    let opts = RestoreOptions::new(db.to_path_buf());
     let report = restore::restore(client, &opts).await.with_context(|| {
         format!(
             "restore of {} from {} failed",
@@ -111,7 +101,7 @@ async fn prepare_missing(cfg: &DbConfig) -> Result<bool> {
 
 /// Moves a database and its -wal/-shm aside as `<db>.stale-<ms>[-wal|-shm]`; returns the name.
 fn move_aside(db: &Path) -> Result<PathBuf> {
-    let stamp = lifeboat_agent::replicator::now_ms();
+    let stamp = now_ms();
     let aside = sibling(db, &format!(".stale-{stamp}"));
     // A database separated from its -wal loses the transactions in it: if any rename fails,
     // the ones already done are undone, so the set moves together or not at all.
@@ -137,37 +127,24 @@ fn move_aside(db: &Path) -> Result<PathBuf> {
         moved.push((from, to));
     }
     // The renames must survive a crash before the restore writes a new database in their place.
-    if let Some(dir) = db.parent().filter(|d| !d.as_os_str().is_empty()) {
-        std::fs::File::open(dir)
-            .and_then(|d| d.sync_all())
-            .with_context(|| format!("cannot fsync {}", dir.display()))?;
-    }
+    fsync_dir(lifeboat_agent::files::parent_dir(db))?;
     Ok(aside)
 }
 
 /// Starts the agent for one database, applying `--on-stale`.
-async fn start(mut cfg: DbConfig, on_stale: OnStale) -> Result<DbHandle> {
+async fn start(sup: &mut Supervisor, mut cfg: DbConfig, on_stale: OnStale) -> Result<()> {
     cfg.options.on_divergence = match on_stale {
         OnStale::Keep => OnDivergence::NewGeneration,
         OnStale::Refuse | OnStale::Restore => OnDivergence::Refuse,
     };
-    let rt = tokio::runtime::Handle::current();
-    let c2 = cfg.clone();
-    let r = tokio::task::spawn_blocking(move || agent::start(c2, rt))
-        .await
-        .context("replicator start-up")?;
-    match r {
-        Ok(h) => Ok(h),
+    match sup.start(cfg.clone()).await {
+        Ok(()) => Ok(()),
         Err(e @ lifeboat_agent::Error::Diverged { .. }) if on_stale == OnStale::Restore => {
             let aside = move_aside(&cfg.path)?;
             warn!(db = %cfg.path.display(), moved_to = %aside.display(), error = %e, "local database moved aside; restoring the replica's newest state");
             restore_into(&cfg.path, cfg.replicas[0].as_ref()).await?;
             cfg.options.resume = false;
-            let rt = tokio::runtime::Handle::current();
-            tokio::task::spawn_blocking(move || agent::start(cfg, rt))
-                .await
-                .context("replicator start-up")?
-                .map_err(Into::into)
+            Ok(sup.start(cfg).await?)
         }
         Err(e @ lifeboat_agent::Error::Diverged { .. }) => Err(anyhow::Error::new(e).context(
             "stale disk: refusing to start, so that the newer backup stays the newest. To use \
@@ -237,37 +214,13 @@ fn exit_code_of(status: std::process::ExitStatus) -> u8 {
     }
 }
 
-/// Stops every agent with a final sync; whether all of them completed it.
-async fn stop_all(handles: Vec<DbHandle>) -> bool {
-    for h in &handles {
-        h.stop();
-    }
-    let mut ok = true;
-    for h in handles {
-        match tokio::task::spawn_blocking(move || h.join()).await {
-            Ok(Ok(())) => {}
-            Ok(Err(e)) => {
-                error!(error = %e, "final sync failed");
-                ok = false;
-            }
-            Err(e) => {
-                error!(error = %e, "replicator thread failed");
-                ok = false;
-            }
-        }
-    }
-    ok
-}
-
 pub async fn run(args: RunArgs) -> Result<ExitCode> {
-    let rargs = ReplicateArgs {
-        config: args.config.clone(),
-        db: args.db.clone(),
-        urls: args.replica.iter().cloned().collect(),
-        puts_per_second: None,
-        health_addr: None,
-    };
-    let mut dbs = config::databases(&rargs).await?;
+    let src = Source::new(
+        args.config.clone(),
+        args.db.clone(),
+        args.replica.iter().cloned().collect(),
+    )?;
+    let mut dbs = config::databases(&src, &Flags::default()).await?;
     for d in &mut dbs {
         d.options.shutdown_timeout = args.shutdown_timeout;
         // A database restored on boot starts a new generation rather than resuming: another
@@ -279,24 +232,21 @@ pub async fn run(args: RunArgs) -> Result<ExitCode> {
         .iter()
         .map(|d| (d.path.clone(), d.replicas[0].clone()))
         .collect();
-    let mut handles = Vec::new();
+    let mut sup = Supervisor::new();
     for d in dbs {
-        match start(d, args.on_stale).await {
-            Ok(h) => handles.push(h),
-            Err(e) => {
-                stop_all(handles).await;
-                return Err(e);
-            }
-        }
-    }
-    if let Some(addr) = &args.health_addr {
-        if let Err(e) = http::serve_agents(addr, &handles) {
-            stop_all(handles).await;
+        if let Err(e) = start(&mut sup, d, args.on_stale).await {
+            let _ = sup.stop().await;
             return Err(e);
         }
     }
-    if let Err(e) = wait_ready(&handles, args.ready_timeout).await {
-        stop_all(handles).await;
+    if let Some(addr) = &args.health_addr {
+        if let Err(e) = http::serve_agents(addr, sup.handles()) {
+            let _ = sup.stop().await;
+            return Err(e);
+        }
+    }
+    if let Err(e) = wait_ready(sup.handles(), args.ready_timeout).await {
+        let _ = sup.stop().await;
         return Err(e);
     }
     info!("first sync complete; starting the app");
@@ -315,7 +265,7 @@ pub async fn run(args: RunArgs) -> Result<ExitCode> {
     {
         Ok(c) => c,
         Err(e) => {
-            stop_all(handles).await;
+            let _ = sup.stop().await;
             return Err(
                 anyhow::Error::new(e).context(format!("cannot start {:?}", args.command[0]))
             );
@@ -338,7 +288,7 @@ pub async fn run(args: RunArgs) -> Result<ExitCode> {
     let drills = args.drill_interval.map(|every| {
         let targets: Vec<_> = drill_targets
             .into_iter()
-            .zip(handles.iter().map(|h| h.status.clone()))
+            .zip(sup.handles().iter().map(|h| h.status.clone()))
             .collect();
         tokio::spawn(drill_loop(every, targets))
     });
@@ -351,7 +301,7 @@ pub async fn run(args: RunArgs) -> Result<ExitCode> {
     }
     let code = exit_code_of(status);
     info!(status = %status, "the app exited; final sync");
-    if stop_all(handles).await {
+    if sup.stop().await.is_ok() {
         info!("final sync complete");
         Ok(ExitCode::from(code))
     } else if code == 0 {
@@ -382,7 +332,7 @@ async fn drill_loop(every: Duration, targets: Vec<DrillTarget>) {
                 live: Some(db.clone()),
                 ..Default::default()
             };
-            let at_ms = lifeboat_agent::replicator::now_ms();
+            let at_ms = now_ms();
             match drill::drill(client.as_ref(), &opts).await {
                 Ok(mut report) => {
                     if let Err(e) = drill::store(client.as_ref(), &report).await {
@@ -405,7 +355,7 @@ async fn drill_loop(every: Duration, targets: Vec<DrillTarget>) {
                         rto_seconds: None,
                         at_ms,
                     });
-                    error!(db = %db.display(), error = %e, "DRILL FAILED: could not run");
+                    error!(db = %db.display(), error = %e.chain(), "DRILL FAILED: could not run");
                 }
             }
         }

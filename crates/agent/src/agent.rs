@@ -1,8 +1,11 @@
 //! Running replicators: one thread per database, woken by file-system events (with a polling
-//! fallback), paced by a PUT budget, stopped by a cancellation token with a final sync.
+//! fallback), paced by a PUT budget, stopped with a final sync.
+//!
+//! One way to stop: every database's thread watches a [`CancellationToken`]; the
+//! [`Supervisor`] that `lifeboat replicate` and `lifeboat run` share cancels them all and waits
+//! for each final sync, on one teardown path. The wake channel only says "look at the WAL now".
 
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{sync_channel, Receiver, RecvTimeoutError, SyncSender};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -78,8 +81,7 @@ impl Budget {
 pub struct DbHandle {
     /// Its progress.
     pub status: Arc<Status>,
-    stop: Arc<AtomicBool>,
-    wake: SyncSender<()>,
+    stop: CancellationToken,
     thread: std::thread::JoinHandle<Result<()>>,
     _watcher: Option<notify::RecommendedWatcher>,
     path: PathBuf,
@@ -93,31 +95,31 @@ impl DbHandle {
 
     /// Asks the thread to run a final sync and stop.
     pub fn stop(&self) {
-        self.stop.store(true, Ordering::SeqCst);
-        let _ = self.wake.try_send(());
+        self.stop.cancel();
     }
 
     /// Waits for the thread to end.
     pub fn join(self) -> Result<()> {
         match self.thread.join() {
             Ok(r) => r,
-            Err(_) => Err(Error::Inconsistent(format!(
-                "replicator thread for {} panicked",
+            Err(_) => Err(Error::Panicked(format!(
+                "the replicator thread for {}",
                 self.path.display()
             ))),
         }
     }
 }
 
-/// Opens the database, resumes or plans generations, and starts its thread.
-pub fn start(cfg: DbConfig, rt: Handle) -> Result<DbHandle> {
+/// Opens the database, resumes or plans generations, and starts its thread, which runs until
+/// `stop` is cancelled (or [`DbHandle::stop`]) and then syncs a last time.
+pub fn start(cfg: DbConfig, rt: Handle, stop: CancellationToken) -> Result<DbHandle> {
     crate::replicator::clean_staging(&cfg.options.staging_dir);
     let status = Arc::new(Status::default());
     let mut rep = Replicator::open(
         &cfg.path,
         cfg.replicas.clone(),
         cfg.options.clone(),
-        rt,
+        rt.clone(),
         status.clone(),
     )?;
     for (i, o) in cfg.overrides.iter().enumerate().take(cfg.replicas.len()) {
@@ -135,8 +137,13 @@ pub fn start(cfg: DbConfig, rt: Handle) -> Result<DbHandle> {
     }
     let (wake, events) = sync_channel::<()>(1);
     let watcher = watch(&cfg.path, wake.clone());
-    let stop = Arc::new(AtomicBool::new(false));
-    let stop2 = stop.clone();
+    // A cancelled token wakes the thread. If the channel is full a wake-up is pending already,
+    // and the thread sees the token when it takes it.
+    let (stop2, cancelled) = (stop.clone(), stop.clone());
+    rt.spawn(async move {
+        cancelled.cancelled().await;
+        let _ = wake.try_send(());
+    });
     let opts = cfg.options.clone();
     let path = cfg.path.clone();
     info!(
@@ -150,17 +157,15 @@ pub fn start(cfg: DbConfig, rt: Handle) -> Result<DbHandle> {
             if run_loop(&mut rep, &opts, &events, &stop2) {
                 Ok(())
             } else {
-                Err(Error::Inconsistent(format!(
-                    "the final sync of {} did not complete: the newest transactions may not be in every replica",
-                    rep.database().path().display()
-                )))
+                Err(Error::FinalSyncIncomplete(
+                    rep.database().path().to_path_buf(),
+                ))
             }
         })
         .map_err(|e| Error::io("start replicator thread", e))?;
     Ok(DbHandle {
         status,
         stop,
-        wake,
         thread,
         _watcher: watcher,
         path,
@@ -223,14 +228,14 @@ fn run_loop(
     rep: &mut Replicator,
     opts: &Options,
     events: &Receiver<()>,
-    stop: &AtomicBool,
+    stop: &CancellationToken,
 ) -> bool {
     let mut budget = Budget::new(opts.puts_per_second, opts.put_burst);
     let mut stamp = None;
     // When the next pass is due; `None` while idle (only events or the poll wake us).
     let mut due: Option<Instant> = Some(Instant::now());
     loop {
-        if stop.load(Ordering::SeqCst) {
+        if stop.is_cancelled() {
             break;
         }
         let now = Instant::now();
@@ -241,7 +246,7 @@ fn run_loop(
                 Err(RecvTimeoutError::Timeout) | Err(RecvTimeoutError::Disconnected) => {}
             }
         }
-        if stop.load(Ordering::SeqCst) {
+        if stop.is_cancelled() {
             break;
         }
         let now = Instant::now();
@@ -295,6 +300,63 @@ fn run_loop(
     }
 }
 
+/// The replicator threads of a set of databases, stopped together.
+pub struct Supervisor {
+    handles: Vec<DbHandle>,
+    stop: CancellationToken,
+}
+
+impl Default for Supervisor {
+    fn default() -> Self {
+        Supervisor::new()
+    }
+}
+
+impl Supervisor {
+    /// No database yet.
+    pub fn new() -> Supervisor {
+        Supervisor {
+            handles: Vec::new(),
+            stop: CancellationToken::new(),
+        }
+    }
+
+    /// Starts replicating one database (see [`start`]): opens it, reads its replicas' state,
+    /// starts its thread. Blocking work runs off the async runtime.
+    pub async fn start(&mut self, cfg: DbConfig) -> Result<()> {
+        let rt = Handle::current();
+        let stop = self.stop.child_token();
+        let h = tokio::task::spawn_blocking(move || start(cfg, rt, stop))
+            .await
+            .map_err(|e| Error::join("starting a replicator", e))??;
+        self.handles.push(h);
+        Ok(())
+    }
+
+    /// The running databases.
+    pub fn handles(&self) -> &[DbHandle] {
+        &self.handles
+    }
+
+    /// Stops every database with a final sync and waits for each; the first failure (each one
+    /// is logged).
+    pub async fn stop(self) -> Result<()> {
+        self.stop.cancel();
+        let mut first_err = None;
+        for h in self.handles {
+            let r = tokio::task::spawn_blocking(move || h.join())
+                .await
+                .map_err(|e| Error::join("stopping a replicator", e))
+                .and_then(|r| r);
+            if let Err(e) = r {
+                error!(error = %e.chain(), "final sync failed");
+                first_err.get_or_insert(e);
+            }
+        }
+        first_err.map_or(Ok(()), Err)
+    }
+}
+
 /// Replicates every database until `shutdown` is cancelled, then syncs each one a last time.
 /// `started` is handed each database's status once all are running (for a status endpoint).
 pub async fn replicate(
@@ -302,29 +364,58 @@ pub async fn replicate(
     shutdown: CancellationToken,
     started: impl FnOnce(&[DbHandle]),
 ) -> Result<()> {
-    let rt = Handle::current();
-    let mut handles = Vec::new();
+    let mut sup = Supervisor::new();
     for cfg in dbs {
-        let rt2 = rt.clone();
-        let h = tokio::task::spawn_blocking(move || start(cfg, rt2))
-            .await
-            .map_err(|e| Error::Inconsistent(e.to_string()))??;
-        handles.push(h);
-    }
-    started(&handles);
-    shutdown.cancelled().await;
-    for h in &handles {
-        h.stop();
-    }
-    let mut first_err = None;
-    for h in handles {
-        let r = tokio::task::spawn_blocking(move || h.join())
-            .await
-            .map_err(|e| Error::Inconsistent(e.to_string()))?;
-        if let Err(e) = r {
-            error!(error = %e, "replicator failed");
-            first_err.get_or_insert(e);
+        if let Err(e) = sup.start(cfg).await {
+            let _ = sup.stop().await;
+            return Err(e);
         }
     }
-    first_err.map_or(Ok(()), Err)
+    started(sup.handles());
+    shutdown.cancelled().await;
+    sup.stop().await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_budget_allows_a_burst_then_paces_at_the_rate() {
+        let t0 = Instant::now();
+        let mut b = Budget::new(2.0, 3.0);
+        for _ in 0..3 {
+            assert_eq!(b.wait(t0), Duration::ZERO);
+            b.spend(1);
+        }
+        // Spent: the next token comes at the rate (2 a second: half a second).
+        let w = b.wait(t0);
+        assert!(
+            w > Duration::from_millis(490) && w <= Duration::from_millis(500),
+            "{w:?}"
+        );
+        assert_eq!(b.wait(t0 + Duration::from_millis(500)), Duration::ZERO);
+        // Refills never pass the burst.
+        let mut b = Budget::new(2.0, 3.0);
+        b.spend(3);
+        let later = t0 + Duration::from_secs(3600);
+        assert_eq!(b.wait(later), Duration::ZERO);
+        b.spend(3);
+        assert!(b.wait(later) > Duration::ZERO);
+    }
+
+    #[test]
+    fn an_overspent_budget_waits_longer_and_a_zero_rate_never_waits() {
+        let t0 = Instant::now();
+        let mut b = Budget::new(1.0, 1.0);
+        b.spend(3);
+        let w = b.wait(t0);
+        assert!(
+            w > Duration::from_millis(2990) && w <= Duration::from_secs(3),
+            "{w:?}"
+        );
+        let mut free = Budget::new(0.0, 1.0);
+        free.spend(100);
+        assert_eq!(free.wait(t0), Duration::ZERO);
+    }
 }

@@ -12,13 +12,30 @@ use lifeboat_wal::{DbChecksum, Generation, TxId};
 
 use crate::{Error, Result};
 
-/// An object in the catalog.
+/// A snapshot: the database right after transaction `txid`.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Object {
-    /// The parsed key.
-    pub key: Key,
+pub struct Snapshot {
     /// The key as stored.
-    pub name: String,
+    pub key: String,
+    /// The state is the one after this transaction (0: the generation's first snapshot).
+    pub txid: TxId,
+    /// When that state was current (Unix ms).
+    pub time_ms: u64,
+    /// Size in bytes.
+    pub size: u64,
+}
+
+/// A segment: transactions `first..=last`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Segment {
+    /// The key as stored.
+    pub key: String,
+    /// First transaction.
+    pub first: TxId,
+    /// Last transaction.
+    pub last: TxId,
+    /// When the agent saw the last transaction (Unix ms).
+    pub time_ms: u64,
     /// Size in bytes.
     pub size: u64,
 }
@@ -27,9 +44,29 @@ pub struct Object {
 #[derive(Clone, Debug, Default)]
 pub struct GenerationObjects {
     /// Snapshots.
-    pub snapshots: Vec<Object>,
+    pub snapshots: Vec<Snapshot>,
     /// Segments.
-    pub segments: Vec<Object>,
+    pub segments: Vec<Segment>,
+}
+
+impl GenerationObjects {
+    /// Bytes stored.
+    pub fn bytes(&self) -> u64 {
+        self.snapshots.iter().map(|s| s.size).sum::<u64>()
+            + self.segments.iter().map(|s| s.size).sum::<u64>()
+    }
+
+    /// The newest time the generation holds a restore point for (Unix ms), if any object.
+    pub fn newest_time(&self) -> Option<u64> {
+        let snaps = self.snapshots.iter().map(|s| s.time_ms);
+        snaps.chain(self.segments.iter().map(|s| s.time_ms)).max()
+    }
+
+    /// Segments after the newest snapshot (what a restore of the newest state applies).
+    pub fn segments_since_snapshot(&self) -> usize {
+        let base = self.snapshots.last().map_or(TxId(0), |s| s.txid);
+        self.segments.iter().filter(|s| s.last > base).count()
+    }
 }
 
 /// Everything in a replica, by generation.
@@ -51,14 +88,25 @@ impl Catalog {
                 continue;
             };
             let g = cat.generations.entry(key.generation()).or_default();
-            let obj = Object {
-                key,
-                name: o.key,
-                size: o.size,
-            };
             match key {
-                Key::Snapshot { .. } => g.snapshots.push(obj),
-                Key::Segment { .. } => g.segments.push(obj),
+                Key::Snapshot { txid, time_ms, .. } => g.snapshots.push(Snapshot {
+                    key: o.key,
+                    txid,
+                    time_ms,
+                    size: o.size,
+                }),
+                Key::Segment {
+                    first,
+                    last,
+                    time_ms,
+                    ..
+                } => g.segments.push(Segment {
+                    key: o.key,
+                    first,
+                    last,
+                    time_ms,
+                    size: o.size,
+                }),
             }
         }
         Ok(cat)
@@ -103,45 +151,35 @@ pub async fn tip(
         .snapshots
         .last()
         .ok_or_else(|| Error::Replica(format!("generation {generation} has no snapshot")))?;
-    let Key::Snapshot {
-        txid: snap_txid, ..
-    } = snap.key
-    else {
-        unreachable!("snapshot list holds snapshots")
-    };
-    if let Some(seg) = objs.segments.last() {
-        if let Key::Segment { last, .. } = seg.key {
-            if last > snap_txid {
-                let b = client
-                    .get_range(&seg.name, 0..SEG_HEADER_SIZE as u64)
-                    .await?;
-                let h = SegmentHeader::decode(&b).map_err(|e| Error::Corrupt {
-                    key: seg.name.clone(),
-                    cause: e,
-                })?;
-                return Ok(Tip {
-                    generation,
-                    txid: h.last_txid,
-                    wal: h.wal,
-                    checksum: h.checksum_after,
-                    db_size: h.db_size,
-                    page_size: h.page_size,
-                    time_ms: h.last_time_ms,
-                });
-            }
-        }
+    if let Some(seg) = objs.segments.last().filter(|s| s.last > snap.txid) {
+        let b = client
+            .get_range(&seg.key, 0..SEG_HEADER_SIZE as u64)
+            .await?;
+        let h = SegmentHeader::decode(&b).map_err(|e| Error::Corrupt {
+            key: seg.key.clone(),
+            cause: e,
+        })?;
+        return Ok(Tip {
+            generation,
+            txid: h.last_txid,
+            wal: h.wal,
+            checksum: h.checksum_after,
+            db_size: h.db_size,
+            page_size: h.page_size,
+            time_ms: h.last_time_ms,
+        });
     }
     let hb = client
-        .get_range(&snap.name, 0..SNAP_HEADER_SIZE as u64)
+        .get_range(&snap.key, 0..SNAP_HEADER_SIZE as u64)
         .await?;
     let corrupt = |e| Error::Corrupt {
-        key: snap.name.clone(),
+        key: snap.key.clone(),
         cause: e,
     };
     let h = SnapshotHeader::decode(&hb).map_err(corrupt)?;
     let tb = client
         .get_range(
-            &snap.name,
+            &snap.key,
             snap.size.saturating_sub(TRAILER_SIZE as u64)..snap.size,
         )
         .await?;

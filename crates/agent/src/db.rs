@@ -80,9 +80,7 @@ struct LockFile {
 
 impl LockFile {
     fn acquire(db: &Path) -> Result<LockFile> {
-        let mut p = db.as_os_str().to_owned();
-        p.push("-lifeboat.lock");
-        let path = PathBuf::from(p);
+        let path = crate::files::sibling(db, "-lifeboat.lock");
         let file = File::options()
             .read(true)
             .write(true)
@@ -325,9 +323,11 @@ impl Database {
                 return Ok(c);
             }
         }
-        Err(Error::Inconsistent(
-            "could not match the pinned read transaction to the WAL file after 100 tries".into(),
-        ))
+        Err(Error::PinPosition {
+            path: self.path.clone(),
+            problem: "could not match the pinned read transaction to the WAL file after 100 tries"
+                .into(),
+        })
     }
 
     /// The WAL-index header of the pinned read transaction; `None` when SQLite declines because
@@ -374,10 +374,13 @@ impl Database {
         let be_at = |i: usize| u32::from_be_bytes(hdr[i..i + 4].try_into().expect("4 bytes"));
         let salts = (be_at(32), be_at(36));
         if page_size != self.page_size {
-            return Err(Error::Inconsistent(format!(
-                "WAL page size {page_size} differs from the database's {}",
-                self.page_size
-            )));
+            return Err(Error::PinPosition {
+                path: self.path.clone(),
+                problem: format!(
+                    "WAL page size {page_size} differs from the database's {}",
+                    self.page_size
+                ),
+            });
         }
         let file_header = self.wal.header().map_err(|e| self.wal_err(e))?;
         let cursor = match file_header {
@@ -444,52 +447,10 @@ impl Database {
     /// Streams every page of the pinned state, in order, through SQLite's `sqlite_dbpage`, which
     /// reads within the pin's read transaction and so sees exactly the pinned state.
     pub fn for_each_page(&self, mut f: impl FnMut(&[u8]) -> io::Result<()>) -> Result<u32> {
-        let a = self.active.expect("pinned");
-        let c = &self.pins[a];
-        let count: u32 = c
-            .query_row("PRAGMA page_count", [], |r| r.get(0))
-            .map_err(|e| Error::sqlite(&self.path, "page count", e))?;
-        let mut stmt = c
-            .prepare("SELECT pgno, data FROM sqlite_dbpage ORDER BY pgno")
-            .map_err(|e| Error::sqlite(&self.path, "read pages", e))?;
-        let mut rows = stmt
-            .query([])
-            .map_err(|e| Error::sqlite(&self.path, "read pages", e))?;
-        let mut n = 0u32;
-        let zero = vec![0u8; self.page_size as usize];
-        while let Some(row) = rows
-            .next()
-            .map_err(|e| Error::sqlite(&self.path, "read pages", e))?
-        {
-            let pgno: u32 = row
-                .get(0)
-                .map_err(|e| Error::sqlite(&self.path, "read pages", e))?;
-            let data = row
-                .get_ref(1)
-                .map_err(|e| Error::sqlite(&self.path, "read pages", e))?;
-            let bytes = data.as_blob_or_null().ok().flatten().unwrap_or(&[]);
-            if pgno != n + 1 {
-                return Err(Error::Inconsistent(format!(
-                    "sqlite_dbpage returned page {pgno} after page {n}"
-                )));
-            }
-            n = pgno;
-            let page = if bytes.is_empty() { &zero[..] } else { bytes };
-            if page.len() != self.page_size as usize {
-                return Err(Error::Inconsistent(format!(
-                    "page {pgno} has {} bytes, expected {}",
-                    page.len(),
-                    self.page_size
-                )));
-            }
-            f(page).map_err(|e| Error::io("write snapshot", e))?;
-        }
-        if n != count {
-            return Err(Error::Inconsistent(format!(
-                "read {n} pages, the database has {count}"
-            )));
-        }
-        Ok(n)
+        let c = &self.pins[self.active.expect("pinned")];
+        crate::files::for_each_dbpage(c, &self.path, self.page_size, |_, page| {
+            f(page).map_err(|e| Error::io("write snapshot", e))
+        })
     }
 
     /// Hashes the database as it stood at a recorded position: the database file's pages,

@@ -1,11 +1,14 @@
+use std::fmt;
 use std::path::PathBuf;
 
+use lifeboat_wal::{DbChecksum, TxId};
 use thiserror::Error;
 
 /// Result alias for the agent.
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
-/// What stops the agent or a restore. Messages name the file or object and say what to do.
+/// What stops the agent or a restore. Messages name the file or object and say what to do; the
+/// underlying error is the [`source`](std::error::Error::source) (print it with [`Chain`]).
 #[derive(Debug, Error)]
 #[non_exhaustive]
 pub enum Error {
@@ -30,40 +33,40 @@ pub enum Error {
         holder: String,
     },
     /// SQLite failed.
-    #[error("{what} on {path}: {cause}")]
+    #[error("{what} on {path}")]
     Sqlite {
         /// The database.
         path: PathBuf,
         /// What the agent was doing.
         what: &'static str,
         /// SQLite's error.
+        #[source]
         cause: rusqlite::Error,
     },
     /// A local file operation failed.
-    #[error("{what}: {cause}")]
+    #[error("{what}")]
     Io {
         /// What, on which file.
         what: String,
         /// The error.
+        #[source]
         cause: std::io::Error,
     },
     /// A replica operation failed.
     #[error(transparent)]
     Storage(#[from] lifeboat_storage::Error),
     /// An object failed verification.
-    #[error("object {key} is corrupt: {cause}; the replica cannot be restored past it")]
+    #[error("object {key} is corrupt; the replica cannot be restored past it")]
     Corrupt {
         /// The object.
         key: String,
         /// What was wrong.
+        #[source]
         cause: lifeboat_wal::Error,
     },
     /// The replica does not hold a restorable chain.
     #[error("{0}")]
     Replica(String),
-    /// Something that must hold did not.
-    #[error("inconsistent state: {0}")]
-    Inconsistent(String),
     /// The local database does not continue a replica's newest state.
     #[error(
         "{db} is not the newest state of replica {replica}, nor a continuation of it ({reason}): \
@@ -81,6 +84,64 @@ pub enum Error {
     /// Refused to touch an existing file.
     #[error("{0}")]
     Refused(String),
+    /// A database's pages, recomputed, do not have the checksum the replica recorded (or the
+    /// agent computed): nothing was written or uploaded.
+    #[error("{what} has database checksum {found}, expected {expected}; {consequence}")]
+    ChecksumMismatch {
+        /// Which state, of which file.
+        what: String,
+        /// The recorded (or computed) checksum.
+        expected: DbChecksum,
+        /// The one found.
+        found: DbChecksum,
+        /// What was not done because of it.
+        consequence: &'static str,
+    },
+    /// A restored database fails `PRAGMA integrity_check`.
+    #[error("the restored database {path} fails PRAGMA integrity_check: {problems}")]
+    IntegrityCheck {
+        /// The file checked.
+        path: PathBuf,
+        /// What SQLite found.
+        problems: String,
+    },
+    /// Reading a database's pages through `sqlite_dbpage`, or from its file, gave something that
+    /// is not a whole database (a page missing, of the wrong size, a short count).
+    #[error("reading the pages of {path}: {problem}")]
+    Pages {
+        /// The database file.
+        path: PathBuf,
+        /// What was wrong.
+        problem: String,
+    },
+    /// The agent's read transaction could not be matched to the WAL file (the log kept changing
+    /// under the look); the next pass tries again.
+    #[error("{path}: {problem}")]
+    PinPosition {
+        /// The database.
+        path: PathBuf,
+        /// What did not match.
+        problem: String,
+    },
+    /// A restore reached another transaction than the one asked for.
+    #[error("restore reached txid {reached} but the target is {target}")]
+    TargetMissed {
+        /// Where the restore stopped.
+        reached: TxId,
+        /// What was asked for.
+        target: TxId,
+    },
+    /// The final sync on shutdown did not ship everything.
+    #[error(
+        "the final sync of {0} did not complete: the newest transactions may not be in every replica"
+    )]
+    FinalSyncIncomplete(PathBuf),
+    /// A thread or blocking task of the agent panicked or was cancelled.
+    #[error("{0} panicked or was cancelled (a bug: please report it with the log)")]
+    Panicked(String),
+    /// A report could not be encoded.
+    #[error("encode the drill report")]
+    Encode(#[source] serde_json::Error),
 }
 
 impl Error {
@@ -94,10 +155,25 @@ impl Error {
             Error::Storage(lifeboat_storage::Error::NotFound { .. }) => "not_found",
             Error::Storage(_) => "storage",
             Error::Corrupt { .. } => "corrupt",
-            Error::Replica(_) | Error::Diverged { .. } => "replica",
-            Error::Inconsistent(_) => "inconsistent",
+            Error::Replica(_) | Error::Diverged { .. } | Error::TargetMissed { .. } => "replica",
             Error::Refused(_) => "refused",
+            Error::ChecksumMismatch { .. }
+            | Error::IntegrityCheck { .. }
+            | Error::Pages { .. }
+            | Error::PinPosition { .. }
+            | Error::FinalSyncIncomplete(_)
+            | Error::Panicked(_)
+            | Error::Encode(_) => "inconsistent",
         }
+    }
+
+    /// Whether the replica refuses this write for good: an object exists with other bytes
+    /// (another writer on the same replica path). Such a replica halts.
+    pub fn is_conflict(&self) -> bool {
+        matches!(
+            self,
+            Error::Storage(lifeboat_storage::Error::Conflict { .. })
+        )
     }
 
     pub(crate) fn sqlite(
@@ -117,5 +193,52 @@ impl Error {
             what: what.into(),
             cause: source,
         }
+    }
+
+    /// A blocking task that did not finish (it panicked, or the runtime is shutting down).
+    pub(crate) fn join(what: &str, e: tokio::task::JoinError) -> Self {
+        Error::Panicked(format!("{what} ({e})"))
+    }
+}
+
+/// Displays an error with every cause after it (`what: cause: cause`), for logs and reports
+/// that hold one line.
+#[derive(Clone, Copy)]
+pub struct Chain<'a>(pub &'a (dyn std::error::Error + 'static));
+
+impl fmt::Display for Chain<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", self.0)?;
+        let mut cause = self.0.source();
+        while let Some(c) = cause {
+            write!(f, ": {c}")?;
+            cause = c.source();
+        }
+        Ok(())
+    }
+}
+
+impl fmt::Debug for Chain<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Display::fmt(self, f)
+    }
+}
+
+impl Error {
+    /// The error and its causes on one line (see [`Chain`]).
+    pub fn chain(&self) -> Chain<'_> {
+        Chain(self)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn chain_shows_the_cause_once() {
+        let e = Error::io("read /x", std::io::Error::other("disk on fire"));
+        assert_eq!(e.to_string(), "read /x");
+        assert_eq!(e.chain().to_string(), "read /x: disk on fire");
     }
 }

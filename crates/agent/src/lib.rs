@@ -20,9 +20,11 @@
 
 pub mod agent;
 pub mod catalog;
+pub mod clock;
 pub mod db;
 pub mod drill;
 mod error;
+pub mod files;
 pub mod replica;
 pub mod replicator;
 pub mod restore;
@@ -34,7 +36,7 @@ pub mod walfile;
 use std::path::PathBuf;
 use std::time::Duration;
 
-pub use error::{Error, Result};
+pub use error::{Chain, Error, Result};
 
 /// Tuning for one database's replication. The defaults suit a small web app.
 #[derive(Clone, Debug)]

@@ -5,20 +5,21 @@
 //! a thread of its own and wakes it on WAL changes. Uploads go through a Tokio runtime handle.
 
 use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use lifeboat_storage::keys::Key;
 use lifeboat_storage::retry::{retry, RetryPolicy};
 use lifeboat_storage::{PutOutcome, ReplicaClient};
-use lifeboat_wal::segment::{CommitRecord, Segment, SegmentHeader};
 use lifeboat_wal::snapshot::{SnapshotHeader, SnapshotWriter};
 use lifeboat_wal::sqlite::WAL_HEADER_SIZE;
+use lifeboat_wal::transaction::SegmentBuilder;
 use lifeboat_wal::{DbChecksum, Generation, TxId, FORMAT_VERSION};
 use tokio::runtime::Handle;
 use tracing::{debug, error, info, warn};
 
 use crate::catalog::{self, Catalog};
+use crate::clock::now_ms;
 use crate::db::{CheckpointMode, CheckpointResult, Database};
 use crate::replica::{Replica, ReplicaState};
 use crate::status::Status;
@@ -41,13 +42,6 @@ const EMPTY_REPLICA: &str = "the replica is empty";
 /// Why a generation starts without trying to resume (see [`Options::resume`]).
 const FRESH_GENERATION: &str =
     "the database was just restored: a new generation, so an instance still writing the old one cannot fork it";
-
-/// Unix time in milliseconds.
-pub fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64)
-}
 
 /// What one pass did.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -192,15 +186,9 @@ impl Replicator {
         let tip = self
             .rt
             .block_on(catalog::tip(client.as_ref(), generation, objs))?;
-        let (since_snapshot, snapshot_ms) = match objs.snapshots.last().map(|o| o.key) {
-            Some(Key::Snapshot { txid, time_ms, .. }) => (
-                objs.segments
-                    .iter()
-                    .filter(|o| matches!(o.key, Key::Segment { last, .. } if last > txid))
-                    .count() as u32,
-                time_ms,
-            ),
-            _ => (0, now_ms()),
+        let (since_snapshot, snapshot_ms) = match objs.snapshots.last() {
+            Some(s) => (objs.segments_since_snapshot() as u32, s.time_ms),
+            None => (0, now_ms()),
         };
         self.replicas[i].succeeded();
         if tip.page_size != self.db.page_size() {
@@ -561,11 +549,15 @@ impl Replicator {
         let time_ms = now_ms();
         let (tmp, hashes, trailer) = self.write_snapshot(generation, txid, time_ms, &pin)?;
         if hashes.checksum() != expect {
-            return Err(Error::Inconsistent(format!(
-                "the pinned state of {} (checksum {}) is not the replica's state after txid {txid} ({expect}); snapshot not uploaded",
-                self.db.path().display(),
-                hashes.checksum()
-            )));
+            return Err(Error::ChecksumMismatch {
+                what: format!(
+                    "the pinned state of {} (the replica's state after txid {txid})",
+                    self.db.path().display()
+                ),
+                expected: expect,
+                found: hashes.checksum(),
+                consequence: "snapshot not uploaded",
+            });
         }
         let key = Key::Snapshot {
             generation,
@@ -721,54 +713,33 @@ impl Replicator {
                 last_time
             })
             .collect();
-        let (first_time_ms, time_ms) = (times[0], last_time);
-        let ps = self.db.page_size() as usize;
-        let checksum_before = st.hashes.checksum();
+        let ps = self.db.page_size();
         st.hashes.begin();
         let n = batch.txns.len() as u64;
         let end = batch.end;
-        let mut commits = Vec::with_capacity(batch.txns.len());
-        let mut frames = Vec::with_capacity(batch.bytes);
-        let mut txid = st.next_txid;
+        let mut builder = SegmentBuilder::new(
+            st.generation,
+            st.next_txid,
+            ps,
+            st.hashes.checksum(),
+            batch.bytes,
+        );
         // Each transaction's frames are dropped once copied: memory holds one copy of the batch.
         for (t, &commit_time) in batch.txns.into_iter().zip(&times) {
-            for f in t.frames.chunks_exact(24 + ps) {
-                let pgno = u32::from_be_bytes([f[0], f[1], f[2], f[3]]);
-                st.hashes.set_page(pgno, &f[24..]);
-            }
-            st.hashes.resize(t.commit_size);
-            commits.push(CommitRecord {
-                txid,
-                time_ms: commit_time,
-                frames: t.frame_count,
-                db_size: t.commit_size,
-                checksum: st.hashes.checksum(),
-            });
-            frames.extend_from_slice(&t.frames);
-            txid = txid.next();
+            builder.push(
+                &mut st.hashes,
+                &t.frames,
+                t.frame_count,
+                t.commit_size,
+                commit_time,
+            );
         }
-        let last = *commits.last().expect("non-empty batch");
-        let seg = Segment {
-            header: SegmentHeader {
-                version: FORMAT_VERSION,
-                generation: st.generation,
-                first_txid: st.next_txid,
-                last_txid: last.txid,
-                page_size: ps as u32,
-                frame_count: 0,
-                commit_count: 0,
-                db_size: last.db_size,
-                first_time_ms,
-                last_time_ms: time_ms,
-                checksum_before,
-                checksum_after: last.checksum,
-                wal: end.position(&st.cursor),
-                body_len: 0,
-                raw_len: 0,
-            },
-            commits,
-            frames,
-        };
+        let txid = builder.next_txid();
+        let seg = builder
+            .finish(end.position(&st.cursor))
+            .expect("non-empty batch");
+        let last = *seg.commits.last().expect("non-empty batch");
+        let time_ms = seg.header.last_time_ms;
         let key = Key::Segment {
             generation: st.generation,
             first: st.next_txid,

@@ -15,13 +15,11 @@
 
 use std::time::Duration;
 
-use lifeboat_storage::keys::Key;
 use lifeboat_storage::ReplicaClient;
-use lifeboat_wal::Generation;
 use serde::Serialize;
 use tracing::info;
 
-use crate::catalog::{Catalog, GenerationObjects};
+use crate::catalog::Catalog;
 use crate::Result;
 
 /// What a prune removes (or would remove).
@@ -35,16 +33,6 @@ pub struct PrunePlan {
     pub objects: Vec<String>,
     /// Bytes freed.
     pub bytes: u64,
-}
-
-/// The newest time a generation holds a restore point for (Unix ms).
-fn newest_time(g: Generation, o: &GenerationObjects) -> u64 {
-    o.snapshots
-        .iter()
-        .chain(&o.segments)
-        .map(key_time)
-        .max()
-        .unwrap_or(g.unix_ms())
 }
 
 /// Plans a prune of `cat` for `retention` as of `now_ms`.
@@ -62,13 +50,14 @@ pub fn plan(cat: &Catalog, retention: Duration, now_ms: u64) -> PrunePlan {
     let keep_from = cat
         .generations
         .iter()
-        .find(|(g, o)| newest_time(**g, o) >= window_start_ms)
+        .find(|(g, o)| o.newest_time().unwrap_or(g.unix_ms()) >= window_start_ms)
         .map_or(newest_restorable, |(g, _)| (*g).min(newest_restorable));
     for (g, o) in cat.generations.range(..keep_from) {
         p.generations.push(g.to_string());
-        for x in o.snapshots.iter().chain(&o.segments) {
-            p.objects.push(x.name.clone());
-            p.bytes += x.size;
+        let snapshots = o.snapshots.iter().map(|x| (&x.key, x.size));
+        for (key, size) in snapshots.chain(o.segments.iter().map(|x| (&x.key, x.size))) {
+            p.objects.push(key.clone());
+            p.bytes += size;
         }
     }
     // Within a kept generation, a snapshot taken at or before the window's start makes
@@ -78,33 +67,26 @@ pub fn plan(cat: &Catalog, retention: Duration, now_ms: u64) -> PrunePlan {
             .snapshots
             .iter()
             .rev()
-            .find(|x| key_time(x) <= window_start_ms)
+            .find(|x| x.time_ms <= window_start_ms)
         else {
             continue;
         };
-        let Key::Snapshot {
-            txid: base_txid, ..
-        } = base.key
-        else {
-            continue;
-        };
-        let older_snapshots = o.snapshots.iter().take_while(|x| x.name != base.name);
+        let older_snapshots = o
+            .snapshots
+            .iter()
+            .take_while(|x| x.key != base.key)
+            .map(|x| (&x.key, x.size));
         let covered_segments = o
             .segments
             .iter()
-            .filter(|x| matches!(x.key, Key::Segment { last, .. } if last <= base_txid));
-        for x in older_snapshots.chain(covered_segments) {
-            p.objects.push(x.name.clone());
-            p.bytes += x.size;
+            .filter(|x| x.last <= base.txid)
+            .map(|x| (&x.key, x.size));
+        for (key, size) in older_snapshots.chain(covered_segments) {
+            p.objects.push(key.clone());
+            p.bytes += size;
         }
     }
     p
-}
-
-fn key_time(x: &crate::catalog::Object) -> u64 {
-    match x.key {
-        Key::Snapshot { time_ms, .. } | Key::Segment { time_ms, .. } => time_ms,
-    }
 }
 
 /// Deletes what [`plan`] chooses (nothing when `dry_run`); returns the plan.
@@ -138,8 +120,9 @@ pub async fn prune(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::catalog::Object;
-    use lifeboat_wal::TxId;
+    use crate::catalog::{Segment, Snapshot};
+    use lifeboat_storage::keys::Key;
+    use lifeboat_wal::{Generation, TxId};
 
     const H: u64 = 3_600_000;
 
@@ -153,9 +136,10 @@ mod tests {
                 txid: TxId(0),
                 time_ms: t * H,
             };
-            o.snapshots.push(Object {
-                key,
-                name: key.to_string(),
+            o.snapshots.push(Snapshot {
+                key: key.to_string(),
+                txid: TxId(0),
+                time_ms: t * H,
                 size: 100,
             });
         }
@@ -166,9 +150,11 @@ mod tests {
                 last: TxId(i as u64 + 1),
                 time_ms: h * H,
             };
-            o.segments.push(Object {
-                key,
-                name: key.to_string(),
+            o.segments.push(Segment {
+                key: key.to_string(),
+                first: TxId(i as u64 + 1),
+                last: TxId(i as u64 + 1),
+                time_ms: h * H,
                 size: 10,
             });
         }
@@ -216,9 +202,10 @@ mod tests {
             time_ms: 2 * H,
         };
         let o = cat.generations.get_mut(&g).unwrap();
-        o.snapshots.push(Object {
-            key,
-            name: key.to_string(),
+        o.snapshots.push(Snapshot {
+            key: key.to_string(),
+            txid: TxId(2),
+            time_ms: 2 * H,
             size: 100,
         });
         // Window from hour 3: the hour-2 snapshot is the base; the first snapshot and the

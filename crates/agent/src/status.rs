@@ -42,6 +42,34 @@ pub struct ReplicaStatus {
     pub requests: std::collections::BTreeMap<String, u64>,
 }
 
+/// A replica counts as failing once it has failed this many times in a row ...
+pub const FAILURES: u32 = 3;
+/// ... or is this far behind (see [`ReplicaStatus::lag_seconds`]).
+pub const STALL: Duration = Duration::from_secs(60);
+
+impl ReplicaStatus {
+    /// Seconds the replica is behind: the age of the oldest commit seen in the WAL and not yet
+    /// in the replica (0 when there is none); before its first generation, the time since start.
+    pub fn lag_seconds(&self, now_ms: u64) -> f64 {
+        let since = match (self.generation.as_ref(), self.oldest_pending_ms) {
+            (None, _) => self.started_ms.unwrap_or(now_ms),
+            (Some(_), Some(t)) => t,
+            (Some(_), None) => now_ms,
+        };
+        now_ms.saturating_sub(since) as f64 / 1000.0
+    }
+
+    /// The health rule (`/health` answers 200 only while every replica is healthy, else 503):
+    /// not halted, fewer than [`FAILURES`] failures in a row, in a generation, and less than
+    /// [`STALL`] behind.
+    pub fn healthy(&self, now_ms: u64) -> bool {
+        self.halted.is_none()
+            && self.failures < FAILURES
+            && self.generation.is_some()
+            && self.lag_seconds(now_ms) < STALL.as_secs_f64()
+    }
+}
+
 /// Progress of one database, shared between the replicator thread and readers.
 #[derive(Debug, Default)]
 pub struct Status {
@@ -110,7 +138,7 @@ impl Status {
         self.with(|s| {
             s.errors += 1;
             *s.errors_by_kind.entry(e.kind().to_string()).or_default() += 1;
-            s.last_error = Some(e.to_string());
+            s.last_error = Some(e.chain().to_string());
         });
     }
 
@@ -131,7 +159,7 @@ impl Status {
             s.snapshot_seconds += took.as_secs_f64();
             let r = Self::replica(s, i);
             r.objects += 1;
-            r.last_sync_ms = Some(crate::replicator::now_ms());
+            r.last_sync_ms = Some(crate::clock::now_ms());
         });
     }
 
@@ -152,7 +180,7 @@ impl Status {
             s.wal_bytes = wal_bytes;
             for (i, r) in replicas.iter().enumerate() {
                 let st = Self::replica(s, i);
-                st.started_ms.get_or_insert_with(crate::replicator::now_ms);
+                st.started_ms.get_or_insert_with(crate::clock::now_ms);
                 st.requests = r
                     .requests
                     .snapshot()
@@ -168,5 +196,52 @@ impl Status {
                 st.halted = r.halted.clone();
             }
         });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn replica() -> ReplicaStatus {
+        ReplicaStatus {
+            generation: Some("g".into()),
+            started_ms: Some(1_000),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn a_caught_up_replica_is_healthy() {
+        let r = replica();
+        assert_eq!(r.lag_seconds(500_000), 0.0);
+        assert!(r.healthy(500_000));
+    }
+
+    #[test]
+    fn lag_is_the_age_of_the_oldest_pending_commit_or_the_time_since_start() {
+        let mut r = replica();
+        r.oldest_pending_ms = Some(10_000);
+        assert_eq!(r.lag_seconds(69_000), 59.0);
+        assert!(r.healthy(69_000));
+        assert!(!r.healthy(70_000), "60 s behind is failing");
+        let starting = ReplicaStatus {
+            started_ms: Some(1_000),
+            ..Default::default()
+        };
+        assert_eq!(starting.lag_seconds(3_000), 2.0);
+        assert!(!starting.healthy(3_000), "no generation yet");
+    }
+
+    #[test]
+    fn halted_or_repeatedly_failing_replicas_are_unhealthy() {
+        let mut r = replica();
+        r.failures = FAILURES - 1;
+        assert!(r.healthy(0));
+        r.failures = FAILURES;
+        assert!(!r.healthy(0));
+        let mut r = replica();
+        r.halted = Some("conflict".into());
+        assert!(!r.healthy(0));
     }
 }

@@ -2,14 +2,14 @@
 
 use std::io::BufReader;
 
-use lifeboat_storage::keys::Key;
 use lifeboat_storage::ReplicaClient;
 use lifeboat_wal::segment::Segment;
 use lifeboat_wal::snapshot::SnapshotReader;
 use serde::Serialize;
 
 use crate::catalog::{Catalog, GenerationObjects};
-use crate::restore::{execute, fmt_time, plan_generation, RestoreOptions, Target};
+use crate::clock::fmt_time;
+use crate::restore::{execute, plan_generation, RestoreOptions, Target};
 use crate::{Error, Result};
 
 /// What a replica holds for one generation, and what is wrong with it.
@@ -37,21 +37,16 @@ pub struct GenerationSummary {
 
 /// Summarises a generation from the listing alone (no object is read).
 pub fn summarize(generation: lifeboat_wal::Generation, o: &GenerationObjects) -> GenerationSummary {
-    let bytes = o.snapshots.iter().chain(&o.segments).map(|x| x.size).sum();
-    let from = o.snapshots.first().and_then(|s| match s.key {
-        Key::Snapshot { time_ms, .. } => Some(fmt_time(time_ms)),
-        _ => None,
-    });
-    let (last_txid, to) = match o.segments.last().map(|s| s.key) {
-        Some(Key::Segment { last, time_ms, .. }) => {
-            (Some(last.to_string()), Some(fmt_time(time_ms)))
-        }
-        _ => match o.snapshots.last().map(|s| s.key) {
-            Some(Key::Snapshot { txid, time_ms, .. }) => {
-                (Some(txid.to_string()), Some(fmt_time(time_ms)))
-            }
-            _ => (None, None),
-        },
+    let bytes = o.bytes();
+    let from = o.snapshots.first().map(|s| fmt_time(s.time_ms));
+    let last = o
+        .segments
+        .last()
+        .map(|s| (s.last, s.time_ms))
+        .or_else(|| o.snapshots.last().map(|s| (s.txid, s.time_ms)));
+    let (last_txid, to) = match last {
+        Some((txid, time_ms)) => (Some(txid.to_string()), Some(fmt_time(time_ms))),
+        None => (None, None),
     };
     GenerationSummary {
         generation: generation.to_string(),
@@ -82,16 +77,16 @@ pub async fn verify(client: &dyn ReplicaClient) -> Result<Vec<GenerationSummary>
         for s in &objs.snapshots {
             let path = scratch.path().join("snapshot");
             let res = async {
-                client.get_to_file(&s.name, &path).await?;
+                client.get_to_file(&s.key, &path).await?;
                 let f = std::fs::File::open(&path).map_err(|e| Error::io("open snapshot", e))?;
                 let mut r = SnapshotReader::new(BufReader::new(f)).map_err(|e| Error::Corrupt {
-                    key: s.name.clone(),
+                    key: s.key.clone(),
                     cause: e,
                 })?;
                 while r
                     .next_chunk()
                     .map_err(|e| Error::Corrupt {
-                        key: s.name.clone(),
+                        key: s.key.clone(),
                         cause: e,
                     })?
                     .is_some()
@@ -100,21 +95,21 @@ pub async fn verify(client: &dyn ReplicaClient) -> Result<Vec<GenerationSummary>
             }
             .await;
             if let Err(e) = res {
-                sum.problems.push(e.to_string());
+                sum.problems.push(e.chain().to_string());
             }
         }
         for s in &objs.segments {
             let res = async {
-                let b = client.get(&s.name).await?;
+                let b = client.get(&s.key).await?;
                 Segment::decode(&b).map_err(|e| Error::Corrupt {
-                    key: s.name.clone(),
+                    key: s.key.clone(),
                     cause: e,
                 })?;
                 Ok::<_, Error>(())
             }
             .await;
             if let Err(e) = res {
-                sum.problems.push(e.to_string());
+                sum.problems.push(e.chain().to_string());
             }
         }
         if !objs.snapshots.is_empty() && sum.problems.is_empty() {
@@ -135,7 +130,7 @@ pub async fn verify(client: &dyn ReplicaClient) -> Result<Vec<GenerationSummary>
             }
             .await;
             if let Err(e) = res {
-                sum.problems.push(e.to_string());
+                sum.problems.push(e.chain().to_string());
             }
         }
         out.push(sum);

@@ -165,9 +165,9 @@ pub struct WalFile {
 impl WalFile {
     /// The WAL of database `db`.
     pub fn for_db(db: &Path) -> WalFile {
-        let mut p = db.as_os_str().to_owned();
-        p.push("-wal");
-        WalFile { path: p.into() }
+        WalFile {
+            path: crate::files::sibling(db, "-wal"),
+        }
     }
 
     /// The file's path.

@@ -9,6 +9,8 @@
 //!   CRC32 over the object.
 //! - [`checksum`] is the rolling database checksum (XOR of per-page hashes) that every snapshot and
 //!   every commit records, so a restore can prove it rebuilt the database bit for bit.
+//! - [`transaction`] walks a transaction's frames ([`transaction::Frames`]) and builds segments
+//!   from transactions ([`transaction::SegmentBuilder`]): every reader of frames uses it.
 //! - [`types`] holds the domain values ([`Generation`], [`TxId`]) that appear in keys and headers.
 //!
 //! Nothing here touches the file system, the network or a logger: callers hand in byte slices or
@@ -27,6 +29,7 @@ mod error;
 pub mod segment;
 pub mod snapshot;
 pub mod sqlite;
+pub mod transaction;
 pub mod types;
 
 pub use checksum::DbChecksum;

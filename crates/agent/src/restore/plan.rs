@@ -1,0 +1,297 @@
+//! Choosing what a restore reads: the snapshot at or before the target and the segments after
+//! it, which must form an unbroken txid chain. From one listing, without reading any object.
+
+use lifeboat_wal::{Generation, TxId};
+
+use crate::catalog::{Catalog, GenerationObjects, Segment, Snapshot};
+use crate::clock::fmt_time;
+use crate::{Error, Result};
+
+/// What to restore to.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum Target {
+    /// The newest state.
+    #[default]
+    Latest,
+    /// The state right after this transaction.
+    TxId(TxId),
+    /// The state after the last transaction the agent saw commit at or before this time (Unix
+    /// ms). Precise to when the agent noticed the commit (file-event latency, milliseconds).
+    Time(u64),
+}
+
+/// The objects a restore will read.
+#[derive(Clone, Debug)]
+pub struct Plan {
+    /// Generation.
+    pub generation: Generation,
+    /// The snapshot to start from.
+    pub snapshot: Snapshot,
+    /// Segments to apply, in order.
+    pub segments: Vec<Segment>,
+    /// Where to stop.
+    pub target: Target,
+}
+
+impl Plan {
+    /// Bytes to download.
+    pub fn bytes(&self) -> u64 {
+        self.snapshot.size + self.segments.iter().map(|s| s.size).sum::<u64>()
+    }
+}
+
+/// Chooses the snapshot and segments for a target within one generation.
+pub fn plan_generation(
+    generation: Generation,
+    objs: &GenerationObjects,
+    target: Target,
+) -> Result<Plan> {
+    let snapshot = objs
+        .snapshots
+        .iter()
+        .rev()
+        .find(|s| match target {
+            Target::Latest => true,
+            Target::TxId(t) => s.txid <= t,
+            Target::Time(t) => s.time_ms <= t,
+        })
+        .ok_or_else(|| {
+            Error::Replica(format!(
+                "generation {generation} has no snapshot at or before the target"
+            ))
+        })?
+        .clone();
+    let base = snapshot.txid;
+    let mut next = base.next();
+    let mut segments: Vec<Segment> = Vec::new();
+    for s in &objs.segments {
+        let (first, last) = (s.first, s.last);
+        if let Target::TxId(t) = target {
+            if first > t {
+                break;
+            }
+        }
+        // One agent never writes two segments that share a transaction: two agents resumed the
+        // same generation (overlapping deploys) and its history forked. Neither branch is
+        // chosen silently.
+        if let Some(prev) = segments.last().filter(|_| first < next && first > base) {
+            return Err(Error::Replica(format!(
+                "generation {generation} forked at txid {first}: {} and {} both hold it, so two \
+                 agents wrote to this replica at once (overlapping deploys?). The history before \
+                 the fork restores with --generation {generation} --txid {}; look at both \
+                 branches with `lifeboat segments`",
+                prev.key,
+                s.key,
+                TxId(first.0 - 1)
+            )));
+        }
+        if last < next {
+            continue;
+        }
+        if first > next {
+            return Err(Error::Replica(format!(
+                "generation {generation} is missing transactions {next}..{}: expected a segment \
+                 starting at txid {next} before {}; the chain is broken and cannot be restored \
+                 past txid {}",
+                TxId(first.0 - 1),
+                s.key,
+                TxId(next.0 - 1)
+            )));
+        }
+        segments.push(s.clone());
+        next = last.next();
+        // The first segment whose last commit is after the target time may hold commits at or
+        // before it; later ones cannot.
+        if let Target::Time(t) = target {
+            if s.time_ms > t {
+                break;
+            }
+        }
+    }
+    if let Target::TxId(t) = target {
+        if TxId(next.0 - 1) < t {
+            return Err(Error::Replica(format!(
+                "generation {generation} ends at txid {}, before the target txid {t}",
+                TxId(next.0 - 1)
+            )));
+        }
+    }
+    Ok(Plan {
+        generation,
+        snapshot,
+        segments,
+        target,
+    })
+}
+
+/// Plans a restore from a replica's catalog.
+pub fn plan(cat: &Catalog, generation: Option<Generation>, target: Target) -> Result<Plan> {
+    let (g, objs) = match generation {
+        Some(g) => (
+            g,
+            cat.generations.get(&g).ok_or_else(|| {
+                Error::Replica(format!("generation {g} not found in the replica"))
+            })?,
+        ),
+        None => match target {
+            // The newest generation that has a state at or before the time.
+            Target::Time(t) => cat
+                .generations
+                .iter()
+                .rev()
+                .find(|(_, o)| o.snapshots.iter().any(|s| s.time_ms <= t))
+                .map(|(g, o)| (*g, o))
+                .ok_or_else(|| {
+                    Error::Replica(format!(
+                        "the replica holds no state at or before {}",
+                        fmt_time(t)
+                    ))
+                })?,
+            _ => cat.latest().ok_or_else(|| {
+                Error::Replica("the replica holds no snapshot: nothing to restore".into())
+            })?,
+        },
+    };
+    plan_generation(g, objs, target)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const G: Generation = Generation(0x10);
+
+    fn snap(txid: u64, time_ms: u64) -> Snapshot {
+        Snapshot {
+            key: format!("snap-{txid}"),
+            txid: TxId(txid),
+            time_ms,
+            size: 100,
+        }
+    }
+
+    fn seg(first: u64, last: u64, time_ms: u64) -> Segment {
+        Segment {
+            key: format!("seg-{first}-{last}-{time_ms}"),
+            first: TxId(first),
+            last: TxId(last),
+            time_ms,
+            size: 10,
+        }
+    }
+
+    fn objs(snapshots: Vec<Snapshot>, segments: Vec<Segment>) -> GenerationObjects {
+        GenerationObjects {
+            snapshots,
+            segments,
+        }
+    }
+
+    fn keys(p: &Plan) -> Vec<&str> {
+        p.segments.iter().map(|s| s.key.as_str()).collect()
+    }
+
+    #[test]
+    fn latest_starts_at_the_newest_snapshot_and_skips_what_it_covers() {
+        let o = objs(
+            vec![snap(0, 1), snap(4, 5)],
+            vec![seg(1, 2, 2), seg(3, 4, 4), seg(5, 6, 6), seg(7, 7, 7)],
+        );
+        let p = plan_generation(G, &o, Target::Latest).unwrap();
+        assert_eq!(p.snapshot.txid, TxId(4));
+        assert_eq!(keys(&p), ["seg-5-6-6", "seg-7-7-7"]);
+        assert_eq!(p.bytes(), 120);
+    }
+
+    #[test]
+    fn a_txid_target_takes_the_snapshot_before_it_and_stops_at_the_segment_holding_it() {
+        let o = objs(
+            vec![snap(0, 1), snap(4, 5)],
+            vec![seg(1, 2, 2), seg(3, 4, 4), seg(5, 6, 6), seg(7, 7, 7)],
+        );
+        let p = plan_generation(G, &o, Target::TxId(TxId(3))).unwrap();
+        assert_eq!(p.snapshot.txid, TxId(0));
+        assert_eq!(keys(&p), ["seg-1-2-2", "seg-3-4-4"]);
+        let e = plan_generation(G, &o, Target::TxId(TxId(9))).unwrap_err();
+        assert!(
+            e.to_string().contains("ends at txid 0000000000000007"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn a_time_target_stops_after_the_first_segment_past_it() {
+        let o = objs(
+            vec![snap(0, 1)],
+            vec![seg(1, 2, 2), seg(3, 4, 10), seg(5, 6, 20)],
+        );
+        let p = plan_generation(G, &o, Target::Time(5)).unwrap();
+        assert_eq!(keys(&p), ["seg-1-2-2", "seg-3-4-10"]);
+        assert!(plan_generation(G, &o, Target::Time(0)).is_err());
+    }
+
+    #[test]
+    fn a_gap_is_an_error_naming_the_missing_txids_and_the_object_after_it() {
+        let o = objs(vec![snap(0, 1)], vec![seg(1, 2, 2), seg(5, 6, 6)]);
+        let e = plan_generation(G, &o, Target::Latest)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("missing transactions 0000000000000003..0000000000000004")
+                && e.contains("seg-5-6-6"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn two_segments_sharing_a_transaction_are_a_fork() {
+        // Two agents resumed after txid 2 and each wrote txid 3 onwards.
+        let o = objs(
+            vec![snap(0, 1)],
+            vec![seg(1, 2, 2), seg(3, 3, 5), seg(3, 4, 4)],
+        );
+        let e = plan_generation(G, &o, Target::Latest)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("forked at txid 0000000000000003")
+                && e.contains("seg-3-4-4")
+                && e.contains("seg-3-3-5")
+                && e.contains("--txid 0000000000000002"),
+            "{e}"
+        );
+        // Before the fork the history still restores.
+        let p = plan_generation(G, &o, Target::TxId(TxId(2))).unwrap();
+        assert_eq!(keys(&p), ["seg-1-2-2"]);
+    }
+
+    #[test]
+    fn segments_a_later_snapshot_covers_are_no_fork() {
+        // Segment 1-4 overlaps nothing after the snapshot at 2 that the plan uses.
+        let o = objs(
+            vec![snap(0, 1), snap(2, 3)],
+            vec![seg(1, 4, 4), seg(5, 5, 5)],
+        );
+        let p = plan_generation(G, &o, Target::Latest).unwrap();
+        assert_eq!(keys(&p), ["seg-1-4-4", "seg-5-5-5"]);
+    }
+
+    #[test]
+    fn the_catalog_plan_picks_the_newest_generation_with_a_state_before_the_time() {
+        let mut cat = Catalog::default();
+        cat.generations
+            .insert(Generation(1), objs(vec![snap(0, 10)], vec![seg(1, 1, 11)]));
+        cat.generations
+            .insert(Generation(2), objs(vec![snap(0, 20)], vec![]));
+        assert_eq!(
+            plan(&cat, None, Target::Time(15)).unwrap().generation,
+            Generation(1)
+        );
+        assert_eq!(
+            plan(&cat, None, Target::Latest).unwrap().generation,
+            Generation(2)
+        );
+        assert!(plan(&cat, None, Target::Time(5)).is_err());
+        assert!(plan(&cat, Some(Generation(9)), Target::Latest).is_err());
+    }
+}
