@@ -113,7 +113,7 @@ impl DbHandle {
 /// Opens the database, resumes or plans generations, and starts its thread, which runs until
 /// `stop` is cancelled (or [`DbHandle::stop`]) and then syncs a last time.
 pub fn start(cfg: DbConfig, rt: Handle, stop: CancellationToken) -> Result<DbHandle> {
-    crate::replicator::clean_staging(&cfg.options.staging_dir);
+    crate::staging::clean_staging(&cfg.options.staging_dir);
     let status = Arc::new(Status::default());
     let mut rep = Replicator::open(
         &cfg.path,
@@ -127,11 +127,15 @@ pub fn start(cfg: DbConfig, rt: Handle, stop: CancellationToken) -> Result<DbHan
     }
     rep.resume();
     if cfg.options.on_divergence == OnDivergence::Refuse {
-        if let Some(r) = rep.replicas().iter().find(|r| r.diverged.is_some()) {
+        if let Some((r, why)) = rep
+            .replicas()
+            .iter()
+            .find_map(|r| r.diverged().map(|why| (r, why)))
+        {
             return Err(Error::Diverged {
                 db: cfg.path.clone(),
                 replica: r.client.describe(),
-                reason: r.diverged.clone().unwrap_or_default(),
+                reason: why.to_string(),
             });
         }
     }
@@ -286,7 +290,7 @@ fn run_loop(
             } else {
                 info!(db = %rep.database().path().display(), "final sync complete");
             }
-            return !r.pending && rep.replicas().iter().all(|x| x.halted.is_none());
+            return !r.pending && rep.replicas().iter().all(|x| x.halted().is_none());
         }
         let retry = rep
             .replicas()

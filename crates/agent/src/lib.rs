@@ -20,7 +20,10 @@
 
 pub mod agent;
 pub mod catalog;
+mod checkpoints;
 pub mod clock;
+mod commit_times;
+mod context;
 pub mod db;
 pub mod drill;
 mod error;
@@ -28,7 +31,11 @@ pub mod files;
 pub mod replica;
 pub mod replicator;
 pub mod restore;
+mod resume;
 pub mod retention;
+mod shipping;
+mod snapshots;
+pub mod staging;
 pub mod status;
 pub mod verify;
 pub mod walfile;

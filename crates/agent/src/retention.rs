@@ -12,15 +12,67 @@
 //! A generation's snapshot goes first, so an interrupted prune never leaves a generation that
 //! restores to a silently shorter state: without its snapshot it is not restorable at all, and the
 //! next prune removes the rest.
+//!
+//! The agent prunes each replica in the background ([`Schedule`]): listing and deleting a large
+//! replica takes a while, and shipping must not wait for it.
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use lifeboat_storage::ReplicaClient;
 use serde::Serialize;
-use tracing::info;
+use tracing::{debug, info, warn};
 
 use crate::catalog::Catalog;
+use crate::clock::now_ms;
+use crate::context::Context;
+use crate::replica::Replica;
 use crate::Result;
+
+/// How often the agent applies retention.
+const EVERY: Duration = Duration::from_secs(3600);
+
+/// Applies retention to a database's replicas: at most once per [`EVERY`], to each healthy
+/// replica in a generation that has a retention window, as a task of its own on the runtime, so
+/// the replicator goes on shipping meanwhile. Never two prunes of one replica at once: a replica
+/// whose last prune is still running is skipped. Failures are logged and counted; they never stop
+/// replication.
+#[derive(Debug, Default)]
+pub(crate) struct Schedule {
+    last: Option<Instant>,
+}
+
+impl Schedule {
+    /// Starts the prunes that are due.
+    pub fn tick(&mut self, replicas: &mut [Replica], ctx: &Context) {
+        if ctx.opts.retention.is_none() && replicas.iter().all(|r| r.overrides.retention.is_none())
+        {
+            return;
+        }
+        if self.last.is_some_and(|t| t.elapsed() < EVERY) {
+            return;
+        }
+        self.last = Some(Instant::now());
+        for r in replicas.iter_mut() {
+            let Some(retention) = r.overrides.retention.or(ctx.opts.retention) else {
+                continue;
+            };
+            if r.state().is_none() || !r.healthy() {
+                continue;
+            }
+            if r.pruning.as_ref().is_some_and(|p| !p.is_finished()) {
+                debug!(replica = %r.client.describe(), "retention: the last prune is still running");
+                continue;
+            }
+            let (client, status) = (r.client.clone(), ctx.status.clone());
+            r.pruning = Some(ctx.rt.spawn(async move {
+                if let Err(e) = prune(client.as_ref(), retention, now_ms(), false).await {
+                    warn!(replica = %client.describe(), error = %e.chain(), "retention: prune failed; will try again");
+                    status.record_error(&e);
+                }
+            }));
+        }
+    }
+}
 
 /// What a prune removes (or would remove).
 #[derive(Clone, Debug, Default, Serialize)]

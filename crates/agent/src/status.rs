@@ -6,8 +6,6 @@ use std::time::Duration;
 use lifeboat_wal::TxId;
 use serde::Serialize;
 
-use crate::replica::Replica;
-
 /// One replica's progress.
 #[derive(Clone, Debug, Default, Serialize)]
 pub struct ReplicaStatus {
@@ -170,30 +168,17 @@ impl Status {
         });
     }
 
+    /// Records the size of the WAL, and lets `f` write each of `replicas` replicas' status.
     pub(crate) fn update(
         &self,
-        replicas: &[Replica],
-        pending: &[(u64, Option<u64>)],
         wal_bytes: u64,
+        replicas: usize,
+        mut f: impl FnMut(usize, &mut ReplicaStatus),
     ) {
         self.with(|s| {
             s.wal_bytes = wal_bytes;
-            for (i, r) in replicas.iter().enumerate() {
-                let st = Self::replica(s, i);
-                st.started_ms.get_or_insert_with(crate::clock::now_ms);
-                st.requests = r
-                    .requests
-                    .snapshot()
-                    .iter()
-                    .map(|(k, v)| (k.to_string(), *v))
-                    .collect();
-                (st.pending_txns, st.oldest_pending_ms) =
-                    pending.get(i).copied().unwrap_or_default();
-                st.replica = r.client.describe();
-                st.generation = r.state.as_ref().map(|x| x.generation.to_string());
-                st.caught_up = r.state.as_ref().is_some_and(|x| x.at_end);
-                st.failures = r.failures;
-                st.halted = r.halted.clone();
+            for i in 0..replicas {
+                f(i, Self::replica(s, i));
             }
         });
     }

@@ -5,7 +5,7 @@
 //! commit frame). A [`Cursor`] is the agent's place in the log: the header it belongs to, the byte
 //! offset of the next frame, and the running checksum there.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::fs::File;
 use std::io::{self, BufReader, Read, Seek, SeekFrom};
 use std::os::unix::fs::FileExt;
@@ -347,6 +347,30 @@ impl WalFile {
             }
         }
         Ok(batch)
+    }
+
+    /// Every whole transaction from `from` to the end of the WAL, batch by batch (each of at
+    /// most about `segment_bytes`); `None` once they pass `max_bytes`.
+    pub fn read_tail(
+        &self,
+        from: Cursor,
+        segment_bytes: usize,
+        max_bytes: usize,
+    ) -> io::Result<Option<VecDeque<Batch>>> {
+        let mut tail = VecDeque::new();
+        let (mut c, mut bytes) = (from, 0usize);
+        loop {
+            let b = self.read_batch(&c, segment_bytes)?;
+            if b.txns.is_empty() {
+                return Ok(Some(tail));
+            }
+            bytes += b.bytes;
+            if bytes > max_bytes {
+                return Ok(None);
+            }
+            c = b.end;
+            tail.push_back(b);
+        }
     }
 
     /// Maps each page to its latest frame in the current cycle up to byte offset `end`

@@ -197,11 +197,11 @@ fn restart_resumes_the_generation_when_nothing_happened() {
     let mut rep = rig.replicator();
     write_batch(&c, 1);
     rep.sync();
-    let g1 = rep.replicas()[0].state.as_ref().unwrap().generation;
+    let g1 = rep.replicas()[0].state().unwrap().generation;
     drop(rep);
     write_batch(&c, 2);
     let mut rep = rig.replicator();
-    let st = rep.replicas()[0].state.as_ref().expect("resumed");
+    let st = rep.replicas()[0].state().expect("resumed");
     assert_eq!(st.generation, g1, "same generation after a plain restart");
     rep.sync();
     assert_eq!(rig.restore_pages(4096), pages(&rig.db));

@@ -1,0 +1,181 @@
+//! Moving the pin and letting the WAL restart: after every pass, the pin moves forward once every
+//! replica has shipped what it protects, and when the log has grown past `checkpoint-pages` the
+//! agent checkpoints it under a brief write lock, carrying each replica's unshipped tail in
+//! memory, so the app's next write can restart the log (see `docs/design.md`, "Letting the log
+//! restart under steady writes").
+
+use std::time::{Duration, Instant};
+
+use lifeboat_wal::sqlite::WAL_HEADER_SIZE;
+use tracing::{debug, error, info, warn};
+
+use crate::context::Context;
+use crate::db::{CheckpointMode, CheckpointResult, Database};
+use crate::replica::{Reason, Replica};
+use crate::walfile::Continuity;
+use crate::{Error, Result};
+
+/// Failures in a row after which a replica that holds the WAL past `max-wal-bytes` is given up.
+const GIVE_UP_AFTER: u32 = 3;
+
+/// When the agent last tried to restart the WAL (it tries at most once a second).
+#[derive(Debug, Default)]
+pub(crate) struct Checkpoints {
+    last_restart_attempt: Option<Instant>,
+}
+
+/// Whether every replica in a generation has shipped what the current pin protects.
+pub(crate) fn caught_up(db: &Database, replicas: &[Replica]) -> bool {
+    let pin = db.pin_position();
+    replicas.iter().all(|r| {
+        r.state()
+            .is_none_or(|s| s.at_end || pin.is_some_and(|p| s.cursor.covers(&p)))
+    })
+}
+
+impl Checkpoints {
+    /// After shipping: if every replica with a generation is caught up, move the pin forward;
+    /// checkpoint when the WAL has grown past the threshold. If the WAL has grown past the bound
+    /// because a replica is failing, give up on that replica's continuity so the app's WAL can
+    /// be checkpointed.
+    pub fn after_ship(&mut self, db: &mut Database, replicas: &mut [Replica], ctx: &Context) {
+        db.refresh_pin_position();
+        if !caught_up(db, replicas) {
+            let size = db.wal().size().unwrap_or(0);
+            if size > ctx.opts.max_wal_bytes {
+                // Only a replica that keeps failing is given up on: under heavy writes a healthy
+                // replica may be a pass behind while the file (which never shrinks on a restart)
+                // is large.
+                for r in replicas.iter_mut() {
+                    if r.failures >= GIVE_UP_AFTER && r.state().is_some_and(|s| !s.at_end) {
+                        error!(
+                            db = %ctx.path.display(),
+                            replica = %r.client.describe(),
+                            wal_bytes = size,
+                            bound = ctx.opts.max_wal_bytes,
+                            "replica is too far behind; releasing the WAL so the app can checkpoint — a new generation will start when it is reachable"
+                        );
+                        r.lose_continuity(Reason::TooFarBehind);
+                    }
+                }
+            }
+            if !caught_up(db, replicas) {
+                return;
+            }
+        }
+        if let Err(e) = db.pin() {
+            warn!(error = %e.chain(), "cannot move the WAL pin");
+            return;
+        }
+        let frames = db.pin_position().map_or(0, |p| {
+            p.offset.saturating_sub(WAL_HEADER_SIZE as u64) / (24 + u64::from(db.page_size()))
+        });
+        let healthy = replicas.iter().all(Replica::healthy);
+        let due = self
+            .last_restart_attempt
+            .is_none_or(|t| t.elapsed() >= Duration::from_secs(1));
+        if frames >= u64::from(ctx.opts.checkpoint_pages) && healthy && due {
+            match restart_wal(db, replicas, ctx, frames) {
+                Ok(true) => self.last_restart_attempt = Some(Instant::now()),
+                Ok(false) => {}
+                Err(e) => {
+                    self.last_restart_attempt = Some(Instant::now());
+                    warn!(error = %e.chain(), "checkpoint failed");
+                }
+            }
+        }
+    }
+}
+
+/// Lets SQLite restart the WAL from the top, which it can only do once every frame is
+/// checkpointed and no reader holds a frame mark — never the case while the app writes
+/// steadily and the pin sits on the newest frames. So, briefly holding the write lock
+/// (nothing can be appended), the agent reads every replica's unshipped tail into memory,
+/// releases its pin, checkpoints everything (PASSIVE: it waits for no one), takes a fresh
+/// pin (mark zero when the checkpoint was complete) and lets go of the lock. The app's next
+/// write then restarts the log. The carried tails are shipped on the next passes.
+/// Returns whether the checkpoint ran to the end of the WAL.
+fn restart_wal(
+    db: &mut Database,
+    replicas: &mut [Replica],
+    ctx: &Context,
+    frames: u64,
+) -> Result<bool> {
+    let wait = if frames >= 4 * u64::from(ctx.opts.checkpoint_pages) {
+        Duration::from_millis(1000)
+    } else {
+        Duration::from_millis(100)
+    };
+    // First copy, without any lock, everything up to the pin (which stands where every
+    // replica has shipped): the app keeps writing meanwhile, and what is left for the locked
+    // step below is only what it appended since — so the app waits on the agent for a short
+    // read and a small checkpoint, never for the bulk of the copying and its fsync.
+    if let Err(e) = db.checkpoint(CheckpointMode::Passive) {
+        debug!(error = %e.chain(), "checkpoint before the locked step failed");
+    }
+    if !db.try_write_lock(wait)? {
+        debug!(frames, "write lock busy; checkpoint deferred");
+        return Ok(false);
+    }
+    let locked = Instant::now();
+    let result = carry_tails_and_checkpoint(db, replicas, ctx);
+    // Re-pin while the write lock is still held, so there is never a moment without a reader.
+    let pinned = db.pin();
+    let released = db.release_write_lock();
+    let held = locked.elapsed();
+    let r = result?;
+    pinned?;
+    released?;
+    debug!(?r, frames, ?held, "checkpoint under the agent's write lock");
+    let complete = r.is_some_and(|r| !r.busy && r.log_frames == r.checkpointed);
+    // The file keeps its largest size across restarts; past the bound, give the space back.
+    if complete && db.wal().size().unwrap_or(0) > ctx.opts.truncate_wal_bytes {
+        match db.truncate_wal(Duration::from_millis(50)) {
+            Ok(t) => info!(db = %ctx.path.display(), result = ?t, "WAL truncated"),
+            Err(e) => warn!(error = %e.chain(), "WAL truncation failed"),
+        }
+    }
+    Ok(complete)
+}
+
+/// Under the write lock: reads every replica's unshipped tail into its carry, then checkpoints
+/// with the pin released. `None` (nothing done) if a replica already carries a tail or the WAL
+/// does not continue from a replica's place.
+fn carry_tails_and_checkpoint(
+    db: &mut Database,
+    replicas: &mut [Replica],
+    ctx: &Context,
+) -> Result<Option<CheckpointResult>> {
+    let wal = db.wal().clone();
+    for st in replicas.iter().filter_map(Replica::state) {
+        if !st.carry.is_empty()
+            || wal
+                .check(&st.cursor)
+                .map_err(|e| Error::io("read WAL", e))?
+                != Continuity::Same
+        {
+            return Ok(None);
+        }
+    }
+    for st in replicas.iter_mut().filter_map(Replica::state_mut) {
+        st.carry = wal
+            .read_tail(st.cursor, ctx.opts.max_segment_bytes, usize::MAX)
+            .map_err(|e| Error::io(format!("read {}", wal.path().display()), e))?
+            .unwrap_or_default();
+        st.at_end = st.carry.is_empty();
+    }
+    let started = Instant::now();
+    db.unpin()?;
+    // The app's own autocheckpoint may be running (it finishes quickly: with the write lock
+    // held nothing new can arrive), in which case ours reports busy at once; try again.
+    let mut r = db.checkpoint_unpinned(CheckpointMode::Passive)?;
+    for _ in 0..50 {
+        if !(r.busy && r.log_frames < 0) {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(2));
+        r = db.checkpoint_unpinned(CheckpointMode::Passive)?;
+    }
+    ctx.status.checkpointed(started.elapsed());
+    Ok(Some(r))
+}

@@ -1,0 +1,26 @@
+//! What every part of one database's replication shares: which database, its options, the
+//! runtime that runs uploads, and where progress is reported.
+//!
+//! The replicator owns one and lends it to the modules that do the work (resume, shipping,
+//! checkpoints, snapshots, retention), so none of them reaches back into the replicator.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use tokio::runtime::Handle;
+
+use crate::status::Status;
+use crate::Options;
+
+/// One database's settings and services.
+#[derive(Debug)]
+pub(crate) struct Context {
+    /// The database file (for logs and errors).
+    pub path: PathBuf,
+    /// Its options.
+    pub opts: Options,
+    /// Runs uploads and listings (the replicator itself is synchronous, on a thread of its own).
+    pub rt: Handle,
+    /// Where progress is reported.
+    pub status: Arc<Status>,
+}

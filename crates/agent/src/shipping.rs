@@ -1,0 +1,190 @@
+//! Shipping to one replica: read the next whole transactions from its place in the WAL (or from
+//! what it carries over a WAL restart), build a segment with the database checksum after every
+//! commit, upload it, and move the replica on only once the upload succeeded.
+//!
+//! Per-replica work lives on the replica (as Litestream keeps `Replica.Sync` in `replica.go`);
+//! the replicator decides when each replica ships.
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use lifeboat_storage::keys::Key;
+use lifeboat_storage::retry::{retry, RetryPolicy};
+use lifeboat_storage::{PutOutcome, ReplicaClient};
+use lifeboat_wal::transaction::SegmentBuilder;
+use tracing::{debug, warn};
+
+use crate::clock::now_ms;
+use crate::commit_times::CommitTimes;
+use crate::context::Context;
+use crate::replica::{Phase, Reason, Replica};
+use crate::walfile::{Continuity, Cursor, WalFile};
+use crate::{Error, Result};
+
+/// What shipping needs besides the replica.
+pub(crate) struct Ship<'a> {
+    pub ctx: &'a Context,
+    pub wal: &'a WalFile,
+    pub page_size: u32,
+    pub times: &'a CommitTimes,
+    /// Ship no transaction past this position (while a scheduled snapshot is lined up).
+    pub limit: Option<Cursor>,
+}
+
+/// What one upload shipped.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub(crate) struct Shipped {
+    /// Objects written.
+    pub puts: u32,
+    /// Transactions in them.
+    pub txns: u64,
+    /// The batch was cut at the segment size limit: more is waiting.
+    pub full: bool,
+}
+
+impl Replica {
+    /// Ships what is new: one segment, or more while a backlog fills whole segments (catching
+    /// up after an outage or a restart), so the PUT budget paces uploads. Returns what was
+    /// shipped, and the failure that stopped it, if one did.
+    pub(crate) fn ship(&mut self, ship: &Ship) -> (Shipped, Option<Error>) {
+        let mut done = Shipped::default();
+        loop {
+            match self.ship_one(ship) {
+                Ok(Shipped { txns: 0, .. }) => return (done, None),
+                Ok(s) => {
+                    done.puts += s.puts;
+                    done.txns += s.txns;
+                    if !s.full {
+                        return (done, None);
+                    }
+                }
+                Err(e) => return (done, Some(e)),
+            }
+        }
+    }
+
+    /// Ships the next batch: at most one segment.
+    pub(crate) fn ship_one(&mut self, ship: &Ship) -> Result<Shipped> {
+        let ctx = ship.ctx;
+        let client = self.client.clone();
+        let Phase::Active(st) = &mut self.phase else {
+            return Ok(Shipped::default());
+        };
+        let carried = !st.carry.is_empty();
+        let batch = if let Some(b) = st.carry.front() {
+            // Read under the write lock before the WAL restarted; it starts at the cursor.
+            b.clone()
+        } else {
+            match ship
+                .wal
+                .check(&st.cursor)
+                .map_err(|e| Error::io("read WAL", e))?
+            {
+                Continuity::Same => {}
+                Continuity::Empty => {
+                    st.at_end = true;
+                    return Ok(Shipped::default());
+                }
+                Continuity::Restarted(h) => {
+                    debug!(
+                        salt1 = h.salt1,
+                        checkpoint_seq = h.checkpoint_seq,
+                        "WAL restarted"
+                    );
+                    st.cursor = st.cursor.restarted(h);
+                }
+                Continuity::Broken(reason) => {
+                    warn!(db = %ctx.path.display(), reason = %reason, "lost WAL continuity; a new generation will start");
+                    self.lose_continuity(Reason::WalBroken(reason));
+                    return Ok(Shipped::default());
+                }
+            }
+            let until = ship
+                .limit
+                .filter(|p| p.salts().is_some() && p.salts() == st.cursor.salts())
+                .map_or(u64::MAX, |p| p.offset);
+            ship.wal
+                .read_batch_until(&st.cursor, ctx.opts.max_segment_bytes, until)
+                .map_err(|e| Error::io(format!("read {}", ship.wal.path().display()), e))?
+        };
+        if batch.txns.is_empty() {
+            st.at_end = true;
+            return Ok(Shipped::default());
+        }
+        let full = carried || batch.bytes >= ctx.opts.max_segment_bytes;
+        let times = ship.times.times(&batch, now_ms());
+        st.hashes.begin();
+        let n = batch.txns.len() as u64;
+        let end = batch.end;
+        let mut builder = SegmentBuilder::new(
+            st.generation,
+            st.next_txid,
+            ship.page_size,
+            st.hashes.checksum(),
+            batch.bytes,
+        );
+        // Each transaction's frames are dropped once copied: memory holds one copy of the batch.
+        for (t, &commit_time) in batch.txns.into_iter().zip(&times) {
+            builder.push(
+                &mut st.hashes,
+                &t.frames,
+                t.frame_count,
+                t.commit_size,
+                commit_time,
+            );
+        }
+        let next_txid = builder.next_txid();
+        let Some(seg) = builder.finish(end.position(&st.cursor)) else {
+            st.hashes.rollback();
+            return Ok(Shipped::default());
+        };
+        let last = seg.header.last_txid;
+        let time_ms = seg.header.last_time_ms;
+        let key = Key::Segment {
+            generation: st.generation,
+            first: st.next_txid,
+            last,
+            time_ms,
+        }
+        .to_string();
+        let body = Bytes::from(seg.encode());
+        // Only the encoded segment stays in memory during the upload.
+        drop(seg);
+        let size = body.len();
+        if let Err(e) = ctx.rt.block_on(put_with_retry(client.as_ref(), &key, body)) {
+            st.hashes.rollback();
+            return Err(e);
+        }
+        st.hashes.commit();
+        if carried {
+            st.carry.pop_front();
+        }
+        st.cursor = end;
+        st.next_txid = next_txid;
+        st.at_end = false;
+        st.since_snapshot += 1;
+        self.succeeded();
+        ctx.status
+            .shipped(self.index, n, size as u64, time_ms, last);
+        debug!(key = %key, txns = n, bytes = size, "segment uploaded");
+        Ok(Shipped {
+            puts: 1,
+            txns: n,
+            full,
+        })
+    }
+}
+
+/// A segment upload: three quick attempts (the pass after retries with the replica's backoff).
+async fn put_with_retry(
+    client: &dyn ReplicaClient,
+    key: &str,
+    body: Bytes,
+) -> std::result::Result<PutOutcome, Error> {
+    let policy = RetryPolicy {
+        attempts: 3,
+        initial: Duration::from_millis(100),
+        max: Duration::from_secs(1),
+    };
+    Ok(retry(policy, "segment upload", || client.put(key, body.clone())).await?)
+}
