@@ -288,17 +288,14 @@ mod tests {
         assert!(expand_env("${BUCKET", env).is_err());
     }
 
+    /// A file with one database at /data/app.db, with `rest` added to its table.
+    fn one_database(rest: &str) -> File {
+        toml::from_str(&format!("[[databases]]\npath = '/data/app.db'\n{rest}\n")).unwrap()
+    }
+
     #[test]
     fn parses_a_config() {
-        let f: File = toml::from_str(
-            r#"
-            [[databases]]
-            path = "/data/app.db"
-            replicas = ["file:///tmp/r"]
-            poll-interval = "500ms"
-            "#,
-        )
-        .unwrap();
+        let f = one_database("replicas = ['file:///tmp/r']\npoll-interval = '500ms'");
         assert_eq!(
             f.databases[0].poll_interval,
             Some(Duration::from_millis(500))
@@ -307,14 +304,9 @@ mod tests {
 
     #[test]
     fn a_replica_may_be_a_table_with_its_own_settings() {
-        let f: File = toml::from_str(
-            r#"
-            [[databases]]
-            path = "/data/app.db"
-            replicas = ["file:///tmp/r", { url = "s3://b/p", retention = "30d", snapshot-interval = "1h" }]
-            "#,
-        )
-        .unwrap();
+        let f = one_database(
+            r#"replicas = ["file:///tmp/r", { url = "s3://b/p", retention = "30d", snapshot-interval = "1h" }]"#,
+        );
         let r = &f.databases[0].replicas;
         assert_eq!(r[0].url(), "file:///tmp/r");
         assert_eq!(r[0].overrides(), ReplicaOverrides::default());

@@ -24,7 +24,7 @@ pub async fn drill(a: DrillArgs) -> Result<ExitCode> {
         // A failing drill is stored too: the audit trail is of every drill, not only good ones.
         match drill::store(client.as_ref(), &report).await {
             Ok(key) => report.report_key = Some(key),
-            Err(e) => report.problem(format!("cannot store the drill report: {e}")),
+            Err(e) => report.problem(format!("cannot store the drill report: {}", e.chain())),
         }
     }
     if a.json {

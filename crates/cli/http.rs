@@ -9,7 +9,7 @@ use std::sync::Arc;
 
 use anyhow::{Context, Result};
 use lifeboat_agent::clock::now_ms;
-use lifeboat_agent::status::{ReplicaStatus, Status, StatusInner};
+use lifeboat_agent::status::{DrillOutcome, ReplicaStatus, Status, StatusInner};
 use serde::Serialize;
 
 /// One database whose status is served.
@@ -89,6 +89,106 @@ fn label(v: &str) -> String {
         .replace('\n', "\\n")
 }
 
+/// A metric with one value per replica: name, type, help, value (given the time now).
+type PerReplica = (
+    &'static str,
+    &'static str,
+    &'static str,
+    fn(&ReplicaStatus, u64) -> f64,
+);
+
+const PER_REPLICA: &[PerReplica] = &[
+    (
+        "lifeboat_replication_lag_seconds",
+        "gauge",
+        "Seconds since the oldest commit not yet in the replica (0 when caught up).",
+        |r, now| r.lag_seconds(now),
+    ),
+    (
+        "lifeboat_replication_lag_transactions",
+        "gauge",
+        "Committed transactions read from the WAL but not yet in the replica.",
+        |r, _| r.lag.pending_txns as f64,
+    ),
+    (
+        "lifeboat_last_sync_timestamp_seconds",
+        "gauge",
+        "Unix time of the last successful upload to the replica.",
+        |r, _| r.written.last_sync_ms.map_or(0.0, |t| t as f64 / 1000.0),
+    ),
+    (
+        "lifeboat_replica_healthy",
+        "gauge",
+        "1 while the replica is healthy (see /health), else 0.",
+        |r, now| f64::from(u8::from(r.healthy(now))),
+    ),
+    (
+        "lifeboat_transactions_shipped_total",
+        "counter",
+        "Transactions shipped to the replica.",
+        |r, _| r.written.txns as f64,
+    ),
+    (
+        "lifeboat_bytes_written_total",
+        "counter",
+        "Bytes of objects written to the replica.",
+        |r, _| r.written.bytes as f64,
+    ),
+    (
+        "lifeboat_objects_written_total",
+        "counter",
+        "Objects (snapshots and segments) written to the replica.",
+        |r, _| r.written.objects as f64,
+    ),
+    (
+        "lifeboat_replica_consecutive_failures",
+        "gauge",
+        "Failed attempts in a row.",
+        |r, _| f64::from(r.failures),
+    ),
+];
+
+/// A metric with one value per database: name, type, help, value.
+type PerDb = (
+    &'static str,
+    &'static str,
+    &'static str,
+    fn(&StatusInner) -> f64,
+);
+
+const PER_DB: &[PerDb] = &[
+    (
+        "lifeboat_checkpoints_total",
+        "counter",
+        "Checkpoints run by the agent.",
+        |s| s.checkpoints as f64,
+    ),
+    (
+        "lifeboat_checkpoint_seconds_total",
+        "counter",
+        "Time spent in the agent's checkpoints.",
+        |s| s.checkpoint_seconds,
+    ),
+    (
+        "lifeboat_snapshots_total",
+        "counter",
+        "Snapshots taken (new generations).",
+        |s| s.snapshots as f64,
+    ),
+    (
+        "lifeboat_snapshot_seconds_total",
+        "counter",
+        "Time spent taking and uploading snapshots.",
+        |s| s.snapshot_seconds,
+    ),
+    (
+        "lifeboat_wal_bytes",
+        "gauge",
+        "Size of the database's -wal file.",
+        |s| s.wal_bytes as f64,
+    ),
+];
+
 fn metrics(dbs: &[Watched]) -> String {
     let now = now_ms();
     let snaps: Vec<(String, StatusInner)> = dbs
@@ -102,73 +202,18 @@ fn metrics(dbs: &[Watched]) -> String {
             let _ = writeln!(out, "{name}{{{labels}}} {v}");
         }
     };
-    let per_replica = |f: &dyn Fn(&ReplicaStatus) -> f64| -> Vec<(String, f64)> {
-        snaps
+    for &(name, kind, help, f) in PER_REPLICA {
+        let rows = snaps
             .iter()
             .flat_map(|(db, s)| {
                 s.replicas.iter().map(move |r| {
-                    (
-                        format!("db=\"{db}\",replica=\"{}\"", label(&r.replica)),
-                        f(r),
-                    )
+                    let labels = format!("db=\"{db}\",replica=\"{}\"", label(&r.replica));
+                    (labels, f(r, now))
                 })
             })
-            .collect()
-    };
-    let per_db = |f: &dyn Fn(&StatusInner) -> f64| -> Vec<(String, f64)> {
-        snaps
-            .iter()
-            .map(|(db, s)| (format!("db=\"{db}\""), f(s)))
-            .collect()
-    };
-    family(
-        "lifeboat_replication_lag_seconds",
-        "gauge",
-        "Seconds since the oldest commit not yet in the replica (0 when caught up).",
-        per_replica(&|r| r.lag_seconds(now)),
-    );
-    family(
-        "lifeboat_replication_lag_transactions",
-        "gauge",
-        "Committed transactions read from the WAL but not yet in the replica.",
-        per_replica(&|r| r.pending_txns as f64),
-    );
-    family(
-        "lifeboat_last_sync_timestamp_seconds",
-        "gauge",
-        "Unix time of the last successful upload to the replica.",
-        per_replica(&|r| r.last_sync_ms.map_or(0.0, |t| t as f64 / 1000.0)),
-    );
-    family(
-        "lifeboat_replica_healthy",
-        "gauge",
-        "1 while the replica is healthy (see /health), else 0.",
-        per_replica(&|r| f64::from(u8::from(r.healthy(now)))),
-    );
-    family(
-        "lifeboat_transactions_shipped_total",
-        "counter",
-        "Transactions shipped to the replica.",
-        per_replica(&|r| r.txns as f64),
-    );
-    family(
-        "lifeboat_bytes_written_total",
-        "counter",
-        "Bytes of objects written to the replica.",
-        per_replica(&|r| r.bytes as f64),
-    );
-    family(
-        "lifeboat_objects_written_total",
-        "counter",
-        "Objects (snapshots and segments) written to the replica.",
-        per_replica(&|r| r.objects as f64),
-    );
-    family(
-        "lifeboat_replica_consecutive_failures",
-        "gauge",
-        "Failed attempts in a row.",
-        per_replica(&|r| f64::from(r.failures)),
-    );
+            .collect();
+        family(name, kind, help, rows);
+    }
     family(
         "lifeboat_errors_total",
         "counter",
@@ -200,66 +245,41 @@ fn metrics(dbs: &[Watched]) -> String {
             })
             .collect(),
     );
-    family(
-        "lifeboat_checkpoints_total",
-        "counter",
-        "Checkpoints run by the agent.",
-        per_db(&|s| s.checkpoints as f64),
-    );
-    family(
-        "lifeboat_checkpoint_seconds_total",
-        "counter",
-        "Time spent in the agent's checkpoints.",
-        per_db(&|s| s.checkpoint_seconds),
-    );
-    family(
-        "lifeboat_snapshots_total",
-        "counter",
-        "Snapshots taken (new generations).",
-        per_db(&|s| s.snapshots as f64),
-    );
-    family(
-        "lifeboat_snapshot_seconds_total",
-        "counter",
-        "Time spent taking and uploading snapshots.",
-        per_db(&|s| s.snapshot_seconds),
-    );
+    for &(name, kind, help, f) in PER_DB {
+        let rows = snaps
+            .iter()
+            .map(|(db, s)| (format!("db=\"{db}\""), f(s)))
+            .collect();
+        family(name, kind, help, rows);
+    }
+    // The last scheduled drill of each database that ran one.
     let drills: Vec<_> = snaps
         .iter()
         .filter_map(|(db, s)| s.last_drill.map(|d| (format!("db=\"{db}\""), d)))
         .collect();
+    let drill_rows = |f: &dyn Fn(&DrillOutcome) -> Option<f64>| -> Vec<(String, f64)> {
+        drills
+            .iter()
+            .filter_map(|(l, d)| f(d).map(|v| (l.clone(), v)))
+            .collect()
+    };
     family(
         "lifeboat_last_drill_success",
         "gauge",
         "1 if the last scheduled drill passed, else 0.",
-        drills
-            .iter()
-            .map(|(l, d)| (l.clone(), f64::from(u8::from(d.ok))))
-            .collect(),
+        drill_rows(&|d| Some(f64::from(u8::from(d.ok)))),
     );
     family(
         "lifeboat_last_drill_rto_seconds",
         "gauge",
         "Restore wall time of the last scheduled drill.",
-        drills
-            .iter()
-            .filter_map(|(l, d)| d.rto_seconds.map(|r| (l.clone(), r)))
-            .collect(),
+        drill_rows(&|d| d.rto_seconds),
     );
     family(
         "lifeboat_last_drill_timestamp_seconds",
         "gauge",
         "Unix time the last scheduled drill started.",
-        drills
-            .iter()
-            .map(|(l, d)| (l.clone(), d.at_ms as f64 / 1000.0))
-            .collect(),
-    );
-    family(
-        "lifeboat_wal_bytes",
-        "gauge",
-        "Size of the database's -wal file.",
-        per_db(&|s| s.wal_bytes as f64),
+        drill_rows(&|d| Some(d.at_ms as f64 / 1000.0)),
     );
     out
 }

@@ -141,12 +141,12 @@ fn print_generations(rows: &[GenerationSummary], json: bool) -> Result<()> {
         println!(
             "{:<16}  {:>4}  {:>6}  {:>12}  {:<16}  {:<24}  {:<24}",
             r.generation,
-            r.snapshots,
-            r.segments,
-            r.bytes,
-            r.last_txid.as_deref().unwrap_or("-"),
-            r.from.as_deref().unwrap_or("-"),
-            r.to.as_deref().unwrap_or("-"),
+            r.objects.snapshots,
+            r.objects.segments,
+            r.objects.bytes,
+            r.range.last_txid.as_deref().unwrap_or("-"),
+            r.range.from.as_deref().unwrap_or("-"),
+            r.range.to.as_deref().unwrap_or("-"),
         );
     }
     Ok(())

@@ -336,7 +336,7 @@ async fn drill_loop(every: Duration, targets: Vec<DrillTarget>) {
             match drill::drill(client.as_ref(), &opts).await {
                 Ok(mut report) => {
                     if let Err(e) = drill::store(client.as_ref(), &report).await {
-                        report.problem(format!("cannot store the drill report: {e}"));
+                        report.problem(format!("cannot store the drill report: {}", e.chain()));
                     }
                     status.record_drill(DrillOutcome {
                         ok: report.ok,

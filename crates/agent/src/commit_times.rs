@@ -120,32 +120,14 @@ impl CommitTimes {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::walfile::testing::at as cursor;
     use crate::walfile::Txn;
-    use lifeboat_wal::sqlite::WalHeader;
-
-    fn header(salt1: u32) -> WalHeader {
-        WalHeader {
-            big_endian: false,
-            page_size: 4096,
-            checkpoint_seq: 0,
-            salt1,
-            salt2: 7,
-            checksum: (0, 0),
-        }
-    }
-
-    fn cursor(salt1: u32, offset: u64) -> Cursor {
-        Cursor {
-            offset,
-            ..Cursor::at_start(header(salt1))
-        }
-    }
 
     #[test]
     fn pending_counts_the_commits_past_the_cursor_and_the_carried_ones() {
         let mut t = CommitTimes::default();
-        t.saw(1, 7, 32, &[100, 200, 300], 1_000);
-        t.saw(1, 7, 300, &[400], 2_000);
+        t.saw(1, 9, 32, &[100, 200, 300], 1_000);
+        t.saw(1, 9, 300, &[400], 2_000);
         assert_eq!(t.pending(&cursor(1, 200), 0), (2, Some(1_000)));
         assert_eq!(t.pending(&cursor(1, 300), 0), (1, Some(2_000)));
         assert_eq!(t.pending(&cursor(1, 400), 0), (0, None));
@@ -156,8 +138,8 @@ mod tests {
     #[test]
     fn pending_counts_a_newer_cycle_being_watched_but_not_an_older_one() {
         let mut t = CommitTimes::default();
-        t.saw(1, 7, 32, &[100, 200], 1_000);
-        t.saw(2, 7, 32, &[100], 3_000);
+        t.saw(1, 9, 32, &[100, 200], 1_000);
+        t.saw(2, 9, 32, &[100], 3_000);
         // A replica still in cycle 1 at 100: one commit left there, and the new cycle's one.
         assert_eq!(t.pending(&cursor(1, 100), 0), (2, Some(1_000)));
         // A replica already in cycle 2 does not count cycle 1's leftovers.
@@ -169,7 +151,7 @@ mod tests {
     #[test]
     fn shipped_commits_are_forgotten_once_every_replica_has_them() {
         let mut t = CommitTimes::default();
-        t.saw(1, 7, 32, &[100, 200, 300], 1_000);
+        t.saw(1, 9, 32, &[100, 200, 300], 1_000);
         t.forget_shipped([&cursor(1, 200), &cursor(1, 100)]);
         assert_eq!(
             t.observed.len(),
@@ -186,8 +168,8 @@ mod tests {
     #[test]
     fn batch_times_are_when_each_commit_was_seen_and_never_go_back() {
         let mut t = CommitTimes::default();
-        t.saw(1, 7, 32, &[100, 300], 5_000);
-        t.observed.insert((1, 7, 300), 4_000);
+        t.saw(1, 9, 32, &[100, 300], 5_000);
+        t.observed.insert((1, 9, 300), 4_000);
         let txn = |end_offset| Txn {
             frames: Vec::new(),
             frame_count: 1,

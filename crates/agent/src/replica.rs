@@ -254,14 +254,14 @@ impl Replica {
     /// Writes what the agent knows about it into its status; `pending` is the commits it does
     /// not have yet and when the oldest was seen.
     pub(crate) fn report(&self, st: &mut ReplicaStatus, pending: (u64, Option<u64>)) {
-        st.started_ms.get_or_insert_with(crate::clock::now_ms);
+        st.lag.started_ms.get_or_insert_with(crate::clock::now_ms);
         st.requests = self
             .requests
             .snapshot()
             .iter()
             .map(|(k, v)| (k.to_string(), *v))
             .collect();
-        (st.pending_txns, st.oldest_pending_ms) = pending;
+        (st.lag.pending_txns, st.lag.oldest_pending_ms) = pending;
         st.replica = self.client.describe();
         st.generation = self.state().map(|x| x.generation.to_string());
         st.caught_up = self.state().is_some_and(|x| x.at_end);

@@ -77,14 +77,15 @@ impl Schedule {
 /// What a prune removes (or would remove).
 #[derive(Clone, Debug, Default, Serialize)]
 pub struct PrunePlan {
-    /// Restore points older than this (Unix ms) may go.
-    pub window_start_ms: u64,
     /// Generations deleted whole.
     pub generations: Vec<String>,
-    /// Their objects, in deletion order.
-    pub objects: Vec<String>,
+    /// Restore points older than this (Unix ms) may go.
+    pub window_start_ms: u64,
     /// Bytes freed.
     pub bytes: u64,
+    /// Every object it deletes (those generations' and the older parts of kept ones), in
+    /// deletion order.
+    pub objects: Vec<String>,
 }
 
 /// Plans a prune of `cat` for `retention` as of `now_ms`.

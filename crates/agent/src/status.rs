@@ -15,29 +15,45 @@ pub struct ReplicaStatus {
     pub generation: Option<String>,
     /// Last shipped transaction.
     pub last_txid: Option<String>,
-    /// When the last upload succeeded (Unix ms).
-    pub last_sync_ms: Option<u64>,
     /// Whether everything read from the WAL has been shipped.
     pub caught_up: bool,
     /// Consecutive failures.
     pub failures: u32,
     /// Why replication to it stopped, if it did.
     pub halted: Option<String>,
-    /// Transactions shipped since start.
+    /// What was written to it since start.
+    #[serde(flatten)]
+    pub written: Written,
+    /// How far behind it is.
+    #[serde(flatten)]
+    pub lag: Lag,
+    /// Requests made to the replica since start, by kind (`put`, `get`, `list`, `delete`, and
+    /// `failed` for those that returned an error).
+    pub requests: std::collections::BTreeMap<String, u64>,
+}
+
+/// What was written to a replica since start.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct Written {
+    /// When the last upload succeeded (Unix ms).
+    pub last_sync_ms: Option<u64>,
+    /// Transactions shipped.
     pub txns: u64,
-    /// Bytes written since start.
+    /// Bytes written.
     pub bytes: u64,
-    /// Objects written since start.
+    /// Objects written.
     pub objects: u64,
-    /// When the agent started on this replica (Unix ms).
-    pub started_ms: Option<u64>,
+}
+
+/// How far behind a replica is: what the WAL holds that it does not.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct Lag {
     /// Commits seen in the WAL and not yet in the replica.
     pub pending_txns: u64,
     /// When the oldest of them was first seen (Unix ms).
     pub oldest_pending_ms: Option<u64>,
-    /// Requests made to the replica since start, by kind (`put`, `get`, `list`, `delete`, and
-    /// `failed` for those that returned an error).
-    pub requests: std::collections::BTreeMap<String, u64>,
+    /// When the agent started on this replica (Unix ms).
+    pub started_ms: Option<u64>,
 }
 
 /// A replica counts as failing once it has failed this many times in a row ...
@@ -49,8 +65,8 @@ impl ReplicaStatus {
     /// Seconds the replica is behind: the age of the oldest commit seen in the WAL and not yet
     /// in the replica (0 when there is none); before its first generation, the time since start.
     pub fn lag_seconds(&self, now_ms: u64) -> f64 {
-        let since = match (self.generation.as_ref(), self.oldest_pending_ms) {
-            (None, _) => self.started_ms.unwrap_or(now_ms),
+        let since = match (self.generation.as_ref(), self.lag.oldest_pending_ms) {
+            (None, _) => self.lag.started_ms.unwrap_or(now_ms),
             (Some(_), Some(t)) => t,
             (Some(_), None) => now_ms,
         };
@@ -143,10 +159,10 @@ impl Status {
     pub(crate) fn shipped(&self, i: usize, txns: u64, bytes: u64, at_ms: u64, last: TxId) {
         self.with(|s| {
             let r = Self::replica(s, i);
-            r.txns += txns;
-            r.bytes += bytes;
-            r.objects += 1;
-            r.last_sync_ms = Some(at_ms);
+            r.written.txns += txns;
+            r.written.bytes += bytes;
+            r.written.objects += 1;
+            r.written.last_sync_ms = Some(at_ms);
             r.last_txid = Some(last.to_string());
         });
     }
@@ -156,8 +172,8 @@ impl Status {
             s.snapshots += 1;
             s.snapshot_seconds += took.as_secs_f64();
             let r = Self::replica(s, i);
-            r.objects += 1;
-            r.last_sync_ms = Some(crate::clock::now_ms());
+            r.written.objects += 1;
+            r.written.last_sync_ms = Some(crate::clock::now_ms());
         });
     }
 
@@ -191,7 +207,10 @@ mod tests {
     fn replica() -> ReplicaStatus {
         ReplicaStatus {
             generation: Some("g".into()),
-            started_ms: Some(1_000),
+            lag: Lag {
+                started_ms: Some(1_000),
+                ..Lag::default()
+            },
             ..Default::default()
         }
     }
@@ -206,12 +225,15 @@ mod tests {
     #[test]
     fn lag_is_the_age_of_the_oldest_pending_commit_or_the_time_since_start() {
         let mut r = replica();
-        r.oldest_pending_ms = Some(10_000);
+        r.lag.oldest_pending_ms = Some(10_000);
         assert_eq!(r.lag_seconds(69_000), 59.0);
         assert!(r.healthy(69_000));
         assert!(!r.healthy(70_000), "60 s behind is failing");
         let starting = ReplicaStatus {
-            started_ms: Some(1_000),
+            lag: Lag {
+                started_ms: Some(1_000),
+                ..Lag::default()
+            },
             ..Default::default()
         };
         assert_eq!(starting.lag_seconds(3_000), 2.0);

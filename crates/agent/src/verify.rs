@@ -19,20 +19,36 @@ pub struct GenerationSummary {
     pub generation: String,
     /// When it started.
     pub created: String,
+    /// Its objects.
+    #[serde(flatten)]
+    pub objects: Objects,
+    /// What it restores to.
+    #[serde(flatten)]
+    pub range: Restorable,
+    /// Problems found (empty when sound; only filled by `verify`).
+    pub problems: Vec<String>,
+}
+
+/// The objects of a generation.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct Objects {
     /// Snapshots.
     pub snapshots: usize,
     /// Segments.
     pub segments: usize,
     /// Bytes stored.
     pub bytes: u64,
+}
+
+/// The restore points of a generation (none without a snapshot or segment).
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct Restorable {
     /// Last transaction in the chain.
     pub last_txid: Option<String>,
     /// Restorable time range: from the first snapshot to the last commit.
     pub from: Option<String>,
     /// End of the restorable range.
     pub to: Option<String>,
-    /// Problems found (empty when sound; only filled by `verify`).
-    pub problems: Vec<String>,
 }
 
 /// Summarises a generation from the listing alone (no object is read).
@@ -51,12 +67,16 @@ pub fn summarize(generation: lifeboat_wal::Generation, o: &GenerationObjects) ->
     GenerationSummary {
         generation: generation.to_string(),
         created: fmt_time(generation.unix_ms()),
-        snapshots: o.snapshots.len(),
-        segments: o.segments.len(),
-        bytes,
-        last_txid,
-        from,
-        to,
+        objects: Objects {
+            snapshots: o.snapshots.len(),
+            segments: o.segments.len(),
+            bytes,
+        },
+        range: Restorable {
+            last_txid,
+            from,
+            to,
+        },
         problems: Vec::new(),
     }
 }
@@ -139,12 +159,8 @@ pub async fn verify(client: &dyn ReplicaClient) -> Result<Vec<GenerationSummary>
         let mut sum = GenerationSummary {
             generation: "-".into(),
             created: String::new(),
-            snapshots: 0,
-            segments: 0,
-            bytes: 0,
-            last_txid: None,
-            from: None,
-            to: None,
+            objects: Objects::default(),
+            range: Restorable::default(),
             problems: Vec::new(),
         };
         for k in &cat.foreign {

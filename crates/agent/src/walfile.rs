@@ -442,3 +442,91 @@ impl WalFile {
         f.read_exact_at(page, offset + FRAME_HEADER_SIZE as u64)
     }
 }
+
+/// Positions in made-up log cycles, for tests.
+#[cfg(test)]
+pub(crate) mod testing {
+    use super::*;
+
+    /// The header of cycle `salt1` (second salt 9), pages of 4 KiB.
+    pub fn header(salt1: u32) -> WalHeader {
+        WalHeader {
+            big_endian: false,
+            page_size: 4096,
+            checkpoint_seq: 0,
+            salt1,
+            salt2: 9,
+            checksum: (0, 0),
+        }
+    }
+
+    /// Byte `offset` of cycle `salt1`.
+    pub fn at(salt1: u32, offset: u64) -> Cursor {
+        Cursor {
+            offset,
+            ..Cursor::at_start(header(salt1))
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::testing::{at, header};
+    use super::*;
+
+    #[test]
+    fn in_the_pins_cycle_a_cursor_covers_it_at_or_past_its_offset() {
+        let pin = at(1, 1000);
+        assert!(at(1, 1000).covers(&pin));
+        assert!(at(1, 5000).covers(&pin));
+        assert!(!at(1, 999).covers(&pin));
+    }
+
+    #[test]
+    fn another_cycle_covers_the_pin_only_when_it_is_known_to_follow_it() {
+        let pin = at(1, 1000);
+        // SQLite's salts are not ordered: a bigger salt says nothing.
+        assert!(!at(2, 32).covers(&pin));
+        let next = at(1, 4000).restarted(header(2));
+        assert_eq!(next.prev, Some((1, 9)));
+        assert!(next.covers(&pin));
+        // A cycle that followed some other cycle does not cover this one.
+        assert!(!at(3, 32).restarted(header(2)).covers(&pin));
+    }
+
+    #[test]
+    fn a_pin_on_the_checkpointed_database_file_protects_no_frame() {
+        // A pin taken with every frame checkpointed and nothing known of the next cycle.
+        assert!(at(1, 32).covers(&Cursor::empty()));
+        assert!(Cursor::empty().covers(&Cursor::empty()));
+        // A pin on the file after cycle 1: a cursor still in cycle 1 may not have read all of
+        // it; one in the next cycle (which followed cycle 1) has.
+        let pin = Cursor {
+            prev: Some((1, 9)),
+            ..Cursor::empty()
+        };
+        assert!(!at(1, 5000).covers(&pin));
+        assert!(at(1, 5000).restarted(header(2)).covers(&pin));
+        assert!(
+            !at(2, 32).covers(&pin),
+            "a cycle not known to follow cycle 1"
+        );
+        assert!(Cursor::empty().covers(&pin));
+    }
+
+    #[test]
+    fn a_cursor_before_any_wal_does_not_cover_a_pin_in_a_cycle() {
+        assert!(!Cursor::empty().covers(&at(1, 32)));
+    }
+
+    #[test]
+    fn recorded_positions_belong_to_the_cycle_of_their_salts_and_sequence() {
+        let h = header(1);
+        let p = at(1, 5000).position(&at(1, 32));
+        assert_eq!((p.start_offset, p.end_offset), (32, 5000));
+        assert!(position_in_cycle(&p, &h));
+        assert!(!position_in_cycle(&p, &header(2)));
+        let before_any_frame = WalPosition { end_offset: 0, ..p };
+        assert!(!position_in_cycle(&before_any_frame, &h));
+    }
+}

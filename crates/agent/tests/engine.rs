@@ -1,9 +1,12 @@
 //! The sync engine driven pass by pass against a local-folder replica, with the app's writes on
 //! their own connection (WAL mode, autocheckpoint on).
 
+mod common;
+
 use std::path::Path;
 use std::sync::Arc;
 
+use common::pages;
 use lifeboat_agent::replicator::Replicator;
 use lifeboat_agent::restore::{restore, RestoreOptions, Target};
 use lifeboat_agent::status::Status;
@@ -11,17 +14,6 @@ use lifeboat_agent::Options;
 use lifeboat_storage::local::LocalClient;
 use lifeboat_storage::ReplicaClient;
 use rusqlite::Connection;
-
-fn pages(path: &Path) -> Vec<Vec<u8>> {
-    let c = Connection::open(path).unwrap();
-    let mut s = c
-        .prepare("SELECT data FROM sqlite_dbpage ORDER BY pgno")
-        .unwrap();
-    s.query_map([], |r| r.get::<_, Vec<u8>>(0))
-        .unwrap()
-        .map(|r| r.unwrap())
-        .collect()
-}
 
 fn file_pages(path: &Path, ps: usize) -> Vec<Vec<u8>> {
     std::fs::read(path)

@@ -4,6 +4,8 @@
 //! The replica is a local folder behind a wrapper that delays or refuses some requests: these
 //! tests check the agent's scheduling and failure rule, not storage.
 
+mod common;
+
 use std::ops::Range;
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -12,6 +14,7 @@ use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use bytes::Bytes;
+use common::pages;
 use lifeboat_agent::replicator::{Replicator, SyncReport};
 use lifeboat_agent::restore::{restore, RestoreOptions};
 use lifeboat_agent::status::Status;
@@ -113,17 +116,6 @@ fn write(c: &Connection, round: u32) {
         .unwrap();
     }
     c.execute_batch("COMMIT").unwrap();
-}
-
-fn pages(path: &Path) -> Vec<Vec<u8>> {
-    let c = Connection::open(path).unwrap();
-    let mut s = c
-        .prepare("SELECT data FROM sqlite_dbpage ORDER BY pgno")
-        .unwrap();
-    s.query_map([], |r| r.get::<_, Vec<u8>>(0))
-        .unwrap()
-        .map(|r| r.unwrap())
-        .collect()
 }
 
 /// Runs one pass on a thread of its own; `None` if it has not returned within `limit`.

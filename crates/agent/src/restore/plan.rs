@@ -187,6 +187,11 @@ mod tests {
         }
     }
 
+    /// The error planning `target` gives, in words.
+    fn refusal(o: &GenerationObjects, target: Target) -> String {
+        plan_generation(G, o, target).unwrap_err().to_string()
+    }
+
     fn keys(p: &Plan) -> Vec<&str> {
         p.segments.iter().map(|s| s.key.as_str()).collect()
     }
@@ -212,11 +217,8 @@ mod tests {
         let p = plan_generation(G, &o, Target::TxId(TxId(3))).unwrap();
         assert_eq!(p.snapshot.txid, TxId(0));
         assert_eq!(keys(&p), ["seg-1-2-2", "seg-3-4-4"]);
-        let e = plan_generation(G, &o, Target::TxId(TxId(9))).unwrap_err();
-        assert!(
-            e.to_string().contains("ends at txid 0000000000000007"),
-            "{e}"
-        );
+        let e = refusal(&o, Target::TxId(TxId(9)));
+        assert!(e.contains("ends at txid 0000000000000007"), "{e}");
     }
 
     #[test]
@@ -233,9 +235,7 @@ mod tests {
     #[test]
     fn a_gap_is_an_error_naming_the_missing_txids_and_the_object_after_it() {
         let o = objs(vec![snap(0, 1)], vec![seg(1, 2, 2), seg(5, 6, 6)]);
-        let e = plan_generation(G, &o, Target::Latest)
-            .unwrap_err()
-            .to_string();
+        let e = refusal(&o, Target::Latest);
         assert!(
             e.contains("missing transactions 0000000000000003..0000000000000004")
                 && e.contains("seg-5-6-6"),
@@ -250,9 +250,7 @@ mod tests {
             vec![snap(0, 1)],
             vec![seg(1, 2, 2), seg(3, 3, 5), seg(3, 4, 4)],
         );
-        let e = plan_generation(G, &o, Target::Latest)
-            .unwrap_err()
-            .to_string();
+        let e = refusal(&o, Target::Latest);
         assert!(
             e.contains("forked at txid 0000000000000003")
                 && e.contains("seg-3-4-4")
