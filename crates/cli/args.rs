@@ -105,7 +105,7 @@ pub struct RestoreArgs {
     #[arg(long)]
     pub generation: Option<String>,
     /// Downloads in flight at once.
-    #[arg(long, default_value_t = 8)]
+    #[arg(long, default_value_t = lifeboat_agent::restore::DEFAULT_PARALLELISM)]
     pub parallelism: usize,
     /// Replace the output file if it exists (its -wal and -shm are removed).
     #[arg(long)]
@@ -151,7 +151,7 @@ pub struct DrillArgs {
     #[arg(long)]
     pub no_store: bool,
     /// Downloads in flight at once.
-    #[arg(long, default_value_t = 8)]
+    #[arg(long, default_value_t = lifeboat_agent::restore::DEFAULT_PARALLELISM)]
     pub parallelism: usize,
     /// Where the scratch folder for the restores goes (default: the system temp folder).
     #[arg(long)]

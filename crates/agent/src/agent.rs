@@ -77,11 +77,11 @@ impl Budget {
     }
 }
 
-/// A running replicator thread.
+/// A running replicator thread. It stops (with a final sync) when the token it was started
+/// with is cancelled; [`Supervisor::stop`] does that for every database at once.
 pub struct DbHandle {
     /// Its progress.
     pub status: Arc<Status>,
-    stop: CancellationToken,
     thread: std::thread::JoinHandle<Result<()>>,
     _watcher: Option<notify::RecommendedWatcher>,
     path: PathBuf,
@@ -91,11 +91,6 @@ impl DbHandle {
     /// The database.
     pub fn path(&self) -> &std::path::Path {
         &self.path
-    }
-
-    /// Asks the thread to run a final sync and stop.
-    pub fn stop(&self) {
-        self.stop.cancel();
     }
 
     /// Waits for the thread to end.
@@ -111,7 +106,7 @@ impl DbHandle {
 }
 
 /// Opens the database, resumes or plans generations, and starts its thread, which runs until
-/// `stop` is cancelled (or [`DbHandle::stop`]) and then syncs a last time.
+/// `stop` is cancelled and then syncs a last time.
 pub fn start(cfg: DbConfig, rt: Handle, stop: CancellationToken) -> Result<DbHandle> {
     crate::staging::clean_staging(&cfg.options.staging_dir);
     let status = Arc::new(Status::default());
@@ -143,7 +138,7 @@ pub fn start(cfg: DbConfig, rt: Handle, stop: CancellationToken) -> Result<DbHan
     let watcher = watch(&cfg.path, wake.clone());
     // A cancelled token wakes the thread. If the channel is full a wake-up is pending already,
     // and the thread sees the token when it takes it.
-    let (stop2, cancelled) = (stop.clone(), stop.clone());
+    let cancelled = stop.clone();
     rt.spawn(async move {
         cancelled.cancelled().await;
         let _ = wake.try_send(());
@@ -158,7 +153,7 @@ pub fn start(cfg: DbConfig, rt: Handle, stop: CancellationToken) -> Result<DbHan
     let thread = std::thread::Builder::new()
         .name(format!("lifeboat {}", cfg.path.display()))
         .spawn(move || {
-            if run_loop(&mut rep, &opts, &events, &stop2) {
+            if run_loop(&mut rep, &opts, &events, &stop) {
                 Ok(())
             } else {
                 Err(Error::FinalSyncIncomplete(
@@ -169,7 +164,6 @@ pub fn start(cfg: DbConfig, rt: Handle, stop: CancellationToken) -> Result<DbHan
         .map_err(|e| Error::io("start replicator thread", e))?;
     Ok(DbHandle {
         status,
-        stop,
         thread,
         _watcher: watcher,
         path,

@@ -1,19 +1,35 @@
 //! lifeboat's agent: replicate a live SQLite database and restore it.
 //!
 //! # Layout
+//! Capturing the WAL:
 //! - [`walfile`] reads the application's `-wal` file: whole committed transactions, checked
-//!   frame by frame with SQLite's own checksum, and whether the log restarted cleanly.
+//!   frame by frame with SQLite's own checksum, and whether the log restarted cleanly
+//!   ([`walfile::Cursor`] is a place in it).
 //! - [`db`] is the agent's side of the database: its connections, the *pin* (a read transaction
 //!   that keeps SQLite from recycling frames the agent has not shipped), checkpoints, consistent
 //!   page images.
-//! - [`replica`] is one replica's state: generation, cursor, rolling database checksum.
-//! - [`replicator`] is the sync engine for one database: resume or start generations, ship
-//!   segments, move the pin, checkpoint.
+//!
+//! Replicating one database (a [`replicator::Replicator`] coordinates a pass over these):
+//! - [`replica`] is one replica: its [`replica::Phase`] (unknown, needing a generation and why,
+//!   shipping in one, halted), its state in the WAL, and the one failure rule.
+//! - `resume` proves that the local database is a replica's last state before resuming it.
+//! - `shipping` builds and uploads a replica's next segment (per-replica work, on the replica).
+//! - `checkpoints` moves the pin and lets the WAL restart, carrying unshipped tails.
+//! - `snapshots` starts new generations and takes scheduled snapshots; [`staging`] holds their
+//!   files before upload.
+//! - `commit_times` records when each commit was seen and counts what a replica lacks.
+//! - [`retention`] plans and runs prunes (in the background while the agent runs).
 //! - [`agent`] runs replicators on threads, wakes them on file events, paces uploads with a PUT
-//!   budget, and stops them with a final sync.
-//! - [`catalog`] lists what a replica holds; [`restore`] rebuilds a database from it;
-//!   [`retention`] deletes generations that no restore point in the window needs.
-//! - [`status`] is what the agent reports about itself.
+//!   budget, and stops them together with a final sync ([`agent::Supervisor`]).
+//! - [`status`] is what the agent reports about itself, and the health rule.
+//!
+//! Reading a replica:
+//! - [`catalog`] lists what a replica holds (typed snapshots and segments per generation);
+//!   [`restore`] plans and rebuilds a database from it, verifying everything; [`verify`] reads
+//!   every object; [`drill`] restores, checks and compares with the live database.
+//!
+//! Shared: [`files`] (SQLite files on disk: hashing, integrity check, `sqlite_dbpage`, fsync),
+//! [`clock`] (Unix milliseconds), [`Error`].
 //!
 //! The design, and why the pin makes WAL restarts safe to follow, is in `docs/design.md`.
 #![deny(missing_docs)]

@@ -1,8 +1,8 @@
 //! One replica of one database: where it stands ([`Phase`]), its place in the WAL and its
-//! rolling checksum ([`ReplicaState`]), and how it fails (one rule, [`Replica::record_failure`]).
+//! rolling checksum ([`ReplicaState`]), and how it fails (one rule, `Replica::record_failure`).
 //!
-//! Shipping to it is in [`crate::shipping`]; the proof that lets it resume is in
-//! [`crate::resume`].
+//! Shipping to it is in `shipping`; the proof that lets it resume is in
+//! `resume`.
 
 use std::collections::VecDeque;
 use std::fmt;
@@ -34,7 +34,7 @@ pub struct ReplicaState {
     /// Whether the last pass found nothing more to ship.
     pub at_end: bool,
     /// Transactions read from the WAL but not yet shipped, carried over a WAL restart that
-    /// the agent let happen (see [`crate::checkpoints`]).
+    /// the agent let happen (see `checkpoints`).
     pub carry: VecDeque<Batch>,
     /// Segments shipped since the generation's last snapshot.
     pub since_snapshot: u32,

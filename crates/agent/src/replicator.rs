@@ -1,9 +1,9 @@
 //! The sync engine for one database: a coordinator over the modules that do the work.
 //!
-//! A pass ([`Replicator::sync`]) notes new commit times ([`crate::commit_times`]), reads the
-//! state of replicas not read yet ([`crate::resume`]), starts new generations where needed
-//! ([`crate::snapshots`]), ships to each replica ([`crate::shipping`]), moves the pin and
-//! checkpoints ([`crate::checkpoints`]), takes scheduled snapshots, starts retention in the
+//! A pass ([`Replicator::sync`]) notes new commit times (`commit_times`), reads the
+//! state of replicas not read yet (`resume`), starts new generations where needed
+//! (`snapshots`), ships to each replica (`shipping`), moves the pin and
+//! checkpoints (`checkpoints`), takes scheduled snapshots, starts retention in the
 //! background ([`crate::retention`]) and reports progress ([`crate::status`]).
 //!
 //! A [`Replicator`] is synchronous and owns its [`Database`]; [`crate::agent`] runs each one on

@@ -13,7 +13,7 @@
 //! restores to a silently shorter state: without its snapshot it is not restorable at all, and the
 //! next prune removes the rest.
 //!
-//! The agent prunes each replica in the background ([`Schedule`]): listing and deleting a large
+//! The agent prunes each replica in the background (`Schedule`): listing and deleting a large
 //! replica takes a while, and shipping must not wait for it.
 
 use std::time::{Duration, Instant};
