@@ -1,7 +1,7 @@
 use std::fmt;
 use std::path::PathBuf;
 
-use lifeboat_wal::{DbChecksum, TxId};
+use lifeboat_wal::{DbChecksum, Generation, TxId};
 use thiserror::Error;
 
 /// Result alias for the agent.
@@ -67,6 +67,42 @@ pub enum Error {
     /// The replica does not hold a restorable chain.
     #[error("{0}")]
     Replica(String),
+    /// Two segments of one generation hold the same transaction: two agents resumed the
+    /// generation and wrote it at once. The history before the fork still restores.
+    #[error(
+        "generation {generation} forked at txid {txid}: {first} and {second} both hold it, so two \
+         agents wrote to this replica at once (overlapping deploys?). The history before the fork \
+         restores with --generation {generation} --txid {}; look at both branches with \
+         `lifeboat segments`",
+        TxId(txid.0 - 1)
+    )]
+    Fork {
+        /// The generation.
+        generation: Generation,
+        /// The first transaction both branches hold.
+        txid: TxId,
+        /// One branch's segment.
+        first: String,
+        /// The other's.
+        second: String,
+    },
+    /// Transactions `from..=to` of a generation are in no object: the chain is broken there.
+    #[error(
+        "generation {generation} is missing transactions {from}..{to}: expected a segment \
+         starting at txid {from} before {next}; the chain is broken and cannot be restored past \
+         txid {}",
+        TxId(from.0 - 1)
+    )]
+    Gap {
+        /// The generation.
+        generation: Generation,
+        /// First missing transaction.
+        from: TxId,
+        /// Last missing transaction.
+        to: TxId,
+        /// The object after the gap.
+        next: String,
+    },
     /// The local database does not continue a replica's newest state.
     #[error(
         "{db} is not the newest state of replica {replica}, nor a continuation of it ({reason}): \
@@ -155,7 +191,11 @@ impl Error {
             Error::Storage(lifeboat_storage::Error::NotFound { .. }) => "not_found",
             Error::Storage(_) => "storage",
             Error::Corrupt { .. } => "corrupt",
-            Error::Replica(_) | Error::Diverged { .. } | Error::TargetMissed { .. } => "replica",
+            Error::Replica(_)
+            | Error::Fork { .. }
+            | Error::Gap { .. }
+            | Error::Diverged { .. }
+            | Error::TargetMissed { .. } => "replica",
             Error::Refused(_) => "refused",
             Error::ChecksumMismatch { .. }
             | Error::IntegrityCheck { .. }

@@ -75,28 +75,23 @@ pub fn plan_generation(
         // same generation (overlapping deploys) and its history forked. Neither branch is
         // chosen silently.
         if let Some(prev) = segments.last().filter(|_| first < next && first > base) {
-            return Err(Error::Replica(format!(
-                "generation {generation} forked at txid {first}: {} and {} both hold it, so two \
-                 agents wrote to this replica at once (overlapping deploys?). The history before \
-                 the fork restores with --generation {generation} --txid {}; look at both \
-                 branches with `lifeboat segments`",
-                prev.key,
-                s.key,
-                TxId(first.0 - 1)
-            )));
+            return Err(Error::Fork {
+                generation,
+                txid: first,
+                first: prev.key.clone(),
+                second: s.key.clone(),
+            });
         }
         if last < next {
             continue;
         }
         if first > next {
-            return Err(Error::Replica(format!(
-                "generation {generation} is missing transactions {next}..{}: expected a segment \
-                 starting at txid {next} before {}; the chain is broken and cannot be restored \
-                 past txid {}",
-                TxId(first.0 - 1),
-                s.key,
-                TxId(next.0 - 1)
-            )));
+            return Err(Error::Gap {
+                generation,
+                from: next,
+                to: TxId(first.0 - 1),
+                next: s.key.clone(),
+            });
         }
         segments.push(s.clone());
         next = last.next();
@@ -235,6 +230,14 @@ mod tests {
     #[test]
     fn a_gap_is_an_error_naming_the_missing_txids_and_the_object_after_it() {
         let o = objs(vec![snap(0, 1)], vec![seg(1, 2, 2), seg(5, 6, 6)]);
+        assert!(matches!(
+            plan_generation(G, &o, Target::Latest),
+            Err(Error::Gap {
+                from: TxId(3),
+                to: TxId(4),
+                ..
+            })
+        ));
         let e = refusal(&o, Target::Latest);
         assert!(
             e.contains("missing transactions 0000000000000003..0000000000000004")
@@ -250,6 +253,10 @@ mod tests {
             vec![snap(0, 1)],
             vec![seg(1, 2, 2), seg(3, 3, 5), seg(3, 4, 4)],
         );
+        assert!(matches!(
+            plan_generation(G, &o, Target::Latest),
+            Err(Error::Fork { txid: TxId(3), .. })
+        ));
         let e = refusal(&o, Target::Latest);
         assert!(
             e.contains("forked at txid 0000000000000003")
