@@ -28,8 +28,11 @@
 #![deny(missing_docs)]
 
 mod client;
+mod conditional;
 mod config;
+mod download;
 mod error;
+mod multipart;
 #[cfg(feature = "testing")]
 pub mod testing;
 
