@@ -17,6 +17,7 @@ use aws_sdk_s3::error::ProvideErrorMetadata;
 use aws_sdk_s3::primitives::ByteStream;
 use aws_sdk_s3::types::{ChecksumAlgorithm, CompletedMultipartUpload, CompletedPart};
 use aws_smithy_types::byte_stream::Length;
+use aws_smithy_types::DateTime;
 use lifeboat_storage::{Error, Result};
 use tracing::{info, warn};
 
@@ -161,10 +162,7 @@ impl S3Client {
     /// keeps its parts, and costs storage, until a lifecycle rule removes them.
     pub async fn abort_stale_uploads(&self, older_than: Duration) -> Result<usize> {
         let prefix = self.cfg.full_key("");
-        let cutoff = SystemTime::now()
-            .checked_sub(older_than)
-            .unwrap_or(SystemTime::UNIX_EPOCH);
-        let cutoff = aws_smithy_types::DateTime::from(cutoff);
+        let cutoff = cutoff(SystemTime::now(), older_than);
         let (mut key_marker, mut id_marker) = (None::<String>, None::<String>);
         let mut aborted = 0;
         loop {
@@ -182,7 +180,7 @@ impl S3Client {
                 let (Some(full), Some(id)) = (u.key(), u.upload_id()) else {
                     continue;
                 };
-                if !u.initiated().is_some_and(|t| *t <= cutoff) {
+                if !stale(u.initiated(), &cutoff) {
                     continue;
                 }
                 let key = full.strip_prefix(&prefix).unwrap_or(full);
@@ -200,5 +198,37 @@ impl S3Client {
                 return Ok(aborted);
             }
         }
+    }
+}
+
+/// Uploads started at or before this are stale.
+fn cutoff(now: SystemTime, older_than: Duration) -> DateTime {
+    DateTime::from(
+        now.checked_sub(older_than)
+            .unwrap_or(SystemTime::UNIX_EPOCH),
+    )
+}
+
+/// Whether an upload started at `initiated` is stale; one without a date is kept.
+fn stale(initiated: Option<&DateTime>, cutoff: &DateTime) -> bool {
+    initiated.is_some_and(|t| t <= cutoff)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_uploads_older_than_the_limit_are_stale() {
+        let now = SystemTime::UNIX_EPOCH + Duration::from_secs(1_800_000_000);
+        let c = cutoff(now, Duration::from_secs(86_400));
+        let at = |secs_ago: u64| DateTime::from(now - Duration::from_secs(secs_ago));
+        assert!(stale(Some(&at(86_401)), &c));
+        assert!(
+            !stale(Some(&at(3_600)), &c),
+            "an hour-old upload may be in flight"
+        );
+        assert!(!stale(None, &c), "no date: kept");
+        assert!(stale(Some(&at(1)), &cutoff(now, Duration::ZERO)));
     }
 }

@@ -6,7 +6,9 @@
 //! [`memory::MemoryClient`] keeps one in memory for unit tests; `conformance` (feature
 //! `conformance`, for tests) is the suite every backend must pass; [`retry`] wraps an operation in
 //! jittered exponential backoff, bounded ([`retry::retry`]) or until it lands
-//! ([`retry::retry_until`]); [`counting::Counting`] counts the requests made through any backend.
+//! ([`retry::retry_until`]); [`counting::Counting`] counts the requests made through any backend;
+//! [`probe`] finds out whether a store really honours conditional writes; [`url`] decodes and
+//! redacts replica URLs.
 //!
 //! Replica objects are immutable. A [`put`](ReplicaClient::put) never replaces an object: writing
 //! a key that exists with the same bytes succeeds (a retried upload), writing it with other bytes
@@ -35,6 +37,7 @@ mod error;
 pub mod keys;
 pub mod local;
 pub mod memory;
+pub mod probe;
 pub mod retry;
 pub mod url;
 
