@@ -282,3 +282,18 @@ async fn a_bucket_in_another_region_says_which_region_to_set() {
     assert!(e.is_setup() && !e.is_transient());
     assert!(e.to_string().contains("?region="), "{e}");
 }
+
+/// The SDK retries a timed-out attempt by itself, inside one `put`: the same request again,
+/// whose 412 must end in the read-back, not in an error.
+#[tokio::test]
+async fn the_sdks_own_retry_of_a_timed_out_put_is_resolved_inside_one_call() {
+    let (s, c) = lost_answer_then_412(b"segment bytes").await;
+    let r = c.put("seg", Bytes::from_static(b"segment bytes")).await;
+    assert_eq!(r.unwrap(), PutOutcome::AlreadyExisted);
+    let methods: Vec<_> = s
+        .requests()
+        .iter()
+        .map(|r| r.method().to_string())
+        .collect();
+    assert_eq!(methods, ["PUT", "PUT", "GET"], "one SDK retry, then the read-back");
+}
