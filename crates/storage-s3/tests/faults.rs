@@ -295,5 +295,9 @@ async fn the_sdks_own_retry_of_a_timed_out_put_is_resolved_inside_one_call() {
         .iter()
         .map(|r| r.method().to_string())
         .collect();
-    assert_eq!(methods, ["PUT", "PUT", "GET"], "one SDK retry, then the read-back");
+    assert_eq!(
+        methods,
+        ["PUT", "PUT", "GET"],
+        "one SDK retry, then the read-back"
+    );
 }
