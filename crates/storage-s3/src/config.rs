@@ -188,14 +188,17 @@ fn parse_bool(key: &str, v: &str) -> Result<bool, ConfigError> {
 
 impl S3Config {
     /// Parses `s3://bucket[/prefix][?endpoint=URL&region=R&force_path_style=BOOL]`.
+    ///
+    /// Error messages show the URL without its query (which may hold an endpoint with secrets).
     pub fn from_url(url: &str) -> Result<S3Config, ConfigError> {
+        let shown = lifeboat_storage::url::redact(url);
         let rest = url
             .strip_prefix("s3://")
-            .ok_or_else(|| ConfigError(format!("{url:?} does not start with s3://")))?;
+            .ok_or_else(|| ConfigError(format!("{shown:?} does not start with s3://")))?;
         let (path, query) = rest.split_once('?').unwrap_or((rest, ""));
         let (bucket, prefix) = path.split_once('/').unwrap_or((path, ""));
         if bucket.is_empty() {
-            return Err(ConfigError(format!("{url:?} names no bucket")));
+            return Err(ConfigError(format!("{shown:?} names no bucket")));
         }
         if !bucket.chars().all(|c| {
             c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-' || c == '.' || c == '_'
@@ -232,7 +235,7 @@ impl S3Config {
                 "force_path_style" | "path_style" => path_style = Some(parse_bool(k, &v)?),
                 _ => {
                     return Err(ConfigError(format!(
-                    "unknown option {k:?} in {url:?} (known: endpoint, region, force_path_style)"
+                    "unknown option {k:?} in {shown:?} (known: endpoint, region, force_path_style)"
                 )))
                 }
             }
@@ -354,8 +357,14 @@ mod tests {
             );
         }
         assert!(c.endpoint_for_messages("x").contains("store.example:9000"));
-        let e = S3Config::from_url("s3://b/p?endpoint=https://key:s3cr3t@:9000").unwrap_err();
-        assert!(!e.to_string().contains("s3cr3t"), "{e}");
+        for bad in [
+            "s3://b/p?endpoint=https://key:s3cr3t@:9000",
+            "s3://b/p?endpoint=https://key:s3cr3t@h&bogus=1",
+            "s3:///p?endpoint=https://key:s3cr3t@h",
+        ] {
+            let e = S3Config::from_url(bad).unwrap_err();
+            assert!(!e.to_string().contains("s3cr3t"), "{e}");
+        }
     }
 
     #[test]
