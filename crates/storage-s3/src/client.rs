@@ -483,6 +483,10 @@ impl ReplicaClient for S3Client {
         }
     }
 
+    async fn abort_stale_uploads(&self, older_than: std::time::Duration) -> Result<usize> {
+        self.abort_stale(older_than).await
+    }
+
     async fn get_versioned(&self, key: &str) -> Result<(Bytes, ETag)> {
         let mut out = Vec::new();
         let tag = self

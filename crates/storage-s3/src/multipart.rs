@@ -3,7 +3,7 @@
 //!
 //! An upload that fails is aborted (AbortMultipartUpload), so its parts do not linger and cost
 //! storage. One interrupted by a crash cannot be aborted by the process that started it:
-//! [`S3Client::abort_stale_uploads`] removes those under the replica's prefix, for the agent to
+//! `abort_stale_uploads` (of the trait) removes those under the replica's prefix, for the agent to
 //! call when it starts (an `AbortIncompleteMultipartUpload` lifecycle rule on the bucket does
 //! the same on the server's side).
 //!
@@ -160,7 +160,7 @@ impl S3Client {
     /// `older_than` ago (a day is safe: no upload of lifeboat's takes that long), and returns
     /// how many. Best effort, for the agent to call when it starts: a crashed upload otherwise
     /// keeps its parts, and costs storage, until a lifecycle rule removes them.
-    pub async fn abort_stale_uploads(&self, older_than: Duration) -> Result<usize> {
+    pub(crate) async fn abort_stale(&self, older_than: Duration) -> Result<usize> {
         let prefix = self.cfg.full_key("");
         let cutoff = cutoff(SystemTime::now(), older_than);
         let (mut key_marker, mut id_marker) = (None::<String>, None::<String>);

@@ -18,7 +18,7 @@ pub struct RequestCounts {
     pub put: AtomicU64,
     /// `get`, `get_range`, `get_to_file` and `get_versioned`.
     pub get: AtomicU64,
-    /// `list` (one call may be several paginated requests).
+    /// `list` and `abort_stale_uploads` (one call may be several paginated requests).
     pub list: AtomicU64,
     /// `delete` and `delete_if_match`.
     pub delete: AtomicU64,
@@ -109,6 +109,11 @@ impl ReplicaClient for Counting {
     async fn delete(&self, key: &str) -> Result<()> {
         let r = self.inner.delete(key).await;
         self.count(&self.counts.delete, r)
+    }
+
+    async fn abort_stale_uploads(&self, older_than: std::time::Duration) -> Result<usize> {
+        let r = self.inner.abort_stale_uploads(older_than).await;
+        self.count(&self.counts.list, r)
     }
 
     async fn get_versioned(&self, key: &str) -> Result<(Bytes, ETag)> {

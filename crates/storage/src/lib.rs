@@ -44,6 +44,7 @@ pub mod url;
 use std::fmt::Debug;
 use std::ops::Range;
 use std::path::Path;
+use std::time::Duration;
 
 use async_trait::async_trait;
 use bytes::Bytes;
@@ -127,6 +128,12 @@ pub trait ReplicaClient: Send + Sync + Debug + 'static {
 
     /// Deletes the object; deleting a missing object succeeds.
     async fn delete(&self, key: &str) -> Result<()>;
+
+    /// Removes what interrupted writes left behind that was started more than `older_than`
+    /// ago (S3: multipart uploads under the replica's prefix, aborted; a folder: temporary
+    /// files), and returns how many. Never touches an object. Best effort, for the agent to call
+    /// when it starts, with an age no write of its own reaches (a day).
+    async fn abort_stale_uploads(&self, older_than: Duration) -> Result<usize>;
 
     /// The whole object and its version. [`Error::NotFound`] if it does not exist.
     ///

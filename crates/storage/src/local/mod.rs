@@ -17,6 +17,7 @@ use std::fs::{self, File};
 use std::io::{self, Read, Seek, SeekFrom, Write};
 use std::ops::Range;
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use async_trait::async_trait;
 use bytes::Bytes;
@@ -28,7 +29,7 @@ const TMP_PREFIX: &str = ".tmp-";
 
 /// A temporary file older than this is the leftover of a writer that was killed mid-write (no
 /// write of one object takes that long); a listing removes it.
-const STALE_TMP: std::time::Duration = std::time::Duration::from_secs(6 * 3600);
+const STALE_TMP: Duration = Duration::from_secs(6 * 3600);
 
 /// A replica rooted at a local folder.
 #[derive(Clone, Debug)]
@@ -209,7 +210,15 @@ fn put_blocking(path: &Path, src: Source<'_>) -> io::Result<PutOutcome> {
     Ok(outcome)
 }
 
-fn walk(root: &Path, dir: &Path, out: &mut Vec<ObjectMeta>) -> io::Result<()> {
+/// Lists the objects under `dir` into `out`, and removes the temporary files older than
+/// `stale_after` (counted in `removed`).
+fn walk(
+    root: &Path,
+    dir: &Path,
+    stale_after: Duration,
+    out: &mut Vec<ObjectMeta>,
+    removed: &mut usize,
+) -> io::Result<()> {
     let entries = match fs::read_dir(dir) {
         Ok(e) => e,
         Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
@@ -227,16 +236,16 @@ fn walk(root: &Path, dir: &Path, out: &mut Vec<ObjectMeta>) -> io::Result<()> {
                 .and_then(|m| m.modified())
                 .ok()
                 .and_then(|t| t.elapsed().ok())
-                .is_some_and(|age| age > STALE_TMP);
-            if stale {
-                let _ = fs::remove_file(entry.path());
+                .is_some_and(|age| age >= stale_after);
+            if stale && fs::remove_file(entry.path()).is_ok() {
+                *removed += 1;
             }
             continue;
         }
         let ft = entry.file_type()?;
         let path = entry.path();
         if ft.is_dir() {
-            walk(root, &path, out)?;
+            walk(root, &path, stale_after, out, removed)?;
         } else if ft.is_file() {
             let rel = path.strip_prefix(root).expect("under root");
             let key = rel
@@ -343,7 +352,7 @@ impl ReplicaClient for LocalClient {
         };
         blocking("list", prefix, move || {
             let mut out = Vec::new();
-            walk(&root, &start, &mut out)?;
+            walk(&root, &start, STALE_TMP, &mut out, &mut 0)?;
             out.retain(|o| o.key.starts_with(&prefix_owned));
             out.sort_by(|a, b| a.key.cmp(&b.key));
             Ok(out)
@@ -360,6 +369,16 @@ impl ReplicaClient for LocalClient {
                 Err(e) => return Err(e),
             }
             fsync_dir(path.parent().expect("parent"))
+        })
+        .await
+    }
+
+    async fn abort_stale_uploads(&self, older_than: Duration) -> Result<usize> {
+        let root = self.root.clone();
+        blocking("clean up", "", move || {
+            let mut removed = 0;
+            walk(&root, &root, older_than, &mut Vec::new(), &mut removed)?;
+            Ok(removed)
         })
         .await
     }
@@ -444,8 +463,7 @@ mod tests {
         );
         fs::write(&old, b"partial").unwrap();
         fs::write(&fresh, b"partial").unwrap();
-        let long_ago =
-            std::time::SystemTime::now() - STALE_TMP - std::time::Duration::from_secs(60);
+        let long_ago = std::time::SystemTime::now() - STALE_TMP - Duration::from_secs(60);
         File::options()
             .write(true)
             .open(&old)
@@ -462,6 +480,14 @@ mod tests {
         assert_eq!(keys, ["a/b"]);
         assert!(!old.exists(), "a stale temporary file is removed");
         assert!(fresh.exists(), "one that may still be written is not");
+        assert_eq!(c.abort_stale_uploads(STALE_TMP).await.unwrap(), 0);
+        assert!(fresh.exists());
+        assert_eq!(c.abort_stale_uploads(Duration::ZERO).await.unwrap(), 1);
+        assert!(
+            !fresh.exists(),
+            "an explicit clean-up with no age limit takes it"
+        );
+        assert_eq!(c.list("").await.unwrap().len(), 1, "objects are untouched");
     }
 
     #[test]
