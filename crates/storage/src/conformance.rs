@@ -114,6 +114,15 @@ pub async fn check(client: &dyn ReplicaClient) {
     );
     assert_eq!(listed[1].size, 2);
     assert_eq!(client.list(&p).await.unwrap().len(), 6);
+    client
+        .abort_stale_uploads(std::time::Duration::ZERO)
+        .await
+        .expect("cleaning up interrupted writes succeeds");
+    assert_eq!(
+        client.list(&p).await.unwrap().len(),
+        6,
+        "cleaning up interrupted writes never touches an object"
+    );
 
     // Delete.
     client.delete(&k("dir/b")).await.unwrap();
