@@ -4,6 +4,14 @@
 //! CompleteMultipartUpload that ends a multipart upload; when the server refuses it because the
 //! key exists, the object is read back and compared, streaming, with what we meant to write.
 //! Every wait on the network is bounded (see [`Timeouts`](crate::Timeouts)).
+//!
+//! Unknown outcomes. The SDK retries an attempt once by itself (a timeout, a reset, a 5xx),
+//! sending the same request: the same key, the same body (a `Bytes` buffer, or the same file
+//! read again from its start), the same CRC32. Nothing here builds a different body for a
+//! retry, so "the first attempt landed, its answer was lost, the retry got 412" always ends in
+//! the read-back, which finds our bytes: [`PutOutcome::AlreadyExisted`]. The same holds for the
+//! conditional writes of a lease (see `conditional`) and for a multipart upload whose
+//! completion answer was lost (the retry finds no upload: read back too).
 
 use std::ops::Range;
 use std::path::Path;
@@ -15,27 +23,29 @@ use aws_config::timeout::TimeoutConfig;
 use aws_config::BehaviorVersion;
 use aws_sdk_s3::error::{ProvideErrorMetadata, SdkError};
 use aws_sdk_s3::primitives::ByteStream;
-use aws_sdk_s3::types::{ChecksumAlgorithm, CompletedMultipartUpload, CompletedPart};
+use aws_sdk_s3::types::ChecksumAlgorithm;
 use aws_sdk_s3::Client;
-use aws_smithy_types::byte_stream::Length;
 use bytes::Bytes;
-use lifeboat_storage::{Error, ObjectMeta, PutOutcome, ReplicaClient, Result};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tracing::warn;
+use lifeboat_storage::{ETag, Error, ObjectMeta, PutOutcome, ReplicaClient, Result};
+use tokio::io::AsyncReadExt;
 
-use crate::error::{classify, message, Kind};
+use crate::download::Sink;
+use crate::error::{boxed, classify, message, region_hint, Kind};
 use crate::S3Config;
 
+/// What was said to a server that answered, for messages about it.
+pub(crate) type HttpResponse = aws_sdk_s3::config::http::HttpResponse;
+
 /// Files larger than this are uploaded in parts.
-const MULTIPART_THRESHOLD: u64 = 64 << 20;
-/// Part size for multipart uploads: 10,000 parts (the S3 limit) make 160 GiB.
-const PART_SIZE: u64 = 16 << 20;
+pub(crate) const MULTIPART_THRESHOLD: u64 = 64 << 20;
 
 /// A replica in an S3 bucket, under a prefix.
 #[derive(Clone)]
 pub struct S3Client {
-    client: Client,
-    cfg: S3Config,
+    pub(crate) client: Client,
+    pub(crate) cfg: S3Config,
+    /// The region requests are signed for.
+    region: String,
 }
 
 impl std::fmt::Debug for S3Client {
@@ -48,7 +58,7 @@ impl std::fmt::Debug for S3Client {
 }
 
 /// What a create-only write meant to store, for comparing with what the bucket holds.
-enum Local<'a> {
+pub(crate) enum Local<'a> {
     Bytes(&'a Bytes),
     File(&'a Path),
 }
@@ -56,7 +66,11 @@ enum Local<'a> {
 impl S3Client {
     /// Builds a client: credentials and (unless given) the region from the standard AWS chain
     /// (environment, profile files, web identity, instance metadata), else region `us-east-1`.
+    ///
+    /// Fails only on a configuration error; missing credentials show on the first request, as
+    /// [`Error::Auth`] naming the variables to set.
     pub async fn new(cfg: S3Config) -> Result<S3Client> {
+        cfg.validate()?;
         let t = cfg.timeouts;
         let mut loader = aws_config::defaults(BehaviorVersion::latest())
             .timeout_config(
@@ -95,9 +109,12 @@ impl S3Client {
         if let Some(e) = &cfg.endpoint {
             b = b.endpoint_url(e.clone());
         }
+        let conf = b.build();
+        let region = conf.region().map_or("us-east-1".into(), |r| r.to_string());
         Ok(S3Client {
-            client: Client::from_conf(b.build()),
+            client: Client::from_conf(conf),
             cfg,
+            region,
         })
     }
 
@@ -111,50 +128,98 @@ impl S3Client {
         &self.client
     }
 
+    /// The region requests are signed for.
+    pub fn region(&self) -> &str {
+        &self.region
+    }
+
     /// `s3://bucket/prefix/key`, for messages.
-    fn url(&self, key: &str) -> String {
+    pub(crate) fn url(&self, key: &str) -> String {
         format!("s3://{}/{}", self.cfg.bucket, self.cfg.full_key(key))
     }
 
-    fn backend(&self, op: &'static str, key: &str, message: String, transient: bool) -> Error {
+    pub(crate) fn backend(
+        &self,
+        op: &'static str,
+        key: &str,
+        message: String,
+        transient: bool,
+    ) -> Error {
         Error::Backend {
             op,
             key: self.url(key),
             message,
             transient,
+            source: None,
         }
     }
 
     /// A failure reading or writing the local file `path`.
-    fn local_io(&self, op: &'static str, key: &str, path: &Path, e: std::io::Error) -> Error {
-        let transient = matches!(
-            e.kind(),
-            std::io::ErrorKind::Interrupted | std::io::ErrorKind::TimedOut
-        );
-        self.backend(
-            op,
-            key,
-            format!("local file {}: {e}", path.display()),
-            transient,
-        )
-    }
-
-    fn err<E: ProvideErrorMetadata + std::error::Error + 'static>(
+    pub(crate) fn local_io(
         &self,
         op: &'static str,
         key: &str,
-        e: SdkError<E, aws_sdk_s3::config::http::HttpResponse>,
+        path: &Path,
+        e: std::io::Error,
     ) -> Error {
+        match Error::io(op, key, e) {
+            Error::Backend {
+                transient, source, ..
+            } => Error::Backend {
+                op,
+                key: self.url(key),
+                message: format!("local file {} failed", path.display()),
+                transient,
+                source,
+            },
+            other => other,
+        }
+    }
+
+    /// The storage error for an SDK failure: typed for what a caller can act on (a missing
+    /// object, a refused condition, each set-up mistake), with the SDK's error as its source.
+    /// A 412 or 409 is [`Error::Precondition`]: callers resolve it by reading the object back.
+    pub(crate) fn err<E>(&self, op: &'static str, key: &str, e: SdkError<E, HttpResponse>) -> Error
+    where
+        E: ProvideErrorMetadata + std::error::Error + Send + Sync + 'static,
+    {
         let status = e.raw_response().map(|r| r.status().as_u16());
+        let endpoint = || self.cfg.endpoint_for_messages(&self.region);
         match classify(&e, status) {
             Kind::NotFound => Error::NotFound { key: self.url(key) },
-            Kind::Precondition => Error::Conflict { key: self.url(key) },
-            k => self.backend(
+            Kind::Precondition | Kind::ConditionalConflict => {
+                Error::Precondition { key: self.url(key) }
+            }
+            Kind::NoSuchBucket => Error::NoSuchBucket {
+                bucket: self.cfg.bucket.clone(),
+                replica: self.cfg.describe(),
+                endpoint: endpoint(),
+                source: boxed(e),
+            },
+            Kind::Auth(problem) => Error::Auth {
+                replica: self.cfg.describe(),
+                endpoint: endpoint(),
+                problem,
+                source: boxed(e),
+            },
+            Kind::AccessDenied => Error::AccessDenied {
                 op,
-                key,
-                message(&e, status, &self.cfg.bucket),
-                k == Kind::Transient,
-            ),
+                key: self.url(key),
+                source: boxed(e),
+            },
+            Kind::WrongRegion => Error::WrongRegion {
+                bucket: self.cfg.bucket.clone(),
+                region: self.region.clone(),
+                hint: region_hint(&e),
+                source: boxed(e),
+            },
+            k @ (Kind::Transient | Kind::Permanent) => Error::Backend {
+                op,
+                key: self.url(key),
+                message: message(&e, status),
+                transient: k == Kind::Transient,
+                source: boxed(e),
+            },
         }
     }
 
@@ -162,7 +227,7 @@ impl S3Client {
     /// time spent sending the body, so it is off and the whole attempt gets a limit that grows
     /// with the size. (The read timeout lives in the connection pool's settings, so it cannot
     /// vary per size without a pool per size; the attempt timeout can.)
-    fn upload_timeouts(&self, len: u64) -> aws_sdk_s3::config::Builder {
+    pub(crate) fn upload_timeouts(&self, len: u64) -> aws_sdk_s3::config::Builder {
         let t = self.cfg.timeouts;
         aws_sdk_s3::config::Builder::new().timeout_config(
             TimeoutConfig::builder()
@@ -175,7 +240,7 @@ impl S3Client {
 
     /// The next chunk of a response body, giving up if the server sends nothing for
     /// `body_idle` (the SDK's timeouts end with the response headers).
-    async fn next_chunk(
+    pub(crate) async fn next_chunk(
         &self,
         op: &'static str,
         key: &str,
@@ -270,121 +335,12 @@ impl S3Client {
     }
 
     /// After a create-only write was refused: the same bytes count as success.
-    async fn resolve_refused(&self, key: &str, local: Local<'_>) -> Result<PutOutcome> {
+    pub(crate) async fn resolve_refused(&self, key: &str, local: Local<'_>) -> Result<PutOutcome> {
         if self.holds(key, local).await? {
             Ok(PutOutcome::AlreadyExisted)
         } else {
             Err(Error::Conflict { key: self.url(key) })
         }
-    }
-
-    /// Uploads `path` (`size` bytes) in parts, completing with `If-None-Match: *`. On any
-    /// failure the upload is aborted so its parts do not linger (and cost) in the bucket.
-    async fn put_multipart(&self, key: &str, path: &Path, size: u64) -> Result<()> {
-        let full = self.cfg.full_key(key);
-        let created = self
-            .client
-            .create_multipart_upload()
-            .bucket(&self.cfg.bucket)
-            .key(&full)
-            .send()
-            .await
-            .map_err(|e| self.err("put", key, e))?;
-        let Some(upload_id) = created.upload_id().map(str::to_string) else {
-            return Err(self.backend(
-                "put",
-                key,
-                "CreateMultipartUpload returned no upload id".into(),
-                true,
-            ));
-        };
-        let result = self.upload_parts(key, path, size, &upload_id).await;
-        if result.is_err() {
-            let aborted = self
-                .client
-                .abort_multipart_upload()
-                .bucket(&self.cfg.bucket)
-                .key(&full)
-                .upload_id(&upload_id)
-                .send()
-                .await;
-            if let Err(e) = aborted {
-                warn!(
-                    replica = %self.cfg.describe(),
-                    key,
-                    upload_id,
-                    error = %self.err("abort", key, e),
-                    "could not abort a failed multipart upload; its parts stay in the bucket \
-                     until an AbortIncompleteMultipartUpload lifecycle rule removes them"
-                );
-            }
-        }
-        result
-    }
-
-    async fn upload_parts(&self, key: &str, path: &Path, size: u64, upload_id: &str) -> Result<()> {
-        let full = self.cfg.full_key(key);
-        let mut parts = Vec::new();
-        let mut offset = 0u64;
-        let mut n = 1;
-        while offset < size {
-            let len = PART_SIZE.min(size - offset);
-            // Streams this part from the file: only the SDK's buffers are in memory.
-            let body = ByteStream::read_from()
-                .path(path)
-                .offset(offset)
-                .length(Length::Exact(len))
-                .build()
-                .await
-                .map_err(|e| {
-                    self.backend(
-                        "put",
-                        key,
-                        format!("local file {}: {e}", path.display()),
-                        false,
-                    )
-                })?;
-            let out = self
-                .client
-                .upload_part()
-                .bucket(&self.cfg.bucket)
-                .key(&full)
-                .upload_id(upload_id)
-                .part_number(n)
-                .checksum_algorithm(ChecksumAlgorithm::Crc32)
-                .body(body)
-                .customize()
-                .config_override(self.upload_timeouts(len))
-                .send()
-                .await
-                .map_err(|e| self.err("put", key, e))?;
-            parts.push(
-                CompletedPart::builder()
-                    .part_number(n)
-                    .set_e_tag(out.e_tag().map(str::to_string))
-                    .build(),
-            );
-            offset += len;
-            n += 1;
-        }
-        self.client
-            .complete_multipart_upload()
-            .bucket(&self.cfg.bucket)
-            .key(&full)
-            .upload_id(upload_id)
-            .if_none_match("*")
-            .multipart_upload(
-                CompletedMultipartUpload::builder()
-                    .set_parts(Some(parts))
-                    .build(),
-            )
-            // The server assembles the parts before it answers.
-            .customize()
-            .config_override(self.upload_timeouts(size))
-            .send()
-            .await
-            .map_err(|e| self.err("put", key, e))?;
-        Ok(())
     }
 }
 
@@ -410,7 +366,7 @@ impl ReplicaClient for S3Client {
             .await;
         match res.map_err(|e| self.err("put", key, e)) {
             Ok(_) => Ok(PutOutcome::Created),
-            Err(Error::Conflict { .. }) => self.resolve_refused(key, Local::Bytes(&data)).await,
+            Err(Error::Precondition { .. }) => self.resolve_refused(key, Local::Bytes(&data)).await,
             Err(e) => Err(e),
         }
     }
@@ -423,14 +379,15 @@ impl ReplicaClient for S3Client {
         let res = if size > MULTIPART_THRESHOLD {
             self.put_multipart(key, path, size).await
         } else {
-            let body = ByteStream::from_path(path).await.map_err(|e| {
-                self.backend(
-                    "put",
-                    key,
-                    format!("local file {}: {e}", path.display()),
-                    false,
-                )
-            })?;
+            let body = ByteStream::from_path(path)
+                .await
+                .map_err(|e| Error::Backend {
+                    op: "put",
+                    key: self.url(key),
+                    message: format!("local file {} cannot be read", path.display()),
+                    transient: false,
+                    source: Some(Box::new(e)),
+                })?;
             self.client
                 .put_object()
                 .bucket(&self.cfg.bucket)
@@ -447,80 +404,37 @@ impl ReplicaClient for S3Client {
         };
         match res {
             Ok(()) => Ok(PutOutcome::Created),
-            Err(Error::Conflict { .. }) => self.resolve_refused(key, Local::File(path)).await,
+            Err(Error::Precondition { .. }) => self.resolve_refused(key, Local::File(path)).await,
             Err(e) => Err(e),
         }
     }
 
     async fn get(&self, key: &str) -> Result<Bytes> {
-        let resp = self
-            .client
-            .get_object()
-            .bucket(&self.cfg.bucket)
-            .key(self.cfg.full_key(key))
-            .send()
-            .await
-            .map_err(|e| self.err("get", key, e))?;
-        let mut body = resp.body;
-        let mut out = Vec::with_capacity(resp.content_length.unwrap_or(0).max(0) as usize);
-        while let Some(chunk) = self.next_chunk("get", key, &mut body).await? {
-            out.extend_from_slice(&chunk);
-        }
+        let mut out = Vec::new();
+        self.download("get", key, None, &mut Sink::Memory(&mut out))
+            .await?;
         Ok(out.into())
     }
 
     async fn get_range(&self, key: &str, range: Range<u64>) -> Result<Bytes> {
-        if range.end <= range.start {
-            return Ok(Bytes::new());
-        }
-        let resp = self
-            .client
-            .get_object()
-            .bucket(&self.cfg.bucket)
-            .key(self.cfg.full_key(key))
-            .range(format!("bytes={}-{}", range.start, range.end - 1))
-            .send()
-            .await;
-        let resp = match resp {
-            Ok(r) => r,
-            // A range that starts at or past the end of the object is empty.
-            Err(e) if e.raw_response().is_some_and(|r| r.status().as_u16() == 416) => {
-                return Ok(Bytes::new())
-            }
-            Err(e) => return Err(self.err("get", key, e)),
-        };
-        let want = (range.end - range.start) as usize;
-        let mut body = resp.body;
         let mut out = Vec::new();
-        while let Some(chunk) = self.next_chunk("get", key, &mut body).await? {
-            out.extend_from_slice(&chunk);
-        }
-        // A server that ignores ranges sends everything: cut to the asked length.
-        out.truncate(want);
+        self.download("get", key, Some(range), &mut Sink::Memory(&mut out))
+            .await?;
         Ok(out.into())
     }
 
     async fn get_to_file(&self, key: &str, path: &Path) -> Result<u64> {
-        let resp = self
-            .client
-            .get_object()
-            .bucket(&self.cfg.bucket)
-            .key(self.cfg.full_key(key))
-            .send()
-            .await
-            .map_err(|e| self.err("get", key, e))?;
-        let mut f = tokio::fs::File::create(path)
+        let mut file = tokio::fs::File::create(path)
             .await
             .map_err(|e| self.local_io("get", key, path, e))?;
-        let mut body = resp.body;
-        let mut n = 0u64;
-        while let Some(chunk) = self.next_chunk("get", key, &mut body).await? {
-            f.write_all(&chunk)
-                .await
-                .map_err(|e| self.local_io("get", key, path, e))?;
-            n += chunk.len() as u64;
-        }
-        f.sync_all()
+        let mut sink = Sink::File {
+            file: &mut file,
+            path,
+            written: 0,
+        };
+        self.download("get", key, None, &mut sink).await?;
+        let n = sink.written();
+        file.sync_all()
             .await
             .map_err(|e| self.local_io("get", key, path, e))?;
         Ok(n)
@@ -567,5 +481,30 @@ impl ReplicaClient for S3Client {
             Ok(_) | Err(Error::NotFound { .. }) => Ok(()),
             Err(e) => Err(e),
         }
+    }
+
+    async fn abort_stale_uploads(&self, older_than: std::time::Duration) -> Result<usize> {
+        self.abort_stale(older_than).await
+    }
+
+    async fn get_versioned(&self, key: &str) -> Result<(Bytes, ETag)> {
+        let mut out = Vec::new();
+        let tag = self
+            .download("get", key, None, &mut Sink::Memory(&mut out))
+            .await?;
+        let tag = tag.ok_or_else(|| self.no_etag(key))?;
+        Ok((out.into(), tag))
+    }
+
+    async fn put_if_absent(&self, key: &str, data: Bytes) -> Result<ETag> {
+        self.put_conditional(key, data, None).await
+    }
+
+    async fn put_if_match(&self, key: &str, data: Bytes, expected: &ETag) -> Result<ETag> {
+        self.put_conditional(key, data, Some(expected)).await
+    }
+
+    async fn delete_if_match(&self, key: &str, expected: &ETag) -> Result<()> {
+        self.delete_conditional(key, expected).await
     }
 }

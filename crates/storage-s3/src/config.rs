@@ -1,4 +1,9 @@
 //! `s3://bucket/prefix?endpoint=...&region=...&force_path_style=true`
+//!
+//! Everything a URL can get wrong is found here, as a [`ConfigError`] that names it, before any
+//! request: an endpoint that does not parse is a configuration error, not a network problem.
+//! An endpoint may carry secrets (`https://user:pass@host`, a `?token=` query): they are kept
+//! for the SDK, and redacted from everything lifeboat shows (`Debug`, messages, logs).
 
 use std::fmt;
 use std::time::Duration;
@@ -28,7 +33,10 @@ impl fmt::Debug for S3Config {
         f.debug_struct("S3Config")
             .field("bucket", &self.bucket)
             .field("prefix", &self.prefix)
-            .field("endpoint", &self.endpoint)
+            .field(
+                "endpoint",
+                &self.endpoint.as_deref().map(lifeboat_storage::url::redact),
+            )
             .field("region", &self.region)
             .field("force_path_style", &self.force_path_style)
             .field(
@@ -97,6 +105,77 @@ impl fmt::Display for ConfigError {
 
 impl std::error::Error for ConfigError {}
 
+impl From<ConfigError> for lifeboat_storage::Error {
+    fn from(e: ConfigError) -> Self {
+        lifeboat_storage::Error::Config {
+            message: format!("invalid S3 replica configuration: {e}"),
+            source: None,
+        }
+    }
+}
+
+/// Checks that `endpoint` is `http[s]://[user[:pass]@]host[:port][/path][?query]` with a
+/// non-empty host and a numeric port. The message never shows the secrets.
+fn check_endpoint(endpoint: &str) -> Result<(), ConfigError> {
+    use lifeboat_storage::url::redact;
+    let bad = |why: &str| {
+        ConfigError(format!(
+            "endpoint {:?} {why}: write it as http://HOST[:PORT] or https://HOST[:PORT]",
+            redact(endpoint)
+        ))
+    };
+    let rest = endpoint
+        .strip_prefix("https://")
+        .or_else(|| endpoint.strip_prefix("http://"))
+        .ok_or_else(|| bad("must start with http:// or https://"))?;
+    let authority = &rest[..rest.find(['/', '?', '#']).unwrap_or(rest.len())];
+    let host_port = authority.rsplit_once('@').map_or(authority, |(_, h)| h);
+    let (host, port) = if let Some(v6) = host_port.strip_prefix('[') {
+        let (h, after) = v6
+            .split_once(']')
+            .ok_or_else(|| bad("has an unclosed [ in its host"))?;
+        let port = match after {
+            "" => None,
+            p => Some(
+                p.strip_prefix(':')
+                    .ok_or_else(|| bad("has junk after its host"))?,
+            ),
+        };
+        if h.is_empty()
+            || !h
+                .chars()
+                .all(|c| c.is_ascii_hexdigit() || c == ':' || c == '.')
+        {
+            return Err(bad("has an invalid IPv6 host"));
+        }
+        (h, port)
+    } else {
+        match host_port.split_once(':') {
+            Some((h, p)) => (h, Some(p)),
+            None => (host_port, None),
+        }
+    };
+    if host.is_empty() {
+        return Err(bad("names no host"));
+    }
+    if !host_port.starts_with('[')
+        && !host
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '.' || c == '_')
+    {
+        return Err(bad("has an invalid host name"));
+    }
+    if let Some(p) = port {
+        if p.parse::<u16>().map_or(true, |p| p == 0) {
+            return Err(bad("has an invalid port (1 to 65535)"));
+        }
+    }
+    if rest.contains(char::is_whitespace) {
+        return Err(bad("contains spaces"));
+    }
+    Ok(())
+}
+
 fn parse_bool(key: &str, v: &str) -> Result<bool, ConfigError> {
     match v {
         "true" | "1" | "yes" => Ok(true),
@@ -107,37 +186,19 @@ fn parse_bool(key: &str, v: &str) -> Result<bool, ConfigError> {
     }
 }
 
-/// Decodes `%XX` escapes in a query value.
-fn unescape(s: &str) -> Result<String, ConfigError> {
-    let b = s.as_bytes();
-    let mut out = Vec::with_capacity(b.len());
-    let mut i = 0;
-    while i < b.len() {
-        if b[i] == b'%' {
-            let hex = s
-                .get(i + 1..i + 3)
-                .and_then(|h| u8::from_str_radix(h, 16).ok())
-                .ok_or_else(|| ConfigError(format!("bad %-escape in {s:?}")))?;
-            out.push(hex);
-            i += 3;
-        } else {
-            out.push(b[i]);
-            i += 1;
-        }
-    }
-    String::from_utf8(out).map_err(|_| ConfigError(format!("{s:?} is not UTF-8")))
-}
-
 impl S3Config {
     /// Parses `s3://bucket[/prefix][?endpoint=URL&region=R&force_path_style=BOOL]`.
+    ///
+    /// Error messages show the URL without its query (which may hold an endpoint with secrets).
     pub fn from_url(url: &str) -> Result<S3Config, ConfigError> {
+        let shown = lifeboat_storage::url::redact(url);
         let rest = url
             .strip_prefix("s3://")
-            .ok_or_else(|| ConfigError(format!("{url:?} does not start with s3://")))?;
+            .ok_or_else(|| ConfigError(format!("{shown:?} does not start with s3://")))?;
         let (path, query) = rest.split_once('?').unwrap_or((rest, ""));
         let (bucket, prefix) = path.split_once('/').unwrap_or((path, ""));
         if bucket.is_empty() {
-            return Err(ConfigError(format!("{url:?} names no bucket")));
+            return Err(ConfigError(format!("{shown:?} names no bucket")));
         }
         if !bucket.chars().all(|c| {
             c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-' || c == '.' || c == '_'
@@ -164,27 +225,44 @@ impl S3Config {
             let (k, v) = pair
                 .split_once('=')
                 .ok_or_else(|| ConfigError(format!("query item {pair:?} has no value")))?;
-            let v = unescape(v)?;
+            let v = lifeboat_storage::url::percent_decode(v).map_err(ConfigError)?;
             match k {
                 "endpoint" => {
-                    if !(v.starts_with("http://") || v.starts_with("https://")) {
-                        return Err(ConfigError(format!(
-                            "endpoint {v:?} must start with http:// or https://"
-                        )));
-                    }
+                    check_endpoint(&v)?;
                     cfg.endpoint = Some(v.trim_end_matches('/').to_string());
                 }
                 "region" => cfg.region = Some(v),
                 "force_path_style" | "path_style" => path_style = Some(parse_bool(k, &v)?),
                 _ => {
                     return Err(ConfigError(format!(
-                    "unknown option {k:?} in {url:?} (known: endpoint, region, force_path_style)"
+                    "unknown option {k:?} in {shown:?} (known: endpoint, region, force_path_style)"
                 )))
                 }
             }
         }
         cfg.force_path_style = path_style.unwrap_or(cfg.endpoint.is_some());
         Ok(cfg)
+    }
+
+    /// Checks a configuration built by hand (not parsed from a URL) as [`from_url`] would.
+    ///
+    /// [`from_url`]: S3Config::from_url
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        if let Some(e) = &self.endpoint {
+            check_endpoint(e)?;
+        }
+        if self.bucket.is_empty() {
+            return Err(ConfigError("the configuration names no bucket".into()));
+        }
+        Ok(())
+    }
+
+    /// The endpoint as it may be shown (secrets redacted), or AWS's for `region`.
+    pub fn endpoint_for_messages(&self, region: &str) -> String {
+        match &self.endpoint {
+            Some(e) => lifeboat_storage::url::redact(e),
+            None => format!("AWS S3 in {region}"),
+        }
     }
 
     /// The full key for a key relative to the prefix.
@@ -259,6 +337,64 @@ mod tests {
         let shown = format!("{c:?}");
         assert!(shown.contains("AKIDEXAMPLE"), "{shown}");
         assert!(!shown.contains("s3cr3t-value"), "{shown}");
+    }
+
+    #[test]
+    fn endpoint_secrets_never_show() {
+        let c = S3Config::from_url(
+            "s3://b/p?endpoint=https%3A%2F%2Fkey%3As3cr3t%40store.example%3A9000%2F%3Ftoken%3Dtok3n",
+        )
+        .unwrap();
+        assert_eq!(
+            c.endpoint.as_deref(),
+            Some("https://key:s3cr3t@store.example:9000/?token=tok3n"),
+            "the SDK gets the endpoint whole"
+        );
+        for shown in [format!("{c:?}"), c.describe(), c.endpoint_for_messages("x")] {
+            assert!(
+                !shown.contains("s3cr3t") && !shown.contains("tok3n"),
+                "{shown}"
+            );
+        }
+        assert!(c.endpoint_for_messages("x").contains("store.example:9000"));
+        for bad in [
+            "s3://b/p?endpoint=https://key:s3cr3t@:9000",
+            "s3://b/p?endpoint=https://key:s3cr3t@h&bogus=1",
+            "s3:///p?endpoint=https://key:s3cr3t@h",
+        ] {
+            let e = S3Config::from_url(bad).unwrap_err();
+            assert!(!e.to_string().contains("s3cr3t"), "{e}");
+        }
+    }
+
+    #[test]
+    fn endpoints_that_do_not_parse_are_configuration_errors() {
+        for (u, says) in [
+            ("s3://b/p?endpoint=ftp://x", "must start with http"),
+            ("s3://b/p?endpoint=http://", "names no host"),
+            ("s3://b/p?endpoint=http://:9000", "names no host"),
+            ("s3://b/p?endpoint=http://h:port", "invalid port"),
+            ("s3://b/p?endpoint=http://h:70000", "invalid port"),
+            ("s3://b/p?endpoint=http://h%20x", "invalid host"),
+            ("s3://b/p?endpoint=http://[::1", "unclosed"),
+            ("s3://b/p?endpoint=127.0.0.1:9000", "must start with http"),
+        ] {
+            let e = S3Config::from_url(u).unwrap_err();
+            assert!(e.to_string().contains(says), "{u}: {e}");
+            let e: lifeboat_storage::Error = e.into();
+            assert!(e.is_setup() && !e.is_transient(), "{u}: {e}");
+        }
+        for ok in [
+            "s3://b/p?endpoint=http://127.0.0.1:9000",
+            "s3://b/p?endpoint=http://[::1]:9000",
+            "s3://b/p?endpoint=https://acct.r2.cloudflarestorage.com",
+            "s3://b/p?endpoint=https://minio.internal/s3",
+        ] {
+            S3Config::from_url(ok).unwrap_or_else(|e| panic!("{ok}: {e}"));
+        }
+        let mut c = S3Config::from_url("s3://b/p").unwrap();
+        c.endpoint = Some("not a url".into());
+        assert!(c.validate().is_err());
     }
 
     #[test]

@@ -7,12 +7,16 @@
 //! This is the only crate that depends on `aws-sdk-s3`. Writes are create-only
 //! (`If-None-Match: *`, on PutObject and on CompleteMultipartUpload); a write refused because
 //! the key exists is read back and compared, so a retried upload whose first response was lost
-//! counts as success, and different bytes are a [`lifeboat_storage::Error::Conflict`]. Uploads
-//! carry a CRC32 the server checks. Credentials come from the standard AWS chain (environment,
-//! profile files, instance metadata) and are never logged.
+//! counts as success, and different bytes are a [`lifeboat_storage::Error::Conflict`]. The
+//! conditional writes of a lease use `If-Match` on the ETag, resolved the same way. Downloads
+//! resume after a cut. Uploads carry a CRC32 the server checks. Credentials come from the
+//! standard AWS chain (environment, profile files, instance metadata) and are never logged; nor
+//! are secrets in an endpoint.
 //!
-//! Layout: `config` parses URLs and holds the timeouts; `client` is the [`S3Client`]; `error`
-//! maps S3 failures onto the storage errors (what is transient, what to tell the user);
+//! Layout: `config` parses URLs and holds the timeouts; `client` is the [`S3Client`] and its
+//! create-only writes; `conditional` the lease's conditional writes; `download` the resumable
+//! GETs; `multipart` large uploads and the clean-up of stale ones; `error` maps S3 failures
+//! onto the storage errors (what is transient, which set-up mistake, what to tell the user);
 //! `testing` runs `moto_server`.
 //!
 //! ```no_run
@@ -28,8 +32,11 @@
 #![deny(missing_docs)]
 
 mod client;
+mod conditional;
 mod config;
+mod download;
 mod error;
+mod multipart;
 #[cfg(feature = "testing")]
 pub mod testing;
 

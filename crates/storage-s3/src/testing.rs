@@ -160,6 +160,73 @@ impl S3TestServer {
         S3Client::new(self.config(prefix)).await.expect("S3 client")
     }
 
+    /// Turns on moto's authentication, with one IAM user that has no permissions, and returns
+    /// that user's `(access key id, secret key)`. From then on, a request signed with an unknown
+    /// key is refused with InvalidAccessKeyId, one signed with the wrong secret with
+    /// SignatureDoesNotMatch, and one signed right with AccessDenied.
+    pub async fn require_auth(&self) -> (String, String) {
+        // Before authentication is on, IAM answers unsigned requests.
+        self.raw_post(
+            "/",
+            "iam",
+            "Action=CreateUser&UserName=lifeboat-test&Version=2010-05-08",
+        )
+        .await;
+        let created = self
+            .raw_post(
+                "/",
+                "iam",
+                "Action=CreateAccessKey&UserName=lifeboat-test&Version=2010-05-08",
+            )
+            .await;
+        let field = |name: &str| {
+            let open = format!("<{name}>");
+            let start = created
+                .find(&open)
+                .unwrap_or_else(|| panic!("no {name} in {created}"))
+                + open.len();
+            let end = start + created[start..].find('<').expect("closing tag");
+            created[start..end].to_string()
+        };
+        let keys = (field("AccessKeyId"), field("SecretAccessKey"));
+        // Authentication from the next request on.
+        self.raw_post("/moto-api/reset-auth", "s3", "0").await;
+        keys
+    }
+
+    /// Sends an unsigned POST (attributed to `service` by its credential scope) and returns the
+    /// response body; panics unless the answer is 200.
+    async fn raw_post(&self, path: &str, service: &str, body: &str) -> String {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let mut sock = tokio::net::TcpStream::connect(("127.0.0.1", self.port))
+            .await
+            .expect("connect to moto");
+        let req = format!(
+            "POST {path} HTTP/1.1\r\nHost: 127.0.0.1:{}\r\nConnection: close\r\n\
+             Content-Type: {content_type}\r\n\
+             Authorization: AWS4-HMAC-SHA256 Credential=test/20250101/us-east-1/{service}/aws4_request, SignedHeaders=host, Signature=0\r\n\
+             Content-Length: {}\r\n\r\n{body}",
+            self.port,
+            body.len(),
+            // moto reads the reset-auth count from the raw body, which a form type would hide.
+            content_type = if service == "iam" {
+                "application/x-www-form-urlencoded"
+            } else {
+                "text/plain"
+            },
+        );
+        sock.write_all(req.as_bytes()).await.expect("send to moto");
+        let mut resp = String::new();
+        sock.read_to_string(&mut resp)
+            .await
+            .expect("read from moto");
+        assert!(
+            resp.starts_with("HTTP/1.1 200") || resp.starts_with("HTTP/1.0 200"),
+            "moto refused POST {path}: {resp}"
+        );
+        resp
+    }
+
     fn signal(&self, sig: i32) {
         if self.stopped {
             return;

@@ -1,9 +1,12 @@
 //! The behaviour every [`ReplicaClient`] must show. Backends call [`check`] from their tests,
 //! against a real server where there is one.
+//!
+//! Compiled only with the `conformance` feature, which the backends' dev-dependencies turn on:
+//! the suite is test code, not part of the library a binary links.
 
 use bytes::Bytes;
 
-use crate::{Error, PutOutcome, ReplicaClient};
+use crate::{ETag, Error, PutOutcome, ReplicaClient};
 
 /// Runs every check against `client`, under a fresh random prefix, and panics on the first
 /// failure with a message that names it.
@@ -111,6 +114,15 @@ pub async fn check(client: &dyn ReplicaClient) {
     );
     assert_eq!(listed[1].size, 2);
     assert_eq!(client.list(&p).await.unwrap().len(), 6);
+    client
+        .abort_stale_uploads(std::time::Duration::ZERO)
+        .await
+        .expect("cleaning up interrupted writes succeeds");
+    assert_eq!(
+        client.list(&p).await.unwrap().len(),
+        6,
+        "cleaning up interrupted writes never touches an object"
+    );
 
     // Delete.
     client.delete(&k("dir/b")).await.unwrap();
@@ -122,4 +134,159 @@ pub async fn check(client: &dyn ReplicaClient) {
         client.delete(&o.key).await.unwrap();
     }
     assert!(client.list(&p).await.unwrap().is_empty());
+
+    check_conditional(client, &p).await;
+    check_races(client, &p).await;
+    for o in client.list(&p).await.unwrap() {
+        client.delete(&o.key).await.unwrap();
+    }
+}
+
+fn is_precondition<T: std::fmt::Debug>(r: &crate::Result<T>) -> bool {
+    matches!(r, Err(Error::Precondition { .. }))
+}
+
+/// The conditional writes a lease is built on, one client at a time.
+async fn check_conditional(client: &dyn ReplicaClient, p: &str) {
+    let key = format!("{p}lease");
+    assert!(
+        matches!(
+            client.get_versioned(&key).await,
+            Err(Error::NotFound { .. })
+        ),
+        "get_versioned of a missing key must be NotFound"
+    );
+    let bogus = ETag::new("\"0123456789abcdef0123456789abcdef\"");
+    assert!(
+        is_precondition(&client.put_if_match(&key, "x".into(), &bogus).await),
+        "put_if_match on a missing key must be Precondition"
+    );
+    client
+        .delete_if_match(&key, &bogus)
+        .await
+        .expect("delete_if_match of a missing key succeeds");
+
+    let v1 = client
+        .put_if_absent(&key, "holder a, 1".into())
+        .await
+        .unwrap();
+    let (data, tag) = client.get_versioned(&key).await.unwrap();
+    assert_eq!((&data[..], &tag), (&b"holder a, 1"[..], &v1));
+    assert_eq!(
+        client
+            .put_if_absent(&key, "holder a, 1".into())
+            .await
+            .unwrap(),
+        v1,
+        "put_if_absent of the same bytes is a retry whose answer was lost: it returns the version"
+    );
+    assert!(
+        is_precondition(&client.put_if_absent(&key, "holder b, 1".into()).await),
+        "put_if_absent of other bytes over an existing object must be Precondition"
+    );
+
+    let v2 = client
+        .put_if_match(&key, "holder a, 2".into(), &v1)
+        .await
+        .unwrap();
+    assert_ne!(v1, v2, "a new write has a new version");
+    assert_eq!(client.get_versioned(&key).await.unwrap().1, v2);
+    assert_eq!(
+        client
+            .put_if_match(&key, "holder a, 2".into(), &v1)
+            .await
+            .unwrap(),
+        v2,
+        "a retried put_if_match that finds its own bytes returns their version"
+    );
+    assert!(
+        is_precondition(&client.put_if_match(&key, "holder b, 2".into(), &v1).await),
+        "put_if_match with an old version must be Precondition"
+    );
+    assert_eq!(&client.get(&key).await.unwrap()[..], b"holder a, 2");
+
+    // A write of the same bytes as an earlier version still moves the version on, so that an
+    // old version is refused.
+    let v3 = client
+        .put_if_match(&key, "holder a, 3".into(), &v2)
+        .await
+        .unwrap();
+    assert!(
+        is_precondition(&client.delete_if_match(&key, &v2).await),
+        "delete_if_match with an old version must be Precondition"
+    );
+    assert_eq!(&client.get(&key).await.unwrap()[..], b"holder a, 3");
+    client.delete_if_match(&key, &v3).await.unwrap();
+    assert!(matches!(
+        client.get(&key).await,
+        Err(Error::NotFound { .. })
+    ));
+    client
+        .delete_if_match(&key, &v3)
+        .await
+        .expect("a retried delete_if_match succeeds");
+    let v4 = client
+        .put_if_absent(&key, "holder b, 1".into())
+        .await
+        .unwrap();
+    assert_eq!(client.get_versioned(&key).await.unwrap().1, v4);
+    client.delete_if_match(&key, &v4).await.unwrap();
+}
+
+/// Several writers racing on one key: exactly one wins each round, and the object holds the
+/// winner's bytes.
+async fn check_races(client: &dyn ReplicaClient, p: &str) {
+    const ROUNDS: usize = 5;
+    for round in 0..ROUNDS {
+        let key = format!("{p}race-{round}");
+        let w = |i: usize| Bytes::from(format!("writer {i}, round {round}, create"));
+        let r = tokio::join!(
+            client.put_if_absent(&key, w(0)),
+            client.put_if_absent(&key, w(1)),
+            client.put_if_absent(&key, w(2)),
+            client.put_if_absent(&key, w(3)),
+        );
+        let r = [r.0, r.1, r.2, r.3];
+        let winners: Vec<usize> = (0..4).filter(|&i| r[i].is_ok()).collect();
+        assert_eq!(
+            winners.len(),
+            1,
+            "round {round}: exactly one of four racing put_if_absent must win: {r:?}"
+        );
+        assert!(
+            r.iter().filter(|x| x.is_err()).all(is_precondition),
+            "round {round}: the losers get Precondition: {r:?}"
+        );
+        let (data, tag) = client.get_versioned(&key).await.unwrap();
+        assert_eq!(data, w(winners[0]), "round {round}: the winner's bytes");
+        assert_eq!(&tag, r[winners[0]].as_ref().unwrap());
+
+        let w = |i: usize| Bytes::from(format!("writer {i}, round {round}, swap"));
+        let r = tokio::join!(
+            client.put_if_match(&key, w(0), &tag),
+            client.put_if_match(&key, w(1), &tag),
+            client.put_if_match(&key, w(2), &tag),
+            client.delete_if_match(&key, &tag),
+        );
+        let puts = [r.0, r.1, r.2];
+        let won = puts.iter().filter(|x| x.is_ok()).count() + usize::from(r.3.is_ok());
+        assert_eq!(
+            won, 1,
+            "round {round}: exactly one of three put_if_match and one delete_if_match on one \
+             version must win: {puts:?} {:?}",
+            r.3
+        );
+        match puts.iter().position(|x| x.is_ok()) {
+            Some(i) => {
+                let (data, now) = client.get_versioned(&key).await.unwrap();
+                assert_eq!(data, w(i), "round {round}: the winner's bytes");
+                assert_eq!(&now, puts[i].as_ref().unwrap());
+                client.delete_if_match(&key, &now).await.unwrap();
+            }
+            None => assert!(
+                matches!(client.get(&key).await, Err(Error::NotFound { .. })),
+                "round {round}: the delete won"
+            ),
+        }
+    }
 }

@@ -9,18 +9,18 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use bytes::Bytes;
 
-use crate::{ObjectMeta, PutOutcome, ReplicaClient, Result};
+use crate::{ETag, ObjectMeta, PutOutcome, ReplicaClient, Result};
 
 /// Requests by kind (each call counts once, whatever retries the backend makes inside it).
 #[derive(Debug, Default)]
 pub struct RequestCounts {
-    /// `put` and `put_file`.
+    /// `put`, `put_file`, `put_if_absent` and `put_if_match`.
     pub put: AtomicU64,
-    /// `get`, `get_range` and `get_to_file`.
+    /// `get`, `get_range`, `get_to_file` and `get_versioned`.
     pub get: AtomicU64,
-    /// `list` (one call may be several paginated requests).
+    /// `list` and `abort_stale_uploads` (one call may be several paginated requests).
     pub list: AtomicU64,
-    /// `delete`.
+    /// `delete` and `delete_if_match`.
     pub delete: AtomicU64,
     /// Calls that returned an error.
     pub failed: AtomicU64,
@@ -108,6 +108,31 @@ impl ReplicaClient for Counting {
 
     async fn delete(&self, key: &str) -> Result<()> {
         let r = self.inner.delete(key).await;
+        self.count(&self.counts.delete, r)
+    }
+
+    async fn abort_stale_uploads(&self, older_than: std::time::Duration) -> Result<usize> {
+        let r = self.inner.abort_stale_uploads(older_than).await;
+        self.count(&self.counts.list, r)
+    }
+
+    async fn get_versioned(&self, key: &str) -> Result<(Bytes, ETag)> {
+        let r = self.inner.get_versioned(key).await;
+        self.count(&self.counts.get, r)
+    }
+
+    async fn put_if_absent(&self, key: &str, data: Bytes) -> Result<ETag> {
+        let r = self.inner.put_if_absent(key, data).await;
+        self.count(&self.counts.put, r)
+    }
+
+    async fn put_if_match(&self, key: &str, data: Bytes, expected: &ETag) -> Result<ETag> {
+        let r = self.inner.put_if_match(key, data, expected).await;
+        self.count(&self.counts.put, r)
+    }
+
+    async fn delete_if_match(&self, key: &str, expected: &ETag) -> Result<()> {
+        let r = self.inner.delete_if_match(key, expected).await;
         self.count(&self.counts.delete, r)
     }
 }

@@ -1,4 +1,7 @@
 //! A replica in memory, for unit tests. It can be told to fail, to stand in for an outage.
+//!
+//! Every write gives the object a new version number from one counter, so an [`ETag`] here is
+//! never reused, even for the same bytes.
 
 use std::collections::BTreeMap;
 use std::ops::Range;
@@ -9,13 +12,32 @@ use std::sync::Mutex;
 use async_trait::async_trait;
 use bytes::Bytes;
 
-use crate::{Error, ObjectMeta, PutOutcome, ReplicaClient, Result};
+use crate::{ETag, Error, ObjectMeta, PutOutcome, ReplicaClient, Result};
 
 /// An in-memory replica.
 #[derive(Debug, Default)]
 pub struct MemoryClient {
-    objects: Mutex<BTreeMap<String, Bytes>>,
+    objects: Mutex<Objects>,
     down: AtomicBool,
+}
+
+#[derive(Debug, Default)]
+struct Objects {
+    map: BTreeMap<String, (Bytes, u64)>,
+    /// The last version number handed out.
+    version: u64,
+}
+
+impl Objects {
+    fn insert(&mut self, key: &str, data: Bytes) -> ETag {
+        self.version += 1;
+        self.map.insert(key.into(), (data, self.version));
+        etag(self.version)
+    }
+}
+
+fn etag(version: u64) -> ETag {
+    ETag::new(format!("v{version}"))
 }
 
 impl MemoryClient {
@@ -26,7 +48,7 @@ impl MemoryClient {
 
     /// Replaces an object's bytes, bypassing create-only: for corruption tests.
     pub fn tamper(&self, key: &str, data: Bytes) {
-        self.objects.lock().expect("lock").insert(key.into(), data);
+        self.objects.lock().expect("lock").insert(key, data);
     }
 
     fn check(&self, op: &'static str, key: &str) -> Result<()> {
@@ -36,6 +58,7 @@ impl MemoryClient {
                 key: key.into(),
                 message: "backend is down (test)".into(),
                 transient: true,
+                source: None,
             });
         }
         Ok(())
@@ -51,11 +74,11 @@ impl ReplicaClient for MemoryClient {
     async fn put(&self, key: &str, data: Bytes) -> Result<PutOutcome> {
         self.check("put", key)?;
         let mut m = self.objects.lock().expect("lock");
-        match m.get(key) {
-            Some(existing) if *existing == data => Ok(PutOutcome::AlreadyExisted),
+        match m.map.get(key) {
+            Some((existing, _)) if *existing == data => Ok(PutOutcome::AlreadyExisted),
             Some(_) => Err(Error::Conflict { key: key.into() }),
             None => {
-                m.insert(key.into(), data);
+                m.insert(key, data);
                 Ok(PutOutcome::Created)
             }
         }
@@ -68,12 +91,7 @@ impl ReplicaClient for MemoryClient {
 
     async fn get(&self, key: &str) -> Result<Bytes> {
         self.check("get", key)?;
-        self.objects
-            .lock()
-            .expect("lock")
-            .get(key)
-            .cloned()
-            .ok_or_else(|| Error::NotFound { key: key.into() })
+        Ok(self.get_versioned(key).await?.0)
     }
 
     async fn get_range(&self, key: &str, range: Range<u64>) -> Result<Bytes> {
@@ -95,9 +113,10 @@ impl ReplicaClient for MemoryClient {
             .objects
             .lock()
             .expect("lock")
+            .map
             .range(prefix.to_string()..)
             .take_while(|(k, _)| k.starts_with(prefix))
-            .map(|(k, v)| ObjectMeta {
+            .map(|(k, (v, _))| ObjectMeta {
                 key: k.clone(),
                 size: v.len() as u64,
             })
@@ -106,8 +125,55 @@ impl ReplicaClient for MemoryClient {
 
     async fn delete(&self, key: &str) -> Result<()> {
         self.check("delete", key)?;
-        self.objects.lock().expect("lock").remove(key);
+        self.objects.lock().expect("lock").map.remove(key);
         Ok(())
+    }
+
+    async fn abort_stale_uploads(&self, _older_than: std::time::Duration) -> Result<usize> {
+        // Every write here is whole at once: nothing is ever left half-written.
+        Ok(0)
+    }
+
+    async fn get_versioned(&self, key: &str) -> Result<(Bytes, ETag)> {
+        self.check("get", key)?;
+        let m = self.objects.lock().expect("lock");
+        match m.map.get(key) {
+            Some((data, v)) => Ok((data.clone(), etag(*v))),
+            None => Err(Error::NotFound { key: key.into() }),
+        }
+    }
+
+    async fn put_if_absent(&self, key: &str, data: Bytes) -> Result<ETag> {
+        self.check("put", key)?;
+        let mut m = self.objects.lock().expect("lock");
+        match m.map.get(key) {
+            Some((existing, v)) if *existing == data => Ok(etag(*v)),
+            Some(_) => Err(Error::Precondition { key: key.into() }),
+            None => Ok(m.insert(key, data)),
+        }
+    }
+
+    async fn put_if_match(&self, key: &str, data: Bytes, expected: &ETag) -> Result<ETag> {
+        self.check("put", key)?;
+        let mut m = self.objects.lock().expect("lock");
+        match m.map.get(key) {
+            Some((_, v)) if etag(*v) == *expected => Ok(m.insert(key, data)),
+            Some((existing, v)) if *existing == data => Ok(etag(*v)),
+            _ => Err(Error::Precondition { key: key.into() }),
+        }
+    }
+
+    async fn delete_if_match(&self, key: &str, expected: &ETag) -> Result<()> {
+        self.check("delete", key)?;
+        let mut m = self.objects.lock().expect("lock");
+        match m.map.get(key) {
+            None => Ok(()),
+            Some((_, v)) if etag(*v) == *expected => {
+                m.map.remove(key);
+                Ok(())
+            }
+            Some(_) => Err(Error::Precondition { key: key.into() }),
+        }
     }
 }
 

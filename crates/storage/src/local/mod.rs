@@ -3,23 +3,33 @@
 //! Every write goes to a temporary file in the target folder, is fsynced, then linked into place
 //! with `link(2)`, which fails if the name exists: that makes the write atomic and create-only at
 //! once. The temporary name is then removed and the folder fsynced, so a crash leaves either no
-//! object or the whole object, never a part.
+//! object or the whole object, never a part. The conditional writes of a lease take a per-key
+//! `flock(2)` and keep a version counter (see `conditional`).
+//!
+//! A replica folder is named by a URL ([`LocalClient::from_url`]): `file:///absolute/folder`
+//! (or `file://localhost/absolute/folder`), or `file:relative/folder` for a folder relative to
+//! the working directory, said explicitly. `file://name/...` is refused: `name` would be a host,
+//! and reading it as a relative folder (as lifeboat once did) puts a replica where nobody looks.
+
+mod conditional;
 
 use std::fs::{self, File};
 use std::io::{self, Read, Seek, SeekFrom, Write};
 use std::ops::Range;
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use async_trait::async_trait;
 use bytes::Bytes;
 
-use crate::{Error, ObjectMeta, PutOutcome, ReplicaClient, Result};
+use crate::{ETag, Error, ObjectMeta, PutOutcome, ReplicaClient, Result};
+use conditional::{Found, LOCK_PREFIX};
 
 const TMP_PREFIX: &str = ".tmp-";
 
 /// A temporary file older than this is the leftover of a writer that was killed mid-write (no
 /// write of one object takes that long); a listing removes it.
-const STALE_TMP: std::time::Duration = std::time::Duration::from_secs(6 * 3600);
+const STALE_TMP: Duration = Duration::from_secs(6 * 3600);
 
 /// A replica rooted at a local folder.
 #[derive(Clone, Debug)]
@@ -31,6 +41,13 @@ impl LocalClient {
     /// A client for the folder `root`, created on first write if missing.
     pub fn new(root: impl Into<PathBuf>) -> Self {
         LocalClient { root: root.into() }
+    }
+
+    /// The client for a `file:` URL: `file:///absolute/folder`, `file://localhost/absolute/folder`
+    /// or `file:relative/folder`, with `%XX` escapes decoded. Anything else is an
+    /// [`Error::Config`] that says how to write it.
+    pub fn from_url(url: &str) -> Result<LocalClient> {
+        Ok(LocalClient::new(file_url_path(url)?))
     }
 
     /// The folder.
@@ -50,10 +67,55 @@ impl LocalClient {
                 key: key.into(),
                 message: "invalid object key".into(),
                 transient: false,
+                source: None,
             });
         }
         Ok(self.root.join(key))
     }
+}
+
+/// The folder a `file:` URL names (see [`LocalClient::from_url`]).
+pub fn file_url_path(url: &str) -> Result<PathBuf> {
+    let bad = |why: &str| {
+        Error::config(format!(
+            "replica URL {url:?} {why}: write file:///absolute/folder for a folder from the \
+             root, or file:relative/folder for one relative to the working directory"
+        ))
+    };
+    let Some(rest) = url.strip_prefix("file:") else {
+        return Err(bad("is not a file: URL"));
+    };
+    if rest.contains(['?', '#']) {
+        return Err(bad(
+            "has a query or fragment (write %3F or %23 for those characters)",
+        ));
+    }
+    let path = if let Some(authority_and_path) = rest.strip_prefix("//") {
+        let (host, path) = match authority_and_path.find('/') {
+            Some(i) => authority_and_path.split_at(i),
+            None => (authority_and_path, ""),
+        };
+        if !(host.is_empty() || host == "localhost") {
+            return Err(bad(&format!(
+                "names host {host:?}; lifeboat reads local folders only (for the folder \
+                 /{authority_and_path}, write file:///{authority_and_path})"
+            )));
+        }
+        path
+    } else {
+        rest
+    };
+    let path = crate::url::percent_decode(path).map_err(|e| bad(&e))?;
+    if path.is_empty() || path.trim_end_matches('/').is_empty() {
+        return Err(bad("names no folder (or the root folder)"));
+    }
+    Ok(PathBuf::from(path))
+}
+
+/// A fresh temporary name beside `path`, which listings skip.
+fn temp_name(path: &Path) -> PathBuf {
+    let name = path.file_name().expect("file name").to_string_lossy();
+    path.with_file_name(format!("{TMP_PREFIX}{name}-{:016x}", rand::random::<u64>()))
 }
 
 enum Source<'a> {
@@ -61,12 +123,12 @@ enum Source<'a> {
     File(&'a Path),
 }
 
-fn fsync_dir(dir: &Path) -> io::Result<()> {
+pub(super) fn fsync_dir(dir: &Path) -> io::Result<()> {
     File::open(dir)?.sync_all()
 }
 
 /// Creates `dir` and any missing parents, fsyncing each parent of a created folder.
-fn create_dirs(dir: &Path) -> io::Result<()> {
+pub(super) fn create_dirs(dir: &Path) -> io::Result<()> {
     if dir.is_dir() {
         return Ok(());
     }
@@ -119,8 +181,7 @@ fn same_content(existing: &Path, src: &Source<'_>) -> io::Result<bool> {
 fn put_blocking(path: &Path, src: Source<'_>) -> io::Result<PutOutcome> {
     let dir = path.parent().expect("object path has a parent");
     create_dirs(dir)?;
-    let name = path.file_name().expect("file name").to_string_lossy();
-    let tmp = dir.join(format!("{TMP_PREFIX}{name}-{:016x}", rand::random::<u64>()));
+    let tmp = temp_name(path);
     let result = (|| {
         let mut f = File::options().write(true).create_new(true).open(&tmp)?;
         match &src {
@@ -149,7 +210,15 @@ fn put_blocking(path: &Path, src: Source<'_>) -> io::Result<PutOutcome> {
     Ok(outcome)
 }
 
-fn walk(root: &Path, dir: &Path, out: &mut Vec<ObjectMeta>) -> io::Result<()> {
+/// Lists the objects under `dir` into `out`, and removes the temporary files older than
+/// `stale_after` (counted in `removed`).
+fn walk(
+    root: &Path,
+    dir: &Path,
+    stale_after: Duration,
+    out: &mut Vec<ObjectMeta>,
+    removed: &mut usize,
+) -> io::Result<()> {
     let entries = match fs::read_dir(dir) {
         Ok(e) => e,
         Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
@@ -158,22 +227,25 @@ fn walk(root: &Path, dir: &Path, out: &mut Vec<ObjectMeta>) -> io::Result<()> {
     for entry in entries {
         let entry = entry?;
         let name = entry.file_name();
+        if name.to_string_lossy().starts_with(LOCK_PREFIX) {
+            continue;
+        }
         if name.to_string_lossy().starts_with(TMP_PREFIX) {
             let stale = entry
                 .metadata()
                 .and_then(|m| m.modified())
                 .ok()
                 .and_then(|t| t.elapsed().ok())
-                .is_some_and(|age| age > STALE_TMP);
-            if stale {
-                let _ = fs::remove_file(entry.path());
+                .is_some_and(|age| age >= stale_after);
+            if stale && fs::remove_file(entry.path()).is_ok() {
+                *removed += 1;
             }
             continue;
         }
         let ft = entry.file_type()?;
         let path = entry.path();
         if ft.is_dir() {
-            walk(root, &path, out)?;
+            walk(root, &path, stale_after, out, removed)?;
         } else if ft.is_file() {
             let rel = path.strip_prefix(root).expect("under root");
             let key = rel
@@ -208,8 +280,9 @@ async fn blocking<T: Send + 'static>(
         Err(e) => Err(Error::Backend {
             op,
             key: key_owned,
-            message: format!("worker failed: {e}"),
+            message: "the worker thread failed".into(),
             transient: false,
+            source: Some(Box::new(e)),
         }),
     }
 }
@@ -217,7 +290,11 @@ async fn blocking<T: Send + 'static>(
 #[async_trait]
 impl ReplicaClient for LocalClient {
     fn describe(&self) -> String {
-        format!("file://{}", self.root.display())
+        if self.root.is_absolute() {
+            format!("file://{}", self.root.display())
+        } else {
+            format!("file:{}", self.root.display())
+        }
     }
 
     async fn put(&self, key: &str, data: Bytes) -> Result<PutOutcome> {
@@ -275,7 +352,7 @@ impl ReplicaClient for LocalClient {
         };
         blocking("list", prefix, move || {
             let mut out = Vec::new();
-            walk(&root, &start, &mut out)?;
+            walk(&root, &start, STALE_TMP, &mut out, &mut 0)?;
             out.retain(|o| o.key.starts_with(&prefix_owned));
             out.sort_by(|a, b| a.key.cmp(&b.key));
             Ok(out)
@@ -294,6 +371,60 @@ impl ReplicaClient for LocalClient {
             fsync_dir(path.parent().expect("parent"))
         })
         .await
+    }
+
+    async fn abort_stale_uploads(&self, older_than: Duration) -> Result<usize> {
+        let root = self.root.clone();
+        blocking("clean up", "", move || {
+            let mut removed = 0;
+            walk(&root, &root, older_than, &mut Vec::new(), &mut removed)?;
+            Ok(removed)
+        })
+        .await
+    }
+
+    async fn get_versioned(&self, key: &str) -> Result<(Bytes, ETag)> {
+        let path = self.path(key)?;
+        let found = blocking("get", key, move || conditional::get_versioned(&path)).await?;
+        found_or(key, found).map(|(d, t)| (Bytes::from(d), t))
+    }
+
+    async fn put_if_absent(&self, key: &str, data: Bytes) -> Result<ETag> {
+        let path = self.path(key)?;
+        let found = blocking("put", key, move || conditional::put_if_absent(&path, &data)).await?;
+        found_or(key, found)
+    }
+
+    async fn put_if_match(&self, key: &str, data: Bytes, expected: &ETag) -> Result<ETag> {
+        let path = self.path(key)?;
+        let expected = expected.clone();
+        let found = blocking("put", key, move || {
+            conditional::put_if_match(&path, &data, &expected)
+        })
+        .await?;
+        match found {
+            Found::Missing => Err(Error::Precondition { key: key.into() }),
+            f => found_or(key, f),
+        }
+    }
+
+    async fn delete_if_match(&self, key: &str, expected: &ETag) -> Result<()> {
+        let path = self.path(key)?;
+        let expected = expected.clone();
+        let found = blocking("delete", key, move || {
+            conditional::delete_if_match(&path, &expected)
+        })
+        .await?;
+        found_or(key, found)
+    }
+}
+
+/// A conditional operation's finding as a result.
+fn found_or<T>(key: &str, found: Found<T>) -> Result<T> {
+    match found {
+        Found::Done(v) => Ok(v),
+        Found::Missing => Err(Error::NotFound { key: key.into() }),
+        Found::Precondition => Err(Error::Precondition { key: key.into() }),
     }
 }
 
@@ -332,8 +463,7 @@ mod tests {
         );
         fs::write(&old, b"partial").unwrap();
         fs::write(&fresh, b"partial").unwrap();
-        let long_ago =
-            std::time::SystemTime::now() - STALE_TMP - std::time::Duration::from_secs(60);
+        let long_ago = std::time::SystemTime::now() - STALE_TMP - Duration::from_secs(60);
         File::options()
             .write(true)
             .open(&old)
@@ -350,6 +480,107 @@ mod tests {
         assert_eq!(keys, ["a/b"]);
         assert!(!old.exists(), "a stale temporary file is removed");
         assert!(fresh.exists(), "one that may still be written is not");
+        assert_eq!(c.abort_stale_uploads(STALE_TMP).await.unwrap(), 0);
+        assert!(fresh.exists());
+        assert_eq!(c.abort_stale_uploads(Duration::ZERO).await.unwrap(), 1);
+        assert!(
+            !fresh.exists(),
+            "an explicit clean-up with no age limit takes it"
+        );
+        assert_eq!(c.list("").await.unwrap().len(), 1, "objects are untouched");
+    }
+
+    #[test]
+    fn file_urls_name_a_folder_explicitly() {
+        for (url, path) in [
+            ("file:///a/b", "/a/b"),
+            ("file://localhost/a/b", "/a/b"),
+            ("file:///my%20backups", "/my backups"),
+            ("file:rel/x", "rel/x"),
+            ("file:./rel", "./rel"),
+        ] {
+            assert_eq!(file_url_path(url).unwrap(), PathBuf::from(path), "{url}");
+        }
+        for (url, says) in [
+            ("file://mnt/x", "file:///mnt/x"),
+            ("file://relative/missing", "names host \"relative\""),
+            ("file://", "names no folder"),
+            ("file:///", "names no folder"),
+            ("file:///a?b", "query"),
+            ("file:///a%zz", "bad %-escape"),
+            ("s3://b", "not a file: URL"),
+        ] {
+            let e = file_url_path(url).unwrap_err();
+            assert!(matches!(e, Error::Config { .. }), "{url}: {e:?}");
+            assert!(e.to_string().contains(says), "{url}: {e}");
+        }
+        assert_eq!(
+            LocalClient::from_url("file:rel").unwrap().describe(),
+            "file:rel"
+        );
+        assert_eq!(
+            LocalClient::from_url("file:///abs").unwrap().describe(),
+            "file:///abs"
+        );
+    }
+
+    #[tokio::test]
+    async fn conditional_versions_survive_a_new_client_and_are_never_reused() {
+        let dir = tempfile::tempdir().unwrap();
+        let a = LocalClient::new(dir.path());
+        let v1 = a.put_if_absent("lease", "x".into()).await.unwrap();
+        a.delete_if_match("lease", &v1).await.unwrap();
+        // Another process (a fresh client) writes the same bytes again: a new version.
+        let b = LocalClient::new(dir.path());
+        let v2 = b.put_if_absent("lease", "x".into()).await.unwrap();
+        assert_ne!(v1, v2, "the counter lives on disk, not in the client");
+        assert!(matches!(
+            a.put_if_match("lease", "y".into(), &v1).await,
+            Err(Error::Precondition { .. })
+        ));
+        let keys: Vec<_> = a
+            .list("")
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|o| o.key)
+            .collect();
+        assert_eq!(keys, ["lease"], "lock files are not objects");
+    }
+
+    #[test]
+    fn a_lock_held_elsewhere_makes_a_writer_wait() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("lease");
+        assert!(matches!(
+            conditional::put_if_absent(&path, b"a").unwrap(),
+            Found::Done(_)
+        ));
+        // Hold the lock as another process would (a separate open file description).
+        let held = nix::fcntl::Flock::lock(
+            File::open(dir.path().join(".lock-lease")).unwrap(),
+            nix::fcntl::FlockArg::LockExclusive,
+        )
+        .unwrap();
+        let (tx, rx) = std::sync::mpsc::channel();
+        let p = path.clone();
+        let writer = std::thread::spawn(move || {
+            let r = conditional::put_if_absent(&p, b"b");
+            tx.send(()).unwrap();
+            r
+        });
+        assert!(
+            rx.recv_timeout(std::time::Duration::from_millis(300))
+                .is_err(),
+            "the writer must wait for the lock"
+        );
+        drop(held);
+        rx.recv_timeout(std::time::Duration::from_secs(10))
+            .expect("the writer goes on once the lock is free");
+        assert!(matches!(
+            writer.join().unwrap().unwrap(),
+            Found::Precondition
+        ));
     }
 
     #[tokio::test]
