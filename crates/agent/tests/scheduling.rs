@@ -20,7 +20,7 @@ use lifeboat_agent::restore::{restore, RestoreOptions};
 use lifeboat_agent::status::Status;
 use lifeboat_agent::Options;
 use lifeboat_storage::local::LocalClient;
-use lifeboat_storage::{ObjectMeta, PutOutcome, ReplicaClient, Result};
+use lifeboat_storage::{ETag, ObjectMeta, PutOutcome, ReplicaClient, Result};
 use rusqlite::Connection;
 use tokio::sync::Semaphore;
 
@@ -94,6 +94,21 @@ impl ReplicaClient for Wrapped {
     async fn delete(&self, key: &str) -> Result<()> {
         self.slow().await;
         self.inner.delete(key).await
+    }
+    async fn abort_stale_uploads(&self, older_than: Duration) -> Result<usize> {
+        self.inner.abort_stale_uploads(older_than).await
+    }
+    async fn get_versioned(&self, key: &str) -> Result<(Bytes, ETag)> {
+        self.inner.get_versioned(key).await
+    }
+    async fn put_if_absent(&self, key: &str, data: Bytes) -> Result<ETag> {
+        self.inner.put_if_absent(key, data).await
+    }
+    async fn put_if_match(&self, key: &str, data: Bytes, expected: &ETag) -> Result<ETag> {
+        self.inner.put_if_match(key, data, expected).await
+    }
+    async fn delete_if_match(&self, key: &str, expected: &ETag) -> Result<()> {
+        self.inner.delete_if_match(key, expected).await
     }
 }
 
