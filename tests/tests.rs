@@ -4,12 +4,17 @@
 
 mod support;
 
+mod capture;
 mod corruption;
+mod crash;
 mod drill;
+mod exclusion;
 mod node;
+mod pacing;
 mod pitr;
 mod replicate;
 mod retention;
 mod run;
+mod run_failures;
 mod s3;
 mod status;

@@ -148,6 +148,9 @@ fn print_generations(rows: &[GenerationSummary], json: bool) -> Result<()> {
             r.range.from.as_deref().unwrap_or("-"),
             r.range.to.as_deref().unwrap_or("-"),
         );
+        if r.pruning {
+            println!("  (being deleted by retention: an interrupted prune; `lifeboat prune` finishes it; not restorable)");
+        }
     }
     Ok(())
 }

@@ -27,6 +27,10 @@ pub struct GenerationSummary {
     pub range: Restorable,
     /// Problems found (empty when sound; only filled by `verify`).
     pub problems: Vec<String>,
+    /// Retention is deleting it (an interrupted prune left its `pruning` marker): not
+    /// restorable and not checked; the next prune removes it.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub pruning: bool,
 }
 
 /// The objects of a generation.
@@ -78,6 +82,7 @@ pub fn summarize(generation: lifeboat_wal::Generation, o: &GenerationObjects) ->
             to,
         },
         problems: Vec::new(),
+        pruning: o.pruning,
     }
 }
 
@@ -88,6 +93,11 @@ pub async fn verify(client: &dyn ReplicaClient) -> Result<Vec<GenerationSummary>
     let scratch = tempfile::tempdir().map_err(|e| Error::io("create a scratch folder", e))?;
     for (g, objs) in &cat.generations {
         let mut sum = summarize(*g, objs);
+        if objs.pruning {
+            tracing::warn!(generation = %g, "not checked: retention is deleting this generation (an interrupted prune; the next prune finishes it)");
+            out.push(sum);
+            continue;
+        }
         if objs.snapshots.is_empty() {
             sum.problems.push(format!(
                 "generation {g} has no snapshot: its {} segments cannot be restored",
@@ -162,6 +172,7 @@ pub async fn verify(client: &dyn ReplicaClient) -> Result<Vec<GenerationSummary>
             objects: Objects::default(),
             range: Restorable::default(),
             problems: Vec::new(),
+            pruning: false,
         };
         for k in &cat.foreign {
             sum.problems.push(format!(
