@@ -7,6 +7,7 @@ mod support;
 mod corruption;
 mod drill;
 mod node;
+mod operator;
 mod pitr;
 mod replicate;
 mod retention;

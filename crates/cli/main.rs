@@ -22,7 +22,8 @@ use args::{Args, Command};
 
 fn main() -> ExitCode {
     let args = Args::parse();
-    logging::init(&args.log);
+    let log = args.log.clone();
+    logging::init(&log);
     let rt = match tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -37,8 +38,7 @@ fn main() -> ExitCode {
     match rt.block_on(dispatch(args)) {
         Ok(code) => code,
         Err(e) => {
-            tracing::error!("{e:#}");
-            eprintln!("lifeboat: {e:#}");
+            logging::report_error(&log, &e);
             ExitCode::from(1)
         }
     }
