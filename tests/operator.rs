@@ -1,7 +1,37 @@
 //! What an operator sees: plain logs off a terminal, each error once, decimal transaction ids,
 //! configuration found without flags, errors that say what is restorable.
 
+use std::path::Path;
+
 use crate::support::*;
+
+/// A folder replica of a database with `n` transactions of the mixed workload, replicated and
+/// stopped. Returns the folder, the database and the replica URL.
+pub fn replica_with(n: u64) -> (tempfile::TempDir, std::path::PathBuf, String) {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("app.db");
+    let url = format!("file://{}", dir.path().join("replica").display());
+    let c = app_conn(&db, 4096);
+    create_schema(&c);
+    let agent = Agent::replicate(&db, &url, &dir.path().join("a.log"));
+    for s in 0..n {
+        mixed_txn(&c, s);
+    }
+    drop(c);
+    agent.stop_ok();
+    (dir, db, url)
+}
+
+fn stdout(o: &std::process::Output) -> String {
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+fn marks(db: &Path) -> i64 {
+    rusqlite::Connection::open(db)
+        .unwrap()
+        .query_row("SELECT count(*) FROM marks", [], |r| r.get(0))
+        .unwrap()
+}
 
 fn stderr(o: &std::process::Output) -> String {
     String::from_utf8_lossy(&o.stderr).into_owned()
@@ -41,4 +71,61 @@ fn an_error_is_printed_once() {
     assert_eq!(o.status.code(), Some(1), "{err}");
     assert_eq!(err.matches("nothing to restore").count(), 1, "{err}");
     assert!(err.starts_with("lifeboat: error: "), "{err}");
+}
+
+#[test]
+fn txids_are_decimal_in_human_output_and_on_the_command_line() {
+    let (dir, _db, url) = replica_with(30);
+    // Decimal, the 16-hex-digit key form and 0x all name transaction 12.
+    for (i, given) in ["12", "000000000000000c", "0xc"].iter().enumerate() {
+        let out = dir.path().join(format!("t{i}.db"));
+        let o = run(&[
+            "restore",
+            &url,
+            "-o",
+            out.to_str().unwrap(),
+            "--txid",
+            given,
+        ]);
+        assert!(o.status.success(), "--txid {given}: {}", stderr(&o));
+        assert_eq!(marks(&out), 12, "--txid {given} restores transaction 12");
+        assert!(stdout(&o).contains("txid 12 "), "{}", stdout(&o));
+    }
+    // A 16-digit value is the key form, hex, even without a letter: 0x50 = 80 > 30.
+    let out = dir.path().join("hex.db");
+    let o = run(&[
+        "restore",
+        &url,
+        "-o",
+        out.to_str().unwrap(),
+        "--txid",
+        "0000000000000050",
+    ]);
+    assert!(!o.status.success());
+    assert!(
+        stderr(&o).contains("ends at txid 30, before the target txid 80"),
+        "{}",
+        stderr(&o)
+    );
+    let o = run(&[
+        "restore",
+        &url,
+        "-o",
+        out.to_str().unwrap(),
+        "--txid",
+        "4d2",
+    ]);
+    assert!(stderr(&o).contains("give it in decimal"), "{}", stderr(&o));
+    // Tables show the newest transaction in decimal; --json keeps the key form.
+    let o = run(&["generations", &url]);
+    let line = stdout(&o).lines().nth(1).unwrap().to_string();
+    assert!(
+        line.split_whitespace().any(|w| w == "30"),
+        "generations: {}",
+        stdout(&o)
+    );
+    assert!(!line.contains("000000000000001e"), "{line}");
+    let o = run(&["generations", &url, "--json"]);
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(v[0]["last_txid"], "000000000000001e");
 }

@@ -85,7 +85,8 @@ pub struct RestoreArgs {
     /// Where to write the database.
     #[arg(long, short)]
     pub output: PathBuf,
-    /// Restore the state right after this transaction (16 hex digits, as lifeboat prints them).
+    /// Restore the state right after this transaction: decimal (`1234`), or hex as 16 digits
+    /// (`00000000000004d2`, the key form) or with `0x`.
     #[arg(long, conflicts_with = "timestamp")]
     pub txid: Option<String>,
     /// Restore the state as of this time: RFC 3339 (`2026-11-28T17:00:00Z`) or relative to now

@@ -9,7 +9,7 @@ use anyhow::Result;
 use lifeboat_agent::drill::{self, DrillOptions, DrillReport, PointCheck};
 
 use crate::args::DrillArgs;
-use crate::replica_url;
+use crate::{human, replica_url};
 
 pub async fn drill(a: DrillArgs) -> Result<ExitCode> {
     let client = replica_url::open(&a.url).await?;
@@ -59,9 +59,10 @@ fn print_human(r: &DrillReport) {
     );
     if let (Some(g), Some(t)) = (&r.generation, &r.txid) {
         println!(
-            "  restored  generation {g} txid {t} ({}) in {:.3}s (RTO)",
+            "  restored  generation {g} txid {} ({}) in {} (RTO)",
+            human::txid_key(t),
             r.txid_time.as_deref().unwrap_or("-"),
-            r.rto_seconds.unwrap_or_default()
+            human::seconds(r.rto_seconds.unwrap_or_default())
         );
     }
     if let Some(rpo) = r.rpo_seconds {
@@ -83,10 +84,10 @@ fn print_human(r: &DrillReport) {
     }
     if let Some(p) = &r.random_point {
         println!(
-            "  point     {} ({}) restored in {:.3}s: {}",
-            p.target,
+            "  point     txid {} ({}) restored in {}: {}",
+            human::txid_key(&p.txid),
             p.time,
-            p.restore_seconds,
+            human::seconds(p.restore_seconds),
             point_line(p)
         );
     }

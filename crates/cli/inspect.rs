@@ -10,7 +10,7 @@ use lifeboat_agent::verify::{self, GenerationSummary};
 use lifeboat_wal::TxId;
 
 use crate::args::{InspectArgs, ListArgs};
-use crate::replica_url;
+use crate::{human, replica_url};
 
 /// Which objects `list_objects` shows.
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -108,21 +108,25 @@ pub async fn list_objects(a: ListArgs, which: Objects) -> Result<ExitCode> {
     }
     let snapshots = which == Objects::Snapshots;
     println!(
-        "{:<16}  {:<16}  {:<16}  {:<24}  {:>12}",
+        "{:<16}  {:>10}  {:>10}  {:<24}  {:>10}",
         "generation",
         if snapshots { "txid" } else { "first txid" },
         if snapshots { "" } else { "last txid" },
         "time",
-        "bytes"
+        "size"
     );
     for r in &rows {
         println!(
-            "{:<16}  {:<16}  {:<16}  {:<24}  {:>12}",
+            "{:<16}  {:>10}  {:>10}  {:<24}  {:>10}",
             r.generation,
-            r.first_txid,
-            if snapshots { "" } else { r.last_txid.as_str() },
+            human::txid_key(&r.first_txid),
+            if snapshots {
+                String::new()
+            } else {
+                human::txid_key(&r.last_txid)
+            },
             r.time,
-            r.bytes
+            human::bytes(r.bytes)
         );
     }
     Ok(ExitCode::SUCCESS)
@@ -134,17 +138,17 @@ fn print_generations(rows: &[GenerationSummary], json: bool) -> Result<()> {
         return Ok(());
     }
     println!(
-        "{:<16}  {:>4}  {:>6}  {:>12}  {:<16}  {:<24}  {:<24}",
-        "generation", "snap", "segs", "bytes", "last txid", "from", "to"
+        "{:<16}  {:>4}  {:>6}  {:>10}  {:>10}  {:<24}  {:<24}",
+        "generation", "snap", "segs", "size", "last txid", "from", "to"
     );
     for r in rows {
         println!(
-            "{:<16}  {:>4}  {:>6}  {:>12}  {:<16}  {:<24}  {:<24}",
+            "{:<16}  {:>4}  {:>6}  {:>10}  {:>10}  {:<24}  {:<24}",
             r.generation,
             r.objects.snapshots,
             r.objects.segments,
-            r.objects.bytes,
-            r.range.last_txid.as_deref().unwrap_or("-"),
+            human::bytes(r.objects.bytes),
+            human::txid_key(r.range.last_txid.as_deref().unwrap_or("-")),
             r.range.from.as_deref().unwrap_or("-"),
             r.range.to.as_deref().unwrap_or("-"),
         );

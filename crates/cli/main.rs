@@ -5,6 +5,7 @@ mod args;
 mod config;
 mod drill;
 mod http;
+mod human;
 mod inspect;
 mod logging;
 mod prune;

@@ -7,7 +7,7 @@ use lifeboat_agent::clock::{fmt_time, now_ms, to_ms};
 use lifeboat_agent::retention;
 
 use crate::args::PruneArgs;
-use crate::replica_url;
+use crate::{human, replica_url};
 
 pub async fn prune(a: PruneArgs) -> Result<ExitCode> {
     let client = replica_url::open(&a.url).await?;
@@ -32,10 +32,10 @@ pub async fn prune(a: PruneArgs) -> Result<ExitCode> {
         println!("{done} {k}");
     }
     println!(
-        "{pruned} {} generation(s), {} object(s), {} bytes; restore points since {} are kept",
+        "{pruned} {} generation(s), {} object(s), {}; restore points since {} are kept",
         p.generations.len(),
         p.objects.len(),
-        p.bytes,
+        human::bytes(p.bytes),
         fmt_time(p.window_start_ms)
     );
     Ok(ExitCode::SUCCESS)

@@ -7,7 +7,7 @@ use lifeboat_agent::clock::{fmt_time, to_ms};
 use lifeboat_agent::restore::{self as rs, Target};
 
 use crate::args::RestoreArgs;
-use crate::replica_url;
+use crate::{human, replica_url};
 
 /// A progress bar on stderr when it is a terminal; nothing otherwise.
 fn progress_bar() -> Option<lifeboat_agent::restore::Progress> {
@@ -61,10 +61,7 @@ pub async fn restore(r: RestoreArgs) -> Result<ExitCode> {
     }
     let client = replica_url::open(&r.url).await?;
     let target = match (&r.txid, &r.timestamp) {
-        (Some(t), _) => Target::TxId(
-            t.parse()
-                .context("--txid takes 16 hex digits, as lifeboat prints them")?,
-        ),
+        (Some(t), _) => Target::TxId(human::parse_txid(t).context("--txid")?),
         (None, Some(ts)) => Target::Time(parse_time(ts)?),
         (None, None) => Target::Latest,
     };
@@ -95,18 +92,26 @@ pub async fn restore(r: RestoreArgs) -> Result<ExitCode> {
     if r.dry_run {
         println!("restore plan for {} (nothing written):", r.output.display());
         println!("  generation {}", plan.generation);
-        println!("  target     {target:?}");
+        println!("  target     {}", human::target(target));
         println!(
-            "  snapshot   {} ({} bytes)",
-            plan.snapshot.key, plan.snapshot.size
+            "  snapshot   {} (txid {}, {})",
+            plan.snapshot.key,
+            human::txid(plan.snapshot.txid),
+            human::bytes(plan.snapshot.size)
         );
         for s in &plan.segments {
-            println!("  segment    {} ({} bytes)", s.key, s.size);
+            println!(
+                "  segment    {} (txids {}..{}, {})",
+                s.key,
+                human::txid(s.first),
+                human::txid(s.last),
+                human::bytes(s.size)
+            );
         }
         println!(
-            "  {} objects, {} bytes",
+            "  {} objects, {} to download",
             1 + plan.segments.len(),
-            plan.bytes()
+            human::bytes(plan.bytes())
         );
         if r.output.exists() && !r.force {
             println!(
@@ -120,18 +125,19 @@ pub async fn restore(r: RestoreArgs) -> Result<ExitCode> {
         .await
         .with_context(|| format!("restore from {} failed", client.describe()))?;
     println!(
-        "restored {} to generation {} txid {} ({}): {} pages of {} bytes, checksum {} verified, \
-         integrity_check ok ({} objects, {} bytes in {:.2}s)",
+        "restored {}: generation {}, txid {} ({}), {} pages of {} ({}), checksum {} verified, \
+         integrity_check ok; read {} objects, {} in {}",
         r.output.display(),
         report.generation,
-        report.txid,
+        human::txid(report.txid),
         fmt_time(report.time_ms),
         report.pages,
-        report.page_size,
+        human::bytes(u64::from(report.page_size)),
+        human::bytes(u64::from(report.pages) * u64::from(report.page_size)),
         report.checksum,
         report.objects,
-        report.bytes,
-        report.elapsed.as_secs_f64()
+        human::bytes(report.bytes),
+        human::duration(report.elapsed)
     );
     Ok(ExitCode::SUCCESS)
 }

@@ -226,13 +226,14 @@ pub async fn drill(client: &dyn ReplicaClient, opts: &DrillOptions) -> Result<Dr
             Ok(r) => {
                 let secs = t.elapsed().as_secs_f64();
                 let (pc, _) = checks::check_state(&path, &r, target, secs).await?;
-                let what = format!("restore point txid {txid}");
+                let what = format!("restore point txid {}", txid.0);
                 checks::point_problems(&mut report, &pc, &what);
                 report.random_point = Some(pc);
                 std::fs::remove_file(&path).ok();
             }
             Err(e) => report.problem(format!(
-                "restore of the random point {target} failed: {}",
+                "restore of the random point txid {} failed: {}",
+                txid.0,
                 e.chain()
             )),
         }

@@ -106,8 +106,9 @@ pub fn plan_generation(
     if let Target::TxId(t) = target {
         if TxId(next.0 - 1) < t {
             return Err(Error::Replica(format!(
-                "generation {generation} ends at txid {}, before the target txid {t}",
-                TxId(next.0 - 1)
+                "generation {generation} ends at txid {}, before the target txid {}",
+                next.0 - 1,
+                t.0
             )));
         }
     }
@@ -213,7 +214,7 @@ mod tests {
         assert_eq!(p.snapshot.txid, TxId(0));
         assert_eq!(keys(&p), ["seg-1-2-2", "seg-3-4-4"]);
         let e = refusal(&o, Target::TxId(TxId(9)));
-        assert!(e.contains("ends at txid 0000000000000007"), "{e}");
+        assert!(e.contains("ends at txid 7,"), "{e}");
     }
 
     #[test]
@@ -240,7 +241,7 @@ mod tests {
         ));
         let e = refusal(&o, Target::Latest);
         assert!(
-            e.contains("missing transactions 0000000000000003..0000000000000004")
+            e.contains("missing transactions 3..4:")
                 && e.contains("seg-5-6-6"),
             "{e}"
         );
@@ -259,10 +260,10 @@ mod tests {
         ));
         let e = refusal(&o, Target::Latest);
         assert!(
-            e.contains("forked at txid 0000000000000003")
+            e.contains("forked at txid 3:")
                 && e.contains("seg-3-4-4")
                 && e.contains("seg-3-3-5")
-                && e.contains("--txid 0000000000000002"),
+                && e.contains("--txid 2;"),
             "{e}"
         );
         // Before the fork the history still restores.
