@@ -129,3 +129,73 @@ fn txids_are_decimal_in_human_output_and_on_the_command_line() {
     let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
     assert_eq!(v[0]["last_txid"], "000000000000001e");
 }
+
+#[test]
+fn the_configuration_is_found_without_flags_and_restore_takes_a_database_path() {
+    let (dir, db, url) = replica_with(30);
+    let cfg = dir.path().join("lifeboat.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "[[databases]]\npath = {:?}\nreplicas = [{url:?}]\n",
+            db.display().to_string()
+        ),
+    )
+    .unwrap();
+    let env = [("LIFEBOAT_CONFIG", cfg.to_str().unwrap())];
+
+    // `databases` lists the database, its replica and its newest restore point.
+    let o = run_env(&["databases"], &env);
+    let out = stdout(&o);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(
+        out.contains(db.to_str().unwrap()) && out.contains(&url),
+        "{out}"
+    );
+    assert!(out.contains(" 30 ") && out.contains(" ago)"), "{out}");
+    let o = run_env(&["databases", "--json"], &env);
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(v[0]["last_txid"], "000000000000001e", "{v:#}");
+
+    // The disk is lost: `restore <db path>` finds its replica and writes to that path.
+    for suffix in ["", "-wal", "-shm"] {
+        let _ = std::fs::remove_file(format!("{}{suffix}", db.display()));
+    }
+    let o = run_env(&["restore", db.to_str().unwrap()], &env);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert_eq!(marks(&db), 30);
+
+    // A path the configuration does not list is refused, naming what it lists.
+    let other = dir.path().join("other.db");
+    let o = run_env(&["restore", other.to_str().unwrap()], &env);
+    assert!(
+        stderr(&o).contains("is not a database of") && stderr(&o).contains(db.to_str().unwrap()),
+        "{}",
+        stderr(&o)
+    );
+    assert!(!other.exists());
+
+    // `replicate` with no arguments replicates what the configuration lists.
+    let c = app_conn(&db, 4096);
+    let mut agent = Agent::start_env(&["replicate"], &dir.path().join("r.log"), &env);
+    agent.wait_for_log("replicating");
+    mixed_txn(&c, 30);
+    drop(c);
+    agent.stop_ok();
+    let o = run_env(&["databases", "--json"], &env);
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_ne!(v[0]["generation"], serde_json::Value::Null, "{v:#}");
+
+    // Nothing named and no configuration: the error says where it looked.
+    let missing = dir.path().join("missing.toml");
+    let o = run_env(
+        &["replicate"],
+        &[("LIFEBOAT_CONFIG", missing.to_str().unwrap())],
+    );
+    assert_eq!(o.status.code(), Some(1));
+    assert!(
+        stderr(&o).contains(missing.to_str().unwrap()) && stderr(&o).contains("LIFEBOAT_CONFIG"),
+        "{}",
+        stderr(&o)
+    );
+}

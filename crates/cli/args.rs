@@ -39,6 +39,9 @@ pub enum Command {
     Run(RunArgs),
     /// Restore a database from a replica, verified bit for bit.
     Restore(RestoreArgs),
+    /// List the databases of the configuration file, their replicas and each replica's newest
+    /// restore point (one listing per replica).
+    Databases(DatabasesArgs),
     /// List a replica's generations and their restorable ranges (from one listing).
     Generations(InspectArgs),
     /// List a replica's snapshots (from one listing).
@@ -61,14 +64,13 @@ pub enum Command {
 
 #[derive(Debug, ClapArgs)]
 pub struct ReplicateArgs {
-    /// Configuration file (several databases, several replicas each).
+    /// Configuration file (several databases, several replicas each); without a database on
+    /// the command line, `$LIFEBOAT_CONFIG`, else /etc/lifeboat.toml.
     #[arg(long, short, conflicts_with_all = ["db", "urls"])]
     pub config: Option<PathBuf>,
     /// The database file.
-    #[arg(required_unless_present = "config")]
     pub db: Option<PathBuf>,
     /// Replica URLs: `file:///path/to/folder` or `s3://bucket/prefix?endpoint=...&region=...`.
-    #[arg(required_unless_present = "config")]
     pub urls: Vec<String>,
     /// Average PUT requests per second once the burst is spent.
     #[arg(long)]
@@ -80,11 +82,16 @@ pub struct ReplicateArgs {
 
 #[derive(Debug, ClapArgs)]
 pub struct RestoreArgs {
-    /// Replica URL.
+    /// Replica URL, or the path of a database of the configuration file (restored from its
+    /// first replica, to that path unless -o says otherwise).
     pub url: String,
-    /// Where to write the database.
+    /// Where to write the database (required with a replica URL).
     #[arg(long, short)]
-    pub output: PathBuf,
+    pub output: Option<PathBuf>,
+    /// Configuration file to find a database path in (default: `$LIFEBOAT_CONFIG`, else
+    /// /etc/lifeboat.toml).
+    #[arg(long, short)]
+    pub config: Option<PathBuf>,
     /// Restore the state right after this transaction: decimal (`1234`), or hex as 16 digits
     /// (`00000000000004d2`, the key form) or with `0x`.
     #[arg(long, conflicts_with = "timestamp")]
@@ -111,6 +118,16 @@ pub struct RestoreArgs {
     /// Replace the output file if it exists (its -wal and -shm are removed).
     #[arg(long)]
     pub force: bool,
+}
+
+#[derive(Debug, ClapArgs)]
+pub struct DatabasesArgs {
+    /// Configuration file (default: `$LIFEBOAT_CONFIG`, else /etc/lifeboat.toml).
+    #[arg(long, short)]
+    pub config: Option<PathBuf>,
+    /// Machine-readable output.
+    #[arg(long)]
+    pub json: bool,
 }
 
 #[derive(Debug, ClapArgs)]
@@ -176,20 +193,12 @@ pub struct RunArgs {
     /// replicated while the app runs.
     #[arg(long, short, env = "LIFEBOAT_CONFIG", conflicts_with_all = ["db", "replica"])]
     pub config: Option<PathBuf>,
-    /// The database the app uses.
-    #[arg(
-        long,
-        env = "LIFEBOAT_DB",
-        required_unless_present = "config",
-        requires = "replica"
-    )]
+    /// The database the app uses (with neither --db nor --config: the databases of
+    /// /etc/lifeboat.toml).
+    #[arg(long, env = "LIFEBOAT_DB", requires = "replica")]
     pub db: Option<PathBuf>,
     /// Where to replicate it (and restore it from).
-    #[arg(
-        long = "replica",
-        env = "LIFEBOAT_REPLICA_URL",
-        required_unless_present = "config"
-    )]
+    #[arg(long = "replica", env = "LIFEBOAT_REPLICA_URL")]
     pub replica: Option<String>,
     /// Serve `/health` (JSON) and `/metrics` (Prometheus) on this address, e.g. 127.0.0.1:9090.
     #[arg(long, env = "LIFEBOAT_HEALTH_ADDR")]

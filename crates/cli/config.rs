@@ -21,6 +21,79 @@ use serde::Deserialize;
 
 use crate::replica_url;
 
+/// The configuration file used when none is named: `$LIFEBOAT_CONFIG`, else this.
+pub const DEFAULT_PATH: &str = "/etc/lifeboat.toml";
+
+/// The configuration file to use: `explicit` (`--config`), else `$LIFEBOAT_CONFIG` (from `env`),
+/// else [`DEFAULT_PATH`].
+pub fn locate(explicit: Option<PathBuf>, env: impl Fn(&str) -> Option<String>) -> PathBuf {
+    explicit
+        .or_else(|| {
+            env("LIFEBOAT_CONFIG")
+                .filter(|v| !v.is_empty())
+                .map(PathBuf::from)
+        })
+        .unwrap_or_else(|| PathBuf::from(DEFAULT_PATH))
+}
+
+/// The configuration file to use when no database is named on the command line; an error that
+/// says where it looked when there is none.
+pub fn locate_existing(explicit: Option<PathBuf>) -> Result<PathBuf> {
+    let path = locate(explicit, |k| std::env::var(k).ok());
+    if !path.exists() {
+        bail!(
+            "no database named and no configuration file at {}: name the database and its \
+             replica on the command line, pass --config, or set LIFEBOAT_CONFIG",
+            path.display()
+        );
+    }
+    Ok(path)
+}
+
+/// A database of the configuration file: its path and its replica URLs, in order.
+#[derive(Clone, Debug)]
+pub struct Entry {
+    /// The database.
+    pub path: PathBuf,
+    /// Its replica URLs (the first is the one `run` and `restore` restore from).
+    pub replicas: Vec<String>,
+}
+
+/// The databases a configuration file lists, with their replica URLs.
+pub fn entries(path: &std::path::Path) -> Result<Vec<Entry>> {
+    Ok(read_file(path)?
+        .databases
+        .into_iter()
+        .map(|d| Entry {
+            replicas: d.replicas.iter().map(|r| r.url().to_string()).collect(),
+            path: d.path,
+        })
+        .collect())
+}
+
+/// The entry of the configuration file at `config` for the database at `db` (paths compared
+/// made absolute, as the database may not exist).
+pub fn find(config: &std::path::Path, db: &std::path::Path) -> Result<Entry> {
+    let abs = |p: &std::path::Path| std::path::absolute(p).unwrap_or_else(|_| p.to_path_buf());
+    let want = abs(db);
+    let all = entries(config)?;
+    all.iter()
+        .find(|e| abs(&e.path) == want)
+        .cloned()
+        .with_context(|| {
+            format!(
+                "{} is not a database of {} (it lists {}); give a replica URL instead, or \
+                 another --config",
+                db.display(),
+                config.display(),
+                all.iter()
+                    .map(|e| e.path.display().to_string())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            )
+        })
+}
+
 /// Where the databases come from.
 #[derive(Clone, Debug)]
 pub enum Source {
@@ -31,12 +104,18 @@ pub enum Source {
 }
 
 impl Source {
-    /// A configuration file if one is given, else the database and URLs.
+    /// A configuration file if one is given, else the database and URLs, else the default
+    /// configuration file ([`locate`]).
     pub fn new(config: Option<PathBuf>, db: Option<PathBuf>, urls: Vec<String>) -> Result<Source> {
         if let Some(path) = config {
             return Ok(Source::File(path));
         }
-        let db = db.context("a database path is required")?;
+        let Some(db) = db else {
+            if !urls.is_empty() {
+                bail!("a replica URL was given without the database it replicates");
+            }
+            return Ok(Source::File(locate_existing(None)?));
+        };
         if urls.is_empty() {
             bail!("give at least one replica URL after the database path");
         }
@@ -368,6 +447,18 @@ mod tests {
         };
         let dbs = databases(&src, &flags).await.unwrap();
         assert!(dbs.iter().all(|d| d.options.puts_per_second == 20.0));
+    }
+
+    #[test]
+    fn the_configuration_file_is_found_by_flag_then_environment_then_etc() {
+        let env = |k: &str| (k == "LIFEBOAT_CONFIG").then(|| "/srv/lb.toml".to_string());
+        let none = |_: &str| None;
+        let empty = |_: &str| Some(String::new());
+        let flag = Some(PathBuf::from("my.toml"));
+        assert_eq!(locate(flag.clone(), env), PathBuf::from("my.toml"));
+        assert_eq!(locate(None, env), PathBuf::from("/srv/lb.toml"));
+        assert_eq!(locate(None, none), PathBuf::from("/etc/lifeboat.toml"));
+        assert_eq!(locate(None, empty), PathBuf::from("/etc/lifeboat.toml"));
     }
 
     #[test]

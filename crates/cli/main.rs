@@ -3,6 +3,7 @@
 
 mod args;
 mod config;
+mod databases;
 mod drill;
 mod http;
 mod human;
@@ -58,6 +59,7 @@ async fn dispatch(args: Args) -> Result<ExitCode> {
         }
         Command::Replicate(a) => replicate::replicate(a).await,
         Command::Restore(a) => restore::restore(a).await,
+        Command::Databases(a) => databases::databases(a).await,
         Command::Drill(a) => drill::drill(a).await,
         Command::Run(a) => run::run(a).await,
         Command::Generations(a) => inspect::generations(a).await,

@@ -2,12 +2,14 @@
 
 use std::process::ExitCode;
 
-use anyhow::{Context, Result};
+use std::path::PathBuf;
+
+use anyhow::{bail, Context, Result};
 use lifeboat_agent::clock::{fmt_time, to_ms};
 use lifeboat_agent::restore::{self as rs, Target};
 
 use crate::args::RestoreArgs;
-use crate::{human, replica_url};
+use crate::{config, human, replica_url};
 
 /// A progress bar on stderr when it is a terminal; nothing otherwise.
 fn progress_bar() -> Option<lifeboat_agent::restore::Progress> {
@@ -51,15 +53,49 @@ fn parse_time(s: &str) -> Result<u64> {
     Ok(to_ms(t))
 }
 
+/// Whether a `restore` argument is a replica URL (else it is a database path).
+pub fn is_url(s: &str) -> bool {
+    s.contains("://") || s.starts_with("file:")
+}
+
+/// The replica URL and output path of a restore: as given, or, for a database path, its first
+/// replica in the configuration file and (unless `-o` says otherwise) the path itself.
+fn resolve(r: &RestoreArgs) -> Result<(String, PathBuf)> {
+    if is_url(&r.url) {
+        let output = r.output.clone().with_context(|| {
+            format!(
+                "restoring from a replica URL needs -o (where to write the database); or name \
+                 a database of the configuration file instead of {}",
+                lifeboat_storage::url::redact(&r.url)
+            )
+        })?;
+        return Ok((r.url.clone(), output));
+    }
+    let config = config::locate(r.config.clone(), |k| std::env::var(k).ok());
+    if !config.exists() {
+        bail!(
+            "{} is not a replica URL (file:///..., s3://...) and there is no configuration file \
+             at {} to find it in (pass --config or set LIFEBOAT_CONFIG)",
+            r.url,
+            config.display()
+        );
+    }
+    let db = PathBuf::from(&r.url);
+    let entry = config::find(&config, &db)?;
+    let output = r.output.clone().unwrap_or(db);
+    Ok((entry.replicas[0].clone(), output))
+}
+
 pub async fn restore(r: RestoreArgs) -> Result<ExitCode> {
-    if r.if_db_not_exists && r.output.exists() {
+    let (url, output) = resolve(&r)?;
+    if r.if_db_not_exists && output.exists() {
         println!(
             "{} exists; nothing to do (--if-db-not-exists)",
-            r.output.display()
+            output.display()
         );
         return Ok(ExitCode::SUCCESS);
     }
-    let client = replica_url::open(&r.url).await?;
+    let client = replica_url::open(&url).await?;
     let target = match (&r.txid, &r.timestamp) {
         (Some(t), _) => Target::TxId(human::parse_txid(t).context("--txid")?),
         (None, Some(ts)) => Target::Time(parse_time(ts)?),
@@ -70,7 +106,7 @@ pub async fn restore(r: RestoreArgs) -> Result<ExitCode> {
         None => None,
     };
     let opts = rs::RestoreOptions {
-        output: r.output.clone(),
+        output: output.clone(),
         generation,
         target,
         parallelism: r.parallelism,
@@ -90,7 +126,7 @@ pub async fn restore(r: RestoreArgs) -> Result<ExitCode> {
     let plan = rs::plan(&cat, generation, target)
         .with_context(|| format!("cannot restore from {}", client.describe()))?;
     if r.dry_run {
-        println!("restore plan for {} (nothing written):", r.output.display());
+        println!("restore plan for {} (nothing written):", output.display());
         println!("  generation {}", plan.generation);
         println!("  target     {}", human::target(target));
         println!(
@@ -113,10 +149,10 @@ pub async fn restore(r: RestoreArgs) -> Result<ExitCode> {
             1 + plan.segments.len(),
             human::bytes(plan.bytes())
         );
-        if r.output.exists() && !r.force {
+        if output.exists() && !r.force {
             println!(
                 "  note: {} exists; a real run needs --force",
-                r.output.display()
+                output.display()
             );
         }
         return Ok(ExitCode::SUCCESS);
@@ -127,7 +163,7 @@ pub async fn restore(r: RestoreArgs) -> Result<ExitCode> {
     println!(
         "restored {}: generation {}, txid {} ({}), {} pages of {} ({}), checksum {} verified, \
          integrity_check ok; read {} objects, {} in {}",
-        r.output.display(),
+        output.display(),
         report.generation,
         human::txid(report.txid),
         fmt_time(report.time_ms),

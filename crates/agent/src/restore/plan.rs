@@ -241,8 +241,7 @@ mod tests {
         ));
         let e = refusal(&o, Target::Latest);
         assert!(
-            e.contains("missing transactions 3..4:")
-                && e.contains("seg-5-6-6"),
+            e.contains("missing transactions 3..4:") && e.contains("seg-5-6-6"),
             "{e}"
         );
     }
