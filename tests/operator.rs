@@ -199,3 +199,26 @@ fn the_configuration_is_found_without_flags_and_restore_takes_a_database_path() 
         stderr(&o)
     );
 }
+
+#[test]
+fn a_time_before_the_replica_names_its_earliest_and_newest_restore_points() {
+    let (dir, _db, url) = replica_with(3);
+    let out = dir.path().join("out.db");
+    let o = run(&[
+        "restore",
+        &url,
+        "-o",
+        out.to_str().unwrap(),
+        "--timestamp",
+        "2001-01-01T00:00:00Z",
+    ]);
+    let err = stderr(&o);
+    assert_eq!(o.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains("no state at or before 2001-01-01T00:00:00")
+            && err.contains("its earliest restore point is 20")
+            && err.contains("and its newest 20"),
+        "{err}"
+    );
+    assert!(!out.exists());
+}
