@@ -222,3 +222,36 @@ fn a_time_before_the_replica_names_its_earliest_and_newest_restore_points() {
     );
     assert!(!out.exists());
 }
+
+#[test]
+fn retention_defaults_to_30_days_and_lifeboat_retention_sets_it_for_run() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("app.db");
+    let url = format!("file://{}", dir.path().join("replica").display());
+    let args = [
+        "run",
+        "--db",
+        db.to_str().unwrap(),
+        "--replica",
+        &url,
+        "--",
+        "true",
+    ];
+    let line = |env: &[(&str, &str)]| {
+        let o = run_env(&args, env);
+        assert!(o.status.success(), "{}", stderr(&o));
+        let err = stderr(&o);
+        err.lines()
+            .find(|l| l.contains("replicating"))
+            .unwrap_or_else(|| panic!("no 'replicating' line: {err}"))
+            .to_string()
+    };
+    assert!(line(&[]).contains("retention=30days"), "{}", line(&[]));
+    let l = line(&[("LIFEBOAT_RETENTION", "7d")]);
+    assert!(l.contains("retention=7days"), "{l}");
+    let l = line(&[("LIFEBOAT_RETENTION", "off")]);
+    assert!(l.contains("retention=off"), "{l}");
+    let o = run_env(&args, &[("LIFEBOAT_RETENTION", "forever")]);
+    assert_eq!(o.status.code(), Some(2), "clap refuses a bad value");
+    assert!(stderr(&o).contains("or off"), "{}", stderr(&o));
+}

@@ -78,6 +78,24 @@ pub struct ReplicateArgs {
     /// Serve `/health` (JSON) and `/metrics` (Prometheus) on this address, e.g. 127.0.0.1:9090.
     #[arg(long, visible_alias = "metrics-addr", env = "LIFEBOAT_HEALTH_ADDR")]
     pub health_addr: Option<String>,
+    #[command(flatten)]
+    pub keep: KeepArgs,
+}
+
+/// Retention and scheduled snapshots, for `replicate` and `run`; each beats the configuration
+/// file.
+#[derive(Debug, Clone, ClapArgs)]
+pub struct KeepArgs {
+    /// Keep every restore point this recent (`30d`, `12h`); hourly, delete what none of them
+    /// needs. `off` keeps everything. Default: the configuration file's, else 30d.
+    #[arg(long, env = "LIFEBOAT_RETENTION")]
+    pub retention: Option<crate::config::Retention>,
+    /// Take a fresh snapshot within the generation this often (default 24h).
+    #[arg(long, env = "LIFEBOAT_SNAPSHOT_INTERVAL", value_parser = humantime::parse_duration)]
+    pub snapshot_interval: Option<std::time::Duration>,
+    /// Or once this many segments were shipped since the last snapshot (default 1000).
+    #[arg(long, env = "LIFEBOAT_SNAPSHOT_SEGMENTS")]
+    pub snapshot_segments: Option<u32>,
 }
 
 #[derive(Debug, ClapArgs)]
@@ -219,6 +237,8 @@ pub struct RunArgs {
     /// never stop the app.
     #[arg(long, env = "LIFEBOAT_DRILL_INTERVAL", value_parser = humantime::parse_duration)]
     pub drill_interval: Option<std::time::Duration>,
+    #[command(flatten)]
+    pub keep: KeepArgs,
     /// The app and its arguments, after `--`.
     #[arg(last = true, required = true)]
     pub command: Vec<String>,

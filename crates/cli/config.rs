@@ -129,6 +129,62 @@ impl Source {
 pub struct Flags {
     /// `--puts-per-second`.
     pub puts_per_second: Option<f64>,
+    /// `--retention` (`LIFEBOAT_RETENTION`).
+    pub retention: Option<Retention>,
+    /// `--snapshot-interval` (`LIFEBOAT_SNAPSHOT_INTERVAL`).
+    pub snapshot_interval: Option<Duration>,
+    /// `--snapshot-segments` (`LIFEBOAT_SNAPSHOT_SEGMENTS`).
+    pub snapshot_segments: Option<u32>,
+}
+
+impl From<&crate::args::KeepArgs> for Flags {
+    fn from(k: &crate::args::KeepArgs) -> Flags {
+        Flags {
+            puts_per_second: None,
+            retention: k.retention,
+            snapshot_interval: k.snapshot_interval,
+            snapshot_segments: k.snapshot_segments,
+        }
+    }
+}
+
+/// The retention window when neither the command line, the environment nor the configuration
+/// file sets one: restore points of the last 30 days stay restorable, older history goes.
+pub const DEFAULT_RETENTION: Duration = Duration::from_secs(30 * 86400);
+
+/// How long restore points are kept: a window (`30d`), or `off` (keep everything).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Retention {
+    /// Keep everything; the replica grows forever.
+    Off,
+    /// Delete what no restore point this recent needs.
+    Window(Duration),
+}
+
+impl std::str::FromStr for Retention {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Retention, String> {
+        if s.eq_ignore_ascii_case("off") {
+            return Ok(Retention::Off);
+        }
+        match humantime::parse_duration(s) {
+            Ok(d) if d.is_zero() => {
+                Err("a zero window would keep nothing; use off to keep everything".into())
+            }
+            Ok(d) => Ok(Retention::Window(d)),
+            Err(e) => Err(format!("{s:?}: {e} (a duration like 30d or 12h, or off)")),
+        }
+    }
+}
+
+impl Retention {
+    /// The window, `None` for `off`.
+    pub fn window(self) -> Option<Duration> {
+        match self {
+            Retention::Off => None,
+            Retention::Window(d) => Some(d),
+        }
+    }
 }
 
 #[derive(Debug, Deserialize)]
@@ -150,11 +206,37 @@ struct Database {
     #[serde(default, with = "humantime_serde_opt")]
     poll_interval: Option<Duration>,
     staging_dir: Option<PathBuf>,
-    #[serde(default, with = "humantime_serde_opt")]
-    retention: Option<Duration>,
+    #[serde(default, deserialize_with = "retention_opt")]
+    retention: Option<Retention>,
     #[serde(default, with = "humantime_serde_opt")]
     snapshot_interval: Option<Duration>,
     snapshot_segments: Option<u32>,
+}
+
+fn retention_opt<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<Retention>, D::Error> {
+    let s: Option<String> = Option::deserialize(d)?;
+    s.map(|s| s.parse().map_err(serde::de::Error::custom))
+        .transpose()
+}
+
+impl Database {
+    /// A database named on the command line: no settings of its own.
+    fn at(path: PathBuf) -> Database {
+        Database {
+            path,
+            replicas: Vec::new(),
+            puts_per_second: None,
+            put_burst: None,
+            checkpoint_pages: None,
+            max_wal_bytes: None,
+            truncate_wal_bytes: None,
+            poll_interval: None,
+            staging_dir: None,
+            retention: None,
+            snapshot_interval: None,
+            snapshot_segments: None,
+        }
+    }
 }
 
 /// A replica: its URL, or a table with the URL and settings of its own.
@@ -277,11 +359,14 @@ fn options(d: &Database, flags: &Flags) -> Options {
     if let Some(v) = &d.staging_dir {
         options.staging_dir = v.clone();
     }
-    options.retention = d.retention;
-    if let Some(v) = d.snapshot_interval {
+    options.retention = flags
+        .retention
+        .or(d.retention)
+        .map_or(Some(DEFAULT_RETENTION), Retention::window);
+    if let Some(v) = flags.snapshot_interval.or(d.snapshot_interval) {
         options.snapshot_interval = Some(v);
     }
-    if let Some(v) = d.snapshot_segments {
+    if let Some(v) = flags.snapshot_segments.or(d.snapshot_segments) {
         options.snapshot_segments = v;
     }
     options
@@ -329,10 +414,7 @@ pub async fn databases(src: &Source, flags: &Flags) -> Result<Vec<DbConfig>> {
             }
         }
         Source::Args { db, urls } => {
-            let mut options = Options::default();
-            if let Some(v) = flags.puts_per_second {
-                options.puts_per_second = v;
-            }
+            let options = options(&Database::at(db.clone()), flags);
             let mut replicas = Vec::new();
             for u in urls {
                 replicas.push(replica_url::open(u).await?);
@@ -421,6 +503,7 @@ mod tests {
         assert_eq!(options(d, &Flags::default()).puts_per_second, 5.0);
         let flags = Flags {
             puts_per_second: Some(0.5),
+            ..Flags::default()
         };
         assert_eq!(options(d, &flags).puts_per_second, 0.5);
     }
@@ -444,6 +527,7 @@ mod tests {
         assert_eq!(from_file[1].options.puts_per_second, 1.0);
         let flags = Flags {
             puts_per_second: Some(20.0),
+            ..Flags::default()
         };
         let dbs = databases(&src, &flags).await.unwrap();
         assert!(dbs.iter().all(|d| d.options.puts_per_second == 20.0));
@@ -459,6 +543,32 @@ mod tests {
         assert_eq!(locate(None, env), PathBuf::from("/srv/lb.toml"));
         assert_eq!(locate(None, none), PathBuf::from("/etc/lifeboat.toml"));
         assert_eq!(locate(None, empty), PathBuf::from("/etc/lifeboat.toml"));
+    }
+
+    #[test]
+    fn retention_defaults_to_30_days_and_the_flag_beats_the_file() {
+        let d = &one_database("replicas = ['file:///r']").databases[0];
+        assert_eq!(
+            options(d, &Flags::default()).retention,
+            Some(DEFAULT_RETENTION)
+        );
+        let d = &one_database("replicas = ['file:///r']\nretention = 'off'").databases[0];
+        assert_eq!(options(d, &Flags::default()).retention, None);
+        let d = &one_database("replicas = ['file:///r']\nretention = '7d'").databases[0];
+        assert_eq!(
+            options(d, &Flags::default()).retention,
+            Some(Duration::from_secs(7 * 86400))
+        );
+        let flags = Flags {
+            retention: Some("12h".parse().unwrap()),
+            snapshot_interval: Some(Duration::from_secs(600)),
+            ..Flags::default()
+        };
+        let o = options(d, &flags);
+        assert_eq!(o.retention, Some(Duration::from_secs(12 * 3600)));
+        assert_eq!(o.snapshot_interval, Some(Duration::from_secs(600)));
+        assert!("0s".parse::<Retention>().is_err());
+        assert!("forever".parse::<Retention>().unwrap_err().contains("off"));
     }
 
     #[test]
