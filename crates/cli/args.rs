@@ -58,6 +58,8 @@ pub enum Command {
     /// it (integrity, foreign keys, checksum), optionally compare it with the live database;
     /// exit 2 on any problem. The report is stored in the replica under `drills/`.
     Drill(DrillArgs),
+    /// List the drill reports stored in a replica (under `drills/`), newest last.
+    Drills(DrillsArgs),
     /// Print the version.
     Version,
 }
@@ -192,6 +194,18 @@ pub struct DrillArgs {
     /// Where the scratch folder for the restores goes (default: the system temp folder).
     #[arg(long)]
     pub scratch_dir: Option<PathBuf>,
+}
+
+#[derive(Debug, ClapArgs)]
+pub struct DrillsArgs {
+    /// Replica URL.
+    pub url: String,
+    /// Show this many of the newest reports.
+    #[arg(long, default_value_t = 20)]
+    pub last: usize,
+    /// Machine-readable output: the reports as stored.
+    #[arg(long)]
+    pub json: bool,
 }
 
 /// What `lifeboat run` does when the local database does not continue the replica's history.

@@ -5,10 +5,11 @@
 
 use std::process::ExitCode;
 
-use anyhow::Result;
+use anyhow::{Context, Result};
 use lifeboat_agent::drill::{self, DrillOptions, DrillReport, PointCheck};
+use lifeboat_storage::keys;
 
-use crate::args::DrillArgs;
+use crate::args::{DrillArgs, DrillsArgs};
 use crate::{human, replica_url};
 
 pub async fn drill(a: DrillArgs) -> Result<ExitCode> {
@@ -65,13 +66,8 @@ fn print_human(r: &DrillReport) {
             human::seconds(r.rto_seconds.unwrap_or_default())
         );
     }
-    if let Some(rpo) = r.rpo_seconds {
-        let behind = match r.live.as_ref().and_then(|l| l.unshipped_commits) {
-            Some(k) => format!(", {k} transaction(s) behind the live database"),
-            None if r.live.is_some() => ", distance to the live database unknown".into(),
-            None => String::new(),
-        };
-        println!("  RPO       newest restorable transaction is {rpo:.3}s old{behind}");
+    if r.generation.is_some() {
+        println!("  RPO       {}", human::rpo(r));
     }
     if let (Some(i), Some(f), Some(c)) = (&r.integrity_check, &r.foreign_key_check, &r.checksum) {
         println!(
@@ -98,10 +94,61 @@ fn print_human(r: &DrillReport) {
             .unwrap_or_default();
         println!("  live      {verdict}: {} {}", l.path, l.detail);
     }
-    if let Some(k) = &r.report_key {
-        println!("  report    stored as {k}");
-    }
     for p in &r.problems {
         println!("PROBLEM: {p}");
     }
+    println!("{}", human::drill_summary(r));
+}
+
+/// `lifeboat drills`: the reports stored in the replica, newest last.
+pub async fn list(a: DrillsArgs) -> Result<ExitCode> {
+    let client = replica_url::open(&a.url).await?;
+    let mut keys: Vec<String> = client
+        .list(keys::DRILLS)
+        .await
+        .with_context(|| format!("cannot list {}", client.describe()))?
+        .into_iter()
+        .map(|o| o.key)
+        .filter(|k| k.ends_with(".json"))
+        .collect();
+    keys.sort();
+    let skip = keys.len().saturating_sub(a.last);
+    let mut reports = Vec::new();
+    for k in &keys[skip..] {
+        let body = client.get(k).await?;
+        let v: serde_json::Value = serde_json::from_slice(&body)
+            .with_context(|| format!("{k} in {} is not a drill report", client.describe()))?;
+        reports.push(v);
+    }
+    if a.json {
+        println!("{}", serde_json::to_string_pretty(&reports)?);
+        return Ok(ExitCode::SUCCESS);
+    }
+    if reports.is_empty() {
+        println!("{} holds no drill reports", client.describe());
+        return Ok(ExitCode::SUCCESS);
+    }
+    println!(
+        "{:<24}  {:<6}  {:>10}  {:>9}  {:>10}  report",
+        "started", "result", "txid", "RTO", "at risk"
+    );
+    for (k, v) in keys[skip..].iter().zip(&reports) {
+        let text = |f: &str| v[f].as_str().unwrap_or("-").to_string();
+        let secs = |f: &str| v[f].as_f64().map_or("-".into(), human::seconds);
+        let at_risk = v["at_risk_commits"]
+            .as_u64()
+            .map_or("-".into(), |n| n.to_string());
+        println!(
+            "{:<24}  {:<6}  {:>10}  {:>9}  {:>10}  {k}",
+            text("started_at"),
+            if v["ok"] == true { "ok" } else { "FAILED" },
+            human::txid_key(&text("txid")),
+            secs("rto_seconds"),
+            at_risk
+        );
+    }
+    if skip > 0 {
+        println!("({skip} older report(s) not shown; --last N shows more)");
+    }
+    Ok(ExitCode::SUCCESS)
 }

@@ -15,7 +15,8 @@ use std::time::Duration;
 
 use anyhow::{bail, Result};
 use lifeboat_agent::clock::fmt_time;
-use lifeboat_agent::restore::Target;
+use lifeboat_agent::drill::DrillReport;
+use lifeboat_agent::restore::{RestoreReport, Target};
 use lifeboat_wal::TxId;
 
 /// Reads a transaction id as the module documentation says.
@@ -60,6 +61,62 @@ pub fn target(t: Target) -> String {
         Target::Latest => "the newest state".into(),
         Target::TxId(t) => format!("txid {}", txid(t)),
         Target::Time(ms) => format!("the newest state at or before {}", fmt_time(ms)),
+    }
+}
+
+/// The one-line summary of a restore.
+pub fn restored(r: &RestoreReport) -> String {
+    format!(
+        "restored generation {}, txid {} ({}), {} pages of {} ({}), checksum {} verified, \
+         integrity_check ok; read {} objects, {} in {}",
+        r.generation,
+        txid(r.txid),
+        fmt_time(r.time_ms),
+        r.pages,
+        bytes(u64::from(r.page_size)),
+        bytes(u64::from(r.pages) * u64::from(r.page_size)),
+        r.checksum,
+        r.objects,
+        bytes(r.bytes),
+        duration(r.elapsed)
+    )
+}
+
+/// The recovery point of a drill, in words.
+pub fn rpo(r: &DrillReport) -> String {
+    match (r.at_risk_commits, r.rpo_seconds) {
+        (Some(0), _) => "0: the live database is the replica's newest state".into(),
+        (Some(k), Some(s)) => format!(
+            "{k} commit(s) of the live database not in the replica yet, the oldest at most {} old",
+            seconds(s)
+        ),
+        _ => match r.newest_restorable_age_seconds {
+            Some(s) => format!(
+                "unknown without --db (the newest restorable transaction is {} old)",
+                seconds(s)
+            ),
+            None => "unknown".into(),
+        },
+    }
+}
+
+/// The one-line summary of a drill: the verdict, RTO, RPO and where the report is.
+pub fn drill_summary(r: &DrillReport) -> String {
+    let report = match &r.report_key {
+        Some(k) => format!("report {k}"),
+        None => "report not stored".into(),
+    };
+    if r.ok {
+        format!(
+            "drill passed: RTO {}, RPO {}; {report}",
+            seconds(r.rto_seconds.unwrap_or_default()),
+            rpo(r)
+        )
+    } else {
+        format!(
+            "DRILL FAILED, the backup may not restore: {}; {report}",
+            r.problems.join("; ")
+        )
     }
 }
 

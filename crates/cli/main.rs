@@ -61,6 +61,7 @@ async fn dispatch(args: Args) -> Result<ExitCode> {
         Command::Restore(a) => restore::restore(a).await,
         Command::Databases(a) => databases::databases(a).await,
         Command::Drill(a) => drill::drill(a).await,
+        Command::Drills(a) => drill::list(a).await,
         Command::Run(a) => run::run(a).await,
         Command::Generations(a) => inspect::generations(a).await,
         Command::Snapshots(a) => inspect::list_objects(a, inspect::Objects::Snapshots).await,

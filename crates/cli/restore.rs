@@ -5,7 +5,7 @@ use std::process::ExitCode;
 use std::path::PathBuf;
 
 use anyhow::{bail, Context, Result};
-use lifeboat_agent::clock::{fmt_time, to_ms};
+use lifeboat_agent::clock::to_ms;
 use lifeboat_agent::restore::{self as rs, Target};
 
 use crate::args::RestoreArgs;
@@ -160,20 +160,6 @@ pub async fn restore(r: RestoreArgs) -> Result<ExitCode> {
     let report = rs::execute(client.as_ref(), &plan, &opts)
         .await
         .with_context(|| format!("restore from {} failed", client.describe()))?;
-    println!(
-        "restored {}: generation {}, txid {} ({}), {} pages of {} ({}), checksum {} verified, \
-         integrity_check ok; read {} objects, {} in {}",
-        output.display(),
-        report.generation,
-        human::txid(report.txid),
-        fmt_time(report.time_ms),
-        report.pages,
-        human::bytes(u64::from(report.page_size)),
-        human::bytes(u64::from(report.pages) * u64::from(report.page_size)),
-        report.checksum,
-        report.objects,
-        human::bytes(report.bytes),
-        human::duration(report.elapsed)
-    );
+    println!("{}: {}", output.display(), human::restored(&report));
     Ok(ExitCode::SUCCESS)
 }
