@@ -255,3 +255,36 @@ fn retention_defaults_to_30_days_and_lifeboat_retention_sets_it_for_run() {
     assert_eq!(o.status.code(), Some(2), "clap refuses a bad value");
     assert!(stderr(&o).contains("or off"), "{}", stderr(&o));
 }
+
+#[test]
+fn a_mistyped_prefix_next_to_other_replicas_is_a_loud_warning() {
+    let (dir, _db, url) = replica_with(3);
+    let typo = format!("{}-typo", url);
+    let o = run(&["generations", &typo]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let err = stderr(&o);
+    assert!(
+        err.contains("WARNING")
+            && err.contains(&format!("{typo} holds no backup"))
+            && err.contains(&url),
+        "{err}"
+    );
+    // The real replica draws no warning.
+    let o = run(&["generations", &url]);
+    assert!(!stderr(&o).contains("WARNING"), "{}", stderr(&o));
+
+    // `run` on the mistyped prefix warns at boot (and, by design, still starts).
+    let fresh = dir.path().join("fresh.db");
+    let o = run(&[
+        "run",
+        "--db",
+        fresh.to_str().unwrap(),
+        "--replica",
+        &typo,
+        "--",
+        "true",
+    ]);
+    let err = stderr(&o);
+    assert!(o.status.success(), "{err}");
+    assert!(err.contains("WARNING") && err.contains(&url), "{err}");
+}

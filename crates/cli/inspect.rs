@@ -23,6 +23,11 @@ pub enum Objects {
 pub async fn generations(a: InspectArgs) -> Result<ExitCode> {
     let client = replica_url::open(&a.url).await?;
     let cat = Catalog::load(client.as_ref()).await?;
+    if cat.generations.is_empty() {
+        if let Ok(Some(w)) = crate::neighbours::mistyped(&a.url).await {
+            eprintln!("lifeboat: WARNING: {w}");
+        }
+    }
     let rows: Vec<_> = cat
         .generations
         .iter()

@@ -9,6 +9,7 @@ mod http;
 mod human;
 mod inspect;
 mod logging;
+mod neighbours;
 mod prune;
 mod replica_url;
 mod replicate;

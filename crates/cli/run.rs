@@ -220,6 +220,7 @@ pub async fn run(args: RunArgs) -> Result<ExitCode> {
         args.db.clone(),
         args.replica.iter().cloned().collect(),
     )?;
+    crate::neighbours::warn_all(&src).await;
     let mut dbs = config::databases(&src, &Flags::from(&args.keep)).await?;
     for d in &mut dbs {
         d.options.shutdown_timeout = args.shutdown_timeout;
