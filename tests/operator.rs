@@ -288,3 +288,67 @@ fn a_mistyped_prefix_next_to_other_replicas_is_a_loud_warning() {
     assert!(o.status.success(), "{err}");
     assert!(err.contains("WARNING") && err.contains(&url), "{err}");
 }
+
+/// Runs `lifeboat ARGS` on a pseudo-terminal (util-linux `script`), returning what the terminal
+/// showed; `None` (the test then says it skips) where `script` is missing.
+fn on_a_terminal(args: &[&str], env: &[(&str, &str)]) -> Option<String> {
+    let mut cmd = format!("'{}'", bin());
+    for a in args {
+        cmd.push_str(&format!(" '{a}'"));
+    }
+    let o = std::process::Command::new("script")
+        .args(["-qec", &cmd, "/dev/null"])
+        .env_remove("NO_COLOR")
+        .envs(env.iter().copied())
+        .output();
+    match o {
+        Ok(o) => Some(String::from_utf8_lossy(&o.stdout).into_owned()),
+        Err(e) => {
+            eprintln!("SKIPPED: no `script` to make a pseudo-terminal ({e})");
+            None
+        }
+    }
+}
+
+#[test]
+fn progress_bars_and_colours_on_a_terminal_only_and_no_colour_with_no_color() {
+    let (dir, _db, url) = replica_with(30);
+    let out = dir.path().join("out.db");
+    let restore = ["restore", &url, "-o", out.to_str().unwrap()];
+    let Some(tty) = on_a_terminal(&restore, &[]) else {
+        return;
+    };
+    assert!(tty.contains("restoring ["), "{tty:?}");
+    assert!(
+        tty.contains("integrity_check ok; read"),
+        "the one-line summary: {tty:?}"
+    );
+    assert!(
+        tty.contains("\x1b[32m INFO"),
+        "colours on a terminal: {tty:?}"
+    );
+    std::fs::remove_file(&out).unwrap();
+    let piped = run(&restore);
+    assert!(piped.status.success());
+    assert!(
+        !stderr(&piped).contains("restoring ["),
+        "{}",
+        stderr(&piped)
+    );
+
+    let tty = on_a_terminal(&["verify", &url], &[]).unwrap();
+    assert!(tty.contains("verifying ["), "{tty:?}");
+    assert!(tty.contains("no problems"), "{tty:?}");
+    let tty = on_a_terminal(&["drill", &url, "--no-store"], &[]).unwrap();
+    assert!(tty.contains("drill: restoring ["), "{tty:?}");
+    assert!(tty.contains("drill passed: RTO"), "{tty:?}");
+
+    // NO_COLOR: a terminal, and still no colour.
+    std::fs::remove_file(&out).unwrap();
+    let tty = on_a_terminal(&restore, &[("NO_COLOR", "1")]).unwrap();
+    assert!(tty.contains(" INFO "), "{tty:?}");
+    assert!(
+        !tty.contains("\x1b[32m") && !tty.contains("\x1b[2m"),
+        "{tty:?}"
+    );
+}

@@ -10,7 +10,7 @@ use lifeboat_agent::drill::{self, DrillOptions, DrillReport, PointCheck};
 use lifeboat_storage::keys;
 
 use crate::args::{DrillArgs, DrillsArgs};
-use crate::{human, replica_url};
+use crate::{human, progress, replica_url};
 
 pub async fn drill(a: DrillArgs) -> Result<ExitCode> {
     let client = replica_url::open(&a.url).await?;
@@ -19,6 +19,7 @@ pub async fn drill(a: DrillArgs) -> Result<ExitCode> {
         random_point: a.random_point,
         parallelism: a.parallelism,
         scratch_dir: a.scratch_dir.clone(),
+        progress: progress::bar("drill: restoring", progress::Unit::Bytes),
     };
     let mut report = drill::drill(client.as_ref(), &opts).await?;
     if !a.no_store {

@@ -10,7 +10,7 @@ use lifeboat_agent::verify::{self, GenerationSummary};
 use lifeboat_wal::TxId;
 
 use crate::args::{InspectArgs, ListArgs};
-use crate::{human, replica_url};
+use crate::{human, progress, replica_url};
 
 /// Which objects `list_objects` shows.
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -40,20 +40,32 @@ pub async fn generations(a: InspectArgs) -> Result<ExitCode> {
 /// `lifeboat verify`: exit 2 on any problem.
 pub async fn verify(a: InspectArgs) -> Result<ExitCode> {
     let client = replica_url::open(&a.url).await?;
-    let rows = verify::verify(client.as_ref()).await?;
+    let started = std::time::Instant::now();
+    let bar = progress::bar("verifying", progress::Unit::Bytes);
+    let rows = verify::verify_with_progress(client.as_ref(), bar).await?;
     print_generations(&rows, a.json)?;
     let problems: usize = rows.iter().map(|r| r.problems.len()).sum();
     if !a.json {
-        if problems == 0 {
-            println!("verify: {} generation(s), no problems", rows.len());
-        } else {
-            for r in &rows {
-                for p in &r.problems {
-                    println!("PROBLEM generation {}: {p}", r.generation);
-                }
+        for r in &rows {
+            for p in &r.problems {
+                println!("PROBLEM generation {}: {p}", r.generation);
             }
-            println!("verify: {problems} problem(s)");
         }
+        let objects: usize = rows
+            .iter()
+            .map(|r| r.objects.snapshots + r.objects.segments)
+            .sum();
+        let bytes: u64 = rows.iter().map(|r| r.objects.bytes).sum();
+        println!(
+            "verify: {} generation(s), {objects} objects ({}) read and checked in {}, {}",
+            rows.len(),
+            human::bytes(bytes),
+            human::duration(started.elapsed()),
+            match problems {
+                0 => "no problems".to_string(),
+                n => format!("{n} PROBLEM(S)"),
+            }
+        );
     }
     Ok(if problems == 0 {
         ExitCode::SUCCESS

@@ -10,6 +10,7 @@ mod human;
 mod inspect;
 mod logging;
 mod neighbours;
+mod progress;
 mod prune;
 mod replica_url;
 mod replicate;

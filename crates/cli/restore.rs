@@ -9,31 +9,7 @@ use lifeboat_agent::clock::to_ms;
 use lifeboat_agent::restore::{self as rs, Target};
 
 use crate::args::RestoreArgs;
-use crate::{config, human, replica_url};
-
-/// A progress bar on stderr when it is a terminal; nothing otherwise.
-fn progress_bar() -> Option<lifeboat_agent::restore::Progress> {
-    use std::io::IsTerminal;
-    if !std::io::stderr().is_terminal() {
-        return None;
-    }
-    let bar = indicatif::ProgressBar::new(0);
-    bar.set_style(
-        indicatif::ProgressStyle::with_template(
-            "restoring [{bar:40}] {bytes}/{total_bytes} {bytes_per_sec} eta {eta}",
-        )
-        .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
-    );
-    Some(lifeboat_agent::restore::Progress(std::sync::Arc::new(
-        move |done, total| {
-            bar.set_length(total);
-            bar.set_position(done);
-            if done >= total {
-                bar.finish_and_clear();
-            }
-        },
-    )))
-}
+use crate::{config, human, progress, replica_url};
 
 /// Parses `--timestamp`: RFC 3339, or `-15m`-style relative to now.
 fn parse_time(s: &str) -> Result<u64> {
@@ -111,7 +87,7 @@ pub async fn restore(r: RestoreArgs) -> Result<ExitCode> {
         target,
         parallelism: r.parallelism,
         force: r.force,
-        progress: progress_bar(),
+        progress: progress::bar("restoring", progress::Unit::Bytes),
     };
     let cat = lifeboat_agent::catalog::Catalog::load(client.as_ref())
         .await

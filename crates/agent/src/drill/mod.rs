@@ -51,6 +51,8 @@ pub struct DrillOptions {
     pub parallelism: usize,
     /// Where the scratch folder goes (default: the system temp folder).
     pub scratch_dir: Option<PathBuf>,
+    /// Told the restores' progress (bytes downloaded of each restore).
+    pub progress: Option<restore::Progress>,
 }
 impl Default for DrillOptions {
     fn default() -> Self {
@@ -59,6 +61,7 @@ impl Default for DrillOptions {
             random_point: false,
             parallelism: DEFAULT_PARALLELISM,
             scratch_dir: None,
+            progress: None,
         }
     }
 }
@@ -188,7 +191,7 @@ pub async fn drill(client: &dyn ReplicaClient, opts: &DrillOptions) -> Result<Dr
         target: Target::Latest,
         parallelism,
         force: false,
-        progress: None,
+        progress: opts.progress.clone(),
     };
     let restored = match restore::execute(client, &plan, &ropts).await {
         Ok(r) => r,
