@@ -8,6 +8,7 @@ mod corruption;
 mod drill;
 mod node;
 mod operator;
+mod packaging;
 mod pitr;
 mod replicate;
 mod retention;
