@@ -11,6 +11,8 @@ mod drill;
 mod exclusion;
 mod node;
 mod pacing;
+mod operator;
+mod packaging;
 mod pitr;
 mod replicate;
 mod retention;

@@ -16,7 +16,9 @@ pub async fn replicate(a: ReplicateArgs) -> Result<ExitCode> {
     let src = Source::new(a.config.clone(), a.db.clone(), a.urls.clone())?;
     let flags = Flags {
         puts_per_second: a.puts_per_second,
+        ..Flags::from(&a.keep)
     };
+    crate::neighbours::warn_all(&src).await;
     let dbs = config::databases(&src, &flags).await?;
     let mut endpoint = Ok(());
     lifeboat_agent::agent::replicate(dbs, shutdown.clone(), |handles| {

@@ -148,6 +148,7 @@ pub fn start(cfg: DbConfig, rt: Handle, stop: CancellationToken) -> Result<DbHan
     info!(
         db = %cfg.path.display(),
         replicas = %cfg.replicas.iter().map(|r| r.describe()).collect::<Vec<_>>().join(", "),
+        retention = %opts.retention.map_or("off".into(), |d| humantime::format_duration(d).to_string()),
         "replicating"
     );
     let thread = std::thread::Builder::new()

@@ -171,6 +171,17 @@ pub async fn prune(
     now_ms: u64,
     dry_run: bool,
 ) -> Result<PrunePlan> {
+    prune_with_progress(client, retention, now_ms, dry_run, None).await
+}
+
+/// [`prune`], reporting `(objects deleted, objects to delete)` to `progress`.
+pub async fn prune_with_progress(
+    client: &dyn ReplicaClient,
+    retention: Duration,
+    now_ms: u64,
+    dry_run: bool,
+    progress: Option<crate::restore::Progress>,
+) -> Result<PrunePlan> {
     let cat = Catalog::load(client).await?;
     let p = plan(&cat, retention, now_ms);
     if dry_run {
@@ -186,7 +197,11 @@ pub async fn prune(
             Err(e) => return Err(e.into()),
         }
     }
-    for key in &p.objects {
+    let total = p.objects.len() as u64;
+    for (i, key) in p.objects.iter().enumerate() {
+        if let Some(pr) = &progress {
+            (pr.0)(i as u64, total);
+        }
         client.delete(key).await?;
         info!(replica = %client.describe(), key = %key, "retention: deleted");
     }
@@ -201,6 +216,9 @@ pub async fn prune(
             bytes = p.bytes,
             "retention: pruned generations older than the window"
         );
+    }
+    if let Some(pr) = &progress {
+        (pr.0)(total, total);
     }
     Ok(p)
 }
