@@ -6,6 +6,7 @@ mod support;
 
 mod corruption;
 mod drill;
+mod format2;
 mod node;
 mod pitr;
 mod replicate;

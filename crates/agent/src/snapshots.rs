@@ -216,6 +216,7 @@ fn scheduled_one(
         ctx,
         wal: db.wal(),
         page_size: db.page_size(),
+        db_file: db.file(),
         times,
         limit: Some(pin),
     };

@@ -6,6 +6,8 @@
 //! - [`segment`] encodes and decodes a *segment*: a run of whole committed transactions, with a
 //!   commit table and a CRC32 over the object; it reads format 1 (whole WAL frames, LZ4) and
 //!   writes format 2 ([`segment2`]: page deltas grouped by page, zstd, frames rebuilt on decode).
+//! - [`any_segment`] reads a segment of either format in two steps: verify the object, then
+//!   rebuild its frames (for format 2, from the database state before it when deltas need it).
 //! - [`snapshot`] streams a *snapshot*: a full database image in LZ4-compressed chunks, with a
 //!   CRC32 over the object.
 //! - [`checksum`] is the rolling database checksum (XOR of per-page hashes) that every snapshot and
@@ -25,6 +27,7 @@
 //! ```
 #![deny(missing_docs)]
 
+pub mod any_segment;
 pub mod checksum;
 mod error;
 pub mod segment;

@@ -11,8 +11,9 @@
 //! format 2 (written) stores page deltas grouped by page under zstd and rebuilds the exact
 //! frames on decode (see [`crate::segment2`]). [`Segment::decode`] reads both.
 
+use crate::any_segment::AnySegment;
 use crate::checksum::DbChecksum;
-use crate::segment2;
+use crate::segment2::{self, BasePages};
 use crate::sqlite::{self, check_frame, FrameHeader, WalChecksum, WalHeader, FRAME_HEADER_SIZE};
 use crate::{Error, Generation, Result, TxId};
 
@@ -269,7 +270,14 @@ impl Segment {
     /// `frame_count` and `commit_count` are filled in from the content; the rest of the header is
     /// taken as given.
     pub fn encode(&self) -> Vec<u8> {
-        let raw = segment2::encode_body(self);
+        self.encode_with_bases(&BasePages::new())
+    }
+
+    /// Encodes the segment in format 2, storing the first version of each page found in
+    /// `bases` as a delta against that page as it stood before the segment (see
+    /// [`crate::segment2`]; a reader then needs that state to rebuild the frames).
+    pub fn encode_with_bases(&self, bases: &BasePages) -> Vec<u8> {
+        let raw = segment2::encode_body(self, bases);
         let body = zstd::bulk::compress(&raw, segment2::ZSTD_LEVEL)
             .expect("zstd compresses any input into a growable buffer");
         self.seal(VERSION, raw.len(), &body)
@@ -302,59 +310,20 @@ impl Segment {
         out
     }
 
-    /// Decodes a whole segment and verifies everything it can prove on its own: both CRCs, the
-    /// commit table, SQLite's frame checksum chain, and the frame-to-commit correspondence.
+    /// Decodes a whole segment (either format) and verifies everything it can prove on its own:
+    /// both CRCs, the commit table, SQLite's frame checksum chain, and the frame-to-commit
+    /// correspondence. A format-2 segment whose pages are deltas against the state before it
+    /// needs that state: use [`AnySegment`] (this refuses such a segment).
     pub fn decode(b: &[u8]) -> Result<Segment> {
-        let h = SegmentHeader::decode(b)?;
-        let total = HEADER_SIZE as u64 + h.body_len + 4;
-        if (b.len() as u64) < total {
-            return Err(Error::Incomplete {
-                needed: (total - b.len() as u64) as usize,
-            });
-        }
-        if (b.len() as u64) > total {
-            return Err(Error::corrupt(total, "trailing bytes after segment"));
-        }
-        let end = b.len() - 4;
-        let stored = get32(b, end);
-        let computed = crc32fast::hash(&b[..end]);
-        if stored != computed {
-            return Err(Error::ChecksumMismatch {
-                what: "segment CRC32",
-                stored: stored.into(),
-                computed: computed.into(),
-            });
-        }
-        let body = &b[HEADER_SIZE..end];
-        let (commits, frames) = if h.version == VERSION_1 {
-            let raw = lz4_flex::block::decompress(body, h.raw_len as usize)
-                .map_err(|e| Error::corrupt(HEADER_SIZE as u64, format!("LZ4: {e}")))?;
-            if raw.len() as u64 != h.raw_len {
-                return Err(Error::corrupt(HEADER_SIZE as u64, "short LZ4 body"));
-            }
-            let table_len = h.commit_count as usize * COMMIT_RECORD_SIZE;
-            let commits = segment2::decode_commits(&h, &raw[..table_len])?;
-            let mut frames = raw;
-            frames.drain(..table_len);
-            (commits, frames)
-        } else {
-            let raw = zstd::bulk::decompress(body, h.raw_len as usize)
-                .map_err(|e| Error::corrupt(HEADER_SIZE as u64, format!("zstd: {e}")))?;
-            if raw.len() as u64 != h.raw_len {
-                return Err(Error::corrupt(HEADER_SIZE as u64, "short zstd body"));
-            }
-            segment2::decode_body(&h, &raw)?
-        };
-        let seg = Segment {
-            header: h,
-            commits,
-            frames,
-        };
-        seg.verify_frames()?;
-        Ok(seg)
+        AnySegment::open(b)?.rebuild(&mut |pgno, _| {
+            Err(Error::corrupt(
+                0,
+                format!("page {pgno} is a delta against the database before the segment"),
+            ))
+        })
     }
 
-    fn verify_frames(&self) -> Result<()> {
+    pub(crate) fn verify_frames(&self) -> Result<()> {
         let h = &self.header;
         let wal = h.wal_header();
         let fs = h.frame_size();

@@ -76,7 +76,18 @@ pub(crate) fn encode(prev: &[u8], cur: &[u8], out: &mut Vec<u8>) {
 /// into `out`, which holds the previous version on entry. Any run that would leave the page, an
 /// empty run, or an input that ends early is corrupt.
 pub(crate) fn decode(input: &mut &[u8], out: &mut [u8]) -> Result<()> {
-    let n = out.len();
+    walk(input, out.len(), |start, bytes| {
+        out[start..start + bytes.len()].copy_from_slice(bytes)
+    })
+}
+
+/// Checks one delta for a page of `page_size` bytes, as [`decode`] would, and skips it.
+pub(crate) fn check(input: &mut &[u8], page_size: usize) -> Result<()> {
+    walk(input, page_size, |_, _| {})
+}
+
+/// Walks the runs of one delta, handing each run's start and bytes to `run`.
+fn walk(input: &mut &[u8], n: usize, mut run: impl FnMut(usize, &[u8])) -> Result<()> {
     let runs = varint::get(input, "page delta run count")? as usize;
     if runs > n / 2 + 1 {
         return Err(Error::corrupt(0, "page delta has more runs than a page"));
@@ -92,7 +103,7 @@ pub(crate) fn decode(input: &mut &[u8], out: &mut [u8]) -> Result<()> {
         if input.len() < len {
             return Err(Error::corrupt(0, "page delta ends inside a run"));
         }
-        out[start..start + len].copy_from_slice(&input[..len]);
+        run(start, &input[..len]);
         *input = &input[len..];
         pos = start + len;
     }
