@@ -9,6 +9,7 @@ mod corruption;
 mod crash;
 mod drill;
 mod exclusion;
+mod format2;
 mod node;
 mod pacing;
 mod operator;

@@ -12,7 +12,7 @@ use lifeboat_storage::keys::Key;
 use lifeboat_storage::retry::{retry, RetryPolicy};
 use lifeboat_wal::checksum::PageHashes;
 use lifeboat_wal::snapshot::{SnapshotHeader, SnapshotTrailer, SnapshotWriter};
-use lifeboat_wal::{Generation, TxId, FORMAT_VERSION};
+use lifeboat_wal::{snapshot, Generation, TxId};
 use tempfile::NamedTempFile;
 use tracing::info;
 
@@ -43,7 +43,7 @@ fn write_snapshot(
     cursor: &Cursor,
 ) -> Result<Staged> {
     let header = SnapshotHeader {
-        version: FORMAT_VERSION,
+        version: snapshot::VERSION,
         generation,
         txid,
         page_size: db.page_size(),
@@ -216,6 +216,7 @@ fn scheduled_one(
         ctx,
         wal: db.wal(),
         page_size: db.page_size(),
+        db_file: db.file(),
         times,
         limit: Some(pin),
     };
