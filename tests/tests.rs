@@ -5,6 +5,7 @@
 mod support;
 
 mod corruption;
+mod dirs;
 mod drill;
 mod node;
 mod pitr;

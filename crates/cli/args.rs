@@ -76,6 +76,9 @@ pub struct ReplicateArgs {
     /// Serve `/health` (JSON) and `/metrics` (Prometheus) on this address, e.g. 127.0.0.1:9090.
     #[arg(long, visible_alias = "metrics-addr", env = "LIFEBOAT_HEALTH_ADDR")]
     pub health_addr: Option<String>,
+    /// A folder to back up with the database, `PATH` or `NAME=PATH` (repeatable).
+    #[arg(long = "dir", env = "LIFEBOAT_DIRS", value_delimiter = ',')]
+    pub dirs: Vec<String>,
 }
 
 #[derive(Debug, ClapArgs)]
@@ -110,6 +113,10 @@ pub struct RestoreArgs {
     /// Replace the output file if it exists (its -wal and -shm are removed).
     #[arg(long)]
     pub force: bool,
+    /// Also restore this backed-up folder, as of the same point, `PATH` or `NAME=PATH`
+    /// (repeatable; an existing non-empty folder needs --force, which moves it aside).
+    #[arg(long = "dir")]
+    pub dirs: Vec<String>,
 }
 
 #[derive(Debug, ClapArgs)]
@@ -209,6 +216,10 @@ pub struct RunArgs {
     /// never stop the app.
     #[arg(long, env = "LIFEBOAT_DRILL_INTERVAL", value_parser = humantime::parse_duration)]
     pub drill_interval: Option<std::time::Duration>,
+    /// A folder to back up with the database and restore with it on boot, `PATH` or
+    /// `NAME=PATH` (repeatable).
+    #[arg(long = "dir", env = "LIFEBOAT_DIRS", value_delimiter = ',')]
+    pub dirs: Vec<String>,
     /// The app and its arguments, after `--`.
     #[arg(last = true, required = true)]
     pub command: Vec<String>,

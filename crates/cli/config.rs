@@ -76,6 +76,8 @@ struct Database {
     #[serde(default, with = "humantime_serde_opt")]
     snapshot_interval: Option<Duration>,
     snapshot_segments: Option<u32>,
+    #[serde(default)]
+    dirs: Vec<String>,
 }
 
 /// A replica: its URL, or a table with the URL and settings of its own.
@@ -208,6 +210,25 @@ fn options(d: &Database, flags: &Flags) -> Options {
     options
 }
 
+/// Parses `--dir`/`dirs` entries (`PATH` or `NAME=PATH`).
+pub fn dir_specs(v: &[String]) -> Result<Vec<lifeboat_dirs::DirSpec>> {
+    Ok(lifeboat_dirs::DirSpec::parse_all(
+        v.iter().map(String::as_str),
+    )?)
+}
+
+/// Adds `--dir` folders (command line or `LIFEBOAT_DIRS`) to the one database given there.
+pub fn with_dirs(dbs: &mut [DbConfig], dirs: &[String]) -> Result<()> {
+    match dbs {
+        _ if dirs.is_empty() => Ok(()),
+        [d] if d.options.dirs.is_empty() => {
+            d.options.dirs = dir_specs(dirs)?;
+            Ok(())
+        }
+        _ => bail!("--dir (or LIFEBOAT_DIRS) goes with one database on the command line; in a configuration file, list a database's folders as dirs = [...]"),
+    }
+}
+
 /// Reads and checks a configuration file (`${VAR}` expanded).
 fn read_file(path: &std::path::Path) -> Result<File> {
     let text = std::fs::read_to_string(path)
@@ -236,7 +257,8 @@ pub async fn databases(src: &Source, flags: &Flags) -> Result<Vec<DbConfig>> {
     match src {
         Source::File(path) => {
             for d in read_file(path)?.databases {
-                let options = options(&d, flags);
+                let mut options = options(&d, flags);
+                options.dirs = dir_specs(&d.dirs)?;
                 let mut replicas = Vec::new();
                 for r in &d.replicas {
                     replicas.push(replica_url::open(r.url()).await?);

@@ -54,12 +54,14 @@ impl std::fmt::Debug for Folder {
 }
 
 impl Folder {
-    /// Starts watching `root` (created if missing). `name` is its name in the replica.
+    /// Starts watching `root` (created if missing). `name` is its name in the replica; `wake`
+    /// is told (without blocking) whenever an event arrives.
     pub fn open(
         root: &Path,
         name: &str,
         settle: Duration,
         rescan_every: Duration,
+        wake: Option<std::sync::mpsc::SyncSender<()>>,
     ) -> Result<Folder> {
         std::fs::create_dir_all(root).map_err(|e| Error::io("create folder", root, e))?;
         let root = root
@@ -69,7 +71,7 @@ impl Folder {
             dirty: BTreeSet::new(),
             rescan: true,
         }));
-        let watcher = watch(&root, events.clone());
+        let watcher = watch(&root, events.clone(), wake);
         Ok(Folder {
             root,
             name: name.to_string(),
@@ -163,17 +165,22 @@ impl Folder {
         Ok(self.settled())
     }
 
-    /// Captures until settled or `wait` has passed; returns whether it settled.
+    /// Captures, then again until every file that was still changing at the first look has
+    /// settled (those may be files the commits being shipped refer to) or `wait` has passed;
+    /// returns whether they settled. Files that appear meanwhile are not waited for.
     pub fn capture_settled(&mut self, wait: Duration) -> Result<bool> {
         let deadline = Instant::now() + wait;
+        self.capture()?;
+        let waiting: Vec<String> = self.unstable.keys().cloned().collect();
         loop {
-            if self.capture()? {
+            if waiting.iter().all(|p| !self.unstable.contains_key(p)) {
                 return Ok(true);
             }
             if Instant::now() >= deadline {
                 return Ok(false);
             }
             std::thread::sleep((self.settle / 4).max(Duration::from_millis(5)));
+            self.capture()?;
         }
     }
 
@@ -424,7 +431,11 @@ fn now_ns() -> i64 {
         .map_or(0, |d| d.as_nanos() as i64)
 }
 
-fn watch(root: &Path, events: Arc<Mutex<Events>>) -> Option<notify::RecommendedWatcher> {
+fn watch(
+    root: &Path,
+    events: Arc<Mutex<Events>>,
+    wake: Option<std::sync::mpsc::SyncSender<()>>,
+) -> Option<notify::RecommendedWatcher> {
     let base = root.to_path_buf();
     let res = notify::recommended_watcher(move |ev: notify::Result<notify::Event>| {
         let mut st = events.lock().unwrap();
@@ -445,6 +456,9 @@ fn watch(root: &Path, events: Arc<Mutex<Events>>) -> Option<notify::RecommendedW
                 }
             }
             Err(_) => st.rescan = true,
+        }
+        if let Some(w) = &wake {
+            let _ = w.try_send(());
         }
     });
     match res.and_then(|mut w| w.watch(root, RecursiveMode::Recursive).map(|()| w)) {
@@ -477,6 +491,7 @@ mod tests {
             "up",
             Duration::from_millis(30),
             Duration::from_secs(3600),
+            None,
         )
         .unwrap();
         assert!(settled(&mut f).is_empty());
@@ -525,6 +540,7 @@ mod tests {
             "up",
             Duration::from_millis(300),
             Duration::from_secs(3600),
+            None,
         )
         .unwrap();
         f.capture().unwrap();

@@ -18,6 +18,8 @@
 
 use std::collections::{BTreeMap, HashSet};
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc::{sync_channel, Receiver, RecvTimeoutError, SyncSender};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -25,7 +27,7 @@ use lifeboat_storage::keys::{self, ManifestKey};
 use lifeboat_storage::ReplicaClient;
 use lifeboat_wal::{Generation, TxId};
 use tokio::runtime::Handle;
-use tracing::{debug, info};
+use tracing::{debug, info, warn};
 
 use crate::entry::{sha256_of, Entry};
 use crate::folder::Folder;
@@ -125,14 +127,19 @@ pub struct FlushReport {
 /// A chain in one replica, as this process knows it.
 #[derive(Debug, Default)]
 struct Chain {
+    /// The state after the last manifest.
     state: State,
     last: Option<ManifestKey>,
     deltas: u64,
     known: HashSet<String>,
+    /// Entries captured since the last manifest, kept even if the file is gone since: the
+    /// next manifest records them (its deletion waits like any other).
+    pending: BTreeMap<String, Entry>,
+    /// The folder version `pending` reflects.
+    seen: Option<u64>,
     /// Paths seen gone, with the flush that first saw them.
     gone: BTreeMap<String, u64>,
     flushes: u64,
-    synced: Option<u64>,
 }
 
 struct Shipping {
@@ -140,45 +147,82 @@ struct Shipping {
     chains: Vec<Option<Chain>>,
 }
 
-/// Ships a database's folders to its replicas (see the module docs).
-pub struct DirShipper {
+struct Inner {
     folders: Vec<Mutex<Shipping>>,
     clients: Vec<Arc<dyn ReplicaClient>>,
     opts: DirOptions,
     rt: Handle,
+    stop: AtomicBool,
+}
+
+/// Ships a database's folders to its replicas (see the module docs).
+pub struct DirShipper {
+    inner: Arc<Inner>,
+    thread: Option<std::thread::JoinHandle<()>>,
+    wake: SyncSender<()>,
 }
 
 impl std::fmt::Debug for DirShipper {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("DirShipper")
-            .field("folders", &self.folders.len())
+            .field("folders", &self.inner.folders.len())
             .finish()
     }
 }
 
+impl Drop for DirShipper {
+    fn drop(&mut self) {
+        self.inner.stop.store(true, Ordering::SeqCst);
+        let _ = self.wake.try_send(());
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
 impl DirShipper {
-    /// Starts watching the folders (created if missing); nothing is read from the replicas
-    /// until the first flush.
+    /// Starts watching the folders (created if missing) and a thread that captures what
+    /// changes as it changes and uploads its content (blobs) ahead of the next flush, so that
+    /// a file deleted soon after it was written still reaches the restore points that need it.
+    /// Replicas are first read when a flush or that thread needs them.
     pub fn open(
         dirs: &[DirSpec],
         clients: Vec<Arc<dyn ReplicaClient>>,
         opts: DirOptions,
         rt: Handle,
     ) -> Result<DirShipper> {
+        let (wake, events) = sync_channel(1);
         let mut folders = Vec::new();
         for d in dirs {
-            let folder = Folder::open(&d.path, &d.name, opts.settle, opts.rescan_every)?;
+            let folder = Folder::open(
+                &d.path,
+                &d.name,
+                opts.settle,
+                opts.rescan_every,
+                Some(wake.clone()),
+            )?;
             info!(folder = %folder.root().display(), name = %d.name, "backing up folder with the database");
             folders.push(Mutex::new(Shipping {
                 folder,
                 chains: clients.iter().map(|_| None).collect(),
             }));
         }
-        Ok(DirShipper {
+        let inner = Arc::new(Inner {
             folders,
             clients,
             opts,
             rt,
+            stop: AtomicBool::new(false),
+        });
+        let i = inner.clone();
+        let thread = std::thread::Builder::new()
+            .name("lifeboat folders".into())
+            .spawn(move || background(&i, &events))
+            .map_err(|e| Error::io("start the folder thread for", PathBuf::from("."), e))?;
+        Ok(DirShipper {
+            inner,
+            thread: Some(thread),
+            wake,
         })
     }
 
@@ -193,31 +237,39 @@ impl DirShipper {
         txid: TxId,
         complete: bool,
     ) -> Result<FlushReport> {
+        let inner = &*self.inner;
         let mut report = FlushReport::default();
-        let client = self.clients[replica].clone();
-        for f in &self.folders {
+        let client = inner.clients[replica].clone();
+        for f in &inner.folders {
             let mut s = f.lock().unwrap();
             let s = &mut *s;
-            if !s.folder.capture_settled(self.opts.wait)? {
+            if !s.folder.capture_settled(inner.opts.wait)? {
                 report.unsettled = true;
             }
-            if s.chains[replica].is_none() {
-                s.chains[replica] = Some(self.rt.block_on(load(client.as_ref(), s.folder.name()))?);
-            }
-            let r = flush_one(
-                &mut s.folder,
-                s.chains[replica].as_mut().expect("loaded above"),
-                client.as_ref(),
-                &self.opts,
-                &self.rt,
-                (generation, txid, complete),
-            );
+            let r = (|| {
+                let c = chain(
+                    &mut s.chains,
+                    replica,
+                    s.folder.name(),
+                    client.as_ref(),
+                    &inner.rt,
+                )?;
+                absorb(&s.folder, c);
+                let (n, bytes) =
+                    upload_pending(&mut s.folder, c, client.as_ref(), &inner.opts, &inner.rt)?;
+                report.blobs += n;
+                report.blob_bytes += bytes;
+                write_manifest(
+                    &s.folder,
+                    c,
+                    client.as_ref(),
+                    &inner.rt,
+                    inner.opts.base_every,
+                    (generation, txid, complete),
+                )
+            })();
             match r {
-                Ok(x) => {
-                    report.blobs += x.blobs;
-                    report.blob_bytes += x.blob_bytes;
-                    report.manifests += x.manifests;
-                }
+                Ok(m) => report.manifests += m,
                 Err(e) => {
                     // What landed is unknown: read the chain again next time.
                     s.chains[replica] = None;
@@ -226,6 +278,69 @@ impl DirShipper {
             }
         }
         Ok(report)
+    }
+}
+
+/// The chain of replica `i`, read from it if this process has not yet.
+fn chain<'a>(
+    chains: &'a mut [Option<Chain>],
+    i: usize,
+    folder: &str,
+    client: &dyn ReplicaClient,
+    rt: &Handle,
+) -> Result<&'a mut Chain> {
+    if chains[i].is_none() {
+        chains[i] = Some(rt.block_on(load(client, folder))?);
+    }
+    Ok(chains[i].as_mut().expect("loaded above"))
+}
+
+/// Captures on events (and rescans on schedule) between flushes, uploading new content at
+/// once. Failures are left for the next flush, which reports them.
+fn background(inner: &Inner, events: &Receiver<()>) {
+    let mut busy = false;
+    loop {
+        let wait = if busy {
+            inner.opts.settle / 2
+        } else {
+            inner.opts.rescan_every
+        };
+        match events.recv_timeout(wait) {
+            Ok(()) | Err(RecvTimeoutError::Timeout) => {}
+            Err(RecvTimeoutError::Disconnected) => return,
+        }
+        if inner.stop.load(Ordering::SeqCst) {
+            return;
+        }
+        busy = false;
+        for f in &inner.folders {
+            let mut s = f.lock().unwrap();
+            let s = &mut *s;
+            match s.folder.capture() {
+                Ok(settled) => busy |= !settled,
+                Err(e) => {
+                    warn!(folder = %s.folder.root().display(), error = %e, "capture failed; will try again");
+                    continue;
+                }
+            }
+            for (i, client) in inner.clients.iter().enumerate() {
+                let r = chain(
+                    &mut s.chains,
+                    i,
+                    s.folder.name(),
+                    client.as_ref(),
+                    &inner.rt,
+                )
+                .and_then(|c| {
+                    absorb(&s.folder, c);
+                    upload_pending(&mut s.folder, c, client.as_ref(), &inner.opts, &inner.rt)
+                });
+                if let Err(e) = r {
+                    debug!(folder = %s.folder.root().display(), replica = %client.describe(), error = %e, "early upload failed; the next flush tries again");
+                    s.chains[i] = None;
+                }
+            }
+        }
     }
 }
 
@@ -251,73 +366,89 @@ async fn load(client: &dyn ReplicaClient, folder: &str) -> Result<Chain> {
     })
 }
 
-fn flush_one(
+/// Adds to `pending` what the folder holds that the chain does not.
+fn absorb(folder: &Folder, c: &mut Chain) {
+    if c.seen == Some(folder.version()) {
+        return;
+    }
+    for e in folder.state().into_values() {
+        if c.state.get(&e.path) != Some(&e) && c.pending.get(&e.path) != Some(&e) {
+            c.pending.insert(e.path.clone(), e);
+        }
+    }
+    c.seen = Some(folder.version());
+}
+
+/// Uploads the blobs `pending` needs that the replica lacks. An entry whose file changed or
+/// went before its content could be read is dropped (a newer capture replaces it).
+fn upload_pending(
     folder: &mut Folder,
     c: &mut Chain,
     client: &dyn ReplicaClient,
     opts: &DirOptions,
     rt: &Handle,
-    (generation, txid, complete): (Generation, TxId, bool),
-) -> Result<FlushReport> {
-    let mut report = FlushReport::default();
-    c.flushes += 1;
-    if c.synced == Some(folder.version()) && c.gone.is_empty() {
-        return Ok(report);
-    }
-    let now = folder.state();
-    for p in c.state.keys().filter(|p| !now.contains_key(*p)) {
-        c.gone.entry(p.clone()).or_insert(c.flushes);
-    }
-    c.gone.retain(|p, _| !now.contains_key(p));
-    let mut set: Vec<Entry> = now
-        .values()
-        .filter(|e| c.state.get(&e.path) != Some(e))
-        .cloned()
-        .collect();
-    // Blobs first: a manifest never names a blob that is not stored.
-    let mut changed_meanwhile = Vec::new();
-    for e in &set {
+) -> Result<(u64, u64)> {
+    let (mut n, mut bytes) = (0, 0);
+    let mut lost = Vec::new();
+    for e in c.pending.values() {
         let Some(h) = e.sha256() else { continue };
         if c.known.contains(h) {
             continue;
         }
         match upload_blob(folder, e, client, opts, rt)? {
-            Some(n) => {
-                report.blobs += 1;
-                report.blob_bytes += n;
+            Some(size) => {
+                n += 1;
+                bytes += size;
                 c.known.insert(h.to_string());
             }
-            None => changed_meanwhile.push(e.path.clone()),
+            None => lost.push(e.path.clone()),
         }
     }
-    for p in &changed_meanwhile {
-        folder.invalidate(p);
+    for p in lost {
+        debug!(path = %p, "changed or removed before its content was stored; captured again");
+        c.pending.remove(&p);
+        folder.invalidate(&p);
+        c.seen = None;
     }
-    set.retain(|e| !changed_meanwhile.contains(&e.path));
-    let removed: Vec<Entry> = if complete {
-        c.gone
+    Ok((n, bytes))
+}
+
+/// Writes the next manifest if anything changed; returns how many were written (0 or 1).
+fn write_manifest(
+    folder: &Folder,
+    c: &mut Chain,
+    client: &dyn ReplicaClient,
+    rt: &Handle,
+    base_every: u64,
+    (generation, txid, complete): (Generation, TxId, bool),
+) -> Result<u64> {
+    c.flushes += 1;
+    let now = folder.state();
+    let mut next = c.state.clone();
+    for e in c.pending.values() {
+        next.insert(e.path.clone(), e.clone());
+    }
+    for p in next.keys().filter(|p| !now.contains_key(*p)) {
+        c.gone.entry(p.clone()).or_insert(c.flushes);
+    }
+    c.gone.retain(|p, _| !now.contains_key(p));
+    let removed: Vec<Entry> = match complete {
+        true => c
+            .gone
             .iter()
             .filter(|(_, &seen)| seen < c.flushes)
-            .filter_map(|(p, _)| c.state.get(p).cloned())
-            .collect()
-    } else {
-        Vec::new()
+            .filter_map(|(p, _)| next.get(p).cloned())
+            .collect(),
+        false => Vec::new(),
     };
-    if set.is_empty() && removed.is_empty() {
-        if changed_meanwhile.is_empty() && c.gone.is_empty() {
-            c.synced = Some(folder.version());
-        }
-        return Ok(report);
+    if c.pending.is_empty() && removed.is_empty() {
+        return Ok(0);
     }
-    let seq = c.last.map_or(1, |k| k.seq + 1);
-    let base = c.last.is_none() || c.deltas + 1 >= opts.base_every;
-    let mut next = c.state.clone();
     for e in &removed {
         next.remove(&e.path);
     }
-    for e in &set {
-        next.insert(e.path.clone(), e.clone());
-    }
+    let seq = c.last.map_or(1, |k| k.seq + 1);
+    let base = c.last.is_none() || c.deltas + 1 >= base_every;
     let m = Manifest {
         format: FORMAT,
         folder: folder.name().to_string(),
@@ -329,32 +460,28 @@ fn flush_one(
         set: if base {
             next.values().cloned().collect()
         } else {
-            set
+            c.pending.values().cloned().collect()
         },
         removed,
     };
     let k = manifest::key_at(generation, txid, seq);
     let key = k.key(folder.name());
     let body = m.encode();
-    let size = body.len();
     rt.block_on(lifeboat_storage::retry::retry(
         policy(),
         "manifest upload",
         || client.put(&key, body.clone()),
     ))
     .map_err(|e| Error::storage(format!("put {key} to {}", client.describe()), e))?;
-    debug!(key = %key, bytes = size, set = m.set.len(), removed = m.removed.len(), "folder manifest uploaded");
+    debug!(key = %key, bytes = body.len(), set = m.set.len(), removed = m.removed.len(), "folder manifest uploaded");
     for e in &m.removed {
         c.gone.remove(&e.path);
     }
+    c.pending.clear();
     c.state = next;
     c.last = Some(k);
     c.deltas = if base { 0 } else { c.deltas + 1 };
-    report.manifests = 1;
-    if changed_meanwhile.is_empty() && c.gone.is_empty() {
-        c.synced = Some(folder.version());
-    }
-    Ok(report)
+    Ok(1)
 }
 
 /// Copies the file to a staging file while hashing it and uploads the copy if it has the

@@ -224,3 +224,27 @@ fn verify_and_restore_name_a_corrupt_blob_and_prune_keeps_what_is_needed() {
     assert!(e.to_string().contains(&key), "{e}");
     assert!(!scratch.join("bad").exists());
 }
+
+#[test]
+fn a_file_deleted_between_flushes_still_reaches_the_restore_points_before() {
+    let f = fixture();
+    std::fs::write(f.up().join("keep"), b"k").unwrap();
+    f.flush(1, true);
+    let p0 = f.puts();
+    std::fs::write(f.up().join("brief"), b"short-lived").unwrap();
+    // Captured and stored between flushes, while it exists.
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while f.puts() == p0 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the content was never stored"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    std::fs::remove_file(f.up().join("brief")).unwrap();
+    assert_eq!(f.flush(5, true).manifests, 1);
+    assert_eq!(
+        std::fs::read(f.restore(3, "r3").join("brief")).unwrap(),
+        b"short-lived"
+    );
+}
