@@ -135,7 +135,7 @@ fn every_restore_point_has_the_files_its_rows_refer_to_on_s3() {
     assert!(last >= 160, "only {last} transactions");
     // Every transaction is checked near the end of the run; a random sample elsewhere.
     let mut points: Vec<u64> = (1..=last)
-        .filter(|t| *t + 10 > last || rng.random_ratio(1, 6))
+        .filter(|t| *t + 5 > last || rng.random_ratio(1, 8))
         .collect();
     points.push(1);
     points.dedup();

@@ -11,6 +11,7 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant, UNIX_EPOCH};
 
+use futures::{StreamExt, TryStreamExt};
 use lifeboat_storage::keys::{self, ManifestKey};
 use lifeboat_storage::ReplicaClient;
 use lifeboat_wal::{Generation, TxId};
@@ -19,6 +20,9 @@ use tracing::info;
 use crate::entry::{sha256_file, Entry, Kind};
 use crate::manifest::{self, State};
 use crate::{Error, Result};
+
+/// Blobs downloaded at once.
+const PARALLELISM: usize = 8;
 
 /// What a folder restore did.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -127,6 +131,8 @@ pub async fn restore(
         .tempdir_in(parent)
         .map_err(|e| Error::io("create temporary folder in", parent, e))?;
     let (mut files, mut bytes) = (0, 0);
+    let needed_by = mk.key(name);
+    let mut downloads = Vec::new();
     for e in state.values() {
         let p = tmp.path().join(&e.path);
         match &e.kind {
@@ -140,13 +146,21 @@ pub async fn restore(
             }
             Kind::File { sha256, size } => {
                 make_parent(&p)?;
-                fetch_blob(client, sha256, *size, &p, &mk.key(name)).await?;
-                set_mtime(&p, e)?;
                 files += 1;
                 bytes += size;
+                let needed_by = &needed_by;
+                downloads.push(async move {
+                    fetch_blob(client, sha256, *size, &p, needed_by).await?;
+                    set_mtime(&p, e)
+                });
             }
         }
     }
+    // Downloads in parallel, a bounded number at a time (each streams to its file).
+    futures::stream::iter(downloads)
+        .buffer_unordered(PARALLELISM)
+        .try_collect::<Vec<()>>()
+        .await?;
     // Modes last (a read-only folder would refuse its children), deepest first.
     for e in state.values().rev() {
         if !matches!(e.kind, Kind::Symlink { .. }) {
