@@ -39,10 +39,11 @@ fn assert_rows_have_files(db: &Path, folder: &Path, what: &str) -> usize {
     rows.len()
 }
 
-/// The txid a restore's output line names.
+/// The txid a restore's output line names (decimal).
 fn restored_txid(stdout: &str) -> u64 {
     let t = stdout.split(" txid ").nth(1).expect("a txid in the output");
-    u64::from_str_radix(&t[..16], 16).unwrap()
+    let digits: String = t.chars().take_while(char::is_ascii_digit).collect();
+    digits.parse().unwrap_or_else(|_| panic!("no txid in {stdout:?}"))
 }
 
 #[test]
@@ -135,7 +136,7 @@ fn every_restore_point_has_the_files_its_rows_refer_to_on_s3() {
     assert!(last >= 160, "only {last} transactions");
     // Every transaction is checked near the end of the run; a random sample elsewhere.
     let mut points: Vec<u64> = (1..=last)
-        .filter(|t| *t + 5 > last || rng.random_ratio(1, 8))
+        .filter(|t| *t + 3 > last || rng.random_ratio(1, 12))
         .collect();
     points.push(1);
     points.dedup();

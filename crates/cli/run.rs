@@ -63,7 +63,7 @@ async fn restore_into(db: &Path, client: &dyn ReplicaClient) -> Result<At> {
             client.describe()
         )
     })?;
-    info!(db = %db.display(), report = ?report, "restored");
+    info!(db = %db.display(), "{}", crate::human::restored(&report));
     Ok((report.generation, report.txid))
 }
 
@@ -242,7 +242,8 @@ pub async fn run(args: RunArgs) -> Result<ExitCode> {
         args.db.clone(),
         args.replica.iter().cloned().collect(),
     )?;
-    let mut dbs = config::databases(&src, &Flags::default()).await?;
+    crate::neighbours::warn_all(&src).await;
+    let mut dbs = config::databases(&src, &Flags::from(&args.keep)).await?;
     config::with_dirs(&mut dbs, &args.dirs)?;
     for d in &mut dbs {
         d.options.shutdown_timeout = args.shutdown_timeout;
@@ -302,9 +303,9 @@ pub async fn run(args: RunArgs) -> Result<ExitCode> {
         .map(|(sig, mut s)| {
             tokio::spawn(async move {
                 while s.recv().await.is_some() {
-                    info!(signal = ?sig, "forwarding signal to the app");
+                    info!(signal = sig.as_str(), "forwarding signal to the app");
                     if let Err(e) = kill(pid, sig) {
-                        warn!(signal = ?sig, error = %e, "cannot forward signal");
+                        warn!(signal = sig.as_str(), error = %e, "cannot forward signal");
                     }
                 }
             })
@@ -360,18 +361,22 @@ async fn drill_loop(every: Duration, targets: Vec<DrillTarget>) {
             let at_ms = now_ms();
             match drill::drill(client.as_ref(), &opts).await {
                 Ok(mut report) => {
-                    if let Err(e) = drill::store(client.as_ref(), &report).await {
-                        report.problem(format!("cannot store the drill report: {}", e.chain()));
+                    match drill::store(client.as_ref(), &report).await {
+                        Ok(key) => report.report_key = Some(key),
+                        Err(e) => {
+                            report.problem(format!("cannot store the drill report: {}", e.chain()))
+                        }
                     }
                     status.record_drill(DrillOutcome {
                         ok: report.ok,
                         rto_seconds: report.rto_seconds,
                         at_ms,
                     });
+                    let summary = crate::human::drill_summary(&report);
                     if report.ok {
-                        info!(db = %db.display(), rto_seconds = ?report.rto_seconds, rpo_seconds = ?report.rpo_seconds, "drill passed");
+                        info!(db = %db.display(), "{summary}");
                     } else {
-                        error!(db = %db.display(), problems = ?report.problems, "DRILL FAILED: the backup may not restore; see the report in the replica under drills/");
+                        error!(db = %db.display(), "{summary}");
                     }
                 }
                 Err(e) => {

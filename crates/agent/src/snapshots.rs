@@ -246,8 +246,9 @@ fn scheduled_one(
     if staged.hashes.checksum() != expect {
         return Err(Error::ChecksumMismatch {
             what: format!(
-                "the pinned state of {} (the replica's state after txid {txid})",
-                ctx.path.display()
+                "the pinned state of {} (the replica's state after txid {})",
+                ctx.path.display(),
+                txid.0
             ),
             expected: expect,
             found: staged.hashes.checksum(),
@@ -270,7 +271,7 @@ fn scheduled_one(
         db = %ctx.path.display(),
         replica = %r.client.describe(),
         generation = %generation,
-        txid = %txid,
+        txid = txid.0,
         pages = staged.trailer.page_count,
         bytes = staged.trailer.total_len,
         elapsed = ?started.elapsed(),

@@ -333,7 +333,7 @@ pub async fn execute(
     info!(
         output = %opts.output.display(),
         generation = %report.generation,
-        txid = %report.txid,
+        txid = report.txid.0,
         checksum = %report.checksum,
         elapsed = ?report.elapsed,
         "restore complete; database checksum verified"
