@@ -106,6 +106,9 @@ pub struct Options {
     /// What to do on start-up when a replica already holds history that the local database
     /// provably does not continue (default: start a new generation).
     pub on_divergence: OnDivergence,
+    /// Folders backed up with the database (`--dir`), shipped before the commits that follow
+    /// them (see `lifeboat_dirs`).
+    pub dirs: Vec<lifeboat_dirs::DirSpec>,
 }
 
 /// What to do when a replica's newest state is not the local database's past (a stale disk
@@ -136,6 +139,7 @@ impl Default for Options {
             retention: None,
             snapshot_interval: Some(Duration::from_secs(24 * 3600)),
             snapshot_segments: 1000,
+            dirs: Vec::new(),
         }
     }
 }

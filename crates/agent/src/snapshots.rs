@@ -120,6 +120,13 @@ pub(crate) fn new_generations(
             continue;
         };
         let reason = reason.to_string();
+        // The folders first, as with every shipment (see `shipping`).
+        if let Some(d) = &ctx.dirs {
+            if let Err(e) = d.flush(r.index, generation, TxId(0), true) {
+                r.record_failure(&e.into(), "folder backup failed", ctx);
+                continue;
+            }
+        }
         if let Err(e) = upload(ctx, r, &key, &staged) {
             r.record_failure(&e, "snapshot upload failed", ctx);
             continue;
