@@ -50,6 +50,8 @@ impl Source {
 pub struct Flags {
     /// `--puts-per-second`.
     pub puts_per_second: Option<f64>,
+    /// `--health-max-lag`.
+    pub health_max_lag: Option<Duration>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -76,6 +78,8 @@ struct Database {
     #[serde(default, with = "humantime_serde_opt")]
     snapshot_interval: Option<Duration>,
     snapshot_segments: Option<u32>,
+    #[serde(default, with = "humantime_serde_opt")]
+    health_max_lag: Option<Duration>,
 }
 
 /// A replica: its URL, or a table with the URL and settings of its own.
@@ -204,6 +208,9 @@ fn options(d: &Database, flags: &Flags) -> Options {
     }
     if let Some(v) = d.snapshot_segments {
         options.snapshot_segments = v;
+    }
+    if let Some(v) = flags.health_max_lag.or(d.health_max_lag) {
+        options.health_max_lag = v;
     }
     options
 }
@@ -342,6 +349,7 @@ mod tests {
         assert_eq!(options(d, &Flags::default()).puts_per_second, 5.0);
         let flags = Flags {
             puts_per_second: Some(0.5),
+            ..Flags::default()
         };
         assert_eq!(options(d, &flags).puts_per_second, 0.5);
     }
@@ -365,6 +373,7 @@ mod tests {
         assert_eq!(from_file[1].options.puts_per_second, 1.0);
         let flags = Flags {
             puts_per_second: Some(20.0),
+            ..Flags::default()
         };
         let dbs = databases(&src, &flags).await.unwrap();
         assert!(dbs.iter().all(|d| d.options.puts_per_second == 20.0));

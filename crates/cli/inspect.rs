@@ -39,6 +39,15 @@ pub async fn verify(a: InspectArgs) -> Result<ExitCode> {
     print_generations(&rows, a.json)?;
     let problems: usize = rows.iter().map(|r| r.problems.len()).sum();
     if !a.json {
+        for r in &rows {
+            for k in &r.redundant {
+                println!(
+                    "note: generation {}: {k} is a redundant copy (its transactions are in other \
+                     objects too, and agree with them); prune may delete it",
+                    r.generation
+                );
+            }
+        }
         if problems == 0 {
             println!("verify: {} generation(s), no problems", rows.len());
         } else {

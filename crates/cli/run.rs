@@ -220,7 +220,11 @@ pub async fn run(args: RunArgs) -> Result<ExitCode> {
         args.db.clone(),
         args.replica.iter().cloned().collect(),
     )?;
-    let mut dbs = config::databases(&src, &Flags::default()).await?;
+    let flags = Flags {
+        health_max_lag: args.health_max_lag,
+        ..Flags::default()
+    };
+    let mut dbs = config::databases(&src, &flags).await?;
     for d in &mut dbs {
         d.options.shutdown_timeout = args.shutdown_timeout;
         // A database restored on boot starts a new generation rather than resuming: another

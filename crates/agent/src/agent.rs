@@ -120,7 +120,8 @@ pub fn start(cfg: DbConfig, rt: Handle, stop: CancellationToken) -> Result<DbHan
     for (i, o) in cfg.overrides.iter().enumerate().take(cfg.replicas.len()) {
         rep.set_overrides(i, *o);
     }
-    rep.resume();
+    // A set-up mistake stops here, with one line saying what to fix, rather than retrying.
+    rep.resume()?;
     if cfg.options.on_divergence == OnDivergence::Refuse {
         if let Some((r, why)) = rep
             .replicas()
@@ -256,11 +257,15 @@ fn run_loop(
         }
         match due {
             Some(t) if t <= now => {}
-            _ => continue,
+            _ => {
+                rep.between_passes();
+                continue;
+            }
         }
         let b = budget.wait(now);
         if !b.is_zero() {
             due = Some(now + b);
+            rep.between_passes();
             continue;
         }
         let r = rep.sync();

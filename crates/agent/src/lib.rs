@@ -53,6 +53,7 @@ mod shipping;
 mod snapshots;
 pub mod staging;
 pub mod status;
+mod upload;
 pub mod verify;
 pub mod walfile;
 
@@ -104,6 +105,9 @@ pub struct Options {
     /// What to do on start-up when a replica already holds history that the local database
     /// provably does not continue (default: start a new generation).
     pub on_divergence: OnDivergence,
+    /// A replica further behind than this (the age of the oldest commit it does not have yet)
+    /// counts as unhealthy in `/health` (default 60 s).
+    pub health_max_lag: Duration,
 }
 
 /// What to do when a replica's newest state is not the local database's past (a stale disk
@@ -134,6 +138,7 @@ impl Default for Options {
             retention: None,
             snapshot_interval: Some(Duration::from_secs(24 * 3600)),
             snapshot_segments: 1000,
+            health_max_lag: status::STALL,
         }
     }
 }
