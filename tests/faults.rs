@@ -284,6 +284,63 @@ fn health_tells_the_truth_while_the_replica_is_blackholed() {
     sc.restore_and_verify();
 }
 
+/// `max-wal-bytes` holds while the replica is down: the agent releases the WAL so the app's
+/// checkpoints go on, and starts a new generation when the replica is back. The writer appends
+/// several times the bound to the WAL during the outage; the file stays within a small multiple
+/// of it (the bound is checked on every wake-up and during uploads, not only after a pass).
+#[test]
+fn max_wal_bytes_holds_while_the_replica_is_blackholed() {
+    let sc = Scene::new("walcap");
+    const CAP: u64 = 8 << 20;
+    let cfg = config(
+        sc.dir.path(),
+        &sc.db,
+        &sc.url(),
+        &format!("max-wal-bytes = {CAP}\ntruncate-wal-bytes = {CAP}"),
+    );
+    let mut agent = Agent::start_env(
+        &["replicate", "--config", cfg.to_str().unwrap()],
+        &sc.dir.path().join("agent.log"),
+        &sc.s3.env(),
+    );
+    agent.wait_for_log("replicating");
+    let w = PacedWriter::start(&sc.db, Duration::from_micros(500));
+    wait_until("a first segment", Duration::from_secs(30), || {
+        !sc.s3.objects("walcap", ".lbseg").is_empty()
+    });
+    sc.s3.set(Rule::all(Fault::Blackhole));
+    let wal = sc.dir.path().join("app.db-wal");
+    let size = || std::fs::metadata(&wal).map_or(0, |m| m.len());
+    let (mut largest, mut appended, mut last) = (0, 0, size());
+    let t0 = Instant::now();
+    // Until the app has appended several times the bound (or 30 s have passed).
+    while t0.elapsed() < Duration::from_secs(30) && appended < 5 * CAP {
+        let s = size();
+        appended += s.saturating_sub(last);
+        largest = largest.max(s);
+        last = s;
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    agent.wait_for_log("releasing the WAL");
+    sc.s3.set(Rule::all(Fault::Pass));
+    let n = w.halt();
+    agent.wait_for_log("new generation");
+    agent.stop_ok();
+    eprintln!(
+        "max-wal-bytes {CAP}: at least {appended} bytes appended to the WAL during the outage, \
+         largest WAL {largest} bytes, {n} commits in all"
+    );
+    assert!(
+        appended >= 5 * CAP,
+        "the writer appended only {appended} bytes"
+    );
+    assert!(
+        largest < 5 * CAP / 2,
+        "the WAL grew to {largest} bytes with max-wal-bytes = {CAP}"
+    );
+    sc.restore_and_verify();
+}
+
 /// A restore through 20 % of GETs answered 500, then 20 % cut short, completes and verifies.
 #[test]
 fn a_restore_through_server_errors_and_truncated_bodies_completes() {

@@ -94,9 +94,16 @@ impl Checkpoints {
         // Only replicas that ship in a generation need the log to stay: one waiting for a new
         // generation (or to be read) must not keep it from restarting while it is down.
         let healthy = replicas.iter().all(|r| r.state().is_none() || r.healthy());
+        // Once a second; past max-wal-bytes (a replica was just given up, the app writes fast),
+        // as often as it takes to hold the bound.
+        let every = if db.wal().size().unwrap_or(0) > ctx.opts.max_wal_bytes {
+            Duration::from_millis(50)
+        } else {
+            Duration::from_secs(1)
+        };
         let due = self
             .last_restart_attempt
-            .is_none_or(|t| t.elapsed() >= Duration::from_secs(1));
+            .is_none_or(|t| t.elapsed() >= every);
         if frames >= u64::from(ctx.opts.checkpoint_pages) && healthy && due {
             match restart_wal(db, replicas, ctx, frames) {
                 Ok(true) => self.last_restart_attempt = Some(Instant::now()),
