@@ -341,6 +341,79 @@ fn max_wal_bytes_holds_while_the_replica_is_blackholed() {
     sc.restore_and_verify();
 }
 
+/// On a stop, the final sync retries a failing replica at once instead of waiting out its
+/// backoff (8 s here, up to 30 s), so a stop signal is not held up by an endpoint that is back.
+#[test]
+fn a_stop_retries_at_once_when_the_endpoint_is_back() {
+    let sc = Scene::new("stop");
+    let mut agent = sc.agent(&[]);
+    let c = app_conn(&sc.db, 4096);
+    mixed_txn(&c, 0);
+    wait_until("a first segment", Duration::from_secs(30), || {
+        !sc.s3.objects("stop", ".lbseg").is_empty()
+    });
+    sc.s3.set(Rule::all(Fault::Stall));
+    for i in 1..=3 {
+        mixed_txn(&c, i);
+    }
+    // Four failed passes: the next try is 8 s away.
+    wait_until("four failed passes", Duration::from_secs(40), || {
+        agent.log_text().matches("retry_in").count() >= 4
+    });
+    sc.s3.set(Rule::all(Fault::Pass));
+    let t = Instant::now();
+    agent.signal(nix::sys::signal::Signal::SIGTERM);
+    let status = agent.wait(Duration::from_secs(30));
+    let took = t.elapsed();
+    assert!(status.success(), "{}", agent.log_text());
+    assert!(took < Duration::from_secs(4), "the stop took {took:?}");
+    eprintln!("stop with the endpoint back: {took:?}");
+    sc.restore_and_verify();
+    assert_eq!(last_mark(&sc.dir.path().join("out.db")), 3);
+}
+
+/// With the replica still down, `lifeboat run` ends its final sync at `--shutdown-timeout` and
+/// exits 75 (the app succeeded, its newest writes may not be in the replica).
+#[test]
+fn with_the_replica_down_the_final_sync_ends_at_the_shutdown_timeout() {
+    let sc = Scene::new("down");
+    let url = sc.url();
+    let mut run = Agent::start_env(
+        &[
+            "run",
+            "--db",
+            sc.db.to_str().unwrap(),
+            "--replica",
+            &url,
+            "--shutdown-timeout",
+            "2s",
+            "--",
+            "sleep",
+            "3",
+        ],
+        &sc.dir.path().join("agent.log"),
+        &sc.s3.env(),
+    );
+    run.wait_for_log("starting the app");
+    sc.s3.set(Rule::all(Fault::Stall));
+    let c = app_conn(&sc.db, 4096);
+    for i in 0..3 {
+        mixed_txn(&c, i);
+    }
+    run.wait_for_log("the app exited");
+    let t = Instant::now();
+    let status = run.wait(Duration::from_secs(30));
+    let took = t.elapsed();
+    assert_eq!(status.code(), Some(75), "{}", run.log_text());
+    // The timeout counts from the stop, even for an upload that was hanging when it came.
+    assert!(
+        took < Duration::from_millis(3500),
+        "the final sync took {took:?}: {}",
+        run.log_text()
+    );
+    eprintln!("final sync with the replica down: {took:?}");
+}
+
 /// A restore through 20 % of GETs answered 500, then 20 % cut short, completes and verifies.
 #[test]
 fn a_restore_through_server_errors_and_truncated_bodies_completes() {

@@ -178,7 +178,10 @@ fn carry_tails_and_checkpoint(
 ) -> Result<Option<CheckpointResult>> {
     let wal = db.wal().clone();
     for st in replicas.iter().filter_map(Replica::state) {
+        // A segment not known to be stored holds transactions from the cursor on: carrying
+        // them again would ship them twice.
         if !st.carry.is_empty()
+            || st.unsent.is_some()
             || wal
                 .check(&st.cursor)
                 .map_err(|e| Error::io("read WAL", e))?

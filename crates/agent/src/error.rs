@@ -70,6 +70,9 @@ pub enum Error {
         /// The bound.
         max: u64,
     },
+    /// An upload was given up because the final sync's shutdown timeout passed.
+    #[error("upload given up: the shutdown timeout passed")]
+    ShutdownTimeout,
     /// A set-up mistake (credentials, bucket, permissions, region) found on start: no retry
     /// fixes it, so the agent does not start. `message` is the storage error's one line, which
     /// says what to set; the SDK's cause was logged at debug level.
@@ -225,6 +228,7 @@ impl Error {
             | Error::TargetMissed { .. } => "replica",
             Error::Setup { .. } => "setup",
             Error::WalOverLimit { .. } => "wal_over_limit",
+            Error::ShutdownTimeout => "shutdown_timeout",
             Error::Refused(_) => "refused",
             Error::ChecksumMismatch { .. }
             | Error::IntegrityCheck { .. }

@@ -304,6 +304,7 @@ mod tests {
             opts: crate::Options::default(),
             rt: tokio::runtime::Runtime::new().unwrap().handle().clone(),
             status: Default::default(),
+            stop: None,
         }
     }
 

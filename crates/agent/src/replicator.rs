@@ -76,6 +76,7 @@ impl Replicator {
                 opts,
                 rt,
                 status,
+                stop: None,
             },
             times: CommitTimes::default(),
             checkpoints: Checkpoints::default(),
@@ -139,6 +140,24 @@ impl Replicator {
     /// Notes the time of every commit that appeared in the WAL since the last look.
     pub fn observe(&mut self) {
         self.times.observe(self.db.wal());
+    }
+
+    /// Once `stop` fires (at the instant `at` records), uploads give up when the shutdown
+    /// timeout has passed since (see `upload`).
+    pub fn watch_stop(
+        &mut self,
+        stop: tokio_util::sync::CancellationToken,
+        at: Arc<std::sync::OnceLock<Instant>>,
+    ) {
+        self.ctx.stop = Some(crate::context::Stop { token: stop, at });
+    }
+
+    /// Lets every failing replica be tried again at once (on a stop: the final sync does not
+    /// wait out a backoff).
+    pub fn retry_now(&mut self) {
+        for r in &mut self.replicas {
+            r.retry_at = None;
+        }
     }
 
     /// Between passes (on a wake-up while a pass waits for the PUT budget or a failing

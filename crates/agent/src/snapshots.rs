@@ -160,7 +160,7 @@ fn due(r: &Replica, ctx: &Context) -> bool {
     let Some(st) = r.state() else {
         return false;
     };
-    if !r.healthy() || !st.carry.is_empty() || st.since_snapshot == 0 {
+    if !r.healthy() || !st.carry.is_empty() || st.unsent.is_some() || st.since_snapshot == 0 {
         return false;
     }
     let o = r.overrides;

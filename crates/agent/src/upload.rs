@@ -18,7 +18,8 @@ use crate::{Error, Result};
 const LOOK_EVERY: Duration = Duration::from_millis(50);
 
 /// Runs `upload` to the end, unless the WAL grows past `max-wal-bytes` (and past its size
-/// at the start) first: then [`Error::WalOverLimit`].
+/// at the start) first: then [`Error::WalOverLimit`]; or the shutdown timeout passes after a
+/// stop signal: then [`Error::ShutdownTimeout`].
 pub(crate) fn bounded<T>(
     ctx: &Context,
     wal: &WalFile,
@@ -28,9 +29,20 @@ pub(crate) fn bounded<T>(
     let max = ctx.opts.max_wal_bytes;
     let size = move || std::fs::metadata(&path).map_or(0, |m| m.len());
     let start = size();
+    let (stop, grace) = (ctx.stop.clone(), ctx.opts.shutdown_timeout);
     ctx.rt.block_on(async {
         tokio::select! {
             r = upload => r,
+            () = async {
+                match stop {
+                    Some(s) => {
+                        s.token.cancelled().await;
+                        let at = s.at.get().copied().unwrap_or_else(std::time::Instant::now);
+                        tokio::time::sleep_until((at + grace).into()).await;
+                    }
+                    None => std::future::pending().await,
+                }
+            } => Err(Error::ShutdownTimeout),
             bytes = async {
                 loop {
                     tokio::time::sleep(LOOK_EVERY).await;
