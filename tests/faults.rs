@@ -455,3 +455,70 @@ impl Drop for Scene {
         }
     }
 }
+
+/// Set-up mistakes stop `replicate` at start with one line that says what to fix (no retry
+/// loop, no IMDS or network talk): a bucket that does not exist, and no credentials at all.
+#[test]
+fn set_up_mistakes_stop_at_start_with_one_line_naming_the_fix() {
+    let s3 = FaultyS3::start();
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("app.db");
+    create_schema(&app_conn(&db, 4096));
+    let home = dir.path().to_str().unwrap();
+    let wrong_bucket = format!(
+        "s3://no-such-bucket-here/p?endpoint={}&region=us-east-1",
+        s3.server.endpoint()
+    );
+    let no_creds_env = [
+        ("AWS_REGION", "us-east-1"),
+        ("AWS_EC2_METADATA_DISABLED", "true"),
+        ("HOME", home),
+        ("AWS_CONFIG_FILE", "/nonexistent"),
+        ("AWS_SHARED_CREDENTIALS_FILE", "/nonexistent"),
+    ];
+    let with_creds: Vec<(&str, &str)> = s3.env();
+    for (url, env, expect) in [
+        (
+            wrong_bucket.as_str(),
+            &with_creds[..],
+            &["no-such-bucket-here", "create it"][..],
+        ),
+        (
+            &s3.direct_url("p")[..],
+            &no_creds_env[..],
+            &["AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_PROFILE"][..],
+        ),
+    ] {
+        let t = Instant::now();
+        let o = std::process::Command::new(bin())
+            .args(["replicate", db.to_str().unwrap(), url])
+            .env_remove("AWS_ACCESS_KEY_ID")
+            .env_remove("AWS_SECRET_ACCESS_KEY")
+            .env_remove("AWS_PROFILE")
+            .env_remove("AWS_SESSION_TOKEN")
+            .envs(env.iter().copied())
+            .env("LIFEBOAT_LOG", "warn")
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&o.stderr).to_string();
+        assert_eq!(o.status.code(), Some(1), "{err}");
+        assert!(
+            t.elapsed() < Duration::from_secs(20),
+            "took {:?}",
+            t.elapsed()
+        );
+        let line = err
+            .lines()
+            .find(|l| l.starts_with("lifeboat: "))
+            .unwrap_or_else(|| panic!("no error line: {err}"));
+        for e in expect {
+            assert!(line.contains(e), "{e:?} not in {line}");
+        }
+        assert!(
+            !err.contains("IMDS") && !err.contains("dispatch failure"),
+            "{err}"
+        );
+        assert!(!err.contains("will try again"), "no retry loop: {err}");
+        eprintln!("{line}");
+    }
+}
