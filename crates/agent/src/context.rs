@@ -35,4 +35,6 @@ pub(crate) struct Context {
     /// The stop signal: once it fires, an upload in flight may take `shutdown_timeout` more
     /// at most, and the final sync too.
     pub stop: Option<Stop>,
+    /// The folders shipped with the database, if any.
+    pub dirs: Option<lifeboat_dirs::DirShipper>,
 }

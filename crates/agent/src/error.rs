@@ -83,6 +83,9 @@ pub enum Error {
         /// What is wrong and what to do.
         message: String,
     },
+    /// Backing up or restoring a folder next to the database failed.
+    #[error(transparent)]
+    Dirs(#[from] lifeboat_dirs::Error),
     /// An object failed verification.
     #[error("object {key} is corrupt; the replica cannot be restored past it")]
     Corrupt {
@@ -99,10 +102,11 @@ pub enum Error {
     /// history forked there. (Two segments that agree on every transaction they share are
     /// redundant copies, not a fork.) The history before the fork still restores.
     #[error(
-        "generation {generation} forked at txid {txid}: {first} and {second} both hold it, with \
+        "generation {generation} forked at txid {}: {first} and {second} both hold it, with \
          different contents ({difference}). The history before the fork restores with \
          --generation {generation} --txid {}",
-        TxId(txid.0 - 1)
+        txid.0,
+        txid.0 - 1
     )]
     Fork {
         /// The generation.
@@ -118,10 +122,13 @@ pub enum Error {
     },
     /// Transactions `from..=to` of a generation are in no object: the chain is broken there.
     #[error(
-        "generation {generation} is missing transactions {from}..{to}: expected a segment \
-         starting at txid {from} before {next}; the chain is broken and cannot be restored past \
+        "generation {generation} is missing transactions {}..{}: expected a segment \
+         starting at txid {} before {next}; the chain is broken and cannot be restored past \
          txid {}",
-        TxId(from.0 - 1)
+        from.0,
+        to.0,
+        from.0,
+        from.0 - 1
     )]
     Gap {
         /// The generation.
@@ -190,7 +197,7 @@ pub enum Error {
         problem: String,
     },
     /// A restore reached another transaction than the one asked for.
-    #[error("restore reached txid {reached} but the target is {target}")]
+    #[error("restore reached txid {} but the target is {}", reached.0, target.0)]
     TargetMissed {
         /// Where the restore stopped.
         reached: TxId,
@@ -220,6 +227,7 @@ impl Error {
             Error::Storage(lifeboat_storage::Error::Conflict { .. }) => "conflict",
             Error::Storage(lifeboat_storage::Error::NotFound { .. }) => "not_found",
             Error::Storage(_) => "storage",
+            Error::Dirs(_) => "folder",
             Error::Corrupt { .. } => "corrupt",
             Error::Replica(_)
             | Error::Fork { .. }

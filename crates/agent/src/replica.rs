@@ -12,6 +12,8 @@ use std::time::{Duration, Instant};
 use lifeboat_storage::counting::{Counting, RequestCounts};
 use lifeboat_storage::ReplicaClient;
 use lifeboat_wal::checksum::PageHashes;
+
+use crate::bases::BaseIndex;
 use lifeboat_wal::{DbChecksum, Generation, TxId};
 use tracing::{error, warn};
 
@@ -43,6 +45,8 @@ pub struct ReplicaState {
     /// A segment whose upload failed with an unknown outcome: the next attempt sends exactly
     /// it again (same key, same bytes), never a different cut of its transactions.
     pub(crate) unsent: Option<Box<crate::shipping::Unsent>>,
+    /// Where shipped pages sit in the WAL, for the page deltas of the next segment.
+    pub bases: Box<BaseIndex>,
 }
 
 impl ReplicaState {
@@ -64,6 +68,7 @@ impl ReplicaState {
             since_snapshot: 0,
             snapshot_ms,
             unsent: None,
+            bases: Box::default(),
         }
     }
 
@@ -109,6 +114,8 @@ impl fmt::Display for Reason {
 }
 
 /// Where a replica stands.
+// One per replica, mostly `Active`: boxing that variant would only add an indirection.
+#[allow(clippy::large_enum_variant)]
 #[derive(Clone, Debug)]
 pub enum Phase {
     /// Its state has not been read yet (it was unreachable at start-up). No generation starts
@@ -305,6 +312,7 @@ mod tests {
             rt: tokio::runtime::Runtime::new().unwrap().handle().clone(),
             status: Default::default(),
             stop: None,
+            dirs: None,
         }
     }
 

@@ -5,6 +5,7 @@
 //! Per-replica work lives on the replica (as Litestream keeps `Replica.Sync` in `replica.go`);
 //! the replicator decides when each replica ships.
 
+use std::fs::File;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -28,6 +29,8 @@ pub(crate) struct Ship<'a> {
     pub ctx: &'a Context,
     pub wal: &'a WalFile,
     pub page_size: u32,
+    /// The database file, where a page's base may be read when the WAL no longer has it.
+    pub db_file: &'a File,
     pub times: &'a CommitTimes,
     /// Ship no transaction past this position (while a scheduled snapshot is lined up).
     pub limit: Option<Cursor>,
@@ -75,7 +78,7 @@ impl Replica {
         };
         let unsent = match st.unsent.take() {
             Some(u) => u,
-            None => match cut(st, ship)? {
+            None => match cut(st, ship, self.index)? {
                 Cut::Segment(u) => u,
                 Cut::Nothing => return Ok(Shipped::default()),
                 Cut::LostContinuity(reason) => {
@@ -113,11 +116,14 @@ impl Replica {
             txns: n,
             last,
             time_ms,
+            pending,
+            found,
         } = *unsent;
         match hashes {
             Some(h) => st.hashes = h,
             None => st.hashes.commit(),
         }
+        st.bases.shipped(pending);
         if carried {
             st.carry.pop_front();
         }
@@ -128,7 +134,7 @@ impl Replica {
         self.succeeded();
         ctx.status
             .shipped(self.index, n, body.len() as u64, time_ms, last);
-        debug!(key = %key, txns = n, bytes = body.len(), "segment uploaded");
+        debug!(key = %key, txns = n, bytes = body.len(), bases = found.used, base_misses = found.missed, "segment uploaded");
         Ok(Shipped {
             puts: 1,
             txns: n,
@@ -157,6 +163,9 @@ pub(crate) struct Unsent {
     txns: u64,
     last: TxId,
     time_ms: u64,
+    /// Its frames, for the replica's base index once it is stored.
+    pending: crate::bases::Pending,
+    found: crate::bases::Found,
 }
 
 enum Cut {
@@ -167,7 +176,7 @@ enum Cut {
 
 /// Cuts the next segment from the replica's place (or its first carried batch), leaving the
 /// replica's own state as it was.
-fn cut(st: &mut ReplicaState, ship: &Ship) -> Result<Cut> {
+fn cut(st: &mut ReplicaState, ship: &Ship, index: usize) -> Result<Cut> {
     let ctx = ship.ctx;
     let carried = !st.carry.is_empty();
     let batch = if let Some(b) = st.carry.front() {
@@ -210,6 +219,15 @@ fn cut(st: &mut ReplicaState, ship: &Ship) -> Result<Cut> {
     st.at_end = false;
     let full = carried || batch.bytes >= ctx.opts.max_segment_bytes;
     let times = ship.times.times(&batch, now_ms());
+    // Read before the batch is applied to the hashes, which vouch for each base.
+    let (bases, pending, found) = st.bases.bases(
+        &batch,
+        &st.cursor,
+        carried,
+        &st.hashes,
+        ship.wal,
+        ship.db_file,
+    );
     let hashes = &mut st.hashes;
     hashes.begin();
     let n = batch.txns.len() as u64;
@@ -232,6 +250,14 @@ fn cut(st: &mut ReplicaState, ship: &Ship) -> Result<Cut> {
     };
     let last = seg.header.last_txid;
     let time_ms = seg.header.last_time_ms;
+    // The folders first: a file written before these commits must be stored before them.
+    if let Some(d) = &ctx.dirs {
+        let complete = !full && ship.limit.is_none();
+        if let Err(e) = d.flush(index, st.generation, last, complete) {
+            st.hashes.rollback();
+            return Err(e.into());
+        }
+    }
     let key = Key::Segment {
         generation: st.generation,
         first: st.next_txid,
@@ -239,7 +265,7 @@ fn cut(st: &mut ReplicaState, ship: &Ship) -> Result<Cut> {
         time_ms,
     }
     .to_string();
-    let body = Bytes::from(seg.encode());
+    let body = Bytes::from(seg.encode_with_bases(&bases));
     Ok(Cut::Segment(Box::new(Unsent {
         key,
         body,
@@ -251,6 +277,8 @@ fn cut(st: &mut ReplicaState, ship: &Ship) -> Result<Cut> {
         txns: n,
         last,
         time_ms,
+        pending,
+        found,
     })))
 }
 

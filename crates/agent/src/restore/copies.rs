@@ -10,7 +10,7 @@
 
 use std::collections::BTreeMap;
 
-use lifeboat_wal::segment::Segment;
+use lifeboat_wal::segment::{CommitRecord, SegmentHeader};
 use lifeboat_wal::sqlite::FrameHeader;
 use lifeboat_wal::{DbChecksum, Generation, TxId};
 
@@ -23,8 +23,9 @@ struct Print {
     salts: (u32, u32),
     /// Byte offset in the WAL just past the commit frame.
     end_offset: u64,
-    /// SQLite's cumulative frame checksum in the commit frame.
-    frame_checksum: (u32, u32),
+    /// SQLite's cumulative frame checksum in the commit frame, where known (a format-2
+    /// segment read without its base pages knows only its last one, from its header).
+    frame_checksum: Option<(u32, u32)>,
     /// Frames in the transaction.
     frames: u32,
     /// Database size after it, in pages.
@@ -34,6 +35,19 @@ struct Print {
 }
 
 impl Print {
+    /// Whether two prints of one transaction agree (frame checksums where both know them).
+    fn agrees(&self, o: &Print) -> bool {
+        self.salts == o.salts
+            && self.end_offset == o.end_offset
+            && self.frames == o.frames
+            && self.db_size == o.db_size
+            && self.checksum == o.checksum
+            && match (self.frame_checksum, o.frame_checksum) {
+                (Some(a), Some(b)) => a == b,
+                _ => true,
+            }
+    }
+
     /// What differs between two prints of one transaction, in words.
     fn difference(&self, other: &Print) -> String {
         if self.checksum != other.checksum || self.db_size != other.db_size {
@@ -53,32 +67,40 @@ impl Print {
                 other.end_offset
             )
         } else {
+            let c = |p: &Print| {
+                p.frame_checksum
+                    .map_or("?".into(), |c| format!("{:08x}{:08x}", c.0, c.1))
+            };
             format!(
-                "frames: {} with SQLite checksum {:08x}{:08x} in one, {} with {:08x}{:08x} in the \
-                 other",
+                "frames: {} with SQLite checksum {} in one, {} with {} in the other",
                 self.frames,
-                self.frame_checksum.0,
-                self.frame_checksum.1,
+                c(self),
                 other.frames,
-                other.frame_checksum.0,
-                other.frame_checksum.1
+                c(other)
             )
         }
     }
 }
 
-/// Every commit of a segment with its print.
-fn prints(seg: &Segment) -> impl Iterator<Item = (TxId, Print)> + '_ {
-    let h = &seg.header;
+/// Every commit of a segment with its print; `frames`: the segment's frames, if rebuilt.
+fn prints<'a>(
+    h: &'a SegmentHeader,
+    commits: &'a [CommitRecord],
+    frames: Option<&'a [u8]>,
+) -> impl Iterator<Item = (TxId, Print)> + 'a {
     let fs = h.frame_size() as u64;
     let mut end = h.wal.start_offset;
-    seg.transactions().map(move |(c, frames)| {
+    let last = commits.last().map(|c| c.txid);
+    commits.iter().map(move |c| {
         end += u64::from(c.frames) * fs;
+        let offset_in_body = end - h.wal.start_offset;
         let frame_checksum = frames
-            .len()
-            .checked_sub(h.frame_size())
-            .and_then(|at| FrameHeader::parse(&frames[at..]).ok())
-            .map_or((0, 0), |f| f.checksum);
+            .and_then(|f| {
+                let at = (offset_in_body as usize).checked_sub(fs as usize)?;
+                FrameHeader::parse(f.get(at..)?).ok()
+            })
+            .map(|f| f.checksum)
+            .or_else(|| (Some(c.txid) == last).then_some(h.wal.checksum_after));
         (
             c.txid,
             Print {
@@ -118,20 +140,26 @@ impl Copies {
         self.ranges.iter().any(|&(a, b)| a <= txid && txid <= b)
     }
 
-    /// Checks `seg` (stored as `key`) against every transaction seen before, then keeps its
-    /// own. A transaction that differs is a [`Error::Fork`].
-    pub fn check_and_keep(&mut self, key: &str, seg: &Segment) -> Result<()> {
+    /// Checks a segment (stored as `key`; its frames if rebuilt) against every transaction
+    /// seen before, then keeps its own. A transaction that differs is a [`Error::Fork`].
+    pub fn check_and_keep(
+        &mut self,
+        key: &str,
+        h: &SegmentHeader,
+        commits: &[CommitRecord],
+        frames: Option<&[u8]>,
+    ) -> Result<()> {
         if self.ranges.is_empty() {
             return Ok(());
         }
         let idx = self.keys.len();
         let mut kept = false;
-        for (txid, p) in prints(seg) {
+        for (txid, p) in prints(h, commits, frames) {
             if !self.wanted(txid) {
                 continue;
             }
             match self.seen.get(&txid) {
-                Some((q, i)) if q != &p => {
+                Some((q, i)) if !q.agrees(&p) => {
                     return Err(Error::Fork {
                         generation: self.generation,
                         txid,
@@ -158,7 +186,7 @@ impl Copies {
 mod tests {
     use super::*;
     use lifeboat_wal::checksum::PageHashes;
-    use lifeboat_wal::segment::WalPosition;
+    use lifeboat_wal::segment::{Segment, WalPosition};
     use lifeboat_wal::sqlite::{encode_frame, WalHeader};
     use lifeboat_wal::transaction::SegmentBuilder;
 
@@ -221,23 +249,27 @@ mod tests {
         let a = segment(3, 4, same);
         let b = segment(3, 6, same);
         let mut c = Copies::new(Generation(1), vec![(TxId(3), TxId(4))]);
-        c.check_and_keep("b", &b).unwrap();
-        c.check_and_keep("a", &a).unwrap();
+        c.check_and_keep("b", &b.header, &b.commits, Some(&b.frames))
+            .unwrap();
+        c.check_and_keep("a", &a.header, &a.commits, None).unwrap();
 
         // Another history from txid 4 on: other page contents, so other checksums.
         let other = segment(3, 4, |t| if t >= 4 { 0xee } else { t as u8 });
         let mut c = Copies::new(Generation(1), vec![(TxId(3), TxId(4))]);
-        c.check_and_keep("b", &b).unwrap();
-        let e = c.check_and_keep("other", &other).unwrap_err();
+        c.check_and_keep("b", &b.header, &b.commits, Some(&b.frames))
+            .unwrap();
+        let e = c
+            .check_and_keep("other", &other.header, &other.commits, Some(&other.frames))
+            .unwrap_err();
         assert!(
             matches!(&e, Error::Fork { txid: TxId(4), first, second, .. } if first == "b" && second == "other"),
             "{e}"
         );
         let msg = e.to_string();
         assert!(
-            msg.contains("forked at txid 0000000000000004")
+            msg.contains("forked at txid 4:")
                 && msg.contains("database checksum")
-                && msg.contains("--txid 0000000000000003")
+                && msg.contains("--txid 3")
                 && !msg.contains("two agents"),
             "{msg}"
         );
@@ -247,13 +279,15 @@ mod tests {
     fn only_the_shared_ranges_are_kept() {
         let b = segment(1, 6, |t| t as u8);
         let mut c = Copies::new(Generation(1), vec![(TxId(3), TxId(4))]);
-        c.check_and_keep("b", &b).unwrap();
+        c.check_and_keep("b", &b.header, &b.commits, Some(&b.frames))
+            .unwrap();
         assert_eq!(
             c.seen.keys().copied().collect::<Vec<_>>(),
             [TxId(3), TxId(4)]
         );
         let mut none = Copies::new(Generation(1), Vec::new());
-        none.check_and_keep("b", &b).unwrap();
+        none.check_and_keep("b", &b.header, &b.commits, Some(&b.frames))
+            .unwrap();
         assert!(none.seen.is_empty());
     }
 }
