@@ -80,6 +80,9 @@ pub struct ReplicateArgs {
     /// Serve `/health` (JSON) and `/metrics` (Prometheus) on this address, e.g. 127.0.0.1:9090.
     #[arg(long, visible_alias = "metrics-addr", env = "LIFEBOAT_HEALTH_ADDR")]
     pub health_addr: Option<String>,
+    /// `/health` turns unhealthy once a replica is this far behind (default 60s).
+    #[arg(long, env = "LIFEBOAT_HEALTH_MAX_LAG", value_parser = humantime::parse_duration)]
+    pub health_max_lag: Option<std::time::Duration>,
     #[command(flatten)]
     pub keep: KeepArgs,
     /// A folder to back up with the database, `PATH` or `NAME=PATH` (repeatable).
@@ -242,6 +245,9 @@ pub struct RunArgs {
     /// Serve `/health` (JSON) and `/metrics` (Prometheus) on this address, e.g. 127.0.0.1:9090.
     #[arg(long, env = "LIFEBOAT_HEALTH_ADDR")]
     pub health_addr: Option<String>,
+    /// `/health` turns unhealthy once a replica is this far behind (default 60s).
+    #[arg(long, env = "LIFEBOAT_HEALTH_MAX_LAG", value_parser = humantime::parse_duration)]
+    pub health_max_lag: Option<std::time::Duration>,
     /// How long to wait for the first sync before giving up without starting the app.
     #[arg(long, env = "LIFEBOAT_READY_TIMEOUT", default_value = "60s", value_parser = humantime::parse_duration)]
     pub ready_timeout: std::time::Duration,

@@ -23,7 +23,7 @@ use crate::context::Context;
 use crate::db::Database;
 use crate::replica::{Phase, Replica, ReplicaState};
 use crate::shipping::Ship;
-use crate::walfile::Cursor;
+use crate::walfile::{Cursor, WalFile};
 use crate::{staging, Error, Result};
 
 /// A snapshot written to the staging folder.
@@ -69,14 +69,21 @@ fn write_snapshot(
     })
 }
 
-/// Uploads a staged snapshot under `key` (create-only, with retries).
-fn upload(ctx: &Context, r: &Replica, key: &str, staged: &Staged) -> Result<()> {
+/// Uploads a staged snapshot under `key` (create-only, with retries: a few quick ones, one
+/// after the replica failed already), given up if the WAL grows past `max-wal-bytes` meanwhile.
+fn upload(ctx: &Context, r: &Replica, wal: &WalFile, key: &str, staged: &Staged) -> Result<()> {
     let client = r.client.clone();
-    ctx.rt
-        .block_on(retry(RetryPolicy::default(), "snapshot upload", || {
+    let policy = RetryPolicy {
+        attempts: if r.failures == 0 { 3 } else { 1 },
+        ..RetryPolicy::default()
+    };
+    crate::upload::bounded(ctx, wal, async {
+        retry(policy, "snapshot upload", || {
             client.put_file(key, staged.file.path())
-        }))?;
-    Ok(())
+        })
+        .await?;
+        Ok(())
+    })
 }
 
 /// Takes one snapshot of the pinned state and starts a new generation with it on every replica
@@ -127,7 +134,7 @@ pub(crate) fn new_generations(
                 continue;
             }
         }
-        if let Err(e) = upload(ctx, r, &key, &staged) {
+        if let Err(e) = upload(ctx, r, db.wal(), &key, &staged) {
             r.record_failure(&e, "snapshot upload failed", ctx);
             continue;
         }
@@ -160,7 +167,7 @@ fn due(r: &Replica, ctx: &Context) -> bool {
     let Some(st) = r.state() else {
         return false;
     };
-    if !r.healthy() || !st.carry.is_empty() || st.since_snapshot == 0 {
+    if !r.healthy() || !st.carry.is_empty() || st.unsent.is_some() || st.since_snapshot == 0 {
         return false;
     }
     let o = r.overrides;
@@ -262,7 +269,7 @@ fn scheduled_one(
         time_ms,
     }
     .to_string();
-    upload(ctx, r, &key, &staged)?;
+    upload(ctx, r, db.wal(), &key, &staged)?;
     if let Some(st) = r.state_mut() {
         st.since_snapshot = 0;
         st.snapshot_ms = time_ms;
