@@ -352,3 +352,38 @@ fn progress_bars_and_colours_on_a_terminal_only_and_no_colour_with_no_color() {
         "{tty:?}"
     );
 }
+
+#[test]
+fn the_first_snapshot_of_a_large_database_shows_progress_on_a_terminal() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("big.db");
+    let c = app_conn(&db, 1024);
+    c.execute_batch(
+        "CREATE TABLE b(x);
+         WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < 6000)
+         INSERT INTO b SELECT randomblob(900) FROM n;
+         PRAGMA wal_checkpoint(TRUNCATE);",
+    )
+    .unwrap();
+    drop(c);
+    let url = format!("file://{}", dir.path().join("replica").display());
+    let args = [
+        "run",
+        "--db",
+        db.to_str().unwrap(),
+        "--replica",
+        &url,
+        "--",
+        "true",
+    ];
+    let Some(tty) = on_a_terminal(&args, &[("NO_COLOR", "1")]) else {
+        return;
+    };
+    assert!(tty.contains("snapshot ["), "{tty:?}");
+    assert!(tty.contains("first sync complete"), "{tty:?}");
+    // Redirected, no bar.
+    std::fs::remove_dir_all(dir.path().join("replica")).unwrap();
+    let o = run(&args);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(!stderr(&o).contains("snapshot ["), "{}", stderr(&o));
+}

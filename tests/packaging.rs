@@ -29,7 +29,10 @@ fn a_release_tarball_installs_after_its_checksum_is_checked() {
     assert_eq!(sums.split_whitespace().count(), 2, "{sums}");
 
     let prefix = dir.path().join("prefix");
-    let o = script("install.sh", &[&tarball, "--prefix", prefix.to_str().unwrap()]);
+    let o = script(
+        "install.sh",
+        &[&tarball, "--prefix", prefix.to_str().unwrap()],
+    );
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     let installed = prefix.join("bin/lifeboat");
     let v = Command::new(&installed).arg("version").output().unwrap();
@@ -44,7 +47,10 @@ fn a_release_tarball_installs_after_its_checksum_is_checked() {
     let n = bytes.len();
     bytes[n / 2] ^= 1;
     std::fs::write(&tarball, bytes).unwrap();
-    let o = script("install.sh", &[&tarball, "--prefix", prefix.to_str().unwrap()]);
+    let o = script(
+        "install.sh",
+        &[&tarball, "--prefix", prefix.to_str().unwrap()],
+    );
     assert!(!o.status.success());
     assert!(
         String::from_utf8_lossy(&o.stderr).contains("SHA-256 mismatch"),

@@ -369,6 +369,7 @@ fn options(d: &Database, flags: &Flags) -> Options {
     if let Some(v) = flags.snapshot_segments.or(d.snapshot_segments) {
         options.snapshot_segments = v;
     }
+    options.snapshot_progress = crate::progress::bar("snapshot", crate::progress::Unit::Bytes);
     options
 }
 

@@ -104,6 +104,9 @@ pub struct Options {
     /// What to do on start-up when a replica already holds history that the local database
     /// provably does not continue (default: start a new generation).
     pub on_divergence: OnDivergence,
+    /// Told how far a snapshot of a large database has read it (`(bytes read, bytes in all)`,
+    /// every 4096 pages, then once at the end); a small one reports nothing.
+    pub snapshot_progress: Option<restore::Progress>,
 }
 
 /// What to do when a replica's newest state is not the local database's past (a stale disk
@@ -134,6 +137,7 @@ impl Default for Options {
             retention: None,
             snapshot_interval: Some(Duration::from_secs(24 * 3600)),
             snapshot_segments: 1000,
+            snapshot_progress: None,
         }
     }
 }
