@@ -224,7 +224,7 @@ impl Replica {
         self.failures += 1;
         let d = Duration::from_millis(250u64 << self.failures.min(7)).min(Duration::from_secs(30));
         self.retry_at = Some(Instant::now() + d);
-        warn!(db = %ctx.path.display(), replica = %self.client.describe(), error = %e.chain(), retry_in = ?d, "{what}");
+        warn!(db = %ctx.path.display(), replica = %self.client.describe(), error = %e.chain(), retry_in_ms = d.as_millis() as u64, "{what}");
         ctx.status.record_error(e);
         if e.is_conflict() {
             self.halt(e.chain().to_string());

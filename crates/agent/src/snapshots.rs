@@ -151,7 +151,7 @@ pub(crate) fn new_generations(
             generation = %generation,
             pages = staged.trailer.page_count,
             bytes = staged.trailer.total_len,
-            elapsed = ?started.elapsed(),
+            elapsed_ms = started.elapsed().as_millis() as u64,
             reason = %reason,
             "new generation: snapshot uploaded"
         );
@@ -287,7 +287,7 @@ fn scheduled_one(
         txid = txid.0,
         pages = staged.trailer.page_count,
         bytes = staged.trailer.total_len,
-        elapsed = ?started.elapsed(),
+        elapsed_ms = started.elapsed().as_millis() as u64,
         "scheduled snapshot uploaded"
     );
     Ok(puts + 1)
