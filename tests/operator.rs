@@ -186,6 +186,22 @@ fn the_configuration_is_found_without_flags_and_restore_takes_a_database_path() 
     let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
     assert_ne!(v[0]["generation"], serde_json::Value::Null, "{v:#}");
 
+    // A database named on the command line beats a configuration set for the whole host.
+    let solo = dir.path().join("solo.db");
+    let solo_url = format!("file://{}", dir.path().join("solo-replica").display());
+    let args = [
+        "run",
+        "--db",
+        solo.to_str().unwrap(),
+        "--replica",
+        &solo_url,
+        "--",
+        "true",
+    ];
+    let o = run_env(&args, &env);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(dir.path().join("solo-replica/generations").is_dir());
+
     // Nothing named and no configuration: the error says where it looked.
     let missing = dir.path().join("missing.toml");
     let o = run_env(
