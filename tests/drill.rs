@@ -4,6 +4,7 @@ use std::path::{Path, PathBuf};
 
 use rusqlite::Connection;
 
+use crate::support::oracle::now_ms;
 use crate::support::*;
 
 struct Replicated {
@@ -12,6 +13,9 @@ struct Replicated {
     url: String,
     /// The app's connection, still open (so its WAL stays as it is).
     conn: Connection,
+    /// Unix ms just before the last transaction was committed, and just after its agent stopped
+    /// (by then it was shipped): the newest restore point's time lies between the two.
+    last_commit_ms: (u64, u64),
 }
 
 /// A replica with several segments: the agent is stopped and started between bursts of writes.
@@ -21,18 +25,27 @@ fn replicated(dir: &Path) -> Replicated {
     let url = format!("file://{}", replica.display());
     let conn = app_conn(&db, 4096);
     create_schema(&conn);
+    let mut last_commit_ms = (0, 0);
     for round in 0..3u64 {
-        let agent = Agent::replicate(&db, &url, &dir.join(format!("a{round}.log")));
+        let mut agent = Agent::replicate(&db, &url, &dir.join(format!("a{round}.log")));
+        if round == 0 {
+            // The first generation's snapshot is the state before the writes, so every one of
+            // the 30 transactions is a segment's (not folded into the snapshot).
+            agent.wait_for_log("snapshot uploaded");
+        }
         for s in 0..10 {
+            last_commit_ms.0 = now_ms();
             mixed_txn(&conn, round * 100 + s + 1);
         }
         agent.stop_ok();
+        last_commit_ms.1 = now_ms();
     }
     Replicated {
         db,
         replica,
         url,
         conn,
+        last_commit_ms,
     }
 }
 
@@ -79,16 +92,29 @@ fn relative_key(replica: &Path, p: &Path) -> String {
 fn a_healthy_replica_passes_the_drill_and_the_report_is_stored() {
     let dir = tempfile::tempdir().unwrap();
     let r = replicated(dir.path());
+    let started = now_ms();
     let (code, v) = drill(&r.url, &[]);
+    let ended = now_ms();
     assert_eq!(code, Some(0), "{v:#}");
     assert_eq!(v["ok"], true, "{v:#}");
-    assert!(v["rto_seconds"].as_f64().unwrap() > 0.0, "{v:#}");
-    // Without the live database nothing says what is at risk: no RPO, only the newest
-    // restorable transaction's age.
-    assert_eq!(v["rpo_seconds"], serde_json::Value::Null, "{v:#}");
+    let rto = v["rto_seconds"].as_f64().unwrap();
     assert!(
-        v["newest_restorable_age_seconds"].as_f64().unwrap() >= 0.0,
-        "{v:#}"
+        rto > 0.0 && rto <= (ended - started) as f64 / 1000.0,
+        "the RTO is part of the drill's own time: {v:#}"
+    );
+    // Without the live database nothing says what is at risk: no RPO, only the newest
+    // restorable transaction's age. That is at least the time from the agent's stop to the
+    // drill's start, at most from the last commit to the drill's end.
+    assert_eq!(v["rpo_seconds"], serde_json::Value::Null, "{v:#}");
+    let age = v["newest_restorable_age_seconds"].as_f64().unwrap();
+    let (commit, stopped) = r.last_commit_ms;
+    let (low, high) = (
+        started.saturating_sub(stopped) as f64 / 1000.0,
+        (ended - commit) as f64 / 1000.0,
+    );
+    assert!(
+        low - 0.001 <= age && age <= high + 0.001,
+        "newest restorable age {age} s outside [{low}, {high}]: {v:#}"
     );
     assert_eq!(v["integrity_check"], "ok");
     assert_eq!(v["foreign_key_check"], "ok");

@@ -19,7 +19,8 @@ pub async fn replicate(a: ReplicateArgs) -> Result<ExitCode> {
         ..Flags::from(&a.keep)
     };
     crate::neighbours::warn_all(&src).await;
-    let dbs = config::databases(&src, &flags).await?;
+    let mut dbs = config::databases(&src, &flags).await?;
+    config::with_dirs(&mut dbs, &a.dirs)?;
     let mut endpoint = Ok(());
     lifeboat_agent::agent::replicate(dbs, shutdown.clone(), |handles| {
         if let Some(addr) = &a.health_addr {

@@ -135,7 +135,7 @@ pub fn start(cfg: DbConfig, rt: Handle, stop: CancellationToken) -> Result<DbHan
         }
     }
     let (wake, events) = sync_channel::<()>(1);
-    let watcher = watch(&cfg.path, wake.clone());
+    let watcher = watch(rep.database().path(), wake.clone());
     // A cancelled token wakes the thread. If the channel is full a wake-up is pending already,
     // and the thread sees the token when it takes it.
     let cancelled = stop.clone();

@@ -13,7 +13,8 @@
 //! - [`replica`] is one replica: its [`replica::Phase`] (unknown, needing a generation and why,
 //!   shipping in one, halted), its state in the WAL, and the one failure rule.
 //! - `resume` proves that the local database is a replica's last state before resuming it.
-//! - `shipping` builds and uploads a replica's next segment (per-replica work, on the replica).
+//! - `shipping` builds and uploads a replica's next segment (per-replica work, on the replica);
+//!   [`bases`] finds each page's verified previous version for the segment's page deltas.
 //! - `checkpoints` moves the pin and lets the WAL restart, carrying unshipped tails.
 //! - `snapshots` starts new generations and takes scheduled snapshots; [`staging`] holds their
 //!   files before upload.
@@ -35,6 +36,7 @@
 #![deny(missing_docs)]
 
 pub mod agent;
+pub mod bases;
 pub mod catalog;
 mod checkpoints;
 pub mod clock;
@@ -107,6 +109,9 @@ pub struct Options {
     /// Told how far a snapshot of a large database has read it (`(bytes read, bytes in all)`,
     /// every 4096 pages, then once at the end); a small one reports nothing.
     pub snapshot_progress: Option<restore::Progress>,
+    /// Folders backed up with the database (`--dir`), shipped before the commits that follow
+    /// them (see `lifeboat_dirs`).
+    pub dirs: Vec<lifeboat_dirs::DirSpec>,
 }
 
 /// What to do when a replica's newest state is not the local database's past (a stale disk
@@ -138,6 +143,7 @@ impl Default for Options {
             snapshot_interval: Some(Duration::from_secs(24 * 3600)),
             snapshot_segments: 1000,
             snapshot_progress: None,
+            dirs: Vec::new(),
         }
     }
 }

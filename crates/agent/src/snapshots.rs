@@ -12,7 +12,7 @@ use lifeboat_storage::keys::Key;
 use lifeboat_storage::retry::{retry, RetryPolicy};
 use lifeboat_wal::checksum::PageHashes;
 use lifeboat_wal::snapshot::{SnapshotHeader, SnapshotTrailer, SnapshotWriter};
-use lifeboat_wal::{Generation, TxId, FORMAT_VERSION};
+use lifeboat_wal::{snapshot, Generation, TxId};
 use tempfile::NamedTempFile;
 use tracing::info;
 
@@ -43,7 +43,7 @@ fn write_snapshot(
     cursor: &Cursor,
 ) -> Result<Staged> {
     let header = SnapshotHeader {
-        version: FORMAT_VERSION,
+        version: snapshot::VERSION,
         generation,
         txid,
         page_size: db.page_size(),
@@ -140,6 +140,13 @@ pub(crate) fn new_generations(
             continue;
         };
         let reason = reason.to_string();
+        // The folders first, as with every shipment (see `shipping`).
+        if let Some(d) = &ctx.dirs {
+            if let Err(e) = d.flush(r.index, generation, TxId(0), true) {
+                r.record_failure(&e.into(), "folder backup failed", ctx);
+                continue;
+            }
+        }
         if let Err(e) = upload(ctx, r, &key, &staged) {
             r.record_failure(&e, "snapshot upload failed", ctx);
             continue;
@@ -236,6 +243,7 @@ fn scheduled_one(
         ctx,
         wal: db.wal(),
         page_size: db.page_size(),
+        db_file: db.file(),
         times,
         limit: Some(pin),
     };

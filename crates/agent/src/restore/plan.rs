@@ -160,16 +160,33 @@ pub fn plan(cat: &Catalog, generation: Option<Generation>, target: Target) -> Re
     let (g, objs) = match generation {
         Some(g) => (
             g,
-            cat.generations.get(&g).ok_or_else(|| {
-                Error::Replica(format!("generation {g} not found in the replica"))
-            })?,
+            cat.generations
+                .get(&g)
+                .ok_or_else(|| Error::Replica(format!("generation {g} not found in the replica")))
+                .and_then(|o| {
+                    if o.pruning {
+                        return Err(Error::Replica(format!(
+                            "generation {g} is being deleted by retention (its `pruning` marker \
+                             is present: a prune was interrupted); it is not restored. Run \
+                             `lifeboat prune` to finish deleting it"
+                        )));
+                    }
+                    Ok(o)
+                })?,
         ),
         None => match target {
-            // The newest generation that has a state at or before the time.
+            // The newest generation that has a state at or before the time (a generation
+            // being pruned has none any more: every restore point in it is outside the window).
             Target::Time(t) => cat
                 .generations
                 .iter()
                 .rev()
+                .filter(|(g, o)| {
+                    if o.pruning {
+                        tracing::warn!(generation = %g, "skipping a generation that retention is deleting (an interrupted prune)");
+                    }
+                    !o.pruning
+                })
                 .find(|(_, o)| o.snapshots.iter().any(|s| s.time_ms <= t))
                 .map(|(g, o)| (*g, o))
                 .ok_or_else(|| Error::Replica(no_state_before(cat, t)))?,
@@ -210,6 +227,7 @@ mod tests {
         GenerationObjects {
             snapshots,
             segments,
+            pruning: false,
         }
     }
 
