@@ -13,12 +13,24 @@ pub fn replica_with(n: u64) -> (tempfile::TempDir, std::path::PathBuf, String) {
     let url = format!("file://{}", dir.path().join("replica").display());
     let c = app_conn(&db, 4096);
     create_schema(&c);
-    let agent = Agent::replicate(&db, &url, &dir.path().join("a.log"));
+    let mut agent = Agent::replicate(&db, &url, &dir.path().join("a.log"));
+    // "replicating" comes before the first snapshot: writes before it would land in txid 0.
+    agent.wait_for_log("snapshot uploaded");
     for s in 0..n {
         mixed_txn(&c, s);
     }
     drop(c);
+    let log = agent.log_text();
     agent.stop_ok();
+    // The tests count on one generation holding every transaction.
+    let o = run(&["generations", &url, "--json"]);
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(
+        v.as_array().map(Vec::len),
+        Some(1),
+        "one generation expected: {v:#}\nagent log:\n{log}{}",
+        std::fs::read_to_string(dir.path().join("a.log")).unwrap_or_default()
+    );
     (dir, db, url)
 }
 
