@@ -6,6 +6,7 @@ mod config;
 mod drill;
 mod http;
 mod inspect;
+mod lease;
 mod logging;
 mod prune;
 mod replica_url;
@@ -64,5 +65,6 @@ async fn dispatch(args: Args) -> Result<ExitCode> {
         Command::Segments(a) => inspect::list_objects(a, inspect::Objects::Segments).await,
         Command::Verify(a) => inspect::verify(a).await,
         Command::Prune(a) => prune::prune(a).await,
+        Command::Sync(a) => http::sync_command(a).await,
     }
 }

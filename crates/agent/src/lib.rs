@@ -44,6 +44,9 @@ pub mod db;
 pub mod drill;
 mod error;
 pub mod files;
+pub mod flush;
+pub mod lease;
+pub mod lease_fence;
 pub mod replica;
 pub mod replicator;
 pub mod restore;
@@ -104,6 +107,9 @@ pub struct Options {
     /// What to do on start-up when a replica already holds history that the local database
     /// provably does not continue (default: start a new generation).
     pub on_divergence: OnDivergence,
+    /// The writer lease this agent holds, if any (see [`lease`]): every generation it starts is
+    /// fenced with its epoch, and no upload starts unless the lease is held and renewed.
+    pub lease: Option<lease::Fencing>,
 }
 
 /// What to do when a replica's newest state is not the local database's past (a stale disk
@@ -134,6 +140,7 @@ impl Default for Options {
             retention: None,
             snapshot_interval: Some(Duration::from_secs(24 * 3600)),
             snapshot_segments: 1000,
+            lease: None,
         }
     }
 }

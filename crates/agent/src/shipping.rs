@@ -151,7 +151,9 @@ impl Replica {
         // Only the encoded segment stays in memory during the upload.
         drop(seg);
         let size = body.len();
-        if let Err(e) = ctx.rt.block_on(put_with_retry(client.as_ref(), &key, body)) {
+        let put = crate::lease::may_write(ctx)
+            .and_then(|()| ctx.rt.block_on(put_with_retry(client.as_ref(), &key, body)));
+        if let Err(e) = put {
             st.hashes.rollback();
             return Err(e);
         }

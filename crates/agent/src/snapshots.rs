@@ -71,6 +71,7 @@ fn write_snapshot(
 
 /// Uploads a staged snapshot under `key` (create-only, with retries).
 fn upload(ctx: &Context, r: &Replica, key: &str, staged: &Staged) -> Result<()> {
+    crate::lease::may_write(ctx)?;
     let client = r.client.clone();
     ctx.rt
         .block_on(retry(RetryPolicy::default(), "snapshot upload", || {
@@ -94,7 +95,10 @@ pub(crate) fn new_generations(
     let started = Instant::now();
     let staged = (|| {
         let cursor = db.pin_snapshot()?;
-        let generation = Generation::new(now_ms(), rand::random());
+        let generation = match &ctx.opts.lease {
+            Some(f) => f.generation_after(now_ms(), rand::random()),
+            None => Generation::new(now_ms(), rand::random()),
+        };
         let time_ms = now_ms();
         let staged = write_snapshot(db, ctx, generation, TxId(0), time_ms, &cursor)?;
         Ok::<_, Error>((cursor, generation, time_ms, staged))
@@ -120,7 +124,9 @@ pub(crate) fn new_generations(
             continue;
         };
         let reason = reason.to_string();
-        if let Err(e) = upload(ctx, r, &key, &staged) {
+        // A lease holder's generation is fenced with its epoch before it can be restored.
+        let fenced = crate::lease::write_fence(ctx, r.client.as_ref(), generation);
+        if let Err(e) = fenced.and_then(|()| upload(ctx, r, &key, &staged)) {
             r.record_failure(&e, "snapshot upload failed", ctx);
             continue;
         }

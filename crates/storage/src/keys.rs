@@ -4,6 +4,8 @@
 //! generations/<generation>/snapshots/<txid>-<time_ms>.lbsnap
 //! generations/<generation>/segments/<first_txid>-<last_txid>-<last_time_ms>.lbseg
 //! drills/<unix_ms>.json
+//! generations/<generation>/fence/<epoch>[-<parent_generation>-<parent_txid>].lbfence
+//! lease.json, lease-handoff.json
 //! ```
 //! All numbers are 16 lower-case hex digits, so a listing is in chronological order. The time in
 //! the key is when the agent saw the last transaction, which lets a point-in-time restore choose
@@ -38,6 +40,67 @@ pub const DRILLS: &str = "drills/";
 /// Key of the report of a drill started at `unix_ms`: `drills/<16 hex digits of unix ms>.json`.
 pub fn drill_report(unix_ms: u64) -> String {
     format!("{DRILLS}{unix_ms:016x}.json")
+}
+
+/// The writer lease of the replica path (JSON, replaced with conditional writes; see the
+/// agent's `lease` module). Outside [`GENERATIONS`]: never restored from nor pruned.
+pub const LEASE: &str = "lease.json";
+
+/// A request, by an instance that wants the lease, that its holder hand it over (JSON).
+pub const HANDOFF: &str = "lease-handoff.json";
+
+/// A generation's fence: written, before its first snapshot, by an agent holding the lease with
+/// `epoch`; `parent` is the state the holder took over from (the newest generation and
+/// transaction it found or restored when it took the lease), `None` for an empty replica.
+/// Readers use fences to ignore what an older epoch wrote after a newer one took over.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Fence {
+    /// The generation it belongs to.
+    pub generation: Generation,
+    /// The lease epoch that writes this generation.
+    pub epoch: u64,
+    /// Where the history stood when the lease was taken.
+    pub parent: Option<(Generation, TxId)>,
+}
+
+impl Fence {
+    /// Parses a fence key; `None` for anything else.
+    pub fn parse(key: &str) -> Option<Fence> {
+        let rest = key.strip_prefix(GENERATIONS)?;
+        let (g, rest) = rest.split_once('/')?;
+        let generation: Generation = g.parse().ok()?;
+        let stem = rest.strip_prefix("fence/")?.strip_suffix(".lbfence")?;
+        let mut it = stem.split('-');
+        let epoch = parse_hex(it.next()?)?;
+        let parent = match (it.next(), it.next()) {
+            (None, _) => None,
+            (Some(pg), Some(pt)) => Some((pg.parse().ok()?, pt.parse().ok()?)),
+            (Some(_), None) => return None,
+        };
+        if it.next().is_some() {
+            return None;
+        }
+        Some(Fence {
+            generation,
+            epoch,
+            parent,
+        })
+    }
+}
+
+impl fmt::Display for Fence {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "{}fence/{:016x}",
+            generation_prefix(self.generation),
+            self.epoch
+        )?;
+        if let Some((g, t)) = self.parent {
+            write!(f, "-{g}-{t}")?;
+        }
+        f.write_str(".lbfence")
+    }
 }
 
 /// A parsed object key.
@@ -200,6 +263,28 @@ mod tests {
         assert_eq!(k, "drills/0000018f00000001.json");
         assert!(!k.starts_with(GENERATIONS));
         assert_eq!(Key::parse(&k), None);
+    }
+
+    #[test]
+    fn fences_round_trip_and_are_not_data_keys() {
+        for parent in [None, Some((Generation(7), TxId(42)))] {
+            let f = Fence {
+                generation: Generation(0xabc),
+                epoch: 3,
+                parent,
+            };
+            let s = f.to_string();
+            assert_eq!(Fence::parse(&s), Some(f), "{s}");
+            assert_eq!(Key::parse(&s), None);
+            assert_eq!(generation_of(&s), Some(Generation(0xabc)));
+        }
+        assert_eq!(
+            Fence::parse(
+                "generations/0000000000000abc/fence/0000000000000003-0000000000000007.lbfence"
+            ),
+            None
+        );
+        assert!(!LEASE.starts_with(GENERATIONS) && !HANDOFF.starts_with(GENERATIONS));
     }
 
     #[test]

@@ -179,6 +179,7 @@ mod tests {
         GenerationObjects {
             snapshots,
             segments,
+            fence: None,
         }
     }
 
