@@ -5,7 +5,9 @@
 mod support;
 
 mod corruption;
+mod deploy;
 mod drill;
+mod lease;
 mod node;
 mod pitr;
 mod replicate;

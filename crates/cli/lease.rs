@@ -101,7 +101,7 @@ pub async fn take(d: &DbConfig, flags: &LeaseFlags, handoff: bool) -> Result<Tak
                 .with_context(|| format!("cannot list {}", client.describe()))?,
         ),
     };
-    info!(db = %db, epoch = lease.epoch(), takeover = ?std::mem::discriminant(&how), from = ?parent, "holding the writer lease");
+    info!(db = %db, epoch = lease.epoch(), lease = how.describe(), from = %lease::fmt_position(parent), "holding the writer lease");
     Ok(Taken {
         lease,
         holder,
@@ -225,12 +225,8 @@ async fn keep(
         tokio::select! {
             cmd = commands.recv() => {
                 let Some((at, reply)) = cmd else { return };
-                let epoch = lease.epoch();
                 let r = lease.release(at).await.map(|_| ()).map_err(anyhow::Error::new);
                 status.set(|l| l.state = if r.is_ok() { "released".into() } else { "lost".into() });
-                if r.is_ok() {
-                    info!(epoch, at = ?at, "writer lease released");
-                }
                 let _ = reply.send(r);
                 return;
             }
@@ -374,7 +370,7 @@ pub async fn hand_over(
     keeper.info.set(|l| l.handoffs += 1);
     info!(
         db = %h.path().display(),
-        at = ?at,
+        at = %lease::fmt_position(at),
         elapsed = ?started.elapsed(),
         "handed the writer lease over; the app's writes stay frozen until it exits (its reads go on)"
     );

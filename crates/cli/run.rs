@@ -62,7 +62,7 @@ async fn restore_into(
     client: &dyn ReplicaClient,
     at: Option<(Generation, TxId)>,
 ) -> Result<()> {
-    info!(db = %db.display(), replica = %client.describe(), at = ?at, "restoring the newest state");
+    info!(db = %db.display(), replica = %client.describe(), at = %lifeboat_agent::lease::fmt_position(at), "restoring the newest state (or the one the lease was handed over at)");
     let mut opts = RestoreOptions::new(db.to_path_buf());
     if let Some((g, t)) = at {
         (opts.generation, opts.target) = (Some(g), Target::TxId(t));

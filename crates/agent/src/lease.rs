@@ -192,6 +192,22 @@ pub enum Takeover {
     Expired(LeaseRecord),
 }
 
+impl Takeover {
+    /// In words, for logs.
+    pub fn describe(&self) -> &'static str {
+        match self {
+            Takeover::Fresh => "no previous holder",
+            Takeover::Released(_) => "released by its previous holder",
+            Takeover::Expired(_) => "expired: its previous holder stopped renewing",
+        }
+    }
+}
+
+/// `generation/txid`, for logs.
+pub fn fmt_position(at: Option<(Generation, TxId)>) -> String {
+    at.map_or_else(|| "-".into(), |(g, t)| format!("{g}/{t}"))
+}
+
 /// Whether the agent may write: the lease is held and renewed within its TTL. Shared between
 /// the task that renews the lease and the replicator that uploads.
 #[derive(Debug)]
@@ -569,7 +585,7 @@ impl Lease {
             {
                 Ok(etag) => {
                     self.etag = etag;
-                    info!(epoch = next.epoch, at = ?at, "writer lease released");
+                    info!(epoch = next.epoch, at = %fmt_position(at), "writer lease released");
                     return Ok(next);
                 }
                 Err(StorageError::Precondition { .. }) => {

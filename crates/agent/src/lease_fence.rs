@@ -17,9 +17,11 @@
 //!
 //! - generation `G`, if its epoch is below `E`, ends at transaction `N`: its later segments and
 //!   snapshots are the old holder's late writes;
-//! - a generation of an epoch below `E` that comes after `G` (ordered by epoch, then creation)
-//!   was started by an old holder after the takeover; a fence with no parent (the replica was
-//!   empty) makes every generation of a lower epoch stale.
+//! - a generation of an epoch below `E`, other than `G`, that comes after `G` (ordered by
+//!   epoch, then creation) or was created after the fence's own generation was started by an
+//!   old holder (or an instance without a lease) after the takeover; a fence with no parent (the
+//!   replica was empty) makes every generation of a lower epoch stale. A new holder's generation
+//!   id is always later than its parent's, whatever its clock says.
 //!
 //! The objects so ignored are listed in [`Catalog::stale`], and logged loudly, by every reader
 //! that loads a catalog (restore, point-in-time restore, verify, drill, resume, retention), so
@@ -64,7 +66,7 @@ pub(crate) fn apply(cat: &mut Catalog) {
             }
             let after_takeover = match f.parent {
                 None => true,
-                Some((pg, _)) => order(g) > order(pg),
+                Some((pg, _)) => g != pg && (order(g) > order(pg) || g > f.generation),
             };
             if after_takeover {
                 stale_gens.insert(
@@ -190,6 +192,27 @@ mod tests {
         assert_eq!(cat.latest().unwrap().0, Generation(200));
         // Generation 300: its fence, snapshot and 2 segments; 400: its snapshot and segment.
         assert_eq!(cat.stale.len(), 4 + 2);
+    }
+
+    #[test]
+    fn an_instance_without_a_lease_cannot_add_history_after_a_takeover() {
+        let mut cat = Catalog::default();
+        gen(&mut cat, 100, Some((1, None)), 5);
+        gen(&mut cat, 200, Some((2, Some((100, 5)))), 3);
+        // `replicate` without --lease on the old disk, after the takeover: epoch 0, which
+        // sorts below every leased generation but was created after the new holder's.
+        gen(&mut cat, 300, None, 2);
+        apply(&mut cat);
+        assert_eq!(
+            cat.generations.keys().copied().collect::<Vec<_>>(),
+            [Generation(100), Generation(200)]
+        );
+        assert!(cat.stale.iter().all(|s| s.key.starts_with("g300/")));
+        assert!(
+            cat.stale[0].reason.contains("lease epoch 0"),
+            "{:?}",
+            cat.stale
+        );
     }
 
     #[test]
