@@ -409,3 +409,76 @@ fn a_killed_holder_is_taken_over_within_its_ttl_and_every_synced_write_survives(
     let log = new.log_text();
     assert_eq!(new.stop().code(), Some(143), "{log}");
 }
+
+#[test]
+fn replicate_with_the_lease_does_not_hand_over_and_releases_it_at_its_last_transaction() {
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!("file://{}", dir.path().join("replica").display());
+    let db = dir.path().join("a.db");
+    let c = app_conn(&db, 4096);
+    c.execute_batch("CREATE TABLE t(seq INTEGER PRIMARY KEY, pad TEXT)")
+        .unwrap();
+    let mut holder = Agent::start(
+        &[
+            "replicate",
+            "--lease",
+            "--lease-ttl",
+            "2s",
+            db.to_str().unwrap(),
+            &url,
+        ],
+        &dir.path().join("holder.log"),
+    );
+    holder.wait_for_log("replicating");
+    for seq in 1..=40 {
+        c.execute("INSERT INTO t VALUES (?1, 'x')", [seq]).unwrap();
+    }
+    // A `run` asks for a handoff; `replicate` does not answer, and keeps renewing: the new
+    // instance gives up at its handoff timeout (at least two TTLs), without starting its app.
+    let b = dir.path().join("b.db");
+    let started = dir.path().join("started");
+    let app = format!("touch {}", started.display());
+    let args = [
+        "run",
+        "--db",
+        b.to_str().unwrap(),
+        "--replica",
+        &url,
+        "--lease-ttl",
+        "2s",
+        "--handoff-timeout",
+        "3s",
+        "--",
+        "sh",
+        "-c",
+        &app,
+    ];
+    let t0 = Instant::now();
+    let o = run(&args);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(1), "{err}");
+    assert!(err.contains("did not hand over"), "{err}");
+    assert!(t0.elapsed() >= Duration::from_secs(4), "{:?}", t0.elapsed());
+    assert!(!started.exists() && !b.exists());
+    holder.wait_for_log("does not hand over");
+    // Stopped, it releases the lease at its last transaction: the next instance takes it at
+    // once and restores exactly that state.
+    holder.stop_ok();
+    let t0 = Instant::now();
+    let mut next = Agent::start(&args, &dir.path().join("next.log"));
+    assert_eq!(
+        next.wait(Duration::from_secs(60)).code(),
+        Some(0),
+        "{}",
+        next.log_text()
+    );
+    let log = next.log_text();
+    assert!(log.contains("released by its previous holder"), "{log}");
+    assert!(
+        t0.elapsed() < Duration::from_secs(2 * 2),
+        "no waiting for an expiry: {:?}",
+        t0.elapsed()
+    );
+    assert!(started.exists());
+    assert_eq!(rows(&b), (1..=40).collect());
+}

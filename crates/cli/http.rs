@@ -481,3 +481,35 @@ pub fn post_sync(addr: &str, timeout: std::time::Duration) -> Result<(u16, Strin
         .with_context(|| format!("not an HTTP answer from {addr}: {head:?}"))?;
     Ok((code, body.to_string()))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn watched() -> Vec<Watched> {
+        vec![Watched {
+            path: "app.db".into(),
+            status: Arc::new(Status::default()),
+            flush: Arc::new(lifeboat_agent::flush::Flush::default()),
+        }]
+    }
+
+    #[test]
+    fn sync_wants_post_and_a_valid_timeout() {
+        let dbs = watched();
+        assert_eq!(sync_response(&tiny_http::Method::Get, "/sync", &dbs).0, 405);
+        let (code, body) = sync_response(&tiny_http::Method::Post, "/sync?timeout=soon", &dbs);
+        assert_eq!(code, 400, "{body}");
+    }
+
+    #[test]
+    fn sync_answers_503_at_its_deadline_when_nothing_settles_it() {
+        // No replicator thread runs here: the ticket is never settled.
+        let dbs = watched();
+        let t = std::time::Instant::now();
+        let (code, body) = sync_response(&tiny_http::Method::Post, "/sync?timeout=50ms", &dbs);
+        assert_eq!(code, 503, "{body}");
+        assert!(body.contains("\"timeout\""), "{body}");
+        assert!(t.elapsed() >= std::time::Duration::from_millis(50));
+    }
+}

@@ -20,18 +20,20 @@
 //! generation an epoch starts carries it in its fence (see [`crate::lease_fence`]), so what a
 //! holder paused past its lease writes after waking is ignored by every reader.
 
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use lifeboat_storage::keys::{self, Fence};
+use lifeboat_storage::keys;
 use lifeboat_storage::{ETag, Error as StorageError, ReplicaClient};
 use lifeboat_wal::{Generation, TxId};
 use serde::{Deserialize, Serialize};
 use tracing::{info, warn};
 
 use crate::clock::now_ms;
+pub use crate::lease_gate::{highest_epoch, Fencing, Gate};
+pub(crate) use crate::lease_gate::{may_write, write_fence};
+pub use crate::lease_handoff::{request_handoff, HandoffRequest};
 use crate::{Error, Result};
 
 /// Default lease time to live.
@@ -127,18 +129,6 @@ impl LeaseRecord {
     }
 }
 
-/// A request that the holder of `epoch` hand the lease over.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct HandoffRequest {
-    /// Who asks.
-    #[serde(flatten)]
-    pub requester: Holder,
-    /// The epoch it found holding the lease.
-    pub epoch: u64,
-    /// When it asked (its clock, Unix ms).
-    pub at_ms: u64,
-}
-
 /// The lease as `/health`, `/metrics` and the logs show it.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
 pub struct LeaseInfo {
@@ -208,126 +198,6 @@ pub fn fmt_position(at: Option<(Generation, TxId)>) -> String {
     at.map_or_else(|| "-".into(), |(g, t)| format!("{g}/{t}"))
 }
 
-/// Whether the agent may write: the lease is held and renewed within its TTL. Shared between
-/// the task that renews the lease and the replicator that uploads.
-#[derive(Debug)]
-pub struct Gate {
-    epoch: u64,
-    /// Until when a write may start (ms since `base`).
-    valid_until: AtomicU64,
-    lost: AtomicBool,
-    base: Instant,
-}
-
-impl Gate {
-    fn new(epoch: u64, valid_until: Instant) -> Gate {
-        let g = Gate {
-            epoch,
-            valid_until: AtomicU64::new(0),
-            lost: AtomicBool::new(false),
-            base: Instant::now(),
-        };
-        g.extend(valid_until);
-        g
-    }
-
-    /// A gate that is always open (tests, and agents without a lease never have one).
-    pub fn open(epoch: u64) -> Gate {
-        Gate::new(
-            epoch,
-            Instant::now() + Duration::from_secs(100 * 365 * 24 * 3600),
-        )
-    }
-
-    fn extend(&self, until: Instant) {
-        let ms = until.saturating_duration_since(self.base).as_millis() as u64;
-        self.valid_until.fetch_max(ms, Ordering::SeqCst);
-    }
-
-    /// The lease's epoch.
-    pub fn epoch(&self) -> u64 {
-        self.epoch
-    }
-
-    /// Marks the lease lost (released, or taken by another instance): no write from now on.
-    pub fn close(&self) {
-        self.lost.store(true, Ordering::SeqCst);
-    }
-
-    /// Whether the lease is lost for good.
-    pub fn is_lost(&self) -> bool {
-        self.lost.load(Ordering::SeqCst)
-    }
-
-    /// `Ok` if a write may start now; else why not (the lease is lost, or has gone a whole TTL
-    /// without a renewal, so another instance may have taken it).
-    pub fn check(&self) -> Result<()> {
-        if self.is_lost() {
-            return Err(Error::LeaseLost(format!(
-                "the writer lease (epoch {}) is no longer held by this instance",
-                self.epoch
-            )));
-        }
-        let now = self.base.elapsed().as_millis() as u64;
-        if now >= self.valid_until.load(Ordering::SeqCst) {
-            return Err(Error::Replica(format!(
-                "the writer lease (epoch {}) was not renewed within its time to live; \
-                 uploads wait until it is",
-                self.epoch
-            )));
-        }
-        Ok(())
-    }
-}
-
-/// What a lease-holding agent writes into each generation it starts.
-#[derive(Clone, Debug)]
-pub struct Fencing {
-    /// Whether writes may go ahead.
-    pub gate: Arc<Gate>,
-    /// The state the lease was taken over from (see [`Fence::parent`]).
-    pub parent: Option<(Generation, TxId)>,
-    /// Who holds it (written into the fence object, for people).
-    pub holder: Holder,
-    /// Whether the agent may resume the replica's newest generation (when the local database
-    /// provably is its last state): only if the previous holder released the lease (it writes
-    /// nothing more) or there was none. After an expiry the old holder may still be alive, so
-    /// the agent starts a generation of its own.
-    pub may_resume: bool,
-}
-
-impl Fencing {
-    /// The fence of `generation`.
-    pub fn fence(&self, generation: Generation) -> Fence {
-        Fence {
-            generation,
-            epoch: self.gate.epoch(),
-            parent: self.parent,
-        }
-    }
-
-    /// The fence object's body (JSON, for people; readers use the key).
-    pub fn body(&self, generation: Generation) -> Bytes {
-        Bytes::from(
-            serde_json::to_vec_pretty(&serde_json::json!({
-                "generation": generation.to_string(),
-                "epoch": self.gate.epoch(),
-                "parent": self.parent.map(|(g, t)| format!("{g}/{t}")),
-                "holder": self.holder,
-                "at_ms": now_ms(),
-            }))
-            .expect("a fence serialises"),
-        )
-    }
-
-    /// A generation id for a new generation at `now_ms`, later than the parent's even if this
-    /// host's clock is behind the previous holder's, so creation order follows the lease.
-    pub fn generation_after(&self, now_ms: u64, random: u16) -> Generation {
-        let floor = self.parent.map_or(0, |(g, _)| g.unix_ms() + 1);
-        Generation::new(now_ms.max(floor), random)
-    }
-}
-
 /// A lease this process holds.
 #[derive(Debug)]
 pub struct Lease {
@@ -338,7 +208,7 @@ pub struct Lease {
     gate: Arc<Gate>,
 }
 
-fn storage(e: StorageError) -> Error {
+pub(crate) fn storage(e: StorageError) -> Error {
     Error::Storage(e)
 }
 
@@ -451,43 +321,6 @@ pub async fn acquire(
     }
 }
 
-/// Asks the holder of `epoch` to hand the lease over to `requester`.
-pub async fn request_handoff(
-    client: &dyn ReplicaClient,
-    requester: &Holder,
-    epoch: u64,
-) -> Result<()> {
-    let req = HandoffRequest {
-        requester: requester.clone(),
-        epoch,
-        at_ms: now_ms(),
-    };
-    let body = Bytes::from(serde_json::to_vec_pretty(&req).expect("a request serialises"));
-    for _ in 0..5 {
-        let res = match client.get_versioned(keys::HANDOFF).await {
-            Ok((_, etag)) => {
-                client
-                    .put_if_match(keys::HANDOFF, body.clone(), &etag)
-                    .await
-            }
-            Err(StorageError::NotFound { .. }) => {
-                client.put_if_absent(keys::HANDOFF, body.clone()).await
-            }
-            Err(e) => return Err(storage(e)),
-        };
-        match res {
-            Ok(_) => return Ok(()),
-            Err(StorageError::Precondition { .. }) => continue,
-            Err(e) => return Err(storage(e)),
-        }
-    }
-    Err(Error::Replica(format!(
-        "cannot write {} in {}: other instances keep replacing it",
-        keys::HANDOFF,
-        client.describe()
-    )))
-}
-
 /// What a renewal found.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Renewal {
@@ -498,6 +331,11 @@ pub enum Renewal {
 }
 
 impl Lease {
+    /// The replica it is the lease of.
+    pub(crate) fn client(&self) -> &dyn ReplicaClient {
+        self.client.as_ref()
+    }
+
     /// Its epoch.
     pub fn epoch(&self) -> u64 {
         self.record.epoch
@@ -552,17 +390,6 @@ impl Lease {
         }
     }
 
-    /// A request to hand this lease over, if one names its epoch.
-    pub async fn handoff_requested(&self) -> Result<Option<HandoffRequest>> {
-        match self.client.get(keys::HANDOFF).await {
-            Ok(b) => Ok(serde_json::from_slice::<HandoffRequest>(&b)
-                .ok()
-                .filter(|r| r.epoch == self.record.epoch)),
-            Err(StorageError::NotFound { .. }) => Ok(None),
-            Err(e) => Err(storage(e)),
-        }
-    }
-
     /// Releases it, recording where this holder stopped (`at`: its generation and last
     /// transaction). The gate closes first: nothing is written after this.
     pub async fn release(mut self, at: Option<(Generation, TxId)>) -> Result<LeaseRecord> {
@@ -602,40 +429,6 @@ impl Lease {
             }
         }
     }
-}
-
-/// `Ok` if the agent may write now: it holds no lease, or holds one renewed within its TTL.
-pub(crate) fn may_write(ctx: &crate::context::Context) -> Result<()> {
-    ctx.opts.lease.as_ref().map_or(Ok(()), |f| f.gate.check())
-}
-
-/// Writes `generation`'s fence to `client` (create-only), if the agent holds a lease.
-pub(crate) fn write_fence(
-    ctx: &crate::context::Context,
-    client: &dyn ReplicaClient,
-    generation: Generation,
-) -> Result<()> {
-    let Some(f) = &ctx.opts.lease else {
-        return Ok(());
-    };
-    f.gate.check()?;
-    let key = f.fence(generation).to_string();
-    let body = f.body(generation);
-    ctx.rt.block_on(lifeboat_storage::retry::retry(
-        lifeboat_storage::retry::RetryPolicy::default(),
-        "fence upload",
-        || client.put(&key, body.clone()),
-    ))?;
-    Ok(())
-}
-
-/// The highest lease epoch among a replica's fences (0 if none), for [`acquire`]'s floor.
-pub fn highest_epoch(cat: &crate::catalog::Catalog) -> u64 {
-    cat.generations
-        .values()
-        .map(crate::lease_fence::epoch)
-        .max()
-        .unwrap_or(0)
 }
 
 #[cfg(test)]
@@ -727,41 +520,6 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn a_live_holder_sees_the_request_and_hands_over() {
-        let c: Arc<dyn ReplicaClient> = Arc::new(MemoryClient::default());
-        let (mut old, _) = acquire(c.clone(), &Holder::this_process(), opts(2000), 0, |_| {})
-            .await
-            .unwrap();
-        assert_eq!(old.handoff_requested().await.unwrap(), None);
-        let c2 = c.clone();
-        let new = tokio::spawn(async move {
-            acquire(c2, &Holder::this_process(), opts(2000), 0, |_| {}).await
-        });
-        // The holder renews and looks for a request, as the renewal task does.
-        let deadline = Instant::now() + Duration::from_secs(5);
-        let req = loop {
-            assert_eq!(old.renew().await.unwrap(), Renewal::Renewed);
-            if let Some(r) = old.handoff_requested().await.unwrap() {
-                break r;
-            }
-            assert!(Instant::now() < deadline, "no handoff request");
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        };
-        assert_eq!(req.epoch, 1);
-        let t = Instant::now();
-        old.release(Some((Generation(3), TxId(5)))).await.unwrap();
-        let (lease, how) = new.await.unwrap().unwrap();
-        assert!(
-            t.elapsed() < Duration::from_secs(1),
-            "released leases pass on at once"
-        );
-        assert_eq!(lease.epoch(), 2);
-        assert!(matches!(how, Takeover::Released(_)));
-        // A request for an older epoch is not for the new holder.
-        assert_eq!(lease.handoff_requested().await.unwrap(), None);
-    }
-
-    #[tokio::test]
     async fn a_holder_that_keeps_renewing_without_handing_over_is_an_error_after_the_timeout() {
         let c: Arc<dyn ReplicaClient> = Arc::new(MemoryClient::default());
         let (mut old, _) = acquire(c.clone(), &Holder::this_process(), opts(100), 0, |_| {})
@@ -805,35 +563,5 @@ mod tests {
             }
         }
         assert_eq!(won, 1);
-    }
-
-    #[test]
-    fn a_gate_closes_a_ttl_after_its_last_renewal() {
-        let g = Gate::new(3, Instant::now() + Duration::from_millis(50));
-        g.check().unwrap();
-        std::thread::sleep(Duration::from_millis(60));
-        let e = g.check().unwrap_err();
-        assert!(
-            !matches!(e, Error::LeaseLost(_)),
-            "expired is not lost: {e}"
-        );
-        g.extend(Instant::now() + Duration::from_secs(1));
-        g.check().unwrap();
-        g.close();
-        assert!(matches!(g.check(), Err(Error::LeaseLost(_))));
-    }
-
-    #[test]
-    fn a_new_holders_generation_sorts_after_its_parent_even_with_a_slow_clock() {
-        let f = Fencing {
-            gate: Arc::new(Gate::open(2)),
-            parent: Some((Generation::new(5_000, 1), TxId(3))),
-            holder: Holder::this_process(),
-            may_resume: false,
-        };
-        assert!(f.generation_after(4_000, 0) > Generation::new(5_000, 1));
-        assert_eq!(f.generation_after(9_000, 0), Generation::new(9_000, 0));
-        let k = f.fence(Generation(77));
-        assert_eq!((k.epoch, k.parent), (2, f.parent));
     }
 }

@@ -23,6 +23,13 @@
 //!   budget, and stops them together with a final sync ([`agent::Supervisor`]).
 //! - [`status`] is what the agent reports about itself, and the health rule.
 //!
+//! One writer per replica path:
+//! - [`lease`] takes, renews, hands over and releases the writer lease (`lease.json`, kept with
+//!   conditional writes); its gate (checked before every upload) and the fence every leased
+//!   generation carries are in `lease_gate`; [`lease_fence`] is how readers set aside what an
+//!   older epoch wrote after a takeover.
+//! - [`flush`] is durable acknowledgements: wait until everything committed is in every replica.
+//!
 //! Reading a replica:
 //! - [`catalog`] lists what a replica holds (typed snapshots and segments per generation);
 //!   [`restore`] plans and rebuilds a database from it, verifying everything; [`verify`] reads
@@ -47,6 +54,8 @@ pub mod files;
 pub mod flush;
 pub mod lease;
 pub mod lease_fence;
+mod lease_gate;
+mod lease_handoff;
 pub mod replica;
 pub mod replicator;
 pub mod restore;
