@@ -4,14 +4,22 @@
 
 mod support;
 
+mod capture;
 mod corruption;
+mod crash;
 mod deploy;
 mod drill;
+mod exclusion;
+mod format2;
 mod lease;
 mod node;
+mod operator;
+mod pacing;
+mod packaging;
 mod pitr;
 mod replicate;
 mod retention;
 mod run;
+mod run_failures;
 mod s3;
 mod status;

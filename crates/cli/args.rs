@@ -39,6 +39,9 @@ pub enum Command {
     Run(RunArgs),
     /// Restore a database from a replica, verified bit for bit.
     Restore(RestoreArgs),
+    /// List the databases of the configuration file, their replicas and each replica's newest
+    /// restore point (one listing per replica).
+    Databases(DatabasesArgs),
     /// List a replica's generations and their restorable ranges (from one listing).
     Generations(InspectArgs),
     /// List a replica's snapshots (from one listing).
@@ -59,20 +62,21 @@ pub enum Command {
     /// run` (or `replicate`) is in every replica (`POST /sync` on its health address); exit 0
     /// when it is, 1 if the timeout passes first.
     Sync(SyncArgs),
+    /// List the drill reports stored in a replica (under `drills/`), newest last.
+    Drills(DrillsArgs),
     /// Print the version.
     Version,
 }
 
 #[derive(Debug, ClapArgs)]
 pub struct ReplicateArgs {
-    /// Configuration file (several databases, several replicas each).
+    /// Configuration file (several databases, several replicas each); without a database on
+    /// the command line, `$LIFEBOAT_CONFIG`, else /etc/lifeboat.toml.
     #[arg(long, short, conflicts_with_all = ["db", "urls"])]
     pub config: Option<PathBuf>,
     /// The database file.
-    #[arg(required_unless_present = "config")]
     pub db: Option<PathBuf>,
     /// Replica URLs: `file:///path/to/folder` or `s3://bucket/prefix?endpoint=...&region=...`.
-    #[arg(required_unless_present = "config")]
     pub urls: Vec<String>,
     /// Average PUT requests per second once the burst is spent.
     #[arg(long)]
@@ -86,16 +90,40 @@ pub struct ReplicateArgs {
     pub lease: bool,
     #[command(flatten)]
     pub lease_flags: LeaseFlags,
+    #[command(flatten)]
+    pub keep: KeepArgs,
+}
+
+/// Retention and scheduled snapshots, for `replicate` and `run`; each beats the configuration
+/// file.
+#[derive(Debug, Clone, ClapArgs)]
+pub struct KeepArgs {
+    /// Keep every restore point this recent (`30d`, `12h`); hourly, delete what none of them
+    /// needs. `off` keeps everything. Default: the configuration file's, else 30d.
+    #[arg(long, env = "LIFEBOAT_RETENTION")]
+    pub retention: Option<crate::config::Retention>,
+    /// Take a fresh snapshot within the generation this often (default 24h).
+    #[arg(long, env = "LIFEBOAT_SNAPSHOT_INTERVAL", value_parser = humantime::parse_duration)]
+    pub snapshot_interval: Option<std::time::Duration>,
+    /// Or once this many segments were shipped since the last snapshot (default 1000).
+    #[arg(long, env = "LIFEBOAT_SNAPSHOT_SEGMENTS")]
+    pub snapshot_segments: Option<u32>,
 }
 
 #[derive(Debug, ClapArgs)]
 pub struct RestoreArgs {
-    /// Replica URL.
+    /// Replica URL, or the path of a database of the configuration file (restored from its
+    /// first replica, to that path unless -o says otherwise).
     pub url: String,
-    /// Where to write the database.
+    /// Where to write the database (required with a replica URL).
     #[arg(long, short)]
-    pub output: PathBuf,
-    /// Restore the state right after this transaction (16 hex digits, as lifeboat prints them).
+    pub output: Option<PathBuf>,
+    /// Configuration file to find a database path in (default: `$LIFEBOAT_CONFIG`, else
+    /// /etc/lifeboat.toml).
+    #[arg(long, short)]
+    pub config: Option<PathBuf>,
+    /// Restore the state right after this transaction: decimal (`1234`), or hex as 16 digits
+    /// (`00000000000004d2`, the key form) or with `0x`.
     #[arg(long, conflicts_with = "timestamp")]
     pub txid: Option<String>,
     /// Restore the state as of this time: RFC 3339 (`2026-11-28T17:00:00Z`) or relative to now
@@ -120,6 +148,16 @@ pub struct RestoreArgs {
     /// Replace the output file if it exists (its -wal and -shm are removed).
     #[arg(long)]
     pub force: bool,
+}
+
+#[derive(Debug, ClapArgs)]
+pub struct DatabasesArgs {
+    /// Configuration file (default: `$LIFEBOAT_CONFIG`, else /etc/lifeboat.toml).
+    #[arg(long, short)]
+    pub config: Option<PathBuf>,
+    /// Machine-readable output.
+    #[arg(long)]
+    pub json: bool,
 }
 
 #[derive(Debug, ClapArgs)]
@@ -168,6 +206,18 @@ pub struct DrillArgs {
     pub scratch_dir: Option<PathBuf>,
 }
 
+#[derive(Debug, ClapArgs)]
+pub struct DrillsArgs {
+    /// Replica URL.
+    pub url: String,
+    /// Show this many of the newest reports.
+    #[arg(long, default_value_t = 20)]
+    pub last: usize,
+    /// Machine-readable output: the reports as stored.
+    #[arg(long)]
+    pub json: bool,
+}
+
 /// What `lifeboat run` does when the local database does not continue the replica's history.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum OnStale {
@@ -185,20 +235,12 @@ pub struct RunArgs {
     /// replicated while the app runs.
     #[arg(long, short, env = "LIFEBOAT_CONFIG", conflicts_with_all = ["db", "replica"])]
     pub config: Option<PathBuf>,
-    /// The database the app uses.
-    #[arg(
-        long,
-        env = "LIFEBOAT_DB",
-        required_unless_present = "config",
-        requires = "replica"
-    )]
+    /// The database the app uses (with neither --db nor --config: the databases of
+    /// /etc/lifeboat.toml).
+    #[arg(long, env = "LIFEBOAT_DB", requires = "replica")]
     pub db: Option<PathBuf>,
     /// Where to replicate it (and restore it from).
-    #[arg(
-        long = "replica",
-        env = "LIFEBOAT_REPLICA_URL",
-        required_unless_present = "config"
-    )]
+    #[arg(long = "replica", env = "LIFEBOAT_REPLICA_URL")]
     pub replica: Option<String>,
     /// Serve `/health` (JSON) and `/metrics` (Prometheus) on this address, e.g. 127.0.0.1:9090.
     #[arg(long, env = "LIFEBOAT_HEALTH_ADDR")]
@@ -226,6 +268,8 @@ pub struct RunArgs {
     pub no_lease: bool,
     #[command(flatten)]
     pub lease_flags: LeaseFlags,
+    #[command(flatten)]
+    pub keep: KeepArgs,
     /// The app and its arguments, after `--`.
     #[arg(last = true, required = true)]
     pub command: Vec<String>,

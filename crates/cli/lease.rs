@@ -110,6 +110,47 @@ pub async fn take(d: &DbConfig, flags: &LeaseFlags, handoff: bool) -> Result<Tak
     })
 }
 
+/// Whether a failure to take the lease is the replica being unreachable (worth retrying until
+/// the ready timeout), rather than a set-up mistake or a holder that will not let go.
+fn unreachable(e: &anyhow::Error) -> bool {
+    e.chain().any(|c| {
+        c.downcast_ref::<lifeboat_storage::Error>()
+            .is_some_and(|s| !s.is_setup())
+            || c.downcast_ref::<lifeboat_agent::Error>()
+                .is_some_and(|a| matches!(a, lifeboat_agent::Error::Storage(s) if !s.is_setup()))
+    })
+}
+
+/// [`take`], retried while the replica is unreachable, until `ready_timeout` from now: the
+/// same bound as the first sync's, so a replica down at boot is waited for, not a reason to
+/// fail at once.
+pub async fn take_within(
+    d: &DbConfig,
+    flags: &LeaseFlags,
+    handoff: bool,
+    ready_timeout: Duration,
+) -> Result<Taken> {
+    let deadline = Instant::now() + ready_timeout;
+    loop {
+        match take(d, flags, handoff).await {
+            Ok(t) => return Ok(t),
+            Err(e) if unreachable(&e) && Instant::now() < deadline => {
+                warn!(db = %d.path.display(), error = %format!("{e:#}"), "cannot take the writer lease yet; trying again");
+                let left = deadline.saturating_duration_since(Instant::now());
+                tokio::time::sleep(left.min(Duration::from_secs(1))).await;
+            }
+            Err(e) if unreachable(&e) => bail!(
+                "taking the writer lease of {} did not complete within {} (last error: {e:#}); \
+                 the app was not started. Check the replica URL and credentials, or raise \
+                 --ready-timeout",
+                d.replicas[0].describe(),
+                humantime::format_duration(ready_timeout)
+            ),
+            Err(e) => return Err(e),
+        }
+    }
+}
+
 impl Taken {
     /// What the agent needs to fence its generations.
     pub fn fencing(&self) -> Fencing {

@@ -17,7 +17,9 @@ pub async fn replicate(a: ReplicateArgs) -> Result<ExitCode> {
     let src = Source::new(a.config.clone(), a.db.clone(), a.urls.clone())?;
     let flags = Flags {
         puts_per_second: a.puts_per_second,
+        ..Flags::from(&a.keep)
     };
+    crate::neighbours::warn_all(&src).await;
     let mut dbs = config::databases(&src, &flags).await?;
     let keepers = if a.lease {
         lease::hold(&mut dbs, &a.lease_flags).await?

@@ -74,7 +74,7 @@ async fn restore_into(
             client.describe()
         )
     })?;
-    info!(db = %db.display(), report = ?report, "restored");
+    info!(db = %db.display(), "{}", crate::human::restored(&report));
     Ok(())
 }
 
@@ -235,7 +235,8 @@ pub async fn run(args: RunArgs) -> Result<ExitCode> {
         args.db.clone(),
         args.replica.iter().cloned().collect(),
     )?;
-    let mut dbs = config::databases(&src, &Flags::default()).await?;
+    crate::neighbours::warn_all(&src).await;
+    let mut dbs = config::databases(&src, &Flags::from(&args.keep)).await?;
     let (lease_tx, mut lease_rx) = tokio::sync::mpsc::unbounded_channel();
     let mut keepers = Vec::new();
     for (i, d) in dbs.iter_mut().enumerate() {
@@ -243,7 +244,9 @@ pub async fn run(args: RunArgs) -> Result<ExitCode> {
         // The writer lease comes first: the state restored is the one its holder released at.
         let taken = match args.no_lease {
             true => None,
-            false => Some(lease::take(d, &args.lease_flags, true).await?),
+            false => {
+                Some(lease::take_within(d, &args.lease_flags, true, args.ready_timeout).await?)
+            }
         };
         let at = taken.as_ref().and_then(|t| t.parent);
         d.options.lease = taken.as_ref().map(lease::Taken::fencing);
@@ -310,9 +313,9 @@ pub async fn run(args: RunArgs) -> Result<ExitCode> {
         .map(|(sig, mut s)| {
             tokio::spawn(async move {
                 while s.recv().await.is_some() {
-                    info!(signal = ?sig, "forwarding signal to the app");
+                    info!(signal = sig.as_str(), "forwarding signal to the app");
                     if let Err(e) = kill(pid, sig) {
-                        warn!(signal = ?sig, error = %e, "cannot forward signal");
+                        warn!(signal = sig.as_str(), error = %e, "cannot forward signal");
                     }
                 }
             })
@@ -402,18 +405,22 @@ async fn drill_loop(every: Duration, targets: Vec<DrillTarget>) {
             let at_ms = now_ms();
             match drill::drill(client.as_ref(), &opts).await {
                 Ok(mut report) => {
-                    if let Err(e) = drill::store(client.as_ref(), &report).await {
-                        report.problem(format!("cannot store the drill report: {}", e.chain()));
+                    match drill::store(client.as_ref(), &report).await {
+                        Ok(key) => report.report_key = Some(key),
+                        Err(e) => {
+                            report.problem(format!("cannot store the drill report: {}", e.chain()))
+                        }
                     }
                     status.record_drill(DrillOutcome {
                         ok: report.ok,
                         rto_seconds: report.rto_seconds,
                         at_ms,
                     });
+                    let summary = crate::human::drill_summary(&report);
                     if report.ok {
-                        info!(db = %db.display(), rto_seconds = ?report.rto_seconds, rpo_seconds = ?report.rpo_seconds, "drill passed");
+                        info!(db = %db.display(), "{summary}");
                     } else {
-                        error!(db = %db.display(), problems = ?report.problems, "DRILL FAILED: the backup may not restore; see the report in the replica under drills/");
+                        error!(db = %db.display(), "{summary}");
                     }
                 }
                 Err(e) => {

@@ -139,7 +139,7 @@ pub fn start(cfg: DbConfig, rt: Handle, stop: CancellationToken) -> Result<DbHan
     let (wake, events) = sync_channel::<()>(1);
     let flush = Arc::new(crate::flush::Flush::default());
     flush.set_waker(wake.clone());
-    let watcher = watch(&cfg.path, wake.clone());
+    let watcher = watch(rep.database().path(), wake.clone());
     // A cancelled token wakes the thread. If the channel is full a wake-up is pending already,
     // and the thread sees the token when it takes it.
     let cancelled = stop.clone();
@@ -153,6 +153,7 @@ pub fn start(cfg: DbConfig, rt: Handle, stop: CancellationToken) -> Result<DbHan
     info!(
         db = %cfg.path.display(),
         replicas = %cfg.replicas.iter().map(|r| r.describe()).collect::<Vec<_>>().join(", "),
+        retention = %opts.retention.map_or("off".into(), |d| humantime::format_duration(d).to_string()),
         "replicating"
     );
     let thread = std::thread::Builder::new()

@@ -52,6 +52,9 @@ pub struct GenerationObjects {
     pub segments: Vec<Segment>,
     /// Its fence, if an agent holding the writer lease wrote it (see [`crate::lease_fence`]).
     pub fence: Option<Fence>,
+    /// Retention is deleting it (its `pruning` marker is present): not restorable, whatever
+    /// objects are left.
+    pub pruning: bool,
 }
 
 impl GenerationObjects {
@@ -90,6 +93,10 @@ impl Catalog {
     pub async fn load(client: &dyn ReplicaClient) -> Result<Catalog> {
         let mut cat = Catalog::default();
         for o in client.list(keys::GENERATIONS).await? {
+            if let Some(g) = keys::parse_pruning_marker(&o.key) {
+                cat.generations.entry(g).or_default().pruning = true;
+                continue;
+            }
             let Some(key) = Key::parse(&o.key) else {
                 if let Some(f) = Fence::parse(&o.key) {
                     let g = cat.generations.entry(f.generation).or_default();
@@ -137,12 +144,12 @@ impl Catalog {
         Ok(cat)
     }
 
-    /// The newest generation that has a snapshot (so can be restored): of the highest lease
-    /// epoch, then the most recently created.
+    /// The newest generation that has a snapshot and is not being pruned (so can be restored):
+    /// of the highest lease epoch, then the most recently created.
     pub fn latest(&self) -> Option<(Generation, &GenerationObjects)> {
         self.generations
             .iter()
-            .filter(|(_, o)| !o.snapshots.is_empty())
+            .filter(|(_, o)| !o.pruning && !o.snapshots.is_empty())
             .max_by_key(|(g, o)| (crate::lease_fence::epoch(o), **g))
             .map(|(g, o)| (*g, o))
     }

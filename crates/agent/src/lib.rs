@@ -13,7 +13,8 @@
 //! - [`replica`] is one replica: its [`replica::Phase`] (unknown, needing a generation and why,
 //!   shipping in one, halted), its state in the WAL, and the one failure rule.
 //! - `resume` proves that the local database is a replica's last state before resuming it.
-//! - `shipping` builds and uploads a replica's next segment (per-replica work, on the replica).
+//! - `shipping` builds and uploads a replica's next segment (per-replica work, on the replica);
+//!   [`bases`] finds each page's verified previous version for the segment's page deltas.
 //! - `checkpoints` moves the pin and lets the WAL restart, carrying unshipped tails.
 //! - `snapshots` starts new generations and takes scheduled snapshots; [`staging`] holds their
 //!   files before upload.
@@ -42,6 +43,7 @@
 #![deny(missing_docs)]
 
 pub mod agent;
+pub mod bases;
 pub mod catalog;
 mod checkpoints;
 pub mod clock;

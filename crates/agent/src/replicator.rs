@@ -146,6 +146,7 @@ impl Replicator {
             ctx,
             wal: self.db.wal(),
             page_size: self.db.page_size(),
+            db_file: self.db.file(),
             times: &self.times,
             limit: None,
         };

@@ -12,7 +12,7 @@ use lifeboat_storage::keys::Key;
 use lifeboat_storage::retry::{retry, RetryPolicy};
 use lifeboat_wal::checksum::PageHashes;
 use lifeboat_wal::snapshot::{SnapshotHeader, SnapshotTrailer, SnapshotWriter};
-use lifeboat_wal::{Generation, TxId, FORMAT_VERSION};
+use lifeboat_wal::{snapshot, Generation, TxId};
 use tempfile::NamedTempFile;
 use tracing::info;
 
@@ -43,7 +43,7 @@ fn write_snapshot(
     cursor: &Cursor,
 ) -> Result<Staged> {
     let header = SnapshotHeader {
-        version: FORMAT_VERSION,
+        version: snapshot::VERSION,
         generation,
         txid,
         page_size: db.page_size(),
@@ -222,6 +222,7 @@ fn scheduled_one(
         ctx,
         wal: db.wal(),
         page_size: db.page_size(),
+        db_file: db.file(),
         times,
         limit: Some(pin),
     };
@@ -245,8 +246,9 @@ fn scheduled_one(
     if staged.hashes.checksum() != expect {
         return Err(Error::ChecksumMismatch {
             what: format!(
-                "the pinned state of {} (the replica's state after txid {txid})",
-                ctx.path.display()
+                "the pinned state of {} (the replica's state after txid {})",
+                ctx.path.display(),
+                txid.0
             ),
             expected: expect,
             found: staged.hashes.checksum(),
@@ -269,7 +271,7 @@ fn scheduled_one(
         db = %ctx.path.display(),
         replica = %r.client.describe(),
         generation = %generation,
-        txid = %txid,
+        txid = txid.0,
         pages = staged.trailer.page_count,
         bytes = staged.trailer.total_len,
         elapsed = ?started.elapsed(),

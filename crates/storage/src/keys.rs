@@ -3,6 +3,7 @@
 //! ```text
 //! generations/<generation>/snapshots/<txid>-<time_ms>.lbsnap
 //! generations/<generation>/segments/<first_txid>-<last_txid>-<last_time_ms>.lbseg
+//! generations/<generation>/pruning
 //! drills/<unix_ms>.json
 //! generations/<generation>/fence/<epoch>[-<parent_generation>-<parent_txid>].lbfence
 //! lease.json, lease-handoff.json
@@ -32,6 +33,27 @@ pub fn snapshots_prefix(g: Generation) -> String {
 pub fn segments_prefix(g: Generation) -> String {
     format!("{GENERATIONS}{g}/segments/")
 }
+
+/// Key of the marker retention writes before it deletes a generation, and removes last:
+/// `generations/<generation>/pruning`. A generation that carries it is being deleted; restore
+/// and `verify` pass over it (saying so), so a prune interrupted halfway leaves nothing that
+/// looks damaged or restores to a shorter state.
+pub fn pruning_marker(g: Generation) -> String {
+    format!("{GENERATIONS}{g}/pruning")
+}
+
+/// The generation a [`pruning_marker`] key marks, if `key` is one.
+pub fn parse_pruning_marker(key: &str) -> Option<Generation> {
+    let g = key.strip_prefix(GENERATIONS)?.strip_suffix("/pruning")?;
+    if g.contains('/') {
+        return None;
+    }
+    g.parse().ok()
+}
+
+/// What a [`pruning_marker`] holds (always the same bytes, so writing it twice is harmless).
+pub const PRUNING_MARKER_BODY: &[u8] =
+    b"lifeboat retention is deleting this generation; run `lifeboat prune` to finish\n";
 
 /// Prefix of the drill reports (`lifeboat drill`), outside [`GENERATIONS`] so that restore,
 /// the catalog and `verify` never see them.
@@ -236,6 +258,18 @@ mod tests {
             assert_eq!(Key::parse(&s), Some(k), "{s}");
             assert_eq!(generation_of(&s), Some(Generation(0xabc)));
         }
+    }
+
+    #[test]
+    fn pruning_markers_round_trip_and_are_no_object_key() {
+        let k = pruning_marker(Generation(0xabc));
+        assert_eq!(k, "generations/0000000000000abc/pruning");
+        assert_eq!(parse_pruning_marker(&k), Some(Generation(0xabc)));
+        assert_eq!(Key::parse(&k), None);
+        assert_eq!(
+            parse_pruning_marker("generations/0000000000000abc/segments/pruning"),
+            None
+        );
     }
 
     #[test]
