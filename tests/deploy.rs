@@ -90,12 +90,16 @@ fn ten_render_style_deploys_of_the_node_app_lose_no_acknowledged_write() {
         let data = tmp.path().join(format!("data{i}"));
         let db = data.join("app.db").to_str().unwrap().to_string();
         let uploads = data.join("uploads").to_str().unwrap().to_string();
+        // lifeboat's health address, which the app also reads: POST /expenses is acknowledged
+        // only once lifeboat's POST /sync says the expense is in the replica.
+        let health = format!("127.0.0.1:{}", crate::support::free_port());
         let mut env = s3.env();
         env.extend([
             ("DATABASE_PATH", db.as_str()),
             ("UPLOADS_DIR", uploads.as_str()),
             ("PORT", "0"),
             ("HOST", "127.0.0.1"),
+            ("LIFEBOAT_HEALTH_ADDR", health.as_str()),
         ]);
         let flags = ["--db", &db, "--replica", &url, "--lease-ttl", "10s"];
         App::start(tmp.path(), &format!("i{i}"), &flags, &env)
@@ -151,8 +155,13 @@ fn ten_render_style_deploys_of_the_node_app_lose_no_acknowledged_write() {
     }
     stop.store(true, Ordering::SeqCst);
     writer.join().unwrap();
-    let status = old.stop();
-    assert_eq!(status.code(), Some(0));
+    // A durable write (the example's POST /expenses waits for lifeboat's /sync), then the
+    // whole host dies at once: that expense is in the replica.
+    let body = json!({"employee_id": 1, "amount_cents": 4200, "description": "durable"});
+    let (status, row) = post(old.port, "/expenses", &body).unwrap();
+    assert_eq!(status, 201, "{row}");
+    let durable_id = row["id"].as_i64().unwrap();
+    old.hard_kill();
     let s = seen.lock().unwrap();
     // The replica's newest state, restored, holds every acknowledged write.
     let out = tmp.path().join("final.db");
@@ -174,6 +183,17 @@ fn ten_render_style_deploys_of_the_node_app_lose_no_acknowledged_write() {
     assert!(
         s.acked.is_subset(&restored),
         "the final restore lacks acknowledged writes"
+    );
+    let durable: i64 = c
+        .query_row(
+            "SELECT count(*) FROM expenses WHERE id = ?1 AND description = 'durable'",
+            [durable_id],
+            |r| r.get(0),
+        )
+        .unwrap();
+    assert_eq!(
+        durable, 1,
+        "the expense acknowledged after /sync, then kill -9, is restored"
     );
     let slowest = handoffs.iter().max().unwrap();
     eprintln!(

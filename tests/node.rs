@@ -175,7 +175,7 @@ impl App {
 
     /// The whole host dies at once: SIGKILL to the process group, and to the app in case lifeboat
     /// put it in a group of its own.
-    fn hard_kill(mut self) {
+    pub(crate) fn hard_kill(mut self) {
         killpg(Pid::from_raw(self.child.id() as i32), Signal::SIGKILL).unwrap();
         let _ = kill(Pid::from_raw(self.node_pid), Signal::SIGKILL);
         self.child.wait().unwrap();
