@@ -8,6 +8,7 @@ mod capture;
 mod corruption;
 mod crash;
 mod deploy;
+mod dirs;
 mod drill;
 mod exclusion;
 mod format2;

@@ -92,6 +92,9 @@ pub struct ReplicateArgs {
     pub lease_flags: LeaseFlags,
     #[command(flatten)]
     pub keep: KeepArgs,
+    /// A folder to back up with the database, `PATH` or `NAME=PATH` (repeatable).
+    #[arg(long = "dir", env = "LIFEBOAT_DIRS", value_delimiter = ',')]
+    pub dirs: Vec<String>,
 }
 
 /// Retention and scheduled snapshots, for `replicate` and `run`; each beats the configuration
@@ -148,6 +151,10 @@ pub struct RestoreArgs {
     /// Replace the output file if it exists (its -wal and -shm are removed).
     #[arg(long)]
     pub force: bool,
+    /// Also restore this backed-up folder, as of the same point, `PATH` or `NAME=PATH`
+    /// (repeatable; an existing non-empty folder needs --force, which moves it aside).
+    #[arg(long = "dir")]
+    pub dirs: Vec<String>,
 }
 
 #[derive(Debug, ClapArgs)]
@@ -270,6 +277,10 @@ pub struct RunArgs {
     pub lease_flags: LeaseFlags,
     #[command(flatten)]
     pub keep: KeepArgs,
+    /// A folder to back up with the database and restore with it on boot, `PATH` or
+    /// `NAME=PATH` (repeatable).
+    #[arg(long = "dir", env = "LIFEBOAT_DIRS", value_delimiter = ',')]
+    pub dirs: Vec<String>,
     /// The app and its arguments, after `--`.
     #[arg(last = true, required = true)]
     pub command: Vec<String>,

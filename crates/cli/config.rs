@@ -211,6 +211,8 @@ struct Database {
     #[serde(default, with = "humantime_serde_opt")]
     snapshot_interval: Option<Duration>,
     snapshot_segments: Option<u32>,
+    #[serde(default)]
+    dirs: Vec<String>,
 }
 
 fn retention_opt<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<Retention>, D::Error> {
@@ -235,6 +237,7 @@ impl Database {
             retention: None,
             snapshot_interval: None,
             snapshot_segments: None,
+            dirs: Vec::new(),
         }
     }
 }
@@ -372,6 +375,25 @@ fn options(d: &Database, flags: &Flags) -> Options {
     options
 }
 
+/// Parses `--dir`/`dirs` entries (`PATH` or `NAME=PATH`).
+pub fn dir_specs(v: &[String]) -> Result<Vec<lifeboat_dirs::DirSpec>> {
+    Ok(lifeboat_dirs::DirSpec::parse_all(
+        v.iter().map(String::as_str),
+    )?)
+}
+
+/// Adds `--dir` folders (command line or `LIFEBOAT_DIRS`) to the one database given there.
+pub fn with_dirs(dbs: &mut [DbConfig], dirs: &[String]) -> Result<()> {
+    match dbs {
+        _ if dirs.is_empty() => Ok(()),
+        [d] if d.options.dirs.is_empty() => {
+            d.options.dirs = dir_specs(dirs)?;
+            Ok(())
+        }
+        _ => bail!("--dir (or LIFEBOAT_DIRS) goes with one database on the command line; in a configuration file, list a database's folders as dirs = [...]"),
+    }
+}
+
 /// Reads and checks a configuration file (`${VAR}` expanded).
 fn read_file(path: &std::path::Path) -> Result<File> {
     let text = std::fs::read_to_string(path)
@@ -400,7 +422,8 @@ pub async fn databases(src: &Source, flags: &Flags) -> Result<Vec<DbConfig>> {
     match src {
         Source::File(path) => {
             for d in read_file(path)?.databases {
-                let options = options(&d, flags);
+                let mut options = options(&d, flags);
+                options.dirs = dir_specs(&d.dirs)?;
                 let mut replicas = Vec::new();
                 for r in &d.replicas {
                     replicas.push(replica_url::open(r.url()).await?);
@@ -452,6 +475,18 @@ mod tests {
     /// A file with one database at /data/app.db, with `rest` added to its table.
     fn one_database(rest: &str) -> File {
         toml::from_str(&format!("[[databases]]\npath = '/data/app.db'\n{rest}\n")).unwrap()
+    }
+
+    #[test]
+    fn a_database_lists_its_folders_and_two_folders_may_not_share_a_name() {
+        let f =
+            one_database("replicas = ['file:///tmp/r']\ndirs = ['/data/uploads', 'docs=/data/d']");
+        let specs = dir_specs(&f.databases[0].dirs).unwrap();
+        let names: Vec<_> = specs.iter().map(|d| d.name.as_str()).collect();
+        assert_eq!(names, ["uploads", "docs"]);
+        assert_eq!(specs[1].path, PathBuf::from("/data/d"));
+        let e = dir_specs(&["/a/up".into(), "/b/up".into()]).unwrap_err();
+        assert!(e.to_string().contains("NAME=PATH"), "{e}");
     }
 
     #[test]

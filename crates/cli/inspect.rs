@@ -48,7 +48,23 @@ pub async fn verify(a: InspectArgs) -> Result<ExitCode> {
     let bar = progress::bar("verifying", progress::Unit::Bytes);
     let rows = verify::verify_with_progress(client.as_ref(), bar).await?;
     print_generations(&rows, a.json)?;
-    let problems: usize = rows.iter().map(|r| r.problems.len()).sum();
+    let folders = lifeboat_dirs::verify::verify(client.as_ref(), &std::env::temp_dir()).await?;
+    if !a.json && !folders.folders.is_empty() {
+        println!(
+            "folders {}: {} manifests, {} blobs ({} bytes) read",
+            folders.folders.join(", "),
+            folders.manifests,
+            folders.blobs,
+            folders.bytes
+        );
+    }
+    for p in &folders.problems {
+        match a.json {
+            true => eprintln!("PROBLEM folders: {p}"),
+            false => println!("PROBLEM folders: {p}"),
+        }
+    }
+    let problems = rows.iter().map(|r| r.problems.len()).sum::<usize>() + folders.problems.len();
     if !a.json {
         print_stale(&Catalog::load(client.as_ref()).await?);
         for r in &rows {

@@ -26,6 +26,7 @@ pub async fn replicate(a: ReplicateArgs) -> Result<ExitCode> {
     } else {
         Vec::new()
     };
+    config::with_dirs(&mut dbs, &a.dirs)?;
     let mut endpoint = Ok(());
     let mut flushes = Vec::new();
     let r = lifeboat_agent::agent::replicate(dbs, shutdown.clone(), |handles| {

@@ -72,6 +72,9 @@ pub async fn restore(r: RestoreArgs) -> Result<ExitCode> {
         return Ok(ExitCode::SUCCESS);
     }
     let client = replica_url::open(&url).await?;
+    for d in crate::config::dir_specs(&r.dirs)? {
+        lifeboat_dirs::restore::check_output(&d.path, r.force)?;
+    }
     let target = match (&r.txid, &r.timestamp) {
         (Some(t), _) => Target::TxId(human::parse_txid(t).context("--txid")?),
         (None, Some(ts)) => Target::Time(parse_time(ts)?),
@@ -136,6 +139,25 @@ pub async fn restore(r: RestoreArgs) -> Result<ExitCode> {
     let report = rs::execute(client.as_ref(), &plan, &opts)
         .await
         .with_context(|| format!("restore from {} failed", client.describe()))?;
+    for d in crate::config::dir_specs(&r.dirs)? {
+        let at = Some((report.generation, report.txid));
+        let f = lifeboat_dirs::restore::restore(client.as_ref(), &d.name, at, &d.path, r.force)
+            .await
+            .with_context(|| {
+                format!(
+                    "restore of folder {} failed (the database was restored)",
+                    d.path.display()
+                )
+            })?;
+        println!(
+            "restored folder {} ({}) as of the same point: {} files, {} bytes, every SHA-256 verified{}",
+            d.path.display(),
+            f.manifest.key(&d.name),
+            f.files,
+            f.bytes,
+            f.moved_aside.map(|p| format!("; the old folder was moved to {}", p.display())).unwrap_or_default()
+        );
+    }
     println!("{}: {}", output.display(), human::restored(&report));
     Ok(ExitCode::SUCCESS)
 }

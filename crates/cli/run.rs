@@ -31,7 +31,6 @@ use lifeboat_agent::files::{fsync_dir, sibling};
 use lifeboat_agent::restore::{self, RestoreOptions, Target};
 use lifeboat_agent::OnDivergence;
 use lifeboat_storage::ReplicaClient;
-use lifeboat_wal::{Generation, TxId};
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 use tokio::process::Command;
@@ -56,12 +55,12 @@ const FORWARDED: [Signal; 6] = [
     Signal::SIGUSR2,
 ];
 
-/// Restores the newest state of `client` (or the one `at`) into `db` (which must not exist).
-async fn restore_into(
-    db: &Path,
-    client: &dyn ReplicaClient,
-    at: Option<(Generation, TxId)>,
-) -> Result<()> {
+/// A database position: where a restore landed.
+type At = (lifeboat_wal::Generation, lifeboat_wal::TxId);
+
+/// Restores the newest state of `client` (or the one `at`: where the previous lease holder
+/// stopped) into `db` (which must not exist); returns where it landed.
+async fn restore_into(db: &Path, client: &dyn ReplicaClient, at: Option<At>) -> Result<At> {
     info!(db = %db.display(), replica = %client.describe(), at = %lifeboat_agent::lease::fmt_position(at), "restoring the newest state (or the one the lease was handed over at)");
     let mut opts = RestoreOptions::new(db.to_path_buf());
     if let Some((g, t)) = at {
@@ -75,15 +74,34 @@ async fn restore_into(
         )
     })?;
     info!(db = %db.display(), "{}", crate::human::restored(&report));
+    Ok((report.generation, report.txid))
+}
+
+/// Restores the database's folders as of `at` (the database was just restored), or, with
+/// `at` `None`, those that are missing or empty as of the newest state. A non-empty folder is
+/// moved aside only with `aside` (`--on-stale restore`), otherwise refused.
+async fn restore_dirs(cfg: &DbConfig, at: Option<At>, aside: bool) -> Result<()> {
+    use lifeboat_dirs::{restore, Error};
+    for d in &cfg.options.dirs {
+        if at.is_none() && restore::check_output(&d.path, false).is_err() {
+            continue;
+        }
+        match restore::restore(cfg.replicas[0].as_ref(), &d.name, at, &d.path, aside).await {
+            Ok(r) => info!(folder = %d.path.display(), files = r.files, bytes = r.bytes, moved_aside = ?r.moved_aside, "folder restored with the database"),
+            Err(Error::NoBackup { .. }) => warn!(folder = %d.path.display(), "the replica holds no backup of this folder yet; starting with it as it is"),
+            Err(e @ Error::OutputExists { .. }) => bail!("{e}; the database was restored but this folder is not the one its rows refer to. Pass --on-stale restore to move the folder aside and restore it"),
+            Err(e) => return Err(anyhow::Error::new(e).context(format!("restore of folder {} failed", d.path.display()))),
+        }
+    }
     Ok(())
 }
 
-/// Brings a missing database back from its first replica (returns `true`), at the state `at`
+/// Brings a missing database back from its first replica (returns where), at the state `at`
 /// (where the previous lease holder stopped) if given, or creates it.
-async fn prepare_missing(cfg: &DbConfig, at: Option<(Generation, TxId)>) -> Result<bool> {
+async fn prepare_missing(cfg: &DbConfig, at: Option<At>) -> Result<Option<At>> {
     let db = &cfg.path;
     if db.exists() {
-        return Ok(false);
+        return Ok(None);
     }
     if sibling(db, "-wal").exists() {
         bail!(
@@ -102,15 +120,14 @@ async fn prepare_missing(cfg: &DbConfig, at: Option<(Generation, TxId)>) -> Resu
         .with_context(|| format!("cannot list {}", client.describe()))?;
     if cat.latest().is_some() {
         info!(db = %db.display(), "database missing: restoring it from the replica");
-        restore_into(db, client, at).await?;
-        Ok(true)
+        Ok(Some(restore_into(db, client, at).await?))
     } else {
         info!(db = %db.display(), replica = %client.describe(), "no database and no backup yet: starting fresh");
         let c = rusqlite::Connection::open(db)
             .with_context(|| format!("cannot create {}", db.display()))?;
         c.query_row("PRAGMA journal_mode=WAL", [], |_| Ok(()))
             .with_context(|| format!("cannot switch {} to WAL mode", db.display()))?;
-        Ok(false)
+        Ok(None)
     }
 }
 
@@ -157,7 +174,8 @@ async fn start(sup: &mut Supervisor, mut cfg: DbConfig, on_stale: OnStale) -> Re
         Err(e @ lifeboat_agent::Error::Diverged { .. }) if on_stale == OnStale::Restore => {
             let aside = move_aside(&cfg.path)?;
             warn!(db = %cfg.path.display(), moved_to = %aside.display(), error = %e, "local database moved aside; restoring the replica's newest state");
-            restore_into(&cfg.path, cfg.replicas[0].as_ref(), None).await?;
+            let at = restore_into(&cfg.path, cfg.replicas[0].as_ref(), None).await?;
+            restore_dirs(&cfg, Some(at), true).await?;
             cfg.options.resume = false;
             Ok(sup.start(cfg).await?)
         }
@@ -237,6 +255,7 @@ pub async fn run(args: RunArgs) -> Result<ExitCode> {
     )?;
     crate::neighbours::warn_all(&src).await;
     let mut dbs = config::databases(&src, &Flags::from(&args.keep)).await?;
+    config::with_dirs(&mut dbs, &args.dirs)?;
     let (lease_tx, mut lease_rx) = tokio::sync::mpsc::unbounded_channel();
     let mut keepers = Vec::new();
     for (i, d) in dbs.iter_mut().enumerate() {
@@ -254,7 +273,9 @@ pub async fn run(args: RunArgs) -> Result<ExitCode> {
         // A database restored on boot starts a new generation rather than resuming: another
         // instance may still be running on the old one (an overlapping deploy), and two writers
         // on one generation would fork it.
-        d.options.resume = !prepare_missing(d, at).await?;
+        let restored = prepare_missing(d, at).await?;
+        d.options.resume = restored.is_none();
+        restore_dirs(d, restored, args.on_stale == OnStale::Restore).await?;
     }
     if args.no_lease {
         warn!("running without the writer lease (--no-lease): another instance writing the same replica at the same time is not prevented, and an overlapping deploy loses the old instance's last writes");

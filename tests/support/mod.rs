@@ -49,7 +49,7 @@ impl Agent {
         let child = Command::new(bin())
             .args(args)
             .envs(env.iter().copied())
-            .env("RUST_LOG", "info,lifeboat_agent=debug")
+            .env("RUST_LOG", "info,lifeboat_agent=debug,lifeboat_dirs=debug")
             .stdout(Stdio::null())
             .stderr(f)
             .spawn()

@@ -55,6 +55,9 @@ pub enum Error {
     /// A replica operation failed.
     #[error(transparent)]
     Storage(#[from] lifeboat_storage::Error),
+    /// Backing up or restoring a folder next to the database failed.
+    #[error(transparent)]
+    Dirs(#[from] lifeboat_dirs::Error),
     /// An object failed verification.
     #[error("object {key} is corrupt; the replica cannot be restored past it")]
     Corrupt {
@@ -201,6 +204,7 @@ impl Error {
             Error::Storage(lifeboat_storage::Error::Conflict { .. }) => "conflict",
             Error::Storage(lifeboat_storage::Error::NotFound { .. }) => "not_found",
             Error::Storage(_) => "storage",
+            Error::Dirs(_) => "folder",
             Error::Corrupt { .. } => "corrupt",
             Error::Replica(_)
             | Error::Fork { .. }

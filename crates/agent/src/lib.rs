@@ -121,6 +121,9 @@ pub struct Options {
     /// The writer lease this agent holds, if any (see [`lease`]): every generation it starts is
     /// fenced with its epoch, and no upload starts unless the lease is held and renewed.
     pub lease: Option<lease::Fencing>,
+    /// Folders backed up with the database (`--dir`), shipped before the commits that follow
+    /// them (see `lifeboat_dirs`).
+    pub dirs: Vec<lifeboat_dirs::DirSpec>,
 }
 
 /// What to do when a replica's newest state is not the local database's past (a stale disk
@@ -152,6 +155,7 @@ impl Default for Options {
             snapshot_interval: Some(Duration::from_secs(24 * 3600)),
             snapshot_segments: 1000,
             lease: None,
+            dirs: Vec::new(),
         }
     }
 }

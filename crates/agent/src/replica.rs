@@ -295,6 +295,7 @@ mod tests {
             opts: crate::Options::default(),
             rt: tokio::runtime::Runtime::new().unwrap().handle().clone(),
             status: Default::default(),
+            dirs: None,
         }
     }
 

@@ -152,6 +152,14 @@ impl Replica {
         };
         let last = seg.header.last_txid;
         let time_ms = seg.header.last_time_ms;
+        // The folders first: a file written before these commits must be stored before them.
+        if let Some(d) = &ctx.dirs {
+            let complete = !full && ship.limit.is_none();
+            if let Err(e) = d.flush(self.index, st.generation, last, complete) {
+                st.hashes.rollback();
+                return Err(e.into());
+            }
+        }
         let key = Key::Segment {
             generation: st.generation,
             first: st.next_txid,

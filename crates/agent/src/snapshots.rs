@@ -125,8 +125,18 @@ pub(crate) fn new_generations(
         };
         let reason = reason.to_string();
         // A lease holder's generation is fenced with its epoch before it can be restored.
-        let fenced = crate::lease::write_fence(ctx, r.client.as_ref(), generation);
-        if let Err(e) = fenced.and_then(|()| upload(ctx, r, &key, &staged)) {
+        if let Err(e) = crate::lease::write_fence(ctx, r.client.as_ref(), generation) {
+            r.record_failure(&e, "fence upload failed", ctx);
+            continue;
+        }
+        // The folders first, as with every shipment (see `shipping`).
+        if let Some(d) = &ctx.dirs {
+            if let Err(e) = d.flush(r.index, generation, TxId(0), true) {
+                r.record_failure(&e.into(), "folder backup failed", ctx);
+                continue;
+            }
+        }
+        if let Err(e) = upload(ctx, r, &key, &staged) {
             r.record_failure(&e, "snapshot upload failed", ctx);
             continue;
         }

@@ -215,6 +215,15 @@ pub async fn drill(client: &dyn ReplicaClient, opts: &DrillOptions) -> Result<Dr
     report.checksum = Some(latest.checksum.clone());
     checks::point_problems(&mut report, &latest, "the newest state");
 
+    // Folders backed up with the database: every manifest and every blob's SHA-256.
+    match lifeboat_dirs::verify::verify(client, scratch.path()).await {
+        Ok(f) => f
+            .problems
+            .into_iter()
+            .for_each(|p| report.problem(format!("folders: {p}"))),
+        Err(e) => report.problem(format!("cannot check the folders: {e}")),
+    }
+
     let objs = cat
         .generations
         .get(&plan.generation)
