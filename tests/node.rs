@@ -35,11 +35,11 @@ use crate::support::*;
 /// one. Anything acknowledged earlier than that must be in the replica.
 const LAG_WINDOW: Duration = Duration::from_secs(2);
 
-fn example_dir() -> PathBuf {
+pub(crate) fn example_dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/node-backend")
 }
 
-fn node_available() -> bool {
+pub(crate) fn node_available() -> bool {
     Command::new("node")
         .arg("--version")
         .stdout(Stdio::null())
@@ -91,11 +91,11 @@ fn http(port: u16, method: &str, path: &str, body: &[u8]) -> std::io::Result<(u1
     Ok((status, v))
 }
 
-fn get(port: u16, path: &str) -> (u16, Value) {
+pub(crate) fn get(port: u16, path: &str) -> (u16, Value) {
     http(port, "GET", path, b"").unwrap_or_else(|e| panic!("GET {path}: {e}"))
 }
 
-fn post(port: u16, path: &str, body: &Value) -> std::io::Result<(u16, Value)> {
+pub(crate) fn post(port: u16, path: &str, body: &Value) -> std::io::Result<(u16, Value)> {
     http(port, "POST", path, body.to_string().as_bytes())
 }
 
@@ -111,18 +111,18 @@ fn alive(pid: i32) -> bool {
 }
 
 /// `lifeboat run ... -- node server.js` in its own process group, as on a host of its own.
-struct App {
+pub(crate) struct App {
     child: Child,
     reaped: bool,
     log: PathBuf,
-    port: u16,
+    pub(crate) port: u16,
     /// The Node process (lifeboat's child).
     node_pid: i32,
 }
 
 impl App {
     /// Starts it and waits until the app listens (after lifeboat's restore and first sync).
-    fn start(dir: &Path, name: &str, args: &[&str], env: &[(&str, &str)]) -> App {
+    pub(crate) fn start(dir: &Path, name: &str, args: &[&str], env: &[(&str, &str)]) -> App {
         let log = dir.join(format!("{name}.log"));
         let out = dir.join(format!("{name}.out"));
         let child = Command::new(bin())
@@ -169,13 +169,13 @@ impl App {
         app
     }
 
-    fn log_text(&self) -> String {
+    pub(crate) fn log_text(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
 
     /// The whole host dies at once: SIGKILL to the process group, and to the app in case lifeboat
     /// put it in a group of its own.
-    fn hard_kill(mut self) {
+    pub(crate) fn hard_kill(mut self) {
         killpg(Pid::from_raw(self.child.id() as i32), Signal::SIGKILL).unwrap();
         let _ = kill(Pid::from_raw(self.node_pid), Signal::SIGKILL);
         self.child.wait().unwrap();
@@ -185,7 +185,7 @@ impl App {
     }
 
     /// SIGTERM to lifeboat (which forwards it to the app), then its exit status.
-    fn stop(mut self) -> ExitStatus {
+    pub(crate) fn stop(mut self) -> ExitStatus {
         kill(Pid::from_raw(self.child.id() as i32), Signal::SIGTERM).unwrap();
         let mut status = None;
         wait_until("lifeboat run to exit", Duration::from_secs(90), || {

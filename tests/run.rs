@@ -300,7 +300,14 @@ fn a_stale_disk_is_refused_even_when_the_replica_was_unreachable_at_boot() {
     let moved = dir.path().join("replica.moved");
     std::fs::rename(&replica, &moved).unwrap();
     std::fs::write(&replica, b"not a folder").unwrap();
-    let mut agent = run_agent(&db, &replica, &dir.path().join("b.log"), "exit 0", &[]);
+    // Without the lease (which needs the replica at boot, so would not start at all).
+    let mut agent = run_agent(
+        &db,
+        &replica,
+        &dir.path().join("b.log"),
+        "exit 0",
+        &["--no-lease"],
+    );
     agent.wait_for_log("cannot read replica state");
     std::fs::remove_file(&replica).unwrap();
     std::fs::rename(&moved, &replica).unwrap();
@@ -344,7 +351,14 @@ fn an_overlapping_deploy_gets_its_own_generation_instead_of_forking_the_old_one(
         stop_a.display(),
         insert(&a, 1000, 5)
     );
-    let mut old = run_agent(&a, &replica, &dir.path().join("a.log"), &script_a, &[]);
+    // Without the writer lease (tests/lease.rs has the overlapping deploy with it).
+    let mut old = run_agent(
+        &a,
+        &replica,
+        &dir.path().join("a.log"),
+        &script_a,
+        &["--no-lease"],
+    );
     wait_until("the old instance's writes", Duration::from_secs(60), || {
         dir.path().join("a-wrote").exists()
     });
@@ -355,7 +369,7 @@ fn an_overlapping_deploy_gets_its_own_generation_instead_of_forking_the_old_one(
         &replica,
         &dir.path().join("b.log"),
         &insert(&b, 2000, 7),
-        &[],
+        &["--no-lease"],
     );
     assert_eq!(
         new.wait(Duration::from_secs(60)).code(),

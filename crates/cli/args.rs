@@ -58,6 +58,10 @@ pub enum Command {
     /// it (integrity, foreign keys, checksum), optionally compare it with the live database;
     /// exit 2 on any problem. The report is stored in the replica under `drills/`.
     Drill(DrillArgs),
+    /// Wait until every transaction committed so far to the databases of a running `lifeboat
+    /// run` (or `replicate`) is in every replica (`POST /sync` on its health address); exit 0
+    /// when it is, 1 if the timeout passes first.
+    Sync(SyncArgs),
     /// List the drill reports stored in a replica (under `drills/`), newest last.
     Drills(DrillsArgs),
     /// Print the version.
@@ -83,6 +87,12 @@ pub struct ReplicateArgs {
     /// `/health` turns unhealthy once a replica is this far behind (default 60s).
     #[arg(long, env = "LIFEBOAT_HEALTH_MAX_LAG", value_parser = humantime::parse_duration)]
     pub health_max_lag: Option<std::time::Duration>,
+    /// Hold the replica path's writer lease while replicating (refuses to start while another
+    /// instance holds it; needs a store with conditional writes). `run` holds it by default.
+    #[arg(long, env = "LIFEBOAT_LEASE")]
+    pub lease: bool,
+    #[command(flatten)]
+    pub lease_flags: LeaseFlags,
     #[command(flatten)]
     pub keep: KeepArgs,
     /// A folder to back up with the database, `PATH` or `NAME=PATH` (repeatable).
@@ -265,6 +275,13 @@ pub struct RunArgs {
     /// never stop the app.
     #[arg(long, env = "LIFEBOAT_DRILL_INTERVAL", value_parser = humantime::parse_duration)]
     pub drill_interval: Option<std::time::Duration>,
+    /// Do not take the writer lease: two instances may then write one replica at once (an
+    /// overlapping deploy loses the old instance's last writes). Only for a store without
+    /// conditional writes, with one instance at a time.
+    #[arg(long, env = "LIFEBOAT_NO_LEASE")]
+    pub no_lease: bool,
+    #[command(flatten)]
+    pub lease_flags: LeaseFlags,
     #[command(flatten)]
     pub keep: KeepArgs,
     /// A folder to back up with the database and restore with it on boot, `PATH` or
@@ -292,4 +309,27 @@ pub struct PruneArgs {
     /// Evaluate the window as of this time (RFC 3339) instead of now: for checking a policy ahead.
     #[arg(long, hide = true)]
     pub now: Option<String>,
+}
+
+/// The writer lease (see docs/design.md, "The writer lease").
+#[derive(Debug, Clone, ClapArgs)]
+pub struct LeaseFlags {
+    /// The lease's time to live: renewed every third of it; a holder that stops renewing (dead,
+    /// paused) loses it this long after its last renewal.
+    #[arg(long, env = "LIFEBOAT_LEASE_TTL", default_value = "30s", value_parser = humantime::parse_duration)]
+    pub lease_ttl: std::time::Duration,
+    /// How long a new instance waits for a live holder to hand the lease over (and how long
+    /// the holder waits for the app's write lock and its last upload), before giving up.
+    #[arg(long, env = "LIFEBOAT_HANDOFF_TIMEOUT", default_value = "60s", value_parser = humantime::parse_duration)]
+    pub handoff_timeout: std::time::Duration,
+}
+
+#[derive(Debug, ClapArgs)]
+pub struct SyncArgs {
+    /// The health address of the running lifeboat (its `--health-addr`).
+    #[arg(long, env = "LIFEBOAT_HEALTH_ADDR")]
+    pub addr: String,
+    /// Give up (exit 1) after this long.
+    #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
+    pub timeout: std::time::Duration,
 }

@@ -1,7 +1,10 @@
 //! The status endpoint: `GET /health` (JSON; 200 while every replica is healthy, 503 otherwise)
-//! and `GET /metrics` (Prometheus text format), both read from the agents' [`Status`].
+//! and `GET /metrics` (Prometheus text format), both read from the agents' [`Status`], and
+//! `POST /sync` (durable acknowledgements: 200 once every transaction committed before the call
+//! is in every replica, 503 at the deadline, `?timeout=10s` by default).
 //!
-//! It runs on a thread of its own with `tiny_http`, so a slow scraper never touches replication.
+//! It runs on a thread of its own with `tiny_http`, so a slow scraper never touches replication;
+//! each `/sync` waits on a thread of its own, so it never holds up `/health`.
 
 use std::fmt::Write as _;
 use std::path::PathBuf;
@@ -19,6 +22,8 @@ pub struct Watched {
     pub path: PathBuf,
     /// Its agent's progress.
     pub status: Arc<Status>,
+    /// Its sync requests.
+    pub flush: Arc<lifeboat_agent::flush::Flush>,
 }
 
 #[derive(Serialize)]
@@ -32,6 +37,8 @@ struct DbHealth {
     db: String,
     errors: u64,
     last_error: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    lease: Option<lifeboat_agent::lease::LeaseInfo>,
     replicas: Vec<ReplicaHealth>,
 }
 
@@ -68,6 +75,7 @@ fn health(dbs: &[Watched]) -> (bool, String) {
                 db: w.path.display().to_string(),
                 errors: s.errors,
                 last_error: s.last_error,
+                lease: s.lease,
                 replicas,
             }
         })
@@ -252,6 +260,37 @@ fn metrics(dbs: &[Watched]) -> String {
             .collect();
         family(name, kind, help, rows);
     }
+    let leases: Vec<_> = snaps
+        .iter()
+        .filter_map(|(db, s)| s.lease.as_ref().map(|l| (format!("db=\"{db}\""), l)))
+        .collect();
+    let lease_rows = |f: &dyn Fn(&lifeboat_agent::lease::LeaseInfo) -> f64| -> Vec<(String, f64)> {
+        leases.iter().map(|(l, x)| (l.clone(), f(x))).collect()
+    };
+    family(
+        "lifeboat_lease_held",
+        "gauge",
+        "1 while this instance holds the replica's writer lease, else 0.",
+        lease_rows(&|l| f64::from(u8::from(l.state == "held"))),
+    );
+    family(
+        "lifeboat_lease_epoch",
+        "gauge",
+        "The epoch of the writer lease this instance took.",
+        lease_rows(&|l| l.epoch as f64),
+    );
+    family(
+        "lifeboat_lease_expiry_timestamp_seconds",
+        "gauge",
+        "When the writer lease expires unless renewed (Unix time, this host's clock).",
+        lease_rows(&|l| l.expires_ms as f64 / 1000.0),
+    );
+    family(
+        "lifeboat_lease_handoffs_total",
+        "counter",
+        "Handoffs of the writer lease this instance answered.",
+        lease_rows(&|l| l.handoffs as f64),
+    );
     // The last scheduled drill of each database that ran one.
     let drills: Vec<_> = snaps
         .iter()
@@ -291,6 +330,7 @@ pub fn serve_agents(addr: &str, handles: &[lifeboat_agent::agent::DbHandle]) -> 
         .map(|h| Watched {
             path: h.path().to_path_buf(),
             status: h.status.clone(),
+            flush: h.flush.clone(),
         })
         .collect();
     serve(addr, watched)
@@ -307,13 +347,24 @@ pub fn serve(addr: &str, dbs: Vec<Watched>) -> Result<()> {
         .spawn(move || {
             for req in server.incoming_requests() {
                 let path = req.url().split('?').next().unwrap_or("").to_string();
+                if path == "/sync" {
+                    let dbs = dbs.clone();
+                    let _ = std::thread::Builder::new()
+                        .name("lifeboat sync".into())
+                        .spawn(move || answer_sync(req, &dbs));
+                    continue;
+                }
                 let (code, ctype, body) = match path.as_str() {
                     "/health" | "/healthz" => {
                         let (ok, body) = health(&dbs);
                         (if ok { 200 } else { 503 }, "application/json", body)
                     }
                     "/metrics" => (200, "text/plain; version=0.0.4", metrics(&dbs)),
-                    _ => (404, "text/plain", "try /health or /metrics\n".into()),
+                    _ => (
+                        404,
+                        "text/plain",
+                        "try /health, /metrics or POST /sync\n".into(),
+                    ),
                 };
                 let header =
                     tiny_http::Header::from_bytes("Content-Type", ctype).expect("static header");
@@ -326,4 +377,139 @@ pub fn serve(addr: &str, dbs: Vec<Watched>) -> Result<()> {
         })
         .context("start the status endpoint thread")?;
     Ok(())
+}
+
+/// The deadline of a `/sync` without `?timeout=`.
+const SYNC_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// `POST /sync[?timeout=10s]`: 200 with where every replica stands once every transaction
+/// committed before the call is in every replica; 503 if the deadline passes first (or
+/// replication stopped); 405 for another method.
+fn answer_sync(req: tiny_http::Request, dbs: &[Watched]) {
+    let (code, body) = sync_response(req.method(), req.url(), dbs);
+    let header =
+        tiny_http::Header::from_bytes("Content-Type", "application/json").expect("static header");
+    let _ = req.respond(
+        tiny_http::Response::from_string(body)
+            .with_status_code(code)
+            .with_header(header),
+    );
+}
+
+fn sync_response(method: &tiny_http::Method, url: &str, dbs: &[Watched]) -> (u16, String) {
+    use lifeboat_agent::flush::NotSynced;
+    if *method != tiny_http::Method::Post {
+        return (405, r#"{"status":"use POST /sync"}"#.into());
+    }
+    let timeout = url
+        .split_once('?')
+        .and_then(|(_, q)| q.split('&').find_map(|kv| kv.strip_prefix("timeout=")))
+        .map(humantime::parse_duration);
+    let timeout = match timeout {
+        None => SYNC_TIMEOUT,
+        Some(Ok(t)) => t,
+        Some(Err(e)) => {
+            let body =
+                serde_json::json!({ "status": "bad request", "error": format!("timeout: {e}") });
+            return (400, body.to_string());
+        }
+    };
+    let started = std::time::Instant::now();
+    let deadline = started + timeout;
+    let mut out = Vec::new();
+    for w in dbs {
+        let left = deadline.saturating_duration_since(std::time::Instant::now());
+        match w.flush.sync(left) {
+            Ok(at) => {
+                out.push(serde_json::json!({ "db": w.path.display().to_string(), "replicas": at }))
+            }
+            Err(e) => {
+                let why = match e {
+                    NotSynced::Timeout => "timeout",
+                    NotSynced::Stopped => "stopped",
+                };
+                let body = serde_json::json!({
+                    "status": why,
+                    "db": w.path.display().to_string(),
+                    "waited_ms": started.elapsed().as_millis() as u64,
+                });
+                return (503, body.to_string());
+            }
+        }
+    }
+    let body = serde_json::json!({
+        "status": "synced",
+        "waited_ms": started.elapsed().as_millis() as u64,
+        "databases": out,
+    });
+    (200, body.to_string())
+}
+
+/// `lifeboat sync --addr HOST:PORT`: `POST /sync` to a running lifeboat and print its answer.
+pub async fn sync_command(a: crate::args::SyncArgs) -> Result<std::process::ExitCode> {
+    let (code, body) = tokio::task::spawn_blocking(move || post_sync(&a.addr, a.timeout))
+        .await
+        .context("the sync request")??;
+    println!("{}", body.trim_end());
+    if code == 200 {
+        Ok(std::process::ExitCode::SUCCESS)
+    } else {
+        anyhow::bail!("not synced (HTTP {code}): {}", body.trim_end())
+    }
+}
+
+/// One `POST /sync?timeout=...` over HTTP/1.1; the status code and body.
+pub fn post_sync(addr: &str, timeout: std::time::Duration) -> Result<(u16, String)> {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(addr)
+        .with_context(|| format!("cannot connect to lifeboat's health address {addr}"))?;
+    s.set_read_timeout(Some(timeout + std::time::Duration::from_secs(5)))?;
+    write!(
+        s,
+        "POST /sync?timeout={}ms HTTP/1.1\r\nHost: {addr}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
+        timeout.as_millis()
+    )?;
+    let mut resp = Vec::new();
+    s.read_to_end(&mut resp)
+        .with_context(|| format!("no answer from {addr}"))?;
+    let text = String::from_utf8_lossy(&resp);
+    let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
+    let code = head
+        .split(' ')
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .with_context(|| format!("not an HTTP answer from {addr}: {head:?}"))?;
+    Ok((code, body.to_string()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn watched() -> Vec<Watched> {
+        vec![Watched {
+            path: "app.db".into(),
+            status: Arc::new(Status::default()),
+            flush: Arc::new(lifeboat_agent::flush::Flush::default()),
+        }]
+    }
+
+    #[test]
+    fn sync_wants_post_and_a_valid_timeout() {
+        let dbs = watched();
+        assert_eq!(sync_response(&tiny_http::Method::Get, "/sync", &dbs).0, 405);
+        let (code, body) = sync_response(&tiny_http::Method::Post, "/sync?timeout=soon", &dbs);
+        assert_eq!(code, 400, "{body}");
+    }
+
+    #[test]
+    fn sync_answers_503_at_its_deadline_when_nothing_settles_it() {
+        // No replicator thread runs here: the ticket is never settled.
+        let dbs = watched();
+        let t = std::time::Instant::now();
+        let (code, body) = sync_response(&tiny_http::Method::Post, "/sync?timeout=50ms", &dbs);
+        assert_eq!(code, 503, "{body}");
+        assert!(body.contains("\"timeout\""), "{body}");
+        assert!(t.elapsed() >= std::time::Duration::from_millis(50));
+    }
 }

@@ -34,6 +34,10 @@ pub async fn generations(a: InspectArgs) -> Result<ExitCode> {
         .map(|(g, o)| verify::summarize(*g, o))
         .collect();
     print_generations(&rows, a.json)?;
+    if !a.json {
+        print_stale(&cat);
+        print_lease(client.as_ref()).await;
+    }
     Ok(ExitCode::SUCCESS)
 }
 
@@ -62,6 +66,7 @@ pub async fn verify(a: InspectArgs) -> Result<ExitCode> {
     }
     let problems = rows.iter().map(|r| r.problems.len()).sum::<usize>() + folders.problems.len();
     if !a.json {
+        print_stale(&Catalog::load(client.as_ref()).await?);
         for r in &rows {
             for k in &r.redundant {
                 println!(
@@ -172,19 +177,60 @@ pub async fn list_objects(a: ListArgs, which: Objects) -> Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
+/// What readers ignore: objects an older lease epoch wrote after a newer one took over.
+fn print_stale(cat: &Catalog) {
+    if cat.stale.is_empty() {
+        return;
+    }
+    println!(
+        "ignored: {} object(s) written by an older lease holder after a newer one took over \
+         (not part of the history):",
+        cat.stale.len()
+    );
+    for s in &cat.stale {
+        println!("  {}: {}", s.key, s.reason);
+    }
+}
+
+/// The writer lease, if the replica has one.
+async fn print_lease(client: &dyn lifeboat_storage::ReplicaClient) {
+    let Ok(b) = client.get(lifeboat_storage::keys::LEASE).await else {
+        return;
+    };
+    match serde_json::from_slice::<lifeboat_agent::lease::LeaseRecord>(&b) {
+        Ok(r) => println!(
+            "lease: epoch {}, holder {}, {}, renewed {} (time to live {} s)",
+            r.epoch,
+            r.holder,
+            if r.released.is_some() {
+                "released"
+            } else {
+                "held"
+            },
+            fmt_time(r.renewed_ms),
+            r.ttl_ms / 1000
+        ),
+        Err(e) => println!(
+            "lease: {} is not a lifeboat lease ({e})",
+            lifeboat_storage::keys::LEASE
+        ),
+    }
+}
+
 fn print_generations(rows: &[GenerationSummary], json: bool) -> Result<()> {
     if json {
         println!("{}", serde_json::to_string_pretty(rows)?);
         return Ok(());
     }
     println!(
-        "{:<16}  {:>4}  {:>6}  {:>10}  {:>10}  {:<24}  {:<24}",
-        "generation", "snap", "segs", "size", "last txid", "from", "to"
+        "{:<16}  {:>5}  {:>4}  {:>6}  {:>10}  {:>10}  {:<24}  {:<24}",
+        "generation", "epoch", "snap", "segs", "size", "last txid", "from", "to"
     );
     for r in rows {
         println!(
-            "{:<16}  {:>4}  {:>6}  {:>10}  {:>10}  {:<24}  {:<24}",
+            "{:<16}  {:>5}  {:>4}  {:>6}  {:>10}  {:>10}  {:<24}  {:<24}",
             r.generation,
+            r.epoch,
             r.objects.snapshots,
             r.objects.segments,
             human::bytes(r.objects.bytes),

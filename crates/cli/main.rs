@@ -8,6 +8,7 @@ mod drill;
 mod http;
 mod human;
 mod inspect;
+mod lease;
 mod logging;
 mod neighbours;
 mod progress;
@@ -70,5 +71,6 @@ async fn dispatch(args: Args) -> Result<ExitCode> {
         Command::Segments(a) => inspect::list_objects(a, inspect::Objects::Segments).await,
         Command::Verify(a) => inspect::verify(a).await,
         Command::Prune(a) => prune::prune(a).await,
+        Command::Sync(a) => http::sync_command(a).await,
     }
 }

@@ -8,6 +8,7 @@ use tokio_util::sync::CancellationToken;
 use crate::args::ReplicateArgs;
 use crate::config::{self, Flags, Source};
 use crate::http;
+use crate::lease;
 
 pub async fn replicate(a: ReplicateArgs) -> Result<ExitCode> {
     // Signals first: a SIGTERM during start-up must still end in a final sync.
@@ -21,9 +22,19 @@ pub async fn replicate(a: ReplicateArgs) -> Result<ExitCode> {
     };
     crate::neighbours::warn_all(&src).await;
     let mut dbs = config::databases(&src, &flags).await?;
+    let keepers = if a.lease {
+        lease::hold(&mut dbs, &a.lease_flags).await?
+    } else {
+        Vec::new()
+    };
     config::with_dirs(&mut dbs, &a.dirs)?;
     let mut endpoint = Ok(());
-    lifeboat_agent::agent::replicate(dbs, shutdown.clone(), |handles| {
+    let mut flushes = Vec::new();
+    let r = lifeboat_agent::agent::replicate(dbs, shutdown.clone(), |handles| {
+        for (k, h) in keepers.iter().zip(handles) {
+            k.show_in(h.status.clone());
+        }
+        flushes = handles.iter().map(|h| h.flush.clone()).collect();
         if let Some(addr) = &a.health_addr {
             endpoint = http::serve_agents(addr, handles);
             if endpoint.is_err() {
@@ -31,7 +42,9 @@ pub async fn replicate(a: ReplicateArgs) -> Result<ExitCode> {
             }
         }
     })
-    .await?;
+    .await;
+    lease::release_all(keepers.into_iter().zip(flushes).collect(), r.is_ok()).await;
+    r?;
     endpoint?;
     Ok(ExitCode::SUCCESS)
 }

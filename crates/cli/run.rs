@@ -9,6 +9,11 @@
 //! The app starts only once every replica holds a generation and has shipped everything (the
 //! readiness rule), and gets the same environment and working directory.
 //!
+//! With the writer lease (the default; see `lease`): the lease is taken before the restore
+//! (a live holder is asked to hand over and the state it released at is restored exactly), kept
+//! while the app runs, handed over when another instance asks (the app's writes are frozen from
+//! then until it exits), and released at the final sync's transaction when the app exits.
+//!
 //! Exit status: the app's own (128 + N if signal N ended it). If the app exited 0 but the final
 //! sync did not complete, 75 (EX_TEMPFAIL), so a supervisor notices that the newest writes may
 //! not be in the replica. 1 if lifeboat could not get the app started (restore failed, stale
@@ -23,7 +28,7 @@ use lifeboat_agent::agent::{DbConfig, DbHandle, Supervisor};
 use lifeboat_agent::catalog::Catalog;
 use lifeboat_agent::clock::now_ms;
 use lifeboat_agent::files::{fsync_dir, sibling};
-use lifeboat_agent::restore::{self, RestoreOptions};
+use lifeboat_agent::restore::{self, RestoreOptions, Target};
 use lifeboat_agent::OnDivergence;
 use lifeboat_storage::ReplicaClient;
 use nix::sys::signal::{kill, Signal};
@@ -35,6 +40,7 @@ use tracing::{error, info, warn};
 use crate::args::{OnStale, RunArgs};
 use crate::config::{self, Flags, Source};
 use crate::http;
+use crate::lease::{self, Event};
 
 /// Exit status when the app succeeded but the final sync did not.
 pub const EXIT_SYNC_FAILED: u8 = 75;
@@ -52,10 +58,14 @@ const FORWARDED: [Signal; 6] = [
 /// A database position: where a restore landed.
 type At = (lifeboat_wal::Generation, lifeboat_wal::TxId);
 
-/// Restores the newest state of `client` into `db` (which must not exist).
-async fn restore_into(db: &Path, client: &dyn ReplicaClient) -> Result<At> {
-    info!(db = %db.display(), replica = %client.describe(), "restoring the newest state");
-    let opts = RestoreOptions::new(db.to_path_buf());
+/// Restores the newest state of `client` (or the one `at`: where the previous lease holder
+/// stopped) into `db` (which must not exist); returns where it landed.
+async fn restore_into(db: &Path, client: &dyn ReplicaClient, at: Option<At>) -> Result<At> {
+    info!(db = %db.display(), replica = %client.describe(), at = %lifeboat_agent::lease::fmt_position(at), "restoring the newest state (or the one the lease was handed over at)");
+    let mut opts = RestoreOptions::new(db.to_path_buf());
+    if let Some((g, t)) = at {
+        (opts.generation, opts.target) = (Some(g), Target::TxId(t));
+    }
     let report = restore::restore(client, &opts).await.with_context(|| {
         format!(
             "restore of {} from {} failed",
@@ -86,8 +96,9 @@ async fn restore_dirs(cfg: &DbConfig, at: Option<At>, aside: bool) -> Result<()>
     Ok(())
 }
 
-/// Brings a missing database back from its first replica (returns where), or creates it.
-async fn prepare_missing(cfg: &DbConfig) -> Result<Option<At>> {
+/// Brings a missing database back from its first replica (returns where), at the state `at`
+/// (where the previous lease holder stopped) if given, or creates it.
+async fn prepare_missing(cfg: &DbConfig, at: Option<At>) -> Result<Option<At>> {
     let db = &cfg.path;
     if db.exists() {
         return Ok(None);
@@ -109,7 +120,7 @@ async fn prepare_missing(cfg: &DbConfig) -> Result<Option<At>> {
         .with_context(|| format!("cannot list {}", client.describe()))?;
     if cat.latest().is_some() {
         info!(db = %db.display(), "database missing: restoring it from the replica");
-        Ok(Some(restore_into(db, client).await?))
+        Ok(Some(restore_into(db, client, at).await?))
     } else {
         info!(db = %db.display(), replica = %client.describe(), "no database and no backup yet: starting fresh");
         let c = rusqlite::Connection::open(db)
@@ -163,7 +174,7 @@ async fn start(sup: &mut Supervisor, mut cfg: DbConfig, on_stale: OnStale) -> Re
         Err(e @ lifeboat_agent::Error::Diverged { .. }) if on_stale == OnStale::Restore => {
             let aside = move_aside(&cfg.path)?;
             warn!(db = %cfg.path.display(), moved_to = %aside.display(), error = %e, "local database moved aside; restoring the replica's newest state");
-            let at = restore_into(&cfg.path, cfg.replicas[0].as_ref()).await?;
+            let at = restore_into(&cfg.path, cfg.replicas[0].as_ref(), None).await?;
             restore_dirs(&cfg, Some(at), true).await?;
             cfg.options.resume = false;
             Ok(sup.start(cfg).await?)
@@ -249,14 +260,29 @@ pub async fn run(args: RunArgs) -> Result<ExitCode> {
     };
     let mut dbs = config::databases(&src, &flags).await?;
     config::with_dirs(&mut dbs, &args.dirs)?;
-    for d in &mut dbs {
+    let (lease_tx, mut lease_rx) = tokio::sync::mpsc::unbounded_channel();
+    let mut keepers = Vec::new();
+    for (i, d) in dbs.iter_mut().enumerate() {
         d.options.shutdown_timeout = args.shutdown_timeout;
+        // The writer lease comes first: the state restored is the one its holder released at.
+        let taken = match args.no_lease {
+            true => None,
+            false => {
+                Some(lease::take_within(d, &args.lease_flags, true, args.ready_timeout).await?)
+            }
+        };
+        let at = taken.as_ref().and_then(|t| t.parent);
+        d.options.lease = taken.as_ref().map(lease::Taken::fencing);
+        keepers.push(taken.map(|t| t.keep(i, lease_tx.clone())));
         // A database restored on boot starts a new generation rather than resuming: another
         // instance may still be running on the old one (an overlapping deploy), and two writers
         // on one generation would fork it.
-        let restored = prepare_missing(d).await?;
+        let restored = prepare_missing(d, at).await?;
         d.options.resume = restored.is_none();
         restore_dirs(d, restored, args.on_stale == OnStale::Restore).await?;
+    }
+    if args.no_lease {
+        warn!("running without the writer lease (--no-lease): another instance writing the same replica at the same time is not prevented, and an overlapping deploy loses the old instance's last writes");
     }
     let drill_targets: Vec<_> = dbs
         .iter()
@@ -273,6 +299,11 @@ pub async fn run(args: RunArgs) -> Result<ExitCode> {
         if let Err(e) = http::serve_agents(addr, sup.handles()) {
             let _ = sup.stop().await;
             return Err(e);
+        }
+    }
+    for (k, h) in keepers.iter().zip(sup.handles()) {
+        if let Some(k) = k {
+            k.show_in(h.status.clone());
         }
     }
     if let Err(e) = wait_ready(sup.handles(), args.ready_timeout).await {
@@ -322,7 +353,30 @@ pub async fn run(args: RunArgs) -> Result<ExitCode> {
             .collect();
         tokio::spawn(drill_loop(every, targets))
     });
-    let status = child.wait().await.context("waiting for the app")?;
+    // Freezes of the app's writes (a handoff, a lost lease) are held until it exits.
+    let mut frozen = Vec::new();
+    let mut handed_over = false;
+    let status = loop {
+        tokio::select! {
+            s = child.wait() => break s.context("waiting for the app")?,
+            Some((i, ev)) = lease_rx.recv() => {
+                let (h, k) = (&sup.handles()[i], &mut keepers[i]);
+                match (ev, k.as_ref()) {
+                    (Event::HandoffRequested(req), Some(keeper)) => {
+                        match lease::hand_over(h, keeper, &req, args.lease_flags.handoff_timeout).await {
+                            Ok(f) => { frozen.push(f); *k = None; handed_over = true; }
+                            Err(e) => error!(db = %h.path().display(), error = %format!("{e:#}"), "handoff failed: this instance keeps the lease and the app goes on"),
+                        }
+                    }
+                    (Event::Lost(why), _) => {
+                        *k = None;
+                        frozen.extend(lease::lost(h, &why).await);
+                    }
+                    (Event::HandoffRequested(_), None) => {}
+                }
+            }
+        }
+    };
     if let Some(d) = drills {
         d.abort();
     }
@@ -331,7 +385,18 @@ pub async fn run(args: RunArgs) -> Result<ExitCode> {
     }
     let code = exit_code_of(status);
     info!(status = %status, "the app exited; final sync");
-    if sup.stop().await.is_ok() {
+    let flushes: Vec<_> = sup.handles().iter().map(|h| h.flush.clone()).collect();
+    let stopped = sup.stop().await;
+    let held: Vec<_> = keepers
+        .into_iter()
+        .zip(flushes)
+        .filter_map(|(k, f)| Some((k?, f)))
+        .collect();
+    lease::release_all(held, stopped.is_ok()).await;
+    drop(frozen);
+    // After a handoff everything committed was shipped before the lease went: a final sync
+    // refused for want of the lease loses nothing.
+    if stopped.is_ok() || handed_over {
         info!("final sync complete");
         Ok(ExitCode::from(code))
     } else if code == 0 {

@@ -8,6 +8,9 @@
 //                  lifeboat with --dir (or LIFEBOAT_DIRS) and it is backed up with the database
 //   PORT           port to listen on (default 3000; 0 picks a free one)
 //   HOST           address to listen on (default 127.0.0.1; use 0.0.0.0 in a container)
+//   LIFEBOAT_HEALTH_ADDR  lifeboat's health address (set for `lifeboat run --health-addr` too):
+//                  POST /expenses then answers 201 only once the expense is in the backup
+//                  (lifeboat's POST /sync), 202 if that did not happen within 5 s
 //
 // Prints `listening on HOST:PORT` on stdout once it accepts connections.
 
@@ -73,6 +76,22 @@ const q = {
      ON CONFLICT (name) DO UPDATE SET bytes = excluded.bytes, created_at = excluded.created_at
      RETURNING *`),
 };
+
+const LIFEBOAT_HEALTH_ADDR = process.env.LIFEBOAT_HEALTH_ADDR;
+
+// Resolves true once every transaction committed so far is in every replica (lifeboat's durable
+// acknowledgement, POST /sync), false if lifeboat says no or cannot be asked within 5 s.
+function durable() {
+  return new Promise((resolve) => {
+    const req = http.request(`http://${LIFEBOAT_HEALTH_ADDR}/sync?timeout=5s`, { method: 'POST' }, (res) => {
+      res.resume();
+      res.on('end', () => resolve(res.statusCode === 200));
+    });
+    req.setTimeout(10_000, () => req.destroy());
+    req.on('error', () => resolve(false));
+    req.end();
+  });
+}
 
 class HttpError extends Error {
   constructor(status, message) {
@@ -165,7 +184,10 @@ async function handle(req, res) {
       }
       const description = nonEmptyString(b.description, 'description');
       try {
-        return send(res, 201, q.insertExpense.get(employeeId, b.amount_cents, description));
+        const row = q.insertExpense.get(employeeId, b.amount_cents, description);
+        // Money: acknowledged only once it is in the backup, when lifeboat can be asked.
+        if (LIFEBOAT_HEALTH_ADDR === undefined) return send(res, 201, row);
+        return send(res, (await durable()) ? 201 : 202, row);
       } catch (e) {
         if (e.code === 'SQLITE_CONSTRAINT_FOREIGNKEY') throw new HttpError(400, `no employee ${employeeId}`);
         throw e;
@@ -212,6 +234,12 @@ async function handle(req, res) {
 const server = http.createServer((req, res) => {
   handle(req, res).catch((e) => {
     if (e instanceof HttpError) return send(res, e.status, { error: e.message });
+    if (e.code === 'SQLITE_BUSY' && !res.headersSent) {
+      // Writes wait on the busy timeout while lifeboat hands the database over to a new
+      // instance (a deploy): the client should retry, and will reach the new one.
+      res.setHeader('retry-after', '1');
+      return send(res, 503, { error: 'database busy (a deploy in progress?): retry' });
+    }
     console.error(`${req.method} ${req.url}: ${e.stack || e}`);
     if (!res.headersSent) send(res, 500, { error: 'internal error' });
     else res.destroy();

@@ -85,6 +85,8 @@ impl Budget {
 pub struct DbHandle {
     /// Its progress.
     pub status: Arc<Status>,
+    /// Durable acknowledgements: wait until what is committed is in every replica.
+    pub flush: Arc<crate::flush::Flush>,
     thread: std::thread::JoinHandle<Result<()>>,
     _watcher: Option<notify::RecommendedWatcher>,
     path: PathBuf,
@@ -139,6 +141,8 @@ pub fn start(cfg: DbConfig, rt: Handle, stop: CancellationToken) -> Result<DbHan
         }
     }
     let (wake, events) = sync_channel::<()>(1);
+    let flush = Arc::new(crate::flush::Flush::default());
+    flush.set_waker(wake.clone());
     let watcher = watch(rep.database().path(), wake.clone());
     // A cancelled token wakes the thread. If the channel is full a wake-up is pending already,
     // and the thread sees the token when it takes it.
@@ -153,6 +157,7 @@ pub fn start(cfg: DbConfig, rt: Handle, stop: CancellationToken) -> Result<DbHan
     rep.watch_stop(stop.clone(), stopped_at.clone());
     let opts = cfg.options.clone();
     let path = cfg.path.clone();
+    let thread_flush = flush.clone();
     info!(
         db = %cfg.path.display(),
         replicas = %cfg.replicas.iter().map(|r| r.describe()).collect::<Vec<_>>().join(", "),
@@ -162,7 +167,7 @@ pub fn start(cfg: DbConfig, rt: Handle, stop: CancellationToken) -> Result<DbHan
     let thread = std::thread::Builder::new()
         .name(format!("lifeboat {}", cfg.path.display()))
         .spawn(move || {
-            if run_loop(&mut rep, &opts, &events, &stop, &stopped_at) {
+            if run_loop(&mut rep, &opts, &events, &stop, &stopped_at, &thread_flush) {
                 Ok(())
             } else {
                 Err(Error::FinalSyncIncomplete(
@@ -173,6 +178,7 @@ pub fn start(cfg: DbConfig, rt: Handle, stop: CancellationToken) -> Result<DbHan
         .map_err(|e| Error::io("start replicator thread", e))?;
     Ok(DbHandle {
         status,
+        flush,
         thread,
         _watcher: watcher,
         path,
@@ -237,6 +243,7 @@ fn run_loop(
     events: &Receiver<()>,
     stop: &CancellationToken,
     stopped_at: &std::sync::OnceLock<Instant>,
+    flush: &crate::flush::Flush,
 ) -> bool {
     let mut budget = Budget::new(opts.puts_per_second, opts.put_burst);
     let mut stamp = None;
@@ -247,6 +254,9 @@ fn run_loop(
             break;
         }
         let now = Instant::now();
+        if flush.wanted().is_some() {
+            due = Some(now);
+        }
         let wait = due.map_or(opts.poll_interval, |t| t.saturating_duration_since(now));
         if !wait.is_zero() {
             match events.recv_timeout(wait) {
@@ -271,14 +281,19 @@ fn run_loop(
                 continue;
             }
         }
+        // A sync request (durable acknowledgement) goes past the budget.
+        let ticket = flush.wanted();
         let b = budget.wait(now);
-        if !b.is_zero() {
+        if !b.is_zero() && ticket.is_none() {
             due = Some(now + b);
             rep.between_passes();
             continue;
         }
         let r = rep.sync();
         budget.spend(r.puts);
+        if let Some(t) = ticket {
+            settle(rep, &r, flush, t);
+        }
         due = if !r.pending {
             None
         } else if r.puts > 0 {
@@ -296,7 +311,10 @@ fn run_loop(
     loop {
         rep.retry_now();
         let r = rep.sync();
+        // Caught up at the end: that settles every call, and is where this agent stopped.
+        settle(rep, &r, flush, u64::MAX);
         if !r.pending || Instant::now() >= deadline {
+            flush.stop();
             if r.pending {
                 error!(db = %rep.database().path().display(), "final sync did not complete before the shutdown timeout");
             } else {
@@ -318,6 +336,31 @@ fn run_loop(
                 .min(deadline.saturating_duration_since(Instant::now())),
         );
     }
+}
+
+/// Settles sync tickets up to `ticket` if the pass that just ran (which started after it was
+/// taken) left every replica caught up.
+fn settle(
+    rep: &Replicator,
+    r: &crate::replicator::SyncReport,
+    flush: &crate::flush::Flush,
+    ticket: u64,
+) {
+    if r.pending || rep.replicas().iter().any(|x| x.halted().is_some()) {
+        return;
+    }
+    let at = rep
+        .replicas()
+        .iter()
+        .filter_map(|x| {
+            x.state().map(|s| crate::flush::Synced {
+                replica: x.client.describe(),
+                generation: s.generation.to_string(),
+                txid: s.last_txid().to_string(),
+            })
+        })
+        .collect();
+    flush.settle(ticket, at);
 }
 
 /// The replicator threads of a set of databases, stopped together.

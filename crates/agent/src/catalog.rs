@@ -1,8 +1,11 @@
 //! What a replica holds: its generations, snapshots and segments, from one listing.
+//!
+//! What an older lease epoch wrote after a newer one took over is set aside as it loads (see
+//! [`crate::lease_fence`]), so no reader extends the history with it.
 
 use std::collections::BTreeMap;
 
-use lifeboat_storage::keys::{self, Key};
+use lifeboat_storage::keys::{self, Fence, Key};
 use lifeboat_storage::ReplicaClient;
 use lifeboat_wal::segment::{SegmentHeader, WalPosition, HEADER_SIZE as SEG_HEADER_SIZE};
 use lifeboat_wal::snapshot::{
@@ -47,6 +50,8 @@ pub struct GenerationObjects {
     pub snapshots: Vec<Snapshot>,
     /// Segments.
     pub segments: Vec<Segment>,
+    /// Its fence, if an agent holding the writer lease wrote it (see [`crate::lease_fence`]).
+    pub fence: Option<Fence>,
     /// Retention is deleting it (its `pruning` marker is present): not restorable, whatever
     /// objects are left.
     pub pruning: bool,
@@ -84,6 +89,8 @@ pub struct Catalog {
     pub generations: BTreeMap<Generation, GenerationObjects>,
     /// Keys under `generations/` that lifeboat did not write.
     pub foreign: Vec<String>,
+    /// Objects an older lease epoch wrote after a newer one took over: ignored by every reader.
+    pub stale: Vec<crate::lease_fence::StaleObject>,
 }
 
 impl Catalog {
@@ -96,7 +103,14 @@ impl Catalog {
                 continue;
             }
             let Some(key) = Key::parse(&o.key) else {
-                cat.foreign.push(o.key);
+                if let Some(f) = Fence::parse(&o.key) {
+                    let g = cat.generations.entry(f.generation).or_default();
+                    if g.fence.is_none_or(|old| old.epoch < f.epoch) {
+                        g.fence = Some(f);
+                    }
+                } else {
+                    cat.foreign.push(o.key);
+                }
                 continue;
             };
             let g = cat.generations.entry(key.generation()).or_default();
@@ -121,15 +135,27 @@ impl Catalog {
                 }),
             }
         }
+        crate::lease_fence::apply(&mut cat);
+        if let Some(first) = cat.stale.first() {
+            tracing::warn!(
+                replica = %client.describe(),
+                objects = cat.stale.len(),
+                first = %first.key,
+                reason = %first.reason,
+                "IGNORING objects written by a lease holder after a newer one took over (a paused \
+                 or partitioned old instance): they are not part of the history"
+            );
+        }
         Ok(cat)
     }
 
-    /// The newest generation that has a snapshot and is not being pruned (so can be restored).
+    /// The newest generation that has a snapshot and is not being pruned (so can be restored):
+    /// of the highest lease epoch, then the most recently created.
     pub fn latest(&self) -> Option<(Generation, &GenerationObjects)> {
         self.generations
             .iter()
-            .rev()
-            .find(|(_, o)| !o.pruning && !o.snapshots.is_empty())
+            .filter(|(_, o)| !o.pruning && !o.snapshots.is_empty())
+            .max_by_key(|(g, o)| (crate::lease_fence::epoch(o), **g))
             .map(|(g, o)| (*g, o))
     }
 }

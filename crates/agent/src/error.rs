@@ -215,6 +215,13 @@ pub enum Error {
     /// A report could not be encoded.
     #[error("encode the drill report")]
     Encode(#[source] serde_json::Error),
+    /// This instance no longer holds the writer lease (it released it, or another instance
+    /// took it over): it writes nothing more to the replica.
+    #[error("{0}")]
+    LeaseLost(String),
+    /// Another instance holds the writer lease and did not hand it over.
+    #[error("{0}")]
+    LeaseHeld(String),
 }
 
 impl Error {
@@ -238,6 +245,7 @@ impl Error {
             Error::WalOverLimit { .. } => "wal_over_limit",
             Error::ShutdownTimeout => "shutdown_timeout",
             Error::Refused(_) => "refused",
+            Error::LeaseLost(_) | Error::LeaseHeld(_) => "lease",
             Error::ChecksumMismatch { .. }
             | Error::IntegrityCheck { .. }
             | Error::Pages { .. }
@@ -259,11 +267,12 @@ impl Error {
     }
 
     /// Whether the replica refuses this write for good: an object exists with other bytes
-    /// (another writer on the same replica path). Such a replica halts.
+    /// (another writer on the same replica path), or the writer lease is lost. Such a replica
+    /// halts.
     pub fn is_conflict(&self) -> bool {
         matches!(
             self,
-            Error::Storage(lifeboat_storage::Error::Conflict { .. })
+            Error::Storage(lifeboat_storage::Error::Conflict { .. }) | Error::LeaseLost(_)
         )
     }
 

@@ -24,6 +24,13 @@
 //!   budget, and stops them together with a final sync ([`agent::Supervisor`]).
 //! - [`status`] is what the agent reports about itself, and the health rule.
 //!
+//! One writer per replica path:
+//! - [`lease`] takes, renews, hands over and releases the writer lease (`lease.json`, kept with
+//!   conditional writes); its gate (checked before every upload) and the fence every leased
+//!   generation carries are in `lease_gate`; [`lease_fence`] is how readers set aside what an
+//!   older epoch wrote after a takeover.
+//! - [`flush`] is durable acknowledgements: wait until everything committed is in every replica.
+//!
 //! Reading a replica:
 //! - [`catalog`] lists what a replica holds (typed snapshots and segments per generation);
 //!   [`restore`] plans and rebuilds a database from it, verifying everything; [`verify`] reads
@@ -46,6 +53,11 @@ pub mod db;
 pub mod drill;
 mod error;
 pub mod files;
+pub mod flush;
+pub mod lease;
+pub mod lease_fence;
+mod lease_gate;
+mod lease_handoff;
 pub mod replica;
 pub mod replicator;
 pub mod restore;
@@ -113,6 +125,9 @@ pub struct Options {
     /// Told how far a snapshot of a large database has read it (`(bytes read, bytes in all)`,
     /// every 4096 pages, then once at the end); a small one reports nothing.
     pub snapshot_progress: Option<restore::Progress>,
+    /// The writer lease this agent holds, if any (see [`lease`]): every generation it starts is
+    /// fenced with its epoch, and no upload starts unless the lease is held and renewed.
+    pub lease: Option<lease::Fencing>,
     /// Folders backed up with the database (`--dir`), shipped before the commits that follow
     /// them (see `lifeboat_dirs`).
     pub dirs: Vec<lifeboat_dirs::DirSpec>,
@@ -148,6 +163,7 @@ impl Default for Options {
             snapshot_segments: 1000,
             health_max_lag: status::STALL,
             snapshot_progress: None,
+            lease: None,
             dirs: Vec::new(),
         }
     }

@@ -95,6 +95,8 @@ pub enum Reason {
     /// The replica kept failing while the WAL grew past `max-wal-bytes`, so the agent released
     /// the WAL for the app's checkpoints.
     TooFarBehind,
+    /// The agent took the writer lease: it writes a generation fenced with its own epoch.
+    NewEpoch,
 }
 
 impl fmt::Display for Reason {
@@ -106,6 +108,9 @@ impl fmt::Display for Reason {
                  the old one cannot fork it",
             ),
             Reason::Diverged(why) | Reason::WalBroken(why) => f.write_str(why),
+            Reason::NewEpoch => f.write_str(
+                "this instance took the writer lease: a generation fenced with its epoch",
+            ),
             Reason::TooFarBehind => {
                 f.write_str("the WAL grew past max-wal-bytes while the replica was unreachable")
             }

@@ -116,6 +116,11 @@ fn prove(db: &mut Database, client: &dyn ReplicaClient, ctx: &Context) -> Result
         }
         None => return diverged("the WAL no longer holds the replica's last frames".into()),
     };
+    // A lease holder that took over from an expired holder (which may still be alive) writes
+    // only generations fenced with its own epoch: proven, the local database still starts one.
+    if ctx.opts.lease.as_ref().is_some_and(|f| !f.may_resume) {
+        return Ok(Phase::NeedsGeneration(Reason::NewEpoch));
+    }
     // The proof ran without a lock. Before resuming, make sure the log has not moved on since,
     // and read everything after the replica's last frame: if the app checkpointed it all while
     // the agent was stopped, the pin may hold read mark zero, which lets the app's next write

@@ -91,7 +91,10 @@ impl Replica {
         // After a failure, one attempt a pass: the replica's backoff paces the rest.
         let attempts = if self.failures == 0 { 3 } else { 1 };
         let put = put_with_retry(client.as_ref(), &unsent.key, unsent.body.clone(), attempts);
-        if let Err(e) = crate::upload::bounded(ctx, ship.wal, put) {
+        // A writer that lost its lease must not extend the history (see `lease`).
+        let sent =
+            crate::lease::may_write(ctx).and_then(|()| crate::upload::bounded(ctx, ship.wal, put));
+        if let Err(e) = sent {
             // The object may have landed: only this key with these bytes may hold its
             // transactions, so it is what the next attempt sends. The replica's own hashes go
             // back to its last stored state; the unsent segment keeps its own.

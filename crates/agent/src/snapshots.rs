@@ -92,6 +92,7 @@ fn write_snapshot(
 /// Uploads a staged snapshot under `key` (create-only, with retries: a few quick ones, one
 /// after the replica failed already), given up if the WAL grows past `max-wal-bytes` meanwhile.
 fn upload(ctx: &Context, r: &Replica, wal: &WalFile, key: &str, staged: &Staged) -> Result<()> {
+    crate::lease::may_write(ctx)?;
     let client = r.client.clone();
     let policy = RetryPolicy {
         attempts: if r.failures == 0 { 3 } else { 1 },
@@ -121,7 +122,10 @@ pub(crate) fn new_generations(
     let started = Instant::now();
     let staged = (|| {
         let cursor = db.pin_snapshot()?;
-        let generation = Generation::new(now_ms(), rand::random());
+        let generation = match &ctx.opts.lease {
+            Some(f) => f.generation_after(now_ms(), rand::random()),
+            None => Generation::new(now_ms(), rand::random()),
+        };
         let time_ms = now_ms();
         let staged = write_snapshot(db, ctx, generation, TxId(0), time_ms, &cursor)?;
         Ok::<_, Error>((cursor, generation, time_ms, staged))
@@ -147,6 +151,11 @@ pub(crate) fn new_generations(
             continue;
         };
         let reason = reason.to_string();
+        // A lease holder's generation is fenced with its epoch before it can be restored.
+        if let Err(e) = crate::lease::write_fence(ctx, r.client.as_ref(), generation) {
+            r.record_failure(&e, "fence upload failed", ctx);
+            continue;
+        }
         // The folders first, as with every shipment (see `shipping`).
         if let Some(d) = &ctx.dirs {
             if let Err(e) = d.flush(r.index, generation, TxId(0), true) {

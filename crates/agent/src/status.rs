@@ -121,6 +121,8 @@ pub struct StatusInner {
     pub wal_bytes: u64,
     /// The last scheduled drill: whether it passed, its restore time, when it ran (Unix ms).
     pub last_drill: Option<DrillOutcome>,
+    /// The writer lease, if the agent holds one (see [`crate::lease`]).
+    pub lease: Option<crate::lease::LeaseInfo>,
 }
 
 /// What the last drill found.
@@ -154,6 +156,11 @@ impl Status {
     /// Records the outcome of a drill (run by the caller, e.g. `lifeboat run --drill-interval`).
     pub fn record_drill(&self, d: DrillOutcome) {
         self.with(|s| s.last_drill = Some(d));
+    }
+
+    /// Records the state of the writer lease.
+    pub fn update_lease(&self, f: impl FnOnce(&mut crate::lease::LeaseInfo)) {
+        self.with(|s| f(s.lease.get_or_insert_with(Default::default)));
     }
 
     pub(crate) fn record_error(&self, e: &crate::Error) {

@@ -19,6 +19,8 @@ pub struct GenerationSummary {
     pub generation: String,
     /// When it started.
     pub created: String,
+    /// The writer-lease epoch that wrote it (0: written without a lease).
+    pub epoch: u64,
     /// Its objects.
     #[serde(flatten)]
     pub objects: Objects,
@@ -75,6 +77,7 @@ pub fn summarize(generation: lifeboat_wal::Generation, o: &GenerationObjects) ->
     GenerationSummary {
         generation: generation.to_string(),
         created: fmt_time(generation.unix_ms()),
+        epoch: crate::lease_fence::epoch(o),
         objects: Objects {
             snapshots: o.snapshots.len(),
             segments: o.segments.len(),
@@ -127,7 +130,8 @@ pub async fn verify_with_progress(
             out.push(sum);
             continue;
         }
-        if objs.snapshots.is_empty() {
+        // A fence alone is a lease holder that stopped before its first snapshot landed.
+        if objs.snapshots.is_empty() && !objs.segments.is_empty() {
             sum.problems.push(format!(
                 "generation {g} has no snapshot: its {} segments cannot be restored",
                 objs.segments.len()
@@ -215,6 +219,7 @@ pub async fn verify_with_progress(
         let mut sum = GenerationSummary {
             generation: "-".into(),
             created: String::new(),
+            epoch: 0,
             objects: Objects::default(),
             range: Restorable::default(),
             problems: Vec::new(),

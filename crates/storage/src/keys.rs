@@ -5,6 +5,8 @@
 //! generations/<generation>/segments/<first_txid>-<last_txid>-<last_time_ms>.lbseg
 //! generations/<generation>/pruning
 //! drills/<unix_ms>.json
+//! generations/<generation>/fence/<epoch>[-<parent_generation>-<parent_txid>].lbfence
+//! lease.json, lease-handoff.json
 //! files/blobs/<sha256>
 //! files/<folder>/manifests/<generation>-<txid>-<seq>.lbman
 //! ```
@@ -152,6 +154,67 @@ pub fn folder_of(key: &str) -> Option<&str> {
     let rest = key.strip_prefix(FILES)?;
     let (name, rest) = rest.split_once('/')?;
     (valid_folder_name(name) && rest.starts_with("manifests/")).then_some(name)
+}
+
+/// The writer lease of the replica path (JSON, replaced with conditional writes; see the
+/// agent's `lease` module). Outside [`GENERATIONS`]: never restored from nor pruned.
+pub const LEASE: &str = "lease.json";
+
+/// A request, by an instance that wants the lease, that its holder hand it over (JSON).
+pub const HANDOFF: &str = "lease-handoff.json";
+
+/// A generation's fence: written, before its first snapshot, by an agent holding the lease with
+/// `epoch`; `parent` is the state the holder took over from (the newest generation and
+/// transaction it found or restored when it took the lease), `None` for an empty replica.
+/// Readers use fences to ignore what an older epoch wrote after a newer one took over.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Fence {
+    /// The generation it belongs to.
+    pub generation: Generation,
+    /// The lease epoch that writes this generation.
+    pub epoch: u64,
+    /// Where the history stood when the lease was taken.
+    pub parent: Option<(Generation, TxId)>,
+}
+
+impl Fence {
+    /// Parses a fence key; `None` for anything else.
+    pub fn parse(key: &str) -> Option<Fence> {
+        let rest = key.strip_prefix(GENERATIONS)?;
+        let (g, rest) = rest.split_once('/')?;
+        let generation: Generation = g.parse().ok()?;
+        let stem = rest.strip_prefix("fence/")?.strip_suffix(".lbfence")?;
+        let mut it = stem.split('-');
+        let epoch = parse_hex(it.next()?)?;
+        let parent = match (it.next(), it.next()) {
+            (None, _) => None,
+            (Some(pg), Some(pt)) => Some((pg.parse().ok()?, pt.parse().ok()?)),
+            (Some(_), None) => return None,
+        };
+        if it.next().is_some() {
+            return None;
+        }
+        Some(Fence {
+            generation,
+            epoch,
+            parent,
+        })
+    }
+}
+
+impl fmt::Display for Fence {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "{}fence/{:016x}",
+            generation_prefix(self.generation),
+            self.epoch
+        )?;
+        if let Some((g, t)) = self.parent {
+            write!(f, "-{g}-{t}")?;
+        }
+        f.write_str(".lbfence")
+    }
 }
 
 /// A parsed object key.
@@ -357,6 +420,28 @@ mod tests {
         assert!(
             !valid_folder_name("a/b") && !valid_folder_name(".hidden") && !valid_folder_name("")
         );
+    }
+
+    #[test]
+    fn fences_round_trip_and_are_not_data_keys() {
+        for parent in [None, Some((Generation(7), TxId(42)))] {
+            let f = Fence {
+                generation: Generation(0xabc),
+                epoch: 3,
+                parent,
+            };
+            let s = f.to_string();
+            assert_eq!(Fence::parse(&s), Some(f), "{s}");
+            assert_eq!(Key::parse(&s), None);
+            assert_eq!(generation_of(&s), Some(Generation(0xabc)));
+        }
+        assert_eq!(
+            Fence::parse(
+                "generations/0000000000000abc/fence/0000000000000003-0000000000000007.lbfence"
+            ),
+            None
+        );
+        assert!(!LEASE.starts_with(GENERATIONS) && !HANDOFF.starts_with(GENERATIONS));
     }
 
     #[test]

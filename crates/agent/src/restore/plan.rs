@@ -275,6 +275,7 @@ mod tests {
         GenerationObjects {
             snapshots,
             segments,
+            fence: None,
             pruning: false,
         }
     }
