@@ -232,8 +232,9 @@ pub enum OnStale {
 #[derive(Debug, ClapArgs)]
 pub struct RunArgs {
     /// Configuration file (as for `replicate`): every database in it is restored if missing and
-    /// replicated while the app runs.
-    #[arg(long, short, env = "LIFEBOAT_CONFIG", conflicts_with_all = ["db", "replica"])]
+    /// replicated while the app runs. Without --db: `$LIFEBOAT_CONFIG`, else /etc/lifeboat.toml
+    /// (so a `--db` or `LIFEBOAT_DB` beats a `LIFEBOAT_CONFIG` set for the whole host).
+    #[arg(long, short, conflicts_with_all = ["db", "replica"])]
     pub config: Option<PathBuf>,
     /// The database the app uses (with neither --db nor --config: the databases of
     /// /etc/lifeboat.toml).

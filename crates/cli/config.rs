@@ -381,6 +381,7 @@ fn options(d: &Database, flags: &Flags) -> Options {
     if let Some(v) = flags.health_max_lag.or(d.health_max_lag) {
         options.health_max_lag = v;
     }
+    options.snapshot_progress = crate::progress::bar("snapshot", crate::progress::Unit::Bytes);
     options
 }
 

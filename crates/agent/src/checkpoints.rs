@@ -161,7 +161,9 @@ fn restart_wal(
     // The file keeps its largest size across restarts; past the bound, give the space back.
     if complete && db.wal().size().unwrap_or(0) > ctx.opts.truncate_wal_bytes {
         match db.truncate_wal(Duration::from_millis(50)) {
-            Ok(t) => info!(db = %ctx.path.display(), result = ?t, "WAL truncated"),
+            Ok(t) => {
+                info!(db = %ctx.path.display(), frames = t.log_frames, busy = t.busy, "WAL truncated")
+            }
             Err(e) => warn!(error = %e.chain(), "WAL truncation failed"),
         }
     }

@@ -110,6 +110,9 @@ pub struct Options {
     /// A replica further behind than this (the age of the oldest commit it does not have yet)
     /// counts as unhealthy in `/health` (default 60 s).
     pub health_max_lag: Duration,
+    /// Told how far a snapshot of a large database has read it (`(bytes read, bytes in all)`,
+    /// every 4096 pages, then once at the end); a small one reports nothing.
+    pub snapshot_progress: Option<restore::Progress>,
     /// Folders backed up with the database (`--dir`), shipped before the commits that follow
     /// them (see `lifeboat_dirs`).
     pub dirs: Vec<lifeboat_dirs::DirSpec>,
@@ -144,6 +147,7 @@ impl Default for Options {
             snapshot_interval: Some(Duration::from_secs(24 * 3600)),
             snapshot_segments: 1000,
             health_max_lag: status::STALL,
+            snapshot_progress: None,
             dirs: Vec::new(),
         }
     }

@@ -237,10 +237,10 @@ impl Replica {
         self.retry_at = Some(Instant::now() + d);
         if e.is_setup() {
             // Its one line says what to fix; the SDK's cause (IMDS, sockets) only confuses.
-            warn!(db = %ctx.path.display(), error = %e, retry_in = ?d, "{what}");
+            warn!(db = %ctx.path.display(), error = %e, retry_in_ms = d.as_millis() as u64, "{what}");
             tracing::debug!(error = %e.chain(), "set-up error, in full");
         } else {
-            warn!(db = %ctx.path.display(), replica = %self.client.describe(), error = %e.chain(), retry_in = ?d, "{what}");
+            warn!(db = %ctx.path.display(), replica = %self.client.describe(), error = %e.chain(), retry_in_ms = d.as_millis() as u64, "{what}");
         }
         ctx.status.record_error(e);
         if e.is_conflict() {

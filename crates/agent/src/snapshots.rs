@@ -6,7 +6,7 @@
 //! uploaded. A scheduled one is uploaded only after the replica has shipped exactly up to the
 //! pinned state and its rolling checksum equals the file's.
 
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use lifeboat_storage::keys::Key;
 use lifeboat_storage::retry::{retry, RetryPolicy};
@@ -56,7 +56,27 @@ fn write_snapshot(
         .map_err(|e| Error::io("open snapshot temp file", e))?;
     let mut w = SnapshotWriter::new(std::io::BufWriter::with_capacity(1 << 20, file), header)
         .map_err(|e| Error::io("write snapshot", e))?;
-    db.for_each_page(|p| w.write_page(p))?;
+    // A large database takes a while: say how far the read is (a bar on a terminal, a log line
+    // every few seconds), as the size of the file suggests (the WAL may add pages).
+    let ps = u64::from(db.page_size());
+    let total = std::fs::metadata(&ctx.path).map_or(0, |m| m.len() / ps);
+    let (started, mut logged, mut done) = (Instant::now(), Instant::now(), 0u64);
+    db.for_each_page(|p| {
+        done += 1;
+        if done % 4096 == 0 {
+            if let Some(pr) = &ctx.opts.snapshot_progress {
+                (pr.0)(done * ps, total.max(done) * ps);
+            }
+            if logged.elapsed() >= Duration::from_secs(5) {
+                logged = Instant::now();
+                info!(db = %ctx.path.display(), pages = done, of_about = total, elapsed_s = started.elapsed().as_secs(), "snapshot: reading the database");
+            }
+        }
+        w.write_page(p)
+    })?;
+    if let Some(pr) = ctx.opts.snapshot_progress.as_ref().filter(|_| done >= 4096) {
+        (pr.0)(done * ps, done * ps);
+    }
     let (out, hashes, trailer) = w.finish().map_err(|e| Error::io("write snapshot", e))?;
     out.into_inner()
         .map_err(|e| Error::io("write snapshot", e.into_error()))?
@@ -145,7 +165,7 @@ pub(crate) fn new_generations(
             generation = %generation,
             pages = staged.trailer.page_count,
             bytes = staged.trailer.total_len,
-            elapsed = ?started.elapsed(),
+            elapsed_ms = started.elapsed().as_millis() as u64,
             reason = %reason,
             "new generation: snapshot uploaded"
         );
@@ -282,7 +302,7 @@ fn scheduled_one(
         txid = txid.0,
         pages = staged.trailer.page_count,
         bytes = staged.trailer.total_len,
-        elapsed = ?started.elapsed(),
+        elapsed_ms = started.elapsed().as_millis() as u64,
         "scheduled snapshot uploaded"
     );
     Ok(puts + 1)

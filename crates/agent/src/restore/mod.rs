@@ -391,7 +391,7 @@ pub async fn execute(
         generation = %report.generation,
         txid = report.txid.0,
         checksum = %report.checksum,
-        elapsed = ?report.elapsed,
+        elapsed_ms = report.elapsed.as_millis() as u64,
         "restore complete; database checksum verified"
     );
     Ok(report)
