@@ -205,6 +205,10 @@ fn a_segment_landing_after_the_next_agent_resumed_is_a_redundant_copy_not_a_fork
         sc.s3.counts().faulted > before.faulted
     });
     let held_at = Instant::now();
+    // The writer pauses while the agents change over: with no agent holding the WAL, the
+    // app's checkpoints would move the database past the replica's last state, and the next
+    // agent would (rightly) start a new generation instead of resuming this one.
+    let n = w.halt();
     first.kill();
     let segments_before = sc.s3.objects("late-copy", ".lbseg").len();
     // The next agent talks to the server directly and resumes the same generation.
@@ -215,13 +219,14 @@ fn a_segment_landing_after_the_next_agent_resumed_is_a_redundant_copy_not_a_fork
         &sc.s3.env(),
     );
     second.wait_for_log("resuming generation");
+    let w = PacedWriter::start_at(&sc.db, n, PACE);
     wait_until("the held PUT to land", Duration::from_secs(30), || {
         held_at.elapsed() > Duration::from_secs(6)
             && sc.s3.objects("late-copy", ".lbseg").len() > segments_before + 1
     });
-    let n = w.halt();
+    let m = w.halt();
     second.stop_ok();
-    eprintln!("late copy: {n} commits");
+    eprintln!("late copy: {} commits", n + m);
     let v = sc.restore_and_verify();
     assert!(v.contains("redundant copy"), "verify names the copy:\n{v}");
 }
@@ -248,11 +253,15 @@ fn health_tells_the_truth_while_the_replica_is_blackholed() {
     }
     let committed = Instant::now();
     // Soon after the commits: behind, with the commits counted, though not yet unhealthy.
-    wait_until("pending commits in /health", Duration::from_secs(3), || {
-        http_get(port, "/health").is_some_and(|(_, b)| {
-            b.contains("\"pending_txns\": 3") && b.contains("\"caught_up\": false")
-        })
-    });
+    wait_until(
+        "pending commits in /health",
+        Duration::from_secs(10),
+        || {
+            http_get(port, "/health").is_some_and(|(_, b)| {
+                b.contains("\"pending_txns\": 3") && b.contains("\"caught_up\": false")
+            })
+        },
+    );
     let lag = |b: &str| -> f64 {
         let at = b.find("\"lag_seconds\": ").unwrap() + 15;
         b[at..]

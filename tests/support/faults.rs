@@ -133,6 +133,11 @@ pub struct PacedWriter {
 
 impl PacedWriter {
     pub fn start(path: &Path, pause: Duration) -> PacedWriter {
+        PacedWriter::start_at(path, 0, pause)
+    }
+
+    /// A writer whose first transaction is number `first` (to follow another writer).
+    pub fn start_at(path: &Path, first: u64, pause: Duration) -> PacedWriter {
         use std::sync::atomic::{AtomicBool, Ordering};
         let stop = std::sync::Arc::new(AtomicBool::new(false));
         let s = stop.clone();
@@ -142,7 +147,7 @@ impl PacedWriter {
             super::create_schema(&c);
             let mut n = 0;
             while !s.load(Ordering::SeqCst) {
-                super::mixed_txn(&c, n);
+                super::mixed_txn(&c, first + n);
                 n += 1;
                 std::thread::sleep(pause);
             }

@@ -191,14 +191,11 @@ pub async fn execute(
     let out_dir = files::parent_dir(&opts.output).to_path_buf();
     std::fs::create_dir_all(&out_dir)
         .map_err(|e| Error::io(format!("create {}", out_dir.display()), e))?;
-    let tmp = tempfile::Builder::new()
-        .prefix(".lifeboat-restore-")
-        .tempfile_in(&out_dir)
-        .map_err(|e| Error::io(format!("create temp file in {}", out_dir.display()), e))?;
-    let snap_tmp = tempfile::Builder::new()
-        .prefix(".lifeboat-snapshot-")
-        .tempfile_in(&out_dir)
-        .map_err(|e| Error::io(format!("create temp file in {}", out_dir.display()), e))?;
+    // A restore killed mid-way (a crash loop at boot, say) leaves its files behind: remove
+    // those of processes that are gone before adding ours.
+    crate::staging::clean_restore_leftovers(&out_dir);
+    let tmp = crate::staging::temp_named(&out_dir, crate::staging::RESTORE_PREFIXES[0])?;
+    let snap_tmp = crate::staging::temp_named(&out_dir, crate::staging::RESTORE_PREFIXES[1])?;
 
     let policy = RetryPolicy::default();
     let snap_key = plan.snapshot.key.clone();
