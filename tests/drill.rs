@@ -106,17 +106,19 @@ fn a_healthy_replica_passes_the_drill_and_the_report_is_stored() {
         rto > 0.0 && rto <= (ended - started) as f64 / 1000.0,
         "the RTO is part of the drill's own time: {v:#}"
     );
-    // The RPO is the age of the newest restore point when the drill ran: at least the time
-    // from the agent's stop to the drill's start, at most from the last commit to its end.
-    let rpo = v["rpo_seconds"].as_f64().unwrap();
+    // Without the live database nothing says what is at risk: no RPO, only the newest
+    // restorable transaction's age. That is at least the time from the agent's stop to the
+    // drill's start, at most from the last commit to the drill's end.
+    assert_eq!(v["rpo_seconds"], serde_json::Value::Null, "{v:#}");
+    let age = v["newest_restorable_age_seconds"].as_f64().unwrap();
     let (commit, stopped) = r.last_commit_ms;
     let (low, high) = (
         started.saturating_sub(stopped) as f64 / 1000.0,
         (ended - commit) as f64 / 1000.0,
     );
     assert!(
-        low - 0.001 <= rpo && rpo <= high + 0.001,
-        "rpo {rpo} s outside [{low}, {high}]: {v:#}"
+        low - 0.001 <= age && age <= high + 0.001,
+        "newest restorable age {age} s outside [{low}, {high}]: {v:#}"
     );
     assert_eq!(v["integrity_check"], "ok");
     assert_eq!(v["foreign_key_check"], "ok");
@@ -207,6 +209,9 @@ fn the_live_database_is_current_lagging_stale_or_diverged() {
     assert_eq!(v["live"]["unshipped_commits"], 0);
     assert_eq!(v["live"]["differing_pages"], 0);
     assert_eq!(v["live"]["ok"], true);
+    // Nothing at risk: RPO 0, however long ago the last write was.
+    assert_eq!(v["at_risk_commits"], 0, "{v:#}");
+    assert_eq!(v["rpo_seconds"], 0.0, "{v:#}");
 
     // A copy restored at an older transaction: the replica is ahead of it.
     let stale = dir.path().join("stale.db");
@@ -245,6 +250,14 @@ fn the_live_database_is_current_lagging_stale_or_diverged() {
     assert_eq!(code, Some(0), "{v:#}");
     assert_eq!(v["live"]["verdict"], "lagging", "{v:#}");
     assert_eq!(v["live"]["unshipped_commits"], 3, "{v:#}");
+    assert_eq!(v["at_risk_commits"], 3, "{v:#}");
+    assert!(v["rpo_seconds"].as_f64().unwrap() > 0.0, "{v:#}");
+    let o = run(&["drill", &r.url, "--db", db, "--no-store"]);
+    let text = String::from_utf8_lossy(&o.stdout);
+    assert!(
+        text.contains("RPO       3 commit(s) of the live database not in the replica yet"),
+        "{text}"
+    );
 
     // Once an agent ships them, current again.
     let agent = Agent::replicate(&r.db, &r.url, &dir.path().join("b.log"));
@@ -295,4 +308,57 @@ fn random_point_passes_on_a_healthy_replica() {
         .query_row("SELECT count(*) FROM marks", [], |r| r.get(0))
         .unwrap();
     assert_eq!(n as u64, txid);
+}
+
+#[test]
+fn stored_reports_are_listed_and_a_report_not_stored_is_not_pointed_to() {
+    let dir = tempfile::tempdir().unwrap();
+    let r = replicated(dir.path());
+    let o = run(&["drills", &r.url]);
+    assert!(o.status.success());
+    assert!(String::from_utf8_lossy(&o.stdout).contains("holds no drill reports"));
+    let (code, first) = drill(&r.url, &[]);
+    assert_eq!(code, Some(0), "{first:#}");
+    // Report keys are unique by start time (milliseconds).
+    std::thread::sleep(std::time::Duration::from_millis(5));
+    let (_, second) = drill(&r.url, &[]);
+
+    let o = run(&["drills", &r.url, "--json"]);
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    let keys: Vec<_> = v
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["report_key"].clone())
+        .collect();
+    assert_eq!(
+        keys,
+        [first["report_key"].clone(), second["report_key"].clone()]
+    );
+    let o = run(&["drills", &r.url, "--last", "1"]);
+    let text = String::from_utf8_lossy(&o.stdout);
+    let k2 = second["report_key"].as_str().unwrap();
+    assert!(
+        text.contains(k2) && text.contains(" ok ") && text.contains(" 30 "),
+        "{text}"
+    );
+    assert!(
+        !text.contains(first["report_key"].as_str().unwrap()),
+        "{text}"
+    );
+    assert!(text.contains("1 older report(s) not shown"), "{text}");
+
+    // A replica that cannot take the report (its drills/ folder is a file): the drill says so
+    // and names no report.
+    let drills = r.replica.join("drills");
+    std::fs::remove_dir_all(&drills).unwrap();
+    std::fs::write(&drills, b"in the way").unwrap();
+    let o = run(&["drill", &r.url]);
+    assert_eq!(o.status.code(), Some(2));
+    let text = String::from_utf8_lossy(&o.stdout);
+    assert!(
+        text.contains("cannot store the drill report") && text.contains("report not stored"),
+        "{text}"
+    );
+    assert!(!text.contains("report drills/"), "{text}");
 }

@@ -255,7 +255,12 @@ fn restore_flags_behave_as_documented() {
     let o = run(&["restore", &url, "-o", out.to_str().unwrap(), "--dry-run"]);
     assert!(o.status.success());
     let plan = String::from_utf8_lossy(&o.stdout);
-    assert!(plan.contains(".lbsnap") && plan.contains("bytes"), "{plan}");
+    assert!(
+        plan.contains(".lbsnap") && plan.contains("to download"),
+        "{plan}"
+    );
+    // Words, not Rust debug text (it printed `target Latest`).
+    assert!(plan.contains("target     the newest state"), "{plan}");
     assert!(!out.exists());
 
     // An existing database is left alone with --if-db-not-exists.

@@ -239,3 +239,27 @@ fn listings_of_more_than_1000_keys_are_read_to_the_end() {
         .count();
     assert_eq!(foreign, 1100, "{v:#}");
 }
+
+#[test]
+fn a_mistyped_prefix_in_a_bucket_with_replicas_is_a_loud_warning() {
+    let s3 = S3::start();
+    let env = s3.env();
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("app.db");
+    create_schema(&app_conn(&db, 4096));
+    let url = s3.server.url("team/app");
+    let agent = Agent::replicate_env(&db, &url, &dir.path().join("agent.log"), &env);
+    agent.stop_ok();
+    for typo in [s3.server.url("team/ap"), s3.server.url("team")] {
+        let o = run_env(&["generations", &typo], &env);
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert!(o.status.success(), "{err}");
+        assert!(
+            err.contains("WARNING") && err.contains("/team/app"),
+            "{typo}: {err}"
+        );
+        assert!(!err.contains("endpoint="), "no query in messages: {err}");
+    }
+    let o = run_env(&["generations", &url], &env);
+    assert!(!String::from_utf8_lossy(&o.stderr).contains("WARNING"));
+}

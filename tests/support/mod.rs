@@ -14,6 +14,7 @@ use nix::unistd::Pid;
 use rusqlite::Connection;
 
 pub mod crash;
+pub mod faults;
 pub mod oracle;
 
 /// The binary under test.
@@ -49,7 +50,7 @@ impl Agent {
         let child = Command::new(bin())
             .args(args)
             .envs(env.iter().copied())
-            .env("RUST_LOG", "info,lifeboat_agent=debug")
+            .env("RUST_LOG", "info,lifeboat_agent=debug,lifeboat_dirs=debug")
             .stdout(Stdio::null())
             .stderr(f)
             .spawn()

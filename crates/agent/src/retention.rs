@@ -94,6 +94,10 @@ pub struct PrunePlan {
     /// Every object it deletes (those generations' and the older parts of kept ones), in
     /// deletion order.
     pub objects: Vec<String>,
+    /// What goes of the folders backed up with the database (`--dir`): what no kept restore
+    /// point needs.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub folders: Option<lifeboat_dirs::prune::FolderPrune>,
 }
 
 /// Plans a prune of `cat` for `retention` as of `now_ms`.
@@ -164,6 +168,20 @@ pub fn plan(cat: &Catalog, retention: Duration, now_ms: u64) -> PrunePlan {
     p
 }
 
+/// The oldest database restore point a prune keeps: the first snapshot it keeps.
+fn oldest_kept(
+    cat: &Catalog,
+    p: &PrunePlan,
+) -> Option<(lifeboat_wal::Generation, lifeboat_wal::TxId)> {
+    let gone: std::collections::HashSet<&str> = p.objects.iter().map(String::as_str).collect();
+    cat.generations.iter().find_map(|(g, o)| {
+        o.snapshots
+            .iter()
+            .find(|s| !gone.contains(s.key.as_str()))
+            .map(|s| (*g, s.txid))
+    })
+}
+
 /// Deletes what [`plan`] chooses (nothing when `dry_run`); returns the plan.
 pub async fn prune(
     client: &dyn ReplicaClient,
@@ -171,8 +189,26 @@ pub async fn prune(
     now_ms: u64,
     dry_run: bool,
 ) -> Result<PrunePlan> {
+    prune_with_progress(client, retention, now_ms, dry_run, None).await
+}
+
+/// [`prune`], reporting `(objects deleted, objects to delete)` to `progress`.
+pub async fn prune_with_progress(
+    client: &dyn ReplicaClient,
+    retention: Duration,
+    now_ms: u64,
+    dry_run: bool,
+    progress: Option<crate::restore::Progress>,
+) -> Result<PrunePlan> {
     let cat = Catalog::load(client).await?;
-    let p = plan(&cat, retention, now_ms);
+    let mut p = plan(&cat, retention, now_ms);
+    if let Some(keep) = oldest_kept(&cat, &p) {
+        // Folders after the database objects, so their plan sees the same restore points.
+        let folders = lifeboat_dirs::prune::prune(client, keep, true).await?;
+        if !folders.manifests.is_empty() {
+            p.folders = Some(folders);
+        }
+    }
     if dry_run {
         return Ok(p);
     }
@@ -186,12 +222,20 @@ pub async fn prune(
             Err(e) => return Err(e.into()),
         }
     }
-    for key in &p.objects {
+    let total = p.objects.len() as u64;
+    for (i, key) in p.objects.iter().enumerate() {
+        if let Some(pr) = &progress {
+            (pr.0)(i as u64, total);
+        }
         client.delete(key).await?;
         info!(replica = %client.describe(), key = %key, "retention: deleted");
     }
     for key in &p.markers {
         client.delete(key).await?;
+    }
+    if p.folders.is_some() {
+        let keep = oldest_kept(&cat, &p).expect("planned above");
+        p.folders = Some(lifeboat_dirs::prune::prune(client, keep, false).await?);
     }
     if !p.generations.is_empty() {
         info!(
@@ -201,6 +245,9 @@ pub async fn prune(
             bytes = p.bytes,
             "retention: pruned generations older than the window"
         );
+    }
+    if let Some(pr) = &progress {
+        (pr.0)(total, total);
     }
     Ok(p)
 }
