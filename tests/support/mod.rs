@@ -148,6 +148,9 @@ pub fn run_env(args: &[&str], env: &[(&str, &str)]) -> Output {
         .expect("run lifeboat")
 }
 
+/// The app connection's busy timeout (short, so a write lock held long by the agent shows).
+const APP_BUSY: Duration = Duration::from_millis(200);
+
 /// Opens the app's connection: WAL mode, default autocheckpoint, short busy timeout.
 pub fn app_conn(path: &Path, page_size: u32) -> Connection {
     let c = Connection::open(path).unwrap();
@@ -155,7 +158,7 @@ pub fn app_conn(path: &Path, page_size: u32) -> Connection {
         "PRAGMA page_size={page_size}; PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL;"
     ))
     .unwrap();
-    c.busy_timeout(Duration::from_millis(200)).unwrap();
+    c.busy_timeout(APP_BUSY).unwrap();
     c
 }
 
@@ -222,10 +225,33 @@ impl Writer {
         Writer::start_paced(path, page_size, first, limit, Duration::ZERO)
     }
 
+    /// [`Writer::start_paced`] with a 5 s busy timeout, as a real app would set: for tests whose
+    /// claim is not how briefly the agent holds the write lock (on a loaded machine it can hold
+    /// it past the 200 ms of [`app_conn`] while its checkpoint's fsync waits for the disk).
+    pub fn start_patient(path: &Path, page_size: u32, pause: Duration) -> Writer {
+        Writer::spawn(
+            path,
+            page_size,
+            0,
+            u64::MAX,
+            pause,
+            mixed_txn,
+            Duration::from_secs(5),
+        )
+    }
+
     /// [`Writer::start`] running [`mixed_txn_only`]: no explicit checkpoints of the app's own
     /// (so a WAL that shrinks was truncated by the agent).
     pub fn start_without_checkpoints(path: &Path, page_size: u32) -> Writer {
-        Writer::spawn(path, page_size, 0, u64::MAX, Duration::ZERO, mixed_txn_only)
+        Writer::spawn(
+            path,
+            page_size,
+            0,
+            u64::MAX,
+            Duration::ZERO,
+            mixed_txn_only,
+            APP_BUSY,
+        )
     }
 
     /// [`Writer::start`] with a pause after each transaction (a steady rather than flat-out app).
@@ -236,7 +262,7 @@ impl Writer {
         limit: u64,
         pause: Duration,
     ) -> Writer {
-        Writer::spawn(path, page_size, first, limit, pause, mixed_txn)
+        Writer::spawn(path, page_size, first, limit, pause, mixed_txn, APP_BUSY)
     }
 
     fn spawn(
@@ -246,6 +272,7 @@ impl Writer {
         limit: u64,
         pause: Duration,
         txn: fn(&Connection, u64),
+        busy: Duration,
     ) -> Writer {
         let stop = Arc::new(AtomicBool::new(false));
         let done = Arc::new(AtomicU64::new(0));
@@ -253,6 +280,7 @@ impl Writer {
         let path = path.to_path_buf();
         let handle = std::thread::spawn(move || {
             let c = app_conn(&path, page_size);
+            c.busy_timeout(busy).unwrap();
             create_schema(&c);
             let mut n = 0;
             while n < limit && !s.load(Ordering::SeqCst) {
