@@ -16,8 +16,12 @@ pub async fn replicate(a: ReplicateArgs) -> Result<ExitCode> {
     let src = Source::new(a.config.clone(), a.db.clone(), a.urls.clone())?;
     let flags = Flags {
         puts_per_second: a.puts_per_second,
+        health_max_lag: a.health_max_lag,
+        ..Flags::from(&a.keep)
     };
-    let dbs = config::databases(&src, &flags).await?;
+    crate::neighbours::warn_all(&src).await;
+    let mut dbs = config::databases(&src, &flags).await?;
+    config::with_dirs(&mut dbs, &a.dirs)?;
     let mut endpoint = Ok(());
     lifeboat_agent::agent::replicate(dbs, shutdown.clone(), |handles| {
         if let Some(addr) = &a.health_addr {

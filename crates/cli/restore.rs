@@ -2,36 +2,14 @@
 
 use std::process::ExitCode;
 
-use anyhow::{Context, Result};
-use lifeboat_agent::clock::{fmt_time, to_ms};
+use std::path::PathBuf;
+
+use anyhow::{bail, Context, Result};
+use lifeboat_agent::clock::to_ms;
 use lifeboat_agent::restore::{self as rs, Target};
 
 use crate::args::RestoreArgs;
-use crate::replica_url;
-
-/// A progress bar on stderr when it is a terminal; nothing otherwise.
-fn progress_bar() -> Option<lifeboat_agent::restore::Progress> {
-    use std::io::IsTerminal;
-    if !std::io::stderr().is_terminal() {
-        return None;
-    }
-    let bar = indicatif::ProgressBar::new(0);
-    bar.set_style(
-        indicatif::ProgressStyle::with_template(
-            "restoring [{bar:40}] {bytes}/{total_bytes} {bytes_per_sec} eta {eta}",
-        )
-        .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
-    );
-    Some(lifeboat_agent::restore::Progress(std::sync::Arc::new(
-        move |done, total| {
-            bar.set_length(total);
-            bar.set_position(done);
-            if done >= total {
-                bar.finish_and_clear();
-            }
-        },
-    )))
-}
+use crate::{config, human, progress, replica_url};
 
 /// Parses `--timestamp`: RFC 3339, or `-15m`-style relative to now.
 fn parse_time(s: &str) -> Result<u64> {
@@ -51,20 +29,54 @@ fn parse_time(s: &str) -> Result<u64> {
     Ok(to_ms(t))
 }
 
+/// Whether a `restore` argument is a replica URL (else it is a database path).
+pub fn is_url(s: &str) -> bool {
+    s.contains("://") || s.starts_with("file:")
+}
+
+/// The replica URL and output path of a restore: as given, or, for a database path, its first
+/// replica in the configuration file and (unless `-o` says otherwise) the path itself.
+fn resolve(r: &RestoreArgs) -> Result<(String, PathBuf)> {
+    if is_url(&r.url) {
+        let output = r.output.clone().with_context(|| {
+            format!(
+                "restoring from a replica URL needs -o (where to write the database); or name \
+                 a database of the configuration file instead of {}",
+                lifeboat_storage::url::redact(&r.url)
+            )
+        })?;
+        return Ok((r.url.clone(), output));
+    }
+    let config = config::locate(r.config.clone(), |k| std::env::var(k).ok());
+    if !config.exists() {
+        bail!(
+            "{} is not a replica URL (file:///..., s3://...) and there is no configuration file \
+             at {} to find it in (pass --config or set LIFEBOAT_CONFIG)",
+            r.url,
+            config.display()
+        );
+    }
+    let db = PathBuf::from(&r.url);
+    let entry = config::find(&config, &db)?;
+    let output = r.output.clone().unwrap_or(db);
+    Ok((entry.replicas[0].clone(), output))
+}
+
 pub async fn restore(r: RestoreArgs) -> Result<ExitCode> {
-    if r.if_db_not_exists && r.output.exists() {
+    let (url, output) = resolve(&r)?;
+    if r.if_db_not_exists && output.exists() {
         println!(
             "{} exists; nothing to do (--if-db-not-exists)",
-            r.output.display()
+            output.display()
         );
         return Ok(ExitCode::SUCCESS);
     }
-    let client = replica_url::open(&r.url).await?;
+    let client = replica_url::open(&url).await?;
+    for d in crate::config::dir_specs(&r.dirs)? {
+        lifeboat_dirs::restore::check_output(&d.path, r.force)?;
+    }
     let target = match (&r.txid, &r.timestamp) {
-        (Some(t), _) => Target::TxId(
-            t.parse()
-                .context("--txid takes 16 hex digits, as lifeboat prints them")?,
-        ),
+        (Some(t), _) => Target::TxId(human::parse_txid(t).context("--txid")?),
         (None, Some(ts)) => Target::Time(parse_time(ts)?),
         (None, None) => Target::Latest,
     };
@@ -73,12 +85,12 @@ pub async fn restore(r: RestoreArgs) -> Result<ExitCode> {
         None => None,
     };
     let opts = rs::RestoreOptions {
-        output: r.output.clone(),
+        output: output.clone(),
         generation,
         target,
         parallelism: r.parallelism,
         force: r.force,
-        progress: progress_bar(),
+        progress: progress::bar("restoring", progress::Unit::Bytes),
     };
     let cat = lifeboat_agent::catalog::Catalog::load(client.as_ref())
         .await
@@ -93,25 +105,33 @@ pub async fn restore(r: RestoreArgs) -> Result<ExitCode> {
     let plan = rs::plan(&cat, generation, target)
         .with_context(|| format!("cannot restore from {}", client.describe()))?;
     if r.dry_run {
-        println!("restore plan for {} (nothing written):", r.output.display());
+        println!("restore plan for {} (nothing written):", output.display());
         println!("  generation {}", plan.generation);
-        println!("  target     {target:?}");
+        println!("  target     {}", human::target(target));
         println!(
-            "  snapshot   {} ({} bytes)",
-            plan.snapshot.key, plan.snapshot.size
+            "  snapshot   {} (txid {}, {})",
+            plan.snapshot.key,
+            human::txid(plan.snapshot.txid),
+            human::bytes(plan.snapshot.size)
         );
         for s in &plan.segments {
-            println!("  segment    {} ({} bytes)", s.key, s.size);
+            println!(
+                "  segment    {} (txids {}..{}, {})",
+                s.key,
+                human::txid(s.first),
+                human::txid(s.last),
+                human::bytes(s.size)
+            );
         }
         println!(
-            "  {} objects, {} bytes",
+            "  {} objects, {} to download",
             1 + plan.segments.len(),
-            plan.bytes()
+            human::bytes(plan.bytes())
         );
-        if r.output.exists() && !r.force {
+        if output.exists() && !r.force {
             println!(
                 "  note: {} exists; a real run needs --force",
-                r.output.display()
+                output.display()
             );
         }
         return Ok(ExitCode::SUCCESS);
@@ -119,19 +139,25 @@ pub async fn restore(r: RestoreArgs) -> Result<ExitCode> {
     let report = rs::execute(client.as_ref(), &plan, &opts)
         .await
         .with_context(|| format!("restore from {} failed", client.describe()))?;
-    println!(
-        "restored {} to generation {} txid {} ({}): {} pages of {} bytes, checksum {} verified, \
-         integrity_check ok ({} objects, {} bytes in {:.2}s)",
-        r.output.display(),
-        report.generation,
-        report.txid,
-        fmt_time(report.time_ms),
-        report.pages,
-        report.page_size,
-        report.checksum,
-        report.objects,
-        report.bytes,
-        report.elapsed.as_secs_f64()
-    );
+    for d in crate::config::dir_specs(&r.dirs)? {
+        let at = Some((report.generation, report.txid));
+        let f = lifeboat_dirs::restore::restore(client.as_ref(), &d.name, at, &d.path, r.force)
+            .await
+            .with_context(|| {
+                format!(
+                    "restore of folder {} failed (the database was restored)",
+                    d.path.display()
+                )
+            })?;
+        println!(
+            "restored folder {} ({}) as of the same point: {} files, {} bytes, every SHA-256 verified{}",
+            d.path.display(),
+            f.manifest.key(&d.name),
+            f.files,
+            f.bytes,
+            f.moved_aside.map(|p| format!("; the old folder was moved to {}", p.display())).unwrap_or_default()
+        );
+    }
+    println!("{}: {}", output.display(), human::restored(&report));
     Ok(ExitCode::SUCCESS)
 }

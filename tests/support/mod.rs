@@ -13,6 +13,10 @@ use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 use rusqlite::Connection;
 
+pub mod crash;
+pub mod faults;
+pub mod oracle;
+
 /// The binary under test.
 pub fn bin() -> &'static str {
     env!("CARGO_BIN_EXE_lifeboat")
@@ -46,7 +50,7 @@ impl Agent {
         let child = Command::new(bin())
             .args(args)
             .envs(env.iter().copied())
-            .env("RUST_LOG", "info,lifeboat_agent=debug")
+            .env("RUST_LOG", "info,lifeboat_agent=debug,lifeboat_dirs=debug")
             .stdout(Stdio::null())
             .stderr(f)
             .spawn()
@@ -167,6 +171,16 @@ pub fn create_schema(c: &Connection) {
 /// One transaction of the mixed workload: a marker row, inserts, updates, deletes, and now and
 /// then a table dropped and recreated or a checkpoint of the app's own.
 pub fn mixed_txn(c: &Connection, seq: u64) {
+    mixed_txn_only(c, seq);
+    if seq % 151 == 0 {
+        let mode = ["PASSIVE", "RESTART", "TRUNCATE"][(seq / 151 % 3) as usize];
+        c.query_row(&format!("PRAGMA wal_checkpoint({mode})"), [], |_| Ok(()))
+            .unwrap();
+    }
+}
+
+/// [`mixed_txn`] without the app's own explicit checkpoints (its autocheckpoint still runs).
+pub fn mixed_txn_only(c: &Connection, seq: u64) {
     c.execute_batch("BEGIN").unwrap();
     c.execute(
         "INSERT INTO marks(seq, t, pad) VALUES (?1, strftime('%s','now'), ?2)",
@@ -194,11 +208,6 @@ pub fn mixed_txn(c: &Connection, seq: u64) {
         .unwrap();
     }
     c.execute_batch("COMMIT").unwrap();
-    if seq % 151 == 0 {
-        let mode = ["PASSIVE", "RESTART", "TRUNCATE"][(seq / 151 % 3) as usize];
-        c.query_row(&format!("PRAGMA wal_checkpoint({mode})"), [], |_| Ok(()))
-            .unwrap();
-    }
 }
 
 /// A writer thread running the mixed workload until stopped or `limit` transactions are done.
@@ -210,6 +219,34 @@ pub struct Writer {
 
 impl Writer {
     pub fn start(path: &Path, page_size: u32, first: u64, limit: u64) -> Writer {
+        Writer::start_paced(path, page_size, first, limit, Duration::ZERO)
+    }
+
+    /// [`Writer::start`] running [`mixed_txn_only`]: no explicit checkpoints of the app's own
+    /// (so a WAL that shrinks was truncated by the agent).
+    pub fn start_without_checkpoints(path: &Path, page_size: u32) -> Writer {
+        Writer::spawn(path, page_size, 0, u64::MAX, Duration::ZERO, mixed_txn_only)
+    }
+
+    /// [`Writer::start`] with a pause after each transaction (a steady rather than flat-out app).
+    pub fn start_paced(
+        path: &Path,
+        page_size: u32,
+        first: u64,
+        limit: u64,
+        pause: Duration,
+    ) -> Writer {
+        Writer::spawn(path, page_size, first, limit, pause, mixed_txn)
+    }
+
+    fn spawn(
+        path: &Path,
+        page_size: u32,
+        first: u64,
+        limit: u64,
+        pause: Duration,
+        txn: fn(&Connection, u64),
+    ) -> Writer {
         let stop = Arc::new(AtomicBool::new(false));
         let done = Arc::new(AtomicU64::new(0));
         let (s, d) = (stop.clone(), done.clone());
@@ -219,9 +256,12 @@ impl Writer {
             create_schema(&c);
             let mut n = 0;
             while n < limit && !s.load(Ordering::SeqCst) {
-                mixed_txn(&c, first + n);
+                txn(&c, first + n);
                 n += 1;
                 d.store(n, Ordering::SeqCst);
+                if !pause.is_zero() {
+                    std::thread::sleep(pause);
+                }
             }
             n
         });
@@ -354,4 +394,20 @@ pub fn http_get(port: u16, path: &str) -> Option<(u16, String)> {
     let (head, body) = resp.split_once("\r\n\r\n")?;
     let code = head.split(' ').nth(1)?.parse().ok()?;
     Some((code, body.to_string()))
+}
+
+/// The value of the first sample of `name` whose labels contain `labels` (e.g. `kind="put"`)
+/// in a Prometheus text exposition, or `None` if there is none.
+pub fn metric_sample(text: &str, name: &str, labels: &str) -> Option<f64> {
+    text.lines()
+        .find(|l| l.starts_with(&format!("{name}{{")) && l.contains(labels))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+}
+
+/// `/metrics` on 127.0.0.1:`port` (empty when nothing answers).
+pub fn scrape(port: u16) -> String {
+    http_get(port, "/metrics")
+        .map(|(_, b)| b)
+        .unwrap_or_default()
 }

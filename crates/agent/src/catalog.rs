@@ -47,6 +47,9 @@ pub struct GenerationObjects {
     pub snapshots: Vec<Snapshot>,
     /// Segments.
     pub segments: Vec<Segment>,
+    /// Retention is deleting it (its `pruning` marker is present): not restorable, whatever
+    /// objects are left.
+    pub pruning: bool,
 }
 
 impl GenerationObjects {
@@ -60,6 +63,11 @@ impl GenerationObjects {
     pub fn newest_time(&self) -> Option<u64> {
         let snaps = self.snapshots.iter().map(|s| s.time_ms);
         snaps.chain(self.segments.iter().map(|s| s.time_ms)).max()
+    }
+
+    /// The segment reaching furthest (the last by key, unless a redundant copy landed late).
+    pub fn last_segment(&self) -> Option<&Segment> {
+        self.segments.iter().rev().max_by_key(|s| s.last)
     }
 
     /// Segments after the newest snapshot (what a restore of the newest state applies).
@@ -83,6 +91,10 @@ impl Catalog {
     pub async fn load(client: &dyn ReplicaClient) -> Result<Catalog> {
         let mut cat = Catalog::default();
         for o in client.list(keys::GENERATIONS).await? {
+            if let Some(g) = keys::parse_pruning_marker(&o.key) {
+                cat.generations.entry(g).or_default().pruning = true;
+                continue;
+            }
             let Some(key) = Key::parse(&o.key) else {
                 cat.foreign.push(o.key);
                 continue;
@@ -112,12 +124,12 @@ impl Catalog {
         Ok(cat)
     }
 
-    /// The newest generation that has a snapshot (so can be restored).
+    /// The newest generation that has a snapshot and is not being pruned (so can be restored).
     pub fn latest(&self) -> Option<(Generation, &GenerationObjects)> {
         self.generations
             .iter()
             .rev()
-            .find(|(_, o)| !o.snapshots.is_empty())
+            .find(|(_, o)| !o.pruning && !o.snapshots.is_empty())
             .map(|(g, o)| (*g, o))
     }
 }
@@ -151,7 +163,7 @@ pub async fn tip(
         .snapshots
         .last()
         .ok_or_else(|| Error::Replica(format!("generation {generation} has no snapshot")))?;
-    if let Some(seg) = objs.segments.last().filter(|s| s.last > snap.txid) {
+    if let Some(seg) = objs.last_segment().filter(|s| s.last > snap.txid) {
         let b = client
             .get_range(&seg.key, 0..SEG_HEADER_SIZE as u64)
             .await?;

@@ -55,6 +55,7 @@ mod shipping;
 mod snapshots;
 pub mod staging;
 pub mod status;
+mod upload;
 pub mod verify;
 pub mod walfile;
 
@@ -106,6 +107,15 @@ pub struct Options {
     /// What to do on start-up when a replica already holds history that the local database
     /// provably does not continue (default: start a new generation).
     pub on_divergence: OnDivergence,
+    /// A replica further behind than this (the age of the oldest commit it does not have yet)
+    /// counts as unhealthy in `/health` (default 60 s).
+    pub health_max_lag: Duration,
+    /// Told how far a snapshot of a large database has read it (`(bytes read, bytes in all)`,
+    /// every 4096 pages, then once at the end); a small one reports nothing.
+    pub snapshot_progress: Option<restore::Progress>,
+    /// Folders backed up with the database (`--dir`), shipped before the commits that follow
+    /// them (see `lifeboat_dirs`).
+    pub dirs: Vec<lifeboat_dirs::DirSpec>,
 }
 
 /// What to do when a replica's newest state is not the local database's past (a stale disk
@@ -136,6 +146,9 @@ impl Default for Options {
             retention: None,
             snapshot_interval: Some(Duration::from_secs(24 * 3600)),
             snapshot_segments: 1000,
+            health_max_lag: status::STALL,
+            snapshot_progress: None,
+            dirs: Vec::new(),
         }
     }
 }

@@ -9,7 +9,7 @@ use serde::Serialize;
 
 use crate::catalog::{Catalog, GenerationObjects};
 use crate::clock::fmt_time;
-use crate::restore::{execute, plan_generation, RestoreOptions, Target};
+use crate::restore::{execute, plan_generation, Progress, RestoreOptions, Target};
 use crate::{Error, Result};
 
 /// What a replica holds for one generation, and what is wrong with it.
@@ -27,6 +27,15 @@ pub struct GenerationSummary {
     pub range: Restorable,
     /// Problems found (empty when sound; only filled by `verify`).
     pub problems: Vec<String>,
+    /// Segments whose transactions the chain holds in other objects too, checked to agree
+    /// (an upload that landed twice): not a problem; `prune` may delete them. Only filled by
+    /// `verify`.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub redundant: Vec<String>,
+    /// Retention is deleting it (an interrupted prune left its `pruning` marker): not
+    /// restorable and not checked; the next prune removes it.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub pruning: bool,
 }
 
 /// The objects of a generation.
@@ -56,8 +65,7 @@ pub fn summarize(generation: lifeboat_wal::Generation, o: &GenerationObjects) ->
     let bytes = o.bytes();
     let from = o.snapshots.first().map(|s| fmt_time(s.time_ms));
     let last = o
-        .segments
-        .last()
+        .last_segment()
         .map(|s| (s.last, s.time_ms))
         .or_else(|| o.snapshots.last().map(|s| (s.txid, s.time_ms)));
     let (last_txid, to) = match last {
@@ -78,16 +86,47 @@ pub fn summarize(generation: lifeboat_wal::Generation, o: &GenerationObjects) ->
             to,
         },
         problems: Vec::new(),
+        redundant: Vec::new(),
+        pruning: o.pruning,
     }
 }
 
 /// Checks every object and every generation's chain. Problems are collected, not fatal.
 pub async fn verify(client: &dyn ReplicaClient) -> Result<Vec<GenerationSummary>> {
+    verify_with_progress(client, None).await
+}
+
+/// [`verify`], reporting `(bytes read, bytes to read)` to `progress`: every object once, then
+/// each generation's chain again as its rebuild reads it.
+pub async fn verify_with_progress(
+    client: &dyn ReplicaClient,
+    progress: Option<Progress>,
+) -> Result<Vec<GenerationSummary>> {
     let cat = Catalog::load(client).await?;
+    let rebuilds: u64 = cat
+        .generations
+        .iter()
+        .filter_map(|(g, o)| plan_generation(*g, o, Target::Latest).ok())
+        .map(|p| p.bytes())
+        .sum();
+    let total = cat.generations.values().map(|o| o.bytes()).sum::<u64>() + rebuilds;
+    let done = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let advance = |n: u64| {
+        let d = done.fetch_add(n, std::sync::atomic::Ordering::Relaxed) + n;
+        if let Some(p) = &progress {
+            (p.0)(d.min(total), total);
+        }
+    };
+    advance(0);
     let mut out = Vec::new();
     let scratch = tempfile::tempdir().map_err(|e| Error::io("create a scratch folder", e))?;
     for (g, objs) in &cat.generations {
         let mut sum = summarize(*g, objs);
+        if objs.pruning {
+            tracing::warn!(generation = %g, "not checked: retention is deleting this generation (an interrupted prune; the next prune finishes it)");
+            out.push(sum);
+            continue;
+        }
         if objs.snapshots.is_empty() {
             sum.problems.push(format!(
                 "generation {g} has no snapshot: its {} segments cannot be restored",
@@ -114,6 +153,7 @@ pub async fn verify(client: &dyn ReplicaClient) -> Result<Vec<GenerationSummary>
                 Ok::<_, Error>(())
             }
             .await;
+            advance(s.size);
             if let Err(e) = res {
                 sum.problems.push(e.chain().to_string());
             }
@@ -135,6 +175,7 @@ pub async fn verify(client: &dyn ReplicaClient) -> Result<Vec<GenerationSummary>
                 Ok::<_, Error>(())
             }
             .await;
+            advance(s.size);
             if let Err(e) = res {
                 sum.problems.push(e.chain().to_string());
             }
@@ -149,15 +190,23 @@ pub async fn verify(client: &dyn ReplicaClient) -> Result<Vec<GenerationSummary>
                     target: Target::Latest,
                     parallelism: 4,
                     force: true,
-                    progress: None,
+                    progress: progress.as_ref().map(|p| {
+                        let (p, base) =
+                            (p.clone(), done.load(std::sync::atomic::Ordering::Relaxed));
+                        Progress(std::sync::Arc::new(move |d, _| {
+                            (p.0)((base + d).min(total), total)
+                        }))
+                    }),
                 };
                 execute(client, &plan, &opts).await?;
+                advance(plan.bytes());
                 std::fs::remove_file(&opts.output).ok();
-                Ok::<_, Error>(())
+                Ok::<_, Error>(plan.redundant.into_iter().map(|s| s.key).collect())
             }
             .await;
-            if let Err(e) = res {
-                sum.problems.push(e.chain().to_string());
+            match res {
+                Ok(redundant) => sum.redundant = redundant,
+                Err(e) => sum.problems.push(e.chain().to_string()),
             }
         }
         out.push(sum);
@@ -169,6 +218,8 @@ pub async fn verify(client: &dyn ReplicaClient) -> Result<Vec<GenerationSummary>
             objects: Objects::default(),
             range: Restorable::default(),
             problems: Vec::new(),
+            redundant: Vec::new(),
+            pruning: false,
         };
         for k in &cat.foreign {
             sum.problems.push(format!(

@@ -266,7 +266,7 @@ pub(crate) async fn compare_live(
     check.checksum = Some(sum.to_string());
     check.pages = Some(pages);
     check.differing_pages = Some(state.differing);
-    let newest = format!("generation {generation} txid {}", restored.txid);
+    let newest = format!("generation {generation} txid {}", restored.txid.0);
     if state.page_size == restored.page_size
         && sum == base.checksum()
         && pages == base.page_count()
@@ -318,10 +318,10 @@ pub(crate) async fn compare_live(
             check.verdict = LiveVerdict::ReplicaAhead;
             check.matches_txid = Some(t.to_string());
             check.detail = format!(
-                "equals txid {t} of generation {generation}, but the replica's newest state is \
+                "equals txid {} of generation {generation}, but the replica's newest state is \
                  txid {}: the replica is ahead of the live database (diverged: a stale disk, a \
                  rolled-back copy, or another writer on this replica)",
-                restored.txid
+                t.0, restored.txid.0
             );
         }
         Ok(None) => {

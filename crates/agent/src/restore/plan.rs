@@ -27,8 +27,13 @@ pub struct Plan {
     pub generation: Generation,
     /// The snapshot to start from.
     pub snapshot: Snapshot,
-    /// Segments to apply, in order.
+    /// Segments to apply, in order. One may start before the previous one ends (a
+    /// redundant copy reaching further): its transactions already applied are skipped, after
+    /// checking that they agree.
     pub segments: Vec<Segment>,
+    /// Segments not in the chain whose transactions the chain holds too (redundant copies).
+    /// Restore reads them and checks them against the chain; `prune` may delete them.
+    pub redundant: Vec<Segment>,
     /// Where to stop.
     pub target: Target,
 }
@@ -36,7 +41,25 @@ pub struct Plan {
 impl Plan {
     /// Bytes to download.
     pub fn bytes(&self) -> u64 {
-        self.snapshot.size + self.segments.iter().map(|s| s.size).sum::<u64>()
+        self.snapshot.size
+            + self
+                .segments
+                .iter()
+                .chain(&self.redundant)
+                .map(|s| s.size)
+                .sum::<u64>()
+    }
+
+    /// Ranges of transactions that two objects of the plan both hold: restore keeps what it
+    /// applied there, to compare with the other copy.
+    pub fn shared(&self) -> Vec<(TxId, TxId)> {
+        let mut out: Vec<(TxId, TxId)> = self.redundant.iter().map(|s| (s.first, s.last)).collect();
+        for w in self.segments.windows(2) {
+            if w[1].first <= w[0].last {
+                out.push((w[1].first, w[0].last));
+            }
+        }
+        out
     }
 }
 
@@ -56,45 +79,82 @@ pub fn plan_generation(
             Target::Time(t) => s.time_ms <= t,
         })
         .ok_or_else(|| {
-            Error::Replica(format!(
-                "generation {generation} has no snapshot at or before the target"
-            ))
+            let (first, newest) = (objs.snapshots.first(), objs.newest_time());
+            Error::Replica(match (target, first, newest) {
+                (Target::Time(t), Some(s), Some(n)) => format!(
+                    "generation {generation} holds no state at or before {}: it restores from {} \
+                     to {}",
+                    fmt_time(t),
+                    fmt_time(s.time_ms),
+                    fmt_time(n)
+                ),
+                (Target::TxId(t), Some(s), _) => format!(
+                    "generation {generation} holds no state at or before txid {}: its earliest \
+                     restore point is txid {} (older ones were pruned or never shipped)",
+                    t.0, s.txid.0
+                ),
+                _ => format!("generation {generation} has no snapshot: it cannot be restored"),
+            })
         })?
         .clone();
     let base = snapshot.txid;
     let mut next = base.next();
     let mut segments: Vec<Segment> = Vec::new();
-    for s in &objs.segments {
-        let (first, last) = (s.first, s.last);
+    let mut redundant: Vec<Segment> = Vec::new();
+    let all = &objs.segments;
+    let mut i = 0;
+    // Where a segment starts, and the furthest any reaches: a segment that starts exactly at
+    // `next` and ends where another starts (or at the end) continues the chain without
+    // skipping transactions, which a format-2 segment (page deltas against the state before
+    // it) needs.
+    let starts: std::collections::HashSet<TxId> = all.iter().map(|s| s.first).collect();
+    let end = all.iter().map(|s| s.last).max().unwrap_or(base);
+    // At each step the chain continues with the segment that holds `next` and reaches
+    // furthest. Other segments holding transactions the chain holds too are redundant copies
+    // (an upload retried after its answer was lost, or in flight while an agent was replaced,
+    // that landed after all); restore reads them and checks they agree with the chain on every
+    // shared commit: only a disagreement is a fork.
+    loop {
         if let Target::TxId(t) = target {
-            if first > t {
+            if next > t {
                 break;
             }
         }
-        // One agent never writes two segments that share a transaction: two agents resumed the
-        // same generation (overlapping deploys) and its history forked. Neither branch is
-        // chosen silently.
-        if let Some(prev) = segments.last().filter(|_| first < next && first > base) {
-            return Err(Error::Fork {
-                generation,
-                txid: first,
-                first: prev.key.clone(),
-                second: s.key.clone(),
-            });
+        let mut best: Option<&Segment> = None;
+        while let Some(s) = all.get(i).filter(|s| s.first <= next) {
+            i += 1;
+            if s.last < next {
+                // Wholly behind: before the snapshot (not needed), or a copy of chained txids.
+                if s.first > base {
+                    redundant.push(s.clone());
+                }
+                continue;
+            }
+            let continues =
+                |s: &Segment| s.first == next && (s.last == end || starts.contains(&s.last.next()));
+            match best {
+                // Continuing without a skip beats reaching further.
+                Some(b) if (continues(s), s.last) > (continues(b), b.last) => {
+                    redundant.push(b.clone());
+                    best = Some(s);
+                }
+                Some(_) => redundant.push(s.clone()),
+                None => best = Some(s),
+            }
         }
-        if last < next {
-            continue;
-        }
-        if first > next {
-            return Err(Error::Gap {
-                generation,
-                from: next,
-                to: TxId(first.0 - 1),
-                next: s.key.clone(),
-            });
-        }
+        let Some(s) = best else {
+            if let Some(after) = all.get(i) {
+                return Err(Error::Gap {
+                    generation,
+                    from: next,
+                    to: TxId(after.first.0 - 1),
+                    next: after.key.clone(),
+                });
+            }
+            break;
+        };
         segments.push(s.clone());
-        next = last.next();
+        next = s.last.next();
         // The first segment whose last commit is after the target time may hold commits at or
         // before it; later ones cannot.
         if let Target::Time(t) = target {
@@ -106,8 +166,9 @@ pub fn plan_generation(
     if let Target::TxId(t) = target {
         if TxId(next.0 - 1) < t {
             return Err(Error::Replica(format!(
-                "generation {generation} ends at txid {}, before the target txid {t}",
-                TxId(next.0 - 1)
+                "generation {generation} ends at txid {}, before the target txid {}",
+                next.0 - 1,
+                t.0
             )));
         }
     }
@@ -115,8 +176,31 @@ pub fn plan_generation(
         generation,
         snapshot,
         segments,
+        redundant,
         target,
     })
+}
+
+/// Why a point-in-time restore to `t` finds nothing: what the replica can restore instead.
+fn no_state_before(cat: &Catalog, t: u64) -> String {
+    let restorable = cat.generations.values().filter(|o| !o.snapshots.is_empty());
+    let earliest = restorable.clone().map(|o| o.snapshots[0].time_ms).min();
+    let newest = restorable.filter_map(|o| o.newest_time()).max();
+    match (earliest, newest) {
+        (Some(e), Some(n)) => format!(
+            "the replica holds no state at or before {}: its earliest restore point is {} and \
+             its newest {}; pick a time in between (`lifeboat generations` lists each \
+             generation's range)",
+            fmt_time(t),
+            fmt_time(e),
+            fmt_time(n)
+        ),
+        _ => format!(
+            "the replica holds no state at or before {}: it holds no snapshot at all, so \
+             nothing to restore",
+            fmt_time(t)
+        ),
+    }
 }
 
 /// Plans a restore from a replica's catalog.
@@ -124,24 +208,36 @@ pub fn plan(cat: &Catalog, generation: Option<Generation>, target: Target) -> Re
     let (g, objs) = match generation {
         Some(g) => (
             g,
-            cat.generations.get(&g).ok_or_else(|| {
-                Error::Replica(format!("generation {g} not found in the replica"))
-            })?,
+            cat.generations
+                .get(&g)
+                .ok_or_else(|| Error::Replica(format!("generation {g} not found in the replica")))
+                .and_then(|o| {
+                    if o.pruning {
+                        return Err(Error::Replica(format!(
+                            "generation {g} is being deleted by retention (its `pruning` marker \
+                             is present: a prune was interrupted); it is not restored. Run \
+                             `lifeboat prune` to finish deleting it"
+                        )));
+                    }
+                    Ok(o)
+                })?,
         ),
         None => match target {
-            // The newest generation that has a state at or before the time.
+            // The newest generation that has a state at or before the time (a generation
+            // being pruned has none any more: every restore point in it is outside the window).
             Target::Time(t) => cat
                 .generations
                 .iter()
                 .rev()
+                .filter(|(g, o)| {
+                    if o.pruning {
+                        tracing::warn!(generation = %g, "skipping a generation that retention is deleting (an interrupted prune)");
+                    }
+                    !o.pruning
+                })
                 .find(|(_, o)| o.snapshots.iter().any(|s| s.time_ms <= t))
                 .map(|(g, o)| (*g, o))
-                .ok_or_else(|| {
-                    Error::Replica(format!(
-                        "the replica holds no state at or before {}",
-                        fmt_time(t)
-                    ))
-                })?,
+                .ok_or_else(|| Error::Replica(no_state_before(cat, t)))?,
             _ => cat.latest().ok_or_else(|| {
                 Error::Replica("the replica holds no snapshot: nothing to restore".into())
             })?,
@@ -179,6 +275,7 @@ mod tests {
         GenerationObjects {
             snapshots,
             segments,
+            pruning: false,
         }
     }
 
@@ -213,7 +310,7 @@ mod tests {
         assert_eq!(p.snapshot.txid, TxId(0));
         assert_eq!(keys(&p), ["seg-1-2-2", "seg-3-4-4"]);
         let e = refusal(&o, Target::TxId(TxId(9)));
-        assert!(e.contains("ends at txid 0000000000000007"), "{e}");
+        assert!(e.contains("ends at txid 7,"), "{e}");
     }
 
     #[test]
@@ -225,6 +322,36 @@ mod tests {
         let p = plan_generation(G, &o, Target::Time(5)).unwrap();
         assert_eq!(keys(&p), ["seg-1-2-2", "seg-3-4-10"]);
         assert!(plan_generation(G, &o, Target::Time(0)).is_err());
+    }
+
+    #[test]
+    fn a_time_before_every_restore_point_names_the_earliest_and_newest() {
+        let mut cat = Catalog::default();
+        cat.generations
+            .insert(G, objs(vec![snap(0, 5_000)], vec![seg(1, 2, 9_000)]));
+        cat.generations.insert(
+            Generation(0x20),
+            objs(vec![snap(0, 20_000)], vec![seg(1, 1, 30_000)]),
+        );
+        let e = plan(&cat, None, Target::Time(1_000))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("earliest restore point is 1970-01-01T00:00:05.000Z")
+                && e.contains("newest 1970-01-01T00:00:30.000Z"),
+            "{e}"
+        );
+        let e = plan(&cat, Some(Generation(0x20)), Target::Time(10_000))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("restores from 1970-01-01T00:00:20.000Z to 1970-01-01T00:00:30.000Z"),
+            "{e}"
+        );
+        let e = plan(&Catalog::default(), None, Target::Time(1_000))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("no snapshot at all"), "{e}");
     }
 
     #[test]
@@ -240,34 +367,51 @@ mod tests {
         ));
         let e = refusal(&o, Target::Latest);
         assert!(
-            e.contains("missing transactions 0000000000000003..0000000000000004")
-                && e.contains("seg-5-6-6"),
+            e.contains("missing transactions 3..4:") && e.contains("seg-5-6-6"),
             "{e}"
         );
     }
 
+    fn redundant(p: &Plan) -> Vec<&str> {
+        p.redundant.iter().map(|s| s.key.as_str()).collect()
+    }
+
     #[test]
-    fn two_segments_sharing_a_transaction_are_a_fork() {
-        // Two agents resumed after txid 2 and each wrote txid 3 onwards.
+    fn segments_sharing_transactions_chain_through_the_furthest_and_the_others_are_checked() {
+        // The issue's case: a PUT of 3..4 timed out but landed, and the agent cut 3..6.
         let o = objs(
             vec![snap(0, 1)],
-            vec![seg(1, 2, 2), seg(3, 3, 5), seg(3, 4, 4)],
+            vec![seg(1, 2, 2), seg(3, 4, 4), seg(3, 6, 6), seg(7, 7, 7)],
         );
-        assert!(matches!(
-            plan_generation(G, &o, Target::Latest),
-            Err(Error::Fork { txid: TxId(3), .. })
-        ));
-        let e = refusal(&o, Target::Latest);
-        assert!(
-            e.contains("forked at txid 0000000000000003")
-                && e.contains("seg-3-4-4")
-                && e.contains("seg-3-3-5")
-                && e.contains("--txid 0000000000000002"),
-            "{e}"
+        let p = plan_generation(G, &o, Target::Latest).unwrap();
+        assert_eq!(keys(&p), ["seg-1-2-2", "seg-3-6-6", "seg-7-7-7"]);
+        assert_eq!(redundant(&p), ["seg-3-4-4"]);
+        assert_eq!(p.shared(), [(TxId(3), TxId(4))]);
+        // A copy in flight while an agent was replaced: 5..9 landed after 5..7 and 8..12.
+        let o = objs(
+            vec![snap(0, 1)],
+            vec![seg(1, 4, 2), seg(5, 7, 5), seg(5, 9, 6), seg(8, 12, 8)],
         );
-        // Before the fork the history still restores.
-        let p = plan_generation(G, &o, Target::TxId(TxId(2))).unwrap();
-        assert_eq!(keys(&p), ["seg-1-2-2"]);
+        // The chain continues exactly (5..7 then 8..12); 5..9 is the copy.
+        let p = plan_generation(G, &o, Target::Latest).unwrap();
+        assert_eq!(keys(&p), ["seg-1-4-2", "seg-5-7-5", "seg-8-12-8"]);
+        assert_eq!(redundant(&p), ["seg-5-9-6"]);
+        assert_eq!(p.shared(), [(TxId(5), TxId(9))]);
+        // A target inside the shared range stops there.
+        let p = plan_generation(G, &o, Target::TxId(TxId(6))).unwrap();
+        assert_eq!(keys(&p), ["seg-1-4-2", "seg-5-7-5"]);
+        // Without an exact continuation, the furthest copy, skipping what was applied.
+        let o = objs(
+            vec![snap(0, 1)],
+            vec![seg(1, 4, 2), seg(5, 9, 6), seg(8, 12, 8)],
+        );
+        let p = plan_generation(G, &o, Target::Latest).unwrap();
+        assert_eq!(keys(&p), ["seg-1-4-2", "seg-5-9-6", "seg-8-12-8"]);
+        assert_eq!(p.shared(), [(TxId(8), TxId(9))]);
+        // Nothing shared: nothing redundant.
+        let o = objs(vec![snap(0, 1)], vec![seg(1, 2, 2), seg(3, 3, 3)]);
+        let p = plan_generation(G, &o, Target::Latest).unwrap();
+        assert!(p.redundant.is_empty() && p.shared().is_empty());
     }
 
     #[test]
