@@ -43,7 +43,9 @@ fn assert_rows_have_files(db: &Path, folder: &Path, what: &str) -> usize {
 fn restored_txid(stdout: &str) -> u64 {
     let t = stdout.split(" txid ").nth(1).expect("a txid in the output");
     let digits: String = t.chars().take_while(char::is_ascii_digit).collect();
-    digits.parse().unwrap_or_else(|_| panic!("no txid in {stdout:?}"))
+    digits
+        .parse()
+        .unwrap_or_else(|_| panic!("no txid in {stdout:?}"))
 }
 
 #[test]
