@@ -10,6 +10,8 @@ mod crash;
 mod dirs;
 mod drill;
 mod exclusion;
+mod faults;
+mod format2;
 mod node;
 mod operator;
 mod pacing;

@@ -16,6 +16,7 @@ pub async fn replicate(a: ReplicateArgs) -> Result<ExitCode> {
     let src = Source::new(a.config.clone(), a.db.clone(), a.urls.clone())?;
     let flags = Flags {
         puts_per_second: a.puts_per_second,
+        health_max_lag: a.health_max_lag,
         ..Flags::from(&a.keep)
     };
     crate::neighbours::warn_all(&src).await;

@@ -243,7 +243,11 @@ pub async fn run(args: RunArgs) -> Result<ExitCode> {
         args.replica.iter().cloned().collect(),
     )?;
     crate::neighbours::warn_all(&src).await;
-    let mut dbs = config::databases(&src, &Flags::from(&args.keep)).await?;
+    let flags = Flags {
+        health_max_lag: args.health_max_lag,
+        ..Flags::from(&args.keep)
+    };
+    let mut dbs = config::databases(&src, &flags).await?;
     config::with_dirs(&mut dbs, &args.dirs)?;
     for d in &mut dbs {
         d.options.shutdown_timeout = args.shutdown_timeout;

@@ -33,6 +33,9 @@ pub struct DbConfig {
     pub overrides: Vec<crate::replica::ReplicaOverrides>,
 }
 
+/// During the final sync, a failing replica is tried again at least this often.
+const FINAL_RETRY: Duration = Duration::from_millis(500);
+
 /// A token bucket: `rate` tokens a second, at most `burst` saved up.
 #[derive(Debug)]
 pub struct Budget {
@@ -120,7 +123,8 @@ pub fn start(cfg: DbConfig, rt: Handle, stop: CancellationToken) -> Result<DbHan
     for (i, o) in cfg.overrides.iter().enumerate().take(cfg.replicas.len()) {
         rep.set_overrides(i, *o);
     }
-    rep.resume();
+    // A set-up mistake stops here, with one line saying what to fix, rather than retrying.
+    rep.resume()?;
     if cfg.options.on_divergence == OnDivergence::Refuse {
         if let Some((r, why)) = rep
             .replicas()
@@ -139,10 +143,14 @@ pub fn start(cfg: DbConfig, rt: Handle, stop: CancellationToken) -> Result<DbHan
     // A cancelled token wakes the thread. If the channel is full a wake-up is pending already,
     // and the thread sees the token when it takes it.
     let cancelled = stop.clone();
+    let stopped_at = Arc::new(std::sync::OnceLock::new());
+    let at = stopped_at.clone();
     rt.spawn(async move {
         cancelled.cancelled().await;
+        let _ = at.set(Instant::now());
         let _ = wake.try_send(());
     });
+    rep.watch_stop(stop.clone(), stopped_at.clone());
     let opts = cfg.options.clone();
     let path = cfg.path.clone();
     info!(
@@ -154,7 +162,7 @@ pub fn start(cfg: DbConfig, rt: Handle, stop: CancellationToken) -> Result<DbHan
     let thread = std::thread::Builder::new()
         .name(format!("lifeboat {}", cfg.path.display()))
         .spawn(move || {
-            if run_loop(&mut rep, &opts, &events, &stop) {
+            if run_loop(&mut rep, &opts, &events, &stop, &stopped_at) {
                 Ok(())
             } else {
                 Err(Error::FinalSyncIncomplete(
@@ -228,6 +236,7 @@ fn run_loop(
     opts: &Options,
     events: &Receiver<()>,
     stop: &CancellationToken,
+    stopped_at: &std::sync::OnceLock<Instant>,
 ) -> bool {
     let mut budget = Budget::new(opts.puts_per_second, opts.put_burst);
     let mut stamp = None;
@@ -257,11 +266,15 @@ fn run_loop(
         }
         match due {
             Some(t) if t <= now => {}
-            _ => continue,
+            _ => {
+                rep.between_passes();
+                continue;
+            }
         }
         let b = budget.wait(now);
         if !b.is_zero() {
             due = Some(now + b);
+            rep.between_passes();
             continue;
         }
         let r = rep.sync();
@@ -275,9 +288,13 @@ fn run_loop(
             Some(retry.unwrap_or_else(|| Instant::now() + opts.poll_interval))
         };
     }
-    // Final sync: ship everything committed, whatever the budget.
-    let deadline = Instant::now() + opts.shutdown_timeout;
+    // Final sync: ship everything committed, whatever the budget, and without waiting out a
+    // failing replica's backoff (up to 30 s; the endpoint may well be back): at once, then
+    // every half second at most, until the shutdown timeout.
+    // From the stop signal, not from the end of a pass that was hanging when it came.
+    let deadline = stopped_at.get().copied().unwrap_or_else(Instant::now) + opts.shutdown_timeout;
     loop {
+        rep.retry_now();
         let r = rep.sync();
         if !r.pending || Instant::now() >= deadline {
             if r.pending {
@@ -295,7 +312,11 @@ fn run_loop(
             .map_or(Duration::from_millis(10), |t| {
                 t.saturating_duration_since(Instant::now())
             });
-        std::thread::sleep(retry.min(deadline.saturating_duration_since(Instant::now())));
+        std::thread::sleep(
+            retry
+                .min(FINAL_RETRY)
+                .min(deadline.saturating_duration_since(Instant::now())),
+        );
     }
 }
 

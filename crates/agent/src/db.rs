@@ -209,6 +209,12 @@ impl Database {
         self.page_size
     }
 
+    /// The agent's own descriptor on the database file, for reading pages (never close a
+    /// descriptor on it: see the field).
+    pub fn file(&self) -> &File {
+        &self.file
+    }
+
     /// Moves the pin to the current end of the WAL: begins a read transaction on the idle
     /// connection, then ends the one on the active connection.
     pub fn pin(&mut self) -> Result<()> {

@@ -13,7 +13,8 @@
 //! - [`replica`] is one replica: its [`replica::Phase`] (unknown, needing a generation and why,
 //!   shipping in one, halted), its state in the WAL, and the one failure rule.
 //! - `resume` proves that the local database is a replica's last state before resuming it.
-//! - `shipping` builds and uploads a replica's next segment (per-replica work, on the replica).
+//! - `shipping` builds and uploads a replica's next segment (per-replica work, on the replica);
+//!   [`bases`] finds each page's verified previous version for the segment's page deltas.
 //! - `checkpoints` moves the pin and lets the WAL restart, carrying unshipped tails.
 //! - `snapshots` starts new generations and takes scheduled snapshots; [`staging`] holds their
 //!   files before upload.
@@ -35,6 +36,7 @@
 #![deny(missing_docs)]
 
 pub mod agent;
+pub mod bases;
 pub mod catalog;
 mod checkpoints;
 pub mod clock;
@@ -53,6 +55,7 @@ mod shipping;
 mod snapshots;
 pub mod staging;
 pub mod status;
+mod upload;
 pub mod verify;
 pub mod walfile;
 
@@ -104,6 +107,12 @@ pub struct Options {
     /// What to do on start-up when a replica already holds history that the local database
     /// provably does not continue (default: start a new generation).
     pub on_divergence: OnDivergence,
+    /// A replica further behind than this (the age of the oldest commit it does not have yet)
+    /// counts as unhealthy in `/health` (default 60 s).
+    pub health_max_lag: Duration,
+    /// Told how far a snapshot of a large database has read it (`(bytes read, bytes in all)`,
+    /// every 4096 pages, then once at the end); a small one reports nothing.
+    pub snapshot_progress: Option<restore::Progress>,
     /// Folders backed up with the database (`--dir`), shipped before the commits that follow
     /// them (see `lifeboat_dirs`).
     pub dirs: Vec<lifeboat_dirs::DirSpec>,
@@ -137,6 +146,8 @@ impl Default for Options {
             retention: None,
             snapshot_interval: Some(Duration::from_secs(24 * 3600)),
             snapshot_segments: 1000,
+            health_max_lag: status::STALL,
+            snapshot_progress: None,
             dirs: Vec::new(),
         }
     }

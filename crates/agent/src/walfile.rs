@@ -175,6 +175,11 @@ impl WalFile {
         &self.path
     }
 
+    /// Opens the file for reading (`None` if it does not exist).
+    pub fn open_file(&self) -> io::Result<Option<File>> {
+        self.open()
+    }
+
     fn open(&self) -> io::Result<Option<File>> {
         match File::open(&self.path) {
             Ok(f) => Ok(Some(f)),

@@ -22,8 +22,8 @@ use std::path::Path;
 
 use bytes::Bytes;
 use lifeboat_storage::ReplicaClient;
+use lifeboat_wal::any_segment::AnySegment;
 use lifeboat_wal::checksum::PageHashes;
-use lifeboat_wal::segment::Segment;
 use lifeboat_wal::snapshot::{SnapshotTrailer, TRAILER_SIZE};
 use lifeboat_wal::transaction::Frames;
 use lifeboat_wal::{DbChecksum, Generation, TxId};
@@ -203,7 +203,8 @@ async fn find_commit(
         let b = client.get(&s.key).await?;
         let name = s.key.clone();
         let seg = blocking(move || {
-            Segment::decode(&b).map_err(|e| Error::Corrupt {
+            // Only the commit table is needed here.
+            AnySegment::open(&b).map_err(|e| Error::Corrupt {
                 key: name,
                 cause: e,
             })

@@ -16,6 +16,7 @@ use std::time::{Duration, Instant};
 use futures::stream::{self, StreamExt};
 use lifeboat_storage::retry::{retry, RetryPolicy};
 use lifeboat_storage::ReplicaClient;
+use lifeboat_wal::any_segment::AnySegment;
 use lifeboat_wal::checksum::PageHashes;
 use lifeboat_wal::segment::Segment;
 use lifeboat_wal::snapshot::SnapshotReader;
@@ -26,6 +27,7 @@ use crate::catalog::{self, Catalog};
 use crate::files::{self, sibling};
 use crate::{Error, Result};
 
+mod copies;
 mod plan;
 
 pub use plan::{plan, plan_generation, Plan, Target};
@@ -138,6 +140,22 @@ impl Output {
         self.file
             .write_all_at(data, u64::from(pgno - 1) * self.page_size)
             .map_err(|e| Error::io("write restored page", e))
+    }
+
+    /// Reads page `pgno`; a page inside the size that was never written reads as zeros.
+    fn read_page(&self, pgno: u32, page: &mut [u8]) -> std::io::Result<()> {
+        let at = u64::from(pgno - 1) * self.page_size;
+        let mut done = 0;
+        while done < page.len() {
+            match self.file.read_at(&mut page[done..], at + done as u64)? {
+                0 => {
+                    page[done..].fill(0);
+                    break;
+                }
+                n => done += n,
+            }
+        }
+        Ok(())
     }
 
     fn set_pages(&self, pages: u32) -> Result<()> {
@@ -255,22 +273,63 @@ pub async fn execute(
         .map(|o| async move {
             let b = retry(policy, "segment download", || client.get(&o.key)).await?;
             let name = o.key.clone();
-            let seg = tokio::task::spawn_blocking(move || Segment::decode(&b))
-                .await
-                .map_err(|e| Error::join("decoding a segment", e))?
-                .map_err(|e| Error::Corrupt {
-                    key: name.clone(),
-                    cause: e,
-                })?;
+            // Segments that rebuild on their own do it here, in parallel; format-2 segments
+            // whose pages are deltas against the state before them wait for that state.
+            let seg = tokio::task::spawn_blocking(move || {
+                let any = AnySegment::open(&b)?;
+                if any.base_pages().is_empty() {
+                    any.rebuild(&mut |p, _| {
+                        Err(lifeboat_wal::Error::from(std::io::Error::other(format!(
+                            "page {p} has no base"
+                        ))))
+                    })
+                    .map(Ready::Built)
+                } else {
+                    Ok(Ready::NeedsBases(any))
+                }
+            })
+            .await
+            .map_err(|e| Error::join("decoding a segment", e))?
+            .map_err(|e| Error::Corrupt {
+                key: name.clone(),
+                cause: e,
+            })?;
             Ok::<_, Error>((o, seg))
         })
         .buffered(parallelism);
     let mut objects = 1;
+    // Redundant copies must agree with the chain on every transaction they share. They are
+    // read first, so that a disagreement is reported as the fork it is, at its first
+    // transaction, before the chain runs into a checksum that does not continue.
+    let mut copies = copies::Copies::new(plan.generation, plan.shared());
+    for o in &plan.redundant {
+        let b = retry(policy, "segment download", || client.get(&o.key)).await?;
+        // What the object proves on its own is enough to compare (a format-2 copy's frames
+        // need the state before it, which this restore may never hold).
+        let any = AnySegment::open(&b).map_err(|e| Error::Corrupt {
+            key: o.key.clone(),
+            cause: e,
+        })?;
+        copies.check_and_keep(&o.key, &any.header, &any.commits, None)?;
+        objects += 1;
+        bytes += o.size;
+        report_progress(bytes);
+    }
     while let Some(r) = fetches.next().await {
         let (o, seg) = r?;
         objects += 1;
         bytes += o.size;
         report_progress(bytes);
+        let seg = match seg {
+            Ready::Built(s) => {
+                copies.check_and_keep(&o.key, &s.header, &s.commits, Some(&s.frames))?;
+                s
+            }
+            Ready::NeedsBases(any) => {
+                copies.check_and_keep(&o.key, &any.header, &any.commits, None)?;
+                rebuild_on(&out, &state, &o, any)?
+            }
+        };
         if apply_segment(&out, &mut hashes, &mut state, &o, &seg, plan.target)? {
             break;
         }
@@ -335,10 +394,54 @@ pub async fn execute(
         generation = %report.generation,
         txid = report.txid.0,
         checksum = %report.checksum,
-        elapsed = ?report.elapsed,
+        elapsed_ms = report.elapsed.as_millis() as u64,
         "restore complete; database checksum verified"
     );
     Ok(report)
+}
+
+/// A downloaded segment: its frames, or a format-2 segment that needs the restored state.
+enum Ready {
+    Built(Segment),
+    NeedsBases(AnySegment),
+}
+
+/// Rebuilds a format-2 segment's frames from the pages of the database restored so far, which
+/// must be exactly the state before the segment (its checksum is the segment's starting one).
+fn rebuild_on(
+    out: &Output,
+    state: &State,
+    o: &catalog::Segment,
+    any: AnySegment,
+) -> Result<Segment> {
+    let h = &any.header;
+    if h.first_txid != state.txid.next() || h.checksum_before != state.checksum {
+        return Err(Error::Replica(format!(
+            "object {}: its pages are deltas against the database at txid {} (checksum {}), \
+             but the restore is at txid {} (checksum {}); restore from another snapshot",
+            o.key,
+            TxId(h.first_txid.0.saturating_sub(1)),
+            h.checksum_before,
+            state.txid,
+            state.checksum
+        )));
+    }
+    let db_size = state.db_size;
+    any.rebuild(&mut |pgno, page| {
+        if pgno > db_size {
+            page.fill(0);
+            return Ok(());
+        }
+        out.read_page(pgno, page)
+            .map_err(|e| lifeboat_wal::Error::Corrupt {
+                offset: 0,
+                reason: format!("cannot read base page {pgno}: {e}"),
+            })
+    })
+    .map_err(|e| Error::Corrupt {
+        key: o.key.clone(),
+        cause: e,
+    })
 }
 
 struct State {
@@ -384,6 +487,15 @@ fn apply_segment(
             "expects database checksum {} before it, the restore has {}",
             h.checksum_before, state.checksum
         )));
+    }
+    // A segment starting before the restore's state must hold that state too.
+    if let Some(c) = seg.commits.get((skip as usize).wrapping_sub(1)) {
+        if c.txid != state.txid || c.checksum != state.checksum {
+            return Err(bad(format!(
+                "records database checksum {} after txid {}, the restore has {} there",
+                c.checksum, c.txid, state.checksum
+            )));
+        }
     }
     for (i, (c, frames)) in seg.txns().enumerate() {
         if (i as u64) < skip {
