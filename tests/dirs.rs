@@ -368,3 +368,116 @@ fn kill_9_and_a_wiped_disk_bring_back_every_acknowledged_receipt_with_its_row() 
     );
     assert_rows_have_files(&d.join("app.db"), &d.join("uploads"), "after a second boot");
 }
+
+/// Peak resident memory of a process (kB), from /proc.
+fn peak_rss_kb(pid: u32) -> u64 {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let line = s.lines().find(|l| l.starts_with("VmHWM:")).unwrap();
+    line.split_whitespace().nth(1).unwrap().parse().unwrap()
+}
+
+/// Files and folders under `dir` (recursively).
+fn listing(dir: &Path) -> Vec<PathBuf> {
+    let mut v = Vec::new();
+    let mut todo = vec![dir.to_path_buf()];
+    while let Some(d) = todo.pop() {
+        for e in std::fs::read_dir(&d).into_iter().flatten() {
+            let p = e.unwrap().path();
+            if p.is_dir() {
+                todo.push(p);
+            } else {
+                v.push(p);
+            }
+        }
+    }
+    v.sort();
+    v
+}
+
+#[test]
+fn ten_thousand_files_of_1_gb_back_up_in_bounded_memory_and_one_change_ships_one_blob() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let (db, up, replica) = (d.join("app.db"), d.join("uploads"), d.join("replica"));
+    let mut rng = rand::rng();
+    let mut block = vec![0u8; 100_000];
+    rng.fill(&mut block[..]);
+    for i in 0..10_000u64 {
+        // Distinct content per file, cheaply.
+        block[..8].copy_from_slice(&i.to_le_bytes());
+        let p = up.join(format!("{}/{i}.bin", i % 100));
+        std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+        std::fs::write(&p, &block).unwrap();
+    }
+    let c = app_conn(&db, 4096);
+    c.execute_batch("CREATE TABLE t(x)").unwrap();
+    let url = format!("file://{}", replica.display());
+    let staging = d.join("staging");
+    std::fs::create_dir(&staging).unwrap();
+    let agent = Agent::start_env(
+        &[
+            "replicate",
+            db.to_str().unwrap(),
+            &url,
+            "--dir",
+            up.to_str().unwrap(),
+        ],
+        &d.join("agent.log"),
+        &[("TMPDIR", staging.to_str().unwrap())],
+    );
+    // The first backup happens before the generation's snapshot goes up.
+    wait_until("the first backup", Duration::from_secs(600), || {
+        agent
+            .log_text()
+            .contains("new generation: snapshot uploaded")
+    });
+    let blobs = replica.join("files/blobs");
+    assert_eq!(std::fs::read_dir(&blobs).unwrap().count(), 10_000);
+    let peak = peak_rss_kb(agent.child.id());
+    assert!(peak <= 64 * 1024, "agent peak RSS {peak} kB > 64 MiB");
+    eprintln!("first backup of 10,000 files, 1 GB: agent peak RSS {peak} kB");
+
+    // Unchanged folder: a commit ships a segment and nothing of the folder.
+    let before = listing(&replica);
+    c.execute("INSERT INTO t VALUES (1)", []).unwrap();
+    wait_until("the segment", Duration::from_secs(30), || {
+        listing(&replica).len() == before.len() + 1
+    });
+    std::thread::sleep(Duration::from_millis(500));
+    let after = listing(&replica);
+    let new: Vec<_> = after.iter().filter(|p| !before.contains(p)).collect();
+    assert_eq!(new.len(), 1, "{new:?}");
+    assert!(new[0].to_str().unwrap().contains("/segments/"), "{new:?}");
+
+    // One file changed: one blob and one small manifest, then the segment.
+    block[..8].copy_from_slice(&u64::MAX.to_le_bytes());
+    std::fs::write(up.join("7/7.bin"), &block).unwrap();
+    std::thread::sleep(Duration::from_millis(300));
+    c.execute("INSERT INTO t VALUES (2)", []).unwrap();
+    wait_until("the segment", Duration::from_secs(30), || {
+        listing(&replica).len() == after.len() + 3
+    });
+    std::thread::sleep(Duration::from_millis(500));
+    let new: Vec<_> = listing(&replica)
+        .into_iter()
+        .filter(|p| !after.contains(p))
+        .collect();
+    assert_eq!(new.len(), 3, "{new:?}");
+    let manifest = new
+        .iter()
+        .find(|p| p.to_str().unwrap().ends_with(".lbman"))
+        .unwrap();
+    let size = std::fs::metadata(manifest).unwrap().len();
+    assert!(
+        size < 1024,
+        "a one-file change wrote a {size}-byte manifest"
+    );
+    assert!(new.iter().any(|p| p.starts_with(&blobs)));
+    drop(c);
+    agent.stop_ok();
+    assert_eq!(
+        std::fs::read_dir(&staging).unwrap().count(),
+        0,
+        "staged copies left behind"
+    );
+}

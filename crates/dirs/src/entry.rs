@@ -46,6 +46,14 @@ pub struct Entry {
 }
 
 impl Entry {
+    /// A file's size (0 for anything else).
+    pub fn size(&self) -> u64 {
+        match &self.kind {
+            Kind::File { size, .. } => *size,
+            _ => 0,
+        }
+    }
+
     /// The blob a file needs.
     pub fn sha256(&self) -> Option<&str> {
         match &self.kind {

@@ -45,6 +45,17 @@ pub struct Folder {
     rescan_every: Duration,
     settle: Duration,
     version: u64,
+    staging: Option<Staging>,
+}
+
+/// Copies of captured content, made while hashing, kept until every replica has it: a file
+/// the app deletes before its upload still reaches the replicas. Bounded by `cap` bytes;
+/// beyond it, content is read again from the folder at upload time.
+struct Staging {
+    dir: PathBuf,
+    cap: u64,
+    used: u64,
+    files: BTreeMap<String, (tempfile::TempPath, u64)>,
 }
 
 impl std::fmt::Debug for Folder {
@@ -84,7 +95,60 @@ impl Folder {
             rescan_every,
             settle,
             version: 0,
+            staging: None,
         })
+    }
+
+    /// Keeps a copy of new content in `dir` (at most `cap` bytes in all) until
+    /// [`release`](Folder::release)d.
+    pub fn set_staging(&mut self, dir: &Path, cap: u64) {
+        self.staging = Some(Staging {
+            dir: dir.to_path_buf(),
+            cap,
+            used: 0,
+            files: BTreeMap::new(),
+        });
+    }
+
+    /// The staged copy of the content with this SHA-256, if one was kept.
+    pub fn staged(&self, sha256: &str) -> Option<&Path> {
+        self.staging.as_ref()?.files.get(sha256).map(|(p, _)| &**p)
+    }
+
+    /// Deletes the staged copies `done` says are no longer needed.
+    pub fn release(&mut self, mut done: impl FnMut(&str) -> bool) {
+        if let Some(st) = &mut self.staging {
+            let mut freed = 0;
+            st.files.retain(|h, (_, n)| {
+                let keep = !done(h);
+                if !keep {
+                    freed += *n;
+                }
+                keep
+            });
+            st.used -= freed;
+        }
+    }
+
+    /// Hashes a file, copying it to staging if there is room and it is not staged yet.
+    fn hash(&mut self, abs: &Path, size: u64) -> Result<(String, u64, Option<tempfile::TempPath>)> {
+        let room = self
+            .staging
+            .as_ref()
+            .filter(|st| st.used + size <= st.cap)
+            .map(|st| st.dir.clone());
+        let Some(dir) = room else {
+            let (h, n) = sha256_file(abs)?;
+            return Ok((h, n, None));
+        };
+        let mut tmp = tempfile::Builder::new()
+            .prefix("lifeboat-blob-")
+            .tempfile_in(&dir)
+            .map_err(|e| Error::io("create staging file in", &dir, e))?;
+        let f = std::fs::File::open(abs).map_err(|e| Error::io("open", abs, e))?;
+        let (h, n) = crate::entry::sha256_of(f, Some(tmp.as_file_mut()))
+            .map_err(|e| Error::io("copy to staging", abs, e))?;
+        Ok((h, n, Some(tmp.into_temp_path())))
     }
 
     /// The folder on disk.
@@ -342,7 +406,7 @@ impl Folder {
             }
             return Ok(());
         }
-        let (sha256, size) = match sha256_file(&abs) {
+        let (sha256, size, copy) = match self.hash(&abs, stat.size()) {
             Ok(h) => h,
             Err(Error::Io { source, .. }) if source.kind() == std::io::ErrorKind::NotFound => {
                 self.remove_tree(rel);
@@ -359,6 +423,12 @@ impl Folder {
             return Ok(());
         }
         self.unstable.remove(rel);
+        if let (Some(st), Some(copy)) = (&mut self.staging, copy) {
+            if !st.files.contains_key(&sha256) {
+                st.used += size;
+                st.files.insert(sha256.clone(), (copy, size));
+            }
+        }
         let e = Entry {
             path: rel.to_string(),
             kind: Kind::File { sha256, size },

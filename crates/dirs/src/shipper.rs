@@ -48,6 +48,8 @@ pub struct DirOptions {
     pub base_every: u64,
     /// Where blob copies are staged for upload.
     pub staging_dir: PathBuf,
+    /// Most bytes of new content kept staged until every replica has it (default 256 MiB).
+    pub staging_cap: u64,
 }
 
 impl Default for DirOptions {
@@ -58,6 +60,7 @@ impl Default for DirOptions {
             rescan_every: Duration::from_secs(60),
             base_every: 100,
             staging_dir: std::env::temp_dir(),
+            staging_cap: 256 << 20,
         }
     }
 }
@@ -140,6 +143,9 @@ struct Chain {
     /// Paths seen gone, with the flush that first saw them.
     gone: BTreeMap<String, u64>,
     flushes: u64,
+    /// An operation on the replica failed: what landed is unknown, so the chain is read again
+    /// before the next use (keeping `pending`, `gone` and `flushes`, which are local facts).
+    stale: bool,
 }
 
 struct Shipping {
@@ -194,13 +200,14 @@ impl DirShipper {
         let (wake, events) = sync_channel(1);
         let mut folders = Vec::new();
         for d in dirs {
-            let folder = Folder::open(
+            let mut folder = Folder::open(
                 &d.path,
                 &d.name,
                 opts.settle,
                 opts.rescan_every,
                 Some(wake.clone()),
             )?;
+            folder.set_staging(&opts.staging_dir, opts.staging_cap);
             info!(folder = %folder.root().display(), name = %d.name, "backing up folder with the database");
             folders.push(Mutex::new(Shipping {
                 folder,
@@ -268,11 +275,11 @@ impl DirShipper {
                     (generation, txid, complete),
                 )
             })();
+            release(s);
             match r {
                 Ok(m) => report.manifests += m,
                 Err(e) => {
-                    // What landed is unknown: read the chain again next time.
-                    s.chains[replica] = None;
+                    mark_stale(&mut s.chains, replica);
                     return Err(e);
                 }
             }
@@ -281,7 +288,8 @@ impl DirShipper {
     }
 }
 
-/// The chain of replica `i`, read from it if this process has not yet.
+/// The chain of replica `i`, read from it if this process has not yet (or again, after a
+/// failure).
 fn chain<'a>(
     chains: &'a mut [Option<Chain>],
     i: usize,
@@ -289,10 +297,34 @@ fn chain<'a>(
     client: &dyn ReplicaClient,
     rt: &Handle,
 ) -> Result<&'a mut Chain> {
-    if chains[i].is_none() {
-        chains[i] = Some(rt.block_on(load(client, folder))?);
+    if chains[i].as_ref().is_none_or(|c| c.stale) {
+        let mut fresh = rt.block_on(load(client, folder))?;
+        if let Some(old) = chains[i].take() {
+            fresh.pending = old.pending;
+            fresh.pending.retain(|p, e| fresh.state.get(p) != Some(e));
+            fresh.gone = old.gone;
+            fresh.flushes = old.flushes;
+        }
+        chains[i] = Some(fresh);
     }
     Ok(chains[i].as_mut().expect("loaded above"))
+}
+
+/// Marks a chain to be read again (see [`Chain::stale`]).
+fn mark_stale(chains: &mut [Option<Chain>], i: usize) {
+    if let Some(c) = chains[i].as_mut() {
+        c.stale = true;
+    }
+}
+
+/// Deletes the staged copies every replica has.
+fn release(s: &mut Shipping) {
+    let chains = &s.chains;
+    s.folder.release(|h| {
+        chains
+            .iter()
+            .all(|c| c.as_ref().is_some_and(|c| !c.stale && c.known.contains(h)))
+    });
 }
 
 /// Captures on events (and rescans on schedule) between flushes, uploading new content at
@@ -337,8 +369,9 @@ fn background(inner: &Inner, events: &Receiver<()>) {
                 });
                 if let Err(e) = r {
                     debug!(folder = %s.folder.root().display(), replica = %client.describe(), error = %e, "early upload failed; the next flush tries again");
-                    s.chains[i] = None;
+                    mark_stale(&mut s.chains, i);
                 }
+                release(s);
             }
         }
     }
@@ -495,6 +528,21 @@ fn upload_blob(
 ) -> Result<Option<u64>> {
     let src = folder.root().join(&e.path);
     let want = e.sha256().expect("a file");
+    if let Some(staged) = folder.staged(want) {
+        let key = keys::blob(want);
+        rt.block_on(lifeboat_storage::retry::retry(
+            policy(),
+            "blob upload",
+            || client.put_file(&key, staged),
+        ))
+        .map_err(|x| {
+            Error::storage(
+                format!("put {key} ({}) to {}", src.display(), client.describe()),
+                x,
+            )
+        })?;
+        return Ok(Some(e.size()));
+    }
     let mut staged = tempfile::Builder::new()
         .prefix("lifeboat-blob-")
         .tempfile_in(&opts.staging_dir)
