@@ -6,6 +6,7 @@ mod support;
 
 mod corruption;
 mod drill;
+mod folder;
 mod node;
 mod pitr;
 mod replicate;

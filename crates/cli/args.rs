@@ -55,6 +55,9 @@ pub enum Command {
     /// it (integrity, foreign keys, checksum), optionally compare it with the live database;
     /// exit 2 on any problem. The report is stored in the replica under `drills/`.
     Drill(DrillArgs),
+    /// List the databases a folder-of-databases replica holds (one per name under the URL), with
+    /// their newest restore point and, with `--dir`, whether each is in the local folder.
+    Databases(DatabasesArgs),
     /// Print the version.
     Version,
 }
@@ -65,11 +68,16 @@ pub struct ReplicateArgs {
     #[arg(long, short, conflicts_with_all = ["db", "urls"])]
     pub config: Option<PathBuf>,
     /// The database file.
-    #[arg(required_unless_present = "config")]
+    #[arg(required_unless_present_any = ["config", "dir_of_databases"])]
     pub db: Option<PathBuf>,
     /// Replica URLs: `file:///path/to/folder` or `s3://bucket/prefix?endpoint=...&region=...`.
-    #[arg(required_unless_present = "config")]
+    #[arg(required_unless_present_any = ["config", "dir_of_databases"])]
     pub urls: Vec<String>,
+    /// Replicate every database in this folder (`/data/tenants`, or with a pattern:
+    /// `'/data/tenants/*.sqlite'`; default `*.db`), each under `URL/<file name>`, including
+    /// those created while the agent runs. The replica URLs follow.
+    #[arg(long, conflicts_with = "config")]
+    pub dir_of_databases: Option<PathBuf>,
     /// Average PUT requests per second once the burst is spent.
     #[arg(long)]
     pub puts_per_second: Option<f64>,
@@ -110,6 +118,26 @@ pub struct RestoreArgs {
     /// Replace the output file if it exists (its -wal and -shm are removed).
     #[arg(long)]
     pub force: bool,
+    /// The URL holds a folder of databases: restore the one with this name (`acme.db`).
+    #[arg(long, conflicts_with = "all_databases")]
+    pub database: Option<String>,
+    /// The URL holds a folder of databases: restore every one of them into the folder given
+    /// by `--output`, each under its own name.
+    #[arg(long)]
+    pub all_databases: bool,
+}
+
+#[derive(Debug, ClapArgs)]
+pub struct DatabasesArgs {
+    /// Replica URL of a folder of databases.
+    pub url: String,
+    /// The local folder: also say whether each database is there, and list local databases
+    /// the replica does not hold yet.
+    #[arg(long)]
+    pub dir: Option<PathBuf>,
+    /// Machine-readable output.
+    #[arg(long)]
+    pub json: bool,
 }
 
 #[derive(Debug, ClapArgs)]
@@ -173,16 +201,25 @@ pub enum OnStale {
 pub struct RunArgs {
     /// Configuration file (as for `replicate`): every database in it is restored if missing and
     /// replicated while the app runs.
-    #[arg(long, short, env = "LIFEBOAT_CONFIG", conflicts_with_all = ["db", "replica"])]
+    #[arg(long, short, env = "LIFEBOAT_CONFIG", conflicts_with_all = ["db", "replica", "dir_of_databases"])]
     pub config: Option<PathBuf>,
     /// The database the app uses.
     #[arg(
         long,
         env = "LIFEBOAT_DB",
-        required_unless_present = "config",
+        required_unless_present_any = ["config", "dir_of_databases"],
         requires = "replica"
     )]
     pub db: Option<PathBuf>,
+    /// The app's folder of databases (as for `replicate`): those the replica holds and the
+    /// folder lacks are restored on boot; all are replicated while the app runs.
+    #[arg(
+        long,
+        env = "LIFEBOAT_DIR_OF_DATABASES",
+        conflicts_with = "db",
+        requires = "replica"
+    )]
+    pub dir_of_databases: Option<PathBuf>,
     /// Where to replicate it (and restore it from).
     #[arg(
         long = "replica",

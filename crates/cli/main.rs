@@ -3,6 +3,7 @@
 
 mod args;
 mod config;
+mod databases;
 mod drill;
 mod http;
 mod inspect;
@@ -64,5 +65,6 @@ async fn dispatch(args: Args) -> Result<ExitCode> {
         Command::Segments(a) => inspect::list_objects(a, inspect::Objects::Segments).await,
         Command::Verify(a) => inspect::verify(a).await,
         Command::Prune(a) => prune::prune(a).await,
+        Command::Databases(a) => databases::databases(a).await,
     }
 }

@@ -6,6 +6,10 @@ use anyhow::{Context, Result};
 use lifeboat_agent::clock::{fmt_time, to_ms};
 use lifeboat_agent::restore::{self as rs, Target};
 
+use std::sync::Arc;
+
+use lifeboat_storage::prefixed::Prefixed;
+
 use crate::args::RestoreArgs;
 use crate::replica_url;
 
@@ -52,6 +56,9 @@ fn parse_time(s: &str) -> Result<u64> {
 }
 
 pub async fn restore(r: RestoreArgs) -> Result<ExitCode> {
+    if r.all_databases {
+        return restore_all(r).await;
+    }
     if r.if_db_not_exists && r.output.exists() {
         println!(
             "{} exists; nothing to do (--if-db-not-exists)",
@@ -59,7 +66,57 @@ pub async fn restore(r: RestoreArgs) -> Result<ExitCode> {
         );
         return Ok(ExitCode::SUCCESS);
     }
-    let client = replica_url::open(&r.url).await?;
+    let mut client = replica_url::open(&r.url).await?;
+    if let Some(name) = &r.database {
+        client = Arc::new(Prefixed::new(client, name)?);
+    }
+    restore_one(&r, client.as_ref(), &r.output).await
+}
+
+/// `--all-databases`: every database of a folder-of-databases replica into the folder
+/// `--output`, one after the other; the first failure stops (those restored stay).
+async fn restore_all(r: RestoreArgs) -> Result<ExitCode> {
+    let base = replica_url::open(&r.url).await?;
+    let listing = base
+        .list("")
+        .await
+        .with_context(|| format!("cannot list {}", base.describe()))?;
+    let names = lifeboat_storage::prefixed::names(&listing);
+    if names.is_empty() {
+        if r.if_replica_exists {
+            println!(
+                "{} holds no databases yet; nothing to do (--if-replica-exists)",
+                base.describe()
+            );
+            return Ok(ExitCode::SUCCESS);
+        }
+        anyhow::bail!(
+            "{} holds no folder of databases (no <name>/generations/ objects); for a single \
+             database's replica, leave out --all-databases",
+            base.describe()
+        );
+    }
+    std::fs::create_dir_all(&r.output)
+        .with_context(|| format!("cannot create folder {}", r.output.display()))?;
+    for name in &names {
+        let out = r.output.join(name);
+        if r.if_db_not_exists && out.exists() {
+            println!("{} exists; skipped (--if-db-not-exists)", out.display());
+            continue;
+        }
+        let client = Prefixed::new(base.clone(), name)?;
+        restore_one(&r, &client, &out).await?;
+    }
+    println!("{} database(s) of {}", names.len(), base.describe());
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Restores (or plans, with `--dry-run`) the database in `client` into `output`.
+async fn restore_one(
+    r: &RestoreArgs,
+    client: &dyn lifeboat_storage::ReplicaClient,
+    output: &std::path::Path,
+) -> Result<ExitCode> {
     let target = match (&r.txid, &r.timestamp) {
         (Some(t), _) => Target::TxId(
             t.parse()
@@ -73,14 +130,14 @@ pub async fn restore(r: RestoreArgs) -> Result<ExitCode> {
         None => None,
     };
     let opts = rs::RestoreOptions {
-        output: r.output.clone(),
+        output: output.to_path_buf(),
         generation,
         target,
         parallelism: r.parallelism,
         force: r.force,
         progress: progress_bar(),
     };
-    let cat = lifeboat_agent::catalog::Catalog::load(client.as_ref())
+    let cat = lifeboat_agent::catalog::Catalog::load(client)
         .await
         .with_context(|| format!("cannot list {}", client.describe()))?;
     if cat.latest().is_none() && r.if_replica_exists {
@@ -93,7 +150,7 @@ pub async fn restore(r: RestoreArgs) -> Result<ExitCode> {
     let plan = rs::plan(&cat, generation, target)
         .with_context(|| format!("cannot restore from {}", client.describe()))?;
     if r.dry_run {
-        println!("restore plan for {} (nothing written):", r.output.display());
+        println!("restore plan for {} (nothing written):", output.display());
         println!("  generation {}", plan.generation);
         println!("  target     {target:?}");
         println!(
@@ -108,21 +165,21 @@ pub async fn restore(r: RestoreArgs) -> Result<ExitCode> {
             1 + plan.segments.len(),
             plan.bytes()
         );
-        if r.output.exists() && !r.force {
+        if output.exists() && !r.force {
             println!(
                 "  note: {} exists; a real run needs --force",
-                r.output.display()
+                output.display()
             );
         }
         return Ok(ExitCode::SUCCESS);
     }
-    let report = rs::execute(client.as_ref(), &plan, &opts)
+    let report = rs::execute(client, &plan, &opts)
         .await
         .with_context(|| format!("restore from {} failed", client.describe()))?;
     println!(
         "restored {} to generation {} txid {} ({}): {} pages of {} bytes, checksum {} verified, \
          integrity_check ok ({} objects, {} bytes in {:.2}s)",
-        r.output.display(),
+        output.display(),
         report.generation,
         report.txid,
         fmt_time(report.time_ms),

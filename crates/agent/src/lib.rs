@@ -19,8 +19,10 @@
 //!   files before upload.
 //! - `commit_times` records when each commit was seen and counts what a replica lacks.
 //! - [`retention`] plans and runs prunes (in the background while the agent runs).
-//! - [`agent`] runs replicators on threads, wakes them on file events, paces uploads with a PUT
-//!   budget, and stops them together with a final sync ([`agent::Supervisor`]).
+//! - [`agent`] runs replicators as tasks, paces uploads with a PUT budget, and stops them
+//!   together with a final sync ([`agent::Supervisor`]); `scheduler` runs their passes on a
+//!   bounded set of worker slots; [`watcher`] is the agent's one file-system watcher, routing
+//!   events to the database they concern; [`folder`] replicates a folder of databases as one.
 //! - [`status`] is what the agent reports about itself, and the health rule.
 //!
 //! Reading a replica:
@@ -44,17 +46,20 @@ pub mod db;
 pub mod drill;
 mod error;
 pub mod files;
+pub mod folder;
 pub mod replica;
 pub mod replicator;
 pub mod restore;
 mod resume;
 pub mod retention;
+mod scheduler;
 mod shipping;
 mod snapshots;
 pub mod staging;
 pub mod status;
 pub mod verify;
 pub mod walfile;
+pub mod watcher;
 
 use std::path::PathBuf;
 use std::time::Duration;
