@@ -176,6 +176,22 @@ impl S3Client {
         }
     }
 
+    /// The local file `path` could not be opened as an upload body.
+    pub(crate) fn unreadable_body(
+        &self,
+        key: &str,
+        path: &Path,
+        e: aws_smithy_types::byte_stream::error::Error,
+    ) -> Error {
+        Error::Backend {
+            op: "put",
+            key: self.url(key),
+            message: format!("local file {} cannot be read", path.display()),
+            transient: false,
+            source: Some(Box::new(e)),
+        }
+    }
+
     /// The storage error for an SDK failure: typed for what a caller can act on (a missing
     /// object, a refused condition, each set-up mistake), with the SDK's error as its source.
     /// A 412 or 409 is [`Error::Precondition`]: callers resolve it by reading the object back.
@@ -381,13 +397,7 @@ impl ReplicaClient for S3Client {
         } else {
             let body = ByteStream::from_path(path)
                 .await
-                .map_err(|e| Error::Backend {
-                    op: "put",
-                    key: self.url(key),
-                    message: format!("local file {} cannot be read", path.display()),
-                    transient: false,
-                    source: Some(Box::new(e)),
-                })?;
+                .map_err(|e| self.unreadable_body(key, path, e))?;
             self.client
                 .put_object()
                 .bucket(&self.cfg.bucket)

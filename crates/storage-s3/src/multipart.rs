@@ -99,13 +99,7 @@ impl S3Client {
                 .length(Length::Exact(len))
                 .build()
                 .await
-                .map_err(|e| Error::Backend {
-                    op: "put",
-                    key: self.url(key),
-                    message: format!("local file {} cannot be read", path.display()),
-                    transient: false,
-                    source: Some(Box::new(e)),
-                })?;
+                .map_err(|e| self.unreadable_body(key, path, e))?;
             let out = self
                 .client
                 .upload_part()
