@@ -5,6 +5,10 @@
 //! path = "/data/app.db"
 //! puts-per-second = 1.0          # optional
 //! replicas = ["s3://my-bucket/app?region=${AWS_REGION}", "file:///mnt/backup/app"]
+//!
+//! [[folders]]                    # every database in the folder, each under <replica>/<name>
+//! path = "/data/tenants"         # or "/data/tenants/*.sqlite" (default pattern: *.db)
+//! replicas = ["s3://my-bucket/tenants"]
 //! ```
 //! `${VAR}` is replaced by the environment variable `VAR` (an unset variable is an error;
 //! `${VAR:-default}` gives a default). Credentials never go in this file: S3 credentials come from
