@@ -269,3 +269,117 @@ fn run_restores_the_databases_a_folder_lacks_then_replicates_them_all() {
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     assert_same_pages(&file_pages(&out), &pages(&tenants.join("c.db")));
 }
+
+fn cpu_seconds(pid: u32) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+    let f: Vec<&str> = stat
+        .rsplit_once(')')
+        .unwrap()
+        .1
+        .split_whitespace()
+        .collect();
+    (f[11].parse::<f64>().unwrap() + f[12].parse::<f64>().unwrap()) / 100.0
+}
+
+#[test]
+fn an_idle_folder_of_databases_costs_no_cpu_and_writes_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let tenants = dir.path().join("tenants");
+    std::fs::create_dir(&tenants).unwrap();
+    for i in 0..50 {
+        let c = app_conn(&tenant(&tenants, i), 4096);
+        create_schema(&c);
+        mixed_txn(&c, i as u64);
+    }
+    let rep = dir.path().join("rep");
+    let url = format!("file://{}", rep.display());
+    let agent = Agent::start(
+        &[
+            "replicate",
+            "--dir-of-databases",
+            tenants.to_str().unwrap(),
+            &url,
+        ],
+        &dir.path().join("agent.log"),
+    );
+    wait_until("every first snapshot", Duration::from_secs(60), || {
+        (0..50).all(|i| replica_has(&rep, &format!("t{i:03}.db")))
+    });
+    // Let start-up work (threads winding down) finish: poll until two readings a second apart
+    // agree within a tick, then observe.
+    let pid = agent.child.id();
+    wait_until("the agent to settle", Duration::from_secs(30), || {
+        let a = cpu_seconds(pid);
+        std::thread::sleep(Duration::from_secs(1));
+        cpu_seconds(pid) - a < 0.02
+    });
+    let files = count_files(&rep);
+    let before = cpu_seconds(pid);
+    // An observation window, not a synchronisation: nothing changes during it.
+    std::thread::sleep(Duration::from_secs(3));
+    let used = cpu_seconds(pid) - before;
+    assert!(
+        used < 0.1,
+        "50 idle databases used {used:.2} CPU seconds in 3 s"
+    );
+    assert_eq!(
+        count_files(&rep),
+        files,
+        "an idle folder wrote to its replica"
+    );
+    agent.stop_ok();
+}
+
+#[test]
+fn a_folder_of_databases_shares_one_s3_replica_each_under_its_name() {
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let server = rt.block_on(lifeboat_storage_s3::testing::S3TestServer::start());
+    let env = server.env();
+    let dir = tempfile::tempdir().unwrap();
+    let tenants = dir.path().join("tenants");
+    std::fs::create_dir(&tenants).unwrap();
+    for i in 0..8 {
+        create_schema(&app_conn(&tenant(&tenants, i), 4096));
+    }
+    let url = server.url("tenants");
+    let mut agent = Agent::start_env(
+        &[
+            "replicate",
+            "--dir-of-databases",
+            tenants.to_str().unwrap(),
+            &url,
+        ],
+        &dir.path().join("agent.log"),
+        &env,
+    );
+    agent.wait_for_log("replicating a folder of databases");
+    let app = App::start((0..8).map(|i| tenant(&tenants, i)).collect());
+    wait_until("some transactions", Duration::from_secs(60), || {
+        app.done.load(Ordering::SeqCst) >= 80
+    });
+    app.stop();
+    agent.stop_ok();
+    let all = dir.path().join("all");
+    let o = run_env(
+        &[
+            "restore",
+            &url,
+            "--all-databases",
+            "-o",
+            all.to_str().unwrap(),
+        ],
+        &env,
+    );
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    for i in 0..8 {
+        let name = format!("t{i:03}.db");
+        assert_same_pages(&file_pages(&all.join(&name)), &pages(&tenants.join(&name)));
+    }
+    // Each database is a replica of its own at URL/<name>.
+    restore_and_compare_env(
+        &server.url("tenants/t003.db"),
+        &dir.path().join("one.db"),
+        &tenants.join("t003.db"),
+        &env,
+    );
+}
