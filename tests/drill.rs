@@ -4,6 +4,7 @@ use std::path::{Path, PathBuf};
 
 use rusqlite::Connection;
 
+use crate::support::oracle::now_ms;
 use crate::support::*;
 
 struct Replicated {
@@ -12,6 +13,9 @@ struct Replicated {
     url: String,
     /// The app's connection, still open (so its WAL stays as it is).
     conn: Connection,
+    /// Unix ms just before the last transaction was committed, and just after its agent stopped
+    /// (by then it was shipped): the newest restore point's time lies between the two.
+    last_commit_ms: (u64, u64),
 }
 
 /// A replica with several segments: the agent is stopped and started between bursts of writes.
@@ -21,18 +25,27 @@ fn replicated(dir: &Path) -> Replicated {
     let url = format!("file://{}", replica.display());
     let conn = app_conn(&db, 4096);
     create_schema(&conn);
+    let mut last_commit_ms = (0, 0);
     for round in 0..3u64 {
-        let agent = Agent::replicate(&db, &url, &dir.join(format!("a{round}.log")));
+        let mut agent = Agent::replicate(&db, &url, &dir.join(format!("a{round}.log")));
+        if round == 0 {
+            // The first generation's snapshot is the state before the writes, so every one of
+            // the 30 transactions is a segment's (not folded into the snapshot).
+            agent.wait_for_log("snapshot uploaded");
+        }
         for s in 0..10 {
+            last_commit_ms.0 = now_ms();
             mixed_txn(&conn, round * 100 + s + 1);
         }
         agent.stop_ok();
+        last_commit_ms.1 = now_ms();
     }
     Replicated {
         db,
         replica,
         url,
         conn,
+        last_commit_ms,
     }
 }
 
@@ -79,11 +92,30 @@ fn relative_key(replica: &Path, p: &Path) -> String {
 fn a_healthy_replica_passes_the_drill_and_the_report_is_stored() {
     let dir = tempfile::tempdir().unwrap();
     let r = replicated(dir.path());
+    let started = now_ms();
     let (code, v) = drill(&r.url, &[]);
+    let ended = now_ms();
     assert_eq!(code, Some(0), "{v:#}");
     assert_eq!(v["ok"], true, "{v:#}");
-    assert!(v["rto_seconds"].as_f64().unwrap() > 0.0, "{v:#}");
-    assert!(v["rpo_seconds"].as_f64().unwrap() >= 0.0, "{v:#}");
+    let rto = v["rto_seconds"].as_f64().unwrap();
+    assert!(
+        rto > 0.0 && rto <= (ended - started) as f64 / 1000.0,
+        "the RTO is part of the drill's own time: {v:#}"
+    );
+    // Without the live database nothing says what is at risk: no RPO, only the newest
+    // restorable transaction's age. That is at least the time from the agent's stop to the
+    // drill's start, at most from the last commit to the drill's end.
+    assert_eq!(v["rpo_seconds"], serde_json::Value::Null, "{v:#}");
+    let age = v["newest_restorable_age_seconds"].as_f64().unwrap();
+    let (commit, stopped) = r.last_commit_ms;
+    let (low, high) = (
+        started.saturating_sub(stopped) as f64 / 1000.0,
+        (ended - commit) as f64 / 1000.0,
+    );
+    assert!(
+        low - 0.001 <= age && age <= high + 0.001,
+        "newest restorable age {age} s outside [{low}, {high}]: {v:#}"
+    );
     assert_eq!(v["integrity_check"], "ok");
     assert_eq!(v["foreign_key_check"], "ok");
     assert_eq!(v["checksum"]["ok"], true);
@@ -173,6 +205,9 @@ fn the_live_database_is_current_lagging_stale_or_diverged() {
     assert_eq!(v["live"]["unshipped_commits"], 0);
     assert_eq!(v["live"]["differing_pages"], 0);
     assert_eq!(v["live"]["ok"], true);
+    // Nothing at risk: RPO 0, however long ago the last write was.
+    assert_eq!(v["at_risk_commits"], 0, "{v:#}");
+    assert_eq!(v["rpo_seconds"], 0.0, "{v:#}");
 
     // A copy restored at an older transaction: the replica is ahead of it.
     let stale = dir.path().join("stale.db");
@@ -211,6 +246,14 @@ fn the_live_database_is_current_lagging_stale_or_diverged() {
     assert_eq!(code, Some(0), "{v:#}");
     assert_eq!(v["live"]["verdict"], "lagging", "{v:#}");
     assert_eq!(v["live"]["unshipped_commits"], 3, "{v:#}");
+    assert_eq!(v["at_risk_commits"], 3, "{v:#}");
+    assert!(v["rpo_seconds"].as_f64().unwrap() > 0.0, "{v:#}");
+    let o = run(&["drill", &r.url, "--db", db, "--no-store"]);
+    let text = String::from_utf8_lossy(&o.stdout);
+    assert!(
+        text.contains("RPO       3 commit(s) of the live database not in the replica yet"),
+        "{text}"
+    );
 
     // Once an agent ships them, current again.
     let agent = Agent::replicate(&r.db, &r.url, &dir.path().join("b.log"));
@@ -261,4 +304,57 @@ fn random_point_passes_on_a_healthy_replica() {
         .query_row("SELECT count(*) FROM marks", [], |r| r.get(0))
         .unwrap();
     assert_eq!(n as u64, txid);
+}
+
+#[test]
+fn stored_reports_are_listed_and_a_report_not_stored_is_not_pointed_to() {
+    let dir = tempfile::tempdir().unwrap();
+    let r = replicated(dir.path());
+    let o = run(&["drills", &r.url]);
+    assert!(o.status.success());
+    assert!(String::from_utf8_lossy(&o.stdout).contains("holds no drill reports"));
+    let (code, first) = drill(&r.url, &[]);
+    assert_eq!(code, Some(0), "{first:#}");
+    // Report keys are unique by start time (milliseconds).
+    std::thread::sleep(std::time::Duration::from_millis(5));
+    let (_, second) = drill(&r.url, &[]);
+
+    let o = run(&["drills", &r.url, "--json"]);
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    let keys: Vec<_> = v
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["report_key"].clone())
+        .collect();
+    assert_eq!(
+        keys,
+        [first["report_key"].clone(), second["report_key"].clone()]
+    );
+    let o = run(&["drills", &r.url, "--last", "1"]);
+    let text = String::from_utf8_lossy(&o.stdout);
+    let k2 = second["report_key"].as_str().unwrap();
+    assert!(
+        text.contains(k2) && text.contains(" ok ") && text.contains(" 30 "),
+        "{text}"
+    );
+    assert!(
+        !text.contains(first["report_key"].as_str().unwrap()),
+        "{text}"
+    );
+    assert!(text.contains("1 older report(s) not shown"), "{text}");
+
+    // A replica that cannot take the report (its drills/ folder is a file): the drill says so
+    // and names no report.
+    let drills = r.replica.join("drills");
+    std::fs::remove_dir_all(&drills).unwrap();
+    std::fs::write(&drills, b"in the way").unwrap();
+    let o = run(&["drill", &r.url]);
+    assert_eq!(o.status.code(), Some(2));
+    let text = String::from_utf8_lossy(&o.stdout);
+    assert!(
+        text.contains("cannot store the drill report") && text.contains("report not stored"),
+        "{text}"
+    );
+    assert!(!text.contains("report drills/"), "{text}");
 }

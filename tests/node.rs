@@ -324,7 +324,14 @@ fn node_app_under_lifeboat_run_survives_a_wiped_disk() {
         ("PORT", "0"),
         ("HOST", "127.0.0.1"),
     ]);
-    let flags = ["--db", db_s.as_str(), "--replica", url.as_str()];
+    let flags = [
+        "--db",
+        db_s.as_str(),
+        "--replica",
+        url.as_str(),
+        "--dir",
+        uploads_s.as_str(),
+    ];
 
     // Boot 1: empty disk, empty replica.
     let app = App::start(tmp.path(), "boot1", &flags, &env);
@@ -417,8 +424,7 @@ fn node_app_under_lifeboat_run_survives_a_wiped_disk() {
         rows == present || rows == present + 1,
         "{rows} rows restored, {present} acknowledged ones among them"
     );
-    // The upload's row is in the database; the file was on the wiped disk and is gone: lifeboat
-    // replicates the database only.
+    // The upload's row is in the database, and its file is back with it (`--dir`).
     let bytes: i64 = Connection::open_with_flags(&db, OpenFlags::SQLITE_OPEN_READ_ONLY)
         .unwrap()
         .query_row(
@@ -428,7 +434,10 @@ fn node_app_under_lifeboat_run_survives_a_wiped_disk() {
         )
         .unwrap();
     assert_eq!(bytes, receipt.len() as i64);
-    assert!(!uploads.join("receipt-1.txt").exists());
+    assert_eq!(
+        std::fs::read(uploads.join("receipt-1.txt")).unwrap(),
+        receipt
+    );
 
     // More writes, then a clean stop: SIGTERM to lifeboat, forwarded to the app, final sync.
     let mut employee = None;
@@ -456,10 +465,16 @@ fn node_app_under_lifeboat_run_survives_a_wiped_disk() {
     env3.extend([
         ("LIFEBOAT_DB", db_s.as_str()),
         ("LIFEBOAT_REPLICA_URL", url.as_str()),
+        ("LIFEBOAT_DIRS", uploads_s.as_str()),
     ]);
     let app = App::start(tmp.path(), "boot3", &[], &env3);
     let port = app.port;
     check_integrity(&db);
+    assert_eq!(
+        std::fs::read(uploads.join("receipt-1.txt")).unwrap(),
+        receipt,
+        "the receipt comes back with the database (LIFEBOAT_DIRS)"
+    );
     for a in acked[..present].iter().chain(&acked2) {
         let (status, row) = get(port, &format!("/{}/{}", a.table, a.id()));
         assert_eq!(

@@ -1,19 +1,12 @@
 //! Point-in-time restore, restore flags, and `verify`.
 
 use std::path::Path;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use rand::Rng;
-use rusqlite::Connection;
 
+use crate::support::oracle::{conn_digest, file_digest, markers, Commit, History};
 use crate::support::*;
-
-fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap()
-        .as_millis() as u64
-}
 
 fn rfc3339(ms: u64) -> String {
     humantime_rfc3339(ms)
@@ -40,25 +33,6 @@ fn humantime_rfc3339(ms: u64) -> String {
     )
 }
 
-/// A marker transaction: one commit, carrying its sequence number.
-fn marker(c: &Connection, seq: u64) -> u64 {
-    c.execute(
-        "INSERT INTO marks(seq, t, pad) VALUES (?1, 0, ?2)",
-        rusqlite::params![seq as i64, "p".repeat(300)],
-    )
-    .unwrap();
-    now_ms()
-}
-
-fn markers_in(db: &Path) -> Vec<u64> {
-    let c = Connection::open(db).unwrap();
-    let mut s = c.prepare("SELECT seq FROM marks ORDER BY seq").unwrap();
-    s.query_map([], |r| r.get::<_, i64>(0))
-        .unwrap()
-        .map(|r| r.unwrap() as u64)
-        .collect()
-}
-
 fn restore_to(url: &str, out: &Path, extra: &[&str]) -> String {
     let mut args = vec!["restore", url, "-o", out.to_str().unwrap()];
     args.extend_from_slice(extra);
@@ -82,69 +56,108 @@ fn generations(url: &str) -> Vec<String> {
         .collect()
 }
 
-#[test]
-fn pitr_oracle_restores_exactly_the_markers_committed_by_each_target() {
-    let dir = tempfile::tempdir().unwrap();
-    let db = dir.path().join("app.db");
-    let url = format!("file://{}", dir.path().join("replica").display());
+/// The newest txid shipped in the newest generation of a local replica (from segment keys).
+fn shipped_txid(replica: &Path) -> u64 {
+    let Some(newest) = std::fs::read_dir(replica.join("generations"))
+        .ok()
+        .and_then(|rd| rd.flatten().map(|e| e.path()).max())
+    else {
+        return 0;
+    };
+    files_with_suffix(&newest.join("segments"), ".lbseg")
+        .iter()
+        .filter_map(|p| {
+            let name = p.file_name()?.to_str()?;
+            u64::from_str_radix(name.split('-').nth(1)?, 16).ok()
+        })
+        .max()
+        .unwrap_or(0)
+}
+
+/// Two generations of marker commits, each recorded by the writer (oracle::History): which
+/// generation and txid it is, a time at which it was shipped and the next had not begun, and
+/// the database's pages right after it.
+fn two_generations_of_markers(dir: &Path) -> (String, History, rusqlite::Connection) {
+    let db = dir.join("app.db");
+    let replica = dir.join("replica");
+    let url = format!("file://{}", replica.display());
     let c = app_conn(&db, 4096);
     create_schema(&c);
-    // (seq, commit time, generation period) for markers written while an agent ran.
-    let mut seen: Vec<(u64, u64, usize)> = Vec::new();
-    let mut seq = 0;
+    let mut h = History::default();
     for period in 0..2 {
-        let agent = Agent::replicate(&db, &url, &dir.path().join(format!("a{period}.log")));
+        let mut agent = Agent::start(
+            &[
+                "replicate",
+                db.to_str().unwrap(),
+                &url,
+                "--puts-per-second",
+                "1000",
+            ],
+            &dir.join(format!("a{period}.log")),
+        );
+        agent.wait_for_log("replicating");
+        h.generation_started();
         for _ in 0..25 {
-            seen.push((seq, marker(&c, seq), period));
-            seq += 1;
-            // The app's pace: a commit every 60 ms, like a lightly used web backend.
-            std::thread::sleep(Duration::from_millis(60));
+            // Each marker is shipped before the time is taken and before the next begins, so
+            // the agent's recorded commit time lies between the two whatever the machine's load
+            // (no guess of how soon the agent sees a commit).
+            h.commit(&c, 300, |txid| {
+                let txid = txid.unwrap();
+                wait_until(
+                    &format!("txid {txid} to be shipped"),
+                    Duration::from_secs(30),
+                    || shipped_txid(&replica) >= txid,
+                );
+            });
         }
         agent.stop_ok();
+        h.generation_stopped();
         // While no agent runs: more commits and a TRUNCATE checkpoint, so the next agent cannot
         // prove continuity and starts a second generation.
         for _ in 0..5 {
-            marker(&c, seq);
-            seq += 1;
+            h.commit(&c, 300, |_| {});
         }
         c.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()))
             .unwrap();
     }
+    (url, h, c)
+}
+
+#[test]
+fn pitr_oracle_restores_exactly_what_the_writer_had_committed_at_each_target() {
+    let dir = tempfile::tempdir().unwrap();
+    let (url, h, _c) = two_generations_of_markers(dir.path());
     let gens = generations(&url);
     assert_eq!(gens.len(), 2, "two generations expected: {gens:?}");
 
     let mut rng = rand::rng();
-    // Timestamp targets: halfway between two consecutive markers of one period.
+    // Timestamp targets: the moment the writer knew marker i was shipped, before i+1 began.
+    // Every marker written while an agent ran and followed by another one of the same run.
+    let targets: Vec<&Commit> = h
+        .commits
+        .windows(2)
+        .filter(|w| w[0].generation.is_some() && w[0].generation == w[1].generation)
+        .map(|w| &w[0])
+        .collect();
+    assert_eq!(targets.len(), 48);
     for n in 0..12 {
-        let i = loop {
-            let i = rng.random_range(0..seen.len() - 1);
-            if seen[i].2 == seen[i + 1].2 {
-                break i;
-            }
-        };
-        let target = (seen[i].1 + seen[i + 1].1) / 2;
+        let at = targets[rng.random_range(0..targets.len())];
         let out = dir.path().join(format!("t{n}.db"));
-        restore_to(&url, &out, &["--timestamp", &rfc3339(target)]);
-        let got = markers_in(&out);
-        let expected: Vec<u64> = (0..=seen[i].0).collect();
+        restore_to(&url, &out, &["--timestamp", &rfc3339(at.after_ms)]);
+        let expected: Vec<u64> = (0..=at.seq).collect();
         assert_eq!(
-            got,
+            markers(&out),
             expected,
             "timestamp target {} (after marker {})",
-            rfc3339(target),
-            seen[i].0
+            rfc3339(at.after_ms),
+            at.seq
         );
+        assert_eq!(file_digest(&out), at.digest, "pages at marker {}", at.seq);
     }
-    // Transaction targets: every commit in a generation is a restore point.
+    // Transaction targets: every commit in a generation is a restore point, and holds what the
+    // writer knew it held (not what another restore says).
     for n in 0..10 {
-        let g = &gens[n % 2];
-        let base_out = dir.path().join(format!("base{n}.db"));
-        restore_to(
-            &url,
-            &base_out,
-            &["--generation", g, "--txid", "0000000000000000"],
-        );
-        let base = markers_in(&base_out).len() as u64;
+        let (gi, g) = (n % 2, &gens[n % 2]);
         let k = rng.random_range(1..=25u64);
         let out = dir.path().join(format!("x{n}.db"));
         restore_to(
@@ -152,9 +165,21 @@ fn pitr_oracle_restores_exactly_the_markers_committed_by_each_target() {
             &out,
             &["--generation", g, "--txid", &format!("{k:016x}")],
         );
-        let got = markers_in(&out);
-        let expected: Vec<u64> = (0..base + k).collect();
-        assert_eq!(got, expected, "generation {g} txid {k}");
+        assert_eq!(
+            markers(&out),
+            h.markers_at_txid(gi, k),
+            "generation {g} txid {k}"
+        );
+        let c = h
+            .commits
+            .iter()
+            .find(|c| c.generation == Some(gi) && c.txid == Some(k))
+            .unwrap();
+        assert_eq!(
+            file_digest(&out),
+            c.digest,
+            "generation {g} txid {k}: pages"
+        );
     }
 }
 
@@ -166,14 +191,21 @@ fn same_target_twice_is_byte_identical_and_the_checksum_is_independent() {
     let c = app_conn(&db, 4096);
     create_schema(&c);
     let agent = Agent::replicate(&db, &url, &dir.path().join("a.log"));
+    // The writer's own record of the pages after each commit (txid k = k commits).
+    let mut after = vec![conn_digest(&c)];
     for s in 0..80 {
         mixed_txn(&c, s);
+        after.push(conn_digest(&c));
     }
     agent.stop_ok();
     let (a, b) = (dir.path().join("a.db"), dir.path().join("b.db"));
     let out = restore_to(&url, &a, &["--txid", "0000000000000028"]);
     restore_to(&url, &b, &["--txid", "0000000000000028"]);
     assert!(std::fs::read(&a).unwrap() == std::fs::read(&b).unwrap());
+    // Hashed by the test's own hasher, against what the writer saw after 40 commits.
+    assert_eq!(file_digest(&a), after[0x28]);
+    assert_ne!(after[0x28], after[0x29], "consecutive states differ");
+    // The reported checksum is lifeboat's own over the restored file's pages.
     let reported = out
         .split("checksum ")
         .nth(1)
@@ -223,7 +255,12 @@ fn restore_flags_behave_as_documented() {
     let o = run(&["restore", &url, "-o", out.to_str().unwrap(), "--dry-run"]);
     assert!(o.status.success());
     let plan = String::from_utf8_lossy(&o.stdout);
-    assert!(plan.contains(".lbsnap") && plan.contains("bytes"), "{plan}");
+    assert!(
+        plan.contains(".lbsnap") && plan.contains("to download"),
+        "{plan}"
+    );
+    // Words, not Rust debug text (it printed `target Latest`).
+    assert!(plan.contains("target     the newest state"), "{plan}");
     assert!(!out.exists());
 
     // An existing database is left alone with --if-db-not-exists.
@@ -263,7 +300,13 @@ fn any_flipped_byte_in_any_object_is_caught_by_restore_and_verify() {
     let o = run(&["verify", &url]);
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stdout));
     let mut objects = files_with_suffix(&replica, ".lbseg");
+    let segments = objects.len();
     objects.extend(files_with_suffix(&replica, ".lbsnap"));
+    // The loop below must have something to corrupt: a snapshot and the three rounds' segments.
+    assert!(
+        segments >= 3 && objects.len() > segments,
+        "want a snapshot and at least 3 segments, got {objects:?}"
+    );
     let mut rng = rand::rng();
     for obj in &objects {
         let original = std::fs::read(obj).unwrap();

@@ -1,6 +1,7 @@
 //! Retention over simulated time: `prune --now` evaluates the window at a chosen instant, so no
 //! test waits for days to pass.
 
+use crate::support::oracle::{conn_digest, file_digest, Digest};
 use crate::support::*;
 
 /// `(generation, last txid, time of its newest restore point)` per generation, oldest first.
@@ -23,26 +24,32 @@ fn generations(url: &str) -> Vec<(String, String, String)> {
 
 /// `rounds` generations of `per_round` transactions each: between runs the app writes and
 /// truncates its WAL while the agent is stopped, so each start proves no continuity and takes a
-/// new snapshot. `start` starts the agent for a round.
+/// new snapshot. `start` starts the agent for a round. Returns, per round, the writer's own
+/// record of the pages after each of its generation's transactions (index = txid).
 fn generations_by_truncation(
     c: &rusqlite::Connection,
     rounds: u64,
     per_round: u64,
     mut start: impl FnMut(u64) -> Agent,
-) {
+) -> Vec<Vec<Digest>> {
     let mut seq = 0;
+    let mut states = Vec::new();
     for round in 0..rounds {
         let agent = start(round);
+        let mut after = vec![conn_digest(c)];
         for _ in 0..per_round {
             mixed_txn(c, seq);
             seq += 1;
+            after.push(conn_digest(c));
         }
+        states.push(after);
         agent.stop_ok();
         mixed_txn(c, seq);
         seq += 1;
         c.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()))
             .unwrap();
     }
+    states
 }
 
 #[test]
@@ -52,7 +59,7 @@ fn prune_keeps_every_restore_point_in_the_window_and_drops_generations_outside_i
     let url = format!("file://{}", dir.path().join("replica").display());
     let c = app_conn(&db, 4096);
     create_schema(&c);
-    generations_by_truncation(&c, 3, 20, |round| {
+    let states = generations_by_truncation(&c, 3, 20, |round| {
         Agent::replicate(&db, &url, &dir.path().join(format!("{round}.log")))
     });
     let before = generations(&url);
@@ -89,9 +96,12 @@ fn prune_keeps_every_restore_point_in_the_window_and_drops_generations_outside_i
         vec![&before[1].0, &before[2].0]
     );
 
-    // Every restore point of the kept generations still restores and verifies.
+    // Every restore point of the kept generations still restores, to exactly the pages the
+    // writer had after that transaction, and verifies.
     for (g, last, _) in &after {
+        let round = before.iter().position(|b| &b.0 == g).unwrap();
         let last = u64::from_str_radix(last, 16).unwrap();
+        assert_eq!(last, 20, "{g}: 20 transactions were written in its round");
         for txid in [0, 1, last / 2, last] {
             let out = dir.path().join(format!("{g}-{txid}.db"));
             let o = run(&[
@@ -108,6 +118,11 @@ fn prune_keeps_every_restore_point_in_the_window_and_drops_generations_outside_i
                 o.status.success(),
                 "{g} {txid}: {}",
                 String::from_utf8_lossy(&o.stderr)
+            );
+            assert_eq!(
+                file_digest(&out),
+                states[round][txid as usize],
+                "{g} txid {txid}: not the writer's state after that transaction"
             );
         }
     }
@@ -346,4 +361,125 @@ fn the_agent_applies_each_replicas_own_retention() {
     assert_eq!(generations(&long_url).len(), 3);
     restore_and_compare(&short_url, &dir.path().join("s.db"), &db);
     restore_and_compare(&long_url, &dir.path().join("l.db"), &db);
+}
+
+#[test]
+fn a_prune_interrupted_after_any_deletion_cuts_no_chain_and_verify_stays_clean() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("app.db");
+    let replica = dir.path().join("replica");
+    let url = format!("file://{}", replica.display());
+    let c = app_conn(&db, 4096);
+    create_schema(&c);
+    let states = generations_by_truncation(&c, 3, 8, |round| {
+        Agent::replicate(&db, &url, &dir.path().join(format!("{round}.log")))
+    });
+    let gens = generations(&url);
+    assert_eq!(gens.len(), 3, "{gens:?}");
+    // A window that starts after the second generation's last restore point: the two older
+    // generations go whole, the newest stays.
+    let t = humantime::parse_rfc3339(&gens[1].2).unwrap() + std::time::Duration::from_secs(3601);
+    let now = humantime::format_rfc3339_millis(t).to_string();
+    let dry = run(&[
+        "prune",
+        &url,
+        "--retention",
+        "1h",
+        "--now",
+        &now,
+        "--dry-run",
+        "--json",
+    ]);
+    assert!(
+        dry.status.success(),
+        "{}",
+        String::from_utf8_lossy(&dry.stderr)
+    );
+    let plan: serde_json::Value = serde_json::from_slice(&dry.stdout).unwrap();
+    assert_eq!(
+        plan["generations"],
+        serde_json::json!([gens[0].0, gens[1].0])
+    );
+    let keys = |field: &str| -> Vec<String> {
+        plan[field]
+            .as_array()
+            .map(|a| a.iter().map(|k| k.as_str().unwrap().to_string()).collect())
+            .unwrap_or_default()
+    };
+    let (markers, objects) = (keys("markers"), keys("objects"));
+    assert_eq!(
+        objects.len(),
+        files_with_suffix(&replica.join("generations").join(&gens[0].0), "").len()
+            + files_with_suffix(&replica.join("generations").join(&gens[1].0), "").len()
+    );
+
+    // Replay the prune one step at a time, exactly as documented (markers written first, then
+    // the objects deleted in the plan's order): after every step, as if the prune were killed
+    // there, `verify` passes and the kept generation restores, every point of it to the
+    // writer's own state.
+    let check = |step: &str| {
+        let v = run(&["verify", &url]);
+        assert!(
+            v.status.success(),
+            "after {step}: verify fails:\n{}",
+            String::from_utf8_lossy(&v.stdout)
+        );
+        for txid in [0u64, 4, 8] {
+            let out = dir.path().join("step.db");
+            let o = run(&[
+                "restore",
+                &url,
+                "-o",
+                out.to_str().unwrap(),
+                "--generation",
+                &gens[2].0,
+                "--txid",
+                &format!("{txid:016x}"),
+                "--force",
+            ]);
+            assert!(
+                o.status.success(),
+                "after {step}: {}",
+                String::from_utf8_lossy(&o.stderr)
+            );
+            assert_eq!(
+                file_digest(&out),
+                states[2][txid as usize],
+                "after {step}: txid {txid}"
+            );
+        }
+        let out = dir.path().join("newest.db");
+        let o = run(&["restore", &url, "-o", out.to_str().unwrap(), "--force"]);
+        assert!(
+            o.status.success(),
+            "after {step}: {}",
+            String::from_utf8_lossy(&o.stderr)
+        );
+        assert_eq!(
+            file_digest(&out),
+            states[2][8],
+            "after {step}: the newest state"
+        );
+    };
+    for m in &markers {
+        let path = replica.join(m);
+        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+        std::fs::write(&path, b"").unwrap();
+        check(&format!("writing {m}"));
+    }
+    for (i, key) in objects.iter().enumerate() {
+        std::fs::remove_file(replica.join(key)).unwrap();
+        check(&format!("deleting object {i} ({key})"));
+    }
+    // The real prune finishes what the interrupted one began.
+    let o = run(&["prune", &url, "--retention", "1h", "--now", &now]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert_eq!(
+        generations(&url).iter().map(|g| &g.0).collect::<Vec<_>>(),
+        vec![&gens[2].0]
+    );
+    assert!(files_with_suffix(&replica.join("generations"), "")
+        .iter()
+        .all(|p| p.starts_with(replica.join("generations").join(&gens[2].0))));
+    check("the prune finished");
 }

@@ -189,3 +189,77 @@ fn second_agent_on_the_same_database_and_replica_is_refused() {
     first.stop_ok();
     restore_and_compare_env(&url, &dir.path().join("out.db"), &db, &env);
 }
+
+#[test]
+fn listings_of_more_than_1000_keys_are_read_to_the_end() {
+    // S3 answers a listing 1,000 keys at a time. 1,100 other objects that sort before the
+    // replica's own put its generation on the second page: a catalog that read only the first
+    // would find no backup at all.
+    let s3 = S3::start();
+    let env = s3.env();
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("app.db");
+    let url = s3.server.url("many");
+    let c = app_conn(&db, 4096);
+    create_schema(&c);
+    let client = std::sync::Arc::new(s3.rt.block_on(s3.server.client("many")));
+    s3.rt.block_on(async {
+        let mut tasks = tokio::task::JoinSet::new();
+        for lane in 0..32 {
+            let client = client.clone();
+            tasks.spawn(async move {
+                for i in (lane..1100).step_by(32) {
+                    let key = format!("generations/0000000000000000/junk-{i:05}");
+                    client
+                        .put(&key, Bytes::from_static(b"not lifeboat's"))
+                        .await
+                        .unwrap();
+                }
+            });
+        }
+        while let Some(r) = tasks.join_next().await {
+            r.unwrap();
+        }
+    });
+    let agent = Agent::replicate_env(&db, &url, &dir.path().join("a.log"), &env);
+    for s in 0..20 {
+        mixed_txn(&c, s);
+    }
+    agent.stop_ok();
+    restore_and_compare_env(&url, &dir.path().join("out.db"), &db, &env);
+    // `verify` saw every page too: all 1,100 foreign objects are reported.
+    let o = run_env(&["verify", &url, "--json"], &env);
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    let foreign = v
+        .as_array()
+        .unwrap()
+        .iter()
+        .flat_map(|g| g["problems"].as_array().unwrap())
+        .filter(|p| p.as_str().unwrap().contains("junk-"))
+        .count();
+    assert_eq!(foreign, 1100, "{v:#}");
+}
+
+#[test]
+fn a_mistyped_prefix_in_a_bucket_with_replicas_is_a_loud_warning() {
+    let s3 = S3::start();
+    let env = s3.env();
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("app.db");
+    create_schema(&app_conn(&db, 4096));
+    let url = s3.server.url("team/app");
+    let agent = Agent::replicate_env(&db, &url, &dir.path().join("agent.log"), &env);
+    agent.stop_ok();
+    for typo in [s3.server.url("team/ap"), s3.server.url("team")] {
+        let o = run_env(&["generations", &typo], &env);
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert!(o.status.success(), "{err}");
+        assert!(
+            err.contains("WARNING") && err.contains("/team/app"),
+            "{typo}: {err}"
+        );
+        assert!(!err.contains("endpoint="), "no query in messages: {err}");
+    }
+    let o = run_env(&["generations", &url], &env);
+    assert!(!String::from_utf8_lossy(&o.stderr).contains("WARNING"));
+}

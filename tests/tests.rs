@@ -4,13 +4,22 @@
 
 mod support;
 
+mod capture;
 mod corruption;
+mod crash;
+mod dirs;
 mod drill;
+mod exclusion;
 mod folder;
+mod format2;
 mod node;
+mod operator;
+mod pacing;
+mod packaging;
 mod pitr;
 mod replicate;
 mod retention;
 mod run;
+mod run_failures;
 mod s3;
 mod status;

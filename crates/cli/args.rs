@@ -39,6 +39,9 @@ pub enum Command {
     Run(RunArgs),
     /// Restore a database from a replica, verified bit for bit.
     Restore(RestoreArgs),
+    /// List the databases of the configuration file, their replicas and each replica's newest
+    /// restore point (one listing per replica).
+    Databases(DatabasesArgs),
     /// List a replica's generations and their restorable ranges (from one listing).
     Generations(InspectArgs),
     /// List a replica's snapshots (from one listing).
@@ -55,23 +58,21 @@ pub enum Command {
     /// it (integrity, foreign keys, checksum), optionally compare it with the live database;
     /// exit 2 on any problem. The report is stored in the replica under `drills/`.
     Drill(DrillArgs),
-    /// List the databases a folder-of-databases replica holds (one per name under the URL), with
-    /// their newest restore point and, with `--dir`, whether each is in the local folder.
-    Databases(DatabasesArgs),
+    /// List the drill reports stored in a replica (under `drills/`), newest last.
+    Drills(DrillsArgs),
     /// Print the version.
     Version,
 }
 
 #[derive(Debug, ClapArgs)]
 pub struct ReplicateArgs {
-    /// Configuration file (several databases, several replicas each).
+    /// Configuration file (several databases, several replicas each); without a database on
+    /// the command line, `$LIFEBOAT_CONFIG`, else /etc/lifeboat.toml.
     #[arg(long, short, conflicts_with_all = ["db", "urls"])]
     pub config: Option<PathBuf>,
     /// The database file.
-    #[arg(required_unless_present_any = ["config", "dir_of_databases"])]
     pub db: Option<PathBuf>,
     /// Replica URLs: `file:///path/to/folder` or `s3://bucket/prefix?endpoint=...&region=...`.
-    #[arg(required_unless_present_any = ["config", "dir_of_databases"])]
     pub urls: Vec<String>,
     /// Replicate every database in this folder (`/data/tenants`, or with a pattern:
     /// `'/data/tenants/*.sqlite'`; default `*.db`), each under `URL/<file name>`, including
@@ -84,16 +85,43 @@ pub struct ReplicateArgs {
     /// Serve `/health` (JSON) and `/metrics` (Prometheus) on this address, e.g. 127.0.0.1:9090.
     #[arg(long, visible_alias = "metrics-addr", env = "LIFEBOAT_HEALTH_ADDR")]
     pub health_addr: Option<String>,
+    #[command(flatten)]
+    pub keep: KeepArgs,
+    /// A folder to back up with the database, `PATH` or `NAME=PATH` (repeatable).
+    #[arg(long = "dir", env = "LIFEBOAT_DIRS", value_delimiter = ',')]
+    pub dirs: Vec<String>,
+}
+
+/// Retention and scheduled snapshots, for `replicate` and `run`; each beats the configuration
+/// file.
+#[derive(Debug, Clone, ClapArgs)]
+pub struct KeepArgs {
+    /// Keep every restore point this recent (`30d`, `12h`); hourly, delete what none of them
+    /// needs. `off` keeps everything. Default: the configuration file's, else 30d.
+    #[arg(long, env = "LIFEBOAT_RETENTION")]
+    pub retention: Option<crate::config::Retention>,
+    /// Take a fresh snapshot within the generation this often (default 24h).
+    #[arg(long, env = "LIFEBOAT_SNAPSHOT_INTERVAL", value_parser = humantime::parse_duration)]
+    pub snapshot_interval: Option<std::time::Duration>,
+    /// Or once this many segments were shipped since the last snapshot (default 1000).
+    #[arg(long, env = "LIFEBOAT_SNAPSHOT_SEGMENTS")]
+    pub snapshot_segments: Option<u32>,
 }
 
 #[derive(Debug, ClapArgs)]
 pub struct RestoreArgs {
-    /// Replica URL.
+    /// Replica URL, or the path of a database of the configuration file (restored from its
+    /// first replica, to that path unless -o says otherwise).
     pub url: String,
-    /// Where to write the database.
+    /// Where to write the database (required with a replica URL).
     #[arg(long, short)]
-    pub output: PathBuf,
-    /// Restore the state right after this transaction (16 hex digits, as lifeboat prints them).
+    pub output: Option<PathBuf>,
+    /// Configuration file to find a database path in (default: `$LIFEBOAT_CONFIG`, else
+    /// /etc/lifeboat.toml).
+    #[arg(long, short)]
+    pub config: Option<PathBuf>,
+    /// Restore the state right after this transaction: decimal (`1234`), or hex as 16 digits
+    /// (`00000000000004d2`, the key form) or with `0x`.
     #[arg(long, conflicts_with = "timestamp")]
     pub txid: Option<String>,
     /// Restore the state as of this time: RFC 3339 (`2026-11-28T17:00:00Z`) or relative to now
@@ -125,15 +153,24 @@ pub struct RestoreArgs {
     /// by `--output`, each under its own name.
     #[arg(long)]
     pub all_databases: bool,
+    /// Also restore this backed-up folder, as of the same point, `PATH` or `NAME=PATH`
+    /// (repeatable; an existing non-empty folder needs --force, which moves it aside).
+    #[arg(long = "dir")]
+    pub dirs: Vec<String>,
 }
 
 #[derive(Debug, ClapArgs)]
 pub struct DatabasesArgs {
-    /// Replica URL of a folder of databases.
-    pub url: String,
-    /// The local folder: also say whether each database is there, and list local databases
-    /// the replica does not hold yet.
-    #[arg(long)]
+    /// Configuration file (default: `$LIFEBOAT_CONFIG`, else /etc/lifeboat.toml).
+    #[arg(long, short)]
+    pub config: Option<PathBuf>,
+    /// A replica URL holding a folder of databases (`replicate --dir-of-databases`): list the
+    /// databases in it, with their newest restore point, instead of the configuration's.
+    #[arg(conflicts_with = "config")]
+    pub url: Option<String>,
+    /// With a URL: the local folder, to say whether each database is there (and list local
+    /// databases the replica does not hold yet).
+    #[arg(long, requires = "url")]
     pub dir: Option<PathBuf>,
     /// Machine-readable output.
     #[arg(long)]
@@ -186,6 +223,18 @@ pub struct DrillArgs {
     pub scratch_dir: Option<PathBuf>,
 }
 
+#[derive(Debug, ClapArgs)]
+pub struct DrillsArgs {
+    /// Replica URL.
+    pub url: String,
+    /// Show this many of the newest reports.
+    #[arg(long, default_value_t = 20)]
+    pub last: usize,
+    /// Machine-readable output: the reports as stored.
+    #[arg(long)]
+    pub json: bool,
+}
+
 /// What `lifeboat run` does when the local database does not continue the replica's history.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum OnStale {
@@ -203,13 +252,9 @@ pub struct RunArgs {
     /// replicated while the app runs.
     #[arg(long, short, env = "LIFEBOAT_CONFIG", conflicts_with_all = ["db", "replica", "dir_of_databases"])]
     pub config: Option<PathBuf>,
-    /// The database the app uses.
-    #[arg(
-        long,
-        env = "LIFEBOAT_DB",
-        required_unless_present_any = ["config", "dir_of_databases"],
-        requires = "replica"
-    )]
+    /// The database the app uses (with neither --db nor --config: the databases of
+    /// /etc/lifeboat.toml).
+    #[arg(long, env = "LIFEBOAT_DB", requires = "replica")]
     pub db: Option<PathBuf>,
     /// The app's folder of databases (as for `replicate`): those the replica holds and the
     /// folder lacks are restored on boot; all are replicated while the app runs.
@@ -221,11 +266,7 @@ pub struct RunArgs {
     )]
     pub dir_of_databases: Option<PathBuf>,
     /// Where to replicate it (and restore it from).
-    #[arg(
-        long = "replica",
-        env = "LIFEBOAT_REPLICA_URL",
-        required_unless_present = "config"
-    )]
+    #[arg(long = "replica", env = "LIFEBOAT_REPLICA_URL")]
     pub replica: Option<String>,
     /// Serve `/health` (JSON) and `/metrics` (Prometheus) on this address, e.g. 127.0.0.1:9090.
     #[arg(long, env = "LIFEBOAT_HEALTH_ADDR")]
@@ -246,6 +287,12 @@ pub struct RunArgs {
     /// never stop the app.
     #[arg(long, env = "LIFEBOAT_DRILL_INTERVAL", value_parser = humantime::parse_duration)]
     pub drill_interval: Option<std::time::Duration>,
+    #[command(flatten)]
+    pub keep: KeepArgs,
+    /// A folder to back up with the database and restore with it on boot, `PATH` or
+    /// `NAME=PATH` (repeatable).
+    #[arg(long = "dir", env = "LIFEBOAT_DIRS", value_delimiter = ',')]
+    pub dirs: Vec<String>,
     /// The app and its arguments, after `--`.
     #[arg(last = true, required = true)]
     pub command: Vec<String>,

@@ -6,7 +6,7 @@
 //! puts-per-second = 1.0          # optional
 //! replicas = ["s3://my-bucket/app?region=${AWS_REGION}", "file:///mnt/backup/app"]
 //!
-//! [[folders]]                    # every database in the folder, each under <replica>/<name>
+//! [[database-folders]]           # every database in the folder, each under <replica>/<name>
 //! path = "/data/tenants"         # or "/data/tenants/*.sqlite" (default pattern: *.db)
 //! replicas = ["s3://my-bucket/tenants"]
 //! ```
@@ -26,6 +26,79 @@ use serde::Deserialize;
 
 use crate::replica_url;
 
+/// The configuration file used when none is named: `$LIFEBOAT_CONFIG`, else this.
+pub const DEFAULT_PATH: &str = "/etc/lifeboat.toml";
+
+/// The configuration file to use: `explicit` (`--config`), else `$LIFEBOAT_CONFIG` (from `env`),
+/// else [`DEFAULT_PATH`].
+pub fn locate(explicit: Option<PathBuf>, env: impl Fn(&str) -> Option<String>) -> PathBuf {
+    explicit
+        .or_else(|| {
+            env("LIFEBOAT_CONFIG")
+                .filter(|v| !v.is_empty())
+                .map(PathBuf::from)
+        })
+        .unwrap_or_else(|| PathBuf::from(DEFAULT_PATH))
+}
+
+/// The configuration file to use when no database is named on the command line; an error that
+/// says where it looked when there is none.
+pub fn locate_existing(explicit: Option<PathBuf>) -> Result<PathBuf> {
+    let path = locate(explicit, |k| std::env::var(k).ok());
+    if !path.exists() {
+        bail!(
+            "no database named and no configuration file at {}: name the database and its \
+             replica on the command line, pass --config, or set LIFEBOAT_CONFIG",
+            path.display()
+        );
+    }
+    Ok(path)
+}
+
+/// A database of the configuration file: its path and its replica URLs, in order.
+#[derive(Clone, Debug)]
+pub struct Entry {
+    /// The database.
+    pub path: PathBuf,
+    /// Its replica URLs (the first is the one `run` and `restore` restore from).
+    pub replicas: Vec<String>,
+}
+
+/// The databases a configuration file lists, with their replica URLs.
+pub fn entries(path: &std::path::Path) -> Result<Vec<Entry>> {
+    Ok(read_file(path)?
+        .databases
+        .into_iter()
+        .map(|d| Entry {
+            replicas: d.replicas.iter().map(|r| r.url().to_string()).collect(),
+            path: d.path,
+        })
+        .collect())
+}
+
+/// The entry of the configuration file at `config` for the database at `db` (paths compared
+/// made absolute, as the database may not exist).
+pub fn find(config: &std::path::Path, db: &std::path::Path) -> Result<Entry> {
+    let abs = |p: &std::path::Path| std::path::absolute(p).unwrap_or_else(|_| p.to_path_buf());
+    let want = abs(db);
+    let all = entries(config)?;
+    all.iter()
+        .find(|e| abs(&e.path) == want)
+        .cloned()
+        .with_context(|| {
+            format!(
+                "{} is not a database of {} (it lists {}); give a replica URL instead, or \
+                 another --config",
+                db.display(),
+                config.display(),
+                all.iter()
+                    .map(|e| e.path.display().to_string())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            )
+        })
+}
+
 /// Where the databases come from.
 #[derive(Clone, Debug)]
 pub enum Source {
@@ -38,12 +111,18 @@ pub enum Source {
 }
 
 impl Source {
-    /// A configuration file if one is given, else the database and URLs.
+    /// A configuration file if one is given, else the database and URLs, else the default
+    /// configuration file ([`locate`]).
     pub fn new(config: Option<PathBuf>, db: Option<PathBuf>, urls: Vec<String>) -> Result<Source> {
         if let Some(path) = config {
             return Ok(Source::File(path));
         }
-        let db = db.context("a database path is required")?;
+        let Some(db) = db else {
+            if !urls.is_empty() {
+                bail!("a replica URL was given without the database it replicates");
+            }
+            return Ok(Source::File(locate_existing(None)?));
+        };
         if urls.is_empty() {
             bail!("give at least one replica URL after the database path");
         }
@@ -65,6 +144,62 @@ impl Source {
 pub struct Flags {
     /// `--puts-per-second`.
     pub puts_per_second: Option<f64>,
+    /// `--retention` (`LIFEBOAT_RETENTION`).
+    pub retention: Option<Retention>,
+    /// `--snapshot-interval` (`LIFEBOAT_SNAPSHOT_INTERVAL`).
+    pub snapshot_interval: Option<Duration>,
+    /// `--snapshot-segments` (`LIFEBOAT_SNAPSHOT_SEGMENTS`).
+    pub snapshot_segments: Option<u32>,
+}
+
+impl From<&crate::args::KeepArgs> for Flags {
+    fn from(k: &crate::args::KeepArgs) -> Flags {
+        Flags {
+            puts_per_second: None,
+            retention: k.retention,
+            snapshot_interval: k.snapshot_interval,
+            snapshot_segments: k.snapshot_segments,
+        }
+    }
+}
+
+/// The retention window when neither the command line, the environment nor the configuration
+/// file sets one: restore points of the last 30 days stay restorable, older history goes.
+pub const DEFAULT_RETENTION: Duration = Duration::from_secs(30 * 86400);
+
+/// How long restore points are kept: a window (`30d`), or `off` (keep everything).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Retention {
+    /// Keep everything; the replica grows forever.
+    Off,
+    /// Delete what no restore point this recent needs.
+    Window(Duration),
+}
+
+impl std::str::FromStr for Retention {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Retention, String> {
+        if s.eq_ignore_ascii_case("off") {
+            return Ok(Retention::Off);
+        }
+        match humantime::parse_duration(s) {
+            Ok(d) if d.is_zero() => {
+                Err("a zero window would keep nothing; use off to keep everything".into())
+            }
+            Ok(d) => Ok(Retention::Window(d)),
+            Err(e) => Err(format!("{s:?}: {e} (a duration like 30d or 12h, or off)")),
+        }
+    }
+}
+
+impl Retention {
+    /// The window, `None` for `off`.
+    pub fn window(self) -> Option<Duration> {
+        match self {
+            Retention::Off => None,
+            Retention::Window(d) => Some(d),
+        }
+    }
 }
 
 #[derive(Debug, Deserialize)]
@@ -72,9 +207,9 @@ pub struct Flags {
 struct File {
     #[serde(default)]
     databases: Vec<Database>,
-    /// Folders of databases: `path` is a folder, or a folder and a file pattern
-    /// (`/data/tenants/*.db`); the other settings are those of a database.
-    #[serde(default)]
+    /// Folders of databases (`[[database-folders]]`): `path` is a folder, or a folder and a
+    /// file pattern (`/data/tenants/*.db`); the other settings are those of a database.
+    #[serde(default, rename = "database-folders")]
     folders: Vec<Database>,
 }
 
@@ -91,11 +226,40 @@ struct Database {
     #[serde(default, with = "humantime_serde_opt")]
     poll_interval: Option<Duration>,
     staging_dir: Option<PathBuf>,
-    #[serde(default, with = "humantime_serde_opt")]
-    retention: Option<Duration>,
+    #[serde(default, deserialize_with = "retention_opt")]
+    retention: Option<Retention>,
     #[serde(default, with = "humantime_serde_opt")]
     snapshot_interval: Option<Duration>,
     snapshot_segments: Option<u32>,
+    #[serde(default)]
+    dirs: Vec<String>,
+}
+
+fn retention_opt<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<Retention>, D::Error> {
+    let s: Option<String> = Option::deserialize(d)?;
+    s.map(|s| s.parse().map_err(serde::de::Error::custom))
+        .transpose()
+}
+
+impl Database {
+    /// A database named on the command line: no settings of its own.
+    fn at(path: PathBuf) -> Database {
+        Database {
+            path,
+            replicas: Vec::new(),
+            puts_per_second: None,
+            put_burst: None,
+            checkpoint_pages: None,
+            max_wal_bytes: None,
+            truncate_wal_bytes: None,
+            poll_interval: None,
+            staging_dir: None,
+            retention: None,
+            snapshot_interval: None,
+            snapshot_segments: None,
+            dirs: Vec::new(),
+        }
+    }
 }
 
 /// A replica: its URL, or a table with the URL and settings of its own.
@@ -218,14 +382,36 @@ fn options(d: &Database, flags: &Flags) -> Options {
     if let Some(v) = &d.staging_dir {
         options.staging_dir = v.clone();
     }
-    options.retention = d.retention;
-    if let Some(v) = d.snapshot_interval {
+    options.retention = flags
+        .retention
+        .or(d.retention)
+        .map_or(Some(DEFAULT_RETENTION), Retention::window);
+    if let Some(v) = flags.snapshot_interval.or(d.snapshot_interval) {
         options.snapshot_interval = Some(v);
     }
-    if let Some(v) = d.snapshot_segments {
+    if let Some(v) = flags.snapshot_segments.or(d.snapshot_segments) {
         options.snapshot_segments = v;
     }
     options
+}
+
+/// Parses `--dir`/`dirs` entries (`PATH` or `NAME=PATH`).
+pub fn dir_specs(v: &[String]) -> Result<Vec<lifeboat_dirs::DirSpec>> {
+    Ok(lifeboat_dirs::DirSpec::parse_all(
+        v.iter().map(String::as_str),
+    )?)
+}
+
+/// Adds `--dir` folders (command line or `LIFEBOAT_DIRS`) to the one database given there.
+pub fn with_dirs(dbs: &mut [DbConfig], dirs: &[String]) -> Result<()> {
+    match dbs {
+        _ if dirs.is_empty() => Ok(()),
+        [d] if d.options.dirs.is_empty() => {
+            d.options.dirs = dir_specs(dirs)?;
+            Ok(())
+        }
+        _ => bail!("--dir (or LIFEBOAT_DIRS) goes with one database on the command line; in a configuration file, list a database's folders as dirs = [...]"),
+    }
 }
 
 /// Reads and checks a configuration file (`${VAR}` expanded).
@@ -237,7 +423,18 @@ fn read_file(path: &std::path::Path) -> Result<File> {
     let file: File = toml::from_str(&text)
         .with_context(|| format!("invalid configuration {}", path.display()))?;
     if file.databases.is_empty() && file.folders.is_empty() {
-        bail!("{} lists no databases and no folders", path.display());
+        bail!(
+            "{} lists no databases and no database folders",
+            path.display()
+        );
+    }
+    if let Some(f) = file.folders.iter().find(|f| !f.dirs.is_empty()) {
+        bail!(
+            "the database folder {} in {} lists dirs: backed-up folders go with one database \
+             ([[databases]]), not with a folder of databases",
+            f.path.display(),
+            path.display()
+        );
     }
     if let Some(d) = file
         .databases
@@ -261,7 +458,8 @@ pub async fn databases(src: &Source, flags: &Flags) -> Result<Vec<DbConfig>> {
     match src {
         Source::File(path) => {
             for d in read_file(path)?.databases {
-                let options = options(&d, flags);
+                let mut options = options(&d, flags);
+                options.dirs = dir_specs(&d.dirs)?;
                 let mut replicas = Vec::new();
                 for r in &d.replicas {
                     replicas.push(replica_url::open(r.url()).await?);
@@ -275,10 +473,7 @@ pub async fn databases(src: &Source, flags: &Flags) -> Result<Vec<DbConfig>> {
             }
         }
         Source::Args { db, urls } => {
-            let mut options = Options::default();
-            if let Some(v) = flags.puts_per_second {
-                options.puts_per_second = v;
-            }
+            let options = options(&Database::at(db.clone()), flags);
             let mut replicas = Vec::new();
             for u in urls {
                 replicas.push(replica_url::open(u).await?);
@@ -318,10 +513,7 @@ pub async fn folders(src: &Source, flags: &Flags) -> Result<Vec<FolderConfig>> {
             }
         }
         Source::Dir { spec, urls } => {
-            let mut options = Options::default();
-            if let Some(v) = flags.puts_per_second {
-                options.puts_per_second = v;
-            }
+            let options = options(&Database::at(spec.clone()), flags);
             let mut replicas = Vec::new();
             for u in urls {
                 replicas.push(replica_url::open(u).await?);
@@ -363,6 +555,18 @@ mod tests {
     /// A file with one database at /data/app.db, with `rest` added to its table.
     fn one_database(rest: &str) -> File {
         toml::from_str(&format!("[[databases]]\npath = '/data/app.db'\n{rest}\n")).unwrap()
+    }
+
+    #[test]
+    fn a_database_lists_its_folders_and_two_folders_may_not_share_a_name() {
+        let f =
+            one_database("replicas = ['file:///tmp/r']\ndirs = ['/data/uploads', 'docs=/data/d']");
+        let specs = dir_specs(&f.databases[0].dirs).unwrap();
+        let names: Vec<_> = specs.iter().map(|d| d.name.as_str()).collect();
+        assert_eq!(names, ["uploads", "docs"]);
+        assert_eq!(specs[1].path, PathBuf::from("/data/d"));
+        let e = dir_specs(&["/a/up".into(), "/b/up".into()]).unwrap_err();
+        assert!(e.to_string().contains("NAME=PATH"), "{e}");
     }
 
     #[test]
@@ -414,6 +618,7 @@ mod tests {
         assert_eq!(options(d, &Flags::default()).puts_per_second, 5.0);
         let flags = Flags {
             puts_per_second: Some(0.5),
+            ..Flags::default()
         };
         assert_eq!(options(d, &flags).puts_per_second, 0.5);
     }
@@ -437,6 +642,7 @@ mod tests {
         assert_eq!(from_file[1].options.puts_per_second, 1.0);
         let flags = Flags {
             puts_per_second: Some(20.0),
+            ..Flags::default()
         };
         let dbs = databases(&src, &flags).await.unwrap();
         assert!(dbs.iter().all(|d| d.options.puts_per_second == 20.0));
@@ -445,7 +651,7 @@ mod tests {
     #[test]
     fn a_folder_of_databases_takes_a_folder_or_a_pattern() {
         let f: File = toml::from_str(
-            "[[folders]]\npath = '/data/tenants/*.sqlite'\nreplicas = ['file:///r']\n\
+            "[[database-folders]]\npath = '/data/tenants/*.sqlite'\nreplicas = ['file:///r']\n\
              puts-per-second = 2.0\n",
         )
         .unwrap();
@@ -456,6 +662,44 @@ mod tests {
             FolderConfig::split_spec(&d.path),
             (PathBuf::from("/data/tenants"), "*.sqlite".to_string())
         );
+    }
+
+    #[test]
+    fn the_configuration_file_is_found_by_flag_then_environment_then_etc() {
+        let env = |k: &str| (k == "LIFEBOAT_CONFIG").then(|| "/srv/lb.toml".to_string());
+        let none = |_: &str| None;
+        let empty = |_: &str| Some(String::new());
+        let flag = Some(PathBuf::from("my.toml"));
+        assert_eq!(locate(flag.clone(), env), PathBuf::from("my.toml"));
+        assert_eq!(locate(None, env), PathBuf::from("/srv/lb.toml"));
+        assert_eq!(locate(None, none), PathBuf::from("/etc/lifeboat.toml"));
+        assert_eq!(locate(None, empty), PathBuf::from("/etc/lifeboat.toml"));
+    }
+
+    #[test]
+    fn retention_defaults_to_30_days_and_the_flag_beats_the_file() {
+        let d = &one_database("replicas = ['file:///r']").databases[0];
+        assert_eq!(
+            options(d, &Flags::default()).retention,
+            Some(DEFAULT_RETENTION)
+        );
+        let d = &one_database("replicas = ['file:///r']\nretention = 'off'").databases[0];
+        assert_eq!(options(d, &Flags::default()).retention, None);
+        let d = &one_database("replicas = ['file:///r']\nretention = '7d'").databases[0];
+        assert_eq!(
+            options(d, &Flags::default()).retention,
+            Some(Duration::from_secs(7 * 86400))
+        );
+        let flags = Flags {
+            retention: Some("12h".parse().unwrap()),
+            snapshot_interval: Some(Duration::from_secs(600)),
+            ..Flags::default()
+        };
+        let o = options(d, &flags);
+        assert_eq!(o.retention, Some(Duration::from_secs(12 * 3600)));
+        assert_eq!(o.snapshot_interval, Some(Duration::from_secs(600)));
+        assert!("0s".parse::<Retention>().is_err());
+        assert!("forever".parse::<Retention>().unwrap_err().contains("off"));
     }
 
     #[test]

@@ -1,120 +1,95 @@
-//! `lifeboat databases URL [--dir FOLDER]`: the databases a folder-of-databases replica holds,
-//! each with its newest restore point, and with `--dir` whether each is in the local folder.
-//!
-//! One LIST of the whole replica finds the names, then one LIST per database reads its catalog.
+//! `lifeboat databases`: the databases of the configuration file, their replicas, and how recent
+//! each replica is (its newest restore point, from one listing per replica). With a replica URL,
+//! the databases a folder-of-databases replica holds ([`crate::folder`]).
 
-use std::collections::BTreeMap;
 use std::process::ExitCode;
-use std::sync::Arc;
 
-use anyhow::{Context, Result};
+use anyhow::Result;
 use lifeboat_agent::catalog::Catalog;
-use lifeboat_agent::folder::FolderConfig;
-use lifeboat_storage::prefixed::Prefixed;
-use lifeboat_storage::ReplicaClient;
+use lifeboat_agent::clock::{fmt_time, now_ms};
 use serde::Serialize;
 
 use crate::args::DatabasesArgs;
-use crate::replica_url;
+use crate::{config, human, replica_url};
 
-/// One database of the folder.
-#[derive(Debug, Serialize)]
+/// One replica of one database.
+#[derive(Serialize)]
 struct Row {
-    name: String,
-    /// `replicated` (restorable), `no snapshot yet`, or `local only` (not in the replica yet).
-    state: &'static str,
-    /// Whether the local folder has it (`None` without `--dir`).
-    local: Option<bool>,
-    generations: usize,
+    database: String,
+    /// The replica, without its URL's query (which may hold secrets).
+    replica: String,
+    /// The newest restorable generation.
     generation: Option<String>,
+    /// Its newest transaction (16 hex digits, the key form).
     last_txid: Option<String>,
-    newest: Option<String>,
-    bytes: u64,
+    /// When the agent saw that transaction commit (Unix ms): the last sync.
+    last_sync_unix_ms: Option<u64>,
+    /// Why the replica could not be read, if it could not.
+    error: Option<String>,
 }
 
 pub async fn databases(a: DatabasesArgs) -> Result<ExitCode> {
-    let base = replica_url::open(&a.url).await?;
-    let listing = base
-        .list("")
-        .await
-        .with_context(|| format!("cannot list {}", base.describe()))?;
-    let mut rows = BTreeMap::new();
-    for name in lifeboat_storage::prefixed::names(&listing) {
-        let client = Arc::new(Prefixed::new(base.clone(), &name)?);
-        let cat = Catalog::load(client.as_ref())
-            .await
-            .with_context(|| format!("cannot list {}", client.describe()))?;
-        let latest = cat
-            .latest()
-            .map(|(g, o)| lifeboat_agent::verify::summarize(g, o));
-        rows.insert(
-            name.clone(),
-            Row {
-                state: if latest.is_some() {
-                    "replicated"
-                } else {
-                    "no snapshot yet"
-                },
-                local: None,
-                generations: cat.generations.len(),
-                generation: latest.as_ref().map(|s| s.generation.clone()),
-                last_txid: latest.as_ref().and_then(|s| s.range.last_txid.clone()),
-                newest: latest.as_ref().and_then(|s| s.range.to.clone()),
-                bytes: cat.generations.values().map(|o| o.bytes()).sum(),
-                name,
-            },
-        );
+    if let Some(url) = &a.url {
+        return crate::folder::list(url, a.dir.as_deref(), a.json).await;
     }
-    if let Some(dir) = &a.dir {
-        let (dir, pattern) = FolderConfig::split_spec(dir);
-        let folder = FolderConfig {
-            dir,
-            pattern,
-            replicas: Vec::new(),
-            options: Default::default(),
-            overrides: Vec::new(),
-            restored: Default::default(),
-        };
-        let local = folder.scan()?;
-        for r in rows.values_mut() {
-            r.local = Some(local.contains(&r.name));
-        }
-        for name in local {
-            rows.entry(name.clone()).or_insert(Row {
-                name,
-                state: "local only",
-                local: Some(true),
-                generations: 0,
+    let path = config::locate_existing(a.config)?;
+    let mut rows = Vec::new();
+    for e in config::entries(&path)? {
+        for url in &e.replicas {
+            let mut row = Row {
+                database: e.path.display().to_string(),
+                replica: lifeboat_storage::url::redact(url),
                 generation: None,
                 last_txid: None,
-                newest: None,
-                bytes: 0,
-            });
+                last_sync_unix_ms: None,
+                error: None,
+            };
+            let listed = async {
+                let client = replica_url::open(url).await?;
+                anyhow::Ok(Catalog::load(client.as_ref()).await?)
+            }
+            .await;
+            match listed {
+                Ok(cat) => {
+                    if let Some((g, o)) = cat.latest() {
+                        row.generation = Some(g.to_string());
+                        let last = o.segments.last().map(|s| s.last);
+                        let last = last.or_else(|| o.snapshots.last().map(|s| s.txid));
+                        row.last_txid = last.map(|t| t.to_string());
+                        row.last_sync_unix_ms = o.newest_time();
+                    }
+                }
+                Err(e) => row.error = Some(format!("{e:#}")),
+            }
+            rows.push(row);
         }
     }
-    let rows: Vec<Row> = rows.into_values().collect();
     if a.json {
         println!("{}", serde_json::to_string_pretty(&rows)?);
         return Ok(ExitCode::SUCCESS);
     }
+    println!("databases of {}:", path.display());
     println!(
-        "{:<32} {:<16} {:<6} {:>4} {:<16} {:<16} {:<24} {:>12}",
-        "NAME", "STATE", "LOCAL", "GENS", "GENERATION", "LAST TXID", "NEWEST", "BYTES"
+        "{:<24}  {:<40}  {:>10}  last sync",
+        "database", "replica", "last txid"
     );
+    let now = now_ms();
     for r in &rows {
-        let dash = || "-".to_string();
+        let sync = match (&r.error, r.last_sync_unix_ms) {
+            (Some(e), _) => format!("cannot list: {e}"),
+            (None, Some(ms)) => format!(
+                "{} ({} ago)",
+                fmt_time(ms),
+                human::duration(std::time::Duration::from_millis(now.saturating_sub(ms)))
+            ),
+            (None, None) => "never (no backup yet)".into(),
+        };
         println!(
-            "{:<32} {:<16} {:<6} {:>4} {:<16} {:<16} {:<24} {:>12}",
-            r.name,
-            r.state,
-            r.local.map_or("-", |l| if l { "yes" } else { "no" }),
-            r.generations,
-            r.generation.clone().unwrap_or_else(dash),
-            r.last_txid.clone().unwrap_or_else(dash),
-            r.newest.clone().unwrap_or_else(dash),
-            r.bytes
+            "{:<24}  {:<40}  {:>10}  {sync}",
+            r.database,
+            r.replica,
+            human::txid_key(r.last_txid.as_deref().unwrap_or("-")),
         );
     }
-    println!("{} database(s)", rows.len());
     Ok(ExitCode::SUCCESS)
 }

@@ -5,11 +5,12 @@
 
 use std::process::ExitCode;
 
-use anyhow::Result;
+use anyhow::{Context, Result};
 use lifeboat_agent::drill::{self, DrillOptions, DrillReport, PointCheck};
+use lifeboat_storage::keys;
 
-use crate::args::DrillArgs;
-use crate::replica_url;
+use crate::args::{DrillArgs, DrillsArgs};
+use crate::{human, progress, replica_url};
 
 pub async fn drill(a: DrillArgs) -> Result<ExitCode> {
     let client = replica_url::open(&a.url).await?;
@@ -18,6 +19,7 @@ pub async fn drill(a: DrillArgs) -> Result<ExitCode> {
         random_point: a.random_point,
         parallelism: a.parallelism,
         scratch_dir: a.scratch_dir.clone(),
+        progress: progress::bar("drill: restoring", progress::Unit::Bytes),
     };
     let mut report = drill::drill(client.as_ref(), &opts).await?;
     if !a.no_store {
@@ -59,18 +61,14 @@ fn print_human(r: &DrillReport) {
     );
     if let (Some(g), Some(t)) = (&r.generation, &r.txid) {
         println!(
-            "  restored  generation {g} txid {t} ({}) in {:.3}s (RTO)",
+            "  restored  generation {g} txid {} ({}) in {} (RTO)",
+            human::txid_key(t),
             r.txid_time.as_deref().unwrap_or("-"),
-            r.rto_seconds.unwrap_or_default()
+            human::seconds(r.rto_seconds.unwrap_or_default())
         );
     }
-    if let Some(rpo) = r.rpo_seconds {
-        let behind = match r.live.as_ref().and_then(|l| l.unshipped_commits) {
-            Some(k) => format!(", {k} transaction(s) behind the live database"),
-            None if r.live.is_some() => ", distance to the live database unknown".into(),
-            None => String::new(),
-        };
-        println!("  RPO       newest restorable transaction is {rpo:.3}s old{behind}");
+    if r.generation.is_some() {
+        println!("  RPO       {}", human::rpo(r));
     }
     if let (Some(i), Some(f), Some(c)) = (&r.integrity_check, &r.foreign_key_check, &r.checksum) {
         println!(
@@ -83,10 +81,10 @@ fn print_human(r: &DrillReport) {
     }
     if let Some(p) = &r.random_point {
         println!(
-            "  point     {} ({}) restored in {:.3}s: {}",
-            p.target,
+            "  point     txid {} ({}) restored in {}: {}",
+            human::txid_key(&p.txid),
             p.time,
-            p.restore_seconds,
+            human::seconds(p.restore_seconds),
             point_line(p)
         );
     }
@@ -97,10 +95,61 @@ fn print_human(r: &DrillReport) {
             .unwrap_or_default();
         println!("  live      {verdict}: {} {}", l.path, l.detail);
     }
-    if let Some(k) = &r.report_key {
-        println!("  report    stored as {k}");
-    }
     for p in &r.problems {
         println!("PROBLEM: {p}");
     }
+    println!("{}", human::drill_summary(r));
+}
+
+/// `lifeboat drills`: the reports stored in the replica, newest last.
+pub async fn list(a: DrillsArgs) -> Result<ExitCode> {
+    let client = replica_url::open(&a.url).await?;
+    let mut keys: Vec<String> = client
+        .list(keys::DRILLS)
+        .await
+        .with_context(|| format!("cannot list {}", client.describe()))?
+        .into_iter()
+        .map(|o| o.key)
+        .filter(|k| k.ends_with(".json"))
+        .collect();
+    keys.sort();
+    let skip = keys.len().saturating_sub(a.last);
+    let mut reports = Vec::new();
+    for k in &keys[skip..] {
+        let body = client.get(k).await?;
+        let v: serde_json::Value = serde_json::from_slice(&body)
+            .with_context(|| format!("{k} in {} is not a drill report", client.describe()))?;
+        reports.push(v);
+    }
+    if a.json {
+        println!("{}", serde_json::to_string_pretty(&reports)?);
+        return Ok(ExitCode::SUCCESS);
+    }
+    if reports.is_empty() {
+        println!("{} holds no drill reports", client.describe());
+        return Ok(ExitCode::SUCCESS);
+    }
+    println!(
+        "{:<24}  {:<6}  {:>10}  {:>9}  {:>10}  report",
+        "started", "result", "txid", "RTO", "at risk"
+    );
+    for (k, v) in keys[skip..].iter().zip(&reports) {
+        let text = |f: &str| v[f].as_str().unwrap_or("-").to_string();
+        let secs = |f: &str| v[f].as_f64().map_or("-".into(), human::seconds);
+        let at_risk = v["at_risk_commits"]
+            .as_u64()
+            .map_or("-".into(), |n| n.to_string());
+        println!(
+            "{:<24}  {:<6}  {:>10}  {:>9}  {:>10}  {k}",
+            text("started_at"),
+            if v["ok"] == true { "ok" } else { "FAILED" },
+            human::txid_key(&text("txid")),
+            secs("rto_seconds"),
+            at_risk
+        );
+    }
+    if skip > 0 {
+        println!("({skip} older report(s) not shown; --last N shows more)");
+    }
+    Ok(ExitCode::SUCCESS)
 }

@@ -10,7 +10,7 @@ use lifeboat_agent::verify::{self, GenerationSummary};
 use lifeboat_wal::TxId;
 
 use crate::args::{InspectArgs, ListArgs};
-use crate::replica_url;
+use crate::{human, progress, replica_url};
 
 /// Which objects `list_objects` shows.
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -23,6 +23,11 @@ pub enum Objects {
 pub async fn generations(a: InspectArgs) -> Result<ExitCode> {
     let client = replica_url::open(&a.url).await?;
     let cat = Catalog::load(client.as_ref()).await?;
+    if cat.generations.is_empty() {
+        if let Ok(Some(w)) = crate::neighbours::mistyped(&a.url).await {
+            eprintln!("lifeboat: WARNING: {w}");
+        }
+    }
     let rows: Vec<_> = cat
         .generations
         .iter()
@@ -35,20 +40,48 @@ pub async fn generations(a: InspectArgs) -> Result<ExitCode> {
 /// `lifeboat verify`: exit 2 on any problem.
 pub async fn verify(a: InspectArgs) -> Result<ExitCode> {
     let client = replica_url::open(&a.url).await?;
-    let rows = verify::verify(client.as_ref()).await?;
+    let started = std::time::Instant::now();
+    let bar = progress::bar("verifying", progress::Unit::Bytes);
+    let rows = verify::verify_with_progress(client.as_ref(), bar).await?;
     print_generations(&rows, a.json)?;
-    let problems: usize = rows.iter().map(|r| r.problems.len()).sum();
-    if !a.json {
-        if problems == 0 {
-            println!("verify: {} generation(s), no problems", rows.len());
-        } else {
-            for r in &rows {
-                for p in &r.problems {
-                    println!("PROBLEM generation {}: {p}", r.generation);
-                }
-            }
-            println!("verify: {problems} problem(s)");
+    let folders = lifeboat_dirs::verify::verify(client.as_ref(), &std::env::temp_dir()).await?;
+    if !a.json && !folders.folders.is_empty() {
+        println!(
+            "folders {}: {} manifests, {} blobs ({} bytes) read",
+            folders.folders.join(", "),
+            folders.manifests,
+            folders.blobs,
+            folders.bytes
+        );
+    }
+    for p in &folders.problems {
+        match a.json {
+            true => eprintln!("PROBLEM folders: {p}"),
+            false => println!("PROBLEM folders: {p}"),
         }
+    }
+    let problems = rows.iter().map(|r| r.problems.len()).sum::<usize>() + folders.problems.len();
+    if !a.json {
+        for r in &rows {
+            for p in &r.problems {
+                println!("PROBLEM generation {}: {p}", r.generation);
+            }
+        }
+        let objects: usize = rows
+            .iter()
+            .map(|r| r.objects.snapshots + r.objects.segments)
+            .sum();
+        let bytes: u64 = rows.iter().map(|r| r.objects.bytes).sum();
+        println!(
+            "verify: {} generation(s), {objects} objects ({}) read and checked in {}, {}",
+            rows.len(),
+            human::bytes(bytes),
+            human::duration(started.elapsed()),
+            match problems {
+                0 => "no problems".to_string(),
+                n => format!("{n} PROBLEM(S)"),
+            }
+        );
     }
     Ok(if problems == 0 {
         ExitCode::SUCCESS
@@ -108,21 +141,25 @@ pub async fn list_objects(a: ListArgs, which: Objects) -> Result<ExitCode> {
     }
     let snapshots = which == Objects::Snapshots;
     println!(
-        "{:<16}  {:<16}  {:<16}  {:<24}  {:>12}",
+        "{:<16}  {:>10}  {:>10}  {:<24}  {:>10}",
         "generation",
         if snapshots { "txid" } else { "first txid" },
         if snapshots { "" } else { "last txid" },
         "time",
-        "bytes"
+        "size"
     );
     for r in &rows {
         println!(
-            "{:<16}  {:<16}  {:<16}  {:<24}  {:>12}",
+            "{:<16}  {:>10}  {:>10}  {:<24}  {:>10}",
             r.generation,
-            r.first_txid,
-            if snapshots { "" } else { r.last_txid.as_str() },
+            human::txid_key(&r.first_txid),
+            if snapshots {
+                String::new()
+            } else {
+                human::txid_key(&r.last_txid)
+            },
             r.time,
-            r.bytes
+            human::bytes(r.bytes)
         );
     }
     Ok(ExitCode::SUCCESS)
@@ -134,20 +171,23 @@ fn print_generations(rows: &[GenerationSummary], json: bool) -> Result<()> {
         return Ok(());
     }
     println!(
-        "{:<16}  {:>4}  {:>6}  {:>12}  {:<16}  {:<24}  {:<24}",
-        "generation", "snap", "segs", "bytes", "last txid", "from", "to"
+        "{:<16}  {:>4}  {:>6}  {:>10}  {:>10}  {:<24}  {:<24}",
+        "generation", "snap", "segs", "size", "last txid", "from", "to"
     );
     for r in rows {
         println!(
-            "{:<16}  {:>4}  {:>6}  {:>12}  {:<16}  {:<24}  {:<24}",
+            "{:<16}  {:>4}  {:>6}  {:>10}  {:>10}  {:<24}  {:<24}",
             r.generation,
             r.objects.snapshots,
             r.objects.segments,
-            r.objects.bytes,
-            r.range.last_txid.as_deref().unwrap_or("-"),
+            human::bytes(r.objects.bytes),
+            human::txid_key(r.range.last_txid.as_deref().unwrap_or("-")),
             r.range.from.as_deref().unwrap_or("-"),
             r.range.to.as_deref().unwrap_or("-"),
         );
+        if r.pruning {
+            println!("  (being deleted by retention: an interrupted prune; `lifeboat prune` finishes it; not restorable)");
+        }
     }
     Ok(())
 }

@@ -5,9 +5,13 @@ mod args;
 mod config;
 mod databases;
 mod drill;
+mod folder;
 mod http;
+mod human;
 mod inspect;
 mod logging;
+mod neighbours;
+mod progress;
 mod prune;
 mod replica_url;
 mod replicate;
@@ -23,7 +27,8 @@ use args::{Args, Command};
 
 fn main() -> ExitCode {
     let args = Args::parse();
-    logging::init(&args.log);
+    let log = args.log.clone();
+    logging::init(&log);
     let rt = match tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         // Replication passes run on blocking threads (at most 8 at once, see the agent's
@@ -41,8 +46,7 @@ fn main() -> ExitCode {
     match rt.block_on(dispatch(args)) {
         Ok(code) => code,
         Err(e) => {
-            tracing::error!("{e:#}");
-            eprintln!("lifeboat: {e:#}");
+            logging::report_error(&log, &e);
             ExitCode::from(1)
         }
     }
@@ -61,13 +65,14 @@ async fn dispatch(args: Args) -> Result<ExitCode> {
         }
         Command::Replicate(a) => replicate::replicate(a).await,
         Command::Restore(a) => restore::restore(a).await,
+        Command::Databases(a) => databases::databases(a).await,
         Command::Drill(a) => drill::drill(a).await,
+        Command::Drills(a) => drill::list(a).await,
         Command::Run(a) => run::run(a).await,
         Command::Generations(a) => inspect::generations(a).await,
         Command::Snapshots(a) => inspect::list_objects(a, inspect::Objects::Snapshots).await,
         Command::Segments(a) => inspect::list_objects(a, inspect::Objects::Segments).await,
         Command::Verify(a) => inspect::verify(a).await,
         Command::Prune(a) => prune::prune(a).await,
-        Command::Databases(a) => databases::databases(a).await,
     }
 }

@@ -7,7 +7,7 @@ use lifeboat_agent::clock::{fmt_time, now_ms, to_ms};
 use lifeboat_agent::retention;
 
 use crate::args::PruneArgs;
-use crate::replica_url;
+use crate::{human, progress, replica_url};
 
 pub async fn prune(a: PruneArgs) -> Result<ExitCode> {
     let client = replica_url::open(&a.url).await?;
@@ -18,7 +18,9 @@ pub async fn prune(a: PruneArgs) -> Result<ExitCode> {
         ),
         None => now_ms(),
     };
-    let p = retention::prune(client.as_ref(), a.retention, now, a.dry_run).await?;
+    let bar = progress::bar("pruning", progress::Unit::Objects);
+    let p =
+        retention::prune_with_progress(client.as_ref(), a.retention, now, a.dry_run, bar).await?;
     if a.json {
         println!("{}", serde_json::to_string_pretty(&p)?);
         return Ok(ExitCode::SUCCESS);
@@ -32,10 +34,10 @@ pub async fn prune(a: PruneArgs) -> Result<ExitCode> {
         println!("{done} {k}");
     }
     println!(
-        "{pruned} {} generation(s), {} object(s), {} bytes; restore points since {} are kept",
+        "{pruned} {} generation(s), {} object(s), {}; restore points since {} are kept",
         p.generations.len(),
         p.objects.len(),
-        p.bytes,
+        human::bytes(p.bytes),
         fmt_time(p.window_start_ms)
     );
     Ok(ExitCode::SUCCESS)

@@ -26,9 +26,12 @@ pub async fn replicate(a: ReplicateArgs) -> Result<ExitCode> {
     };
     let flags = Flags {
         puts_per_second: a.puts_per_second,
+        ..Flags::from(&a.keep)
     };
     raise_open_files_limit();
-    let dbs = config::databases(&src, &flags).await?;
+    crate::neighbours::warn_all(&src).await;
+    let mut dbs = config::databases(&src, &flags).await?;
+    config::with_dirs(&mut dbs, &a.dirs)?;
     let folders = config::folders(&src, &flags).await?;
     let mut endpoint = Ok(());
     lifeboat_agent::agent::replicate(dbs, folders, shutdown.clone(), |registry| {

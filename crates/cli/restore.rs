@@ -2,40 +2,17 @@
 
 use std::process::ExitCode;
 
-use anyhow::{Context, Result};
-use lifeboat_agent::clock::{fmt_time, to_ms};
-use lifeboat_agent::restore::{self as rs, Target};
-
+use std::path::PathBuf;
 use std::sync::Arc;
+
+use anyhow::{bail, Context, Result};
+use lifeboat_agent::clock::to_ms;
+use lifeboat_agent::restore::{self as rs, Target};
 
 use lifeboat_storage::prefixed::Prefixed;
 
 use crate::args::RestoreArgs;
-use crate::replica_url;
-
-/// A progress bar on stderr when it is a terminal; nothing otherwise.
-fn progress_bar() -> Option<lifeboat_agent::restore::Progress> {
-    use std::io::IsTerminal;
-    if !std::io::stderr().is_terminal() {
-        return None;
-    }
-    let bar = indicatif::ProgressBar::new(0);
-    bar.set_style(
-        indicatif::ProgressStyle::with_template(
-            "restoring [{bar:40}] {bytes}/{total_bytes} {bytes_per_sec} eta {eta}",
-        )
-        .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
-    );
-    Some(lifeboat_agent::restore::Progress(std::sync::Arc::new(
-        move |done, total| {
-            bar.set_length(total);
-            bar.set_position(done);
-            if done >= total {
-                bar.finish_and_clear();
-            }
-        },
-    )))
-}
+use crate::{config, human, progress, replica_url};
 
 /// Parses `--timestamp`: RFC 3339, or `-15m`-style relative to now.
 fn parse_time(s: &str) -> Result<u64> {
@@ -55,27 +32,71 @@ fn parse_time(s: &str) -> Result<u64> {
     Ok(to_ms(t))
 }
 
+/// Whether a `restore` argument is a replica URL (else it is a database path).
+pub fn is_url(s: &str) -> bool {
+    s.contains("://") || s.starts_with("file:")
+}
+
+/// The replica URL and output path of a restore: as given, or, for a database path, its first
+/// replica in the configuration file and (unless `-o` says otherwise) the path itself.
+fn resolve(r: &RestoreArgs) -> Result<(String, PathBuf)> {
+    if is_url(&r.url) {
+        let output = r.output.clone().with_context(|| {
+            format!(
+                "restoring from a replica URL needs -o (where to write the database); or name \
+                 a database of the configuration file instead of {}",
+                lifeboat_storage::url::redact(&r.url)
+            )
+        })?;
+        return Ok((r.url.clone(), output));
+    }
+    let config = config::locate(r.config.clone(), |k| std::env::var(k).ok());
+    if !config.exists() {
+        bail!(
+            "{} is not a replica URL (file:///..., s3://...) and there is no configuration file \
+             at {} to find it in (pass --config or set LIFEBOAT_CONFIG)",
+            r.url,
+            config.display()
+        );
+    }
+    let db = PathBuf::from(&r.url);
+    let entry = config::find(&config, &db)?;
+    let output = r.output.clone().unwrap_or(db);
+    Ok((entry.replicas[0].clone(), output))
+}
+
 pub async fn restore(r: RestoreArgs) -> Result<ExitCode> {
     if r.all_databases {
         return restore_all(r).await;
     }
-    if r.if_db_not_exists && r.output.exists() {
+    let (url, output) = resolve(&r)?;
+    if r.if_db_not_exists && output.exists() {
         println!(
             "{} exists; nothing to do (--if-db-not-exists)",
-            r.output.display()
+            output.display()
         );
         return Ok(ExitCode::SUCCESS);
     }
-    let mut client = replica_url::open(&r.url).await?;
+    let mut client = replica_url::open(&url).await?;
     if let Some(name) = &r.database {
         client = Arc::new(Prefixed::new(client, name)?);
     }
-    restore_one(&r, client.as_ref(), &r.output).await
+    restore_one(&r, client.as_ref(), &output).await
 }
 
 /// `--all-databases`: every database of a folder-of-databases replica into the folder
 /// `--output`, one after the other; the first failure stops (those restored stay).
 async fn restore_all(r: RestoreArgs) -> Result<ExitCode> {
+    if !is_url(&r.url) {
+        bail!("--all-databases restores from a replica URL (file:///..., s3://...)");
+    }
+    if !r.dirs.is_empty() {
+        bail!("--dir goes with one database, not with --all-databases");
+    }
+    let dir = r
+        .output
+        .clone()
+        .context("--all-databases needs -o FOLDER (where the databases go)")?;
     let base = replica_url::open(&r.url).await?;
     let listing = base
         .list("")
@@ -90,16 +111,16 @@ async fn restore_all(r: RestoreArgs) -> Result<ExitCode> {
             );
             return Ok(ExitCode::SUCCESS);
         }
-        anyhow::bail!(
+        bail!(
             "{} holds no folder of databases (no <name>/generations/ objects); for a single \
              database's replica, leave out --all-databases",
             base.describe()
         );
     }
-    std::fs::create_dir_all(&r.output)
-        .with_context(|| format!("cannot create folder {}", r.output.display()))?;
+    std::fs::create_dir_all(&dir)
+        .with_context(|| format!("cannot create folder {}", dir.display()))?;
     for name in &names {
-        let out = r.output.join(name);
+        let out = dir.join(name);
         if r.if_db_not_exists && out.exists() {
             println!("{} exists; skipped (--if-db-not-exists)", out.display());
             continue;
@@ -117,11 +138,11 @@ async fn restore_one(
     client: &dyn lifeboat_storage::ReplicaClient,
     output: &std::path::Path,
 ) -> Result<ExitCode> {
+    for d in crate::config::dir_specs(&r.dirs)? {
+        lifeboat_dirs::restore::check_output(&d.path, r.force)?;
+    }
     let target = match (&r.txid, &r.timestamp) {
-        (Some(t), _) => Target::TxId(
-            t.parse()
-                .context("--txid takes 16 hex digits, as lifeboat prints them")?,
-        ),
+        (Some(t), _) => Target::TxId(human::parse_txid(t).context("--txid")?),
         (None, Some(ts)) => Target::Time(parse_time(ts)?),
         (None, None) => Target::Latest,
     };
@@ -135,7 +156,7 @@ async fn restore_one(
         target,
         parallelism: r.parallelism,
         force: r.force,
-        progress: progress_bar(),
+        progress: progress::bar("restoring", progress::Unit::Bytes),
     };
     let cat = lifeboat_agent::catalog::Catalog::load(client)
         .await
@@ -152,18 +173,26 @@ async fn restore_one(
     if r.dry_run {
         println!("restore plan for {} (nothing written):", output.display());
         println!("  generation {}", plan.generation);
-        println!("  target     {target:?}");
+        println!("  target     {}", human::target(target));
         println!(
-            "  snapshot   {} ({} bytes)",
-            plan.snapshot.key, plan.snapshot.size
+            "  snapshot   {} (txid {}, {})",
+            plan.snapshot.key,
+            human::txid(plan.snapshot.txid),
+            human::bytes(plan.snapshot.size)
         );
         for s in &plan.segments {
-            println!("  segment    {} ({} bytes)", s.key, s.size);
+            println!(
+                "  segment    {} (txids {}..{}, {})",
+                s.key,
+                human::txid(s.first),
+                human::txid(s.last),
+                human::bytes(s.size)
+            );
         }
         println!(
-            "  {} objects, {} bytes",
+            "  {} objects, {} to download",
             1 + plan.segments.len(),
-            plan.bytes()
+            human::bytes(plan.bytes())
         );
         if output.exists() && !r.force {
             println!(
@@ -176,19 +205,25 @@ async fn restore_one(
     let report = rs::execute(client, &plan, &opts)
         .await
         .with_context(|| format!("restore from {} failed", client.describe()))?;
-    println!(
-        "restored {} to generation {} txid {} ({}): {} pages of {} bytes, checksum {} verified, \
-         integrity_check ok ({} objects, {} bytes in {:.2}s)",
-        output.display(),
-        report.generation,
-        report.txid,
-        fmt_time(report.time_ms),
-        report.pages,
-        report.page_size,
-        report.checksum,
-        report.objects,
-        report.bytes,
-        report.elapsed.as_secs_f64()
-    );
+    for d in crate::config::dir_specs(&r.dirs)? {
+        let at = Some((report.generation, report.txid));
+        let f = lifeboat_dirs::restore::restore(client, &d.name, at, &d.path, r.force)
+            .await
+            .with_context(|| {
+                format!(
+                    "restore of folder {} failed (the database was restored)",
+                    d.path.display()
+                )
+            })?;
+        println!(
+            "restored folder {} ({}) as of the same point: {} files, {} bytes, every SHA-256 verified{}",
+            d.path.display(),
+            f.manifest.key(&d.name),
+            f.files,
+            f.bytes,
+            f.moved_aside.map(|p| format!("; the old folder was moved to {}", p.display())).unwrap_or_default()
+        );
+    }
+    println!("{}: {}", output.display(), human::restored(&report));
     Ok(ExitCode::SUCCESS)
 }

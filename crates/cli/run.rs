@@ -53,8 +53,11 @@ const FORWARDED: [Signal; 6] = [
     Signal::SIGUSR2,
 ];
 
+/// A database position: where a restore landed.
+type At = (lifeboat_wal::Generation, lifeboat_wal::TxId);
+
 /// Restores the newest state of `client` into `db` (which must not exist).
-async fn restore_into(db: &Path, client: &dyn ReplicaClient) -> Result<()> {
+async fn restore_into(db: &Path, client: &dyn ReplicaClient) -> Result<At> {
     info!(db = %db.display(), replica = %client.describe(), "restoring the newest state");
     let opts = RestoreOptions::new(db.to_path_buf());
     let report = restore::restore(client, &opts).await.with_context(|| {
@@ -64,15 +67,34 @@ async fn restore_into(db: &Path, client: &dyn ReplicaClient) -> Result<()> {
             client.describe()
         )
     })?;
-    info!(db = %db.display(), report = ?report, "restored");
+    info!(db = %db.display(), "{}", crate::human::restored(&report));
+    Ok((report.generation, report.txid))
+}
+
+/// Restores the database's folders as of `at` (the database was just restored), or, with
+/// `at` `None`, those that are missing or empty as of the newest state. A non-empty folder is
+/// moved aside only with `aside` (`--on-stale restore`), otherwise refused.
+async fn restore_dirs(cfg: &DbConfig, at: Option<At>, aside: bool) -> Result<()> {
+    use lifeboat_dirs::{restore, Error};
+    for d in &cfg.options.dirs {
+        if at.is_none() && restore::check_output(&d.path, false).is_err() {
+            continue;
+        }
+        match restore::restore(cfg.replicas[0].as_ref(), &d.name, at, &d.path, aside).await {
+            Ok(r) => info!(folder = %d.path.display(), files = r.files, bytes = r.bytes, moved_aside = ?r.moved_aside, "folder restored with the database"),
+            Err(Error::NoBackup { .. }) => warn!(folder = %d.path.display(), "the replica holds no backup of this folder yet; starting with it as it is"),
+            Err(e @ Error::OutputExists { .. }) => bail!("{e}; the database was restored but this folder is not the one its rows refer to. Pass --on-stale restore to move the folder aside and restore it"),
+            Err(e) => return Err(anyhow::Error::new(e).context(format!("restore of folder {} failed", d.path.display()))),
+        }
+    }
     Ok(())
 }
 
-/// Brings a missing database back from its first replica (returns `true`), or creates it.
-async fn prepare_missing(cfg: &DbConfig) -> Result<bool> {
+/// Brings a missing database back from its first replica (returns where), or creates it.
+async fn prepare_missing(cfg: &DbConfig) -> Result<Option<At>> {
     let db = &cfg.path;
     if db.exists() {
-        return Ok(false);
+        return Ok(None);
     }
     if sibling(db, "-wal").exists() {
         bail!(
@@ -91,15 +113,14 @@ async fn prepare_missing(cfg: &DbConfig) -> Result<bool> {
         .with_context(|| format!("cannot list {}", client.describe()))?;
     if cat.latest().is_some() {
         info!(db = %db.display(), "database missing: restoring it from the replica");
-        restore_into(db, client).await?;
-        Ok(true)
+        Ok(Some(restore_into(db, client).await?))
     } else {
         info!(db = %db.display(), replica = %client.describe(), "no database and no backup yet: starting fresh");
         let c = rusqlite::Connection::open(db)
             .with_context(|| format!("cannot create {}", db.display()))?;
         c.query_row("PRAGMA journal_mode=WAL", [], |_| Ok(()))
             .with_context(|| format!("cannot switch {} to WAL mode", db.display()))?;
-        Ok(false)
+        Ok(None)
     }
 }
 
@@ -146,7 +167,8 @@ async fn start(sup: &mut Supervisor, mut cfg: DbConfig, on_stale: OnStale) -> Re
         Err(e @ lifeboat_agent::Error::Diverged { .. }) if on_stale == OnStale::Restore => {
             let aside = move_aside(&cfg.path)?;
             warn!(db = %cfg.path.display(), moved_to = %aside.display(), error = %e, "local database moved aside; restoring the replica's newest state");
-            restore_into(&cfg.path, cfg.replicas[0].as_ref()).await?;
+            let at = restore_into(&cfg.path, cfg.replicas[0].as_ref()).await?;
+            restore_dirs(&cfg, Some(at), true).await?;
             cfg.options.resume = false;
             Ok(sup.start(cfg).await?)
         }
@@ -234,7 +256,7 @@ async fn prepare_folder(f: &mut FolderConfig) -> Result<()> {
             continue;
         }
         let cfg = f.database(&name)?;
-        if prepare_missing(&cfg).await? {
+        if prepare_missing(&cfg).await?.is_some() {
             f.restored.insert(name);
         }
     }
@@ -251,7 +273,9 @@ pub async fn run(args: RunArgs) -> Result<ExitCode> {
         )?,
     };
     crate::replicate::raise_open_files_limit();
-    let mut folders = config::folders(&src, &Flags::default()).await?;
+    crate::neighbours::warn_all(&src).await;
+    let flags = Flags::from(&args.keep);
+    let mut folders = config::folders(&src, &flags).await?;
     for f in &mut folders {
         f.options.shutdown_timeout = args.shutdown_timeout;
         f.options.on_divergence = match args.on_stale {
@@ -260,13 +284,16 @@ pub async fn run(args: RunArgs) -> Result<ExitCode> {
         };
         prepare_folder(f).await?;
     }
-    let mut dbs = config::databases(&src, &Flags::default()).await?;
+    let mut dbs = config::databases(&src, &flags).await?;
+    config::with_dirs(&mut dbs, &args.dirs)?;
     for d in &mut dbs {
         d.options.shutdown_timeout = args.shutdown_timeout;
         // A database restored on boot starts a new generation rather than resuming: another
         // instance may still be running on the old one (an overlapping deploy), and two writers
         // on one generation would fork it.
-        d.options.resume = !prepare_missing(d).await?;
+        let restored = prepare_missing(d).await?;
+        d.options.resume = restored.is_none();
+        restore_dirs(d, restored, args.on_stale == OnStale::Restore).await?;
     }
     let drill_targets: Vec<_> = dbs
         .iter()
@@ -329,9 +356,9 @@ pub async fn run(args: RunArgs) -> Result<ExitCode> {
         .map(|(sig, mut s)| {
             tokio::spawn(async move {
                 while s.recv().await.is_some() {
-                    info!(signal = ?sig, "forwarding signal to the app");
+                    info!(signal = sig.as_str(), "forwarding signal to the app");
                     if let Err(e) = kill(pid, sig) {
-                        warn!(signal = ?sig, error = %e, "cannot forward signal");
+                        warn!(signal = sig.as_str(), error = %e, "cannot forward signal");
                     }
                 }
             })
@@ -387,18 +414,22 @@ async fn drill_loop(every: Duration, targets: Vec<DrillTarget>) {
             let at_ms = now_ms();
             match drill::drill(client.as_ref(), &opts).await {
                 Ok(mut report) => {
-                    if let Err(e) = drill::store(client.as_ref(), &report).await {
-                        report.problem(format!("cannot store the drill report: {}", e.chain()));
+                    match drill::store(client.as_ref(), &report).await {
+                        Ok(key) => report.report_key = Some(key),
+                        Err(e) => {
+                            report.problem(format!("cannot store the drill report: {}", e.chain()))
+                        }
                     }
                     status.record_drill(DrillOutcome {
                         ok: report.ok,
                         rto_seconds: report.rto_seconds,
                         at_ms,
                     });
+                    let summary = crate::human::drill_summary(&report);
                     if report.ok {
-                        info!(db = %db.display(), rto_seconds = ?report.rto_seconds, rpo_seconds = ?report.rpo_seconds, "drill passed");
+                        info!(db = %db.display(), "{summary}");
                     } else {
-                        error!(db = %db.display(), problems = ?report.problems, "DRILL FAILED: the backup may not restore; see the report in the replica under drills/");
+                        error!(db = %db.display(), "{summary}");
                     }
                 }
                 Err(e) => {

@@ -4,8 +4,8 @@
 //
 // Environment:
 //   DATABASE_PATH  the SQLite file (default ./data/expense_tracker.db)
-//   UPLOADS_DIR    where uploaded files go (default ./data/uploads); NOT in SQLite, so lifeboat
-//                  does not back them up
+//   UPLOADS_DIR    where uploaded files go (default ./data/uploads); NOT in SQLite: give it to
+//                  lifeboat with --dir (or LIFEBOAT_DIRS) and it is backed up with the database
 //   PORT           port to listen on (default 3000; 0 picks a free one)
 //   HOST           address to listen on (default 127.0.0.1; use 0.0.0.0 in a container)
 //

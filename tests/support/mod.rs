@@ -13,6 +13,9 @@ use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 use rusqlite::Connection;
 
+pub mod crash;
+pub mod oracle;
+
 /// The binary under test.
 pub fn bin() -> &'static str {
     env!("CARGO_BIN_EXE_lifeboat")
@@ -46,7 +49,7 @@ impl Agent {
         let child = Command::new(bin())
             .args(args)
             .envs(env.iter().copied())
-            .env("RUST_LOG", "info,lifeboat_agent=debug")
+            .env("RUST_LOG", "info,lifeboat_agent=debug,lifeboat_dirs=debug")
             .stdout(Stdio::null())
             .stderr(f)
             .spawn()
@@ -210,6 +213,17 @@ pub struct Writer {
 
 impl Writer {
     pub fn start(path: &Path, page_size: u32, first: u64, limit: u64) -> Writer {
+        Writer::start_paced(path, page_size, first, limit, Duration::ZERO)
+    }
+
+    /// [`Writer::start`] with a pause after each transaction (a steady rather than flat-out app).
+    pub fn start_paced(
+        path: &Path,
+        page_size: u32,
+        first: u64,
+        limit: u64,
+        pause: Duration,
+    ) -> Writer {
         let stop = Arc::new(AtomicBool::new(false));
         let done = Arc::new(AtomicU64::new(0));
         let (s, d) = (stop.clone(), done.clone());
@@ -222,6 +236,9 @@ impl Writer {
                 mixed_txn(&c, first + n);
                 n += 1;
                 d.store(n, Ordering::SeqCst);
+                if !pause.is_zero() {
+                    std::thread::sleep(pause);
+                }
             }
             n
         });
@@ -354,4 +371,20 @@ pub fn http_get(port: u16, path: &str) -> Option<(u16, String)> {
     let (head, body) = resp.split_once("\r\n\r\n")?;
     let code = head.split(' ').nth(1)?.parse().ok()?;
     Some((code, body.to_string()))
+}
+
+/// The value of the first sample of `name` whose labels contain `labels` (e.g. `kind="put"`)
+/// in a Prometheus text exposition, or `None` if there is none.
+pub fn metric_sample(text: &str, name: &str, labels: &str) -> Option<f64> {
+    text.lines()
+        .find(|l| l.starts_with(&format!("{name}{{")) && l.contains(labels))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+}
+
+/// `/metrics` on 127.0.0.1:`port` (empty when nothing answers).
+pub fn scrape(port: u16) -> String {
+    http_get(port, "/metrics")
+        .map(|(_, b)| b)
+        .unwrap_or_default()
 }

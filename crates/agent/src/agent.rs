@@ -156,13 +156,15 @@ pub fn start(cfg: DbConfig, rt: Handle, stop: CancellationToken) -> Result<DbHan
         }
     }
     let wake = Arc::new(tokio::sync::Notify::new());
-    let wal = crate::walfile::WalFile::for_db(&cfg.path)
+    let wal = crate::walfile::WalFile::for_db(rep.database().path())
         .path()
         .to_path_buf();
     let (route, watched) = crate::watcher::Watcher::shared().watch_file(&wal, wake.clone());
+    let opts = &cfg.options;
     info!(
         db = %cfg.path.display(),
         replicas = %cfg.replicas.iter().map(|r| r.describe()).collect::<Vec<_>>().join(", "),
+        retention = %opts.retention.map_or("off".into(), |d| humantime::format_duration(d).to_string()),
         "replicating"
     );
     let removed = CancellationToken::new();

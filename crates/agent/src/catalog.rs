@@ -47,6 +47,9 @@ pub struct GenerationObjects {
     pub snapshots: Vec<Snapshot>,
     /// Segments.
     pub segments: Vec<Segment>,
+    /// Retention is deleting it (its `pruning` marker is present): not restorable, whatever
+    /// objects are left.
+    pub pruning: bool,
 }
 
 impl GenerationObjects {
@@ -83,6 +86,10 @@ impl Catalog {
     pub async fn load(client: &dyn ReplicaClient) -> Result<Catalog> {
         let mut cat = Catalog::default();
         for o in client.list(keys::GENERATIONS).await? {
+            if let Some(g) = keys::parse_pruning_marker(&o.key) {
+                cat.generations.entry(g).or_default().pruning = true;
+                continue;
+            }
             let Some(key) = Key::parse(&o.key) else {
                 cat.foreign.push(o.key);
                 continue;
@@ -112,12 +119,12 @@ impl Catalog {
         Ok(cat)
     }
 
-    /// The newest generation that has a snapshot (so can be restored).
+    /// The newest generation that has a snapshot and is not being pruned (so can be restored).
     pub fn latest(&self) -> Option<(Generation, &GenerationObjects)> {
         self.generations
             .iter()
             .rev()
-            .find(|(_, o)| !o.snapshots.is_empty())
+            .find(|(_, o)| !o.pruning && !o.snapshots.is_empty())
             .map(|(g, o)| (*g, o))
     }
 }

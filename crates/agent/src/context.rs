@@ -23,4 +23,6 @@ pub(crate) struct Context {
     pub rt: Handle,
     /// Where progress is reported.
     pub status: Arc<Status>,
+    /// The folders shipped with the database, if any.
+    pub dirs: Option<lifeboat_dirs::DirShipper>,
 }

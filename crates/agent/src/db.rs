@@ -224,10 +224,17 @@ impl Lazy {
 impl Database {
     /// Opens `path` for replication: takes the agent lock, switches the database to WAL mode if
     /// it is not already, and pins the WAL.
+    ///
+    /// The path is made canonical first (symlinks resolved): SQLite resolves them itself and
+    /// keeps its `-wal` beside the real file, and the agent lock must be the same file whatever
+    /// name the database is given, or a second agent reached through a symlink would run.
     pub fn open(path: &Path) -> Result<Database> {
         if !path.is_file() {
             return Err(Error::NoDatabase(path.to_path_buf()));
         }
+        let canonical = std::fs::canonicalize(path)
+            .map_err(|e| Error::io(format!("resolve {}", path.display()), e))?;
+        let path = canonical.as_path();
         let lock = LockFile::acquire(path)?;
         let file =
             File::open(path).map_err(|e| Error::io(format!("open {}", path.display()), e))?;
@@ -275,6 +282,12 @@ impl Database {
     /// The page size.
     pub fn page_size(&self) -> u32 {
         self.page_size
+    }
+
+    /// The agent's own descriptor on the database file, for reading pages (never close a
+    /// descriptor on it: see the field).
+    pub fn file(&self) -> &File {
+        &self.file
     }
 
     /// Moves the pin to the current end of the WAL: begins a read transaction on the idle

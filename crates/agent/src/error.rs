@@ -55,6 +55,9 @@ pub enum Error {
     /// A replica operation failed.
     #[error(transparent)]
     Storage(#[from] lifeboat_storage::Error),
+    /// Backing up or restoring a folder next to the database failed.
+    #[error(transparent)]
+    Dirs(#[from] lifeboat_dirs::Error),
     /// An object failed verification.
     #[error("object {key} is corrupt; the replica cannot be restored past it")]
     Corrupt {
@@ -70,11 +73,12 @@ pub enum Error {
     /// Two segments of one generation hold the same transaction: two agents resumed the
     /// generation and wrote it at once. The history before the fork still restores.
     #[error(
-        "generation {generation} forked at txid {txid}: {first} and {second} both hold it, so two \
+        "generation {generation} forked at txid {}: {first} and {second} both hold it, so two \
          agents wrote to this replica at once (overlapping deploys?). The history before the fork \
          restores with --generation {generation} --txid {}; look at both branches with \
          `lifeboat segments`",
-        TxId(txid.0 - 1)
+        txid.0,
+        txid.0 - 1
     )]
     Fork {
         /// The generation.
@@ -88,10 +92,13 @@ pub enum Error {
     },
     /// Transactions `from..=to` of a generation are in no object: the chain is broken there.
     #[error(
-        "generation {generation} is missing transactions {from}..{to}: expected a segment \
-         starting at txid {from} before {next}; the chain is broken and cannot be restored past \
+        "generation {generation} is missing transactions {}..{}: expected a segment \
+         starting at txid {} before {next}; the chain is broken and cannot be restored past \
          txid {}",
-        TxId(from.0 - 1)
+        from.0,
+        to.0,
+        from.0,
+        from.0 - 1
     )]
     Gap {
         /// The generation.
@@ -160,7 +167,7 @@ pub enum Error {
         problem: String,
     },
     /// A restore reached another transaction than the one asked for.
-    #[error("restore reached txid {reached} but the target is {target}")]
+    #[error("restore reached txid {} but the target is {}", reached.0, target.0)]
     TargetMissed {
         /// Where the restore stopped.
         reached: TxId,
@@ -190,6 +197,7 @@ impl Error {
             Error::Storage(lifeboat_storage::Error::Conflict { .. }) => "conflict",
             Error::Storage(lifeboat_storage::Error::NotFound { .. }) => "not_found",
             Error::Storage(_) => "storage",
+            Error::Dirs(_) => "folder",
             Error::Corrupt { .. } => "corrupt",
             Error::Replica(_)
             | Error::Fork { .. }

@@ -13,7 +13,8 @@
 //! - [`replica`] is one replica: its [`replica::Phase`] (unknown, needing a generation and why,
 //!   shipping in one, halted), its state in the WAL, and the one failure rule.
 //! - `resume` proves that the local database is a replica's last state before resuming it.
-//! - `shipping` builds and uploads a replica's next segment (per-replica work, on the replica).
+//! - `shipping` builds and uploads a replica's next segment (per-replica work, on the replica);
+//!   [`bases`] finds each page's verified previous version for the segment's page deltas.
 //! - `checkpoints` moves the pin and lets the WAL restart, carrying unshipped tails.
 //! - `snapshots` starts new generations and takes scheduled snapshots; [`staging`] holds their
 //!   files before upload.
@@ -37,6 +38,7 @@
 #![deny(missing_docs)]
 
 pub mod agent;
+pub mod bases;
 pub mod catalog;
 mod checkpoints;
 pub mod clock;
@@ -109,6 +111,9 @@ pub struct Options {
     /// What to do on start-up when a replica already holds history that the local database
     /// provably does not continue (default: start a new generation).
     pub on_divergence: OnDivergence,
+    /// Folders backed up with the database (`--dir`), shipped before the commits that follow
+    /// them (see `lifeboat_dirs`).
+    pub dirs: Vec<lifeboat_dirs::DirSpec>,
 }
 
 /// What to do when a replica's newest state is not the local database's past (a stale disk
@@ -139,6 +144,7 @@ impl Default for Options {
             retention: None,
             snapshot_interval: Some(Duration::from_secs(24 * 3600)),
             snapshot_segments: 1000,
+            dirs: Vec::new(),
         }
     }
 }

@@ -12,6 +12,8 @@ use std::time::{Duration, Instant};
 use lifeboat_storage::counting::{Counting, RequestCounts};
 use lifeboat_storage::ReplicaClient;
 use lifeboat_wal::checksum::PageHashes;
+
+use crate::bases::BaseIndex;
 use lifeboat_wal::{DbChecksum, Generation, TxId};
 use tracing::{error, warn};
 
@@ -40,6 +42,8 @@ pub struct ReplicaState {
     pub since_snapshot: u32,
     /// When the generation's last snapshot was taken (Unix ms).
     pub snapshot_ms: u64,
+    /// Where shipped pages sit in the WAL, for the page deltas of the next segment.
+    pub bases: Box<BaseIndex>,
 }
 
 impl ReplicaState {
@@ -60,6 +64,7 @@ impl ReplicaState {
             carry: VecDeque::new(),
             since_snapshot: 0,
             snapshot_ms,
+            bases: Box::default(),
         }
     }
 
@@ -285,6 +290,7 @@ mod tests {
             opts: crate::Options::default(),
             rt: tokio::runtime::Runtime::new().unwrap().handle().clone(),
             status: Default::default(),
+            dirs: None,
         }
     }
 

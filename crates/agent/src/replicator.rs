@@ -64,6 +64,18 @@ impl Replicator {
         status: Arc<Status>,
     ) -> Result<Replicator> {
         let db = Database::open(path)?;
+        let dirs = match opts.dirs.is_empty() {
+            true => None,
+            false => Some(lifeboat_dirs::DirShipper::open(
+                &opts.dirs,
+                clients.clone(),
+                lifeboat_dirs::DirOptions {
+                    staging_dir: opts.staging_dir.clone(),
+                    ..Default::default()
+                },
+                rt.clone(),
+            )?),
+        };
         Ok(Replicator {
             db,
             replicas: clients
@@ -76,6 +88,7 @@ impl Replicator {
                 opts,
                 rt,
                 status,
+                dirs,
             },
             times: CommitTimes::default(),
             checkpoints: Checkpoints::default(),
@@ -151,6 +164,7 @@ impl Replicator {
             ctx,
             wal: self.db.wal(),
             page_size: self.db.page_size(),
+            db_file: self.db.file(),
             times: &self.times,
             limit: None,
         };

@@ -130,7 +130,7 @@ fn prove(db: &mut Database, client: &dyn ReplicaClient, ctx: &Context) -> Result
         db = %ctx.path.display(),
         replica = %client.describe(),
         generation = %generation,
-        txid = %tip.txid,
+        txid = tip.txid.0,
         "resuming generation: the local database matches the replica's last state"
     );
     Ok(Phase::Active(ReplicaState {

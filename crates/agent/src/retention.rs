@@ -9,16 +9,21 @@
 //! the window therefore restores and verifies exactly as before, and what is kept beyond the
 //! window is at most one snapshot interval's worth of history.
 //!
-//! A generation's snapshot goes first, so an interrupted prune never leaves a generation that
-//! restores to a silently shorter state: without its snapshot it is not restorable at all, and the
-//! next prune removes the rest.
+//! Before it deletes anything of a generation, a prune writes the generation's `pruning` marker
+//! (`keys::pruning_marker`), and it removes the marker last. Restore, the catalog's newest
+//! generation and `verify` pass over a marked generation (saying so), so a prune interrupted
+//! after any deletion leaves neither a generation that `verify` reports as damaged nor one that
+//! restores to a shorter state; the next prune deletes whatever a marked generation still holds.
+//! Its snapshots still go first, so even a reader that ignores the marker finds such a generation
+//! unrestorable rather than short.
 //!
 //! The agent prunes each replica in the background (`Schedule`): listing and deleting a large
 //! replica takes a while, and shipping must not wait for it.
 
 use std::time::{Duration, Instant};
 
-use lifeboat_storage::ReplicaClient;
+use bytes::Bytes;
+use lifeboat_storage::{keys, ReplicaClient};
 use serde::Serialize;
 use tracing::{debug, info, warn};
 
@@ -81,11 +86,18 @@ pub struct PrunePlan {
     pub generations: Vec<String>,
     /// Restore points older than this (Unix ms) may go.
     pub window_start_ms: u64,
+    /// The `pruning` markers of the generations deleted whole: written before the first
+    /// deletion, removed after the last.
+    pub markers: Vec<String>,
     /// Bytes freed.
     pub bytes: u64,
     /// Every object it deletes (those generations' and the older parts of kept ones), in
     /// deletion order.
     pub objects: Vec<String>,
+    /// What goes of the folders backed up with the database (`--dir`): what no kept restore
+    /// point needs.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub folders: Option<lifeboat_dirs::prune::FolderPrune>,
 }
 
 /// Plans a prune of `cat` for `retention` as of `now_ms`.
@@ -103,10 +115,19 @@ pub fn plan(cat: &Catalog, retention: Duration, now_ms: u64) -> PrunePlan {
     let keep_from = cat
         .generations
         .iter()
+        .filter(|(_, o)| !o.pruning)
         .find(|(g, o)| o.newest_time().unwrap_or(g.unix_ms()) >= window_start_ms)
         .map_or(newest_restorable, |(g, _)| (*g).min(newest_restorable));
-    for (g, o) in cat.generations.range(..keep_from) {
+    // Those older than the window, and any an interrupted prune already began to delete (its
+    // marker is present; no restore reads it any more). Never the newest restorable one, which
+    // is unmarked by definition.
+    let doomed = cat
+        .generations
+        .iter()
+        .filter(|(g, o)| **g < keep_from || (o.pruning && **g != newest_restorable));
+    for (g, o) in doomed {
         p.generations.push(g.to_string());
+        p.markers.push(keys::pruning_marker(*g));
         let snapshots = o.snapshots.iter().map(|x| (&x.key, x.size));
         for (key, size) in snapshots.chain(o.segments.iter().map(|x| (&x.key, x.size))) {
             p.objects.push(key.clone());
@@ -115,7 +136,12 @@ pub fn plan(cat: &Catalog, retention: Duration, now_ms: u64) -> PrunePlan {
     }
     // Within a kept generation, a snapshot taken at or before the window's start makes
     // everything before it unnecessary: every commit it covers is older than the window.
-    for o in cat.generations.range(keep_from..).map(|(_, o)| o) {
+    for o in cat
+        .generations
+        .range(keep_from..)
+        .map(|(_, o)| o)
+        .filter(|o| !o.pruning)
+    {
         let Some(base) = o
             .snapshots
             .iter()
@@ -142,6 +168,20 @@ pub fn plan(cat: &Catalog, retention: Duration, now_ms: u64) -> PrunePlan {
     p
 }
 
+/// The oldest database restore point a prune keeps: the first snapshot it keeps.
+fn oldest_kept(
+    cat: &Catalog,
+    p: &PrunePlan,
+) -> Option<(lifeboat_wal::Generation, lifeboat_wal::TxId)> {
+    let gone: std::collections::HashSet<&str> = p.objects.iter().map(String::as_str).collect();
+    cat.generations.iter().find_map(|(g, o)| {
+        o.snapshots
+            .iter()
+            .find(|s| !gone.contains(s.key.as_str()))
+            .map(|s| (*g, s.txid))
+    })
+}
+
 /// Deletes what [`plan`] chooses (nothing when `dry_run`); returns the plan.
 pub async fn prune(
     client: &dyn ReplicaClient,
@@ -149,14 +189,53 @@ pub async fn prune(
     now_ms: u64,
     dry_run: bool,
 ) -> Result<PrunePlan> {
+    prune_with_progress(client, retention, now_ms, dry_run, None).await
+}
+
+/// [`prune`], reporting `(objects deleted, objects to delete)` to `progress`.
+pub async fn prune_with_progress(
+    client: &dyn ReplicaClient,
+    retention: Duration,
+    now_ms: u64,
+    dry_run: bool,
+    progress: Option<crate::restore::Progress>,
+) -> Result<PrunePlan> {
     let cat = Catalog::load(client).await?;
-    let p = plan(&cat, retention, now_ms);
+    let mut p = plan(&cat, retention, now_ms);
+    if let Some(keep) = oldest_kept(&cat, &p) {
+        // Folders after the database objects, so their plan sees the same restore points.
+        let folders = lifeboat_dirs::prune::prune(client, keep, true).await?;
+        if !folders.manifests.is_empty() {
+            p.folders = Some(folders);
+        }
+    }
     if dry_run {
         return Ok(p);
     }
-    for key in &p.objects {
+    for key in &p.markers {
+        match client
+            .put(key, Bytes::from_static(keys::PRUNING_MARKER_BODY))
+            .await
+        {
+            // Other bytes under the marker's key: still a marker (an older prune's).
+            Ok(_) | Err(lifeboat_storage::Error::Conflict { .. }) => {}
+            Err(e) => return Err(e.into()),
+        }
+    }
+    let total = p.objects.len() as u64;
+    for (i, key) in p.objects.iter().enumerate() {
+        if let Some(pr) = &progress {
+            (pr.0)(i as u64, total);
+        }
         client.delete(key).await?;
         info!(replica = %client.describe(), key = %key, "retention: deleted");
+    }
+    for key in &p.markers {
+        client.delete(key).await?;
+    }
+    if p.folders.is_some() {
+        let keep = oldest_kept(&cat, &p).expect("planned above");
+        p.folders = Some(lifeboat_dirs::prune::prune(client, keep, false).await?);
     }
     if !p.generations.is_empty() {
         info!(
@@ -166,6 +245,9 @@ pub async fn prune(
             bytes = p.bytes,
             "retention: pruned generations older than the window"
         );
+    }
+    if let Some(pr) = &progress {
+        (pr.0)(total, total);
     }
     Ok(p)
 }
@@ -235,13 +317,20 @@ mod tests {
     #[test]
     fn never_deletes_the_newest_restorable_generation_however_old() {
         let mut cat = Catalog::default();
-        generation(&mut cat, 0, &[1], true);
+        let oldest = generation(&mut cat, 0, &[1], true);
         let newest = generation(&mut cat, 2, &[3], true);
         // A newer generation whose snapshot is not uploaded yet is not restorable.
         generation(&mut cat, 4, &[], false);
         let p = plan(&cat, Duration::from_millis(H), 100 * H);
-        assert_eq!(p.generations.len(), 1);
-        assert!(!p.generations.contains(&newest.to_string()));
+        // Exactly the oldest goes: the newest restorable one and the one still uploading stay.
+        assert_eq!(p.generations, vec![oldest.to_string()]);
+        let prefix = format!("generations/{oldest}/");
+        assert!(
+            p.objects.len() == 2 && p.objects.iter().all(|k| k.starts_with(&prefix)),
+            "{:?}",
+            p.objects
+        );
+        assert!(!p.objects.iter().any(|k| k.contains(&newest.to_string())));
     }
 
     #[test]
@@ -271,6 +360,26 @@ mod tests {
         assert!(plan(&cat, Duration::from_millis(4 * H), 5 * H)
             .objects
             .is_empty());
+    }
+
+    #[test]
+    fn a_generation_an_interrupted_prune_marked_goes_whatever_the_window() {
+        let mut cat = Catalog::default();
+        // Its snapshot is already gone; one segment is left.
+        let marked = generation(&mut cat, 0, &[1], false);
+        cat.generations.get_mut(&marked).unwrap().pruning = true;
+        let kept = generation(&mut cat, 2, &[3], true);
+        // A window reaching back before both: only the marked one goes, marker and all.
+        let p = plan(&cat, Duration::from_millis(100 * H), 5 * H);
+        assert_eq!(p.generations, vec![marked.to_string()]);
+        assert_eq!(p.markers, vec![keys::pruning_marker(marked)]);
+        assert_eq!(p.objects.len(), 1, "{:?}", p.objects);
+        assert!(p.objects[0].starts_with(&format!("generations/{marked}/segments/")));
+        assert!(!p.objects.iter().any(|k| k.contains(&kept.to_string())));
+        // Generations deleted whole are marked first.
+        let q = plan(&cat, Duration::from_millis(H), 100 * H);
+        assert_eq!(q.generations, vec![marked.to_string()]);
+        assert_eq!(q.markers.len(), 1);
     }
 
     #[test]

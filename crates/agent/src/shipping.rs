@@ -5,6 +5,7 @@
 //! Per-replica work lives on the replica (as Litestream keeps `Replica.Sync` in `replica.go`);
 //! the replicator decides when each replica ships.
 
+use std::fs::File;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -26,6 +27,8 @@ pub(crate) struct Ship<'a> {
     pub ctx: &'a Context,
     pub wal: &'a WalFile,
     pub page_size: u32,
+    /// The agent's descriptor on the database file (base pages are read through it).
+    pub db_file: &'a File,
     pub times: &'a CommitTimes,
     /// Ship no transaction past this position (while a scheduled snapshot is lined up).
     pub limit: Option<Cursor>,
@@ -113,6 +116,15 @@ impl Replica {
         }
         let full = carried || batch.bytes >= ctx.opts.max_segment_bytes;
         let times = ship.times.times(&batch, now_ms());
+        // Read before the batch is applied to the hashes, which vouch for each base.
+        let (bases, pending, found) = st.bases.bases(
+            &batch,
+            &st.cursor,
+            carried,
+            &st.hashes,
+            ship.wal,
+            ship.db_file,
+        );
         st.hashes.begin();
         let n = batch.txns.len() as u64;
         let end = batch.end;
@@ -140,6 +152,14 @@ impl Replica {
         };
         let last = seg.header.last_txid;
         let time_ms = seg.header.last_time_ms;
+        // The folders first: a file written before these commits must be stored before them.
+        if let Some(d) = &ctx.dirs {
+            let complete = !full && ship.limit.is_none();
+            if let Err(e) = d.flush(self.index, st.generation, last, complete) {
+                st.hashes.rollback();
+                return Err(e.into());
+            }
+        }
         let key = Key::Segment {
             generation: st.generation,
             first: st.next_txid,
@@ -147,15 +167,17 @@ impl Replica {
             time_ms,
         }
         .to_string();
-        let body = Bytes::from(seg.encode());
+        let body = Bytes::from(seg.encode_with_bases(&bases));
         // Only the encoded segment stays in memory during the upload.
         drop(seg);
+        drop(bases);
         let size = body.len();
         if let Err(e) = ctx.rt.block_on(put_with_retry(client.as_ref(), &key, body)) {
             st.hashes.rollback();
             return Err(e);
         }
         st.hashes.commit();
+        st.bases.shipped(pending);
         if carried {
             st.carry.pop_front();
         }
@@ -166,7 +188,7 @@ impl Replica {
         self.succeeded();
         ctx.status
             .shipped(self.index, n, size as u64, time_ms, last);
-        debug!(key = %key, txns = n, bytes = size, "segment uploaded");
+        debug!(key = %key, txns = n, bytes = size, bases = found.used, base_misses = found.missed, "segment uploaded");
         Ok(Shipped {
             puts: 1,
             txns: n,

@@ -12,7 +12,7 @@ use lifeboat_storage::keys::Key;
 use lifeboat_storage::retry::{retry, RetryPolicy};
 use lifeboat_wal::checksum::PageHashes;
 use lifeboat_wal::snapshot::{SnapshotHeader, SnapshotTrailer, SnapshotWriter};
-use lifeboat_wal::{Generation, TxId, FORMAT_VERSION};
+use lifeboat_wal::{snapshot, Generation, TxId};
 use tempfile::NamedTempFile;
 use tracing::info;
 
@@ -43,7 +43,7 @@ fn write_snapshot(
     cursor: &Cursor,
 ) -> Result<Staged> {
     let header = SnapshotHeader {
-        version: FORMAT_VERSION,
+        version: snapshot::VERSION,
         generation,
         txid,
         page_size: db.page_size(),
@@ -120,6 +120,13 @@ pub(crate) fn new_generations(
             continue;
         };
         let reason = reason.to_string();
+        // The folders first, as with every shipment (see `shipping`).
+        if let Some(d) = &ctx.dirs {
+            if let Err(e) = d.flush(r.index, generation, TxId(0), true) {
+                r.record_failure(&e.into(), "folder backup failed", ctx);
+                continue;
+            }
+        }
         if let Err(e) = upload(ctx, r, &key, &staged) {
             r.record_failure(&e, "snapshot upload failed", ctx);
             continue;
@@ -216,6 +223,7 @@ fn scheduled_one(
         ctx,
         wal: db.wal(),
         page_size: db.page_size(),
+        db_file: db.file(),
         times,
         limit: Some(pin),
     };
@@ -239,8 +247,9 @@ fn scheduled_one(
     if staged.hashes.checksum() != expect {
         return Err(Error::ChecksumMismatch {
             what: format!(
-                "the pinned state of {} (the replica's state after txid {txid})",
-                ctx.path.display()
+                "the pinned state of {} (the replica's state after txid {})",
+                ctx.path.display(),
+                txid.0
             ),
             expected: expect,
             found: staged.hashes.checksum(),
@@ -263,7 +272,7 @@ fn scheduled_one(
         db = %ctx.path.display(),
         replica = %r.client.describe(),
         generation = %generation,
-        txid = %txid,
+        txid = txid.0,
         pages = staged.trailer.page_count,
         bytes = staged.trailer.total_len,
         elapsed = ?started.elapsed(),

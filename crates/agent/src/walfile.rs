@@ -193,6 +193,16 @@ impl WalFile {
         &self.path
     }
 
+    /// Opens the file for reading, a descriptor of the caller's own (`None` if it does not
+    /// exist).
+    pub fn open_file(&self) -> io::Result<Option<File>> {
+        match File::open(&self.path) {
+            Ok(f) => Ok(Some(f)),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
     fn open(&self) -> io::Result<Option<Arc<File>>> {
         use std::os::unix::fs::MetadataExt;
         let mut cached = self.file.lock().unwrap_or_else(|p| p.into_inner());

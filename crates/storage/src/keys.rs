@@ -3,7 +3,10 @@
 //! ```text
 //! generations/<generation>/snapshots/<txid>-<time_ms>.lbsnap
 //! generations/<generation>/segments/<first_txid>-<last_txid>-<last_time_ms>.lbseg
+//! generations/<generation>/pruning
 //! drills/<unix_ms>.json
+//! files/blobs/<sha256>
+//! files/<folder>/manifests/<generation>-<txid>-<seq>.lbman
 //! ```
 //! All numbers are 16 lower-case hex digits, so a listing is in chronological order. The time in
 //! the key is when the agent saw the last transaction, which lets a point-in-time restore choose
@@ -31,6 +34,27 @@ pub fn segments_prefix(g: Generation) -> String {
     format!("{GENERATIONS}{g}/segments/")
 }
 
+/// Key of the marker retention writes before it deletes a generation, and removes last:
+/// `generations/<generation>/pruning`. A generation that carries it is being deleted; restore
+/// and `verify` pass over it (saying so), so a prune interrupted halfway leaves nothing that
+/// looks damaged or restores to a shorter state.
+pub fn pruning_marker(g: Generation) -> String {
+    format!("{GENERATIONS}{g}/pruning")
+}
+
+/// The generation a [`pruning_marker`] key marks, if `key` is one.
+pub fn parse_pruning_marker(key: &str) -> Option<Generation> {
+    let g = key.strip_prefix(GENERATIONS)?.strip_suffix("/pruning")?;
+    if g.contains('/') {
+        return None;
+    }
+    g.parse().ok()
+}
+
+/// What a [`pruning_marker`] holds (always the same bytes, so writing it twice is harmless).
+pub const PRUNING_MARKER_BODY: &[u8] =
+    b"lifeboat retention is deleting this generation; run `lifeboat prune` to finish\n";
+
 /// Prefix of the drill reports (`lifeboat drill`), outside [`GENERATIONS`] so that restore,
 /// the catalog and `verify` never see them.
 pub const DRILLS: &str = "drills/";
@@ -38,6 +62,96 @@ pub const DRILLS: &str = "drills/";
 /// Key of the report of a drill started at `unix_ms`: `drills/<16 hex digits of unix ms>.json`.
 pub fn drill_report(unix_ms: u64) -> String {
     format!("{DRILLS}{unix_ms:016x}.json")
+}
+
+/// Prefix of everything that backs up folders next to the database (`--dir`), outside
+/// [`GENERATIONS`] so that restore, the catalog and `verify` of the database never see it.
+pub const FILES: &str = "files/";
+
+/// Prefix of the content-addressed file contents, shared by every folder of the replica.
+pub const BLOBS: &str = "files/blobs/";
+
+/// Key of the file content whose SHA-256 is `sha256` (64 lower-case hex digits).
+pub fn blob(sha256: &str) -> String {
+    format!("{BLOBS}{sha256}")
+}
+
+/// The SHA-256 named by a blob key, if `key` is one.
+pub fn parse_blob(key: &str) -> Option<&str> {
+    let h = key.strip_prefix(BLOBS)?;
+    (h.len() == 64
+        && h.bytes()
+            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b)))
+    .then_some(h)
+}
+
+/// Whether `name` can name a folder in keys: 1 to 100 of `A-Z a-z 0-9 . _ -`, not `blobs`, not
+/// starting with a dot.
+pub fn valid_folder_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 100
+        && name != "blobs"
+        && !name.starts_with('.')
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'.' || b == b'_' || b == b'-')
+}
+
+/// Prefix of one folder's manifests.
+pub fn manifests_prefix(folder: &str) -> String {
+    format!("{FILES}{folder}/manifests/")
+}
+
+/// A parsed manifest key: the folder's state, captured after transaction `txid` of
+/// `generation` was committed and before anything after it was shipped; `seq` numbers the
+/// manifests of one folder in order. Keys sort by (generation, txid, seq).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct ManifestKey {
+    /// Generation of the database position.
+    pub generation: Generation,
+    /// Transaction of the database position.
+    pub txid: TxId,
+    /// Place in the folder's chain of manifests.
+    pub seq: u64,
+}
+
+impl ManifestKey {
+    /// The key of this manifest of `folder`.
+    pub fn key(&self, folder: &str) -> String {
+        format!(
+            "{}{}-{}-{:016x}.lbman",
+            manifests_prefix(folder),
+            self.generation,
+            self.txid,
+            self.seq
+        )
+    }
+
+    /// Parses a key under [`manifests_prefix`]`(folder)`.
+    pub fn parse(folder: &str, key: &str) -> Option<ManifestKey> {
+        let stem = key
+            .strip_prefix(&manifests_prefix(folder))?
+            .strip_suffix(".lbman")?;
+        let mut it = stem.split('-');
+        let generation = it.next()?.parse().ok()?;
+        let txid = it.next()?.parse().ok()?;
+        let seq = parse_hex(it.next()?)?;
+        if it.next().is_some() {
+            return None;
+        }
+        Some(ManifestKey {
+            generation,
+            txid,
+            seq,
+        })
+    }
+}
+
+/// The folder named by a manifest key (`files/<folder>/manifests/...`), if `key` is one.
+pub fn folder_of(key: &str) -> Option<&str> {
+    let rest = key.strip_prefix(FILES)?;
+    let (name, rest) = rest.split_once('/')?;
+    (valid_folder_name(name) && rest.starts_with("manifests/")).then_some(name)
 }
 
 /// A parsed object key.
@@ -176,6 +290,18 @@ mod tests {
     }
 
     #[test]
+    fn pruning_markers_round_trip_and_are_no_object_key() {
+        let k = pruning_marker(Generation(0xabc));
+        assert_eq!(k, "generations/0000000000000abc/pruning");
+        assert_eq!(parse_pruning_marker(&k), Some(Generation(0xabc)));
+        assert_eq!(Key::parse(&k), None);
+        assert_eq!(
+            parse_pruning_marker("generations/0000000000000abc/segments/pruning"),
+            None
+        );
+    }
+
+    #[test]
     fn listing_order_is_txid_order() {
         let a = Key::Segment {
             generation: Generation(1),
@@ -200,6 +326,37 @@ mod tests {
         assert_eq!(k, "drills/0000018f00000001.json");
         assert!(!k.starts_with(GENERATIONS));
         assert_eq!(Key::parse(&k), None);
+    }
+
+    #[test]
+    fn folder_keys_round_trip_and_sort_by_position() {
+        let a = ManifestKey {
+            generation: Generation(0xabc),
+            txid: TxId(9),
+            seq: 3,
+        };
+        let b = ManifestKey { seq: 4, ..a };
+        let c = ManifestKey {
+            txid: TxId(16),
+            seq: 1,
+            ..a
+        };
+        for m in [a, b, c] {
+            let k = m.key("uploads");
+            assert_eq!(ManifestKey::parse("uploads", &k), Some(m), "{k}");
+            assert_eq!(folder_of(&k), Some("uploads"));
+            assert_eq!(Key::parse(&k), None);
+            assert_eq!(generation_of(&k), None);
+        }
+        assert!(a.key("u") < b.key("u") && b.key("u") < c.key("u"));
+        assert_eq!(ManifestKey::parse("other", &a.key("uploads")), None);
+        let h = "ab".repeat(32);
+        assert_eq!(parse_blob(&blob(&h)), Some(h.as_str()));
+        assert_eq!(parse_blob("files/blobs/xyz"), None);
+        assert!(valid_folder_name("uploads-2.x") && !valid_folder_name("blobs"));
+        assert!(
+            !valid_folder_name("a/b") && !valid_folder_name(".hidden") && !valid_folder_name("")
+        );
     }
 
     #[test]

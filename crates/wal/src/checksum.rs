@@ -107,6 +107,12 @@ impl PageHashes {
         DbChecksum(self.xor)
     }
 
+    /// The hash of page `pgno` (1-based), or `None` past the end of the database.
+    pub fn page_hash_of(&self, pgno: u32) -> Option<u64> {
+        let i = (pgno as usize).checked_sub(1)?;
+        self.hashes.get(i).copied()
+    }
+
     /// Sets page `pgno` (1-based) to `data`, growing the database if needed.
     pub fn set_page(&mut self, pgno: u32, data: &[u8]) {
         debug_assert_eq!(data.len(), self.page_size);

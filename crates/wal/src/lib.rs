@@ -3,8 +3,11 @@
 //! Roles:
 //! - [`sqlite`] reads SQLite's own write-ahead log: the 32-byte [`sqlite::WalHeader`], the frame
 //!   headers, and the cumulative frame checksum that tells a valid frame from a stale or torn one.
-//! - [`segment`] encodes and decodes a *segment*: a run of whole committed transactions, as the
-//!   original WAL frames, LZ4-compressed, with a commit table and a CRC32 over the object.
+//! - [`segment`] encodes and decodes a *segment*: a run of whole committed transactions, with a
+//!   commit table and a CRC32 over the object; it reads format 1 (whole WAL frames, LZ4) and
+//!   writes format 2 ([`segment2`]: page deltas grouped by page, zstd, frames rebuilt on decode).
+//! - [`any_segment`] reads a segment of either format in two steps: verify the object, then
+//!   rebuild its frames (for format 2, from the database state before it when deltas need it).
 //! - [`snapshot`] streams a *snapshot*: a full database image in LZ4-compressed chunks, with a
 //!   CRC32 over the object.
 //! - [`checksum`] is the rolling database checksum (XOR of per-page hashes) that every snapshot and
@@ -24,9 +27,11 @@
 //! ```
 #![deny(missing_docs)]
 
+pub mod any_segment;
 pub mod checksum;
 mod error;
 pub mod segment;
+pub mod segment2;
 pub mod snapshot;
 pub mod sqlite;
 pub mod transaction;
@@ -36,8 +41,9 @@ pub use checksum::DbChecksum;
 pub use error::Error;
 pub use types::{Generation, TxId};
 
-/// The version of the replica format this crate writes. Readers refuse newer versions.
-pub const FORMAT_VERSION: u16 = 1;
+/// The version of the replica format this crate writes (its segments' version; snapshots keep
+/// their own, [`snapshot::VERSION`]). Readers refuse newer versions.
+pub const FORMAT_VERSION: u16 = segment::VERSION;
 
 /// Result alias for this crate.
 pub type Result<T, E = Error> = std::result::Result<T, E>;

@@ -5,13 +5,24 @@
 //! transaction id, the time the agent saw it, and the database checksum after it. That makes every
 //! commit an addressable, provable restore point.
 //!
-//! Layout (big-endian), documented byte by byte in `docs/format.md`:
-//! a 148-byte header with its own CRC32, an LZ4 block holding the commit table and the frames,
-//! and a trailing CRC32 over everything before it.
+//! Layout (big-endian), documented byte by byte in `docs/format.md`: a 148-byte header with its
+//! own CRC32, a compressed body holding the commit table and the frames, and a trailing CRC32
+//! over everything before it. Format 1 (still read) stores the frames whole in one LZ4 block;
+//! format 2 (written) stores page deltas grouped by page under zstd and rebuilds the exact
+//! frames on decode (see [`crate::segment2`]). [`Segment::decode`] reads both.
 
+use crate::any_segment::AnySegment;
 use crate::checksum::DbChecksum;
+use crate::segment2::{self, BasePages};
 use crate::sqlite::{self, check_frame, FrameHeader, WalChecksum, WalHeader, FRAME_HEADER_SIZE};
-use crate::{Error, Generation, Result, TxId, FORMAT_VERSION};
+use crate::{Error, Generation, Result, TxId};
+
+/// The segment format this crate writes. Readers refuse newer versions.
+pub const VERSION: u16 = 2;
+/// The first segment format: whole frames in one LZ4 block. Still read.
+pub const VERSION_1: u16 = 1;
+/// Header flag: the source WAL's checksums use big-endian words.
+const FLAG_BIG_ENDIAN: u16 = 1;
 
 /// Magic bytes at the start of a segment.
 pub const MAGIC: &[u8; 4] = b"LBSG";
@@ -166,7 +177,7 @@ impl SegmentHeader {
             return Err(Error::corrupt(0, "not a lifeboat segment (bad magic)"));
         }
         let version = get16(b, 4);
-        if version > FORMAT_VERSION || version == 0 {
+        if version > VERSION || version == 0 {
             return Err(Error::UnsupportedVersion(version));
         }
         let stored = get32(b, 144);
@@ -192,7 +203,7 @@ impl SegmentHeader {
             checksum_before: DbChecksum(get64(b, 64)),
             checksum_after: DbChecksum(get64(b, 72)),
             wal: WalPosition {
-                big_endian: get16(b, 6) & 1 == 1,
+                big_endian: get16(b, 6) & FLAG_BIG_ENDIAN != 0,
                 checkpoint_seq: get32(b, 80),
                 salt1: get32(b, 84),
                 salt2: get32(b, 88),
@@ -216,10 +227,19 @@ impl SegmentHeader {
                 "commit count does not match the txid range",
             ));
         }
+        if get16(b, 6) & !FLAG_BIG_ENDIAN != 0 {
+            // Flags this reader does not know (a future encryption envelope sets one).
+            return Err(Error::UnsupportedVersion(version));
+        }
         let frame_size = (FRAME_HEADER_SIZE + h.page_size as usize) as u64;
         let expect_raw = u64::from(h.commit_count) * COMMIT_RECORD_SIZE as u64
             + u64::from(h.frame_count) * frame_size;
-        if h.raw_len != expect_raw {
+        let raw_ok = if version == VERSION_1 {
+            h.raw_len == expect_raw
+        } else {
+            h.raw_len <= segment2::max_raw_len(&h)
+        };
+        if !raw_ok {
             return Err(Error::corrupt(
                 136,
                 "body length does not match frame count",
@@ -246,90 +266,64 @@ impl SegmentHeader {
 }
 
 impl Segment {
-    /// Encodes the segment. `header.body_len`, `raw_len`, `frame_count` and `commit_count` are
-    /// filled in from the content; the rest of the header is taken as given.
+    /// Encodes the segment in the current format (2). `header.body_len`, `raw_len`,
+    /// `frame_count` and `commit_count` are filled in from the content; the rest of the header is
+    /// taken as given.
     pub fn encode(&self) -> Vec<u8> {
+        self.encode_with_bases(&BasePages::new())
+    }
+
+    /// Encodes the segment in format 2, storing the first version of each page found in
+    /// `bases` as a delta against that page as it stood before the segment (see
+    /// [`crate::segment2`]; a reader then needs that state to rebuild the frames).
+    pub fn encode_with_bases(&self, bases: &BasePages) -> Vec<u8> {
+        let raw = segment2::encode_body(self, bases);
+        let body = zstd::bulk::compress(&raw, segment2::ZSTD_LEVEL)
+            .expect("zstd compresses any input into a growable buffer");
+        self.seal(VERSION, raw.len(), &body)
+    }
+
+    /// Encodes the segment in format 1 (whole frames, LZ4), as lifeboat wrote before format 2.
+    /// Kept so tests can build format-1 replicas; the agent never writes it.
+    pub fn encode_format1(&self) -> Vec<u8> {
         let mut raw =
             Vec::with_capacity(self.commits.len() * COMMIT_RECORD_SIZE + self.frames.len());
-        for c in &self.commits {
-            put64(&mut raw, c.txid.0);
-            put64(&mut raw, c.time_ms);
-            put32(&mut raw, c.frames);
-            put32(&mut raw, c.db_size);
-            put64(&mut raw, c.checksum.0);
-        }
+        segment2::encode_commits(&self.commits, &mut raw);
         raw.extend_from_slice(&self.frames);
         let body = lz4_flex::block::compress(&raw);
+        self.seal(VERSION_1, raw.len(), &body)
+    }
+
+    /// Header, body and object CRC.
+    fn seal(&self, version: u16, raw_len: usize, body: &[u8]) -> Vec<u8> {
         let mut h = self.header;
-        h.version = FORMAT_VERSION;
+        h.version = version;
         h.frame_count = (self.frames.len() / h.frame_size()) as u32;
         h.commit_count = self.commits.len() as u32;
         h.body_len = body.len() as u64;
-        h.raw_len = raw.len() as u64;
-        let mut out = h.encode();
-        out.extend_from_slice(&body);
+        h.raw_len = raw_len as u64;
+        let mut out = Vec::with_capacity(HEADER_SIZE + body.len() + 4);
+        out.extend_from_slice(&h.encode());
+        out.extend_from_slice(body);
         let crc = crc32fast::hash(&out);
         put32(&mut out, crc);
         out
     }
 
-    /// Decodes a whole segment and verifies everything it can prove on its own: both CRCs, the
-    /// commit table, SQLite's frame checksum chain, and the frame-to-commit correspondence.
+    /// Decodes a whole segment (either format) and verifies everything it can prove on its own:
+    /// both CRCs, the commit table, SQLite's frame checksum chain, and the frame-to-commit
+    /// correspondence. A format-2 segment whose pages are deltas against the state before it
+    /// needs that state: use [`AnySegment`] (this refuses such a segment).
     pub fn decode(b: &[u8]) -> Result<Segment> {
-        let h = SegmentHeader::decode(b)?;
-        let total = HEADER_SIZE as u64 + h.body_len + 4;
-        if (b.len() as u64) < total {
-            return Err(Error::Incomplete {
-                needed: (total - b.len() as u64) as usize,
-            });
-        }
-        if (b.len() as u64) > total {
-            return Err(Error::corrupt(total, "trailing bytes after segment"));
-        }
-        let end = b.len() - 4;
-        let stored = get32(b, end);
-        let computed = crc32fast::hash(&b[..end]);
-        if stored != computed {
-            return Err(Error::ChecksumMismatch {
-                what: "segment CRC32",
-                stored: stored.into(),
-                computed: computed.into(),
-            });
-        }
-        let raw = lz4_flex::block::decompress(&b[HEADER_SIZE..end], h.raw_len as usize)
-            .map_err(|e| Error::corrupt(HEADER_SIZE as u64, format!("LZ4: {e}")))?;
-        if raw.len() as u64 != h.raw_len {
-            return Err(Error::corrupt(HEADER_SIZE as u64, "short LZ4 body"));
-        }
-        let table_len = h.commit_count as usize * COMMIT_RECORD_SIZE;
-        let mut commits = Vec::with_capacity(h.commit_count as usize);
-        for (i, r) in raw[..table_len]
-            .chunks_exact(COMMIT_RECORD_SIZE)
-            .enumerate()
-        {
-            let c = CommitRecord {
-                txid: TxId(get64(r, 0)),
-                time_ms: get64(r, 8),
-                frames: get32(r, 16),
-                db_size: get32(r, 20),
-                checksum: DbChecksum(get64(r, 24)),
-            };
-            if c.txid.0 != h.first_txid.0 + i as u64 {
-                return Err(Error::corrupt(0, format!("commit {i} has txid {}", c.txid)));
-            }
-            commits.push(c);
-        }
-        let frames = raw[table_len..].to_vec();
-        let seg = Segment {
-            header: h,
-            commits,
-            frames,
-        };
-        seg.verify_frames()?;
-        Ok(seg)
+        AnySegment::open(b)?.rebuild(&mut |pgno, _| {
+            Err(Error::corrupt(
+                0,
+                format!("page {pgno} is a delta against the database before the segment"),
+            ))
+        })
     }
 
-    fn verify_frames(&self) -> Result<()> {
+    pub(crate) fn verify_frames(&self) -> Result<()> {
         let h = &self.header;
         let wal = h.wal_header();
         let fs = h.frame_size();
@@ -444,7 +438,7 @@ mod tests {
         ];
         Segment {
             header: SegmentHeader {
-                version: FORMAT_VERSION,
+                version: VERSION,
                 generation: Generation(9),
                 first_txid: TxId(1),
                 last_txid: TxId(2),

@@ -11,7 +11,10 @@ use std::io::{Read, Write};
 use crate::checksum::{DbChecksum, PageHashes};
 use crate::segment::{get16, get32, get64, WalPosition};
 use crate::sqlite;
-use crate::{Error, Generation, Result, TxId, FORMAT_VERSION};
+use crate::{Error, Generation, Result, TxId};
+
+/// The snapshot format this crate writes and reads (unchanged by segment format 2).
+pub const VERSION: u16 = 1;
 
 /// Magic bytes at the start of a snapshot.
 pub const MAGIC: &[u8; 4] = b"LBSN";
@@ -93,7 +96,7 @@ impl SnapshotHeader {
             return Err(Error::corrupt(0, "not a lifeboat snapshot (bad magic)"));
         }
         let version = get16(b, 4);
-        if version > FORMAT_VERSION || version == 0 {
+        if version > VERSION || version == 0 {
             return Err(Error::UnsupportedVersion(version));
         }
         let stored = get32(b, 72);
@@ -372,7 +375,7 @@ mod tests {
 
     fn header(page_size: u32) -> SnapshotHeader {
         SnapshotHeader {
-            version: FORMAT_VERSION,
+            version: VERSION,
             generation: Generation(1),
             txid: TxId(0),
             page_size,

@@ -9,9 +9,10 @@
 //! encoder next to its decoder).
 
 use crate::checksum::{DbChecksum, PageHashes};
+use crate::segment::VERSION;
 use crate::segment::{CommitRecord, Segment, SegmentHeader, WalPosition};
 use crate::sqlite::FRAME_HEADER_SIZE;
-use crate::{Generation, TxId, FORMAT_VERSION};
+use crate::{Generation, TxId};
 
 /// The frames of one or more transactions, as SQLite wrote them (24-byte header and page each),
 /// already verified by whoever read them (SQLite's checksum chain, or a segment's CRC).
@@ -126,7 +127,7 @@ impl SegmentBuilder {
         let last = *self.commits.last()?;
         Some(Segment {
             header: SegmentHeader {
-                version: FORMAT_VERSION,
+                version: VERSION,
                 generation: self.generation,
                 first_txid: self.first_txid,
                 last_txid: last.txid,

@@ -22,8 +22,8 @@ use std::path::Path;
 
 use bytes::Bytes;
 use lifeboat_storage::ReplicaClient;
+use lifeboat_wal::any_segment::AnySegment;
 use lifeboat_wal::checksum::PageHashes;
-use lifeboat_wal::segment::Segment;
 use lifeboat_wal::snapshot::{SnapshotTrailer, TRAILER_SIZE};
 use lifeboat_wal::transaction::Frames;
 use lifeboat_wal::{DbChecksum, Generation, TxId};
@@ -203,7 +203,8 @@ async fn find_commit(
         let b = client.get(&s.key).await?;
         let name = s.key.clone();
         let seg = blocking(move || {
-            Segment::decode(&b).map_err(|e| Error::Corrupt {
+            // Only the commit table is needed here.
+            AnySegment::open(&b).map_err(|e| Error::Corrupt {
                 key: name,
                 cause: e,
             })
@@ -265,7 +266,7 @@ pub(crate) async fn compare_live(
     check.checksum = Some(sum.to_string());
     check.pages = Some(pages);
     check.differing_pages = Some(state.differing);
-    let newest = format!("generation {generation} txid {}", restored.txid);
+    let newest = format!("generation {generation} txid {}", restored.txid.0);
     if state.page_size == restored.page_size
         && sum == base.checksum()
         && pages == base.page_count()
@@ -317,10 +318,10 @@ pub(crate) async fn compare_live(
             check.verdict = LiveVerdict::ReplicaAhead;
             check.matches_txid = Some(t.to_string());
             check.detail = format!(
-                "equals txid {t} of generation {generation}, but the replica's newest state is \
+                "equals txid {} of generation {generation}, but the replica's newest state is \
                  txid {}: the replica is ahead of the live database (diverged: a stale disk, a \
                  rolled-back copy, or another writer on this replica)",
-                restored.txid
+                t.0, restored.txid.0
             );
         }
         Ok(None) => {

@@ -51,6 +51,8 @@ pub struct DrillOptions {
     pub parallelism: usize,
     /// Where the scratch folder goes (default: the system temp folder).
     pub scratch_dir: Option<PathBuf>,
+    /// Told the restores' progress (bytes downloaded of each restore).
+    pub progress: Option<restore::Progress>,
 }
 impl Default for DrillOptions {
     fn default() -> Self {
@@ -59,6 +61,7 @@ impl Default for DrillOptions {
             random_point: false,
             parallelism: DEFAULT_PARALLELISM,
             scratch_dir: None,
+            progress: None,
         }
     }
 }
@@ -82,8 +85,18 @@ pub struct DrillReport {
     pub txid_time: Option<String>,
     /// Recovery time: wall time of the restore of the newest state, listing included.
     pub rto_seconds: Option<f64>,
-    /// Age of the newest restorable transaction when the restore finished.
+    /// Recovery point: how much data a disaster now would lose. With the live database
+    /// (`--db`): 0 when it is exactly the replica's newest state; with commits the replica does
+    /// not have ([`DrillReport::at_risk_commits`]), an upper bound on the age of the oldest of
+    /// them (they all came after the newest restorable transaction). `None` without the live
+    /// database, or when it does not continue the replica (the drill then fails).
     pub rpo_seconds: Option<f64>,
+    /// Commits in the live database that the replica does not hold (with `--db`; `None` when not
+    /// known).
+    pub at_risk_commits: Option<u64>,
+    /// Age of the newest restorable transaction when the restore finished (on an idle database
+    /// this is the age of its last write, not data at risk).
+    pub newest_restorable_age_seconds: Option<f64>,
     /// `PRAGMA integrity_check` on the restored newest state.
     pub integrity_check: Option<String>,
     /// `PRAGMA foreign_key_check` on the restored newest state.
@@ -131,6 +144,8 @@ pub async fn drill(client: &dyn ReplicaClient, opts: &DrillOptions) -> Result<Dr
         txid_time: None,
         rto_seconds: None,
         rpo_seconds: None,
+        at_risk_commits: None,
+        newest_restorable_age_seconds: None,
         integrity_check: None,
         foreign_key_check: None,
         checksum: None,
@@ -176,7 +191,7 @@ pub async fn drill(client: &dyn ReplicaClient, opts: &DrillOptions) -> Result<Dr
         target: Target::Latest,
         parallelism,
         force: false,
-        progress: None,
+        progress: opts.progress.clone(),
     };
     let restored = match restore::execute(client, &plan, &ropts).await {
         Ok(r) => r,
@@ -189,7 +204,8 @@ pub async fn drill(client: &dyn ReplicaClient, opts: &DrillOptions) -> Result<Dr
     report.rto_seconds = Some(rto);
     report.txid = Some(restored.txid.to_string());
     report.txid_time = Some(fmt_time(restored.time_ms));
-    report.rpo_seconds = Some(now_ms().saturating_sub(restored.time_ms) as f64 / 1000.0);
+    let age = now_ms().saturating_sub(restored.time_ms) as f64 / 1000.0;
+    report.newest_restorable_age_seconds = Some(age);
 
     // 2. Independent checks of the restored file.
     let (latest, latest_hashes) =
@@ -198,6 +214,15 @@ pub async fn drill(client: &dyn ReplicaClient, opts: &DrillOptions) -> Result<Dr
     report.foreign_key_check = Some(latest.foreign_key_check.clone());
     report.checksum = Some(latest.checksum.clone());
     checks::point_problems(&mut report, &latest, "the newest state");
+
+    // Folders backed up with the database: every manifest and every blob's SHA-256.
+    match lifeboat_dirs::verify::verify(client, scratch.path()).await {
+        Ok(f) => f
+            .problems
+            .into_iter()
+            .for_each(|p| report.problem(format!("folders: {p}"))),
+        Err(e) => report.problem(format!("cannot check the folders: {e}")),
+    }
 
     let objs = cat
         .generations
@@ -226,13 +251,14 @@ pub async fn drill(client: &dyn ReplicaClient, opts: &DrillOptions) -> Result<Dr
             Ok(r) => {
                 let secs = t.elapsed().as_secs_f64();
                 let (pc, _) = checks::check_state(&path, &r, target, secs).await?;
-                let what = format!("restore point txid {txid}");
+                let what = format!("restore point txid {}", txid.0);
                 checks::point_problems(&mut report, &pc, &what);
                 report.random_point = Some(pc);
                 std::fs::remove_file(&path).ok();
             }
             Err(e) => report.problem(format!(
-                "restore of the random point {target} failed: {}",
+                "restore of the random point txid {} failed: {}",
+                txid.0,
                 e.chain()
             )),
         }
@@ -250,6 +276,12 @@ pub async fn drill(client: &dyn ReplicaClient, opts: &DrillOptions) -> Result<Dr
             latest_hashes,
         )
         .await;
+        report.at_risk_commits = check.unshipped_commits.filter(|_| check.ok);
+        report.rpo_seconds = match report.at_risk_commits {
+            Some(0) => Some(0.0),
+            Some(_) => Some(now_ms().saturating_sub(restored.time_ms) as f64 / 1000.0),
+            None => None,
+        };
         if !check.ok {
             report.problem(format!(
                 "live database {}: {}",

@@ -16,6 +16,7 @@ use std::time::{Duration, Instant};
 use futures::stream::{self, StreamExt};
 use lifeboat_storage::retry::{retry, RetryPolicy};
 use lifeboat_storage::ReplicaClient;
+use lifeboat_wal::any_segment::AnySegment;
 use lifeboat_wal::checksum::PageHashes;
 use lifeboat_wal::segment::Segment;
 use lifeboat_wal::snapshot::SnapshotReader;
@@ -140,6 +141,22 @@ impl Output {
             .map_err(|e| Error::io("write restored page", e))
     }
 
+    /// Reads page `pgno`; a page inside the size that was never written reads as zeros.
+    fn read_page(&self, pgno: u32, page: &mut [u8]) -> std::io::Result<()> {
+        let at = u64::from(pgno - 1) * self.page_size;
+        let mut done = 0;
+        while done < page.len() {
+            match self.file.read_at(&mut page[done..], at + done as u64)? {
+                0 => {
+                    page[done..].fill(0);
+                    break;
+                }
+                n => done += n,
+            }
+        }
+        Ok(())
+    }
+
     fn set_pages(&self, pages: u32) -> Result<()> {
         self.file
             .set_len(u64::from(pages) * self.page_size)
@@ -255,13 +272,27 @@ pub async fn execute(
         .map(|o| async move {
             let b = retry(policy, "segment download", || client.get(&o.key)).await?;
             let name = o.key.clone();
-            let seg = tokio::task::spawn_blocking(move || Segment::decode(&b))
-                .await
-                .map_err(|e| Error::join("decoding a segment", e))?
-                .map_err(|e| Error::Corrupt {
-                    key: name.clone(),
-                    cause: e,
-                })?;
+            // Segments that rebuild on their own do it here, in parallel; format-2 segments
+            // whose pages are deltas against the state before them wait for that state.
+            let seg = tokio::task::spawn_blocking(move || {
+                let any = AnySegment::open(&b)?;
+                if any.base_pages().is_empty() {
+                    any.rebuild(&mut |p, _| {
+                        Err(lifeboat_wal::Error::from(std::io::Error::other(format!(
+                            "page {p} has no base"
+                        ))))
+                    })
+                    .map(Ready::Built)
+                } else {
+                    Ok(Ready::NeedsBases(any))
+                }
+            })
+            .await
+            .map_err(|e| Error::join("decoding a segment", e))?
+            .map_err(|e| Error::Corrupt {
+                key: name.clone(),
+                cause: e,
+            })?;
             Ok::<_, Error>((o, seg))
         })
         .buffered(parallelism);
@@ -271,6 +302,10 @@ pub async fn execute(
         objects += 1;
         bytes += o.size;
         report_progress(bytes);
+        let seg = match seg {
+            Ready::Built(s) => s,
+            Ready::NeedsBases(any) => rebuild_on(&out, &state, &o, any)?,
+        };
         if apply_segment(&out, &mut hashes, &mut state, &o, &seg, plan.target)? {
             break;
         }
@@ -333,12 +368,56 @@ pub async fn execute(
     info!(
         output = %opts.output.display(),
         generation = %report.generation,
-        txid = %report.txid,
+        txid = report.txid.0,
         checksum = %report.checksum,
         elapsed = ?report.elapsed,
         "restore complete; database checksum verified"
     );
     Ok(report)
+}
+
+/// A downloaded segment: its frames, or a format-2 segment that needs the restored state.
+enum Ready {
+    Built(Segment),
+    NeedsBases(AnySegment),
+}
+
+/// Rebuilds a format-2 segment's frames from the pages of the database restored so far, which
+/// must be exactly the state before the segment (its checksum is the segment's starting one).
+fn rebuild_on(
+    out: &Output,
+    state: &State,
+    o: &catalog::Segment,
+    any: AnySegment,
+) -> Result<Segment> {
+    let h = &any.header;
+    if h.first_txid != state.txid.next() || h.checksum_before != state.checksum {
+        return Err(Error::Replica(format!(
+            "object {}: its pages are deltas against the database at txid {} (checksum {}), \
+             but the restore is at txid {} (checksum {}); restore from another snapshot",
+            o.key,
+            TxId(h.first_txid.0.saturating_sub(1)),
+            h.checksum_before,
+            state.txid,
+            state.checksum
+        )));
+    }
+    let db_size = state.db_size;
+    any.rebuild(&mut |pgno, page| {
+        if pgno > db_size {
+            page.fill(0);
+            return Ok(());
+        }
+        out.read_page(pgno, page)
+            .map_err(|e| lifeboat_wal::Error::Corrupt {
+                offset: 0,
+                reason: format!("cannot read base page {pgno}: {e}"),
+            })
+    })
+    .map_err(|e| Error::Corrupt {
+        key: o.key.clone(),
+        cause: e,
+    })
 }
 
 struct State {

@@ -56,9 +56,22 @@ pub fn plan_generation(
             Target::Time(t) => s.time_ms <= t,
         })
         .ok_or_else(|| {
-            Error::Replica(format!(
-                "generation {generation} has no snapshot at or before the target"
-            ))
+            let (first, newest) = (objs.snapshots.first(), objs.newest_time());
+            Error::Replica(match (target, first, newest) {
+                (Target::Time(t), Some(s), Some(n)) => format!(
+                    "generation {generation} holds no state at or before {}: it restores from {} \
+                     to {}",
+                    fmt_time(t),
+                    fmt_time(s.time_ms),
+                    fmt_time(n)
+                ),
+                (Target::TxId(t), Some(s), _) => format!(
+                    "generation {generation} holds no state at or before txid {}: its earliest \
+                     restore point is txid {} (older ones were pruned or never shipped)",
+                    t.0, s.txid.0
+                ),
+                _ => format!("generation {generation} has no snapshot: it cannot be restored"),
+            })
         })?
         .clone();
     let base = snapshot.txid;
@@ -106,8 +119,9 @@ pub fn plan_generation(
     if let Target::TxId(t) = target {
         if TxId(next.0 - 1) < t {
             return Err(Error::Replica(format!(
-                "generation {generation} ends at txid {}, before the target txid {t}",
-                TxId(next.0 - 1)
+                "generation {generation} ends at txid {}, before the target txid {}",
+                next.0 - 1,
+                t.0
             )));
         }
     }
@@ -119,29 +133,63 @@ pub fn plan_generation(
     })
 }
 
+/// Why a point-in-time restore to `t` finds nothing: what the replica can restore instead.
+fn no_state_before(cat: &Catalog, t: u64) -> String {
+    let restorable = cat.generations.values().filter(|o| !o.snapshots.is_empty());
+    let earliest = restorable.clone().map(|o| o.snapshots[0].time_ms).min();
+    let newest = restorable.filter_map(|o| o.newest_time()).max();
+    match (earliest, newest) {
+        (Some(e), Some(n)) => format!(
+            "the replica holds no state at or before {}: its earliest restore point is {} and \
+             its newest {}; pick a time in between (`lifeboat generations` lists each \
+             generation's range)",
+            fmt_time(t),
+            fmt_time(e),
+            fmt_time(n)
+        ),
+        _ => format!(
+            "the replica holds no state at or before {}: it holds no snapshot at all, so \
+             nothing to restore",
+            fmt_time(t)
+        ),
+    }
+}
+
 /// Plans a restore from a replica's catalog.
 pub fn plan(cat: &Catalog, generation: Option<Generation>, target: Target) -> Result<Plan> {
     let (g, objs) = match generation {
         Some(g) => (
             g,
-            cat.generations.get(&g).ok_or_else(|| {
-                Error::Replica(format!("generation {g} not found in the replica"))
-            })?,
+            cat.generations
+                .get(&g)
+                .ok_or_else(|| Error::Replica(format!("generation {g} not found in the replica")))
+                .and_then(|o| {
+                    if o.pruning {
+                        return Err(Error::Replica(format!(
+                            "generation {g} is being deleted by retention (its `pruning` marker \
+                             is present: a prune was interrupted); it is not restored. Run \
+                             `lifeboat prune` to finish deleting it"
+                        )));
+                    }
+                    Ok(o)
+                })?,
         ),
         None => match target {
-            // The newest generation that has a state at or before the time.
+            // The newest generation that has a state at or before the time (a generation
+            // being pruned has none any more: every restore point in it is outside the window).
             Target::Time(t) => cat
                 .generations
                 .iter()
                 .rev()
+                .filter(|(g, o)| {
+                    if o.pruning {
+                        tracing::warn!(generation = %g, "skipping a generation that retention is deleting (an interrupted prune)");
+                    }
+                    !o.pruning
+                })
                 .find(|(_, o)| o.snapshots.iter().any(|s| s.time_ms <= t))
                 .map(|(g, o)| (*g, o))
-                .ok_or_else(|| {
-                    Error::Replica(format!(
-                        "the replica holds no state at or before {}",
-                        fmt_time(t)
-                    ))
-                })?,
+                .ok_or_else(|| Error::Replica(no_state_before(cat, t)))?,
             _ => cat.latest().ok_or_else(|| {
                 Error::Replica("the replica holds no snapshot: nothing to restore".into())
             })?,
@@ -179,6 +227,7 @@ mod tests {
         GenerationObjects {
             snapshots,
             segments,
+            pruning: false,
         }
     }
 
@@ -213,7 +262,7 @@ mod tests {
         assert_eq!(p.snapshot.txid, TxId(0));
         assert_eq!(keys(&p), ["seg-1-2-2", "seg-3-4-4"]);
         let e = refusal(&o, Target::TxId(TxId(9)));
-        assert!(e.contains("ends at txid 0000000000000007"), "{e}");
+        assert!(e.contains("ends at txid 7,"), "{e}");
     }
 
     #[test]
@@ -225,6 +274,36 @@ mod tests {
         let p = plan_generation(G, &o, Target::Time(5)).unwrap();
         assert_eq!(keys(&p), ["seg-1-2-2", "seg-3-4-10"]);
         assert!(plan_generation(G, &o, Target::Time(0)).is_err());
+    }
+
+    #[test]
+    fn a_time_before_every_restore_point_names_the_earliest_and_newest() {
+        let mut cat = Catalog::default();
+        cat.generations
+            .insert(G, objs(vec![snap(0, 5_000)], vec![seg(1, 2, 9_000)]));
+        cat.generations.insert(
+            Generation(0x20),
+            objs(vec![snap(0, 20_000)], vec![seg(1, 1, 30_000)]),
+        );
+        let e = plan(&cat, None, Target::Time(1_000))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("earliest restore point is 1970-01-01T00:00:05.000Z")
+                && e.contains("newest 1970-01-01T00:00:30.000Z"),
+            "{e}"
+        );
+        let e = plan(&cat, Some(Generation(0x20)), Target::Time(10_000))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("restores from 1970-01-01T00:00:20.000Z to 1970-01-01T00:00:30.000Z"),
+            "{e}"
+        );
+        let e = plan(&Catalog::default(), None, Target::Time(1_000))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("no snapshot at all"), "{e}");
     }
 
     #[test]
@@ -240,8 +319,7 @@ mod tests {
         ));
         let e = refusal(&o, Target::Latest);
         assert!(
-            e.contains("missing transactions 0000000000000003..0000000000000004")
-                && e.contains("seg-5-6-6"),
+            e.contains("missing transactions 3..4:") && e.contains("seg-5-6-6"),
             "{e}"
         );
     }
@@ -259,10 +337,10 @@ mod tests {
         ));
         let e = refusal(&o, Target::Latest);
         assert!(
-            e.contains("forked at txid 0000000000000003")
+            e.contains("forked at txid 3:")
                 && e.contains("seg-3-4-4")
                 && e.contains("seg-3-3-5")
-                && e.contains("--txid 0000000000000002"),
+                && e.contains("--txid 2;"),
             "{e}"
         );
         // Before the fork the history still restores.

@@ -1,0 +1,557 @@
+//! Capture: the folder's current state, kept up to date cheaply.
+//!
+//! A [`Folder`] knows every path's [`Entry`] as last seen *stable*. What it looks at again on
+//! each [`capture`](Folder::capture): the paths file-system events named, the files that were
+//! still changing at the last look, and the direct children of every folder whose modification
+//! time moved (a file created, removed or renamed changes its folder's mtime even when its event
+//! has not arrived yet). Every `rescan_every` (and whenever events were lost) it walks the whole
+//! tree. All of it is local: capturing an idle folder makes no request to any replica.
+//!
+//! A file is taken only once it is *stable*: its size, mtime, ctime and inode are the same
+//! before and after it was hashed, and either its mtime is at least `settle` old or two looks
+//! `settle` apart saw the same. A file still being written is looked at again later, never
+//! shipped half. Symbolic links are recorded with their target and never followed.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use notify::{RecursiveMode, Watcher};
+use tracing::{debug, warn};
+
+use crate::entry::{sha256_file, Entry, Kind, Stat};
+use crate::manifest::State;
+use crate::{Error, Result};
+
+/// What the watcher thread has noticed since the last capture.
+#[derive(Debug, Default)]
+struct Events {
+    dirty: BTreeSet<String>,
+    rescan: bool,
+}
+
+/// One folder being captured.
+pub struct Folder {
+    root: PathBuf,
+    name: String,
+    current: BTreeMap<String, (Entry, Option<Stat>)>,
+    dir_stats: BTreeMap<String, Stat>,
+    unstable: BTreeMap<String, (Stat, Instant)>,
+    events: Arc<Mutex<Events>>,
+    _watcher: Option<notify::RecommendedWatcher>,
+    last_rescan: Option<Instant>,
+    rescan_every: Duration,
+    settle: Duration,
+    version: u64,
+}
+
+impl std::fmt::Debug for Folder {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Folder").field("root", &self.root).finish()
+    }
+}
+
+impl Folder {
+    /// Starts watching `root` (created if missing). `name` is its name in the replica; `wake`
+    /// is told (without blocking) whenever an event arrives.
+    pub fn open(
+        root: &Path,
+        name: &str,
+        settle: Duration,
+        rescan_every: Duration,
+        wake: Option<std::sync::mpsc::SyncSender<()>>,
+    ) -> Result<Folder> {
+        std::fs::create_dir_all(root).map_err(|e| Error::io("create folder", root, e))?;
+        let root = root
+            .canonicalize()
+            .map_err(|e| Error::io("resolve folder", root, e))?;
+        let events = Arc::new(Mutex::new(Events {
+            dirty: BTreeSet::new(),
+            rescan: true,
+        }));
+        let watcher = watch(&root, events.clone(), wake);
+        Ok(Folder {
+            root,
+            name: name.to_string(),
+            current: BTreeMap::new(),
+            dir_stats: BTreeMap::new(),
+            unstable: BTreeMap::new(),
+            events,
+            _watcher: watcher,
+            last_rescan: None,
+            rescan_every,
+            settle,
+            version: 0,
+        })
+    }
+
+    /// The folder on disk.
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    /// Its name in the replica.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// Goes up by one whenever the captured state changes.
+    pub fn version(&self) -> u64 {
+        self.version
+    }
+
+    /// The stable entries.
+    pub fn state(&self) -> State {
+        self.current
+            .iter()
+            .map(|(k, (e, _))| (k.clone(), e.clone()))
+            .collect()
+    }
+
+    /// Whether every file seen is captured (none still changing).
+    pub fn settled(&self) -> bool {
+        self.unstable.is_empty()
+    }
+
+    /// Forgets what it knows of `path` so the next capture reads it again (its content
+    /// changed after it was hashed).
+    pub fn invalidate(&mut self, path: &str) {
+        if self.current.remove(path).is_some() {
+            self.version += 1;
+        }
+        self.events.lock().unwrap().dirty.insert(path.to_string());
+    }
+
+    /// Brings the state up to date (see the module docs); returns whether it is settled.
+    pub fn capture(&mut self) -> Result<bool> {
+        let (dirty, rescan) = {
+            let mut ev = self.events.lock().unwrap();
+            (
+                std::mem::take(&mut ev.dirty),
+                std::mem::take(&mut ev.rescan),
+            )
+        };
+        if rescan
+            || self
+                .last_rescan
+                .is_none_or(|t| t.elapsed() >= self.rescan_every)
+        {
+            self.last_rescan = Some(Instant::now());
+            let before = self.version;
+            self.list_dir("", true)?;
+            debug!(folder = %self.root.display(), changed = self.version != before, "rescanned");
+        } else {
+            let moved: Vec<String> = self
+                .dir_stats
+                .iter()
+                .filter(|(rel, s)| {
+                    lstat(&self.root.join(rel.as_str()))
+                        .map(|m| Stat::of(&m))
+                        .ok()
+                        != Some(**s)
+                })
+                .map(|(rel, _)| rel.clone())
+                .collect();
+            for d in moved {
+                self.list_dir(&d, false)?;
+            }
+            let again: Vec<String> = self.unstable.keys().cloned().collect();
+            for p in dirty.into_iter().chain(again) {
+                self.examine(&p)?;
+            }
+        }
+        Ok(self.settled())
+    }
+
+    /// Captures, then again until every file that was still changing at the first look has
+    /// settled (those may be files the commits being shipped refer to) or `wait` has passed;
+    /// returns whether they settled. Files that appear meanwhile are not waited for.
+    pub fn capture_settled(&mut self, wait: Duration) -> Result<bool> {
+        let deadline = Instant::now() + wait;
+        self.capture()?;
+        let waiting: Vec<String> = self.unstable.keys().cloned().collect();
+        loop {
+            if waiting.iter().all(|p| !self.unstable.contains_key(p)) {
+                return Ok(true);
+            }
+            if Instant::now() >= deadline {
+                return Ok(false);
+            }
+            std::thread::sleep((self.settle / 4).max(Duration::from_millis(5)));
+            self.capture()?;
+        }
+    }
+
+    fn examine(&mut self, rel: &str) -> Result<()> {
+        let abs = self.root.join(rel);
+        match lstat(&abs) {
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                self.remove_tree(rel);
+                Ok(())
+            }
+            Err(e) => Err(Error::io("stat", abs, e)),
+            Ok(m) if m.is_dir() => {
+                let known = matches!(
+                    self.current.get(rel),
+                    Some((
+                        Entry {
+                            kind: Kind::Dir,
+                            ..
+                        },
+                        _
+                    ))
+                );
+                self.set_dir(rel, &m);
+                if !known {
+                    self.list_dir(rel, true)?;
+                }
+                Ok(())
+            }
+            Ok(m) => self.examine_meta(rel, &m),
+        }
+    }
+
+    /// Lists a folder's direct children (and, if `deep` or new, their subtrees), dropping
+    /// what is gone.
+    fn list_dir(&mut self, rel: &str, deep: bool) -> Result<()> {
+        let abs = if rel.is_empty() {
+            self.root.clone()
+        } else {
+            self.root.join(rel)
+        };
+        let meta = match lstat(&abs) {
+            Ok(m) if m.is_dir() => m,
+            Ok(_) => return self.examine(rel),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound && !rel.is_empty() => {
+                self.remove_tree(rel);
+                return Ok(());
+            }
+            Err(e) => return Err(Error::io("stat", abs, e)),
+        };
+        // Recorded before listing: a change during the listing shows at the next look.
+        self.dir_stats.insert(rel.to_string(), Stat::of(&meta));
+        let rd = match std::fs::read_dir(&abs) {
+            Ok(rd) => rd,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound && !rel.is_empty() => {
+                self.remove_tree(rel);
+                return Ok(());
+            }
+            Err(e) => return Err(Error::io("list folder", abs, e)),
+        };
+        let mut seen = BTreeSet::new();
+        for de in rd {
+            let de = de.map_err(|e| Error::io("list folder", &abs, e))?;
+            let Some(name) = de.file_name().to_str().map(str::to_string) else {
+                warn!(path = %de.path().display(), "file name is not UTF-8; not backed up");
+                continue;
+            };
+            let crel = if rel.is_empty() {
+                name
+            } else {
+                format!("{rel}/{name}")
+            };
+            let m = match de.metadata() {
+                Ok(m) => m,
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+                Err(e) => return Err(Error::io("stat", de.path(), e)),
+            };
+            seen.insert(crel.clone());
+            if m.is_dir() {
+                let known = matches!(
+                    self.current.get(&crel),
+                    Some((
+                        Entry {
+                            kind: Kind::Dir,
+                            ..
+                        },
+                        _
+                    ))
+                );
+                self.set_dir(&crel, &m);
+                if deep || !known {
+                    self.list_dir(&crel, deep)?;
+                }
+            } else {
+                self.examine_meta(&crel, &m)?;
+            }
+        }
+        let gone: Vec<String> = self
+            .current
+            .keys()
+            .chain(self.unstable.keys())
+            .filter(|p| parent(p) == rel && !seen.contains(*p))
+            .cloned()
+            .collect();
+        for p in gone {
+            self.remove_tree(&p);
+        }
+        Ok(())
+    }
+
+    fn set_dir(&mut self, rel: &str, m: &std::fs::Metadata) {
+        let e = Entry {
+            path: rel.to_string(),
+            kind: Kind::Dir,
+            mode: m.mode() & 0o7777,
+            mtime_ns: 0,
+        };
+        if self.current.get(rel).map(|(x, _)| x) != Some(&e) {
+            self.remove_tree_below(rel);
+            self.current.insert(rel.to_string(), (e, None));
+            self.version += 1;
+        }
+    }
+
+    fn examine_meta(&mut self, rel: &str, m: &std::fs::Metadata) -> Result<()> {
+        let abs = self.root.join(rel);
+        let ft = m.file_type();
+        if ft.is_symlink() {
+            let target = std::fs::read_link(&abs).map_err(|e| Error::io("read link", &abs, e))?;
+            let Some(target) = target.to_str() else {
+                warn!(path = %abs.display(), "link target is not UTF-8; not backed up");
+                return Ok(());
+            };
+            let e = Entry {
+                path: rel.to_string(),
+                kind: Kind::Symlink {
+                    target: target.to_string(),
+                },
+                mode: m.mode() & 0o7777,
+                mtime_ns: 0,
+            };
+            self.put(rel, e, None);
+            return Ok(());
+        }
+        if !ft.is_file() {
+            debug!(path = %abs.display(), "not a file, folder or link; skipped");
+            return Ok(());
+        }
+        let stat = Stat::of(m);
+        if matches!(self.current.get(rel), Some((_, Some(s))) if *s == stat) {
+            self.unstable.remove(rel);
+            return Ok(());
+        }
+        let now = Instant::now();
+        let old_enough = now_ns().saturating_sub(stat.mtime_ns()) >= self.settle.as_nanos() as i64;
+        let seen_still = matches!(self.unstable.get(rel), Some((s, t)) if *s == stat && now.duration_since(*t) >= self.settle);
+        if !old_enough && !seen_still {
+            if !matches!(self.unstable.get(rel), Some((s, _)) if *s == stat) {
+                self.unstable.insert(rel.to_string(), (stat, now));
+            }
+            return Ok(());
+        }
+        let (sha256, size) = match sha256_file(&abs) {
+            Ok(h) => h,
+            Err(Error::Io { source, .. }) if source.kind() == std::io::ErrorKind::NotFound => {
+                self.remove_tree(rel);
+                return Ok(());
+            }
+            Err(e) => return Err(e),
+        };
+        let after = lstat(&abs).ok().map(|m| Stat::of(&m));
+        if after != Some(stat) || size != stat.size() {
+            // Written while we read it: look again later.
+            if let Some(s) = after {
+                self.unstable.insert(rel.to_string(), (s, Instant::now()));
+            }
+            return Ok(());
+        }
+        self.unstable.remove(rel);
+        let e = Entry {
+            path: rel.to_string(),
+            kind: Kind::File { sha256, size },
+            mode: m.mode() & 0o7777,
+            mtime_ns: stat.mtime_ns(),
+        };
+        self.put(rel, e, Some(stat));
+        Ok(())
+    }
+
+    fn put(&mut self, rel: &str, e: Entry, stat: Option<Stat>) {
+        if matches!(
+            self.current.get(rel),
+            Some((
+                Entry {
+                    kind: Kind::Dir,
+                    ..
+                },
+                _
+            ))
+        ) {
+            self.remove_tree_below(rel);
+        }
+        let changed = self.current.get(rel).map(|(x, _)| x) != Some(&e);
+        self.current.insert(rel.to_string(), (e, stat));
+        if changed {
+            self.version += 1;
+        }
+    }
+
+    fn remove_tree_below(&mut self, rel: &str) {
+        let prefix = format!("{rel}/");
+        let below: Vec<String> = self
+            .current
+            .range(prefix.clone()..)
+            .take_while(|(k, _)| k.starts_with(&prefix))
+            .map(|(k, _)| k.clone())
+            .collect();
+        if !below.is_empty() {
+            self.version += 1;
+        }
+        for k in below {
+            self.current.remove(&k);
+        }
+        self.unstable.retain(|k, _| !k.starts_with(&prefix));
+        self.dir_stats.retain(|k, _| !k.starts_with(&prefix));
+    }
+
+    fn remove_tree(&mut self, rel: &str) {
+        if self.current.remove(rel).is_some() {
+            self.version += 1;
+        }
+        self.unstable.remove(rel);
+        self.dir_stats.remove(rel);
+        self.remove_tree_below(rel);
+    }
+}
+
+fn parent(p: &str) -> &str {
+    p.rsplit_once('/').map_or("", |(d, _)| d)
+}
+
+fn lstat(p: &Path) -> std::io::Result<std::fs::Metadata> {
+    std::fs::symlink_metadata(p)
+}
+
+fn now_ns() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos() as i64)
+}
+
+fn watch(
+    root: &Path,
+    events: Arc<Mutex<Events>>,
+    wake: Option<std::sync::mpsc::SyncSender<()>>,
+) -> Option<notify::RecommendedWatcher> {
+    let base = root.to_path_buf();
+    let res = notify::recommended_watcher(move |ev: notify::Result<notify::Event>| {
+        let mut st = events.lock().unwrap();
+        match ev {
+            Ok(ev) if ev.need_rescan() => st.rescan = true,
+            Ok(ev) => {
+                if matches!(ev.kind, notify::EventKind::Access(_)) {
+                    return;
+                }
+                for p in &ev.paths {
+                    match p.strip_prefix(&base).ok().and_then(Path::to_str) {
+                        Some("") => {}
+                        Some(rel) => {
+                            st.dirty.insert(rel.to_string());
+                        }
+                        None => st.rescan = true,
+                    }
+                }
+            }
+            Err(_) => st.rescan = true,
+        }
+        if let Some(w) = &wake {
+            let _ = w.try_send(());
+        }
+    });
+    match res.and_then(|mut w| w.watch(root, RecursiveMode::Recursive).map(|()| w)) {
+        Ok(w) => Some(w),
+        Err(e) => {
+            warn!(folder = %root.display(), error = %e, "file watching unavailable; the folder is rescanned instead");
+            None
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn settled(f: &mut Folder) -> State {
+        assert!(
+            f.capture_settled(Duration::from_secs(10)).unwrap(),
+            "never settled"
+        );
+        f.state()
+    }
+
+    #[test]
+    fn captures_files_dirs_links_and_changes() {
+        let d = tempfile::tempdir().unwrap();
+        let root = d.path().join("up");
+        let mut f = Folder::open(
+            &root,
+            "up",
+            Duration::from_millis(30),
+            Duration::from_secs(3600),
+            None,
+        )
+        .unwrap();
+        assert!(settled(&mut f).is_empty());
+        std::fs::create_dir_all(root.join("a/b")).unwrap();
+        std::fs::write(root.join("a/b/x.txt"), b"hello").unwrap();
+        std::fs::write(root.join("empty"), b"").unwrap();
+        std::os::unix::fs::symlink("/etc/passwd", root.join("link")).unwrap();
+        std::fs::create_dir(root.join("void")).unwrap();
+        let s = settled(&mut f);
+        assert_eq!(
+            s.keys().collect::<Vec<_>>(),
+            ["a", "a/b", "a/b/x.txt", "empty", "link", "void"]
+        );
+        assert!(matches!(&s["link"].kind, Kind::Symlink { target } if target == "/etc/passwd"));
+        assert!(matches!(&s["empty"].kind, Kind::File { size: 0, .. }));
+        assert!(matches!(s["void"].kind, Kind::Dir));
+        // Rename a folder, delete a file, change a mode: seen without a full rescan.
+        let v = f.version();
+        std::fs::rename(root.join("a"), root.join("c")).unwrap();
+        std::fs::remove_file(root.join("empty")).unwrap();
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(
+            root.join("c/b/x.txt"),
+            std::fs::Permissions::from_mode(0o600),
+        )
+        .unwrap();
+        let s = settled(&mut f);
+        assert!(f.version() > v);
+        assert_eq!(
+            s.keys().collect::<Vec<_>>(),
+            ["c", "c/b", "c/b/x.txt", "link", "void"]
+        );
+        assert_eq!(s["c/b/x.txt"].mode, 0o600);
+        // Idle: nothing changes.
+        let v = f.version();
+        let _ = settled(&mut f);
+        assert_eq!(f.version(), v);
+    }
+
+    #[test]
+    fn a_file_being_written_is_not_taken_until_it_settles() {
+        let d = tempfile::tempdir().unwrap();
+        let root = d.path().join("up");
+        let mut f = Folder::open(
+            &root,
+            "up",
+            Duration::from_millis(300),
+            Duration::from_secs(3600),
+            None,
+        )
+        .unwrap();
+        f.capture().unwrap();
+        std::fs::write(root.join("big"), vec![1u8; 1000]).unwrap();
+        // Fresh: not yet.
+        assert!(!f.capture().unwrap());
+        assert!(!f.state().contains_key("big"));
+        // Grows: still not.
+        std::fs::write(root.join("big"), vec![1u8; 2000]).unwrap();
+        assert!(!f.capture().unwrap());
+        let s = settled(&mut f);
+        assert!(matches!(&s["big"].kind, Kind::File { size: 2000, .. }));
+    }
+}

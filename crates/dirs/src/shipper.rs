@@ -1,0 +1,538 @@
+//! Shipping folders to replicas, in step with the database.
+//!
+//! The agent calls [`DirShipper::flush`] for a replica after it has read the next database
+//! commits from the WAL and before it uploads them. The flush captures each folder (a file
+//! written before those commits is on disk by then), uploads the blobs it lacks and a manifest
+//! tagged with the last of those commits, and only then does the database upload go ahead. So a
+//! file written before a commit is in every restore at or after that commit.
+//!
+//! Deletions wait: a path seen gone is removed from the chain only at a later flush whose
+//! database read was *complete* (everything committed by then was read). A file deleted after
+//! the commit that stopped referring to it is therefore still in every restore point before that
+//! commit (the proof is in `docs/format.md`).
+//!
+//! Blob uploads are create-only and content-addressed: the file is copied to a staging file
+//! while it is hashed, and uploaded only if the copy has the hash the capture saw (otherwise it
+//! changed meanwhile and is captured again). Memory stays bounded: 64 KiB buffers, and S3's
+//! multipart upload for large files (the storage backend's `put_file`).
+
+use std::collections::{BTreeMap, HashSet};
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc::{sync_channel, Receiver, RecvTimeoutError, SyncSender};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use lifeboat_storage::keys::{self, ManifestKey};
+use lifeboat_storage::ReplicaClient;
+use lifeboat_wal::{Generation, TxId};
+use tokio::runtime::Handle;
+use tracing::{debug, info, warn};
+
+use crate::entry::{sha256_of, Entry};
+use crate::folder::Folder;
+use crate::manifest::{self, Manifest, State, FORMAT};
+use crate::{Error, Result};
+
+/// Tuning.
+#[derive(Clone, Debug)]
+pub struct DirOptions {
+    /// How long a file must stay unchanged before it is taken (default 200 ms).
+    pub settle: Duration,
+    /// How long a flush waits for files still being written (default 2 s); what is still
+    /// changing then goes in a later flush.
+    pub wait: Duration,
+    /// Full rescan of each folder this often, as a fallback to events (default 60 s).
+    pub rescan_every: Duration,
+    /// A base manifest (the whole state) after this many deltas (default 100).
+    pub base_every: u64,
+    /// Where blob copies are staged for upload.
+    pub staging_dir: PathBuf,
+}
+
+impl Default for DirOptions {
+    fn default() -> Self {
+        DirOptions {
+            settle: Duration::from_millis(200),
+            wait: Duration::from_secs(2),
+            rescan_every: Duration::from_secs(60),
+            base_every: 100,
+            staging_dir: std::env::temp_dir(),
+        }
+    }
+}
+
+/// A folder to back up: where it is, and its name in the replica.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DirSpec {
+    /// The folder.
+    pub path: PathBuf,
+    /// Its name in the replica's keys.
+    pub name: String,
+}
+
+impl DirSpec {
+    /// `PATH` (named after its last component) or `NAME=PATH`.
+    pub fn parse(s: &str) -> Result<DirSpec> {
+        let (name, path) = match s.split_once('=') {
+            Some((n, p)) if keys::valid_folder_name(n) => (n.to_string(), PathBuf::from(p)),
+            _ => {
+                let p = PathBuf::from(s);
+                let n = p
+                    .file_name()
+                    .and_then(|n| n.to_str())
+                    .unwrap_or_default()
+                    .to_string();
+                (n, p)
+            }
+        };
+        if !keys::valid_folder_name(&name) {
+            return Err(Error::Config(format!(
+                "folder {s:?}: its name {name:?} cannot be used in object keys (use NAME=PATH with NAME of A-Z a-z 0-9 . _ -)"
+            )));
+        }
+        Ok(DirSpec { path, name })
+    }
+
+    /// Parses several, refusing two with one name.
+    pub fn parse_all<'a>(v: impl IntoIterator<Item = &'a str>) -> Result<Vec<DirSpec>> {
+        let mut out: Vec<DirSpec> = Vec::new();
+        for s in v {
+            let d = DirSpec::parse(s)?;
+            if out.iter().any(|x| x.name == d.name) {
+                return Err(Error::Config(format!(
+                    "two folders are named {:?}; name one with NAME=PATH",
+                    d.name
+                )));
+            }
+            out.push(d);
+        }
+        Ok(out)
+    }
+}
+
+/// What a flush did.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct FlushReport {
+    /// Blobs uploaded.
+    pub blobs: u64,
+    /// Bytes of blobs uploaded.
+    pub blob_bytes: u64,
+    /// Manifests written.
+    pub manifests: u64,
+    /// Whether a file was still being written and was left for a later flush.
+    pub unsettled: bool,
+}
+
+/// A chain in one replica, as this process knows it.
+#[derive(Debug, Default)]
+struct Chain {
+    /// The state after the last manifest.
+    state: State,
+    last: Option<ManifestKey>,
+    deltas: u64,
+    known: HashSet<String>,
+    /// Entries captured since the last manifest, kept even if the file is gone since: the
+    /// next manifest records them (its deletion waits like any other).
+    pending: BTreeMap<String, Entry>,
+    /// The folder version `pending` reflects.
+    seen: Option<u64>,
+    /// Paths seen gone, with the flush that first saw them.
+    gone: BTreeMap<String, u64>,
+    flushes: u64,
+}
+
+struct Shipping {
+    folder: Folder,
+    chains: Vec<Option<Chain>>,
+}
+
+struct Inner {
+    folders: Vec<Mutex<Shipping>>,
+    clients: Vec<Arc<dyn ReplicaClient>>,
+    opts: DirOptions,
+    rt: Handle,
+    stop: AtomicBool,
+}
+
+/// Ships a database's folders to its replicas (see the module docs).
+pub struct DirShipper {
+    inner: Arc<Inner>,
+    thread: Option<std::thread::JoinHandle<()>>,
+    wake: SyncSender<()>,
+}
+
+impl std::fmt::Debug for DirShipper {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DirShipper")
+            .field("folders", &self.inner.folders.len())
+            .finish()
+    }
+}
+
+impl Drop for DirShipper {
+    fn drop(&mut self) {
+        self.inner.stop.store(true, Ordering::SeqCst);
+        let _ = self.wake.try_send(());
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+impl DirShipper {
+    /// Starts watching the folders (created if missing) and a thread that captures what
+    /// changes as it changes and uploads its content (blobs) ahead of the next flush, so that
+    /// a file deleted soon after it was written still reaches the restore points that need it.
+    /// Replicas are first read when a flush or that thread needs them.
+    pub fn open(
+        dirs: &[DirSpec],
+        clients: Vec<Arc<dyn ReplicaClient>>,
+        opts: DirOptions,
+        rt: Handle,
+    ) -> Result<DirShipper> {
+        let (wake, events) = sync_channel(1);
+        let mut folders = Vec::new();
+        for d in dirs {
+            let folder = Folder::open(
+                &d.path,
+                &d.name,
+                opts.settle,
+                opts.rescan_every,
+                Some(wake.clone()),
+            )?;
+            info!(folder = %folder.root().display(), name = %d.name, "backing up folder with the database");
+            folders.push(Mutex::new(Shipping {
+                folder,
+                chains: clients.iter().map(|_| None).collect(),
+            }));
+        }
+        let inner = Arc::new(Inner {
+            folders,
+            clients,
+            opts,
+            rt,
+            stop: AtomicBool::new(false),
+        });
+        let i = inner.clone();
+        let thread = std::thread::Builder::new()
+            .name("lifeboat folders".into())
+            .spawn(move || background(&i, &events))
+            .map_err(|e| Error::io("start the folder thread for", PathBuf::from("."), e))?;
+        Ok(DirShipper {
+            inner,
+            thread: Some(thread),
+            wake,
+        })
+    }
+
+    /// Makes replica `replica` hold every folder as it is now, tagged with the database position
+    /// `(generation, txid)` about to be shipped. `complete`: the database read that ended at that
+    /// position took everything committed at the time (lets deletions seen earlier take effect).
+    /// On an error nothing of the database may be shipped to that replica.
+    pub fn flush(
+        &self,
+        replica: usize,
+        generation: Generation,
+        txid: TxId,
+        complete: bool,
+    ) -> Result<FlushReport> {
+        let inner = &*self.inner;
+        let mut report = FlushReport::default();
+        let client = inner.clients[replica].clone();
+        for f in &inner.folders {
+            let mut s = f.lock().unwrap();
+            let s = &mut *s;
+            if !s.folder.capture_settled(inner.opts.wait)? {
+                report.unsettled = true;
+            }
+            let r = (|| {
+                let c = chain(
+                    &mut s.chains,
+                    replica,
+                    s.folder.name(),
+                    client.as_ref(),
+                    &inner.rt,
+                )?;
+                absorb(&s.folder, c);
+                let (n, bytes) =
+                    upload_pending(&mut s.folder, c, client.as_ref(), &inner.opts, &inner.rt)?;
+                report.blobs += n;
+                report.blob_bytes += bytes;
+                write_manifest(
+                    &s.folder,
+                    c,
+                    client.as_ref(),
+                    &inner.rt,
+                    inner.opts.base_every,
+                    (generation, txid, complete),
+                )
+            })();
+            match r {
+                Ok(m) => report.manifests += m,
+                Err(e) => {
+                    // What landed is unknown: read the chain again next time.
+                    s.chains[replica] = None;
+                    return Err(e);
+                }
+            }
+        }
+        Ok(report)
+    }
+}
+
+/// The chain of replica `i`, read from it if this process has not yet.
+fn chain<'a>(
+    chains: &'a mut [Option<Chain>],
+    i: usize,
+    folder: &str,
+    client: &dyn ReplicaClient,
+    rt: &Handle,
+) -> Result<&'a mut Chain> {
+    if chains[i].is_none() {
+        chains[i] = Some(rt.block_on(load(client, folder))?);
+    }
+    Ok(chains[i].as_mut().expect("loaded above"))
+}
+
+/// Captures on events (and rescans on schedule) between flushes, uploading new content at
+/// once. Failures are left for the next flush, which reports them.
+fn background(inner: &Inner, events: &Receiver<()>) {
+    let mut busy = false;
+    loop {
+        let wait = if busy {
+            inner.opts.settle / 2
+        } else {
+            inner.opts.rescan_every
+        };
+        match events.recv_timeout(wait) {
+            Ok(()) | Err(RecvTimeoutError::Timeout) => {}
+            Err(RecvTimeoutError::Disconnected) => return,
+        }
+        if inner.stop.load(Ordering::SeqCst) {
+            return;
+        }
+        busy = false;
+        for f in &inner.folders {
+            let mut s = f.lock().unwrap();
+            let s = &mut *s;
+            match s.folder.capture() {
+                Ok(settled) => busy |= !settled,
+                Err(e) => {
+                    warn!(folder = %s.folder.root().display(), error = %e, "capture failed; will try again");
+                    continue;
+                }
+            }
+            for (i, client) in inner.clients.iter().enumerate() {
+                let r = chain(
+                    &mut s.chains,
+                    i,
+                    s.folder.name(),
+                    client.as_ref(),
+                    &inner.rt,
+                )
+                .and_then(|c| {
+                    absorb(&s.folder, c);
+                    upload_pending(&mut s.folder, c, client.as_ref(), &inner.opts, &inner.rt)
+                });
+                if let Err(e) = r {
+                    debug!(folder = %s.folder.root().display(), replica = %client.describe(), error = %e, "early upload failed; the next flush tries again");
+                    s.chains[i] = None;
+                }
+            }
+        }
+    }
+}
+
+/// Reads a folder's chain from a replica: its newest manifest, the state after it.
+async fn load(client: &dyn ReplicaClient, folder: &str) -> Result<Chain> {
+    let keys = manifest::list(client, folder).await?;
+    let Some(last) = keys.len().checked_sub(1) else {
+        return Ok(Chain::default());
+    };
+    let chain = manifest::chain_to(client, folder, &keys, last).await?;
+    let state = manifest::replay(chain.iter().map(|(_, m)| m));
+    let known = state
+        .values()
+        .chain(&chain.last().expect("not empty").1.removed)
+        .filter_map(|e| e.sha256().map(str::to_string))
+        .collect();
+    Ok(Chain {
+        state,
+        last: Some(keys[last]),
+        deltas: chain.len() as u64 - 1,
+        known,
+        ..Chain::default()
+    })
+}
+
+/// Adds to `pending` what the folder holds that the chain does not.
+fn absorb(folder: &Folder, c: &mut Chain) {
+    if c.seen == Some(folder.version()) {
+        return;
+    }
+    for e in folder.state().into_values() {
+        if c.state.get(&e.path) != Some(&e) && c.pending.get(&e.path) != Some(&e) {
+            c.pending.insert(e.path.clone(), e);
+        }
+    }
+    c.seen = Some(folder.version());
+}
+
+/// Uploads the blobs `pending` needs that the replica lacks. An entry whose file changed or
+/// went before its content could be read is dropped (a newer capture replaces it).
+fn upload_pending(
+    folder: &mut Folder,
+    c: &mut Chain,
+    client: &dyn ReplicaClient,
+    opts: &DirOptions,
+    rt: &Handle,
+) -> Result<(u64, u64)> {
+    let (mut n, mut bytes) = (0, 0);
+    let mut lost = Vec::new();
+    for e in c.pending.values() {
+        let Some(h) = e.sha256() else { continue };
+        if c.known.contains(h) {
+            continue;
+        }
+        match upload_blob(folder, e, client, opts, rt)? {
+            Some(size) => {
+                n += 1;
+                bytes += size;
+                c.known.insert(h.to_string());
+            }
+            None => lost.push(e.path.clone()),
+        }
+    }
+    for p in lost {
+        debug!(path = %p, "changed or removed before its content was stored; captured again");
+        c.pending.remove(&p);
+        folder.invalidate(&p);
+        c.seen = None;
+    }
+    Ok((n, bytes))
+}
+
+/// Writes the next manifest if anything changed; returns how many were written (0 or 1).
+fn write_manifest(
+    folder: &Folder,
+    c: &mut Chain,
+    client: &dyn ReplicaClient,
+    rt: &Handle,
+    base_every: u64,
+    (generation, txid, complete): (Generation, TxId, bool),
+) -> Result<u64> {
+    c.flushes += 1;
+    let now = folder.state();
+    let mut next = c.state.clone();
+    for e in c.pending.values() {
+        next.insert(e.path.clone(), e.clone());
+    }
+    for p in next.keys().filter(|p| !now.contains_key(*p)) {
+        c.gone.entry(p.clone()).or_insert(c.flushes);
+    }
+    c.gone.retain(|p, _| !now.contains_key(p));
+    let removed: Vec<Entry> = match complete {
+        true => c
+            .gone
+            .iter()
+            .filter(|(_, &seen)| seen < c.flushes)
+            .filter_map(|(p, _)| next.get(p).cloned())
+            .collect(),
+        false => Vec::new(),
+    };
+    if c.pending.is_empty() && removed.is_empty() {
+        return Ok(0);
+    }
+    for e in &removed {
+        next.remove(&e.path);
+    }
+    let seq = c.last.map_or(1, |k| k.seq + 1);
+    let base = c.last.is_none() || c.deltas + 1 >= base_every;
+    let m = Manifest {
+        format: FORMAT,
+        folder: folder.name().to_string(),
+        seq,
+        generation: generation.to_string(),
+        txid: txid.to_string(),
+        time_ms: now_ms(),
+        prev: if base { None } else { c.last.map(|k| k.seq) },
+        set: if base {
+            next.values().cloned().collect()
+        } else {
+            c.pending.values().cloned().collect()
+        },
+        removed,
+    };
+    let k = manifest::key_at(generation, txid, seq);
+    let key = k.key(folder.name());
+    let body = m.encode();
+    rt.block_on(lifeboat_storage::retry::retry(
+        policy(),
+        "manifest upload",
+        || client.put(&key, body.clone()),
+    ))
+    .map_err(|e| Error::storage(format!("put {key} to {}", client.describe()), e))?;
+    debug!(key = %key, bytes = body.len(), set = m.set.len(), removed = m.removed.len(), "folder manifest uploaded");
+    for e in &m.removed {
+        c.gone.remove(&e.path);
+    }
+    c.pending.clear();
+    c.state = next;
+    c.last = Some(k);
+    c.deltas = if base { 0 } else { c.deltas + 1 };
+    Ok(1)
+}
+
+/// Copies the file to a staging file while hashing it and uploads the copy if it has the
+/// captured hash; `None` if the file changed since it was captured.
+fn upload_blob(
+    folder: &Folder,
+    e: &Entry,
+    client: &dyn ReplicaClient,
+    opts: &DirOptions,
+    rt: &Handle,
+) -> Result<Option<u64>> {
+    let src = folder.root().join(&e.path);
+    let want = e.sha256().expect("a file");
+    let mut staged = tempfile::Builder::new()
+        .prefix("lifeboat-blob-")
+        .tempfile_in(&opts.staging_dir)
+        .map_err(|x| Error::io("create staging file in", &opts.staging_dir, x))?;
+    let copied = match std::fs::File::open(&src) {
+        Ok(f) => sha256_of(f, Some(staged.as_file_mut()))
+            .map_err(|x| Error::io("copy to staging", &src, x))?,
+        Err(x) if x.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(x) => return Err(Error::io("open", &src, x)),
+    };
+    if copied.0 != want {
+        return Ok(None);
+    }
+    let key = keys::blob(want);
+    rt.block_on(lifeboat_storage::retry::retry(
+        policy(),
+        "blob upload",
+        || client.put_file(&key, staged.path()),
+    ))
+    .map_err(|x| {
+        Error::storage(
+            format!("put {key} ({}) to {}", src.display(), client.describe()),
+            x,
+        )
+    })?;
+    Ok(Some(copied.1))
+}
+
+fn policy() -> lifeboat_storage::retry::RetryPolicy {
+    lifeboat_storage::retry::RetryPolicy {
+        attempts: 3,
+        initial: Duration::from_millis(100),
+        max: Duration::from_secs(1),
+    }
+}
+
+fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}

@@ -1,0 +1,106 @@
+//! Checking what a replica holds for its folders: every manifest (checksum, fields, chain) and
+//! every blob (its SHA-256 against its name), and that every blob a manifest names is stored.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::Path;
+
+use lifeboat_storage::keys::{self, ManifestKey};
+use lifeboat_storage::ReplicaClient;
+use serde::Serialize;
+
+use crate::entry::sha256_file;
+use crate::manifest;
+use crate::{Error, Result};
+
+/// What [`verify`] found.
+#[derive(Clone, Debug, Default, Serialize, PartialEq, Eq)]
+pub struct FolderCheck {
+    /// Folder names with manifests.
+    pub folders: Vec<String>,
+    /// Manifests read.
+    pub manifests: usize,
+    /// Blobs read and hashed.
+    pub blobs: usize,
+    /// Bytes of blobs.
+    pub bytes: u64,
+    /// Every problem, each naming its object.
+    pub problems: Vec<String>,
+}
+
+/// Reads every folder object of the replica; blobs are hashed through a file in `scratch`.
+pub async fn verify(client: &dyn ReplicaClient, scratch: &Path) -> Result<FolderCheck> {
+    let objs = client
+        .list(keys::FILES)
+        .await
+        .map_err(|e| Error::storage(format!("list {} in {}", keys::FILES, client.describe()), e))?;
+    let mut by_folder: BTreeMap<String, Vec<ManifestKey>> = BTreeMap::new();
+    let mut blobs = BTreeMap::new();
+    for o in &objs {
+        if let Some(h) = keys::parse_blob(&o.key) {
+            blobs.insert(h.to_string(), o.size);
+        } else if let Some(f) = keys::folder_of(&o.key) {
+            if let Some(k) = ManifestKey::parse(f, &o.key) {
+                by_folder.entry(f.to_string()).or_default().push(k);
+            }
+        }
+    }
+    let mut c = FolderCheck::default();
+    let mut needed: BTreeMap<String, String> = BTreeMap::new();
+    for (folder, mut ks) in by_folder {
+        ks.sort();
+        let mut prev: Option<(ManifestKey, u64)> = None;
+        for k in &ks {
+            c.manifests += 1;
+            match manifest::fetch(client, &folder, k).await {
+                Ok(m) => {
+                    if let Some((pk, pseq)) = prev {
+                        if m.seq != pseq + 1 || m.prev.is_some_and(|p| p != pseq) {
+                            c.problems.push(format!(
+                                "{}: does not follow {} (two writers on one replica, or a manifest lost)",
+                                k.key(&folder),
+                                pk.key(&folder)
+                            ));
+                        }
+                    }
+                    prev = Some((*k, m.seq));
+                    for e in m.set.iter().chain(&m.removed) {
+                        if let Some(h) = e.sha256() {
+                            needed
+                                .entry(h.to_string())
+                                .or_insert_with(|| k.key(&folder));
+                        }
+                    }
+                }
+                Err(e) => c.problems.push(e.to_string()),
+            }
+        }
+        c.folders.push(folder);
+    }
+    for (h, by) in &needed {
+        if !blobs.contains_key(h) {
+            c.problems
+                .push(format!("missing blob {} (needed by {by})", keys::blob(h)));
+        }
+    }
+    let seen: BTreeSet<&String> = blobs.keys().collect();
+    for h in seen {
+        let key = keys::blob(h);
+        let tmp = tempfile::NamedTempFile::new_in(scratch)
+            .map_err(|e| Error::io("create scratch file in", scratch, e))?;
+        c.blobs += 1;
+        match client.get_to_file(&key, tmp.path()).await {
+            Ok(n) => {
+                c.bytes += n;
+                let (got, _) = sha256_file(tmp.path())?;
+                if &got != h {
+                    c.problems.push(format!(
+                        "corrupt blob {key} in {}: its content has SHA-256 {got}",
+                        client.describe()
+                    ));
+                }
+            }
+            Err(e) => c.problems.push(format!("cannot read blob {key}: {e}")),
+        }
+    }
+    Ok(c)
+}
