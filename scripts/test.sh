@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # Runs every test: installs what the tests need (an S3-compatible server, moto, in .venv; the
-# sqlite3 shell when apt is available; the Node example's node_modules when node is installed),
-# then `cargo test --workspace`. Arguments go to `cargo test` (e.g. `scripts/test.sh node::`).
+# sqlite3 shell when apt is available; the Node example's node_modules when node is installed, and
+# node itself under CI), then `cargo test --workspace` and its doc tests. Under CI (`.ci/run`
+# sets CI=1) a missing sqlite3 shell or node fails the tests that need them instead of skipping.
+# Arguments go to `cargo test` (e.g. `scripts/test.sh node::`; the doc tests then do not run).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -12,3 +14,7 @@ fi
 bash scripts/node-example-install.sh
 export LIFEBOAT_MOTO_SERVER="$PWD/.venv/bin/moto_server"
 cargo test --workspace --all-targets "$@"
+# Doc tests (which --all-targets leaves out), unless only some tests were asked for.
+if [[ $# -eq 0 ]]; then
+  cargo test --workspace --doc
+fi

@@ -174,7 +174,7 @@ fn two_hosts_resuming_one_generation_fork_it_and_restore_and_verify_refuse() {
     );
     let err = String::from_utf8_lossy(&o.stderr);
     assert!(
-        err.contains("forked at txid 6:") && err.contains(".lbseg") && err.contains("--txid 5;"),
+        err.contains("forked at txid 6:") && err.contains(".lbseg") && err.contains("--txid 5"),
         "{err}"
     );
     assert!(!out.exists());

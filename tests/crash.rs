@@ -42,6 +42,9 @@ fn agent_killed_at_random_points_under_a_live_writer_leaves_every_generation_sou
     .unwrap();
     let c = app_conn(&db, 4096);
     create_schema(&c);
+    // The test's own TRUNCATE checkpoints must not wait while holding the write lock: the
+    // writer (busy timeout 200 ms) would give up. They try, and try again.
+    c.busy_timeout(Duration::ZERO).unwrap();
     let w = Writer::start_paced(&db, 4096, 0, u64::MAX, Duration::from_millis(2));
     let done = w.done.clone();
     let committed = move || done.load(Ordering::SeqCst);

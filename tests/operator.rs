@@ -13,12 +13,24 @@ pub fn replica_with(n: u64) -> (tempfile::TempDir, std::path::PathBuf, String) {
     let url = format!("file://{}", dir.path().join("replica").display());
     let c = app_conn(&db, 4096);
     create_schema(&c);
-    let agent = Agent::replicate(&db, &url, &dir.path().join("a.log"));
+    let mut agent = Agent::replicate(&db, &url, &dir.path().join("a.log"));
+    // "replicating" comes before the first snapshot: writes before it would land in txid 0.
+    agent.wait_for_log("snapshot uploaded");
     for s in 0..n {
         mixed_txn(&c, s);
     }
     drop(c);
+    let log = agent.log_text();
     agent.stop_ok();
+    // The tests count on one generation holding every transaction.
+    let o = run(&["generations", &url, "--json"]);
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(
+        v.as_array().map(Vec::len),
+        Some(1),
+        "one generation expected: {v:#}\nagent log:\n{log}{}",
+        std::fs::read_to_string(dir.path().join("a.log")).unwrap_or_default()
+    );
     (dir, db, url)
 }
 
@@ -186,6 +198,22 @@ fn the_configuration_is_found_without_flags_and_restore_takes_a_database_path() 
     let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
     assert_ne!(v[0]["generation"], serde_json::Value::Null, "{v:#}");
 
+    // A database named on the command line beats a configuration set for the whole host.
+    let solo = dir.path().join("solo.db");
+    let solo_url = format!("file://{}", dir.path().join("solo-replica").display());
+    let args = [
+        "run",
+        "--db",
+        solo.to_str().unwrap(),
+        "--replica",
+        &solo_url,
+        "--",
+        "true",
+    ];
+    let o = run_env(&args, &env);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(dir.path().join("solo-replica/generations").is_dir());
+
     // Nothing named and no configuration: the error says where it looked.
     let missing = dir.path().join("missing.toml");
     let o = run_env(
@@ -351,4 +379,39 @@ fn progress_bars_and_colours_on_a_terminal_only_and_no_colour_with_no_color() {
         !tty.contains("\x1b[32m") && !tty.contains("\x1b[2m"),
         "{tty:?}"
     );
+}
+
+#[test]
+fn the_first_snapshot_of_a_large_database_shows_progress_on_a_terminal() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("big.db");
+    let c = app_conn(&db, 1024);
+    c.execute_batch(
+        "CREATE TABLE b(x);
+         WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < 6000)
+         INSERT INTO b SELECT randomblob(900) FROM n;
+         PRAGMA wal_checkpoint(TRUNCATE);",
+    )
+    .unwrap();
+    drop(c);
+    let url = format!("file://{}", dir.path().join("replica").display());
+    let args = [
+        "run",
+        "--db",
+        db.to_str().unwrap(),
+        "--replica",
+        &url,
+        "--",
+        "true",
+    ];
+    let Some(tty) = on_a_terminal(&args, &[("NO_COLOR", "1")]) else {
+        return;
+    };
+    assert!(tty.contains("snapshot ["), "{tty:?}");
+    assert!(tty.contains("first sync complete"), "{tty:?}");
+    // Redirected, no bar.
+    std::fs::remove_dir_all(dir.path().join("replica")).unwrap();
+    let o = run(&args);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(!stderr(&o).contains("snapshot ["), "{}", stderr(&o));
 }

@@ -95,7 +95,9 @@ fn two_generations_of_markers(dir: &Path) -> (String, History, rusqlite::Connect
             ],
             &dir.join(format!("a{period}.log")),
         );
-        agent.wait_for_log("replicating");
+        // "replicating" is logged before the generation's first snapshot: a marker written
+        // before the snapshot would fold into its txid 0 and shift every txid the oracle expects.
+        agent.wait_for_log("new generation: snapshot uploaded");
         h.generation_started();
         for _ in 0..25 {
             // Each marker is shipped before the time is taken and before the next begins, so

@@ -10,6 +10,7 @@ mod crash;
 mod dirs;
 mod drill;
 mod exclusion;
+mod faults;
 mod folder;
 mod format2;
 mod node;

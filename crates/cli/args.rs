@@ -85,6 +85,9 @@ pub struct ReplicateArgs {
     /// Serve `/health` (JSON) and `/metrics` (Prometheus) on this address, e.g. 127.0.0.1:9090.
     #[arg(long, visible_alias = "metrics-addr", env = "LIFEBOAT_HEALTH_ADDR")]
     pub health_addr: Option<String>,
+    /// `/health` turns unhealthy once a replica is this far behind (default 60s).
+    #[arg(long, env = "LIFEBOAT_HEALTH_MAX_LAG", value_parser = humantime::parse_duration)]
+    pub health_max_lag: Option<std::time::Duration>,
     #[command(flatten)]
     pub keep: KeepArgs,
     /// A folder to back up with the database, `PATH` or `NAME=PATH` (repeatable).
@@ -249,8 +252,9 @@ pub enum OnStale {
 #[derive(Debug, ClapArgs)]
 pub struct RunArgs {
     /// Configuration file (as for `replicate`): every database in it is restored if missing and
-    /// replicated while the app runs.
-    #[arg(long, short, env = "LIFEBOAT_CONFIG", conflicts_with_all = ["db", "replica", "dir_of_databases"])]
+    /// replicated while the app runs. Without --db: `$LIFEBOAT_CONFIG`, else /etc/lifeboat.toml
+    /// (so a `--db` or `LIFEBOAT_DB` beats a `LIFEBOAT_CONFIG` set for the whole host).
+    #[arg(long, short, conflicts_with_all = ["db", "replica", "dir_of_databases"])]
     pub config: Option<PathBuf>,
     /// The database the app uses (with neither --db nor --config: the databases of
     /// /etc/lifeboat.toml).
@@ -271,6 +275,9 @@ pub struct RunArgs {
     /// Serve `/health` (JSON) and `/metrics` (Prometheus) on this address, e.g. 127.0.0.1:9090.
     #[arg(long, env = "LIFEBOAT_HEALTH_ADDR")]
     pub health_addr: Option<String>,
+    /// `/health` turns unhealthy once a replica is this far behind (default 60s).
+    #[arg(long, env = "LIFEBOAT_HEALTH_MAX_LAG", value_parser = humantime::parse_duration)]
+    pub health_max_lag: Option<std::time::Duration>,
     /// How long to wait for the first sync before giving up without starting the app.
     #[arg(long, env = "LIFEBOAT_READY_TIMEOUT", default_value = "60s", value_parser = humantime::parse_duration)]
     pub ready_timeout: std::time::Duration,

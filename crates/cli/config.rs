@@ -144,6 +144,8 @@ impl Source {
 pub struct Flags {
     /// `--puts-per-second`.
     pub puts_per_second: Option<f64>,
+    /// `--health-max-lag`.
+    pub health_max_lag: Option<Duration>,
     /// `--retention` (`LIFEBOAT_RETENTION`).
     pub retention: Option<Retention>,
     /// `--snapshot-interval` (`LIFEBOAT_SNAPSHOT_INTERVAL`).
@@ -159,6 +161,7 @@ impl From<&crate::args::KeepArgs> for Flags {
             retention: k.retention,
             snapshot_interval: k.snapshot_interval,
             snapshot_segments: k.snapshot_segments,
+            health_max_lag: None,
         }
     }
 }
@@ -231,6 +234,8 @@ struct Database {
     #[serde(default, with = "humantime_serde_opt")]
     snapshot_interval: Option<Duration>,
     snapshot_segments: Option<u32>,
+    #[serde(default, with = "humantime_serde_opt")]
+    health_max_lag: Option<Duration>,
     #[serde(default)]
     dirs: Vec<String>,
 }
@@ -258,6 +263,7 @@ impl Database {
             snapshot_interval: None,
             snapshot_segments: None,
             dirs: Vec::new(),
+            health_max_lag: None,
         }
     }
 }
@@ -392,6 +398,10 @@ fn options(d: &Database, flags: &Flags) -> Options {
     if let Some(v) = flags.snapshot_segments.or(d.snapshot_segments) {
         options.snapshot_segments = v;
     }
+    if let Some(v) = flags.health_max_lag.or(d.health_max_lag) {
+        options.health_max_lag = v;
+    }
+    options.snapshot_progress = crate::progress::bar("snapshot", crate::progress::Unit::Bytes);
     options
 }
 

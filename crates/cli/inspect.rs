@@ -63,6 +63,13 @@ pub async fn verify(a: InspectArgs) -> Result<ExitCode> {
     let problems = rows.iter().map(|r| r.problems.len()).sum::<usize>() + folders.problems.len();
     if !a.json {
         for r in &rows {
+            for k in &r.redundant {
+                println!(
+                    "note: generation {}: {k} is a redundant copy (its transactions are in other \
+                     objects too, and agree with them); prune may delete it",
+                    r.generation
+                );
+            }
             for p in &r.problems {
                 println!("PROBLEM generation {}: {p}", r.generation);
             }

@@ -26,6 +26,7 @@ pub async fn replicate(a: ReplicateArgs) -> Result<ExitCode> {
     };
     let flags = Flags {
         puts_per_second: a.puts_per_second,
+        health_max_lag: a.health_max_lag,
         ..Flags::from(&a.keep)
     };
     raise_open_files_limit();

@@ -274,7 +274,10 @@ pub async fn run(args: RunArgs) -> Result<ExitCode> {
     };
     crate::replicate::raise_open_files_limit();
     crate::neighbours::warn_all(&src).await;
-    let flags = Flags::from(&args.keep);
+    let flags = Flags {
+        health_max_lag: args.health_max_lag,
+        ..Flags::from(&args.keep)
+    };
     let mut folders = config::folders(&src, &flags).await?;
     for f in &mut folders {
         f.options.shutdown_timeout = args.shutdown_timeout;

@@ -14,6 +14,7 @@ use nix::unistd::Pid;
 use rusqlite::Connection;
 
 pub mod crash;
+pub mod faults;
 pub mod oracle;
 
 /// The binary under test.
@@ -170,6 +171,16 @@ pub fn create_schema(c: &Connection) {
 /// One transaction of the mixed workload: a marker row, inserts, updates, deletes, and now and
 /// then a table dropped and recreated or a checkpoint of the app's own.
 pub fn mixed_txn(c: &Connection, seq: u64) {
+    mixed_txn_only(c, seq);
+    if seq % 151 == 0 {
+        let mode = ["PASSIVE", "RESTART", "TRUNCATE"][(seq / 151 % 3) as usize];
+        c.query_row(&format!("PRAGMA wal_checkpoint({mode})"), [], |_| Ok(()))
+            .unwrap();
+    }
+}
+
+/// [`mixed_txn`] without the app's own explicit checkpoints (its autocheckpoint still runs).
+pub fn mixed_txn_only(c: &Connection, seq: u64) {
     c.execute_batch("BEGIN").unwrap();
     c.execute(
         "INSERT INTO marks(seq, t, pad) VALUES (?1, strftime('%s','now'), ?2)",
@@ -197,11 +208,6 @@ pub fn mixed_txn(c: &Connection, seq: u64) {
         .unwrap();
     }
     c.execute_batch("COMMIT").unwrap();
-    if seq % 151 == 0 {
-        let mode = ["PASSIVE", "RESTART", "TRUNCATE"][(seq / 151 % 3) as usize];
-        c.query_row(&format!("PRAGMA wal_checkpoint({mode})"), [], |_| Ok(()))
-            .unwrap();
-    }
 }
 
 /// A writer thread running the mixed workload until stopped or `limit` transactions are done.
@@ -216,6 +222,12 @@ impl Writer {
         Writer::start_paced(path, page_size, first, limit, Duration::ZERO)
     }
 
+    /// [`Writer::start`] running [`mixed_txn_only`]: no explicit checkpoints of the app's own
+    /// (so a WAL that shrinks was truncated by the agent).
+    pub fn start_without_checkpoints(path: &Path, page_size: u32) -> Writer {
+        Writer::spawn(path, page_size, 0, u64::MAX, Duration::ZERO, mixed_txn_only)
+    }
+
     /// [`Writer::start`] with a pause after each transaction (a steady rather than flat-out app).
     pub fn start_paced(
         path: &Path,
@@ -223,6 +235,17 @@ impl Writer {
         first: u64,
         limit: u64,
         pause: Duration,
+    ) -> Writer {
+        Writer::spawn(path, page_size, first, limit, pause, mixed_txn)
+    }
+
+    fn spawn(
+        path: &Path,
+        page_size: u32,
+        first: u64,
+        limit: u64,
+        pause: Duration,
+        txn: fn(&Connection, u64),
     ) -> Writer {
         let stop = Arc::new(AtomicBool::new(false));
         let done = Arc::new(AtomicU64::new(0));
@@ -233,7 +256,7 @@ impl Writer {
             create_schema(&c);
             let mut n = 0;
             while n < limit && !s.load(Ordering::SeqCst) {
-                mixed_txn(&c, first + n);
+                txn(&c, first + n);
                 n += 1;
                 d.store(n, Ordering::SeqCst);
                 if !pause.is_zero() {

@@ -141,7 +141,8 @@ pub fn start(cfg: DbConfig, rt: Handle, stop: CancellationToken) -> Result<DbHan
     for (i, o) in cfg.overrides.iter().enumerate().take(cfg.replicas.len()) {
         rep.set_overrides(i, *o);
     }
-    rep.resume();
+    // A set-up mistake stops here, with one line saying what to fix, rather than retrying.
+    rep.resume()?;
     if cfg.options.on_divergence == OnDivergence::Refuse {
         if let Some((r, why)) = rep
             .replicas()
@@ -160,6 +161,15 @@ pub fn start(cfg: DbConfig, rt: Handle, stop: CancellationToken) -> Result<DbHan
         .path()
         .to_path_buf();
     let (route, watched) = crate::watcher::Watcher::shared().watch_file(&wal, wake.clone());
+    // When the stop came: the final sync's deadline counts from it, not from the end of a pass
+    // that was running then (which sees the token through its context).
+    let stopped_at = Arc::new(std::sync::OnceLock::new());
+    let (cancelled, at) = (stop.clone(), stopped_at.clone());
+    rt.spawn(async move {
+        cancelled.cancelled().await;
+        let _ = at.set(Instant::now());
+    });
+    rep.watch_stop(stop.clone(), stopped_at.clone());
     let opts = &cfg.options;
     info!(
         db = %cfg.path.display(),
@@ -173,8 +183,11 @@ pub fn start(cfg: DbConfig, rt: Handle, stop: CancellationToken) -> Result<DbHan
         cfg.options.clone(),
         wake,
         watched,
-        stop.clone(),
-        removed.clone(),
+        crate::scheduler::Stops {
+            stop: stop.clone(),
+            at: stopped_at,
+            removed: removed.clone(),
+        },
     ));
     Ok(DbHandle {
         status,

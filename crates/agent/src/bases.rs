@@ -30,7 +30,7 @@ pub struct BaseIndex {
 }
 
 /// Frames of a batch that will be in the index once it is shipped.
-#[derive(Debug, Default)]
+#[derive(Clone, Debug, Default)]
 pub(crate) struct Pending {
     salts: Option<(u32, u32)>,
     frames: Vec<(u32, u64)>,

@@ -65,6 +65,11 @@ impl GenerationObjects {
         snaps.chain(self.segments.iter().map(|s| s.time_ms)).max()
     }
 
+    /// The segment reaching furthest (the last by key, unless a redundant copy landed late).
+    pub fn last_segment(&self) -> Option<&Segment> {
+        self.segments.iter().rev().max_by_key(|s| s.last)
+    }
+
     /// Segments after the newest snapshot (what a restore of the newest state applies).
     pub fn segments_since_snapshot(&self) -> usize {
         let base = self.snapshots.last().map_or(TxId(0), |s| s.txid);
@@ -158,7 +163,7 @@ pub async fn tip(
         .snapshots
         .last()
         .ok_or_else(|| Error::Replica(format!("generation {generation} has no snapshot")))?;
-    if let Some(seg) = objs.segments.last().filter(|s| s.last > snap.txid) {
+    if let Some(seg) = objs.last_segment().filter(|s| s.last > snap.txid) {
         let b = client
             .get_range(&seg.key, 0..SEG_HEADER_SIZE as u64)
             .await?;

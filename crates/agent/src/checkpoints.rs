@@ -15,9 +15,6 @@ use crate::replica::{Reason, Replica};
 use crate::walfile::Continuity;
 use crate::{Error, Result};
 
-/// Failures in a row after which a replica that holds the WAL past `max-wal-bytes` is given up.
-const GIVE_UP_AFTER: u32 = 3;
-
 /// When the agent last tried to restart the WAL (it tries at most once a second).
 #[derive(Debug, Default)]
 pub(crate) struct Checkpoints {
@@ -26,10 +23,16 @@ pub(crate) struct Checkpoints {
 
 /// Whether every replica in a generation has shipped what the current pin protects.
 pub(crate) fn caught_up(db: &Database, replicas: &[Replica]) -> bool {
+    replicas.iter().all(|r| covers_pin(db, r, false))
+}
+
+/// Whether a replica does not need the WAL the pin protects: it ships in no generation, or
+/// has shipped everything up to the pin (or, unless `strict`, found nothing more to ship on
+/// its last pass).
+fn covers_pin(db: &Database, r: &Replica, strict: bool) -> bool {
     let pin = db.pin_position();
-    replicas.iter().all(|r| {
-        r.state()
-            .is_none_or(|s| s.at_end || pin.is_some_and(|p| s.cursor.covers(&p)))
+    r.state().is_none_or(|s| {
+        (s.at_end && !strict && s.unsent.is_none()) || pin.is_some_and(|p| s.cursor.covers(&p))
     })
 }
 
@@ -39,15 +42,33 @@ impl Checkpoints {
     /// because a replica is failing, give up on that replica's continuity so the app's WAL can
     /// be checkpointed.
     pub fn after_ship(&mut self, db: &mut Database, replicas: &mut [Replica], ctx: &Context) {
+        self.tend(db, replicas, ctx, false);
+    }
+
+    /// Between passes, on every wake-up while the WAL is past `max-wal-bytes`: the same as
+    /// after a pass, so the bound holds while passes wait out a failing replica's backoff.
+    /// A replica's `at_end` is from its last pass and may be stale here, so only a cursor
+    /// that provably covers the pin counts.
+    pub fn between_passes(&mut self, db: &mut Database, replicas: &mut [Replica], ctx: &Context) {
+        if db.wal().size().unwrap_or(0) > ctx.opts.max_wal_bytes {
+            self.tend(db, replicas, ctx, true);
+        }
+    }
+
+    fn tend(&mut self, db: &mut Database, replicas: &mut [Replica], ctx: &Context, strict: bool) {
+        let caught_up = |db: &Database, replicas: &[Replica]| {
+            replicas.iter().all(|r| covers_pin(db, r, strict))
+        };
         db.refresh_pin_position();
         if !caught_up(db, replicas) {
             let size = db.wal().size().unwrap_or(0);
             if size > ctx.opts.max_wal_bytes {
-                // Only a replica that keeps failing is given up on: under heavy writes a healthy
+                // Only a replica that is failing is given up on: under heavy writes a healthy
                 // replica may be a pass behind while the file (which never shrinks on a restart)
-                // is large.
+                // is large. Whether it failed once or many times, and whatever it was doing
+                // (an upload, a retry of one), the bound holds.
                 for r in replicas.iter_mut() {
-                    if r.failures >= GIVE_UP_AFTER && r.state().is_some_and(|s| !s.at_end) {
+                    if r.failures >= 1 && !covers_pin(db, r, strict) {
                         error!(
                             db = %ctx.path.display(),
                             replica = %r.client.describe(),
@@ -70,10 +91,19 @@ impl Checkpoints {
         let frames = db.pin_position().map_or(0, |p| {
             p.offset.saturating_sub(WAL_HEADER_SIZE as u64) / (24 + u64::from(db.page_size()))
         });
-        let healthy = replicas.iter().all(Replica::healthy);
+        // Only replicas that ship in a generation need the log to stay: one waiting for a new
+        // generation (or to be read) must not keep it from restarting while it is down.
+        let healthy = replicas.iter().all(|r| r.state().is_none() || r.healthy());
+        // Once a second; past max-wal-bytes (a replica was just given up, the app writes fast),
+        // as often as it takes to hold the bound.
+        let every = if db.wal().size().unwrap_or(0) > ctx.opts.max_wal_bytes {
+            Duration::from_millis(50)
+        } else {
+            Duration::from_secs(1)
+        };
         let due = self
             .last_restart_attempt
-            .is_none_or(|t| t.elapsed() >= Duration::from_secs(1));
+            .is_none_or(|t| t.elapsed() >= every);
         if frames >= u64::from(ctx.opts.checkpoint_pages) && healthy && due {
             match restart_wal(db, replicas, ctx, frames) {
                 Ok(true) => self.last_restart_attempt = Some(Instant::now()),
@@ -131,7 +161,9 @@ fn restart_wal(
     // The file keeps its largest size across restarts; past the bound, give the space back.
     if complete && db.wal().size().unwrap_or(0) > ctx.opts.truncate_wal_bytes {
         match db.truncate_wal(Duration::from_millis(50)) {
-            Ok(t) => info!(db = %ctx.path.display(), result = ?t, "WAL truncated"),
+            Ok(t) => {
+                info!(db = %ctx.path.display(), frames = t.log_frames, busy = t.busy, "WAL truncated")
+            }
             Err(e) => warn!(error = %e.chain(), "WAL truncation failed"),
         }
     }
@@ -148,7 +180,10 @@ fn carry_tails_and_checkpoint(
 ) -> Result<Option<CheckpointResult>> {
     let wal = db.wal().clone();
     for st in replicas.iter().filter_map(Replica::state) {
+        // A segment not known to be stored holds transactions from the cursor on: carrying
+        // them again would ship them twice.
         if !st.carry.is_empty()
+            || st.unsent.is_some()
             || wal
                 .check(&st.cursor)
                 .map_err(|e| Error::io("read WAL", e))?

@@ -12,6 +12,15 @@ use tokio::runtime::Handle;
 use crate::status::Status;
 use crate::Options;
 
+/// The stop signal and when it came.
+#[derive(Clone, Debug)]
+pub(crate) struct Stop {
+    /// Fires on stop.
+    pub token: tokio_util::sync::CancellationToken,
+    /// When it fired (set just after).
+    pub at: Arc<std::sync::OnceLock<std::time::Instant>>,
+}
+
 /// One database's settings and services.
 #[derive(Debug)]
 pub(crate) struct Context {
@@ -23,6 +32,9 @@ pub(crate) struct Context {
     pub rt: Handle,
     /// Where progress is reported.
     pub status: Arc<Status>,
+    /// The stop signal: once it fires, an upload in flight may take `shutdown_timeout` more
+    /// at most, and the final sync too.
+    pub stop: Option<Stop>,
     /// The folders shipped with the database, if any.
     pub dirs: Option<lifeboat_dirs::DirShipper>,
 }

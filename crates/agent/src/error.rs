@@ -55,6 +55,34 @@ pub enum Error {
     /// A replica operation failed.
     #[error(transparent)]
     Storage(#[from] lifeboat_storage::Error),
+    /// An upload was given up because the WAL grew past `max-wal-bytes` while it was in
+    /// flight (see `upload`).
+    #[error(
+        "upload given up: {} grew to {bytes} bytes, past max-wal-bytes ({max}), while it was in \
+         flight",
+        wal.display()
+    )]
+    WalOverLimit {
+        /// The WAL file.
+        wal: std::path::PathBuf,
+        /// Its size.
+        bytes: u64,
+        /// The bound.
+        max: u64,
+    },
+    /// An upload was given up because the final sync's shutdown timeout passed.
+    #[error("upload given up: the shutdown timeout passed")]
+    ShutdownTimeout,
+    /// A set-up mistake (credentials, bucket, permissions, region) found on start: no retry
+    /// fixes it, so the agent does not start. `message` is the storage error's one line, which
+    /// says what to set; the SDK's cause was logged at debug level.
+    #[error("cannot replicate {}: {message}", db.display())]
+    Setup {
+        /// The database.
+        db: std::path::PathBuf,
+        /// What is wrong and what to do.
+        message: String,
+    },
     /// Backing up or restoring a folder next to the database failed.
     #[error(transparent)]
     Dirs(#[from] lifeboat_dirs::Error),
@@ -70,25 +98,27 @@ pub enum Error {
     /// The replica does not hold a restorable chain.
     #[error("{0}")]
     Replica(String),
-    /// Two segments of one generation hold the same transaction: two agents resumed the
-    /// generation and wrote it at once. The history before the fork still restores.
+    /// Two segments of one generation hold the same transaction with different contents: the
+    /// history forked there. (Two segments that agree on every transaction they share are
+    /// redundant copies, not a fork.) The history before the fork still restores.
     #[error(
-        "generation {generation} forked at txid {}: {first} and {second} both hold it, so two \
-         agents wrote to this replica at once (overlapping deploys?). The history before the fork \
-         restores with --generation {generation} --txid {}; look at both branches with \
-         `lifeboat segments`",
+        "generation {generation} forked at txid {}: {first} and {second} both hold it, with \
+         different contents ({difference}). The history before the fork restores with \
+         --generation {generation} --txid {}",
         txid.0,
         txid.0 - 1
     )]
     Fork {
         /// The generation.
         generation: Generation,
-        /// The first transaction both branches hold.
+        /// The first transaction both branches hold and disagree on.
         txid: TxId,
         /// One branch's segment.
         first: String,
         /// The other's.
         second: String,
+        /// What differs, in words.
+        difference: String,
     },
     /// Transactions `from..=to` of a generation are in no object: the chain is broken there.
     #[error(
@@ -204,6 +234,9 @@ impl Error {
             | Error::Gap { .. }
             | Error::Diverged { .. }
             | Error::TargetMissed { .. } => "replica",
+            Error::Setup { .. } => "setup",
+            Error::WalOverLimit { .. } => "wal_over_limit",
+            Error::ShutdownTimeout => "shutdown_timeout",
             Error::Refused(_) => "refused",
             Error::ChecksumMismatch { .. }
             | Error::IntegrityCheck { .. }
@@ -212,6 +245,16 @@ impl Error {
             | Error::FinalSyncIncomplete(_)
             | Error::Panicked(_)
             | Error::Encode(_) => "inconsistent",
+        }
+    }
+
+    /// Whether this is a set-up mistake that no retry fixes (see
+    /// [`lifeboat_storage::Error::is_setup`]).
+    pub fn is_setup(&self) -> bool {
+        match self {
+            Error::Storage(e) => e.is_setup(),
+            Error::Setup { .. } => true,
+            _ => false,
         }
     }
 

@@ -59,6 +59,7 @@ mod shipping;
 mod snapshots;
 pub mod staging;
 pub mod status;
+mod upload;
 pub mod verify;
 pub mod walfile;
 pub mod watcher;
@@ -111,6 +112,12 @@ pub struct Options {
     /// What to do on start-up when a replica already holds history that the local database
     /// provably does not continue (default: start a new generation).
     pub on_divergence: OnDivergence,
+    /// A replica further behind than this (the age of the oldest commit it does not have yet)
+    /// counts as unhealthy in `/health` (default 60 s).
+    pub health_max_lag: Duration,
+    /// Told how far a snapshot of a large database has read it (`(bytes read, bytes in all)`,
+    /// every 4096 pages, then once at the end); a small one reports nothing.
+    pub snapshot_progress: Option<restore::Progress>,
     /// Folders backed up with the database (`--dir`), shipped before the commits that follow
     /// them (see `lifeboat_dirs`).
     pub dirs: Vec<lifeboat_dirs::DirSpec>,
@@ -144,6 +151,8 @@ impl Default for Options {
             retention: None,
             snapshot_interval: Some(Duration::from_secs(24 * 3600)),
             snapshot_segments: 1000,
+            health_max_lag: status::STALL,
+            snapshot_progress: None,
             dirs: Vec::new(),
         }
     }

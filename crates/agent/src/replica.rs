@@ -42,6 +42,9 @@ pub struct ReplicaState {
     pub since_snapshot: u32,
     /// When the generation's last snapshot was taken (Unix ms).
     pub snapshot_ms: u64,
+    /// A segment whose upload failed with an unknown outcome: the next attempt sends exactly
+    /// it again (same key, same bytes), never a different cut of its transactions.
+    pub(crate) unsent: Option<Box<crate::shipping::Unsent>>,
     /// Where shipped pages sit in the WAL, for the page deltas of the next segment.
     pub bases: Box<BaseIndex>,
 }
@@ -64,6 +67,7 @@ impl ReplicaState {
             carry: VecDeque::new(),
             since_snapshot: 0,
             snapshot_ms,
+            unsent: None,
             bases: Box::default(),
         }
     }
@@ -110,6 +114,8 @@ impl fmt::Display for Reason {
 }
 
 /// Where a replica stands.
+// One per replica, mostly `Active`: boxing that variant would only add an indirection.
+#[allow(clippy::large_enum_variant)]
 #[derive(Clone, Debug)]
 pub enum Phase {
     /// Its state has not been read yet (it was unreachable at start-up). No generation starts
@@ -229,7 +235,13 @@ impl Replica {
         self.failures += 1;
         let d = Duration::from_millis(250u64 << self.failures.min(7)).min(Duration::from_secs(30));
         self.retry_at = Some(Instant::now() + d);
-        warn!(db = %ctx.path.display(), replica = %self.client.describe(), error = %e.chain(), retry_in = ?d, "{what}");
+        if e.is_setup() {
+            // Its one line says what to fix; the SDK's cause (IMDS, sockets) only confuses.
+            warn!(db = %ctx.path.display(), error = %e, retry_in_ms = d.as_millis() as u64, "{what}");
+            tracing::debug!(error = %e.chain(), "set-up error, in full");
+        } else {
+            warn!(db = %ctx.path.display(), replica = %self.client.describe(), error = %e.chain(), retry_in_ms = d.as_millis() as u64, "{what}");
+        }
         ctx.status.record_error(e);
         if e.is_conflict() {
             self.halt(e.chain().to_string());
@@ -258,7 +270,12 @@ impl Replica {
 
     /// Writes what the agent knows about it into its status; `pending` is the commits it does
     /// not have yet and when the oldest was seen.
-    pub(crate) fn report(&self, st: &mut ReplicaStatus, pending: (u64, Option<u64>)) {
+    pub(crate) fn report(
+        &self,
+        st: &mut ReplicaStatus,
+        pending: (u64, Option<u64>),
+        ctx: &Context,
+    ) {
         st.lag.started_ms.get_or_insert_with(crate::clock::now_ms);
         st.requests = self
             .requests
@@ -268,8 +285,12 @@ impl Replica {
             .collect();
         (st.lag.pending_txns, st.lag.oldest_pending_ms) = pending;
         st.replica = self.client.describe();
+        st.max_lag_seconds = ctx.opts.health_max_lag.as_secs_f64();
         st.generation = self.state().map(|x| x.generation.to_string());
-        st.caught_up = self.state().is_some_and(|x| x.at_end);
+        st.caught_up = self
+            .state()
+            .is_some_and(|x| x.at_end && x.unsent.is_none() && x.carry.is_empty())
+            && st.lag.pending_txns == 0;
         st.failures = self.failures;
         st.halted = self.halted().map(str::to_string);
     }
@@ -290,6 +311,7 @@ mod tests {
             opts: crate::Options::default(),
             rt: tokio::runtime::Runtime::new().unwrap().handle().clone(),
             status: Default::default(),
+            stop: None,
             dirs: None,
         }
     }

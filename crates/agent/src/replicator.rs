@@ -88,6 +88,7 @@ impl Replicator {
                 opts,
                 rt,
                 status,
+                stop: None,
                 dirs,
             },
             times: CommitTimes::default(),
@@ -125,11 +126,33 @@ impl Replicator {
 
     /// For each replica, resumes its newest generation if the local database provably is its
     /// last state, or leaves it to start a new generation on the next pass. A replica that
-    /// cannot be read is tried again on a later pass.
-    pub fn resume(&mut self) {
+    /// cannot be read is tried again on a later pass, unless the reason is a set-up mistake
+    /// (credentials, bucket, permissions, region): that is returned, for the caller to stop on.
+    pub fn resume(&mut self) -> Result<()> {
         for r in &mut self.replicas {
-            resume_one(&mut self.db, r, &self.ctx);
+            match resume::resume(&mut self.db, r.client.as_ref(), &self.ctx) {
+                Ok(phase) => {
+                    r.succeeded();
+                    r.phase = phase;
+                }
+                Err(e) if e.is_setup() => {
+                    // The caller reports it, once; the SDK's cause is for debugging.
+                    tracing::debug!(error = %e.chain(), "set-up error, in full");
+                    return Err(Error::Setup {
+                        db: self.ctx.path.clone(),
+                        message: e.to_string(),
+                    });
+                }
+                Err(e) => {
+                    r.record_failure(
+                        &e,
+                        "cannot read replica state; will try again before starting any generation",
+                        &self.ctx,
+                    );
+                }
+            }
         }
+        Ok(())
     }
 
     /// Notes the time of every commit that appeared in the WAL since the last look.
@@ -137,10 +160,40 @@ impl Replicator {
         self.times.observe(self.db.wal());
     }
 
+    /// Once `stop` fires (at the instant `at` records), uploads give up when the shutdown
+    /// timeout has passed since (see `upload`).
+    pub fn watch_stop(
+        &mut self,
+        stop: tokio_util::sync::CancellationToken,
+        at: Arc<std::sync::OnceLock<Instant>>,
+    ) {
+        self.ctx.stop = Some(crate::context::Stop { token: stop, at });
+    }
+
+    /// Lets every failing replica be tried again at once (on a stop: the final sync does not
+    /// wait out a backoff).
+    pub fn retry_now(&mut self) {
+        for r in &mut self.replicas {
+            r.retry_at = None;
+        }
+    }
+
+    /// Between passes (on a wake-up while a pass waits for the PUT budget or a failing
+    /// replica's backoff): keeps the WAL within `max-wal-bytes` (see `checkpoints`) and the
+    /// status current, without any request to a replica.
+    pub fn between_passes(&mut self) {
+        self.checkpoints
+            .between_passes(&mut self.db, &mut self.replicas, &self.ctx);
+        self.report_status();
+    }
+
     /// One pass: start generations where needed, then ship everything new (bounded by the
     /// segment size per PUT), then move the pin and checkpoint if every replica is caught up.
     pub fn sync(&mut self) -> SyncReport {
         self.observe();
+        // Before any request: a pass that hangs on a replica must not leave the status saying
+        // the commits seen since are shipped.
+        self.report_status();
         let ctx = &self.ctx;
         let mut report = SyncReport::default();
         let now = Instant::now();
@@ -191,7 +244,12 @@ impl Replicator {
         report.pending = self.replicas.iter().any(|r| {
             r.halted().is_none() && (r.state().is_none_or(|s| !s.at_end) || r.retry_at.is_some())
         });
-        let (replicas, times) = (&self.replicas, &self.times);
+        self.report_status();
+        report
+    }
+
+    fn report_status(&self) {
+        let (replicas, times, ctx) = (&self.replicas, &self.times, &self.ctx);
         ctx.status.update(
             self.db.wal().size().unwrap_or(0),
             replicas.len(),
@@ -201,10 +259,9 @@ impl Replicator {
                     let carried = s.carry.iter().map(|b| b.txns.len() as u64).sum();
                     times.pending(&s.cursor, carried)
                 });
-                r.report(st, pending);
+                r.report(st, pending, ctx);
             },
         );
-        report
     }
 }
 

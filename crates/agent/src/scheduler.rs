@@ -26,6 +26,19 @@ use crate::{Error, Options, Result};
 /// Passes that may run at once, over every database of the agent.
 pub const WORKERS: usize = 8;
 
+/// During the final sync, a failing replica is tried again at least this often.
+const FINAL_RETRY: Duration = Duration::from_millis(500);
+
+/// How a database's task is stopped.
+pub(crate) struct Stops {
+    /// Cancelled to stop (then the final sync).
+    pub stop: CancellationToken,
+    /// When `stop` was cancelled: the final sync's deadline counts from it.
+    pub at: Arc<std::sync::OnceLock<Instant>>,
+    /// Cancelled before `stop` when the database file was removed: no final sync.
+    pub removed: CancellationToken,
+}
+
 /// How often a watched database looks at its WAL without an event.
 pub const WATCHED_POLL: Duration = Duration::from_secs(30);
 
@@ -60,11 +73,15 @@ impl Task {
         }
         match self.due {
             Some(t) if t <= now => {}
-            _ => return,
+            _ => {
+                self.rep.between_passes();
+                return;
+            }
         }
         let b = self.budget.wait(now);
         if !b.is_zero() {
             self.due = Some(now + b);
+            self.rep.between_passes();
             return;
         }
         let r = self.rep.sync();
@@ -83,6 +100,9 @@ impl Task {
 
     /// One pass of the final sync: `Some(ok)` once done (or out of time), else how long to wait.
     fn final_step(&mut self, deadline: Instant) -> std::result::Result<bool, Duration> {
+        // Without waiting out a failing replica's backoff (up to 30 s; the endpoint may well be
+        // back): at once, then every half second at most, until the deadline.
+        self.rep.retry_now();
         let r = self.rep.sync();
         if !r.pending || Instant::now() >= deadline {
             let db = self.rep.database().path().display();
@@ -94,9 +114,11 @@ impl Task {
             return Ok(!r.pending && self.rep.replicas().iter().all(|x| x.halted().is_none()));
         }
         let retry = self.rep.replicas().iter().filter_map(|r| r.retry_at).min();
-        Err(retry.map_or(Duration::from_millis(10), |t| {
-            t.saturating_duration_since(Instant::now())
-        }))
+        Err(retry
+            .map_or(Duration::from_millis(10), |t| {
+                t.saturating_duration_since(Instant::now())
+            })
+            .min(FINAL_RETRY))
     }
 }
 
@@ -134,9 +156,9 @@ pub(crate) async fn run(
     opts: Options,
     wake: Arc<Notify>,
     watched: bool,
-    stop: CancellationToken,
-    removed: CancellationToken,
+    stops: Stops,
 ) -> Result<()> {
+    let Stops { stop, at, removed } = stops;
     let idle = if watched {
         WATCHED_POLL.max(opts.poll_interval)
     } else {
@@ -178,8 +200,9 @@ pub(crate) async fn run(
         info!(db = %path.display(), "database removed: stopped replicating it");
         return Ok(());
     }
-    // Final sync: ship everything committed, whatever the budget.
-    let deadline = Instant::now() + deadline_after;
+    // Final sync: ship everything committed, whatever the budget, by the shutdown timeout
+    // counted from the stop signal.
+    let deadline = at.get().copied().unwrap_or_else(Instant::now) + deadline_after;
     loop {
         let (t, out) = on_worker(task, move |t| t.final_step(deadline)).await?;
         task = t;

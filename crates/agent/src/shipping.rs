@@ -12,13 +12,15 @@ use bytes::Bytes;
 use lifeboat_storage::keys::Key;
 use lifeboat_storage::retry::{retry, RetryPolicy};
 use lifeboat_storage::{PutOutcome, ReplicaClient};
+use lifeboat_wal::checksum::PageHashes;
 use lifeboat_wal::transaction::SegmentBuilder;
+use lifeboat_wal::TxId;
 use tracing::{debug, warn};
 
 use crate::clock::now_ms;
 use crate::commit_times::CommitTimes;
 use crate::context::Context;
-use crate::replica::{Phase, Reason, Replica};
+use crate::replica::{Phase, Reason, Replica, ReplicaState};
 use crate::walfile::{Continuity, Cursor, WalFile};
 use crate::{Error, Result};
 
@@ -27,7 +29,7 @@ pub(crate) struct Ship<'a> {
     pub ctx: &'a Context,
     pub wal: &'a WalFile,
     pub page_size: u32,
-    /// The agent's descriptor on the database file (base pages are read through it).
+    /// The database file, where a page's base may be read when the WAL no longer has it.
     pub db_file: &'a File,
     pub times: &'a CommitTimes,
     /// Ship no transaction past this position (while a scheduled snapshot is lined up).
@@ -66,117 +68,61 @@ impl Replica {
         }
     }
 
-    /// Ships the next batch: at most one segment.
+    /// Ships the next batch: at most one segment. After a failed upload, the next call sends
+    /// that same segment again (see [`Unsent`]).
     pub(crate) fn ship_one(&mut self, ship: &Ship) -> Result<Shipped> {
         let ctx = ship.ctx;
         let client = self.client.clone();
         let Phase::Active(st) = &mut self.phase else {
             return Ok(Shipped::default());
         };
-        let carried = !st.carry.is_empty();
-        let batch = if let Some(b) = st.carry.front() {
-            // Read under the write lock before the WAL restarted; it starts at the cursor.
-            b.clone()
-        } else {
-            match ship
-                .wal
-                .check(&st.cursor)
-                .map_err(|e| Error::io("read WAL", e))?
-            {
-                Continuity::Same => {}
-                Continuity::Empty => {
-                    st.at_end = true;
-                    return Ok(Shipped::default());
-                }
-                Continuity::Restarted(h) => {
-                    debug!(
-                        salt1 = h.salt1,
-                        checkpoint_seq = h.checkpoint_seq,
-                        "WAL restarted"
-                    );
-                    st.cursor = st.cursor.restarted(h);
-                }
-                Continuity::Broken(reason) => {
+        let unsent = match st.unsent.take() {
+            Some(u) => u,
+            None => match cut(st, ship, self.index)? {
+                Cut::Segment(u) => u,
+                Cut::Nothing => return Ok(Shipped::default()),
+                Cut::LostContinuity(reason) => {
                     warn!(db = %ctx.path.display(), reason = %reason, "lost WAL continuity; a new generation will start");
                     self.lose_continuity(Reason::WalBroken(reason));
                     return Ok(Shipped::default());
                 }
-            }
-            let until = ship
-                .limit
-                .filter(|p| p.salts().is_some() && p.salts() == st.cursor.salts())
-                .map_or(u64::MAX, |p| p.offset);
-            ship.wal
-                .read_batch_until(&st.cursor, ctx.opts.max_segment_bytes, until)
-                .map_err(|e| Error::io(format!("read {}", ship.wal.path().display()), e))?
+            },
         };
-        if batch.txns.is_empty() {
-            st.at_end = true;
-            return Ok(Shipped::default());
-        }
-        let full = carried || batch.bytes >= ctx.opts.max_segment_bytes;
-        let times = ship.times.times(&batch, now_ms());
-        // Read before the batch is applied to the hashes, which vouch for each base.
-        let (bases, pending, found) = st.bases.bases(
-            &batch,
-            &st.cursor,
-            carried,
-            &st.hashes,
-            ship.wal,
-            ship.db_file,
-        );
-        st.hashes.begin();
-        let n = batch.txns.len() as u64;
-        let end = batch.end;
-        let mut builder = SegmentBuilder::new(
-            st.generation,
-            st.next_txid,
-            ship.page_size,
-            st.hashes.checksum(),
-            batch.bytes,
-        );
-        // Each transaction's frames are dropped once copied: memory holds one copy of the batch.
-        for (t, &commit_time) in batch.txns.into_iter().zip(&times) {
-            builder.push(
-                &mut st.hashes,
-                &t.frames,
-                t.frame_count,
-                t.commit_size,
-                commit_time,
-            );
-        }
-        let next_txid = builder.next_txid();
-        let Some(seg) = builder.finish(end.position(&st.cursor)) else {
-            st.hashes.rollback();
-            return Ok(Shipped::default());
-        };
-        let last = seg.header.last_txid;
-        let time_ms = seg.header.last_time_ms;
-        // The folders first: a file written before these commits must be stored before them.
-        if let Some(d) = &ctx.dirs {
-            let complete = !full && ship.limit.is_none();
-            if let Err(e) = d.flush(self.index, st.generation, last, complete) {
+        // After a failure, one attempt a pass: the replica's backoff paces the rest.
+        let attempts = if self.failures == 0 { 3 } else { 1 };
+        let put = put_with_retry(client.as_ref(), &unsent.key, unsent.body.clone(), attempts);
+        if let Err(e) = crate::upload::bounded(ctx, ship.wal, put) {
+            // The object may have landed: only this key with these bytes may hold its
+            // transactions, so it is what the next attempt sends. The replica's own hashes go
+            // back to its last stored state; the unsent segment keeps its own.
+            let mut unsent = unsent;
+            if unsent.hashes.is_none() {
+                let mut after = st.hashes.clone();
+                after.commit();
+                unsent.hashes = Some(after);
                 st.hashes.rollback();
-                return Err(e.into());
             }
-        }
-        let key = Key::Segment {
-            generation: st.generation,
-            first: st.next_txid,
-            last,
-            time_ms,
-        }
-        .to_string();
-        let body = Bytes::from(seg.encode_with_bases(&bases));
-        // Only the encoded segment stays in memory during the upload.
-        drop(seg);
-        drop(bases);
-        let size = body.len();
-        if let Err(e) = ctx.rt.block_on(put_with_retry(client.as_ref(), &key, body)) {
-            st.hashes.rollback();
+            st.unsent = Some(unsent);
             return Err(e);
         }
-        st.hashes.commit();
+        let Unsent {
+            key,
+            body,
+            hashes,
+            end,
+            next_txid,
+            carried,
+            full,
+            txns: n,
+            last,
+            time_ms,
+            pending,
+            found,
+        } = *unsent;
+        match hashes {
+            Some(h) => st.hashes = h,
+            None => st.hashes.commit(),
+        }
         st.bases.shipped(pending);
         if carried {
             st.carry.pop_front();
@@ -187,8 +133,8 @@ impl Replica {
         st.since_snapshot += 1;
         self.succeeded();
         ctx.status
-            .shipped(self.index, n, size as u64, time_ms, last);
-        debug!(key = %key, txns = n, bytes = size, bases = found.used, base_misses = found.missed, "segment uploaded");
+            .shipped(self.index, n, body.len() as u64, time_ms, last);
+        debug!(key = %key, txns = n, bytes = body.len(), bases = found.used, base_misses = found.missed, "segment uploaded");
         Ok(Shipped {
             puts: 1,
             txns: n,
@@ -197,14 +143,154 @@ impl Replica {
     }
 }
 
-/// A segment upload: three quick attempts (the pass after retries with the replica's backoff).
+/// A segment cut from the WAL and not known to be stored: its key and bytes, and the
+/// replica's state once it is. An upload that failed may have landed all the same (a timeout
+/// after the server acted, a reset after the body was sent), so until one attempt succeeds
+/// this is the only object that may hold its transactions: a retry sends exactly it again,
+/// and create-only writes make that safe (same bytes: success; other bytes: a real conflict).
+#[derive(Clone, Debug)]
+pub(crate) struct Unsent {
+    key: String,
+    body: Bytes,
+    /// Page hashes after its last transaction, once an attempt failed (before that, the
+    /// replica's own hashes hold them, journaled, so a segment costs no copy).
+    hashes: Option<PageHashes>,
+    end: Cursor,
+    next_txid: TxId,
+    /// It ships the replica's first carried batch.
+    carried: bool,
+    full: bool,
+    txns: u64,
+    last: TxId,
+    time_ms: u64,
+    /// Its frames, for the replica's base index once it is stored.
+    pending: crate::bases::Pending,
+    found: crate::bases::Found,
+}
+
+enum Cut {
+    Segment(Box<Unsent>),
+    Nothing,
+    LostContinuity(String),
+}
+
+/// Cuts the next segment from the replica's place (or its first carried batch), leaving the
+/// replica's own state as it was.
+fn cut(st: &mut ReplicaState, ship: &Ship, index: usize) -> Result<Cut> {
+    let ctx = ship.ctx;
+    let carried = !st.carry.is_empty();
+    let batch = if let Some(b) = st.carry.front() {
+        // Read under the write lock before the WAL restarted; it starts at the cursor.
+        b.clone()
+    } else {
+        match ship
+            .wal
+            .check(&st.cursor)
+            .map_err(|e| Error::io("read WAL", e))?
+        {
+            Continuity::Same => {}
+            Continuity::Empty => {
+                st.at_end = true;
+                return Ok(Cut::Nothing);
+            }
+            Continuity::Restarted(h) => {
+                debug!(
+                    salt1 = h.salt1,
+                    checkpoint_seq = h.checkpoint_seq,
+                    "WAL restarted"
+                );
+                st.cursor = st.cursor.restarted(h);
+            }
+            Continuity::Broken(reason) => return Ok(Cut::LostContinuity(reason)),
+        }
+        let until = ship
+            .limit
+            .filter(|p| p.salts().is_some() && p.salts() == st.cursor.salts())
+            .map_or(u64::MAX, |p| p.offset);
+        ship.wal
+            .read_batch_until(&st.cursor, ctx.opts.max_segment_bytes, until)
+            .map_err(|e| Error::io(format!("read {}", ship.wal.path().display()), e))?
+    };
+    if batch.txns.is_empty() {
+        st.at_end = true;
+        return Ok(Cut::Nothing);
+    }
+    // Something is waiting: the replica is behind until it is stored.
+    st.at_end = false;
+    let full = carried || batch.bytes >= ctx.opts.max_segment_bytes;
+    let times = ship.times.times(&batch, now_ms());
+    // Read before the batch is applied to the hashes, which vouch for each base.
+    let (bases, pending, found) = st.bases.bases(
+        &batch,
+        &st.cursor,
+        carried,
+        &st.hashes,
+        ship.wal,
+        ship.db_file,
+    );
+    let hashes = &mut st.hashes;
+    hashes.begin();
+    let n = batch.txns.len() as u64;
+    let end = batch.end;
+    let mut builder = SegmentBuilder::new(
+        st.generation,
+        st.next_txid,
+        ship.page_size,
+        hashes.checksum(),
+        batch.bytes,
+    );
+    // Each transaction's frames are dropped once copied: memory holds one copy of the batch.
+    for (t, &commit_time) in batch.txns.into_iter().zip(&times) {
+        builder.push(hashes, &t.frames, t.frame_count, t.commit_size, commit_time);
+    }
+    let next_txid = builder.next_txid();
+    let Some(seg) = builder.finish(end.position(&st.cursor)) else {
+        st.hashes.rollback();
+        return Ok(Cut::Nothing);
+    };
+    let last = seg.header.last_txid;
+    let time_ms = seg.header.last_time_ms;
+    // The folders first: a file written before these commits must be stored before them.
+    if let Some(d) = &ctx.dirs {
+        let complete = !full && ship.limit.is_none();
+        if let Err(e) = d.flush(index, st.generation, last, complete) {
+            st.hashes.rollback();
+            return Err(e.into());
+        }
+    }
+    let key = Key::Segment {
+        generation: st.generation,
+        first: st.next_txid,
+        last,
+        time_ms,
+    }
+    .to_string();
+    let body = Bytes::from(seg.encode_with_bases(&bases));
+    Ok(Cut::Segment(Box::new(Unsent {
+        key,
+        body,
+        hashes: None,
+        end,
+        next_txid,
+        carried,
+        full,
+        txns: n,
+        last,
+        time_ms,
+        pending,
+        found,
+    })))
+}
+
+/// A segment upload: a few quick attempts (the pass after retries with the replica's backoff).
 async fn put_with_retry(
     client: &dyn ReplicaClient,
     key: &str,
     body: Bytes,
+    attempts: u32,
 ) -> std::result::Result<PutOutcome, Error> {
     let policy = RetryPolicy {
-        attempts: 3,
+        attempts,
         initial: Duration::from_millis(100),
         max: Duration::from_secs(1),
     };

@@ -6,7 +6,7 @@
 //! uploaded. A scheduled one is uploaded only after the replica has shipped exactly up to the
 //! pinned state and its rolling checksum equals the file's.
 
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use lifeboat_storage::keys::Key;
 use lifeboat_storage::retry::{retry, RetryPolicy};
@@ -23,7 +23,7 @@ use crate::context::Context;
 use crate::db::Database;
 use crate::replica::{Phase, Replica, ReplicaState};
 use crate::shipping::Ship;
-use crate::walfile::Cursor;
+use crate::walfile::{Cursor, WalFile};
 use crate::{staging, Error, Result};
 
 /// A snapshot written to the staging folder.
@@ -56,7 +56,27 @@ fn write_snapshot(
         .map_err(|e| Error::io("open snapshot temp file", e))?;
     let mut w = SnapshotWriter::new(std::io::BufWriter::with_capacity(1 << 20, file), header)
         .map_err(|e| Error::io("write snapshot", e))?;
-    db.for_each_page(|p| w.write_page(p))?;
+    // A large database takes a while: say how far the read is (a bar on a terminal, a log line
+    // every few seconds), as the size of the file suggests (the WAL may add pages).
+    let ps = u64::from(db.page_size());
+    let total = std::fs::metadata(&ctx.path).map_or(0, |m| m.len() / ps);
+    let (started, mut logged, mut done) = (Instant::now(), Instant::now(), 0u64);
+    db.for_each_page(|p| {
+        done += 1;
+        if done % 4096 == 0 {
+            if let Some(pr) = &ctx.opts.snapshot_progress {
+                (pr.0)(done * ps, total.max(done) * ps);
+            }
+            if logged.elapsed() >= Duration::from_secs(5) {
+                logged = Instant::now();
+                info!(db = %ctx.path.display(), pages = done, of_about = total, elapsed_s = started.elapsed().as_secs(), "snapshot: reading the database");
+            }
+        }
+        w.write_page(p)
+    })?;
+    if let Some(pr) = ctx.opts.snapshot_progress.as_ref().filter(|_| done >= 4096) {
+        (pr.0)(done * ps, done * ps);
+    }
     let (out, hashes, trailer) = w.finish().map_err(|e| Error::io("write snapshot", e))?;
     out.into_inner()
         .map_err(|e| Error::io("write snapshot", e.into_error()))?
@@ -69,14 +89,21 @@ fn write_snapshot(
     })
 }
 
-/// Uploads a staged snapshot under `key` (create-only, with retries).
-fn upload(ctx: &Context, r: &Replica, key: &str, staged: &Staged) -> Result<()> {
+/// Uploads a staged snapshot under `key` (create-only, with retries: a few quick ones, one
+/// after the replica failed already), given up if the WAL grows past `max-wal-bytes` meanwhile.
+fn upload(ctx: &Context, r: &Replica, wal: &WalFile, key: &str, staged: &Staged) -> Result<()> {
     let client = r.client.clone();
-    ctx.rt
-        .block_on(retry(RetryPolicy::default(), "snapshot upload", || {
+    let policy = RetryPolicy {
+        attempts: if r.failures == 0 { 3 } else { 1 },
+        ..RetryPolicy::default()
+    };
+    crate::upload::bounded(ctx, wal, async {
+        retry(policy, "snapshot upload", || {
             client.put_file(key, staged.file.path())
-        }))?;
-    Ok(())
+        })
+        .await?;
+        Ok(())
+    })
 }
 
 /// Takes one snapshot of the pinned state and starts a new generation with it on every replica
@@ -127,7 +154,7 @@ pub(crate) fn new_generations(
                 continue;
             }
         }
-        if let Err(e) = upload(ctx, r, &key, &staged) {
+        if let Err(e) = upload(ctx, r, db.wal(), &key, &staged) {
             r.record_failure(&e, "snapshot upload failed", ctx);
             continue;
         }
@@ -138,7 +165,7 @@ pub(crate) fn new_generations(
             generation = %generation,
             pages = staged.trailer.page_count,
             bytes = staged.trailer.total_len,
-            elapsed = ?started.elapsed(),
+            elapsed_ms = started.elapsed().as_millis() as u64,
             reason = %reason,
             "new generation: snapshot uploaded"
         );
@@ -160,7 +187,7 @@ fn due(r: &Replica, ctx: &Context) -> bool {
     let Some(st) = r.state() else {
         return false;
     };
-    if !r.healthy() || !st.carry.is_empty() || st.since_snapshot == 0 {
+    if !r.healthy() || !st.carry.is_empty() || st.unsent.is_some() || st.since_snapshot == 0 {
         return false;
     }
     let o = r.overrides;
@@ -262,7 +289,7 @@ fn scheduled_one(
         time_ms,
     }
     .to_string();
-    upload(ctx, r, &key, &staged)?;
+    upload(ctx, r, db.wal(), &key, &staged)?;
     if let Some(st) = r.state_mut() {
         st.since_snapshot = 0;
         st.snapshot_ms = time_ms;
@@ -275,7 +302,7 @@ fn scheduled_one(
         txid = txid.0,
         pages = staged.trailer.page_count,
         bytes = staged.trailer.total_len,
-        elapsed = ?started.elapsed(),
+        elapsed_ms = started.elapsed().as_millis() as u64,
         "scheduled snapshot uploaded"
     );
     Ok(puts + 1)

@@ -27,6 +27,8 @@ pub struct ReplicaStatus {
     /// How far behind it is.
     #[serde(flatten)]
     pub lag: Lag,
+    /// The lag past which it is unhealthy, in seconds (`health-max-lag`, default 60).
+    pub max_lag_seconds: f64,
     /// Requests made to the replica since start, by kind (`put`, `get`, `list`, `delete`, and
     /// `failed` for those that returned an error).
     pub requests: std::collections::BTreeMap<String, u64>,
@@ -58,7 +60,8 @@ pub struct Lag {
 
 /// A replica counts as failing once it has failed this many times in a row ...
 pub const FAILURES: u32 = 3;
-/// ... or is this far behind (see [`ReplicaStatus::lag_seconds`]).
+/// ... or is this far behind (see [`ReplicaStatus::lag_seconds`]), unless `health-max-lag`
+/// says otherwise.
 pub const STALL: Duration = Duration::from_secs(60);
 
 impl ReplicaStatus {
@@ -75,12 +78,17 @@ impl ReplicaStatus {
 
     /// The health rule (`/health` answers 200 only while every replica is healthy, else 503):
     /// not halted, fewer than [`FAILURES`] failures in a row, in a generation, and less than
-    /// [`STALL`] behind.
+    /// `max_lag_seconds` behind ([`STALL`] if not set).
     pub fn healthy(&self, now_ms: u64) -> bool {
+        let max_lag = if self.max_lag_seconds > 0.0 {
+            self.max_lag_seconds
+        } else {
+            STALL.as_secs_f64()
+        };
         self.halted.is_none()
             && self.failures < FAILURES
             && self.generation.is_some()
-            && self.lag_seconds(now_ms) < STALL.as_secs_f64()
+            && self.lag_seconds(now_ms) < max_lag
     }
 }
 

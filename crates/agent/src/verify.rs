@@ -27,6 +27,11 @@ pub struct GenerationSummary {
     pub range: Restorable,
     /// Problems found (empty when sound; only filled by `verify`).
     pub problems: Vec<String>,
+    /// Segments whose transactions the chain holds in other objects too, checked to agree
+    /// (an upload that landed twice): not a problem; `prune` may delete them. Only filled by
+    /// `verify`.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub redundant: Vec<String>,
     /// Retention is deleting it (an interrupted prune left its `pruning` marker): not
     /// restorable and not checked; the next prune removes it.
     #[serde(skip_serializing_if = "std::ops::Not::not")]
@@ -60,8 +65,7 @@ pub fn summarize(generation: lifeboat_wal::Generation, o: &GenerationObjects) ->
     let bytes = o.bytes();
     let from = o.snapshots.first().map(|s| fmt_time(s.time_ms));
     let last = o
-        .segments
-        .last()
+        .last_segment()
         .map(|s| (s.last, s.time_ms))
         .or_else(|| o.snapshots.last().map(|s| (s.txid, s.time_ms)));
     let (last_txid, to) = match last {
@@ -82,6 +86,7 @@ pub fn summarize(generation: lifeboat_wal::Generation, o: &GenerationObjects) ->
             to,
         },
         problems: Vec::new(),
+        redundant: Vec::new(),
         pruning: o.pruning,
     }
 }
@@ -196,11 +201,12 @@ pub async fn verify_with_progress(
                 execute(client, &plan, &opts).await?;
                 advance(plan.bytes());
                 std::fs::remove_file(&opts.output).ok();
-                Ok::<_, Error>(())
+                Ok::<_, Error>(plan.redundant.into_iter().map(|s| s.key).collect())
             }
             .await;
-            if let Err(e) = res {
-                sum.problems.push(e.chain().to_string());
+            match res {
+                Ok(redundant) => sum.redundant = redundant,
+                Err(e) => sum.problems.push(e.chain().to_string()),
             }
         }
         out.push(sum);
@@ -212,6 +218,7 @@ pub async fn verify_with_progress(
             objects: Objects::default(),
             range: Restorable::default(),
             problems: Vec::new(),
+            redundant: Vec::new(),
             pruning: false,
         };
         for k in &cat.foreign {

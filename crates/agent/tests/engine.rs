@@ -62,7 +62,7 @@ impl Rig {
             Arc::new(Status::default()),
         )
         .unwrap();
-        r.resume();
+        r.resume().unwrap();
         r
     }
 

@@ -172,7 +172,7 @@ fn shipping_goes_on_while_a_prune_hangs_on_a_slow_replica() {
         Arc::new(Status::default()),
     )
     .unwrap();
-    rep.resume();
+    rep.resume().unwrap();
     // From here on every listing and delete hangs until the gate opens.
     replica.armed.store(true, Ordering::SeqCst);
     write(&c, 1);
@@ -230,7 +230,7 @@ fn a_conflicting_scheduled_snapshot_halts_the_replica() {
     let clients: Vec<Arc<dyn ReplicaClient>> = vec![replica.clone()];
     let mut rep =
         Replicator::open(&db, clients, opts, rt.handle().clone(), status.clone()).unwrap();
-    rep.resume();
+    rep.resume().unwrap();
     write(&c, 1);
     for round in 2..5 {
         rep.sync();

@@ -176,6 +176,24 @@ fn check_endpoint(endpoint: &str) -> Result<(), ConfigError> {
     Ok(())
 }
 
+/// `500ms`, `2s`: a positive duration.
+fn parse_duration(key: &str, v: &str) -> Result<Duration, ConfigError> {
+    let bad = || {
+        ConfigError(format!(
+            "{key} must be a duration like 500ms or 4s, got {v:?}"
+        ))
+    };
+    let (n, unit) = match v.strip_suffix("ms") {
+        Some(n) => (n, Duration::from_millis(1)),
+        None => (v.strip_suffix('s').ok_or_else(bad)?, Duration::from_secs(1)),
+    };
+    let n: u32 = n.parse().map_err(|_| bad())?;
+    if n == 0 {
+        return Err(bad());
+    }
+    Ok(unit * n)
+}
+
 fn parse_bool(key: &str, v: &str) -> Result<bool, ConfigError> {
     match v {
         "true" | "1" | "yes" => Ok(true),
@@ -187,7 +205,8 @@ fn parse_bool(key: &str, v: &str) -> Result<bool, ConfigError> {
 }
 
 impl S3Config {
-    /// Parses `s3://bucket[/prefix][?endpoint=URL&region=R&force_path_style=BOOL]`.
+    /// Parses `s3://bucket[/prefix][?endpoint=URL&region=R&force_path_style=BOOL&timeout=4s&min_upload_rate=131072]`
+    /// (`timeout`: [`Timeouts::first_byte`]; `min_upload_rate`: [`Timeouts::min_upload_rate`]).
     ///
     /// Error messages show the URL without its query (which may hold an endpoint with secrets).
     pub fn from_url(url: &str) -> Result<S3Config, ConfigError> {
@@ -232,10 +251,17 @@ impl S3Config {
                     cfg.endpoint = Some(v.trim_end_matches('/').to_string());
                 }
                 "region" => cfg.region = Some(v),
+                "timeout" => cfg.timeouts.first_byte = parse_duration(k, &v)?,
+                "min_upload_rate" => {
+                    cfg.timeouts.min_upload_rate = v.parse().map_err(|_| {
+                        ConfigError(format!("{k} must be bytes per second, got {v:?}"))
+                    })?
+                }
                 "force_path_style" | "path_style" => path_style = Some(parse_bool(k, &v)?),
                 _ => {
                     return Err(ConfigError(format!(
-                    "unknown option {k:?} in {shown:?} (known: endpoint, region, force_path_style)"
+                    "unknown option {k:?} in {shown:?} (known: endpoint, region, force_path_style, \
+                     timeout, min_upload_rate)"
                 )))
                 }
             }
@@ -287,6 +313,31 @@ impl S3Config {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn timeouts_come_from_the_url() {
+        let c = S3Config::from_url("s3://b/p?timeout=700ms&min_upload_rate=1048576").unwrap();
+        assert_eq!(c.timeouts.first_byte, Duration::from_millis(700));
+        assert_eq!(c.timeouts.min_upload_rate, 1 << 20);
+        assert_eq!(
+            S3Config::from_url("s3://b/p?timeout=2s")
+                .unwrap()
+                .timeouts
+                .first_byte,
+            Duration::from_secs(2)
+        );
+        for bad in [
+            "timeout=0s",
+            "timeout=2",
+            "timeout=xs",
+            "min_upload_rate=fast",
+        ] {
+            assert!(
+                S3Config::from_url(&format!("s3://b/p?{bad}")).is_err(),
+                "{bad}"
+            );
+        }
+    }
 
     #[test]
     fn parses_urls() {

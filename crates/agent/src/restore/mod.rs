@@ -27,6 +27,7 @@ use crate::catalog::{self, Catalog};
 use crate::files::{self, sibling};
 use crate::{Error, Result};
 
+mod copies;
 mod plan;
 
 pub use plan::{plan, plan_generation, Plan, Target};
@@ -297,14 +298,37 @@ pub async fn execute(
         })
         .buffered(parallelism);
     let mut objects = 1;
+    // Redundant copies must agree with the chain on every transaction they share. They are
+    // read first, so that a disagreement is reported as the fork it is, at its first
+    // transaction, before the chain runs into a checksum that does not continue.
+    let mut copies = copies::Copies::new(plan.generation, plan.shared());
+    for o in &plan.redundant {
+        let b = retry(policy, "segment download", || client.get(&o.key)).await?;
+        // What the object proves on its own is enough to compare (a format-2 copy's frames
+        // need the state before it, which this restore may never hold).
+        let any = AnySegment::open(&b).map_err(|e| Error::Corrupt {
+            key: o.key.clone(),
+            cause: e,
+        })?;
+        copies.check_and_keep(&o.key, &any.header, &any.commits, None)?;
+        objects += 1;
+        bytes += o.size;
+        report_progress(bytes);
+    }
     while let Some(r) = fetches.next().await {
         let (o, seg) = r?;
         objects += 1;
         bytes += o.size;
         report_progress(bytes);
         let seg = match seg {
-            Ready::Built(s) => s,
-            Ready::NeedsBases(any) => rebuild_on(&out, &state, &o, any)?,
+            Ready::Built(s) => {
+                copies.check_and_keep(&o.key, &s.header, &s.commits, Some(&s.frames))?;
+                s
+            }
+            Ready::NeedsBases(any) => {
+                copies.check_and_keep(&o.key, &any.header, &any.commits, None)?;
+                rebuild_on(&out, &state, &o, any)?
+            }
         };
         if apply_segment(&out, &mut hashes, &mut state, &o, &seg, plan.target)? {
             break;
@@ -370,7 +394,7 @@ pub async fn execute(
         generation = %report.generation,
         txid = report.txid.0,
         checksum = %report.checksum,
-        elapsed = ?report.elapsed,
+        elapsed_ms = report.elapsed.as_millis() as u64,
         "restore complete; database checksum verified"
     );
     Ok(report)
@@ -463,6 +487,15 @@ fn apply_segment(
             "expects database checksum {} before it, the restore has {}",
             h.checksum_before, state.checksum
         )));
+    }
+    // A segment starting before the restore's state must hold that state too.
+    if let Some(c) = seg.commits.get((skip as usize).wrapping_sub(1)) {
+        if c.txid != state.txid || c.checksum != state.checksum {
+            return Err(bad(format!(
+                "records database checksum {} after txid {}, the restore has {} there",
+                c.checksum, c.txid, state.checksum
+            )));
+        }
     }
     for (i, (c, frames)) in seg.txns().enumerate() {
         if (i as u64) < skip {

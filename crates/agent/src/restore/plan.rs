@@ -27,8 +27,13 @@ pub struct Plan {
     pub generation: Generation,
     /// The snapshot to start from.
     pub snapshot: Snapshot,
-    /// Segments to apply, in order.
+    /// Segments to apply, in order. One may start before the previous one ends (a
+    /// redundant copy reaching further): its transactions already applied are skipped, after
+    /// checking that they agree.
     pub segments: Vec<Segment>,
+    /// Segments not in the chain whose transactions the chain holds too (redundant copies).
+    /// Restore reads them and checks them against the chain; `prune` may delete them.
+    pub redundant: Vec<Segment>,
     /// Where to stop.
     pub target: Target,
 }
@@ -36,7 +41,25 @@ pub struct Plan {
 impl Plan {
     /// Bytes to download.
     pub fn bytes(&self) -> u64 {
-        self.snapshot.size + self.segments.iter().map(|s| s.size).sum::<u64>()
+        self.snapshot.size
+            + self
+                .segments
+                .iter()
+                .chain(&self.redundant)
+                .map(|s| s.size)
+                .sum::<u64>()
+    }
+
+    /// Ranges of transactions that two objects of the plan both hold: restore keeps what it
+    /// applied there, to compare with the other copy.
+    pub fn shared(&self) -> Vec<(TxId, TxId)> {
+        let mut out: Vec<(TxId, TxId)> = self.redundant.iter().map(|s| (s.first, s.last)).collect();
+        for w in self.segments.windows(2) {
+            if w[1].first <= w[0].last {
+                out.push((w[1].first, w[0].last));
+            }
+        }
+        out
     }
 }
 
@@ -77,37 +100,61 @@ pub fn plan_generation(
     let base = snapshot.txid;
     let mut next = base.next();
     let mut segments: Vec<Segment> = Vec::new();
-    for s in &objs.segments {
-        let (first, last) = (s.first, s.last);
+    let mut redundant: Vec<Segment> = Vec::new();
+    let all = &objs.segments;
+    let mut i = 0;
+    // Where a segment starts, and the furthest any reaches: a segment that starts exactly at
+    // `next` and ends where another starts (or at the end) continues the chain without
+    // skipping transactions, which a format-2 segment (page deltas against the state before
+    // it) needs.
+    let starts: std::collections::HashSet<TxId> = all.iter().map(|s| s.first).collect();
+    let end = all.iter().map(|s| s.last).max().unwrap_or(base);
+    // At each step the chain continues with the segment that holds `next` and reaches
+    // furthest. Other segments holding transactions the chain holds too are redundant copies
+    // (an upload retried after its answer was lost, or in flight while an agent was replaced,
+    // that landed after all); restore reads them and checks they agree with the chain on every
+    // shared commit: only a disagreement is a fork.
+    loop {
         if let Target::TxId(t) = target {
-            if first > t {
+            if next > t {
                 break;
             }
         }
-        // One agent never writes two segments that share a transaction: two agents resumed the
-        // same generation (overlapping deploys) and its history forked. Neither branch is
-        // chosen silently.
-        if let Some(prev) = segments.last().filter(|_| first < next && first > base) {
-            return Err(Error::Fork {
-                generation,
-                txid: first,
-                first: prev.key.clone(),
-                second: s.key.clone(),
-            });
+        let mut best: Option<&Segment> = None;
+        while let Some(s) = all.get(i).filter(|s| s.first <= next) {
+            i += 1;
+            if s.last < next {
+                // Wholly behind: before the snapshot (not needed), or a copy of chained txids.
+                if s.first > base {
+                    redundant.push(s.clone());
+                }
+                continue;
+            }
+            let continues =
+                |s: &Segment| s.first == next && (s.last == end || starts.contains(&s.last.next()));
+            match best {
+                // Continuing without a skip beats reaching further.
+                Some(b) if (continues(s), s.last) > (continues(b), b.last) => {
+                    redundant.push(b.clone());
+                    best = Some(s);
+                }
+                Some(_) => redundant.push(s.clone()),
+                None => best = Some(s),
+            }
         }
-        if last < next {
-            continue;
-        }
-        if first > next {
-            return Err(Error::Gap {
-                generation,
-                from: next,
-                to: TxId(first.0 - 1),
-                next: s.key.clone(),
-            });
-        }
+        let Some(s) = best else {
+            if let Some(after) = all.get(i) {
+                return Err(Error::Gap {
+                    generation,
+                    from: next,
+                    to: TxId(after.first.0 - 1),
+                    next: after.key.clone(),
+                });
+            }
+            break;
+        };
         segments.push(s.clone());
-        next = last.next();
+        next = s.last.next();
         // The first segment whose last commit is after the target time may hold commits at or
         // before it; later ones cannot.
         if let Target::Time(t) = target {
@@ -129,6 +176,7 @@ pub fn plan_generation(
         generation,
         snapshot,
         segments,
+        redundant,
         target,
     })
 }
@@ -324,28 +372,46 @@ mod tests {
         );
     }
 
+    fn redundant(p: &Plan) -> Vec<&str> {
+        p.redundant.iter().map(|s| s.key.as_str()).collect()
+    }
+
     #[test]
-    fn two_segments_sharing_a_transaction_are_a_fork() {
-        // Two agents resumed after txid 2 and each wrote txid 3 onwards.
+    fn segments_sharing_transactions_chain_through_the_furthest_and_the_others_are_checked() {
+        // The case: a PUT of 3..4 timed out but landed, and the agent cut 3..6.
         let o = objs(
             vec![snap(0, 1)],
-            vec![seg(1, 2, 2), seg(3, 3, 5), seg(3, 4, 4)],
+            vec![seg(1, 2, 2), seg(3, 4, 4), seg(3, 6, 6), seg(7, 7, 7)],
         );
-        assert!(matches!(
-            plan_generation(G, &o, Target::Latest),
-            Err(Error::Fork { txid: TxId(3), .. })
-        ));
-        let e = refusal(&o, Target::Latest);
-        assert!(
-            e.contains("forked at txid 3:")
-                && e.contains("seg-3-4-4")
-                && e.contains("seg-3-3-5")
-                && e.contains("--txid 2;"),
-            "{e}"
+        let p = plan_generation(G, &o, Target::Latest).unwrap();
+        assert_eq!(keys(&p), ["seg-1-2-2", "seg-3-6-6", "seg-7-7-7"]);
+        assert_eq!(redundant(&p), ["seg-3-4-4"]);
+        assert_eq!(p.shared(), [(TxId(3), TxId(4))]);
+        // A copy in flight while an agent was replaced: 5..9 landed after 5..7 and 8..12.
+        let o = objs(
+            vec![snap(0, 1)],
+            vec![seg(1, 4, 2), seg(5, 7, 5), seg(5, 9, 6), seg(8, 12, 8)],
         );
-        // Before the fork the history still restores.
-        let p = plan_generation(G, &o, Target::TxId(TxId(2))).unwrap();
-        assert_eq!(keys(&p), ["seg-1-2-2"]);
+        // The chain continues exactly (5..7 then 8..12); 5..9 is the copy.
+        let p = plan_generation(G, &o, Target::Latest).unwrap();
+        assert_eq!(keys(&p), ["seg-1-4-2", "seg-5-7-5", "seg-8-12-8"]);
+        assert_eq!(redundant(&p), ["seg-5-9-6"]);
+        assert_eq!(p.shared(), [(TxId(5), TxId(9))]);
+        // A target inside the shared range stops there.
+        let p = plan_generation(G, &o, Target::TxId(TxId(6))).unwrap();
+        assert_eq!(keys(&p), ["seg-1-4-2", "seg-5-7-5"]);
+        // Without an exact continuation, the furthest copy, skipping what was applied.
+        let o = objs(
+            vec![snap(0, 1)],
+            vec![seg(1, 4, 2), seg(5, 9, 6), seg(8, 12, 8)],
+        );
+        let p = plan_generation(G, &o, Target::Latest).unwrap();
+        assert_eq!(keys(&p), ["seg-1-4-2", "seg-5-9-6", "seg-8-12-8"]);
+        assert_eq!(p.shared(), [(TxId(8), TxId(9))]);
+        // Nothing shared: nothing redundant.
+        let o = objs(vec![snap(0, 1)], vec![seg(1, 2, 2), seg(3, 3, 3)]);
+        let p = plan_generation(G, &o, Target::Latest).unwrap();
+        assert!(p.redundant.is_empty() && p.shared().is_empty());
     }
 
     #[test]
