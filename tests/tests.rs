@@ -12,6 +12,7 @@ mod dirs;
 mod drill;
 mod exclusion;
 mod faults;
+mod folder;
 mod format2;
 mod lease;
 mod node;

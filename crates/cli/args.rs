@@ -78,6 +78,11 @@ pub struct ReplicateArgs {
     pub db: Option<PathBuf>,
     /// Replica URLs: `file:///path/to/folder` or `s3://bucket/prefix?endpoint=...&region=...`.
     pub urls: Vec<String>,
+    /// Replicate every database in this folder (`/data/tenants`, or with a pattern:
+    /// `'/data/tenants/*.sqlite'`; default `*.db`), each under `URL/<file name>`, including
+    /// those created while the agent runs. The replica URLs follow.
+    #[arg(long, conflicts_with = "config")]
+    pub dir_of_databases: Option<PathBuf>,
     /// Average PUT requests per second once the burst is spent.
     #[arg(long)]
     pub puts_per_second: Option<f64>,
@@ -154,6 +159,13 @@ pub struct RestoreArgs {
     /// Replace the output file if it exists (its -wal and -shm are removed).
     #[arg(long)]
     pub force: bool,
+    /// The URL holds a folder of databases: restore the one with this name (`acme.db`).
+    #[arg(long, conflicts_with = "all_databases")]
+    pub database: Option<String>,
+    /// The URL holds a folder of databases: restore every one of them into the folder given
+    /// by `--output`, each under its own name.
+    #[arg(long)]
+    pub all_databases: bool,
     /// Also restore this backed-up folder, as of the same point, `PATH` or `NAME=PATH`
     /// (repeatable; an existing non-empty folder needs --force, which moves it aside).
     #[arg(long = "dir")]
@@ -165,6 +177,14 @@ pub struct DatabasesArgs {
     /// Configuration file (default: `$LIFEBOAT_CONFIG`, else /etc/lifeboat.toml).
     #[arg(long, short)]
     pub config: Option<PathBuf>,
+    /// A replica URL holding a folder of databases (`replicate --dir-of-databases`): list the
+    /// databases in it, with their newest restore point, instead of the configuration's.
+    #[arg(conflicts_with = "config")]
+    pub url: Option<String>,
+    /// With a URL: the local folder, to say whether each database is there (and list local
+    /// databases the replica does not hold yet).
+    #[arg(long, requires = "url")]
+    pub dir: Option<PathBuf>,
     /// Machine-readable output.
     #[arg(long)]
     pub json: bool,
@@ -244,12 +264,21 @@ pub struct RunArgs {
     /// Configuration file (as for `replicate`): every database in it is restored if missing and
     /// replicated while the app runs. Without --db: `$LIFEBOAT_CONFIG`, else /etc/lifeboat.toml
     /// (so a `--db` or `LIFEBOAT_DB` beats a `LIFEBOAT_CONFIG` set for the whole host).
-    #[arg(long, short, conflicts_with_all = ["db", "replica"])]
+    #[arg(long, short, conflicts_with_all = ["db", "replica", "dir_of_databases"])]
     pub config: Option<PathBuf>,
     /// The database the app uses (with neither --db nor --config: the databases of
     /// /etc/lifeboat.toml).
     #[arg(long, env = "LIFEBOAT_DB", requires = "replica")]
     pub db: Option<PathBuf>,
+    /// The app's folder of databases (as for `replicate`): those the replica holds and the
+    /// folder lacks are restored on boot; all are replicated while the app runs.
+    #[arg(
+        long,
+        env = "LIFEBOAT_DIR_OF_DATABASES",
+        conflicts_with = "db",
+        requires = "replica"
+    )]
+    pub dir_of_databases: Option<PathBuf>,
     /// Where to replicate it (and restore it from).
     #[arg(long = "replica", env = "LIFEBOAT_REPLICA_URL")]
     pub replica: Option<String>,

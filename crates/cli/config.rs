@@ -5,6 +5,10 @@
 //! path = "/data/app.db"
 //! puts-per-second = 1.0          # optional
 //! replicas = ["s3://my-bucket/app?region=${AWS_REGION}", "file:///mnt/backup/app"]
+//!
+//! [[database-folders]]           # every database in the folder, each under <replica>/<name>
+//! path = "/data/tenants"         # or "/data/tenants/*.sqlite" (default pattern: *.db)
+//! replicas = ["s3://my-bucket/tenants"]
 //! ```
 //! `${VAR}` is replaced by the environment variable `VAR` (an unset variable is an error;
 //! `${VAR:-default}` gives a default). Credentials never go in this file: S3 credentials come from
@@ -15,6 +19,7 @@ use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
 use lifeboat_agent::agent::DbConfig;
+use lifeboat_agent::folder::FolderConfig;
 use lifeboat_agent::replica::ReplicaOverrides;
 use lifeboat_agent::Options;
 use serde::Deserialize;
@@ -101,6 +106,8 @@ pub enum Source {
     File(PathBuf),
     /// One database and its replica URLs, from the command line.
     Args { db: PathBuf, urls: Vec<String> },
+    /// A folder of databases (and maybe a pattern) and its replica URLs, from the command line.
+    Dir { spec: PathBuf, urls: Vec<String> },
 }
 
 impl Source {
@@ -120,6 +127,14 @@ impl Source {
             bail!("give at least one replica URL after the database path");
         }
         Ok(Source::Args { db, urls })
+    }
+
+    /// A folder of databases and its replica URLs.
+    pub fn dir(spec: PathBuf, urls: Vec<String>) -> Result<Source> {
+        if urls.is_empty() {
+            bail!("give at least one replica URL after --dir-of-databases");
+        }
+        Ok(Source::Dir { spec, urls })
     }
 }
 
@@ -193,7 +208,12 @@ impl Retention {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct File {
+    #[serde(default)]
     databases: Vec<Database>,
+    /// Folders of databases (`[[database-folders]]`): `path` is a folder, or a folder and a
+    /// file pattern (`/data/tenants/*.db`); the other settings are those of a database.
+    #[serde(default, rename = "database-folders")]
+    folders: Vec<Database>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -412,10 +432,26 @@ fn read_file(path: &std::path::Path) -> Result<File> {
         .with_context(|| format!("in {}", path.display()))?;
     let file: File = toml::from_str(&text)
         .with_context(|| format!("invalid configuration {}", path.display()))?;
-    if file.databases.is_empty() {
-        bail!("{} lists no databases", path.display());
+    if file.databases.is_empty() && file.folders.is_empty() {
+        bail!(
+            "{} lists no databases and no database folders",
+            path.display()
+        );
     }
-    if let Some(d) = file.databases.iter().find(|d| d.replicas.is_empty()) {
+    if let Some(f) = file.folders.iter().find(|f| !f.dirs.is_empty()) {
+        bail!(
+            "the database folder {} in {} lists dirs: backed-up folders go with one database \
+             ([[databases]]), not with a folder of databases",
+            f.path.display(),
+            path.display()
+        );
+    }
+    if let Some(d) = file
+        .databases
+        .iter()
+        .chain(&file.folders)
+        .find(|d| d.replicas.is_empty())
+    {
         bail!(
             "database {} has no replicas in {}",
             d.path.display(),
@@ -459,6 +495,50 @@ pub async fn databases(src: &Source, flags: &Flags) -> Result<Vec<DbConfig>> {
                 overrides: Vec::new(),
             });
         }
+        Source::Dir { .. } => {}
+    }
+    Ok(out)
+}
+
+/// The folders of databases to replicate, from a config file or from the command line; `flags`
+/// beat the file. Each replica URL is opened once, and all the folder's databases share it.
+pub async fn folders(src: &Source, flags: &Flags) -> Result<Vec<FolderConfig>> {
+    let mut out = Vec::new();
+    match src {
+        Source::File(path) => {
+            for d in read_file(path)?.folders {
+                let mut replicas = Vec::new();
+                for r in &d.replicas {
+                    replicas.push(replica_url::open(r.url()).await?);
+                }
+                let (dir, pattern) = FolderConfig::split_spec(&d.path);
+                out.push(FolderConfig {
+                    dir,
+                    pattern,
+                    replicas,
+                    options: options(&d, flags),
+                    overrides: d.replicas.iter().map(ReplicaEntry::overrides).collect(),
+                    restored: Default::default(),
+                });
+            }
+        }
+        Source::Dir { spec, urls } => {
+            let options = options(&Database::at(spec.clone()), flags);
+            let mut replicas = Vec::new();
+            for u in urls {
+                replicas.push(replica_url::open(u).await?);
+            }
+            let (dir, pattern) = FolderConfig::split_spec(spec);
+            out.push(FolderConfig {
+                dir,
+                pattern,
+                replicas,
+                options,
+                overrides: Vec::new(),
+                restored: Default::default(),
+            });
+        }
+        Source::Args { .. } => {}
     }
     Ok(out)
 }
@@ -576,6 +656,22 @@ mod tests {
         };
         let dbs = databases(&src, &flags).await.unwrap();
         assert!(dbs.iter().all(|d| d.options.puts_per_second == 20.0));
+    }
+
+    #[test]
+    fn a_folder_of_databases_takes_a_folder_or_a_pattern() {
+        let f: File = toml::from_str(
+            "[[database-folders]]\npath = '/data/tenants/*.sqlite'\nreplicas = ['file:///r']\n\
+             puts-per-second = 2.0\n",
+        )
+        .unwrap();
+        assert!(f.databases.is_empty());
+        let d = &f.folders[0];
+        assert_eq!(options(d, &Flags::default()).puts_per_second, 2.0);
+        assert_eq!(
+            FolderConfig::split_spec(&d.path),
+            (PathBuf::from("/data/tenants"), "*.sqlite".to_string())
+        );
     }
 
     #[test]

@@ -1,5 +1,6 @@
 //! `lifeboat databases`: the databases of the configuration file, their replicas, and how recent
-//! each replica is (its newest restore point, from one listing per replica).
+//! each replica is (its newest restore point, from one listing per replica). With a replica URL,
+//! the databases a folder-of-databases replica holds ([`crate::folder`]).
 
 use std::process::ExitCode;
 
@@ -28,6 +29,9 @@ struct Row {
 }
 
 pub async fn databases(a: DatabasesArgs) -> Result<ExitCode> {
+    if let Some(url) = &a.url {
+        return crate::folder::list(url, a.dir.as_deref(), a.json).await;
+    }
     let path = config::locate_existing(a.config)?;
     let mut rows = Vec::new();
     for e in config::entries(&path)? {

@@ -323,21 +323,25 @@ fn metrics(dbs: &[Watched]) -> String {
     out
 }
 
-/// Serves the status of running agents (see [`serve`]).
-pub fn serve_agents(addr: &str, handles: &[lifeboat_agent::agent::DbHandle]) -> Result<()> {
-    let watched = handles
-        .iter()
-        .map(|h| Watched {
-            path: h.path().to_path_buf(),
-            status: h.status.clone(),
-            flush: h.flush.clone(),
-        })
-        .collect();
-    serve(addr, watched)
+/// Serves the status of running agents (see [`serve`]): the databases running at each request,
+/// so those of a folder of databases come and go as they are created and removed.
+pub fn serve_agents(addr: &str, registry: Arc<lifeboat_agent::agent::Registry>) -> Result<()> {
+    serve(addr, move || {
+        registry
+            .snapshot()
+            .into_iter()
+            .map(|r| Watched {
+                path: r.path,
+                status: r.status,
+                flush: r.flush,
+            })
+            .collect()
+    })
 }
 
-/// Serves `/health` and `/metrics` on `addr` until the process exits.
-pub fn serve(addr: &str, dbs: Vec<Watched>) -> Result<()> {
+/// Serves `/health` and `/metrics` on `addr` until the process exits, for the databases
+/// `dbs` lists at each request.
+pub fn serve(addr: &str, dbs: impl Fn() -> Vec<Watched> + Send + 'static) -> Result<()> {
     let server = tiny_http::Server::http(addr)
         .map_err(|e| anyhow::anyhow!("{e}"))
         .with_context(|| format!("cannot listen on {addr} for the status endpoint"))?;
@@ -347,8 +351,8 @@ pub fn serve(addr: &str, dbs: Vec<Watched>) -> Result<()> {
         .spawn(move || {
             for req in server.incoming_requests() {
                 let path = req.url().split('?').next().unwrap_or("").to_string();
+                let dbs = dbs();
                 if path == "/sync" {
-                    let dbs = dbs.clone();
                     let _ = std::thread::Builder::new()
                         .name("lifeboat sync".into())
                         .spawn(move || answer_sync(req, &dbs));

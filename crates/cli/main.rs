@@ -5,6 +5,7 @@ mod args;
 mod config;
 mod databases;
 mod drill;
+mod folder;
 mod http;
 mod human;
 mod inspect;
@@ -31,6 +32,9 @@ fn main() -> ExitCode {
     logging::init(&log);
     let rt = match tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
+        // Replication passes run on blocking threads (at most 8 at once, see the agent's
+        // scheduler); an idle agent lets them go soon rather than keeping them for 10 s.
+        .thread_keep_alive(std::time::Duration::from_secs(2))
         .enable_all()
         .build()
     {

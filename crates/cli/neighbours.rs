@@ -75,6 +75,8 @@ pub async fn mistyped(url: &str) -> Result<Option<String>> {
 pub async fn warn_all(src: &Source) {
     let urls = match src {
         Source::Args { urls, .. } => urls.clone(),
+        // A folder of databases' replica holds `<name>/generations/`, never `generations/`.
+        Source::Dir { .. } => return,
         Source::File(path) => match config::entries(path) {
             Ok(e) => e.into_iter().flat_map(|e| e.replicas).collect(),
             Err(_) => return,

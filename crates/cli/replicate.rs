@@ -14,12 +14,23 @@ pub async fn replicate(a: ReplicateArgs) -> Result<ExitCode> {
     // Signals first: a SIGTERM during start-up must still end in a final sync.
     let shutdown = CancellationToken::new();
     spawn_signal_handler(shutdown.clone())?;
-    let src = Source::new(a.config.clone(), a.db.clone(), a.urls.clone())?;
+    let src = match &a.dir_of_databases {
+        // The first positional argument is then the first URL.
+        Some(spec) => Source::dir(
+            spec.clone(),
+            a.db.iter()
+                .map(|p| p.to_string_lossy().into_owned())
+                .chain(a.urls.iter().cloned())
+                .collect(),
+        )?,
+        None => Source::new(a.config.clone(), a.db.clone(), a.urls.clone())?,
+    };
     let flags = Flags {
         puts_per_second: a.puts_per_second,
         health_max_lag: a.health_max_lag,
         ..Flags::from(&a.keep)
     };
+    raise_open_files_limit();
     crate::neighbours::warn_all(&src).await;
     let mut dbs = config::databases(&src, &flags).await?;
     let keepers = if a.lease {
@@ -28,15 +39,18 @@ pub async fn replicate(a: ReplicateArgs) -> Result<ExitCode> {
         Vec::new()
     };
     config::with_dirs(&mut dbs, &a.dirs)?;
+    let folders = config::folders(&src, &flags).await?;
     let mut endpoint = Ok(());
     let mut flushes = Vec::new();
-    let r = lifeboat_agent::agent::replicate(dbs, shutdown.clone(), |handles| {
-        for (k, h) in keepers.iter().zip(handles) {
-            k.show_in(h.status.clone());
+    let r = lifeboat_agent::agent::replicate(dbs, folders, shutdown.clone(), |registry| {
+        // The configured databases start first, in order: the ones the keepers hold.
+        let running = registry.snapshot();
+        for (k, r) in keepers.iter().zip(&running) {
+            k.show_in(r.status.clone());
         }
-        flushes = handles.iter().map(|h| h.flush.clone()).collect();
+        flushes = running.iter().map(|r| r.flush.clone()).collect();
         if let Some(addr) = &a.health_addr {
-            endpoint = http::serve_agents(addr, handles);
+            endpoint = http::serve_agents(addr, registry);
             if endpoint.is_err() {
                 shutdown.cancel();
             }
@@ -47,6 +61,18 @@ pub async fn replicate(a: ReplicateArgs) -> Result<ExitCode> {
     r?;
     endpoint?;
     Ok(ExitCode::SUCCESS)
+}
+
+/// Raises the soft limit on open files to the hard one: each database holds a few descriptors
+/// open (its connections, its WAL), and a folder of a thousand databases passes the usual
+/// default of 1024.
+pub fn raise_open_files_limit() {
+    use nix::sys::resource::{getrlimit, setrlimit, Resource};
+    if let Ok((soft, hard)) = getrlimit(Resource::RLIMIT_NOFILE) {
+        if soft < hard {
+            let _ = setrlimit(Resource::RLIMIT_NOFILE, hard, hard);
+        }
+    }
 }
 
 /// SIGINT and SIGTERM cancel `token`; a second signal exits at once.

@@ -3,10 +3,13 @@
 use std::process::ExitCode;
 
 use std::path::PathBuf;
+use std::sync::Arc;
 
 use anyhow::{bail, Context, Result};
 use lifeboat_agent::clock::to_ms;
 use lifeboat_agent::restore::{self as rs, Target};
+
+use lifeboat_storage::prefixed::Prefixed;
 
 use crate::args::RestoreArgs;
 use crate::{config, human, progress, replica_url};
@@ -63,6 +66,9 @@ fn resolve(r: &RestoreArgs) -> Result<(String, PathBuf)> {
 }
 
 pub async fn restore(r: RestoreArgs) -> Result<ExitCode> {
+    if r.all_databases {
+        return restore_all(r).await;
+    }
     let (url, output) = resolve(&r)?;
     if r.if_db_not_exists && output.exists() {
         println!(
@@ -71,7 +77,67 @@ pub async fn restore(r: RestoreArgs) -> Result<ExitCode> {
         );
         return Ok(ExitCode::SUCCESS);
     }
-    let client = replica_url::open(&url).await?;
+    let mut client = replica_url::open(&url).await?;
+    if let Some(name) = &r.database {
+        client = Arc::new(Prefixed::new(client, name)?);
+    }
+    restore_one(&r, client.as_ref(), &output).await
+}
+
+/// `--all-databases`: every database of a folder-of-databases replica into the folder
+/// `--output`, one after the other; the first failure stops (those restored stay).
+async fn restore_all(r: RestoreArgs) -> Result<ExitCode> {
+    if !is_url(&r.url) {
+        bail!("--all-databases restores from a replica URL (file:///..., s3://...)");
+    }
+    if !r.dirs.is_empty() {
+        bail!("--dir goes with one database, not with --all-databases");
+    }
+    let dir = r
+        .output
+        .clone()
+        .context("--all-databases needs -o FOLDER (where the databases go)")?;
+    let base = replica_url::open(&r.url).await?;
+    let listing = base
+        .list("")
+        .await
+        .with_context(|| format!("cannot list {}", base.describe()))?;
+    let names = lifeboat_storage::prefixed::names(&listing);
+    if names.is_empty() {
+        if r.if_replica_exists {
+            println!(
+                "{} holds no databases yet; nothing to do (--if-replica-exists)",
+                base.describe()
+            );
+            return Ok(ExitCode::SUCCESS);
+        }
+        bail!(
+            "{} holds no folder of databases (no <name>/generations/ objects); for a single \
+             database's replica, leave out --all-databases",
+            base.describe()
+        );
+    }
+    std::fs::create_dir_all(&dir)
+        .with_context(|| format!("cannot create folder {}", dir.display()))?;
+    for name in &names {
+        let out = dir.join(name);
+        if r.if_db_not_exists && out.exists() {
+            println!("{} exists; skipped (--if-db-not-exists)", out.display());
+            continue;
+        }
+        let client = Prefixed::new(base.clone(), name)?;
+        restore_one(&r, &client, &out).await?;
+    }
+    println!("{} database(s) of {}", names.len(), base.describe());
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Restores (or plans, with `--dry-run`) the database in `client` into `output`.
+async fn restore_one(
+    r: &RestoreArgs,
+    client: &dyn lifeboat_storage::ReplicaClient,
+    output: &std::path::Path,
+) -> Result<ExitCode> {
     for d in crate::config::dir_specs(&r.dirs)? {
         lifeboat_dirs::restore::check_output(&d.path, r.force)?;
     }
@@ -85,14 +151,14 @@ pub async fn restore(r: RestoreArgs) -> Result<ExitCode> {
         None => None,
     };
     let opts = rs::RestoreOptions {
-        output: output.clone(),
+        output: output.to_path_buf(),
         generation,
         target,
         parallelism: r.parallelism,
         force: r.force,
         progress: progress::bar("restoring", progress::Unit::Bytes),
     };
-    let cat = lifeboat_agent::catalog::Catalog::load(client.as_ref())
+    let cat = lifeboat_agent::catalog::Catalog::load(client)
         .await
         .with_context(|| format!("cannot list {}", client.describe()))?;
     if cat.latest().is_none() && r.if_replica_exists {
@@ -136,12 +202,12 @@ pub async fn restore(r: RestoreArgs) -> Result<ExitCode> {
         }
         return Ok(ExitCode::SUCCESS);
     }
-    let report = rs::execute(client.as_ref(), &plan, &opts)
+    let report = rs::execute(client, &plan, &opts)
         .await
         .with_context(|| format!("restore from {} failed", client.describe()))?;
     for d in crate::config::dir_specs(&r.dirs)? {
         let at = Some((report.generation, report.txid));
-        let f = lifeboat_dirs::restore::restore(client.as_ref(), &d.name, at, &d.path, r.force)
+        let f = lifeboat_dirs::restore::restore(client, &d.name, at, &d.path, r.force)
             .await
             .with_context(|| {
                 format!(

@@ -24,11 +24,15 @@ use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
-use lifeboat_agent::agent::{DbConfig, DbHandle, Supervisor};
+use std::sync::Arc;
+
+use lifeboat_agent::agent::{DbConfig, Supervisor};
 use lifeboat_agent::catalog::Catalog;
 use lifeboat_agent::clock::now_ms;
 use lifeboat_agent::files::{fsync_dir, sibling};
+use lifeboat_agent::folder::FolderConfig;
 use lifeboat_agent::restore::{self, RestoreOptions, Target};
+use lifeboat_agent::status::Status;
 use lifeboat_agent::OnDivergence;
 use lifeboat_storage::ReplicaClient;
 use nix::sys::signal::{kill, Signal};
@@ -189,14 +193,14 @@ async fn start(sup: &mut Supervisor, mut cfg: DbConfig, on_stale: OnStale) -> Re
 }
 
 /// Waits until every replica of every database has a generation and has shipped all it read.
-async fn wait_ready(handles: &[DbHandle], timeout: Duration) -> Result<()> {
+async fn wait_ready(statuses: &[Arc<Status>], timeout: Duration) -> Result<()> {
     let deadline = Instant::now() + timeout;
     let mut interval = tokio::time::interval(Duration::from_millis(20));
     loop {
         interval.tick().await;
         let mut waiting = None;
-        for h in handles {
-            let st = h.status.snapshot();
+        for status in statuses {
+            let st = status.snapshot();
             if let Some(r) = st.replicas.iter().find(|r| r.halted.is_some()) {
                 let why = r.halted.as_deref().unwrap_or_default();
                 bail!(
@@ -247,17 +251,54 @@ fn exit_code_of(status: std::process::ExitStatus) -> u8 {
     }
 }
 
+/// Restores the databases a folder's replica holds and the folder lacks (each then starts a new
+/// generation, as a single restored database does).
+async fn prepare_folder(f: &mut FolderConfig) -> Result<()> {
+    std::fs::create_dir_all(&f.dir)
+        .with_context(|| format!("cannot create {}", f.dir.display()))?;
+    let base = f.replicas[0].clone();
+    let listing = base
+        .list("")
+        .await
+        .with_context(|| format!("cannot list {}", base.describe()))?;
+    for name in lifeboat_storage::prefixed::names(&listing) {
+        let db = f.dir.join(&name);
+        if !f.wants(&name) || db.exists() {
+            continue;
+        }
+        let cfg = f.database(&name)?;
+        // Tenants of a folder hold no writer lease (see docs/design.md): the newest state.
+        if prepare_missing(&cfg, None).await?.is_some() {
+            f.restored.insert(name);
+        }
+    }
+    Ok(())
+}
+
 pub async fn run(args: RunArgs) -> Result<ExitCode> {
-    let src = Source::new(
-        args.config.clone(),
-        args.db.clone(),
-        args.replica.iter().cloned().collect(),
-    )?;
+    let src = match &args.dir_of_databases {
+        Some(spec) => Source::dir(spec.clone(), args.replica.iter().cloned().collect())?,
+        None => Source::new(
+            args.config.clone(),
+            args.db.clone(),
+            args.replica.iter().cloned().collect(),
+        )?,
+    };
+    crate::replicate::raise_open_files_limit();
     crate::neighbours::warn_all(&src).await;
     let flags = Flags {
         health_max_lag: args.health_max_lag,
         ..Flags::from(&args.keep)
     };
+    let mut folders = config::folders(&src, &flags).await?;
+    for f in &mut folders {
+        f.options.shutdown_timeout = args.shutdown_timeout;
+        f.options.on_divergence = match args.on_stale {
+            OnStale::Keep => OnDivergence::NewGeneration,
+            OnStale::Refuse | OnStale::Restore => OnDivergence::Refuse,
+        };
+        prepare_folder(f).await?;
+    }
     let mut dbs = config::databases(&src, &flags).await?;
     config::with_dirs(&mut dbs, &args.dirs)?;
     let (lease_tx, mut lease_rx) = tokio::sync::mpsc::unbounded_channel();
@@ -295,8 +336,14 @@ pub async fn run(args: RunArgs) -> Result<ExitCode> {
             return Err(e);
         }
     }
+    for f in folders {
+        if let Err(e) = sup.start_folder(f).await {
+            let _ = sup.stop().await;
+            return Err(e.into());
+        }
+    }
     if let Some(addr) = &args.health_addr {
-        if let Err(e) = http::serve_agents(addr, sup.handles()) {
+        if let Err(e) = http::serve_agents(addr, sup.registry()) {
             let _ = sup.stop().await;
             return Err(e);
         }
@@ -306,7 +353,13 @@ pub async fn run(args: RunArgs) -> Result<ExitCode> {
             k.show_in(h.status.clone());
         }
     }
-    if let Err(e) = wait_ready(sup.handles(), args.ready_timeout).await {
+    let statuses: Vec<_> = sup
+        .registry()
+        .snapshot()
+        .into_iter()
+        .map(|r| r.status)
+        .collect();
+    if let Err(e) = wait_ready(&statuses, args.ready_timeout).await {
         let _ = sup.stop().await;
         return Err(e);
     }

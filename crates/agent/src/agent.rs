@@ -1,20 +1,19 @@
-//! Running replicators: one thread per database, woken by file-system events (with a polling
-//! fallback), paced by a PUT budget, stopped with a final sync.
+//! Running replicators: one task per database (see [`crate::scheduler`] for when passes run and
+//! on which threads), woken through the agent's one file-system watcher ([`crate::watcher`]),
+//! paced by a PUT budget, stopped with a final sync.
 //!
-//! One way to stop: every database's thread watches a [`CancellationToken`]; the
+//! One way to stop: every database's task watches a [`CancellationToken`]; the
 //! [`Supervisor`] that `lifeboat replicate` and `lifeboat run` share cancels them all and waits
-//! for each final sync, on one teardown path. The wake channel only says "look at the WAL now".
+//! for each final sync, on one teardown path. A wake-up only says "look at the WAL now".
 
 use std::path::PathBuf;
-use std::sync::mpsc::{sync_channel, Receiver, RecvTimeoutError, SyncSender};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use lifeboat_storage::ReplicaClient;
-use notify::{RecursiveMode, Watcher};
 use tokio::runtime::Handle;
 use tokio_util::sync::CancellationToken;
-use tracing::{error, info, warn};
+use tracing::{error, info};
 
 use crate::replicator::Replicator;
 use crate::status::Status;
@@ -32,9 +31,6 @@ pub struct DbConfig {
     /// Per-replica settings, by index into `replicas` (missing entries: none).
     pub overrides: Vec<crate::replica::ReplicaOverrides>,
 }
-
-/// During the final sync, a failing replica is tried again at least this often.
-const FINAL_RETRY: Duration = Duration::from_millis(500);
 
 /// A token bucket: `rate` tokens a second, at most `burst` saved up.
 #[derive(Debug)]
@@ -80,15 +76,19 @@ impl Budget {
     }
 }
 
-/// A running replicator thread. It stops (with a final sync) when the token it was started
-/// with is cancelled; [`Supervisor::stop`] does that for every database at once.
+/// A running database: its task replicates until the token it was started with is cancelled,
+/// then syncs a last time; [`Supervisor::stop`] does that for every database at once.
 pub struct DbHandle {
     /// Its progress.
     pub status: Arc<Status>,
     /// Durable acknowledgements: wait until what is committed is in every replica.
     pub flush: Arc<crate::flush::Flush>,
-    thread: std::thread::JoinHandle<Result<()>>,
-    _watcher: Option<notify::RecommendedWatcher>,
+    task: tokio::task::JoinHandle<Result<()>>,
+    /// Cancelled to stop this database alone (a child of the supervisor's token).
+    stop: CancellationToken,
+    /// Cancelled before `stop` when the database file was removed: no final sync.
+    removed: CancellationToken,
+    _route: Option<crate::watcher::Route>,
     path: PathBuf,
 }
 
@@ -98,22 +98,40 @@ impl DbHandle {
         &self.path
     }
 
-    /// Waits for the thread to end.
-    pub fn join(self) -> Result<()> {
-        match self.thread.join() {
+    /// Waits for the task to end.
+    pub async fn join(self) -> Result<()> {
+        match self.task.await {
             Ok(r) => r,
             Err(_) => Err(Error::Panicked(format!(
-                "the replicator thread for {}",
+                "the replicator for {}",
                 self.path.display()
             ))),
         }
     }
+
+    /// Stops this database without a final sync (its file is gone) and waits for it.
+    pub(crate) async fn release(self) -> Result<()> {
+        self.removed.cancel();
+        self.stop.cancel();
+        self.join().await
+    }
 }
 
-/// Opens the database, resumes or plans generations, and starts its thread, which runs until
-/// `stop` is cancelled and then syncs a last time.
+/// Staging folders already cleaned by this process (cleaning scans the folder: once is enough).
+fn clean_staging_once(dir: &std::path::Path) {
+    static CLEANED: std::sync::Mutex<Vec<PathBuf>> = std::sync::Mutex::new(Vec::new());
+    let mut done = CLEANED.lock().unwrap();
+    if !done.iter().any(|d| d == dir) {
+        done.push(dir.to_path_buf());
+        drop(done);
+        crate::staging::clean_staging(dir);
+    }
+}
+
+/// Opens the database, resumes or plans generations, and starts its task (on `rt`), which runs
+/// until `stop` is cancelled and then syncs a last time.
 pub fn start(cfg: DbConfig, rt: Handle, stop: CancellationToken) -> Result<DbHandle> {
-    crate::staging::clean_staging(&cfg.options.staging_dir);
+    clean_staging_once(&cfg.options.staging_dir);
     let status = Arc::new(Status::default());
     let mut rep = Replicator::open(
         &cfg.path,
@@ -140,233 +158,102 @@ pub fn start(cfg: DbConfig, rt: Handle, stop: CancellationToken) -> Result<DbHan
             });
         }
     }
-    let (wake, events) = sync_channel::<()>(1);
+    let wake = Arc::new(tokio::sync::Notify::new());
+    let wal = crate::walfile::WalFile::for_db(rep.database().path())
+        .path()
+        .to_path_buf();
     let flush = Arc::new(crate::flush::Flush::default());
     flush.set_waker(wake.clone());
-    let watcher = watch(rep.database().path(), wake.clone());
-    // A cancelled token wakes the thread. If the channel is full a wake-up is pending already,
-    // and the thread sees the token when it takes it.
-    let cancelled = stop.clone();
+    let (route, watched) = crate::watcher::Watcher::shared().watch_file(&wal, wake.clone());
+    // When the stop came: the final sync's deadline counts from it, not from the end of a pass
+    // that was running then (which sees the token through its context).
     let stopped_at = Arc::new(std::sync::OnceLock::new());
-    let at = stopped_at.clone();
+    let (cancelled, at) = (stop.clone(), stopped_at.clone());
     rt.spawn(async move {
         cancelled.cancelled().await;
         let _ = at.set(Instant::now());
-        let _ = wake.try_send(());
     });
     rep.watch_stop(stop.clone(), stopped_at.clone());
-    let opts = cfg.options.clone();
-    let path = cfg.path.clone();
-    let thread_flush = flush.clone();
+    let opts = &cfg.options;
     info!(
         db = %cfg.path.display(),
         replicas = %cfg.replicas.iter().map(|r| r.describe()).collect::<Vec<_>>().join(", "),
         retention = %opts.retention.map_or("off".into(), |d| humantime::format_duration(d).to_string()),
         "replicating"
     );
-    let thread = std::thread::Builder::new()
-        .name(format!("lifeboat {}", cfg.path.display()))
-        .spawn(move || {
-            if run_loop(&mut rep, &opts, &events, &stop, &stopped_at, &thread_flush) {
-                Ok(())
-            } else {
-                Err(Error::FinalSyncIncomplete(
-                    rep.database().path().to_path_buf(),
-                ))
-            }
-        })
-        .map_err(|e| Error::io("start replicator thread", e))?;
+    let removed = CancellationToken::new();
+    let task = rt.spawn(crate::scheduler::run(
+        rep,
+        cfg.options.clone(),
+        wake,
+        flush.clone(),
+        watched,
+        crate::scheduler::Stops {
+            stop: stop.clone(),
+            at: stopped_at,
+            removed: removed.clone(),
+        },
+    ));
     Ok(DbHandle {
         status,
         flush,
-        thread,
-        _watcher: watcher,
-        path,
+        task,
+        stop,
+        removed,
+        _route: Some(route),
+        path: cfg.path,
     })
 }
 
-fn watch(db: &std::path::Path, wake: SyncSender<()>) -> Option<notify::RecommendedWatcher> {
-    let wal = crate::walfile::WalFile::for_db(db).path().to_path_buf();
-    let dir = db
-        .parent()
-        .filter(|p| !p.as_os_str().is_empty())
-        .unwrap_or(std::path::Path::new("."))
-        .to_path_buf();
-    let res = notify::recommended_watcher(move |ev: notify::Result<notify::Event>| {
-        if let Ok(ev) = ev {
-            // Only changes wake the agent: its own opens and reads of the WAL raise access
-            // events too, and waking on those would make every pass schedule the next.
-            if wakes(&ev.kind)
-                && ev
-                    .paths
-                    .iter()
-                    .any(|p| p == &wal || p.file_name() == wal.file_name())
-            {
-                let _ = wake.try_send(());
-            }
-        }
-    });
-    match res {
-        Ok(mut w) => match w.watch(&dir, RecursiveMode::NonRecursive) {
-            Ok(()) => Some(w),
-            Err(e) => {
-                warn!(dir = %dir.display(), error = %e, "file watching unavailable; polling only");
-                None
-            }
-        },
-        Err(e) => {
-            warn!(error = %e, "file watching unavailable; polling only");
-            None
-        }
-    }
+/// A running database as the status endpoint sees it.
+#[derive(Clone, Debug)]
+pub struct Running {
+    /// The database file.
+    pub path: PathBuf,
+    /// Its progress.
+    pub status: Arc<Status>,
+    /// Its durable-acknowledgement requests (`POST /sync`).
+    pub flush: Arc<crate::flush::Flush>,
 }
 
-/// Whether a file-system event on the WAL can mean new frames.
-fn wakes(kind: &notify::EventKind) -> bool {
-    use notify::event::{AccessKind, AccessMode, EventKind};
-    match kind {
-        EventKind::Access(AccessKind::Close(AccessMode::Write)) => true,
-        EventKind::Access(_) => false,
-        _ => true,
-    }
+/// Every running database, for the status endpoint. A folder of databases adds and removes
+/// entries while the agent runs, so readers take a fresh [`snapshot`](Self::snapshot).
+#[derive(Debug, Default)]
+pub struct Registry {
+    dbs: std::sync::Mutex<Vec<Running>>,
 }
 
-fn wal_stamp(rep: &Replicator) -> Option<(u64, std::time::SystemTime)> {
-    let m = std::fs::metadata(rep.database().wal().path()).ok()?;
-    Some((m.len(), m.modified().ok()?))
-}
-
-/// Runs until `stop`, then syncs a last time; returns whether that final sync completed.
-fn run_loop(
-    rep: &mut Replicator,
-    opts: &Options,
-    events: &Receiver<()>,
-    stop: &CancellationToken,
-    stopped_at: &std::sync::OnceLock<Instant>,
-    flush: &crate::flush::Flush,
-) -> bool {
-    let mut budget = Budget::new(opts.puts_per_second, opts.put_burst);
-    let mut stamp = None;
-    // When the next pass is due; `None` while idle (only events or the poll wake us).
-    let mut due: Option<Instant> = Some(Instant::now());
-    loop {
-        if stop.is_cancelled() {
-            break;
-        }
-        let now = Instant::now();
-        if flush.wanted().is_some() {
-            due = Some(now);
-        }
-        let wait = due.map_or(opts.poll_interval, |t| t.saturating_duration_since(now));
-        if !wait.is_zero() {
-            match events.recv_timeout(wait) {
-                Ok(()) => due = Some(Instant::now()),
-                Err(RecvTimeoutError::Timeout) | Err(RecvTimeoutError::Disconnected) => {}
-            }
-        }
-        if stop.is_cancelled() {
-            break;
-        }
-        let now = Instant::now();
-        let s = wal_stamp(rep);
-        if s != stamp {
-            stamp = s;
-            rep.observe();
-            due = Some(due.map_or(now, |t| t.min(now)));
-        }
-        match due {
-            Some(t) if t <= now => {}
-            _ => {
-                rep.between_passes();
-                continue;
-            }
-        }
-        // A sync request (durable acknowledgement) goes past the budget.
-        let ticket = flush.wanted();
-        let b = budget.wait(now);
-        if !b.is_zero() && ticket.is_none() {
-            due = Some(now + b);
-            rep.between_passes();
-            continue;
-        }
-        let r = rep.sync();
-        budget.spend(r.puts);
-        if let Some(t) = ticket {
-            settle(rep, &r, flush, t);
-        }
-        due = if !r.pending {
-            None
-        } else if r.puts > 0 {
-            Some(Instant::now())
-        } else {
-            let retry = rep.replicas().iter().filter_map(|x| x.retry_at).min();
-            Some(retry.unwrap_or_else(|| Instant::now() + opts.poll_interval))
-        };
+impl Registry {
+    /// The databases running now, in the order they started.
+    pub fn snapshot(&self) -> Vec<Running> {
+        self.dbs.lock().unwrap_or_else(|e| e.into_inner()).clone()
     }
-    // Final sync: ship everything committed, whatever the budget, and without waiting out a
-    // failing replica's backoff (up to 30 s; the endpoint may well be back): at once, then
-    // every half second at most, until the shutdown timeout.
-    // From the stop signal, not from the end of a pass that was hanging when it came.
-    let deadline = stopped_at.get().copied().unwrap_or_else(Instant::now) + opts.shutdown_timeout;
-    loop {
-        rep.retry_now();
-        let r = rep.sync();
-        // Caught up at the end: that settles every call, and is where this agent stopped.
-        settle(rep, &r, flush, u64::MAX);
-        if !r.pending || Instant::now() >= deadline {
-            flush.stop();
-            if r.pending {
-                error!(db = %rep.database().path().display(), "final sync did not complete before the shutdown timeout");
-            } else {
-                info!(db = %rep.database().path().display(), "final sync complete");
-            }
-            return !r.pending && rep.replicas().iter().all(|x| x.halted().is_none());
-        }
-        let retry = rep
-            .replicas()
-            .iter()
-            .filter_map(|r| r.retry_at)
-            .min()
-            .map_or(Duration::from_millis(10), |t| {
-                t.saturating_duration_since(Instant::now())
+
+    pub(crate) fn add(&self, h: &DbHandle) {
+        self.dbs
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(Running {
+                path: h.path().to_path_buf(),
+                status: h.status.clone(),
+                flush: h.flush.clone(),
             });
-        std::thread::sleep(
-            retry
-                .min(FINAL_RETRY)
-                .min(deadline.saturating_duration_since(Instant::now())),
-        );
+    }
+
+    pub(crate) fn remove(&self, path: &std::path::Path) {
+        self.dbs
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .retain(|r| r.path != path);
     }
 }
 
-/// Settles sync tickets up to `ticket` if the pass that just ran (which started after it was
-/// taken) left every replica caught up.
-fn settle(
-    rep: &Replicator,
-    r: &crate::replicator::SyncReport,
-    flush: &crate::flush::Flush,
-    ticket: u64,
-) {
-    if r.pending || rep.replicas().iter().any(|x| x.halted().is_some()) {
-        return;
-    }
-    let at = rep
-        .replicas()
-        .iter()
-        .filter_map(|x| {
-            x.state().map(|s| crate::flush::Synced {
-                replica: x.client.describe(),
-                generation: s.generation.to_string(),
-                txid: s.last_txid().to_string(),
-            })
-        })
-        .collect();
-    flush.settle(ticket, at);
-}
-
-/// The replicator threads of a set of databases, stopped together.
+/// The replicators of a set of databases (and folders of databases), stopped together.
 pub struct Supervisor {
     handles: Vec<DbHandle>,
+    folders: Vec<crate::folder::FolderHandle>,
     stop: CancellationToken,
+    registry: Arc<Registry>,
 }
 
 impl Default for Supervisor {
@@ -380,25 +267,41 @@ impl Supervisor {
     pub fn new() -> Supervisor {
         Supervisor {
             handles: Vec::new(),
+            folders: Vec::new(),
             stop: CancellationToken::new(),
+            registry: Arc::default(),
         }
     }
 
     /// Starts replicating one database (see [`start`]): opens it, reads its replicas' state,
-    /// starts its thread. Blocking work runs off the async runtime.
+    /// starts its task. Blocking work runs off the async runtime.
     pub async fn start(&mut self, cfg: DbConfig) -> Result<()> {
         let rt = Handle::current();
         let stop = self.stop.child_token();
         let h = tokio::task::spawn_blocking(move || start(cfg, rt, stop))
             .await
             .map_err(|e| Error::join("starting a replicator", e))??;
+        self.registry.add(&h);
         self.handles.push(h);
         Ok(())
     }
 
-    /// The running databases.
+    /// Starts replicating a folder of databases (see [`crate::folder`]): those in it now, and
+    /// those created while it runs.
+    pub async fn start_folder(&mut self, cfg: crate::folder::FolderConfig) -> Result<()> {
+        let f = crate::folder::start(cfg, self.stop.child_token(), self.registry.clone()).await?;
+        self.folders.push(f);
+        Ok(())
+    }
+
+    /// The databases started one by one with [`start`](Self::start).
     pub fn handles(&self) -> &[DbHandle] {
         &self.handles
+    }
+
+    /// Every running database, folders' included, as it is now and as it changes.
+    pub fn registry(&self) -> Arc<Registry> {
+        self.registry.clone()
     }
 
     /// Stops every database with a final sync and waits for each; the first failure (each one
@@ -407,12 +310,18 @@ impl Supervisor {
         self.stop.cancel();
         let mut first_err = None;
         for h in self.handles {
-            let r = tokio::task::spawn_blocking(move || h.join())
+            if let Err(e) = h.join().await {
+                error!(error = %e.chain(), "final sync failed");
+                first_err.get_or_insert(e);
+            }
+        }
+        for f in self.folders {
+            let r = f
+                .task
                 .await
-                .map_err(|e| Error::join("stopping a replicator", e))
+                .map_err(|e| Error::join("stopping a folder of databases", e))
                 .and_then(|r| r);
             if let Err(e) = r {
-                error!(error = %e.chain(), "final sync failed");
                 first_err.get_or_insert(e);
             }
         }
@@ -420,12 +329,14 @@ impl Supervisor {
     }
 }
 
-/// Replicates every database until `shutdown` is cancelled, then syncs each one a last time.
-/// `started` is handed each database's status once all are running (for a status endpoint).
+/// Replicates every database and folder of databases until `shutdown` is cancelled, then syncs
+/// each database a last time. `started` is handed the registry of running databases once all
+/// are running (for a status endpoint).
 pub async fn replicate(
     dbs: Vec<DbConfig>,
+    folders: Vec<crate::folder::FolderConfig>,
     shutdown: CancellationToken,
-    started: impl FnOnce(&[DbHandle]),
+    started: impl FnOnce(Arc<Registry>),
 ) -> Result<()> {
     let mut sup = Supervisor::new();
     for cfg in dbs {
@@ -434,7 +345,13 @@ pub async fn replicate(
             return Err(e);
         }
     }
-    started(sup.handles());
+    for cfg in folders {
+        if let Err(e) = sup.start_folder(cfg).await {
+            let _ = sup.stop().await;
+            return Err(e);
+        }
+    }
+    started(sup.registry());
     shutdown.cancelled().await;
     sup.stop().await
 }

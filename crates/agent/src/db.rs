@@ -108,11 +108,14 @@ impl LockFile {
 pub struct Database {
     path: PathBuf,
     wal: WalFile,
-    pins: [Connection; 2],
+    /// The two connections that take turns holding the pin; the one not holding it is opened
+    /// when needed and closed when the database goes idle ([`Database::release_idle`]).
+    pins: [Lazy; 2],
     active: Option<usize>,
     /// Where the pin stands in the WAL, when known.
     pin_position: Option<Cursor>,
-    aux: Connection,
+    /// For checkpoints and the write lock; opened when needed, closed when idle.
+    aux: Lazy,
     page_size: u32,
     /// Our own descriptor on the database file, kept open for the agent's lifetime. POSIX
     /// advisory locks belong to the process and are released when *any* descriptor on the file
@@ -130,12 +133,49 @@ impl std::fmt::Debug for Database {
     }
 }
 
+/// Keeps a connection's own memory small: the agent holds three per database, and a thousand
+/// databases in one agent must fit in tens of megabytes. No lookaside buffer (SQLite's default
+/// gives every connection 48 KiB, all of it touched when the connection opens) and a page
+/// cache of at most 64 KiB (the agent reads pages once, in order, or not at all).
+fn small_memory(c: &Connection) {
+    static NO_BULK_PAGE_CACHE: std::sync::Once = std::sync::Once::new();
+    NO_BULK_PAGE_CACHE.call_once(|| {
+        // SAFETY: a process-wide setting made once, before this process's first connection of
+        // the agent; SQLite answers SQLITE_MISUSE (ignored: the default stays) if it is already
+        // initialised. (NULL, 0, 0) asks for no page-cache memory set aside up front, so a
+        // connection holds only the pages it has read rather than a bulk of twenty.
+        unsafe {
+            rusqlite::ffi::sqlite3_config(
+                rusqlite::ffi::SQLITE_CONFIG_PAGECACHE,
+                std::ptr::null_mut::<std::ffi::c_void>(),
+                0 as std::ffi::c_int,
+                0 as std::ffi::c_int,
+            );
+        }
+    });
+    // SAFETY: `handle` is this open connection's pointer, used on this thread, before any
+    // statement runs (SQLite refuses to change lookaside while any of it is in use, and returns
+    // SQLITE_BUSY rather than misbehave). The variadic arguments are the documented
+    // (void*, int, int) triple.
+    unsafe {
+        rusqlite::ffi::sqlite3_db_config(
+            c.handle(),
+            rusqlite::ffi::SQLITE_DBCONFIG_LOOKASIDE,
+            std::ptr::null_mut::<std::ffi::c_void>(),
+            0 as std::ffi::c_int,
+            0 as std::ffi::c_int,
+        );
+    }
+    let _ = c.execute_batch("PRAGMA cache_size=-64;");
+}
+
 fn open_conn(path: &Path) -> Result<Connection> {
     let c = Connection::open_with_flags(
         path,
         OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX,
     )
     .map_err(|e| Error::sqlite(path, "open", e))?;
+    small_memory(&c);
     // Closing the agent must not checkpoint or delete the WAL behind the app's back.
     c.set_db_config(DbConfig::SQLITE_DBCONFIG_NO_CKPT_ON_CLOSE, true)
         .map_err(|e| Error::sqlite(path, "configure", e))?;
@@ -144,6 +184,41 @@ fn open_conn(path: &Path) -> Result<Connection> {
     c.execute_batch("PRAGMA wal_autocheckpoint=0;")
         .map_err(|e| Error::sqlite(path, "configure", e))?;
     Ok(c)
+}
+
+/// A connection opened on first use and closed on request, so that an idle database holds one
+/// connection (the pin) instead of three: each costs about 20 KiB, which a thousand databases
+/// multiply. SQLite shares one set of file locks per file among a process's connections, so
+/// closing one never drops the locks another holds.
+struct Lazy {
+    conn: std::cell::RefCell<Option<Connection>>,
+}
+
+impl Lazy {
+    fn new(conn: Option<Connection>) -> Lazy {
+        Lazy {
+            conn: std::cell::RefCell::new(conn),
+        }
+    }
+
+    /// The connection, opened now if it is not open.
+    fn get(&self, path: &Path) -> Result<std::cell::Ref<'_, Connection>> {
+        if self.conn.borrow().is_none() {
+            let c = open_conn(path)?;
+            *self.conn.borrow_mut() = Some(c);
+        }
+        Ok(std::cell::Ref::map(self.conn.borrow(), |c| {
+            c.as_ref().expect("opened above")
+        }))
+    }
+
+    /// Closes the connection if it is open and outside any transaction.
+    fn close_if_idle(&self) {
+        let mut c = self.conn.borrow_mut();
+        if c.as_ref().is_some_and(|c| c.is_autocommit()) {
+            *c = None;
+        }
+    }
 }
 
 impl Database {
@@ -182,10 +257,10 @@ impl Database {
         let mut db = Database {
             path: path.to_path_buf(),
             wal: WalFile::for_db(path),
-            pins: [open_conn(path)?, open_conn(path)?],
+            pins: [Lazy::new(None), Lazy::new(None)],
             active: None,
             pin_position: None,
-            aux,
+            aux: Lazy::new(Some(aux)),
             page_size,
             file,
             _lock: lock,
@@ -219,7 +294,7 @@ impl Database {
     /// connection, then ends the one on the active connection.
     pub fn pin(&mut self) -> Result<()> {
         let next = self.active.map_or(0, |a| 1 - a);
-        let c = &self.pins[next];
+        let c = self.pins[next].get(&self.path)?;
         c.execute_batch("BEGIN DEFERRED")
             .map_err(|e| Error::sqlite(&self.path, "begin pin", e))?;
         if let Err(e) = c.query_row("SELECT count(*) FROM sqlite_schema", [], |r| {
@@ -228,8 +303,10 @@ impl Database {
             let _ = c.execute_batch("ROLLBACK");
             return Err(Error::sqlite(&self.path, "pin WAL", e));
         }
+        drop(c);
         if let Some(a) = self.active {
             self.pins[a]
+                .get(&self.path)?
                 .execute_batch("COMMIT")
                 .map_err(|e| Error::sqlite(&self.path, "release pin", e))?;
         }
@@ -258,11 +335,11 @@ impl Database {
         // to back frees the lock for only microseconds between transactions and would starve
         // us. Poll every few tens of microseconds instead, within the same time budget.
         WRITE_LOCK_DEADLINE.with(|d| d.set(std::time::Instant::now() + timeout));
-        self.aux
-            .busy_handler(Some(poll_busy))
+        let aux = self.aux.get(&self.path)?;
+        aux.busy_handler(Some(poll_busy))
             .map_err(|e| Error::sqlite(&self.path, "configure", e))?;
-        let r = self.aux.execute_batch("BEGIN IMMEDIATE");
-        let _ = self.aux.busy_timeout(Duration::from_secs(5));
+        let r = aux.execute_batch("BEGIN IMMEDIATE");
+        let _ = aux.busy_timeout(Duration::from_secs(5));
         match r {
             Ok(()) => Ok(true),
             Err(rusqlite::Error::SqliteFailure(e, _))
@@ -278,6 +355,7 @@ impl Database {
     /// Releases the write lock taken by [`try_write_lock`](Self::try_write_lock).
     pub fn release_write_lock(&self) -> Result<()> {
         self.aux
+            .get(&self.path)?
             .execute_batch("ROLLBACK")
             .map_err(|e| Error::sqlite(&self.path, "release write lock", e))
     }
@@ -288,6 +366,7 @@ impl Database {
         if let Some(a) = self.active.take() {
             self.pin_position = None;
             self.pins[a]
+                .get(&self.path)?
                 .execute_batch("COMMIT")
                 .map_err(|e| Error::sqlite(&self.path, "release pin", e))?;
         }
@@ -298,7 +377,7 @@ impl Database {
     /// [`pin`](Self::pin), while the auxiliary connection holds the write lock).
     pub fn checkpoint_unpinned(&self, mode: CheckpointMode) -> Result<CheckpointResult> {
         assert!(self.active.is_none(), "checkpoint_unpinned while pinned");
-        run_checkpoint(&self.pins[0], &self.path, mode)
+        run_checkpoint(&*self.pins[0].get(&self.path)?, &self.path, mode)
     }
 
     /// Truncates the WAL file to zero bytes with a TRUNCATE checkpoint on the idle pin
@@ -308,18 +387,27 @@ impl Database {
     /// holds mark zero: that mark blocks every checkpoint from copying a frame appended since,
     /// so the TRUNCATE can only succeed if the log holds nothing the agent has not read.
     pub fn truncate_wal(&self, timeout: Duration) -> Result<CheckpointResult> {
-        let idle = &self.pins[1 - self.active.expect("pinned")];
+        let idle = self.pins[1 - self.active.expect("pinned")].get(&self.path)?;
         WRITE_LOCK_DEADLINE.with(|d| d.set(std::time::Instant::now() + timeout));
         idle.busy_handler(Some(poll_busy))
             .map_err(|e| Error::sqlite(&self.path, "configure", e))?;
-        let r = run_checkpoint(idle, &self.path, CheckpointMode::Truncate);
+        let r = run_checkpoint(&idle, &self.path, CheckpointMode::Truncate);
         let _ = idle.busy_timeout(Duration::from_secs(5));
         r
     }
 
     /// Runs a checkpoint on the auxiliary connection (never holding the pin's connection).
     pub fn checkpoint(&self, mode: CheckpointMode) -> Result<CheckpointResult> {
-        run_checkpoint(&self.aux, &self.path, mode)
+        run_checkpoint(&*self.aux.get(&self.path)?, &self.path, mode)
+    }
+
+    /// Closes the connections not holding the pin (they are opened again when needed): for a
+    /// database that has gone idle, so that it holds one connection rather than three.
+    pub fn release_idle(&mut self) {
+        self.aux.close_if_idle();
+        if let Some(a) = self.active {
+            self.pins[1 - a].close_if_idle();
+        }
     }
 
     /// Moves the pin forward and returns exactly where in the WAL its read transaction stands.
@@ -348,7 +436,7 @@ impl Database {
     /// still zero), in which case the pinned state is the database file alone.
     fn snapshot_header(&self) -> Result<Option<[u8; 48]>> {
         let a = self.active.expect("pinned");
-        let conn = &self.pins[a];
+        let conn = self.pins[a].get(&self.path)?;
         let mut snap: *mut rusqlite::ffi::sqlite3_snapshot = std::ptr::null_mut();
         // SAFETY: the handle is a live connection owned by `self`; "main" is a NUL-terminated
         // string; on success SQLite allocates `snap`, which is copied and freed right here.
@@ -460,8 +548,8 @@ impl Database {
     /// Streams every page of the pinned state, in order, through SQLite's `sqlite_dbpage`, which
     /// reads within the pin's read transaction and so sees exactly the pinned state.
     pub fn for_each_page(&self, mut f: impl FnMut(&[u8]) -> io::Result<()>) -> Result<u32> {
-        let c = &self.pins[self.active.expect("pinned")];
-        crate::files::for_each_dbpage(c, &self.path, self.page_size, |_, page| {
+        let c = self.pins[self.active.expect("pinned")].get(&self.path)?;
+        crate::files::for_each_dbpage(&c, &self.path, self.page_size, |_, page| {
             f(page).map_err(|e| Error::io("write snapshot", e))
         })
     }
@@ -523,7 +611,9 @@ fn run_checkpoint(c: &Connection, path: &Path, mode: CheckpointMode) -> Result<C
 impl Drop for Database {
     fn drop(&mut self) {
         if let Some(a) = self.active.take() {
-            let _ = self.pins[a].execute_batch("COMMIT");
+            if let Some(c) = self.pins[a].conn.borrow().as_ref() {
+                let _ = c.execute_batch("COMMIT");
+            }
         }
     }
 }

@@ -2,14 +2,13 @@
 //! is in every replica (`POST /sync`, `lifeboat sync`), so an app can acknowledge a write that
 //! must never be lost only after that.
 //!
-//! A caller takes a ticket and wakes the database's replicator thread; the thread reads the
+//! A caller takes a ticket and wakes the database's task (see `scheduler`); the task reads the
 //! highest ticket *before* a pass, runs the pass whatever the PUT budget says, and if the pass
 //! left every replica caught up (nothing pending, nothing halted), settles every ticket up to the
 //! one it read. A commit made before a call is in the WAL before the pass that settles its ticket
 //! starts reading, so that pass shipped it.
 
-use std::sync::mpsc::SyncSender;
-use std::sync::{Condvar, Mutex};
+use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
 use serde::Serialize;
@@ -38,7 +37,7 @@ struct State {
 pub struct Flush {
     state: Mutex<State>,
     settled: Condvar,
-    wake: Mutex<Option<SyncSender<()>>>,
+    wake: Mutex<Option<Arc<tokio::sync::Notify>>>,
 }
 
 /// Why a sync did not complete.
@@ -51,7 +50,7 @@ pub enum NotSynced {
 }
 
 impl Flush {
-    pub(crate) fn set_waker(&self, wake: SyncSender<()>) {
+    pub(crate) fn set_waker(&self, wake: Arc<tokio::sync::Notify>) {
         *self.wake.lock().unwrap_or_else(|e| e.into_inner()) = Some(wake);
     }
 
@@ -68,7 +67,8 @@ impl Flush {
             s.requested
         };
         if let Some(w) = &*self.wake.lock().unwrap_or_else(|e| e.into_inner()) {
-            let _ = w.try_send(());
+            // A permit is kept if the task is not waiting now: it looks at once when it next does.
+            w.notify_one();
         }
         let mut s = self.state.lock().unwrap_or_else(|e| e.into_inner());
         loop {
@@ -124,13 +124,12 @@ impl Flush {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::sync::Arc;
 
     #[test]
     fn a_call_returns_once_a_pass_started_after_it_settles() {
         let f = Arc::new(Flush::default());
-        let (tx, rx) = std::sync::mpsc::sync_channel(1);
-        f.set_waker(tx);
+        let wake = Arc::new(tokio::sync::Notify::new());
+        f.set_waker(wake.clone());
         let at = vec![Synced {
             replica: "r".into(),
             generation: "g".into(),
@@ -142,8 +141,15 @@ mod tests {
             let f = f.clone();
             std::thread::spawn(move || f.sync(Duration::from_secs(10)))
         };
-        rx.recv_timeout(Duration::from_secs(10))
-            .expect("the call wakes the thread");
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_time()
+            .build()
+            .unwrap();
+        rt.block_on(tokio::time::timeout(
+            Duration::from_secs(10),
+            wake.notified(),
+        ))
+        .expect("the call wakes the task");
         let ticket = f.wanted().expect("a ticket is waiting");
         f.settle(ticket, at.clone());
         assert_eq!(caller.join().unwrap(), Ok(at));

@@ -20,8 +20,10 @@
 //!   files before upload.
 //! - `commit_times` records when each commit was seen and counts what a replica lacks.
 //! - [`retention`] plans and runs prunes (in the background while the agent runs).
-//! - [`agent`] runs replicators on threads, wakes them on file events, paces uploads with a PUT
-//!   budget, and stops them together with a final sync ([`agent::Supervisor`]).
+//! - [`agent`] runs replicators as tasks, paces uploads with a PUT budget, and stops them
+//!   together with a final sync ([`agent::Supervisor`]); `scheduler` runs their passes on a
+//!   bounded set of worker slots; [`watcher`] is the agent's one file-system watcher, routing
+//!   events to the database they concern; [`folder`] replicates a folder of databases as one.
 //! - [`status`] is what the agent reports about itself, and the health rule.
 //!
 //! One writer per replica path:
@@ -54,6 +56,7 @@ pub mod drill;
 mod error;
 pub mod files;
 pub mod flush;
+pub mod folder;
 pub mod lease;
 pub mod lease_fence;
 mod lease_gate;
@@ -63,6 +66,7 @@ pub mod replicator;
 pub mod restore;
 mod resume;
 pub mod retention;
+mod scheduler;
 mod shipping;
 mod snapshots;
 pub mod staging;
@@ -70,6 +74,7 @@ pub mod status;
 mod upload;
 pub mod verify;
 pub mod walfile;
+pub mod watcher;
 
 use std::path::PathBuf;
 use std::time::Duration;

@@ -114,6 +114,11 @@ impl Replicator {
         }
     }
 
+    /// Closes the database's connections that do not hold the pin (for a database gone idle).
+    pub fn release_idle(&mut self) {
+        self.db.release_idle();
+    }
+
     /// Checksum of the last shipped state of replica `i`, if it has one.
     pub fn checksum(&self, i: usize) -> Option<DbChecksum> {
         self.replicas.get(i).and_then(Replica::checksum)

@@ -7,9 +7,10 @@
 
 use std::collections::{HashMap, VecDeque};
 use std::fs::File;
-use std::io::{self, BufReader, Read, Seek, SeekFrom};
+use std::io::{self, BufReader, Read};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use lifeboat_wal::segment::WalPosition;
 use lifeboat_wal::sqlite::{
@@ -156,17 +157,34 @@ pub enum Continuity {
     Broken(String),
 }
 
-/// The `-wal` file of a database.
-#[derive(Clone, Debug)]
+/// The `-wal` file of a database. The file stays open between looks (one descriptor per
+/// database, not an open and a close per pass); it is opened again only once the open one has
+/// been unlinked (SQLite deletes the WAL when the last connection closes) or was never there.
+#[derive(Debug)]
 pub struct WalFile {
     path: PathBuf,
+    file: std::sync::Mutex<Option<Arc<File>>>,
 }
+
+impl Clone for WalFile {
+    fn clone(&self) -> WalFile {
+        WalFile::at(self.path.clone())
+    }
+}
+
+/// Largest read-ahead buffer for reading frames.
+const READ_BUFFER: usize = 1 << 20;
 
 impl WalFile {
     /// The WAL of database `db`.
     pub fn for_db(db: &Path) -> WalFile {
+        WalFile::at(crate::files::sibling(db, "-wal"))
+    }
+
+    fn at(path: PathBuf) -> WalFile {
         WalFile {
-            path: crate::files::sibling(db, "-wal"),
+            path,
+            file: std::sync::Mutex::new(None),
         }
     }
 
@@ -175,17 +193,44 @@ impl WalFile {
         &self.path
     }
 
-    /// Opens the file for reading (`None` if it does not exist).
+    /// Opens the file for reading, a descriptor of the caller's own (`None` if it does not
+    /// exist).
     pub fn open_file(&self) -> io::Result<Option<File>> {
-        self.open()
-    }
-
-    fn open(&self) -> io::Result<Option<File>> {
         match File::open(&self.path) {
             Ok(f) => Ok(Some(f)),
             Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
             Err(e) => Err(e),
         }
+    }
+
+    fn open(&self) -> io::Result<Option<Arc<File>>> {
+        use std::os::unix::fs::MetadataExt;
+        let mut cached = self.file.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(f) = cached.as_ref() {
+            if f.metadata().is_ok_and(|m| m.nlink() > 0) {
+                return Ok(Some(f.clone()));
+            }
+            *cached = None;
+        }
+        match File::open(&self.path) {
+            Ok(f) => {
+                let f = Arc::new(f);
+                *cached = Some(f.clone());
+                Ok(Some(f))
+            }
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// A read-ahead buffer for reading `file` from `from` (no bigger than what is there),
+    /// with positioned reads: the shared descriptor's offset is never moved.
+    fn reader(file: &File, from: u64) -> io::Result<BufReader<ReadAt<'_>>> {
+        let len = file.metadata()?.len().saturating_sub(from);
+        let cap = usize::try_from(len)
+            .unwrap_or(READ_BUFFER)
+            .clamp(4096, READ_BUFFER);
+        Ok(BufReader::with_capacity(cap, ReadAt { file, offset: from }))
     }
 
     /// Current size in bytes (0 if missing).
@@ -304,11 +349,10 @@ impl WalFile {
         let Some(h) = cursor.header else {
             return Ok(batch);
         };
-        let Some(mut f) = self.open()? else {
+        let Some(f) = self.open()? else {
             return Ok(batch);
         };
-        f.seek(SeekFrom::Start(cursor.offset))?;
-        let mut r = BufReader::with_capacity(1 << 20, f);
+        let mut r = Self::reader(&f, cursor.offset)?;
         let fs = h.frame_size();
         let mut frame = vec![0u8; fs];
         let mut running = cursor.checksum;
@@ -384,8 +428,7 @@ impl WalFile {
         let Some(f) = self.open()? else {
             return Ok(None);
         };
-        let mut r = BufReader::with_capacity(1 << 20, f);
-        r.seek(SeekFrom::Start(WAL_HEADER_SIZE as u64))?;
+        let mut r = Self::reader(&f, WAL_HEADER_SIZE as u64)?;
         let fs = h.frame_size();
         let mut frame = vec![0u8; fs];
         let mut running = h.checksum;
@@ -445,6 +488,20 @@ impl WalFile {
             .open()?
             .ok_or_else(|| io::Error::new(io::ErrorKind::NotFound, "WAL vanished"))?;
         f.read_exact_at(page, offset + FRAME_HEADER_SIZE as u64)
+    }
+}
+
+/// Sequential reads of a file through `pread`, from an offset.
+struct ReadAt<'a> {
+    file: &'a File,
+    offset: u64,
+}
+
+impl Read for ReadAt<'_> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let n = self.file.read_at(buf, self.offset)?;
+        self.offset += n as u64;
+        Ok(n)
     }
 }
 

@@ -7,6 +7,7 @@
 //! `conformance`, for tests) is the suite every backend must pass; [`retry`] wraps an operation in
 //! jittered exponential backoff, bounded ([`retry::retry`]) or until it lands
 //! ([`retry::retry_until`]); [`counting::Counting`] counts the requests made through any backend;
+//! [`prefixed::Prefixed`] is one database's replica inside a folder-of-databases replica;
 //! [`probe`] finds out whether a store really honours conditional writes; [`url`] decodes and
 //! redacts replica URLs.
 //!
@@ -37,6 +38,7 @@ mod error;
 pub mod keys;
 pub mod local;
 pub mod memory;
+pub mod prefixed;
 pub mod probe;
 pub mod retry;
 pub mod url;

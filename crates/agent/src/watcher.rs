@@ -1,0 +1,279 @@
+//! One file-system watcher for the whole agent, routing each event to what it concerns.
+//!
+//! Every database's `-wal` file is a *route*: an event on it wakes that database (a
+//! [`Notify`], which holds at most one wake-up, so a burst of events is one pass). A watched
+//! folder of databases is a *folder route*: events on files in it that are not a running
+//! database's WAL are handed to the folder by name (a new database, a removed one).
+//!
+//! One inotify instance and one thread serve every database, and each event is looked up once,
+//! so the cost of an event does not grow with the number of databases (a watcher per database
+//! on a shared folder made every event read by all of them). Nothing here logs per event: a log
+//! file inside a watched folder would otherwise feed the watcher its own output.
+
+use std::collections::HashMap;
+use std::ffi::{OsStr, OsString};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, OnceLock};
+
+use notify::{RecursiveMode, Watcher as _};
+use tokio::sync::mpsc::UnboundedSender;
+use tokio::sync::Notify;
+use tracing::warn;
+
+/// What a folder of databases hears about: a file name in it that something happened to
+/// (`None`: events may have been lost; look at everything).
+pub type FolderEvent = Option<OsString>;
+
+#[derive(Default)]
+struct Dir {
+    /// File name → the database to wake.
+    files: HashMap<OsString, Arc<Notify>>,
+    /// The folder of databases, if this folder is one.
+    folder: Option<UnboundedSender<FolderEvent>>,
+}
+
+impl Dir {
+    fn is_empty(&self) -> bool {
+        self.files.is_empty() && self.folder.is_none()
+    }
+}
+
+#[derive(Default)]
+struct Routes {
+    dirs: HashMap<PathBuf, Dir>,
+}
+
+/// The agent's watcher. Cheap to share; see the module docs.
+pub struct Watcher {
+    routes: Arc<Mutex<Routes>>,
+    /// `None` when the platform offers no watcher (then databases poll).
+    inner: Mutex<Option<notify::RecommendedWatcher>>,
+}
+
+/// A registration; dropping it removes the route (and the folder's watch once nothing uses it).
+pub struct Route {
+    watcher: Arc<Watcher>,
+    dir: PathBuf,
+    name: Option<OsString>,
+}
+
+impl Drop for Route {
+    fn drop(&mut self) {
+        self.watcher.remove(&self.dir, self.name.as_deref());
+    }
+}
+
+impl Watcher {
+    /// The process's watcher, started on first use.
+    pub fn shared() -> Arc<Watcher> {
+        static SHARED: OnceLock<Arc<Watcher>> = OnceLock::new();
+        SHARED.get_or_init(Watcher::new).clone()
+    }
+
+    fn new() -> Arc<Watcher> {
+        let routes = Arc::new(Mutex::new(Routes::default()));
+        let r = routes.clone();
+        let inner = notify::recommended_watcher(move |ev: notify::Result<notify::Event>| {
+            match ev {
+                Ok(ev) => route(&r, &ev),
+                // The kernel queue overflowed or the watcher failed: wake everyone.
+                Err(_) => wake_all(&r),
+            }
+        });
+        let inner = match inner {
+            Ok(w) => Some(w),
+            Err(e) => {
+                warn!(error = %e, "file watching unavailable; polling only");
+                None
+            }
+        };
+        Arc::new(Watcher {
+            routes,
+            inner: Mutex::new(inner),
+        })
+    }
+
+    /// Wakes `wake` on changes to file `path`. `false` (polling only) if its folder cannot
+    /// be watched.
+    pub fn watch_file(self: &Arc<Self>, path: &Path, wake: Arc<Notify>) -> (Route, bool) {
+        let (dir, name) = split(path);
+        let name = name.to_os_string();
+        let first = {
+            let mut r = self.routes.lock().unwrap();
+            let d = r.dirs.entry(dir.clone()).or_default();
+            let first = d.is_empty();
+            d.files.insert(name.clone(), wake);
+            first
+        };
+        let ok = self.add_watch(&dir, first);
+        (
+            Route {
+                watcher: self.clone(),
+                dir,
+                name: Some(name),
+            },
+            ok,
+        )
+    }
+
+    /// Sends the names of files in folder `dir` that events concern (other than the WALs of
+    /// databases routed with [`watch_file`](Self::watch_file)) to `tx`.
+    pub fn watch_folder(
+        self: &Arc<Self>,
+        dir: &Path,
+        tx: UnboundedSender<FolderEvent>,
+    ) -> (Route, bool) {
+        let dir = dir.to_path_buf();
+        let first = {
+            let mut r = self.routes.lock().unwrap();
+            let d = r.dirs.entry(dir.clone()).or_default();
+            let first = d.is_empty();
+            d.folder = Some(tx);
+            first
+        };
+        let ok = self.add_watch(&dir, first);
+        (
+            Route {
+                watcher: self.clone(),
+                dir,
+                name: None,
+            },
+            ok,
+        )
+    }
+
+    /// Whether the folder is watched (the routes lock is never held here: the watcher's own
+    /// thread takes it for every event, and `watch` waits for that thread).
+    fn add_watch(&self, dir: &Path, first: bool) -> bool {
+        let mut inner = self.inner.lock().unwrap();
+        let Some(w) = inner.as_mut() else {
+            return false;
+        };
+        if !first {
+            return true;
+        }
+        match w.watch(dir, RecursiveMode::NonRecursive) {
+            Ok(()) => true,
+            Err(e) => {
+                warn!(dir = %dir.display(), error = %e, "cannot watch folder; polling only");
+                false
+            }
+        }
+    }
+
+    fn remove(&self, dir: &Path, name: Option<&OsStr>) {
+        let last = {
+            let mut r = self.routes.lock().unwrap();
+            let Some(d) = r.dirs.get_mut(dir) else { return };
+            match name {
+                Some(n) => {
+                    d.files.remove(n);
+                }
+                None => d.folder = None,
+            }
+            let last = d.is_empty();
+            if last {
+                r.dirs.remove(dir);
+            }
+            last
+        };
+        if last {
+            if let Some(w) = self.inner.lock().unwrap().as_mut() {
+                let _ = w.unwatch(dir);
+            }
+        }
+    }
+}
+
+/// A file's folder (`.` for a bare name) and name.
+fn split(path: &Path) -> (PathBuf, &OsStr) {
+    let dir = path
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    let dir = std::fs::canonicalize(dir).unwrap_or_else(|_| dir.to_path_buf());
+    (dir, path.file_name().unwrap_or(path.as_os_str()))
+}
+
+fn route(routes: &Mutex<Routes>, ev: &notify::Event) {
+    if ev.need_rescan() {
+        return wake_all(routes);
+    }
+    if !wakes(&ev.kind) {
+        return;
+    }
+    let r = routes.lock().unwrap();
+    for p in &ev.paths {
+        let (Some(dir), Some(name)) = (p.parent(), p.file_name()) else {
+            continue;
+        };
+        let Some(d) = r.dirs.get(dir) else { continue };
+        match d.files.get(name) {
+            Some(n) => n.notify_one(),
+            None => {
+                if let Some(tx) = &d.folder {
+                    let _ = tx.send(Some(name.to_os_string()));
+                }
+            }
+        }
+    }
+}
+
+fn wake_all(routes: &Mutex<Routes>) {
+    let r = routes.lock().unwrap();
+    for d in r.dirs.values() {
+        d.files.values().for_each(|n| n.notify_one());
+        if let Some(tx) = &d.folder {
+            let _ = tx.send(None);
+        }
+    }
+}
+
+/// Whether an event can mean new frames or a new or removed file: every write raises a
+/// modify event of its own, so no access event (open, read, close) wakes anyone. The agent
+/// opens, reads and closes the WAL itself; waking on those would make every pass schedule the
+/// next (closing a connection opened for writing raises "closed after writing" even when
+/// nothing was written).
+fn wakes(kind: &notify::EventKind) -> bool {
+    !matches!(kind, notify::EventKind::Access(_))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    #[tokio::test]
+    async fn events_reach_only_the_file_they_concern_and_the_folder_hears_the_rest() {
+        let dir = tempfile::tempdir().unwrap();
+        let w = Watcher::new();
+        let (a, b) = (Arc::new(Notify::new()), Arc::new(Notify::new()));
+        let (_ra, ok) = w.watch_file(&dir.path().join("a.db-wal"), a.clone());
+        assert!(ok);
+        let (_rb, _) = w.watch_file(&dir.path().join("b.db-wal"), b.clone());
+        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+        let (rf, _) = w.watch_folder(dir.path(), tx);
+        std::fs::write(dir.path().join("a.db-wal"), b"x").unwrap();
+        tokio::time::timeout(Duration::from_secs(5), a.notified())
+            .await
+            .expect("a's WAL wakes a");
+        assert!(
+            tokio::time::timeout(Duration::from_millis(200), b.notified())
+                .await
+                .is_err(),
+            "b was woken by a's event"
+        );
+        std::fs::write(dir.path().join("c.db"), b"x").unwrap();
+        let got = tokio::time::timeout(Duration::from_secs(5), rx.recv())
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(got.as_deref(), Some(OsStr::new("c.db")));
+        drop(rf);
+        assert!(
+            w.routes.lock().unwrap().dirs[&std::fs::canonicalize(dir.path()).unwrap()]
+                .folder
+                .is_none()
+        );
+    }
+}
