@@ -1,0 +1,169 @@
+use super::*;
+
+fn env(k: &str) -> Option<String> {
+    (k == "BUCKET").then(|| "b1".to_string())
+}
+
+#[test]
+fn expands_variables() {
+    assert_eq!(expand_env("s3://${BUCKET}/x", env).unwrap(), "s3://b1/x");
+    assert_eq!(expand_env("${NOPE:-d}", env).unwrap(), "d");
+    assert!(expand_env("${NOPE}", env)
+        .unwrap_err()
+        .to_string()
+        .contains("NOPE"));
+    assert!(expand_env("${BUCKET", env).is_err());
+}
+
+/// A file with one database at /data/app.db, with `rest` added to its table.
+fn one_database(rest: &str) -> File {
+    toml::from_str(&format!("[[databases]]\npath = '/data/app.db'\n{rest}\n")).unwrap()
+}
+
+#[test]
+fn a_database_lists_its_folders_and_two_folders_may_not_share_a_name() {
+    let f = one_database("replicas = ['file:///tmp/r']\ndirs = ['/data/uploads', 'docs=/data/d']");
+    let specs = dir_specs(&f.databases[0].dirs).unwrap();
+    let names: Vec<_> = specs.iter().map(|d| d.name.as_str()).collect();
+    assert_eq!(names, ["uploads", "docs"]);
+    assert_eq!(specs[1].path, PathBuf::from("/data/d"));
+    let e = dir_specs(&["/a/up".into(), "/b/up".into()]).unwrap_err();
+    assert!(e.to_string().contains("NAME=PATH"), "{e}");
+}
+
+#[test]
+fn parses_a_config() {
+    let f = one_database("replicas = ['file:///tmp/r']\npoll-interval = '500ms'");
+    assert_eq!(
+        f.databases[0].poll_interval,
+        Some(Duration::from_millis(500))
+    );
+}
+
+#[test]
+fn a_replica_may_be_a_table_with_its_own_settings() {
+    let f = one_database(
+        r#"replicas = ["file:///tmp/r", { url = "s3://b/p", retention = "30d", snapshot-interval = "1h" }]"#,
+    );
+    let r = &f.databases[0].replicas;
+    assert_eq!(r[0].url(), "file:///tmp/r");
+    assert_eq!(r[0].overrides(), ReplicaOverrides::default());
+    assert_eq!(r[1].url(), "s3://b/p");
+    assert_eq!(
+        r[1].overrides().retention,
+        Some(Duration::from_secs(30 * 86400))
+    );
+    assert_eq!(
+        r[1].overrides().snapshot_interval,
+        Some(Duration::from_secs(3600))
+    );
+    let e = toml::from_str::<File>(
+        "[[databases]]\npath='x'\nreplicas=[{ url = 'file:///r', retentoin = '1d' }]\n",
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(e.contains("retentoin"), "{e}");
+    let e = toml::from_str::<File>("[[databases]]\npath='x'\nreplicas=[3]\n")
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("URL string or a table"), "{e}");
+}
+
+/// Regression: `puts-per-second` in the file used to beat `--puts-per-second`.
+#[test]
+fn a_flag_beats_the_configuration_file() {
+    let f: File =
+        toml::from_str("[[databases]]\npath='x'\nreplicas=['file:///r']\nputs-per-second = 5.0\n")
+            .unwrap();
+    let d = &f.databases[0];
+    assert_eq!(options(d, &Flags::default()).puts_per_second, 5.0);
+    let flags = Flags {
+        puts_per_second: Some(0.5),
+        ..Flags::default()
+    };
+    assert_eq!(options(d, &flags).puts_per_second, 0.5);
+}
+
+#[tokio::test]
+async fn a_flag_beats_the_configuration_file_for_every_database_it_lists() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("lifeboat.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "[[databases]]\npath = 'a.db'\nreplicas = ['file://{0}/a']\nputs-per-second = 5.0\n\
+             [[databases]]\npath = 'b.db'\nreplicas = ['file://{0}/b']\n",
+            dir.path().display()
+        ),
+    )
+    .unwrap();
+    let src = Source::File(cfg);
+    let from_file = databases(&src, &Flags::default()).await.unwrap();
+    assert_eq!(from_file[0].options.puts_per_second, 5.0);
+    assert_eq!(from_file[1].options.puts_per_second, 1.0);
+    let flags = Flags {
+        puts_per_second: Some(20.0),
+        ..Flags::default()
+    };
+    let dbs = databases(&src, &flags).await.unwrap();
+    assert!(dbs.iter().all(|d| d.options.puts_per_second == 20.0));
+}
+
+#[test]
+fn a_folder_of_databases_takes_a_folder_or_a_pattern() {
+    let f: File = toml::from_str(
+        "[[database-folders]]\npath = '/data/tenants/*.sqlite'\nreplicas = ['file:///r']\n\
+         puts-per-second = 2.0\n",
+    )
+    .unwrap();
+    assert!(f.databases.is_empty());
+    let d = &f.folders[0];
+    assert_eq!(options(d, &Flags::default()).puts_per_second, 2.0);
+    assert_eq!(
+        FolderConfig::split_spec(&d.path),
+        (PathBuf::from("/data/tenants"), "*.sqlite".to_string())
+    );
+}
+
+#[test]
+fn the_configuration_file_is_found_by_flag_then_environment_then_etc() {
+    let env = |k: &str| (k == "LIFEBOAT_CONFIG").then(|| "/srv/lb.toml".to_string());
+    let none = |_: &str| None;
+    let empty = |_: &str| Some(String::new());
+    let flag = Some(PathBuf::from("my.toml"));
+    assert_eq!(locate(flag.clone(), env), PathBuf::from("my.toml"));
+    assert_eq!(locate(None, env), PathBuf::from("/srv/lb.toml"));
+    assert_eq!(locate(None, none), PathBuf::from("/etc/lifeboat.toml"));
+    assert_eq!(locate(None, empty), PathBuf::from("/etc/lifeboat.toml"));
+}
+
+#[test]
+fn retention_defaults_to_30_days_and_the_flag_beats_the_file() {
+    let d = &one_database("replicas = ['file:///r']").databases[0];
+    assert_eq!(
+        options(d, &Flags::default()).retention,
+        Some(DEFAULT_RETENTION)
+    );
+    let d = &one_database("replicas = ['file:///r']\nretention = 'off'").databases[0];
+    assert_eq!(options(d, &Flags::default()).retention, None);
+    let d = &one_database("replicas = ['file:///r']\nretention = '7d'").databases[0];
+    assert_eq!(
+        options(d, &Flags::default()).retention,
+        Some(Duration::from_secs(7 * 86400))
+    );
+    let flags = Flags {
+        retention: Some("12h".parse().unwrap()),
+        snapshot_interval: Some(Duration::from_secs(600)),
+        ..Flags::default()
+    };
+    let o = options(d, &flags);
+    assert_eq!(o.retention, Some(Duration::from_secs(12 * 3600)));
+    assert_eq!(o.snapshot_interval, Some(Duration::from_secs(600)));
+    assert!("0s".parse::<Retention>().is_err());
+    assert!("forever".parse::<Retention>().unwrap_err().contains("off"));
+}
+
+#[test]
+fn rejects_unknown_keys() {
+    assert!(toml::from_str::<File>("[[databases]]\npath='x'\nreplicas=[]\nsecret='y'\n").is_err());
+}

@@ -1,0 +1,82 @@
+use super::*;
+
+fn settled(f: &mut Folder) -> State {
+    assert!(
+        f.capture_settled(Duration::from_secs(10)).unwrap(),
+        "never settled"
+    );
+    f.state()
+}
+
+#[test]
+fn captures_files_dirs_links_and_changes() {
+    let d = tempfile::tempdir().unwrap();
+    let root = d.path().join("up");
+    let mut f = Folder::open(
+        &root,
+        "up",
+        Duration::from_millis(30),
+        Duration::from_secs(3600),
+        None,
+    )
+    .unwrap();
+    assert!(settled(&mut f).is_empty());
+    std::fs::create_dir_all(root.join("a/b")).unwrap();
+    std::fs::write(root.join("a/b/x.txt"), b"hello").unwrap();
+    std::fs::write(root.join("empty"), b"").unwrap();
+    std::os::unix::fs::symlink("/etc/passwd", root.join("link")).unwrap();
+    std::fs::create_dir(root.join("void")).unwrap();
+    let s = settled(&mut f);
+    assert_eq!(
+        s.keys().collect::<Vec<_>>(),
+        ["a", "a/b", "a/b/x.txt", "empty", "link", "void"]
+    );
+    assert!(matches!(&s["link"].kind, Kind::Symlink { target } if target == "/etc/passwd"));
+    assert!(matches!(&s["empty"].kind, Kind::File { size: 0, .. }));
+    assert!(matches!(s["void"].kind, Kind::Dir));
+    // Rename a folder, delete a file, change a mode: seen without a full rescan.
+    let v = f.version();
+    std::fs::rename(root.join("a"), root.join("c")).unwrap();
+    std::fs::remove_file(root.join("empty")).unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(
+        root.join("c/b/x.txt"),
+        std::fs::Permissions::from_mode(0o600),
+    )
+    .unwrap();
+    let s = settled(&mut f);
+    assert!(f.version() > v);
+    assert_eq!(
+        s.keys().collect::<Vec<_>>(),
+        ["c", "c/b", "c/b/x.txt", "link", "void"]
+    );
+    assert_eq!(s["c/b/x.txt"].mode, 0o600);
+    // Idle: nothing changes.
+    let v = f.version();
+    let _ = settled(&mut f);
+    assert_eq!(f.version(), v);
+}
+
+#[test]
+fn a_file_being_written_is_not_taken_until_it_settles() {
+    let d = tempfile::tempdir().unwrap();
+    let root = d.path().join("up");
+    let mut f = Folder::open(
+        &root,
+        "up",
+        Duration::from_millis(300),
+        Duration::from_secs(3600),
+        None,
+    )
+    .unwrap();
+    f.capture().unwrap();
+    std::fs::write(root.join("big"), vec![1u8; 1000]).unwrap();
+    // Fresh: not yet.
+    assert!(!f.capture().unwrap());
+    assert!(!f.state().contains_key("big"));
+    // Grows: still not.
+    std::fs::write(root.join("big"), vec![1u8; 2000]).unwrap();
+    assert!(!f.capture().unwrap());
+    let s = settled(&mut f);
+    assert!(matches!(&s["big"].kind, Kind::File { size: 2000, .. }));
+}
