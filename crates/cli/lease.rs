@@ -435,13 +435,25 @@ pub async fn lost(h: &DbHandle, why: &str) -> Option<Freeze> {
 /// database's agent stopped at if the final sync completed (`synced`), so the next instance
 /// takes over at once and restores exactly that.
 pub async fn release_all(keepers: Vec<(Keeper, Arc<Flush>)>, synced: bool) {
+    // `--shutdown-timeout` bounds the stop: after a final sync that did not complete (the
+    // replica is most likely down) the release gets one short try; a lease left behind only
+    // makes the next instance wait out its TTL.
+    let limit = if synced {
+        Duration::from_secs(10)
+    } else {
+        Duration::from_millis(500)
+    };
     for (k, flush) in keepers {
         let at = if synced {
             flush.last_synced().as_deref().and_then(position)
         } else {
             None
         };
-        if let Err(e) = k.release(at).await {
+        let released = match tokio::time::timeout(limit, k.release(at)).await {
+            Ok(r) => r,
+            Err(_) => Err(anyhow::anyhow!("no answer from the replica within {limit:?}")),
+        };
+        if let Err(e) = released {
             warn!(error = %format!("{e:#}"), "cannot release the writer lease: the next instance waits for it to expire");
         }
     }
