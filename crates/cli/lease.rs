@@ -451,7 +451,9 @@ pub async fn release_all(keepers: Vec<(Keeper, Arc<Flush>)>, synced: bool) {
         };
         let released = match tokio::time::timeout(limit, k.release(at)).await {
             Ok(r) => r,
-            Err(_) => Err(anyhow::anyhow!("no answer from the replica within {limit:?}")),
+            Err(_) => Err(anyhow::anyhow!(
+                "no answer from the replica within {limit:?}"
+            )),
         };
         if let Err(e) = released {
             warn!(error = %format!("{e:#}"), "cannot release the writer lease: the next instance waits for it to expire");

@@ -145,11 +145,8 @@ mod tests {
             .enable_time()
             .build()
             .unwrap();
-        rt.block_on(tokio::time::timeout(
-            Duration::from_secs(10),
-            wake.notified(),
-        ))
-        .expect("the call wakes the task");
+        rt.block_on(async { tokio::time::timeout(Duration::from_secs(10), wake.notified()).await })
+            .expect("the call wakes the task");
         let ticket = f.wanted().expect("a ticket is waiting");
         f.settle(ticket, at.clone());
         assert_eq!(caller.join().unwrap(), Ok(at));
