@@ -443,6 +443,15 @@ fn ten_thousand_files_of_1_gb_back_up_in_bounded_memory_and_one_change_ships_one
     assert!(peak <= 64 * 1024, "agent peak RSS {peak} kB > 64 MiB");
     eprintln!("first backup of 10,000 files, 1 GB: agent peak RSS {peak} kB");
 
+    // Files taken after the snapshot go into the manifest shipped with the next commit.
+    c.execute("INSERT INTO t VALUES (0)", []).unwrap();
+    wait_until("the first segment", Duration::from_secs(30), || {
+        listing(&replica)
+            .iter()
+            .any(|p| p.to_str().unwrap().contains("/segments/"))
+    });
+    std::thread::sleep(Duration::from_millis(500));
+
     // Unchanged folder: a commit ships a segment and nothing of the folder.
     let before = listing(&replica);
     c.execute("INSERT INTO t VALUES (1)", []).unwrap();
