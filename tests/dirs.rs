@@ -396,6 +396,7 @@ fn listing(dir: &Path) -> Vec<PathBuf> {
 
 #[test]
 fn ten_thousand_files_of_1_gb_back_up_in_bounded_memory_and_one_change_ships_one_blob() {
+    let _disk = exclusive_disk();
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
     let (db, up, replica) = (d.join("app.db"), d.join("uploads"), d.join("replica"));

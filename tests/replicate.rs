@@ -172,6 +172,7 @@ fn shm_frames(shm: &std::path::Path) -> u64 {
 
 #[test]
 fn sustained_writes_let_the_wal_restart_so_it_stays_bounded() {
+    let _disk = exclusive_disk();
     let dir = tempfile::tempdir().unwrap();
     let db = dir.path().join("app.db");
     let replica = dir.path().join("replica");
@@ -342,6 +343,7 @@ fn json_logs_are_one_object_per_line() {
 
 #[test]
 fn a_wal_grown_past_the_bound_is_truncated_and_nothing_is_lost() {
+    let _disk = exclusive_disk();
     let dir = tempfile::tempdir().unwrap();
     let db = dir.path().join("app.db");
     let replica = dir.path().join("replica");

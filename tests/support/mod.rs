@@ -148,6 +148,14 @@ pub fn run_env(args: &[&str], env: &[(&str, &str)]) -> Output {
         .expect("run lifeboat")
 }
 
+/// Held by the test that writes a gigabyte to disk and by the tests whose app has a short busy
+/// timeout, so that they never run at the same time: the disk's fsync latency under that load,
+/// not the agent, would then decide whether the app waits past its timeout.
+pub fn exclusive_disk() -> std::sync::MutexGuard<'static, ()> {
+    static DISK: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    DISK.lock().unwrap_or_else(|e| e.into_inner())
+}
+
 /// The app connection's busy timeout (short, so a write lock held long by the agent shows).
 const APP_BUSY: Duration = Duration::from_millis(200);
 
