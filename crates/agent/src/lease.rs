@@ -364,16 +364,9 @@ impl Lease {
             return Ok(Renewal::Lost(None));
         }
         let started = Instant::now();
-        let mut next = self.record.clone();
-        next.seq += 1;
-        next.renewed_ms = now_ms();
-        match self
-            .client
-            .put_if_match(keys::LEASE, next.encode(), &self.etag)
-            .await
-        {
-            Ok(etag) => {
-                self.etag = etag;
+        let next = self.next_record();
+        match self.replace(&next).await {
+            Ok(()) => {
                 self.record = next;
                 self.gate.extend(started + self.ttl);
                 Ok(Renewal::Renewed)
@@ -390,13 +383,29 @@ impl Lease {
         }
     }
 
+    /// The record's next version: the renewal counter one up, renewed now.
+    fn next_record(&self) -> LeaseRecord {
+        let mut next = self.record.clone();
+        next.seq += 1;
+        next.renewed_ms = now_ms();
+        next
+    }
+
+    /// Writes `next` over the version this holder wrote last (a conditional write on its
+    /// ETag): a `Precondition` error means another instance wrote the lease since.
+    async fn replace(&mut self, next: &LeaseRecord) -> std::result::Result<(), StorageError> {
+        self.etag = self
+            .client
+            .put_if_match(keys::LEASE, next.encode(), &self.etag)
+            .await?;
+        Ok(())
+    }
+
     /// Releases it, recording where this holder stopped (`at`: its generation and last
     /// transaction). The gate closes first: nothing is written after this.
     pub async fn release(mut self, at: Option<(Generation, TxId)>) -> Result<LeaseRecord> {
         self.gate.close();
-        let mut next = self.record.clone();
-        next.seq += 1;
-        next.renewed_ms = now_ms();
+        let mut next = self.next_record();
         next.released = Some(Released {
             generation: at.map(|(g, _)| g.to_string()),
             txid: at.map(|(_, t)| t.to_string()),
@@ -405,13 +414,8 @@ impl Lease {
         let mut attempts = 0;
         loop {
             attempts += 1;
-            match self
-                .client
-                .put_if_match(keys::LEASE, next.encode(), &self.etag)
-                .await
-            {
-                Ok(etag) => {
-                    self.etag = etag;
+            match self.replace(&next).await {
+                Ok(()) => {
                     info!(epoch = next.epoch, at = %fmt_position(at), "writer lease released");
                     return Ok(next);
                 }
@@ -432,11 +436,21 @@ impl Lease {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use lifeboat_storage::memory::MemoryClient;
 
-    fn opts(ttl_ms: u64) -> LeaseOptions {
+    /// A replica in memory and a lease of `ttl_ms` held on it by this process.
+    pub(crate) async fn held(ttl_ms: u64) -> (Arc<dyn ReplicaClient>, Lease) {
+        let c: Arc<dyn ReplicaClient> = Arc::new(MemoryClient::default());
+        let (lease, _) = acquire(c.clone(), &Holder::this_process(), opts(ttl_ms), 0, |_| {})
+            .await
+            .unwrap();
+        (c, lease)
+    }
+
+    /// Options for a test: a TTL of `ttl_ms`, handoff on, a 10 s timeout, polled every 10 ms.
+    pub(crate) fn opts(ttl_ms: u64) -> LeaseOptions {
         LeaseOptions {
             ttl: Duration::from_millis(ttl_ms),
             handoff: true,
@@ -479,10 +493,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_holder_that_stops_renewing_loses_the_lease_after_its_ttl_and_learns_it() {
-        let c: Arc<dyn ReplicaClient> = Arc::new(MemoryClient::default());
-        let (mut old, _) = acquire(c.clone(), &Holder::this_process(), opts(300), 0, |_| {})
-            .await
-            .unwrap();
+        let (c, mut old) = held(300).await;
         assert_eq!(old.renew().await.unwrap(), Renewal::Renewed);
         let t0 = Instant::now();
         let mut waited = None;
@@ -521,10 +532,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_holder_that_keeps_renewing_without_handing_over_is_an_error_after_the_timeout() {
-        let c: Arc<dyn ReplicaClient> = Arc::new(MemoryClient::default());
-        let (mut old, _) = acquire(c.clone(), &Holder::this_process(), opts(100), 0, |_| {})
-            .await
-            .unwrap();
+        let (c, mut old) = held(100).await;
         let renewing = tokio::spawn(async move {
             loop {
                 let _ = old.renew().await;
