@@ -86,21 +86,30 @@ pub struct ReplicateArgs {
     /// Average PUT requests per second once the burst is spent.
     #[arg(long)]
     pub puts_per_second: Option<f64>,
+    /// Hold the replica path's writer lease while replicating (refuses to start while another
+    /// instance holds it; needs a store with conditional writes). `run` holds it by default.
+    #[arg(long, env = "LIFEBOAT_LEASE")]
+    pub lease: bool,
+    #[command(flatten)]
+    pub agent: AgentFlags,
+}
+
+/// The flags `replicate` and `run` share: the health endpoint, the writer lease, retention and
+/// snapshots, and the folders backed up with the database.
+#[derive(Debug, Clone, ClapArgs)]
+pub struct AgentFlags {
     /// Serve `/health` (JSON) and `/metrics` (Prometheus) on this address, e.g. 127.0.0.1:9090.
     #[arg(long, visible_alias = "metrics-addr", env = "LIFEBOAT_HEALTH_ADDR")]
     pub health_addr: Option<String>,
     /// `/health` turns unhealthy once a replica is this far behind (default 60s).
     #[arg(long, env = "LIFEBOAT_HEALTH_MAX_LAG", value_parser = humantime::parse_duration)]
     pub health_max_lag: Option<std::time::Duration>,
-    /// Hold the replica path's writer lease while replicating (refuses to start while another
-    /// instance holds it; needs a store with conditional writes). `run` holds it by default.
-    #[arg(long, env = "LIFEBOAT_LEASE")]
-    pub lease: bool,
     #[command(flatten)]
     pub lease_flags: LeaseFlags,
     #[command(flatten)]
     pub keep: KeepArgs,
-    /// A folder to back up with the database, `PATH` or `NAME=PATH` (repeatable).
+    /// A folder to back up with the database (`run` also restores it on boot), `PATH` or
+    /// `NAME=PATH` (repeatable).
     #[arg(long = "dir", env = "LIFEBOAT_DIRS", value_delimiter = ',')]
     pub dirs: Vec<String>,
 }
@@ -282,12 +291,6 @@ pub struct RunArgs {
     /// Where to replicate it (and restore it from).
     #[arg(long = "replica", env = "LIFEBOAT_REPLICA_URL")]
     pub replica: Option<String>,
-    /// Serve `/health` (JSON) and `/metrics` (Prometheus) on this address, e.g. 127.0.0.1:9090.
-    #[arg(long, env = "LIFEBOAT_HEALTH_ADDR")]
-    pub health_addr: Option<String>,
-    /// `/health` turns unhealthy once a replica is this far behind (default 60s).
-    #[arg(long, env = "LIFEBOAT_HEALTH_MAX_LAG", value_parser = humantime::parse_duration)]
-    pub health_max_lag: Option<std::time::Duration>,
     /// How long to wait for the first sync before giving up without starting the app.
     #[arg(long, env = "LIFEBOAT_READY_TIMEOUT", default_value = "60s", value_parser = humantime::parse_duration)]
     pub ready_timeout: std::time::Duration,
@@ -310,13 +313,7 @@ pub struct RunArgs {
     #[arg(long, env = "LIFEBOAT_NO_LEASE")]
     pub no_lease: bool,
     #[command(flatten)]
-    pub lease_flags: LeaseFlags,
-    #[command(flatten)]
-    pub keep: KeepArgs,
-    /// A folder to back up with the database and restore with it on boot, `PATH` or
-    /// `NAME=PATH` (repeatable).
-    #[arg(long = "dir", env = "LIFEBOAT_DIRS", value_delimiter = ',')]
-    pub dirs: Vec<String>,
+    pub agent: AgentFlags,
     /// The app and its arguments, after `--`.
     #[arg(last = true, required = true)]
     pub command: Vec<String>,

@@ -27,18 +27,18 @@ pub async fn replicate(a: ReplicateArgs) -> Result<ExitCode> {
     };
     let flags = Flags {
         puts_per_second: a.puts_per_second,
-        health_max_lag: a.health_max_lag,
-        ..Flags::from(&a.keep)
+        health_max_lag: a.agent.health_max_lag,
+        ..Flags::from(&a.agent.keep)
     };
     raise_open_files_limit();
     crate::neighbours::warn_all(&src).await;
     let mut dbs = config::databases(&src, &flags).await?;
     let keepers = if a.lease {
-        lease::hold(&mut dbs, &a.lease_flags).await?
+        lease::hold(&mut dbs, &a.agent.lease_flags).await?
     } else {
         Vec::new()
     };
-    config::with_dirs(&mut dbs, &a.dirs)?;
+    config::with_dirs(&mut dbs, &a.agent.dirs)?;
     let folders = config::folders(&src, &flags).await?;
     let mut endpoint = Ok(());
     let mut flushes = Vec::new();
@@ -49,7 +49,7 @@ pub async fn replicate(a: ReplicateArgs) -> Result<ExitCode> {
             k.show_in(r.status.clone());
         }
         flushes = running.iter().map(|r| r.flush.clone()).collect();
-        if let Some(addr) = &a.health_addr {
+        if let Some(addr) = &a.agent.health_addr {
             endpoint = http::serve_agents(addr, registry);
             if endpoint.is_err() {
                 shutdown.cancel();
