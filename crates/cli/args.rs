@@ -114,6 +114,19 @@ pub struct AgentFlags {
     pub dirs: Vec<String>,
 }
 
+impl AgentFlags {
+    /// The settings among these that beat the configuration file's.
+    pub fn flags(&self) -> crate::config::Flags {
+        crate::config::Flags {
+            puts_per_second: None,
+            health_max_lag: self.health_max_lag,
+            retention: self.keep.retention,
+            snapshot_interval: self.keep.snapshot_interval,
+            snapshot_segments: self.keep.snapshot_segments,
+        }
+    }
+}
+
 /// Retention and scheduled snapshots, for `replicate` and `run`; each beats the configuration
 /// file.
 #[derive(Debug, Clone, ClapArgs)]

@@ -27,8 +27,7 @@ pub async fn replicate(a: ReplicateArgs) -> Result<ExitCode> {
     };
     let flags = Flags {
         puts_per_second: a.puts_per_second,
-        health_max_lag: a.agent.health_max_lag,
-        ..Flags::from(&a.agent.keep)
+        ..a.agent.flags()
     };
     raise_open_files_limit();
     crate::neighbours::warn_all(&src).await;
@@ -42,7 +41,7 @@ pub async fn replicate(a: ReplicateArgs) -> Result<ExitCode> {
     let folders = config::folders(&src, &flags).await?;
     let mut endpoint = Ok(());
     let mut flushes = Vec::new();
-    let r = lifeboat_agent::agent::replicate(dbs, folders, shutdown.clone(), |registry| {
+    let r = lifeboat_agent::supervisor::replicate(dbs, folders, shutdown.clone(), |registry| {
         // The configured databases start first, in order: the ones the keepers hold.
         let running = registry.snapshot();
         for (k, r) in keepers.iter().zip(&running) {

@@ -26,13 +26,14 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context, Result};
 use std::sync::Arc;
 
-use lifeboat_agent::agent::{DbConfig, Supervisor};
+use lifeboat_agent::agent::DbConfig;
 use lifeboat_agent::catalog::Catalog;
 use lifeboat_agent::clock::now_ms;
 use lifeboat_agent::files::{fsync_dir, sibling};
 use lifeboat_agent::folder::FolderConfig;
 use lifeboat_agent::restore::{self, RestoreOptions, Target};
 use lifeboat_agent::status::Status;
+use lifeboat_agent::supervisor::Supervisor;
 use lifeboat_agent::OnDivergence;
 use lifeboat_storage::ReplicaClient;
 use nix::sys::signal::{kill, Signal};
@@ -42,7 +43,7 @@ use tokio::signal::unix::{signal, SignalKind};
 use tracing::{error, info, warn};
 
 use crate::args::{OnStale, RunArgs};
-use crate::config::{self, Flags, Source};
+use crate::config::{self, Source};
 use crate::http;
 use crate::lease::{self, Event};
 
@@ -286,10 +287,7 @@ pub async fn run(args: RunArgs) -> Result<ExitCode> {
     };
     crate::replicate::raise_open_files_limit();
     crate::neighbours::warn_all(&src).await;
-    let flags = Flags {
-        health_max_lag: args.agent.health_max_lag,
-        ..Flags::from(&args.agent.keep)
-    };
+    let flags = args.agent.flags();
     let mut folders = config::folders(&src, &flags).await?;
     for f in &mut folders {
         f.options.shutdown_timeout = args.shutdown_timeout;

@@ -17,7 +17,7 @@
 //!   instance restores exactly.
 //!
 //! The lease object is never deleted (a release is a write), so epochs only grow. Every
-//! generation an epoch starts carries it in its fence (see [`crate::lease_fence`]), so what a
+//! generation an epoch starts carries it in its fence (see [`crate::catalog::fences`]), so what a
 //! holder paused past its lease writes after waking is ignored by every reader.
 
 use std::sync::Arc;
@@ -31,10 +31,16 @@ use serde::{Deserialize, Serialize};
 use tracing::{info, warn};
 
 use crate::clock::now_ms;
-pub use crate::lease_gate::{highest_epoch, Fencing, Gate};
-pub(crate) use crate::lease_gate::{may_write, write_fence};
-pub use crate::lease_handoff::{request_handoff, HandoffRequest};
 use crate::{Error, Result};
+
+mod gate;
+mod handoff;
+
+/// The lease as the status shows it (defined with the status, which reports it).
+pub use crate::status::LeaseInfo;
+pub use gate::{highest_epoch, Fencing, Gate};
+pub(crate) use gate::{may_write, write_fence};
+pub use handoff::{request_handoff, HandoffRequest};
 
 /// Default lease time to live.
 pub const DEFAULT_TTL: Duration = Duration::from_secs(30);
@@ -127,23 +133,6 @@ impl LeaseRecord {
             ))
         })
     }
-}
-
-/// The lease as `/health`, `/metrics` and the logs show it.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
-pub struct LeaseInfo {
-    /// Who holds it (this process).
-    pub holder: String,
-    /// Its epoch.
-    pub epoch: u64,
-    /// `held`, `handing_over`, `released` or `lost`.
-    pub state: String,
-    /// When it was last renewed (Unix ms).
-    pub renewed_ms: u64,
-    /// When it expires unless renewed (Unix ms, this host's clock).
-    pub expires_ms: u64,
-    /// Handoffs this process answered.
-    pub handoffs: u64,
 }
 
 /// How to take a lease.
@@ -436,7 +425,7 @@ impl Lease {
 }
 
 #[cfg(test)]
-pub(crate) mod tests {
+mod tests {
     use super::*;
     use lifeboat_storage::memory::MemoryClient;
 

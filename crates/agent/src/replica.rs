@@ -22,6 +22,8 @@ use crate::status::ReplicaStatus;
 use crate::walfile::{Batch, Cursor};
 use crate::Error;
 
+pub(crate) mod shipping;
+
 /// Where a replica's history stands while it ships in a generation.
 #[derive(Clone, Debug)]
 pub struct ReplicaState {
@@ -44,7 +46,7 @@ pub struct ReplicaState {
     pub snapshot_ms: u64,
     /// A segment whose upload failed with an unknown outcome: the next attempt sends exactly
     /// it again (same key, same bytes), never a different cut of its transactions.
-    pub(crate) unsent: Option<Box<crate::shipping::Unsent>>,
+    pub(crate) unsent: Option<Box<crate::replica::shipping::Unsent>>,
     /// Where shipped pages sit in the WAL, for the page deltas of the next segment.
     pub bases: Box<BaseIndex>,
 }
