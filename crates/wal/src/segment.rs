@@ -9,13 +9,16 @@
 //! own CRC32, a compressed body holding the commit table and the frames, and a trailing CRC32
 //! over everything before it. Format 1 (still read) stores the frames whole in one LZ4 block;
 //! format 2 (written) stores page deltas grouped by page under zstd and rebuilds the exact
-//! frames on decode (see [`crate::segment2`]). [`Segment::decode`] reads both.
+//! frames on decode (see [`format2`]). [`Segment::decode`] reads both.
 
-use crate::any_segment::AnySegment;
+pub mod any;
+pub mod format2;
+
 use crate::checksum::DbChecksum;
-use crate::segment2::{self, BasePages};
 use crate::sqlite::{self, check_frame, FrameHeader, WalChecksum, WalHeader, FRAME_HEADER_SIZE};
 use crate::{Error, Generation, Result, TxId};
+use any::AnySegment;
+use format2::BasePages;
 
 /// The segment format this crate writes. Readers refuse newer versions.
 pub const VERSION: u16 = 2;
@@ -272,7 +275,7 @@ impl SegmentHeader {
         let raw_ok = if version == VERSION_1 {
             h.raw_len == expect_raw
         } else {
-            h.raw_len <= segment2::max_raw_len(&h)
+            h.raw_len <= format2::max_raw_len(&h)
         };
         if !raw_ok {
             return Err(Error::corrupt(
@@ -310,10 +313,10 @@ impl Segment {
 
     /// Encodes the segment in format 2, storing the first version of each page found in
     /// `bases` as a delta against that page as it stood before the segment (see
-    /// [`crate::segment2`]; a reader then needs that state to rebuild the frames).
+    /// [`format2`]; a reader then needs that state to rebuild the frames).
     pub fn encode_with_bases(&self, bases: &BasePages) -> Vec<u8> {
-        let raw = segment2::encode_body(self, bases);
-        let body = zstd::bulk::compress(&raw, segment2::ZSTD_LEVEL)
+        let raw = format2::encode_body(self, bases);
+        let body = zstd::bulk::compress(&raw, format2::ZSTD_LEVEL)
             .expect("zstd compresses any input into a growable buffer");
         self.seal(VERSION, raw.len(), &body)
     }
@@ -323,7 +326,7 @@ impl Segment {
     pub fn encode_format1(&self) -> Vec<u8> {
         let mut raw =
             Vec::with_capacity(self.commits.len() * COMMIT_RECORD_SIZE + self.frames.len());
-        segment2::encode_commits(&self.commits, &mut raw);
+        format2::encode_commits(&self.commits, &mut raw);
         raw.extend_from_slice(&self.frames);
         let body = lz4_flex::block::compress(&raw);
         self.seal(VERSION_1, raw.len(), &body)

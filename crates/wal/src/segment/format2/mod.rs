@@ -271,8 +271,8 @@ pub(crate) fn rebuild(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::any_segment::AnySegment;
     use crate::checksum::PageHashes;
+    use crate::segment::any::AnySegment;
     use crate::segment::WalPosition;
     use crate::sqlite::{encode_frame, WalHeader};
     use crate::transaction::SegmentBuilder;
