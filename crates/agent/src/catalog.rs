@@ -187,10 +187,7 @@ pub async fn tip(
     generation: Generation,
     objs: &GenerationObjects,
 ) -> Result<Tip> {
-    let snap = objs
-        .snapshots
-        .last()
-        .ok_or_else(|| Error::Replica(format!("generation {generation} has no snapshot")))?;
+    let snap = objs.snapshots.last().ok_or(Error::NoSnapshot(generation))?;
     if let Some(seg) = objs.last_segment().filter(|s| s.last > snap.txid) {
         let b = client
             .get_range(&seg.key, 0..SEG_HEADER_SIZE as u64)

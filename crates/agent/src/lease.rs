@@ -124,13 +124,10 @@ impl LeaseRecord {
     }
 
     fn decode(client: &dyn ReplicaClient, b: &[u8]) -> Result<LeaseRecord> {
-        serde_json::from_slice(b).map_err(|e| {
-            Error::Replica(format!(
-                "{} in {} is not a lifeboat lease ({e}); if no lifeboat instance is running, \
-                 delete it and start again",
-                keys::LEASE,
-                client.describe()
-            ))
+        serde_json::from_slice(b).map_err(|cause| Error::LeaseUnreadable {
+            key: keys::LEASE,
+            replica: client.describe(),
+            cause,
         })
     }
 }
@@ -536,6 +533,19 @@ mod tests {
         renewing.abort();
         assert!(matches!(e, Error::LeaseHeld(_)), "{e}");
         assert!(e.to_string().contains("--handoff-timeout"), "{e}");
+    }
+
+    #[tokio::test]
+    async fn a_lease_object_lifeboat_did_not_write_is_named_with_its_parse_error_as_cause() {
+        let c: Arc<dyn ReplicaClient> = Arc::new(MemoryClient::default());
+        c.put(keys::LEASE, "not a lease".into()).await.unwrap();
+        let e = acquire(c, &Holder::this_process(), opts(1000), 0, |_| {})
+            .await
+            .unwrap_err();
+        assert!(matches!(e, Error::LeaseUnreadable { .. }), "{e}");
+        assert!(e.to_string().contains("lease.json in "), "{e}");
+        let cause = std::error::Error::source(&e).expect("the parse error is the source");
+        assert!(e.chain().to_string().ends_with(&cause.to_string()));
     }
 
     #[tokio::test]

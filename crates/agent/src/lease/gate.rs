@@ -77,11 +77,7 @@ impl Gate {
         }
         let now = self.base.elapsed().as_millis() as u64;
         if now >= self.valid_until.load(Ordering::SeqCst) {
-            return Err(Error::Replica(format!(
-                "the writer lease (epoch {}) was not renewed within its time to live; \
-                 uploads wait until it is",
-                self.epoch
-            )));
+            return Err(Error::LeaseNotRenewed { epoch: self.epoch });
         }
         Ok(())
     }

@@ -53,11 +53,10 @@ pub async fn request_handoff(
             Err(e) => return Err(storage(e)),
         }
     }
-    Err(Error::Replica(format!(
-        "cannot write {} in {}: other instances keep replacing it",
-        keys::HANDOFF,
-        client.describe()
-    )))
+    Err(Error::HandoffContended {
+        key: keys::HANDOFF,
+        replica: client.describe(),
+    })
 }
 
 impl Lease {
