@@ -279,6 +279,11 @@ mod tests {
         plan_generation(G, o, target).unwrap_err().to_string()
     }
 
+    /// The plan for the newest state of a generation with one snapshot (txid 0) and `segments`.
+    fn latest(segments: Vec<Segment>) -> Plan {
+        plan_generation(G, &objs(vec![snap(0, 1)], segments), Target::Latest).unwrap()
+    }
+
     fn keys(p: &Plan) -> Vec<&str> {
         p.segments.iter().map(|s| s.key.as_str()).collect()
     }
@@ -374,11 +379,7 @@ mod tests {
     #[test]
     fn segments_sharing_transactions_chain_through_the_furthest_and_the_others_are_checked() {
         // The case: a PUT of 3..4 timed out but landed, and the agent cut 3..6.
-        let o = objs(
-            vec![snap(0, 1)],
-            vec![seg(1, 2, 2), seg(3, 4, 4), seg(3, 6, 6), seg(7, 7, 7)],
-        );
-        let p = plan_generation(G, &o, Target::Latest).unwrap();
+        let p = latest(vec![seg(1, 2, 2), seg(3, 4, 4), seg(3, 6, 6), seg(7, 7, 7)]);
         assert_eq!(keys(&p), ["seg-1-2-2", "seg-3-6-6", "seg-7-7-7"]);
         assert_eq!(redundant(&p), ["seg-3-4-4"]);
         assert_eq!(p.shared(), [(TxId(3), TxId(4))]);
@@ -396,16 +397,11 @@ mod tests {
         let p = plan_generation(G, &o, Target::TxId(TxId(6))).unwrap();
         assert_eq!(keys(&p), ["seg-1-4-2", "seg-5-7-5"]);
         // Without an exact continuation, the furthest copy, skipping what was applied.
-        let o = objs(
-            vec![snap(0, 1)],
-            vec![seg(1, 4, 2), seg(5, 9, 6), seg(8, 12, 8)],
-        );
-        let p = plan_generation(G, &o, Target::Latest).unwrap();
+        let p = latest(vec![seg(1, 4, 2), seg(5, 9, 6), seg(8, 12, 8)]);
         assert_eq!(keys(&p), ["seg-1-4-2", "seg-5-9-6", "seg-8-12-8"]);
         assert_eq!(p.shared(), [(TxId(8), TxId(9))]);
         // Nothing shared: nothing redundant.
-        let o = objs(vec![snap(0, 1)], vec![seg(1, 2, 2), seg(3, 3, 3)]);
-        let p = plan_generation(G, &o, Target::Latest).unwrap();
+        let p = latest(vec![seg(1, 2, 2), seg(3, 3, 3)]);
         assert!(p.redundant.is_empty() && p.shared().is_empty());
     }
 
