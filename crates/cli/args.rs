@@ -372,3 +372,63 @@ pub struct SyncArgs {
     #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
     pub timeout: std::time::Duration,
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// `replicate` and `run` share their agent flags: both read them, and turn them into the
+    /// settings that beat the configuration file, the same way.
+    #[test]
+    fn replicate_and_run_read_the_flags_they_share_the_same_way() {
+        let shared = [
+            "--metrics-addr",
+            "127.0.0.1:9",
+            "--health-max-lag",
+            "5s",
+            "--retention",
+            "12h",
+            "--snapshot-segments",
+            "7",
+            "--lease-ttl",
+            "9s",
+            "--dir",
+            "up",
+        ];
+        let replicate = [
+            &["lifeboat", "replicate"][..],
+            &shared,
+            &["a.db", "file:///r"],
+        ]
+        .concat();
+        let run = [
+            &["lifeboat", "run", "--db", "a.db", "--replica", "file:///r"][..],
+            &shared,
+            &["--", "true"],
+        ]
+        .concat();
+        for argv in [replicate, run] {
+            let agent = match Args::try_parse_from(&argv).unwrap().command {
+                Command::Replicate(a) => a.agent,
+                Command::Run(a) => a.agent,
+                c => panic!("{c:?}"),
+            };
+            assert_eq!(
+                agent.health_addr.as_deref(),
+                Some("127.0.0.1:9"),
+                "{argv:?}"
+            );
+            assert_eq!(
+                agent.lease_flags.lease_ttl,
+                std::time::Duration::from_secs(9)
+            );
+            assert_eq!(agent.dirs, ["up"]);
+            let f = agent.flags();
+            assert_eq!(f.health_max_lag, Some(std::time::Duration::from_secs(5)));
+            assert_eq!(f.retention, Some("12h".parse().unwrap()));
+            assert_eq!(f.snapshot_segments, Some(7));
+            assert_eq!(f.snapshot_interval, None);
+            assert_eq!(f.puts_per_second, None, "only replicate's own flag sets it");
+        }
+    }
+}
