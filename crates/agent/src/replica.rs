@@ -22,6 +22,8 @@ use crate::status::ReplicaStatus;
 use crate::walfile::{Batch, Cursor};
 use crate::Error;
 
+pub(crate) mod shipping;
+
 /// Where a replica's history stands while it ships in a generation.
 #[derive(Clone, Debug)]
 pub struct ReplicaState {
@@ -44,7 +46,7 @@ pub struct ReplicaState {
     pub snapshot_ms: u64,
     /// A segment whose upload failed with an unknown outcome: the next attempt sends exactly
     /// it again (same key, same bytes), never a different cut of its transactions.
-    pub(crate) unsent: Option<Box<crate::shipping::Unsent>>,
+    pub(crate) unsent: Option<Box<crate::replica::shipping::Unsent>>,
     /// Where shipped pages sit in the WAL, for the page deltas of the next segment.
     pub bases: Box<BaseIndex>,
 }
@@ -348,7 +350,7 @@ mod tests {
     #[test]
     fn failures_back_off_exponentially_up_to_30_s_and_success_resets() {
         let (mut r, ctx) = (replica(), ctx());
-        let e = Error::Replica("down".into());
+        let e = Error::io("upload", std::io::Error::other("down"));
         let waits: Vec<_> = (0..9).map(|_| r.record_failure(&e, "x", &ctx)).collect();
         assert_eq!(waits[0], Duration::from_millis(500));
         assert_eq!(waits[1], Duration::from_millis(1000));
@@ -364,7 +366,11 @@ mod tests {
     fn a_conflict_halts_the_replica_and_other_failures_do_not() {
         let (mut r, ctx) = (replica(), ctx());
         r.phase = Phase::NeedsGeneration(Reason::EmptyReplica);
-        r.record_failure(&Error::Replica("down".into()), "x", &ctx);
+        r.record_failure(
+            &Error::io("upload", std::io::Error::other("down")),
+            "x",
+            &ctx,
+        );
         assert!(r.halted().is_none());
         let conflict = Error::Storage(lifeboat_storage::Error::Conflict { key: "k".into() });
         r.record_failure(&conflict, "x", &ctx);

@@ -19,7 +19,7 @@ use tokio::sync::{Notify, Semaphore};
 use tokio_util::sync::CancellationToken;
 use tracing::{error, info};
 
-use crate::agent::Budget;
+use crate::budget::Budget;
 use crate::flush::{Flush, Synced};
 use crate::replicator::{Replicator, SyncReport};
 use crate::{Error, Options, Result};
