@@ -279,3 +279,67 @@ fn a_database_listed_twice_is_refused_naming_both_entries() {
     .unwrap();
     read_file(&cfg).unwrap();
 }
+
+/// A valid configuration file to mutate.
+const SAMPLE: &str = "[[databases]]\npath = \"/data/app.db\"\nreplicas = [\"file:///r\", \
+     { url = \"s3://b/p\", retention = \"30d\" }]\nputs-per-second = 2.0\npoll-interval = \"1s\"\n\
+     dirs = [\"/data/up\"]\n[[database-folders]]\npath = \"/data/t/*.db\"\nreplicas = [\"s3://b/${BUCKET}\"]\n";
+
+/// Whatever the file says, reading it gives an error or settings that were checked.
+fn read_any(text: &str) -> Result<(), proptest::test_runner::TestCaseError> {
+    let Ok(text) = expand_env(text, env) else {
+        return Ok(());
+    };
+    let Ok(file) = toml::from_str::<File>(&text) else {
+        return Ok(());
+    };
+    let _ = check_listed_once(&file);
+    for d in file.databases.iter().chain(&file.folders) {
+        let _ = dir_specs(&d.dirs);
+        if let Ok(o) = options(d, &Flags::default()) {
+            proptest::prop_assert!(o.poll_interval >= MIN_POLL_INTERVAL);
+            proptest::prop_assert!(o.puts_per_second > 0.0 && o.puts_per_second.is_finite());
+        }
+    }
+    Ok(())
+}
+
+proptest::proptest! {
+    #![proptest_config(proptest::prelude::ProptestConfig::with_cases(300))]
+
+    /// Untrusted configuration never panics: a valid file with characters changed, cut short
+    /// or extended.
+    #[test]
+    fn a_mutated_configuration_is_an_error_or_checked_settings(
+        writes in proptest::collection::vec((proptest::prelude::any::<usize>(), "[ -~\n]"), 0..5),
+        cut in proptest::option::of(proptest::prelude::any::<usize>()),
+        tail in "[ -~\n]{0,20}",
+    ) {
+        let mut b = SAMPLE.as_bytes().to_vec();
+        for (at, c) in writes {
+            let i = at % b.len();
+            b[i] = c.as_bytes()[0];
+        }
+        if let Some(n) = cut {
+            b.truncate(n % (b.len() + 1));
+        }
+        b.extend_from_slice(tail.as_bytes());
+        read_any(&String::from_utf8(b).unwrap())?;
+    }
+
+    #[test]
+    fn any_text_never_panics(text in "\\PC{0,200}") {
+        read_any(&text)?;
+    }
+
+    /// Setting values of any kind, in the places users type them.
+    #[test]
+    fn any_setting_value_is_an_error_or_checked(
+        pps in "[-0-9.a-z]{0,6}",
+        poll in "[-0-9a-z\" ]{0,8}",
+    ) {
+        read_any(&format!(
+            "[[databases]]\npath='x'\nreplicas=['file:///r']\nputs-per-second = {pps}\npoll-interval = {poll}\n"
+        ))?;
+    }
+}
