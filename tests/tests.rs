@@ -14,6 +14,7 @@ mod exclusion;
 mod faults;
 mod folder;
 mod format2;
+mod inputs;
 mod lease;
 mod node;
 mod operator;

@@ -123,6 +123,7 @@ impl AgentFlags {
             retention: self.keep.retention,
             snapshot_interval: self.keep.snapshot_interval,
             snapshot_segments: self.keep.snapshot_segments,
+            switch_to_wal: self.keep.switch_to_wal,
         }
     }
 }
@@ -141,6 +142,11 @@ pub struct KeepArgs {
     /// Or once this many segments were shipped since the last snapshot (default 1000).
     #[arg(long, env = "LIFEBOAT_SNAPSHOT_SEGMENTS")]
     pub snapshot_segments: Option<u32>,
+    /// Switch a database in rollback-journal mode (or an empty file) to WAL mode, which lifeboat
+    /// needs; without it such a database is refused. The switch is persistent: the app's
+    /// connections then use WAL mode too (`-wal` and `-shm` files beside the database).
+    #[arg(long, env = "LIFEBOAT_SWITCH_TO_WAL")]
+    pub switch_to_wal: bool,
 }
 
 #[derive(Debug, ClapArgs)]
@@ -181,6 +187,10 @@ pub struct RestoreArgs {
     /// Replace the output file if it exists (its -wal and -shm are removed).
     #[arg(long)]
     pub force: bool,
+    /// The restored file's permissions, in octal (`0640`). Default: those of the file it
+    /// replaces, else 0644 less the umask (as SQLite creates a database).
+    #[arg(long, value_parser = parse_mode)]
+    pub mode: Option<u32>,
     /// The URL holds a folder of databases: restore the one with this name (`acme.db`).
     #[arg(long, conflicts_with = "all_databases")]
     pub database: Option<String>,
@@ -371,6 +381,16 @@ pub struct SyncArgs {
     /// Give up (exit 1) after this long.
     #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
     pub timeout: std::time::Duration,
+}
+
+/// An octal file mode (`0640`, `640`): permission bits only.
+fn parse_mode(s: &str) -> Result<u32, String> {
+    match u32::from_str_radix(s.trim_start_matches("0o"), 8) {
+        Ok(m) if m <= 0o7777 => Ok(m),
+        _ => Err(format!(
+            "{s:?} is not a file mode: write it in octal, like 0640 or 0600"
+        )),
+    }
 }
 
 #[cfg(test)]

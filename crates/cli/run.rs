@@ -64,10 +64,19 @@ const FORWARDED: [Signal; 6] = [
 type At = (lifeboat_wal::Generation, lifeboat_wal::TxId);
 
 /// Restores the newest state of `client` (or the one `at`: where the previous lease holder
-/// stopped) into `db` (which must not exist); returns where it landed.
-async fn restore_into(db: &Path, client: &dyn ReplicaClient, at: Option<At>) -> Result<At> {
+/// stopped) into `db` (which must not exist), with the permissions of `like` if given (the stale
+/// file moved aside), else a new database's; returns where it landed.
+async fn restore_into(
+    db: &Path,
+    client: &dyn ReplicaClient,
+    at: Option<At>,
+    like: Option<&Path>,
+) -> Result<At> {
     info!(db = %db.display(), replica = %client.describe(), at = %lifeboat_agent::lease::fmt_position(at), "restoring the newest state (or the one the lease was handed over at)");
     let mut opts = RestoreOptions::new(db.to_path_buf());
+    opts.mode = like
+        .and_then(|p| std::fs::metadata(p).ok())
+        .map(|m| std::os::unix::fs::PermissionsExt::mode(&m.permissions()) & 0o7777);
     if let Some((g, t)) = at {
         (opts.generation, opts.target) = (Some(g), Target::TxId(t));
     }
@@ -125,7 +134,7 @@ async fn prepare_missing(cfg: &DbConfig, at: Option<At>) -> Result<Option<At>> {
         .with_context(|| format!("cannot list {}", client.describe()))?;
     if cat.latest().is_some() {
         info!(db = %db.display(), "database missing: restoring it from the replica");
-        Ok(Some(restore_into(db, client, at).await?))
+        Ok(Some(restore_into(db, client, at, None).await?))
     } else {
         info!(db = %db.display(), replica = %client.describe(), "no database and no backup yet: starting fresh");
         let c = rusqlite::Connection::open(db)
@@ -179,7 +188,7 @@ async fn start(sup: &mut Supervisor, mut cfg: DbConfig, on_stale: OnStale) -> Re
         Err(e @ lifeboat_agent::Error::Diverged { .. }) if on_stale == OnStale::Restore => {
             let aside = move_aside(&cfg.path)?;
             warn!(db = %cfg.path.display(), moved_to = %aside.display(), error = %e, "local database moved aside; restoring the replica's newest state");
-            let at = restore_into(&cfg.path, cfg.replicas[0].as_ref(), None).await?;
+            let at = restore_into(&cfg.path, cfg.replicas[0].as_ref(), None, Some(&aside)).await?;
             restore_dirs(&cfg, Some(at), true).await?;
             cfg.options.resume = false;
             Ok(sup.start(cfg).await?)

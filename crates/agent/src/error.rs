@@ -15,6 +15,16 @@ pub enum Error {
     /// The database file does not exist.
     #[error("database {0} does not exist")]
     NoDatabase(PathBuf),
+    /// The database path is not a database the agent replicates as it is: a folder, an empty
+    /// file or a rollback-journal database (without `switch_to_wal`), not SQLite (see
+    /// [`crate::dbfile`]).
+    #[error("database {} {problem}", path.display())]
+    NotReplicable {
+        /// The path.
+        path: PathBuf,
+        /// What is wrong and what to do.
+        problem: String,
+    },
     /// The database could not be put in WAL mode.
     #[error("database {0} is not in WAL mode and could not be switched (is another process holding it open in rollback mode?)")]
     NotWal(PathBuf),
@@ -293,7 +303,10 @@ impl Error {
     /// A short name for the kind of error, for metrics.
     pub fn kind(&self) -> &'static str {
         match self {
-            Error::NoDatabase(_) | Error::NotWal(_) | Error::AlreadyReplicating { .. } => "setup",
+            Error::NoDatabase(_)
+            | Error::NotReplicable { .. }
+            | Error::NotWal(_)
+            | Error::AlreadyReplicating { .. } => "setup",
             Error::Sqlite { .. } => "sqlite",
             Error::Io { .. } => "io",
             Error::Storage(lifeboat_storage::Error::Conflict { .. }) => "conflict",

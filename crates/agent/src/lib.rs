@@ -5,6 +5,8 @@
 //! - [`walfile`] reads the application's `-wal` file: whole committed transactions, checked
 //!   frame by frame with SQLite's own checksum, and whether the log restarted cleanly
 //!   ([`walfile::Cursor`] is a place in it).
+//! - [`dbfile`] checks what is at a database path before it is opened (a WAL database, not a
+//!   folder, an empty file or a rollback-journal database switched without being asked).
 //! - [`db`] is the agent's side of the database: its connections, the *pin* (a read transaction
 //!   that keeps SQLite from recycling frames the agent has not shipped), checkpoints, consistent
 //!   page images.
@@ -58,6 +60,7 @@ pub mod clock;
 mod commit_times;
 mod context;
 pub mod db;
+pub mod dbfile;
 pub mod drill;
 mod error;
 pub mod files;
@@ -139,6 +142,10 @@ pub struct Options {
     /// Folders backed up with the database (`--dir`), shipped before the commits that follow
     /// them (see `lifeboat_dirs`).
     pub dirs: Vec<lifeboat_dirs::DirSpec>,
+    /// Whether a database in rollback-journal mode (or an empty file) may be switched to WAL
+    /// mode (default `false`: it is refused, naming the setting; see [`dbfile`]). The switch is
+    /// persistent and changes how every connection of the app uses the file.
+    pub switch_to_wal: bool,
 }
 
 /// What to do when a replica's newest state is not the local database's past (a stale disk
@@ -173,6 +180,7 @@ impl Default for Options {
             snapshot_progress: None,
             lease: None,
             dirs: Vec::new(),
+            switch_to_wal: false,
         }
     }
 }

@@ -63,6 +63,8 @@ impl Replicator {
         rt: Handle,
         status: Arc<Status>,
     ) -> Result<Replicator> {
+        // Named before anything changes: a folder, an empty file, a rollback-journal database.
+        crate::dbfile::check(path, opts.switch_to_wal)?;
         let db = Database::open(path)?;
         let dirs = match opts.dirs.is_empty() {
             true => None,

@@ -201,6 +201,7 @@ pub async fn verify_with_progress(
                             (p.0)((base + d).min(total), total)
                         }))
                     }),
+                    mode: None,
                 };
                 execute(client, &plan, &opts).await?;
                 advance(plan.bytes());

@@ -15,6 +15,7 @@
 //!   every commit records, so a restore can prove it rebuilt the database bit for bit.
 //! - [`transaction`] walks a transaction's frames ([`transaction::Frames`]) and builds segments
 //!   from transactions ([`transaction::SegmentBuilder`]): every reader of frames uses it.
+//! - [`untrusted`] feeds the decoders any bytes, for the property tests and the fuzz targets.
 //! - [`types`] holds the domain values ([`Generation`], [`TxId`]) that appear in keys and headers.
 //!
 //! Nothing here touches the file system, the network or a logger: callers hand in byte slices or
@@ -35,6 +36,7 @@ pub mod snapshot;
 pub mod sqlite;
 pub mod transaction;
 pub mod types;
+pub mod untrusted;
 
 /// [`segment::any`], under the name other crates know it by.
 pub use segment::any as any_segment;

@@ -50,6 +50,9 @@ pub struct RestoreOptions {
     pub force: bool,
     /// Told the bytes downloaded so far and the total, as the restore goes.
     pub progress: Option<Progress>,
+    /// The restored file's permission bits; `None`: those of the file it replaces, else a new
+    /// database's (0644 less the umask). See [`files::take_place_of`].
+    pub mode: Option<u32>,
 }
 
 impl RestoreOptions {
@@ -62,6 +65,7 @@ impl RestoreOptions {
             parallelism: DEFAULT_PARALLELISM,
             force: false,
             progress: None,
+            mode: None,
         }
     }
 }
@@ -355,6 +359,7 @@ pub async fn execute(
             consequence: "nothing was written to the output path",
         });
     }
+    files::take_place_of(&out.file, &opts.output, opts.mode)?;
     out.file
         .sync_all()
         .map_err(|e| Error::io("fsync restored database", e))?;

@@ -31,6 +31,17 @@ enum Body {
     Deltas(Parsed),
 }
 
+/// The most a compressed body of `body_len` bytes can decompress to: an LZ4 block writes at most
+/// 255 bytes per input byte (a match-length byte), zstd at most one 128 KiB block per 4-byte RLE
+/// block.
+fn max_expansion(version: u16, body_len: u64) -> u64 {
+    if version == VERSION_1 {
+        body_len.saturating_mul(255).saturating_add(255)
+    } else {
+        body_len.saturating_mul(32 * 1024)
+    }
+}
+
 impl AnySegment {
     /// Checks a whole segment object: the header and object CRCs, the lengths, the commit
     /// table's txids and, for format 2, that every part of the body is well formed.
@@ -56,6 +67,18 @@ impl AnySegment {
             });
         }
         let body = &b[HEADER_SIZE..end];
+        if h.raw_len > max_expansion(h.version, body.len() as u64) {
+            // Refused before `raw_len` bytes are allocated for it (found by fuzzing: a header
+            // with valid CRCs declaring 4 GB for a 113-byte body).
+            return Err(Error::corrupt(
+                136,
+                format!(
+                    "declares {} raw bytes, more than a {}-byte body can hold",
+                    h.raw_len,
+                    body.len()
+                ),
+            ));
+        }
         if h.version == VERSION_1 {
             let raw = lz4_flex::block::decompress(body, h.raw_len as usize)
                 .map_err(|e| Error::corrupt(HEADER_SIZE as u64, format!("LZ4: {e}")))?;
