@@ -186,3 +186,206 @@ fn a_read_only_replica_folder_for_a_while_loses_nothing() {
     };
     eprintln!("read-only replica folder ({how}): {o}");
 }
+
+/// A local replica's objects (not the temporary files of writes in progress).
+fn objects(rep: &std::path::Path) -> Vec<PathBuf> {
+    let mut all = files_with_suffix(rep, "");
+    all.retain(|p| !p.file_name().unwrap().to_string_lossy().starts_with('.'));
+    all
+}
+
+/// An app that carries on through failed commits (a full disk under its database refuses
+/// some), counting both.
+struct TolerantApp {
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    refused: std::sync::Arc<std::sync::atomic::AtomicU64>,
+    handle: Option<std::thread::JoinHandle<u64>>,
+}
+
+impl TolerantApp {
+    fn start(db: &std::path::Path) -> TolerantApp {
+        use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+        let stop = std::sync::Arc::new(AtomicBool::new(false));
+        let refused = std::sync::Arc::new(AtomicU64::new(0));
+        let (s, r, db) = (stop.clone(), refused.clone(), db.to_path_buf());
+        let handle = std::thread::spawn(move || {
+            let c = app_conn(&db, 4096);
+            let mut seq = last_mark(&db) + 1;
+            while !s.load(Ordering::SeqCst) {
+                let done = c.execute(
+                    "INSERT INTO marks(seq, t, pad) VALUES (?1, 0, hex(randomblob(600)))",
+                    [seq],
+                );
+                match done {
+                    Ok(_) => seq += 1,
+                    Err(_) => drop(r.fetch_add(1, Ordering::SeqCst)),
+                }
+                std::thread::sleep(PACE);
+            }
+            seq as u64
+        });
+        TolerantApp {
+            stop,
+            refused,
+            handle: Some(handle),
+        }
+    }
+
+    /// Stops it: (commits made, commits refused).
+    fn halt(mut self) -> (u64, u64) {
+        use std::sync::atomic::Ordering;
+        self.stop.store(true, Ordering::SeqCst);
+        let n = self.handle.take().unwrap().join().unwrap();
+        (n, self.refused.load(Ordering::SeqCst))
+    }
+}
+
+/// An agent starting on a full disk (the disk under the app's database and the agent's staging
+/// folder, with the app's commits refused), with an empty replica: its snapshot cannot be
+/// staged. It must not exit, must retry, and once space comes back must snapshot and catch up:
+/// the replica then restores to exactly the app's database.
+#[test]
+fn an_agent_starting_on_a_full_disk_waits_for_space_and_catches_up() {
+    let Some(disk) = small_disk_or_skip("a full disk under the database") else {
+        return;
+    };
+    let db = disk.path().join("app.db");
+    create_schema(&app_conn(&db, 4096));
+    let staging = disk.path().join("staging");
+    std::fs::create_dir(&staging).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let rep = dir.path().join("replica");
+    let url = format!("file://{}", rep.display());
+    let app = TolerantApp::start(&db);
+    wait_until("200 commits", Duration::from_secs(30), || {
+        last_mark(&db) >= 200
+    });
+    disk.fill();
+    let cfg = config(dir.path(), &db, &url, &format!("staging-dir = {staging:?}"));
+    let mut agent = Agent::start(
+        &["replicate", "--config", cfg.to_str().unwrap()],
+        &dir.path().join("agent.log"),
+    );
+    agent.wait_for_log("replicating");
+    let t0 = Instant::now();
+    let full = ["No space left on device", "no storage space"];
+    wait_until("the agent failing", Duration::from_secs(40), || {
+        disk.fill();
+        failures(&agent, &full) >= 3 && t0.elapsed() >= Duration::from_secs(3)
+    });
+    assert!(
+        agent.child.try_wait().unwrap().is_none(),
+        "the agent exited"
+    );
+    assert!(objects(&rep).is_empty(), "no snapshot could be staged");
+    let (failed, full_for) = (failures(&agent, &full), t0.elapsed());
+    let refused_full = app.refused.load(std::sync::atomic::Ordering::SeqCst);
+    disk.free();
+    agent.wait_for_log("new generation: snapshot uploaded");
+    let resumed_at = last_mark(&db);
+    wait_until("200 commits more", Duration::from_secs(30), || {
+        last_mark(&db) >= resumed_at + 200
+    });
+    let (written, _) = app.halt();
+    agent.stop_ok();
+    let out = dir.path().join("out.db");
+    restore_and_compare(&url, &out, &db);
+    assert_eq!(last_mark(&out), last_mark(&db), "no commit lost");
+    verify_clean(&url, &[]);
+    eprintln!(
+        "agent starting on a full disk: full for {full_for:.1?}, {failed} failed attempts of the \
+         agent, {refused_full} commits refused to the app; {written} commits written, {} restored",
+        last_mark(&out) + 1
+    );
+}
+
+/// `lifeboat run` booting on a disk with too little room for the restore (a crash loop of a
+/// supervisor that restarts it): each boot fails with a line naming the full disk, the app is
+/// not started, nothing is left behind however many times it runs, and the replica is
+/// untouched; once space comes back the boot restores the database exactly.
+#[test]
+fn a_boot_restore_onto_a_full_disk_fails_cleanly_every_time_then_succeeds() {
+    let Some(disk) = small_disk_or_skip("a boot restore onto a full disk") else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let source = dir.path().join("source.db");
+    let rep = dir.path().join("replica");
+    let url = format!("file://{}", rep.display());
+    create_schema(&app_conn(&source, 4096));
+    let agent = Agent::replicate(&source, &url, &dir.path().join("agent.log"));
+    let w = Writer::start(&source, 4096, 0, 3000);
+    w.finish();
+    agent.stop_ok();
+    // The data (the writer lease's objects beside it change hands with each boot).
+    let replica_before = objects(&rep.join("generations"));
+    let db_bytes = std::fs::metadata(&source).unwrap().len();
+    // Room for a quarter of the database.
+    let reserve = disk.path().join("reserve");
+    std::fs::write(&reserve, vec![0u8; db_bytes as usize / 4]).unwrap();
+    disk.fill();
+    std::fs::remove_file(&reserve).unwrap();
+    let db = disk.path().join("data").join("app.db");
+    let started = disk.path().join("app-started");
+    let (db_arg, started_arg) = (db.to_str().unwrap(), started.to_str().unwrap());
+    let boot = || {
+        run(&[
+            "run",
+            "--db",
+            db_arg,
+            "--replica",
+            &url,
+            "--",
+            "touch",
+            started_arg,
+        ])
+    };
+    for attempt in 1..=3 {
+        let t = Instant::now();
+        let o = boot();
+        // A failed boot releases the writer lease it took: the next one does not wait out
+        // its TTL (30 s).
+        let took = t.elapsed();
+        assert!(
+            took < Duration::from_secs(10),
+            "boot {attempt} took {took:?}"
+        );
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert!(!o.status.success(), "boot {attempt} succeeded: {err}");
+        assert!(
+            err.contains("No space left on device") || err.contains("no storage space"),
+            "boot {attempt} does not name the full disk: {err}"
+        );
+        assert!(!started.exists(), "the app started without its database");
+        let left: Vec<_> = files_with_suffix(disk.path(), "")
+            .into_iter()
+            .filter(|p| !p.ends_with("filler"))
+            .collect();
+        assert!(left.is_empty(), "boot {attempt} left {left:?}");
+        if attempt == 1 {
+            eprintln!("boot on a full disk: {}", err.lines().last().unwrap_or(""));
+        }
+    }
+    let after = objects(&rep.join("generations"));
+    let added: Vec<_> = after
+        .iter()
+        .filter(|p| !replica_before.contains(p))
+        .collect();
+    let removed: Vec<_> = replica_before
+        .iter()
+        .filter(|p| !after.contains(p))
+        .collect();
+    assert!(
+        removed.is_empty() && added.is_empty(),
+        "the replica changed: added {added:?}, removed {removed:?}"
+    );
+    disk.free();
+    let o = boot();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert!(started.exists(), "the app started");
+    assert_same_pages(&file_pages(&db), &pages(&source));
+    eprintln!(
+        "boot restore onto a full disk: 3 boots refused, then restored {} commits ({db_bytes} bytes)",
+        last_mark(&db) + 1
+    );
+}
