@@ -18,9 +18,9 @@ use crate::support::*;
 /// The writer's pause between transactions (a couple of hundred commits a second).
 const PACE: Duration = Duration::from_millis(4);
 
-/// A full disk of `what`, or a loud skip where no tmpfs can be mounted.
-fn small_disk_or_skip(what: &str) -> Option<SmallDisk> {
-    match SmallDisk::mount(64 << 20) {
+/// A disk of `bytes` for `what`, or a loud skip where no tmpfs can be mounted.
+fn small_disk_or_skip(what: &str, bytes: u64) -> Option<SmallDisk> {
+    match SmallDisk::mount(bytes) {
         Ok(d) => Some(d),
         Err(why) => {
             eprintln!(
@@ -149,7 +149,7 @@ fn ride_out(
 /// are retried (the same segment, once there is room), nothing is lost, the app never stops.
 #[test]
 fn a_full_replica_disk_then_space_back_loses_nothing() {
-    let Some(disk) = small_disk_or_skip("a full replica disk") else {
+    let Some(disk) = small_disk_or_skip("a full replica disk", 64 << 20) else {
         return;
     };
     // The filler takes back whatever a failed attempt frees as it cleans up.
@@ -203,24 +203,26 @@ struct TolerantApp {
 }
 
 impl TolerantApp {
-    fn start(db: &std::path::Path) -> TolerantApp {
+    /// Commits one row (a few KiB of WAL) every `pause`, with a 5 s busy timeout.
+    fn start(db: &std::path::Path, pause: Duration) -> TolerantApp {
         use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
         let stop = std::sync::Arc::new(AtomicBool::new(false));
         let refused = std::sync::Arc::new(AtomicU64::new(0));
         let (s, r, db) = (stop.clone(), refused.clone(), db.to_path_buf());
         let handle = std::thread::spawn(move || {
             let c = app_conn(&db, 4096);
+            c.busy_timeout(Duration::from_secs(5)).unwrap();
             let mut seq = last_mark(&db) + 1;
             while !s.load(Ordering::SeqCst) {
                 let done = c.execute(
-                    "INSERT INTO marks(seq, t, pad) VALUES (?1, 0, hex(randomblob(600)))",
+                    "INSERT INTO marks(seq, t, pad) VALUES (?1, 0, hex(randomblob(1500)))",
                     [seq],
                 );
                 match done {
                     Ok(_) => seq += 1,
                     Err(_) => drop(r.fetch_add(1, Ordering::SeqCst)),
                 }
-                std::thread::sleep(PACE);
+                std::thread::sleep(pause);
             }
             seq as u64
         });
@@ -246,7 +248,7 @@ impl TolerantApp {
 /// the replica then restores to exactly the app's database.
 #[test]
 fn an_agent_starting_on_a_full_disk_waits_for_space_and_catches_up() {
-    let Some(disk) = small_disk_or_skip("a full disk under the database") else {
+    let Some(disk) = small_disk_or_skip("a full disk under the database", 64 << 20) else {
         return;
     };
     let db = disk.path().join("app.db");
@@ -256,7 +258,7 @@ fn an_agent_starting_on_a_full_disk_waits_for_space_and_catches_up() {
     let dir = tempfile::tempdir().unwrap();
     let rep = dir.path().join("replica");
     let url = format!("file://{}", rep.display());
-    let app = TolerantApp::start(&db);
+    let app = TolerantApp::start(&db, PACE);
     wait_until("200 commits", Duration::from_secs(30), || {
         last_mark(&db) >= 200
     });
@@ -305,7 +307,7 @@ fn an_agent_starting_on_a_full_disk_waits_for_space_and_catches_up() {
 /// untouched; once space comes back the boot restores the database exactly.
 #[test]
 fn a_boot_restore_onto_a_full_disk_fails_cleanly_every_time_then_succeeds() {
-    let Some(disk) = small_disk_or_skip("a boot restore onto a full disk") else {
+    let Some(disk) = small_disk_or_skip("a boot restore onto a full disk", 64 << 20) else {
         return;
     };
     let dir = tempfile::tempdir().unwrap();
@@ -388,4 +390,70 @@ fn a_boot_restore_onto_a_full_disk_fails_cleanly_every_time_then_succeeds() {
         "boot restore onto a full disk: 3 boots refused, then restored {} commits ({db_bytes} bytes)",
         last_mark(&db) + 1
     );
+}
+
+/// `max-wal-bytes` holds while a local replica's disk is full (its writes fail at once, not
+/// after a timeout): the agent releases the WAL so the app's checkpoints go on, and starts a
+/// new generation once there is room again.
+#[test]
+fn max_wal_bytes_holds_while_the_replica_disk_is_full() {
+    let Some(disk) = small_disk_or_skip("max-wal-bytes on a full replica disk", 512 << 20) else {
+        return;
+    };
+    const CAP: u64 = 8 << 20;
+    let app = App::new();
+    let rep = disk.path().join("replica");
+    let url = format!("file://{}", rep.display());
+    let extra = format!("max-wal-bytes = {CAP}\ntruncate-wal-bytes = {CAP}");
+    let cfg = config(app.dir.path(), &app.db, &url, &extra);
+    let mut agent = Agent::start(
+        &["replicate", "--config", cfg.to_str().unwrap()],
+        &app.dir.path().join("agent.log"),
+    );
+    agent.wait_for_log("replicating");
+    // A patient app (5 s busy timeout): the claim here is the WAL's size, not how briefly the
+    // agent's truncation holds the write lock on a loaded machine. A few MB of WAL a second:
+    // the bound is checked every 50 ms during an upload and on every wake-up, so the WAL
+    // overshoots it by what the app appends while the agent reacts (with a commit every
+    // 500 us, about 16 MB/s, it reached 2.3x the bound on a loaded machine).
+    let w = TolerantApp::start(&app.db, Duration::from_millis(1));
+    wait_until("a first segment", Duration::from_secs(30), || {
+        !files_with_suffix(&rep, ".lbseg").is_empty()
+    });
+    disk.fill();
+    let wal = app.dir.path().join("app.db-wal");
+    let size = || std::fs::metadata(&wal).map_or(0, |m| m.len());
+    // Each commit puts a 3,000-byte row through the WAL: that many bytes at least.
+    let first = last_mark(&app.db);
+    let appended = || (last_mark(&app.db) - first).max(0) as u64 * 3000;
+    let (mut largest, t0) = (0, Instant::now());
+    while t0.elapsed() < Duration::from_secs(60) && appended() < 5 * CAP {
+        for _ in 0..20 {
+            disk.fill();
+            largest = largest.max(size());
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
+    let (appended, took) = (appended(), t0.elapsed());
+    agent.wait_for_log("releasing the WAL");
+    disk.free();
+    wait_until("a new generation", Duration::from_secs(60), || {
+        agent
+            .log_text()
+            .matches("new generation: snapshot uploaded")
+            .count()
+            >= 2
+    });
+    let (n, refused) = w.halt();
+    assert_eq!(refused, 0, "commits refused to the app");
+    let restored = app.finish(agent, &url);
+    eprintln!(
+        "max-wal-bytes {CAP} with the replica disk full: at least {appended} bytes through the \
+         WAL in {took:.1?}, largest WAL {largest} bytes; {n} commits written, {restored} restored"
+    );
+    assert!(
+        appended >= 5 * CAP,
+        "the writer put only {appended} bytes through the WAL"
+    );
+    assert!(largest < 5 * CAP / 2, "the WAL grew to {largest} bytes");
 }
