@@ -457,3 +457,71 @@ fn max_wal_bytes_holds_while_the_replica_disk_is_full() {
     );
     assert!(largest < 5 * CAP / 2, "the WAL grew to {largest} bytes");
 }
+
+/// Restores killed mid-way (a crash loop at boot) leave their temporary files, as large as the
+/// database, beside the output; the next restore into that folder removes them, so a loop of
+/// killed restores never holds more than one restore's files, and the restore that completes
+/// leaves none. The replica answers every second GET only after the client's timeout (1 s),
+/// which holds each restore at its snapshot download long enough to kill it there.
+#[test]
+fn restores_killed_mid_way_leave_nothing_behind_after_the_next_one() {
+    use lifeboat_faultproxy::{Fault, Rule};
+    let s3 = FaultyS3::start();
+    let app = App::new();
+    let url = s3.url("killed");
+    let env = s3.env();
+    Writer::start(&app.db, 4096, 0, 500).finish();
+    let agent = Agent::replicate_env(&app.db, &url, &app.dir.path().join("agent.log"), &env);
+    agent.stop_ok();
+    let out_dir = app.dir.path().join("restored");
+    let out = out_dir.join("app.db");
+    let leftovers = || {
+        let mut names: Vec<String> = std::fs::read_dir(&out_dir)
+            .map(|d| {
+                d.flatten()
+                    .map(|e| e.file_name().to_string_lossy().into_owned())
+                    .collect()
+            })
+            .unwrap_or_default();
+        names.retain(|n| n.starts_with(".lifeboat-"));
+        names.sort();
+        names
+    };
+    s3.set(Rule::methods(Fault::Stall, &["GET"]).share(0.5));
+    let restore = || {
+        std::process::Command::new(bin())
+            .args(["restore", &url, "-o", out.to_str().unwrap()])
+            .envs(env.iter().copied())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap()
+    };
+    for attempt in 1..=3 {
+        let mut child = restore();
+        let pid = child.id().to_string();
+        let mine = |n: &String| n.contains(&pid);
+        wait_until(
+            "the restore's temporary files",
+            Duration::from_secs(20),
+            || leftovers().iter().filter(|n| mine(n)).count() == 2,
+        );
+        child.kill().unwrap();
+        child.wait().unwrap();
+        let left = leftovers();
+        assert_eq!(
+            left.len(),
+            2,
+            "attempt {attempt}: only the last killed restore's files: {left:?}"
+        );
+        assert!(left.iter().all(mine), "{left:?}");
+        assert!(!out.exists(), "a killed restore left no database");
+    }
+    s3.set(Rule::all(Fault::Pass));
+    restore_and_compare_env(&url, &out, &app.db, &env);
+    assert_eq!(
+        leftovers(),
+        Vec::<String>::new(),
+        "the completed restore removed them"
+    );
+    eprintln!("3 restores killed mid-way, then one completed: no temporary file left");
+}
