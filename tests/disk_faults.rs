@@ -525,3 +525,71 @@ fn restores_killed_mid_way_leave_nothing_behind_after_the_next_one() {
     );
     eprintln!("3 restores killed mid-way, then one completed: no temporary file left");
 }
+
+/// The agent's own log written at trace level into the database's folder does not feed it:
+/// it wakes for the database's files only, so an idle agent writes a few lines, not a
+/// log that grows as fast as it can write it (183 MB in 5 s, a whole core, once).
+#[test]
+fn a_trace_log_beside_the_database_does_not_feed_the_agent() {
+    let app = App::new();
+    let rep = app.dir.path().join("replica");
+    let url = format!("file://{}", rep.display());
+    let log = app.dir.path().join("agent.log");
+    let child = std::process::Command::new(bin())
+        .args(["replicate", app.db.to_str().unwrap(), &url])
+        .env("RUST_LOG", "trace")
+        .stderr(std::fs::File::create(&log).unwrap())
+        .spawn()
+        .unwrap();
+    // Killed when dropped, a failed assertion included.
+    let mut agent = Agent {
+        child,
+        log: log.clone(),
+    };
+    let c = app_conn(&app.db, 4096);
+    for i in 0..20 {
+        mixed_txn(&c, i);
+    }
+    wait_until("the commits shipped", Duration::from_secs(30), || {
+        let text = std::fs::read_to_string(&log).unwrap_or_default();
+        text.contains("replicating") && !files_with_suffix(&rep, ".lbseg").is_empty()
+    });
+    let cpu = || {
+        let stat = std::fs::read_to_string(format!("/proc/{}/stat", agent.child.id())).unwrap();
+        let fields: Vec<&str> = stat
+            .rsplit(')')
+            .next()
+            .unwrap()
+            .split_whitespace()
+            .collect();
+        // utime and stime, in clock ticks (fields 14 and 15 of stat(5)).
+        fields[11].parse::<u64>().unwrap() + fields[12].parse::<u64>().unwrap()
+    };
+    let (bytes0, cpu0, t0) = (
+        std::fs::metadata(&log).unwrap().len(),
+        cpu(),
+        Instant::now(),
+    );
+    // Idle for 3 s: nothing to wait for but time (the point is what happens meanwhile).
+    std::thread::sleep(Duration::from_secs(3));
+    let grew = std::fs::metadata(&log).unwrap().len() - bytes0;
+    let ticks = cpu() - cpu0;
+    assert!(
+        agent.child.try_wait().unwrap().is_none(),
+        "the agent exited"
+    );
+    agent.kill();
+    eprintln!(
+        "idle {:.1?} with a trace log beside the database: the log grew {grew} bytes, the agent \
+         used {ticks} ticks of CPU",
+        t0.elapsed()
+    );
+    assert!(
+        grew < 200_000,
+        "the log grew {grew} bytes in 3 s: the agent feeds on it"
+    );
+    assert!(
+        ticks < 100,
+        "the agent used {ticks} ticks (1/100 s) of CPU in 3 s idle"
+    );
+}
