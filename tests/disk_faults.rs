@@ -301,15 +301,17 @@ fn an_agent_starting_on_a_full_disk_waits_for_space_and_catches_up() {
     );
 }
 
-/// `lifeboat run` booting on a disk with too little room for the restore (a crash loop of a
-/// supervisor that restarts it): each boot fails with a line naming the full disk, the app is
-/// not started, nothing is left behind however many times it runs, and the replica is
-/// untouched; once space comes back the boot restores the database exactly.
-#[test]
-fn a_boot_restore_onto_a_full_disk_fails_cleanly_every_time_then_succeeds() {
-    let Some(disk) = small_disk_or_skip("a boot restore onto a full disk", 64 << 20) else {
-        return;
-    };
+/// `lifeboat run` booting three times (a supervisor's restart loop) onto `disk` after `start`
+/// (given the database's size) made it unfit for the restore: each boot fails with a line
+/// holding one of `messages`, does not start the app, leaves nothing behind and changes
+/// nothing in the replica's data; after `end` the boot restores the database exactly.
+fn boot_refused_then_restored(
+    disk: &SmallDisk,
+    what: &str,
+    start: impl Fn(u64),
+    end: impl Fn(),
+    messages: &[&str],
+) {
     let dir = tempfile::tempdir().unwrap();
     let source = dir.path().join("source.db");
     let rep = dir.path().join("replica");
@@ -322,11 +324,7 @@ fn a_boot_restore_onto_a_full_disk_fails_cleanly_every_time_then_succeeds() {
     // The data (the writer lease's objects beside it change hands with each boot).
     let replica_before = objects(&rep.join("generations"));
     let db_bytes = std::fs::metadata(&source).unwrap().len();
-    // Room for a quarter of the database.
-    let reserve = disk.path().join("reserve");
-    std::fs::write(&reserve, vec![0u8; db_bytes as usize / 4]).unwrap();
-    disk.fill();
-    std::fs::remove_file(&reserve).unwrap();
+    start(db_bytes);
     let db = disk.path().join("data").join("app.db");
     let started = disk.path().join("app-started");
     let (db_arg, started_arg) = (db.to_str().unwrap(), started.to_str().unwrap());
@@ -355,8 +353,8 @@ fn a_boot_restore_onto_a_full_disk_fails_cleanly_every_time_then_succeeds() {
         let err = String::from_utf8_lossy(&o.stderr);
         assert!(!o.status.success(), "boot {attempt} succeeded: {err}");
         assert!(
-            err.contains("No space left on device") || err.contains("no storage space"),
-            "boot {attempt} does not name the full disk: {err}"
+            messages.iter().any(|m| err.contains(m)),
+            "boot {attempt} does not say {messages:?}: {err}"
         );
         assert!(!started.exists(), "the app started without its database");
         let left: Vec<_> = files_with_suffix(disk.path(), "")
@@ -365,7 +363,7 @@ fn a_boot_restore_onto_a_full_disk_fails_cleanly_every_time_then_succeeds() {
             .collect();
         assert!(left.is_empty(), "boot {attempt} left {left:?}");
         if attempt == 1 {
-            eprintln!("boot on a full disk: {}", err.lines().last().unwrap_or(""));
+            eprintln!("boot {what}: {}", err.lines().last().unwrap_or(""));
         }
     }
     let after = objects(&rep.join("generations"));
@@ -381,14 +379,52 @@ fn a_boot_restore_onto_a_full_disk_fails_cleanly_every_time_then_succeeds() {
         removed.is_empty() && added.is_empty(),
         "the replica changed: added {added:?}, removed {removed:?}"
     );
-    disk.free();
+    end();
     let o = boot();
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     assert!(started.exists(), "the app started");
     assert_same_pages(&file_pages(&db), &pages(&source));
     eprintln!(
-        "boot restore onto a full disk: 3 boots refused, then restored {} commits ({db_bytes} bytes)",
+        "boot restore {what}: 3 boots refused, then restored {} commits ({db_bytes} bytes)",
         last_mark(&db) + 1
+    );
+}
+
+/// `run` booting onto a disk with too little room for its restore. A failed boot releases the
+/// writer lease it took, so the next one does not wait out its TTL (30 s).
+#[test]
+fn a_boot_restore_onto_a_full_disk_fails_cleanly_every_time_then_succeeds() {
+    let Some(disk) = small_disk_or_skip("a boot restore onto a full disk", 64 << 20) else {
+        return;
+    };
+    let reserve = disk.path().join("reserve");
+    let room_for_a_quarter = |db_bytes: u64| {
+        std::fs::write(&reserve, vec![0u8; db_bytes as usize / 4]).unwrap();
+        disk.fill();
+        std::fs::remove_file(&reserve).unwrap();
+    };
+    let full = ["No space left on device", "no storage space"];
+    boot_refused_then_restored(
+        &disk,
+        "onto a full disk",
+        room_for_a_quarter,
+        || disk.free(),
+        &full,
+    );
+}
+
+/// `run` booting onto a read-only disk (a read-only remount as root, directory modes
+/// otherwise).
+#[test]
+fn a_boot_restore_onto_a_read_only_disk_fails_cleanly_every_time_then_succeeds() {
+    let disk = SmallDisk::mount_or_folder(64 << 20);
+    let refused = ["Read-only file system", "Permission denied"];
+    boot_refused_then_restored(
+        &disk,
+        "onto a read-only disk",
+        |_| disk.set_read_only(true),
+        || disk.set_read_only(false),
+        &refused,
     );
 }
 
