@@ -86,23 +86,45 @@ pub struct ReplicateArgs {
     /// Average PUT requests per second once the burst is spent.
     #[arg(long)]
     pub puts_per_second: Option<f64>,
+    /// Hold the replica path's writer lease while replicating (refuses to start while another
+    /// instance holds it; needs a store with conditional writes). `run` holds it by default.
+    #[arg(long, env = "LIFEBOAT_LEASE")]
+    pub lease: bool,
+    #[command(flatten)]
+    pub agent: AgentFlags,
+}
+
+/// The flags `replicate` and `run` share: the health endpoint, the writer lease, retention and
+/// snapshots, and the folders backed up with the database.
+#[derive(Debug, Clone, ClapArgs)]
+pub struct AgentFlags {
     /// Serve `/health` (JSON) and `/metrics` (Prometheus) on this address, e.g. 127.0.0.1:9090.
     #[arg(long, visible_alias = "metrics-addr", env = "LIFEBOAT_HEALTH_ADDR")]
     pub health_addr: Option<String>,
     /// `/health` turns unhealthy once a replica is this far behind (default 60s).
     #[arg(long, env = "LIFEBOAT_HEALTH_MAX_LAG", value_parser = humantime::parse_duration)]
     pub health_max_lag: Option<std::time::Duration>,
-    /// Hold the replica path's writer lease while replicating (refuses to start while another
-    /// instance holds it; needs a store with conditional writes). `run` holds it by default.
-    #[arg(long, env = "LIFEBOAT_LEASE")]
-    pub lease: bool,
     #[command(flatten)]
     pub lease_flags: LeaseFlags,
     #[command(flatten)]
     pub keep: KeepArgs,
-    /// A folder to back up with the database, `PATH` or `NAME=PATH` (repeatable).
+    /// A folder to back up with the database (`run` also restores it on boot), `PATH` or
+    /// `NAME=PATH` (repeatable).
     #[arg(long = "dir", env = "LIFEBOAT_DIRS", value_delimiter = ',')]
     pub dirs: Vec<String>,
+}
+
+impl AgentFlags {
+    /// The settings among these that beat the configuration file's.
+    pub fn flags(&self) -> crate::config::Flags {
+        crate::config::Flags {
+            puts_per_second: None,
+            health_max_lag: self.health_max_lag,
+            retention: self.keep.retention,
+            snapshot_interval: self.keep.snapshot_interval,
+            snapshot_segments: self.keep.snapshot_segments,
+        }
+    }
 }
 
 /// Retention and scheduled snapshots, for `replicate` and `run`; each beats the configuration
@@ -282,12 +304,6 @@ pub struct RunArgs {
     /// Where to replicate it (and restore it from).
     #[arg(long = "replica", env = "LIFEBOAT_REPLICA_URL")]
     pub replica: Option<String>,
-    /// Serve `/health` (JSON) and `/metrics` (Prometheus) on this address, e.g. 127.0.0.1:9090.
-    #[arg(long, env = "LIFEBOAT_HEALTH_ADDR")]
-    pub health_addr: Option<String>,
-    /// `/health` turns unhealthy once a replica is this far behind (default 60s).
-    #[arg(long, env = "LIFEBOAT_HEALTH_MAX_LAG", value_parser = humantime::parse_duration)]
-    pub health_max_lag: Option<std::time::Duration>,
     /// How long to wait for the first sync before giving up without starting the app.
     #[arg(long, env = "LIFEBOAT_READY_TIMEOUT", default_value = "60s", value_parser = humantime::parse_duration)]
     pub ready_timeout: std::time::Duration,
@@ -310,13 +326,7 @@ pub struct RunArgs {
     #[arg(long, env = "LIFEBOAT_NO_LEASE")]
     pub no_lease: bool,
     #[command(flatten)]
-    pub lease_flags: LeaseFlags,
-    #[command(flatten)]
-    pub keep: KeepArgs,
-    /// A folder to back up with the database and restore with it on boot, `PATH` or
-    /// `NAME=PATH` (repeatable).
-    #[arg(long = "dir", env = "LIFEBOAT_DIRS", value_delimiter = ',')]
-    pub dirs: Vec<String>,
+    pub agent: AgentFlags,
     /// The app and its arguments, after `--`.
     #[arg(last = true, required = true)]
     pub command: Vec<String>,
@@ -361,4 +371,64 @@ pub struct SyncArgs {
     /// Give up (exit 1) after this long.
     #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
     pub timeout: std::time::Duration,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// `replicate` and `run` share their agent flags: both read them, and turn them into the
+    /// settings that beat the configuration file, the same way.
+    #[test]
+    fn replicate_and_run_read_the_flags_they_share_the_same_way() {
+        let shared = [
+            "--metrics-addr",
+            "127.0.0.1:9",
+            "--health-max-lag",
+            "5s",
+            "--retention",
+            "12h",
+            "--snapshot-segments",
+            "7",
+            "--lease-ttl",
+            "9s",
+            "--dir",
+            "up",
+        ];
+        let replicate = [
+            &["lifeboat", "replicate"][..],
+            &shared,
+            &["a.db", "file:///r"],
+        ]
+        .concat();
+        let run = [
+            &["lifeboat", "run", "--db", "a.db", "--replica", "file:///r"][..],
+            &shared,
+            &["--", "true"],
+        ]
+        .concat();
+        for argv in [replicate, run] {
+            let agent = match Args::try_parse_from(&argv).unwrap().command {
+                Command::Replicate(a) => a.agent,
+                Command::Run(a) => a.agent,
+                c => panic!("{c:?}"),
+            };
+            assert_eq!(
+                agent.health_addr.as_deref(),
+                Some("127.0.0.1:9"),
+                "{argv:?}"
+            );
+            assert_eq!(
+                agent.lease_flags.lease_ttl,
+                std::time::Duration::from_secs(9)
+            );
+            assert_eq!(agent.dirs, ["up"]);
+            let f = agent.flags();
+            assert_eq!(f.health_max_lag, Some(std::time::Duration::from_secs(5)));
+            assert_eq!(f.retention, Some("12h".parse().unwrap()));
+            assert_eq!(f.snapshot_segments, Some(7));
+            assert_eq!(f.snapshot_interval, None);
+            assert_eq!(f.puts_per_second, None, "only replicate's own flag sets it");
+        }
+    }
 }

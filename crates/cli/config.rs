@@ -154,18 +154,6 @@ pub struct Flags {
     pub snapshot_segments: Option<u32>,
 }
 
-impl From<&crate::args::KeepArgs> for Flags {
-    fn from(k: &crate::args::KeepArgs) -> Flags {
-        Flags {
-            puts_per_second: None,
-            retention: k.retention,
-            snapshot_interval: k.snapshot_interval,
-            snapshot_segments: k.snapshot_segments,
-            health_max_lag: None,
-        }
-    }
-}
-
 /// The retention window when neither the command line, the environment nor the configuration
 /// file sets one: restore points of the last 30 days stay restorable, older history goes.
 pub const DEFAULT_RETENTION: Duration = Duration::from_secs(30 * 86400);

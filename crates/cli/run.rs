@@ -26,13 +26,14 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context, Result};
 use std::sync::Arc;
 
-use lifeboat_agent::agent::{DbConfig, Supervisor};
+use lifeboat_agent::agent::DbConfig;
 use lifeboat_agent::catalog::Catalog;
 use lifeboat_agent::clock::now_ms;
 use lifeboat_agent::files::{fsync_dir, sibling};
 use lifeboat_agent::folder::FolderConfig;
 use lifeboat_agent::restore::{self, RestoreOptions, Target};
 use lifeboat_agent::status::Status;
+use lifeboat_agent::supervisor::Supervisor;
 use lifeboat_agent::OnDivergence;
 use lifeboat_storage::ReplicaClient;
 use nix::sys::signal::{kill, Signal};
@@ -42,7 +43,7 @@ use tokio::signal::unix::{signal, SignalKind};
 use tracing::{error, info, warn};
 
 use crate::args::{OnStale, RunArgs};
-use crate::config::{self, Flags, Source};
+use crate::config::{self, Source};
 use crate::http;
 use crate::lease::{self, Event};
 
@@ -286,10 +287,7 @@ pub async fn run(args: RunArgs) -> Result<ExitCode> {
     };
     crate::replicate::raise_open_files_limit();
     crate::neighbours::warn_all(&src).await;
-    let flags = Flags {
-        health_max_lag: args.health_max_lag,
-        ..Flags::from(&args.keep)
-    };
+    let flags = args.agent.flags();
     let mut folders = config::folders(&src, &flags).await?;
     for f in &mut folders {
         f.options.shutdown_timeout = args.shutdown_timeout;
@@ -300,7 +298,7 @@ pub async fn run(args: RunArgs) -> Result<ExitCode> {
         prepare_folder(f).await?;
     }
     let mut dbs = config::databases(&src, &flags).await?;
-    config::with_dirs(&mut dbs, &args.dirs)?;
+    config::with_dirs(&mut dbs, &args.agent.dirs)?;
     let (lease_tx, mut lease_rx) = tokio::sync::mpsc::unbounded_channel();
     let (mut keepers, mut parents) = (Vec::new(), Vec::new());
     for (i, d) in dbs.iter_mut().enumerate() {
@@ -308,9 +306,9 @@ pub async fn run(args: RunArgs) -> Result<ExitCode> {
         // The writer lease comes first: the state restored is the one its holder released at.
         let taken = match args.no_lease {
             true => None,
-            false => {
-                Some(lease::take_within(d, &args.lease_flags, true, args.ready_timeout).await?)
-            }
+            false => Some(
+                lease::take_within(d, &args.agent.lease_flags, true, args.ready_timeout).await?,
+            ),
         };
         let at = taken.as_ref().and_then(|t| t.parent);
         d.options.lease = taken.as_ref().map(lease::Taken::fencing);
@@ -352,7 +350,7 @@ pub async fn run(args: RunArgs) -> Result<ExitCode> {
             return Err(e.into());
         }
     }
-    if let Some(addr) = &args.health_addr {
+    if let Some(addr) = &args.agent.health_addr {
         if let Err(e) = http::serve_agents(addr, sup.registry()) {
             let _ = sup.stop().await;
             return Err(e);
@@ -426,7 +424,7 @@ pub async fn run(args: RunArgs) -> Result<ExitCode> {
                 let (h, k) = (&sup.handles()[i], &mut keepers[i]);
                 match (ev, k.as_ref()) {
                     (Event::HandoffRequested(req), Some(keeper)) => {
-                        match lease::hand_over(h, keeper, &req, args.lease_flags.handoff_timeout).await {
+                        match lease::hand_over(h, keeper, &req, args.agent.lease_flags.handoff_timeout).await {
                             Ok(f) => { frozen.push(f); *k = None; handed_over = true; }
                             Err(e) => error!(db = %h.path().display(), error = %format!("{e:#}"), "handoff failed: this instance keeps the lease and the app goes on"),
                         }

@@ -13,24 +13,26 @@
 //! - [`replica`] is one replica: its [`replica::Phase`] (unknown, needing a generation and why,
 //!   shipping in one, halted), its state in the WAL, and the one failure rule.
 //! - `resume` proves that the local database is a replica's last state before resuming it.
-//! - `shipping` builds and uploads a replica's next segment (per-replica work, on the replica);
+//! - `replica::shipping` builds and uploads a replica's next segment (per-replica work, on the
+//!   replica);
 //!   [`bases`] finds each page's verified previous version for the segment's page deltas.
 //! - `checkpoints` moves the pin and lets the WAL restart, carrying unshipped tails.
 //! - `snapshots` starts new generations and takes scheduled snapshots; [`staging`] holds their
 //!   files before upload.
 //! - `commit_times` records when each commit was seen and counts what a replica lacks.
 //! - [`retention`] plans and runs prunes (in the background while the agent runs).
-//! - [`agent`] runs replicators as tasks, paces uploads with a PUT budget, and stops them
-//!   together with a final sync ([`agent::Supervisor`]); `scheduler` runs their passes on a
-//!   bounded set of worker slots; [`watcher`] is the agent's one file-system watcher, routing
-//!   events to the database they concern; [`folder`] replicates a folder of databases as one.
+//! - [`agent`] runs one database's replicator as a task, paced by its PUT budget ([`budget`]);
+//!   [`supervisor`] starts a set of them (and folders of databases) and stops them together
+//!   with a final sync; `scheduler` runs their passes on a bounded set of worker slots;
+//!   [`watcher`] is the agent's one file-system watcher, routing events to the database they
+//!   concern; [`folder`] replicates a folder of databases as one.
 //! - [`status`] is what the agent reports about itself, and the health rule.
 //!
 //! One writer per replica path:
 //! - [`lease`] takes, renews, hands over and releases the writer lease (`lease.json`, kept with
 //!   conditional writes); its gate (checked before every upload) and the fence every leased
-//!   generation carries are in `lease_gate`; [`lease_fence`] is how readers set aside what an
-//!   older epoch wrote after a takeover.
+//!   generation carries are in `lease::gate`, a handoff request in `lease::handoff`;
+//!   [`catalog::fences`] is how readers set aside what an older epoch wrote after a takeover.
 //! - [`flush`] is durable acknowledgements: wait until everything committed is in every replica.
 //!
 //! Reading a replica:
@@ -41,11 +43,15 @@
 //! Shared: [`files`] (SQLite files on disk: hashing, integrity check, `sqlite_dbpage`, fsync),
 //! [`clock`] (Unix milliseconds), [`Error`].
 //!
+//! Modules depend on each other in one direction (no import circle among them; a module's
+//! own submodules, as `lease::gate` or `replica::shipping`, count as part of it).
+//!
 //! The design, and why the pin makes WAL restarts safe to follow, is in `docs/design.md`.
 #![deny(missing_docs)]
 
 pub mod agent;
 pub mod bases;
+pub mod budget;
 pub mod catalog;
 mod checkpoints;
 pub mod clock;
@@ -58,19 +64,16 @@ pub mod files;
 pub mod flush;
 pub mod folder;
 pub mod lease;
-pub mod lease_fence;
-mod lease_gate;
-mod lease_handoff;
 pub mod replica;
 pub mod replicator;
 pub mod restore;
 mod resume;
 pub mod retention;
 mod scheduler;
-mod shipping;
 mod snapshots;
 pub mod staging;
 pub mod status;
+pub mod supervisor;
 mod upload;
 pub mod verify;
 pub mod walfile;

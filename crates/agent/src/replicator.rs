@@ -20,8 +20,8 @@ use crate::checkpoints::Checkpoints;
 use crate::commit_times::CommitTimes;
 use crate::context::Context;
 use crate::db::Database;
+use crate::replica::shipping::Ship;
 use crate::replica::{Phase, Replica, ReplicaOverrides};
-use crate::shipping::Ship;
 use crate::status::Status;
 use crate::{resume, retention, snapshots, Error, OnDivergence, Options, Result};
 

@@ -100,6 +100,14 @@ impl Manifest {
         Ok(m)
     }
 
+    /// The SHA-256 of every blob it names (as an entry set or removed).
+    pub fn blobs(&self) -> impl Iterator<Item = &str> {
+        self.set
+            .iter()
+            .chain(&self.removed)
+            .filter_map(Entry::sha256)
+    }
+
     /// Applies it to the state before it.
     pub fn apply(&self, state: &mut State) {
         if self.is_base() {
@@ -136,6 +144,37 @@ pub async fn list(client: &dyn ReplicaClient, folder: &str) -> Result<Vec<Manife
         .collect();
     v.sort();
     Ok(v)
+}
+
+/// Every folder object of a replica, from one listing of `files/`.
+pub(crate) struct Listing {
+    /// Each folder's manifests, in order.
+    pub folders: BTreeMap<String, Vec<ManifestKey>>,
+    /// Each blob's size, by its SHA-256.
+    pub blobs: BTreeMap<String, u64>,
+}
+
+/// Lists every folder's manifests and every blob of a replica (one LIST).
+pub(crate) async fn list_all(client: &dyn ReplicaClient) -> Result<Listing> {
+    let objs = client
+        .list(keys::FILES)
+        .await
+        .map_err(|e| Error::storage(format!("list {} in {}", keys::FILES, client.describe()), e))?;
+    let mut folders: BTreeMap<String, Vec<ManifestKey>> = BTreeMap::new();
+    let mut blobs = BTreeMap::new();
+    for o in &objs {
+        if let Some(h) = keys::parse_blob(&o.key) {
+            blobs.insert(h.to_string(), o.size);
+        } else if let Some(f) = keys::folder_of(&o.key) {
+            if let Some(k) = ManifestKey::parse(f, &o.key) {
+                folders.entry(f.to_string()).or_default().push(k);
+            }
+        }
+    }
+    for v in folders.values_mut() {
+        v.sort();
+    }
+    Ok(Listing { folders, blobs })
 }
 
 /// Downloads and checks one manifest.

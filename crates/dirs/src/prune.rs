@@ -6,9 +6,9 @@
 //! go first; then the manifests are listed again (a running agent may have written more) and
 //! every blob that no kept manifest names (as an entry or a removed entry) goes.
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::HashSet;
 
-use lifeboat_storage::keys::{self, ManifestKey};
+use lifeboat_storage::keys;
 use lifeboat_storage::ReplicaClient;
 use lifeboat_wal::{Generation, TxId};
 use serde::Serialize;
@@ -28,30 +28,6 @@ pub struct FolderPrune {
     pub bytes: u64,
 }
 
-async fn listing(
-    client: &dyn ReplicaClient,
-) -> Result<(BTreeMap<String, Vec<ManifestKey>>, BTreeMap<String, u64>)> {
-    let objs = client
-        .list(keys::FILES)
-        .await
-        .map_err(|e| Error::storage(format!("list {} in {}", keys::FILES, client.describe()), e))?;
-    let mut folders: BTreeMap<String, Vec<ManifestKey>> = BTreeMap::new();
-    let mut blobs = BTreeMap::new();
-    for o in &objs {
-        if let Some(h) = keys::parse_blob(&o.key) {
-            blobs.insert(h.to_string(), o.size);
-        } else if let Some(f) = keys::folder_of(&o.key) {
-            if let Some(k) = ManifestKey::parse(f, &o.key) {
-                folders.entry(f.to_string()).or_default().push(k);
-            }
-        }
-    }
-    for v in folders.values_mut() {
-        v.sort();
-    }
-    Ok((folders, blobs))
-}
-
 /// Prunes every folder of the replica for database restore points from `keep_from` on.
 ///
 /// Only blobs named by a deleted manifest are candidates: a blob uploaded by a running agent
@@ -63,7 +39,7 @@ pub async fn prune(
     dry_run: bool,
 ) -> Result<FolderPrune> {
     let mut p = FolderPrune::default();
-    let (folders, blobs) = listing(client).await?;
+    let manifest::Listing { folders, blobs } = manifest::list_all(client).await?;
     let mut dropped = HashSet::new();
     for (folder, ks) in &folders {
         let k = ks
@@ -77,7 +53,7 @@ pub async fn prune(
             .expect("from the list");
         for k in &ks[..base] {
             let m = manifest::fetch(client, folder, k).await?;
-            dropped.extend(hashes(&m));
+            dropped.extend(m.blobs().map(str::to_string));
             p.manifests.push(k.key(folder));
         }
     }
@@ -92,12 +68,13 @@ pub async fn prune(
         }
     }
     // Listed again: manifests written meanwhile keep their blobs.
-    let (folders, _) = listing(client).await?;
+    let folders = manifest::list_all(client).await?.folders;
     let gone: HashSet<&String> = p.manifests.iter().collect();
     let mut referenced = HashSet::new();
     for (folder, ks) in &folders {
         for k in ks.iter().filter(|k| !gone.contains(&k.key(folder))) {
-            referenced.extend(hashes(&manifest::fetch(client, folder, k).await?));
+            let m = manifest::fetch(client, folder, k).await?;
+            referenced.extend(m.blobs().map(str::to_string));
         }
     }
     for (h, size) in &blobs {
@@ -115,11 +92,4 @@ pub async fn prune(
         info!(replica = %client.describe(), manifests = p.manifests.len(), blobs = p.blobs.len(), bytes = p.bytes, "retention: pruned folder history");
     }
     Ok(p)
-}
-
-fn hashes(m: &manifest::Manifest) -> impl Iterator<Item = String> + '_ {
-    m.set
-        .iter()
-        .chain(&m.removed)
-        .filter_map(|e| e.sha256().map(str::to_string))
 }

@@ -29,25 +29,13 @@ pub struct FolderCheck {
 
 /// Reads every folder object of the replica; blobs are hashed through a file in `scratch`.
 pub async fn verify(client: &dyn ReplicaClient, scratch: &Path) -> Result<FolderCheck> {
-    let objs = client
-        .list(keys::FILES)
-        .await
-        .map_err(|e| Error::storage(format!("list {} in {}", keys::FILES, client.describe()), e))?;
-    let mut by_folder: BTreeMap<String, Vec<ManifestKey>> = BTreeMap::new();
-    let mut blobs = BTreeMap::new();
-    for o in &objs {
-        if let Some(h) = keys::parse_blob(&o.key) {
-            blobs.insert(h.to_string(), o.size);
-        } else if let Some(f) = keys::folder_of(&o.key) {
-            if let Some(k) = ManifestKey::parse(f, &o.key) {
-                by_folder.entry(f.to_string()).or_default().push(k);
-            }
-        }
-    }
+    let manifest::Listing {
+        folders: by_folder,
+        blobs,
+    } = manifest::list_all(client).await?;
     let mut c = FolderCheck::default();
     let mut needed: BTreeMap<String, String> = BTreeMap::new();
-    for (folder, mut ks) in by_folder {
-        ks.sort();
+    for (folder, ks) in by_folder {
         let mut prev: Option<(ManifestKey, u64)> = None;
         for k in &ks {
             c.manifests += 1;
@@ -63,12 +51,10 @@ pub async fn verify(client: &dyn ReplicaClient, scratch: &Path) -> Result<Folder
                         }
                     }
                     prev = Some((*k, m.seq));
-                    for e in m.set.iter().chain(&m.removed) {
-                        if let Some(h) = e.sha256() {
-                            needed
-                                .entry(h.to_string())
-                                .or_insert_with(|| k.key(&folder));
-                        }
+                    for h in m.blobs() {
+                        needed
+                            .entry(h.to_string())
+                            .or_insert_with(|| k.key(&folder));
                     }
                 }
                 Err(e) => c.problems.push(e.to_string()),

@@ -7,10 +7,10 @@
 //! applying segments in order) can supply. Format 1 segments and format-2 segments without such
 //! pages rebuild on their own ([`crate::segment::Segment::decode`] does both steps).
 
+use super::format2::{self, Parsed};
 use crate::segment::{
     CommitRecord, Segment, SegmentHeader, COMMIT_RECORD_SIZE, HEADER_SIZE, VERSION_1,
 };
-use crate::segment2::{self, Parsed};
 use crate::{Error, Result};
 
 /// A segment object whose CRCs and structure are verified, before its frames are rebuilt.
@@ -63,7 +63,7 @@ impl AnySegment {
                 return Err(Error::corrupt(HEADER_SIZE as u64, "short LZ4 body"));
             }
             let table_len = h.commit_count as usize * COMMIT_RECORD_SIZE;
-            let commits = segment2::decode_commits(&h, &raw[..table_len])?;
+            let commits = format2::decode_commits(&h, &raw[..table_len])?;
             let mut frames = raw;
             frames.drain(..table_len);
             return Ok(AnySegment {
@@ -77,7 +77,7 @@ impl AnySegment {
         if raw.len() as u64 != h.raw_len {
             return Err(Error::corrupt(HEADER_SIZE as u64, "short zstd body"));
         }
-        let (commits, parsed) = segment2::parse(&h, raw)?;
+        let (commits, parsed) = format2::parse(&h, raw)?;
         Ok(AnySegment {
             header: h,
             commits,
@@ -102,7 +102,7 @@ impl AnySegment {
     pub fn rebuild(self, base: &mut dyn FnMut(u32, &mut [u8]) -> Result<()>) -> Result<Segment> {
         let frames = match self.body {
             Body::Frames(f) => f,
-            Body::Deltas(p) => segment2::rebuild(&self.header, &self.commits, &p, base)?,
+            Body::Deltas(p) => format2::rebuild(&self.header, &self.commits, &p, base)?,
         };
         let seg = Segment {
             header: self.header,
