@@ -9,6 +9,7 @@ mod corruption;
 mod crash;
 mod deploy;
 mod dirs;
+mod disk_faults;
 mod drill;
 mod exclusion;
 mod faults;

@@ -309,7 +309,7 @@ pub async fn run(args: RunArgs) -> Result<ExitCode> {
     let mut dbs = config::databases(&src, &flags).await?;
     config::with_dirs(&mut dbs, &args.agent.dirs)?;
     let (lease_tx, mut lease_rx) = tokio::sync::mpsc::unbounded_channel();
-    let mut keepers = Vec::new();
+    let (mut keepers, mut parents) = (Vec::new(), Vec::new());
     for (i, d) in dbs.iter_mut().enumerate() {
         d.options.shutdown_timeout = args.shutdown_timeout;
         // The writer lease comes first: the state restored is the one its holder released at.
@@ -322,12 +322,22 @@ pub async fn run(args: RunArgs) -> Result<ExitCode> {
         let at = taken.as_ref().and_then(|t| t.parent);
         d.options.lease = taken.as_ref().map(lease::Taken::fencing);
         keepers.push(taken.map(|t| t.keep(i, lease_tx.clone())));
+        parents.push(at);
         // A database restored on boot starts a new generation rather than resuming: another
         // instance may still be running on the old one (an overlapping deploy), and two writers
         // on one generation would fork it.
-        let restored = prepare_missing(d, at).await?;
+        let restored = match prepare_missing(d, at).await {
+            Ok(r) => r,
+            Err(e) => {
+                release_untouched(&keepers, &parents).await;
+                return Err(e);
+            }
+        };
         d.options.resume = restored.is_none();
-        restore_dirs(d, restored, args.on_stale == OnStale::Restore).await?;
+        if let Err(e) = restore_dirs(d, restored, args.on_stale == OnStale::Restore).await {
+            release_untouched(&keepers, &parents).await;
+            return Err(e);
+        }
     }
     if args.no_lease {
         warn!("running without the writer lease (--no-lease): another instance writing the same replica at the same time is not prevented, and an overlapping deploy loses the old instance's last writes");
@@ -464,6 +474,20 @@ pub async fn run(args: RunArgs) -> Result<ExitCode> {
         Ok(ExitCode::from(EXIT_SYNC_FAILED))
     } else {
         Ok(ExitCode::from(code))
+    }
+}
+
+/// Releases the writer leases of a boot that failed before anything was shipped (a restore
+/// that could not be written, say), each at the state it was taken at: the next boot (a
+/// supervisor's restart) takes it at once instead of waiting out its TTL.
+async fn release_untouched(keepers: &[Option<lease::Keeper>], parents: &[Option<At>]) {
+    for (k, at) in keepers.iter().zip(parents) {
+        let Some(k) = k else { continue };
+        match tokio::time::timeout(Duration::from_secs(5), k.release(*at)).await {
+            Ok(Ok(())) => info!("the boot failed: writer lease released"),
+            Ok(Err(e)) => warn!(error = %format!("{e:#}"), "the boot failed and the writer lease could not be released: the next instance waits for it to expire"),
+            Err(_) => warn!("the boot failed and releasing the writer lease timed out: the next instance waits for it to expire"),
+        }
     }
 }
 

@@ -14,6 +14,7 @@ use nix::unistd::Pid;
 use rusqlite::Connection;
 
 pub mod crash;
+pub mod disk;
 pub mod faults;
 pub mod oracle;
 

@@ -136,6 +136,7 @@ impl Replicator {
                 Ok(phase) => {
                     r.succeeded();
                     r.phase = phase;
+                    crate::upload::clean_up_interrupted(&r.client, &self.ctx);
                 }
                 Err(e) if e.is_setup() => {
                     // The caller reports it, once; the SDK's cause is for debugging.
@@ -273,6 +274,7 @@ fn resume_one(db: &mut Database, r: &mut Replica, ctx: &Context) {
         Ok(phase) => {
             r.succeeded();
             r.phase = phase;
+            crate::upload::clean_up_interrupted(&r.client, ctx);
         }
         Err(e) => {
             r.record_failure(
