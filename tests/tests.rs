@@ -9,6 +9,7 @@ mod corruption;
 mod crash;
 mod deploy;
 mod dirs;
+mod dirs_ops;
 mod drill;
 mod exclusion;
 mod faults;

@@ -174,6 +174,18 @@ impl Folder {
             .collect()
     }
 
+    /// Files captured, their bytes, and files still changing.
+    pub fn counts(&self) -> (u64, u64, u64) {
+        let (mut files, mut bytes) = (0, 0);
+        for (e, _) in self.current.values() {
+            if let Kind::File { size, .. } = e.kind {
+                files += 1;
+                bytes += size;
+            }
+        }
+        (files, bytes, self.unstable.len() as u64)
+    }
+
     /// Whether every file seen is captured (none still changing).
     pub fn settled(&self) -> bool {
         self.unstable.is_empty()

@@ -7,7 +7,7 @@
 //! follow (so the files those commits refer to are always there); [`entry`] is one path's record
 //! and [`manifest`] a chain of them over time; [`restore`] rebuilds a folder as of a database
 //! restore point; [`verify`] checks every manifest and blob; [`prune`] keeps what kept restore
-//! points need.
+//! points need; [`status`] says how each folder's shipping goes (for `/health` and metrics).
 //!
 //! In a replica, a file's content is a *blob* stored once under its SHA-256
 //! (`files/blobs/<sha256>`, create-only), shared by every copy, rename and generation; each
@@ -23,7 +23,10 @@ pub mod manifest;
 pub mod prune;
 pub mod restore;
 mod shipper;
+mod spec;
+pub mod status;
 pub mod verify;
 
 pub use error::{Error, Result};
-pub use shipper::{DirOptions, DirShipper, DirSpec, FlushReport};
+pub use shipper::{DirShipper, FlushReport};
+pub use spec::{DirOptions, DirSpec};

@@ -32,87 +32,8 @@ use tracing::{debug, info, warn};
 use crate::entry::{sha256_of, Entry};
 use crate::folder::Folder;
 use crate::manifest::{self, Manifest, State, FORMAT};
-use crate::{Error, Result};
-
-/// Tuning.
-#[derive(Clone, Debug)]
-pub struct DirOptions {
-    /// How long a file must stay unchanged before it is taken (default 200 ms).
-    pub settle: Duration,
-    /// How long a flush waits for files still being written (default 2 s); what is still
-    /// changing then goes in a later flush.
-    pub wait: Duration,
-    /// Full rescan of each folder this often, as a fallback to events (default 60 s).
-    pub rescan_every: Duration,
-    /// A base manifest (the whole state) after this many deltas (default 100).
-    pub base_every: u64,
-    /// Where blob copies are staged for upload.
-    pub staging_dir: PathBuf,
-    /// Most bytes of new content kept staged until every replica has it (default 256 MiB).
-    pub staging_cap: u64,
-}
-
-impl Default for DirOptions {
-    fn default() -> Self {
-        DirOptions {
-            settle: Duration::from_millis(200),
-            wait: Duration::from_secs(2),
-            rescan_every: Duration::from_secs(60),
-            base_every: 100,
-            staging_dir: std::env::temp_dir(),
-            staging_cap: 256 << 20,
-        }
-    }
-}
-
-/// A folder to back up: where it is, and its name in the replica.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct DirSpec {
-    /// The folder.
-    pub path: PathBuf,
-    /// Its name in the replica's keys.
-    pub name: String,
-}
-
-impl DirSpec {
-    /// `PATH` (named after its last component) or `NAME=PATH`.
-    pub fn parse(s: &str) -> Result<DirSpec> {
-        let (name, path) = match s.split_once('=') {
-            Some((n, p)) if keys::valid_folder_name(n) => (n.to_string(), PathBuf::from(p)),
-            _ => {
-                let p = PathBuf::from(s);
-                let n = p
-                    .file_name()
-                    .and_then(|n| n.to_str())
-                    .unwrap_or_default()
-                    .to_string();
-                (n, p)
-            }
-        };
-        if !keys::valid_folder_name(&name) {
-            return Err(Error::Config(format!(
-                "folder {s:?}: its name {name:?} cannot be used in object keys (use NAME=PATH with NAME of A-Z a-z 0-9 . _ -)"
-            )));
-        }
-        Ok(DirSpec { path, name })
-    }
-
-    /// Parses several, refusing two with one name.
-    pub fn parse_all<'a>(v: impl IntoIterator<Item = &'a str>) -> Result<Vec<DirSpec>> {
-        let mut out: Vec<DirSpec> = Vec::new();
-        for s in v {
-            let d = DirSpec::parse(s)?;
-            if out.iter().any(|x| x.name == d.name) {
-                return Err(Error::Config(format!(
-                    "two folders are named {:?}; name one with NAME=PATH",
-                    d.name
-                )));
-            }
-            out.push(d);
-        }
-        Ok(out)
-    }
-}
+use crate::status::{Board, FolderReplicaStatus, FolderStatus};
+use crate::{DirOptions, DirSpec, Error, Result};
 
 /// What a flush did.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -159,6 +80,7 @@ struct Inner {
     opts: DirOptions,
     rt: Handle,
     stop: AtomicBool,
+    board: Board,
 }
 
 /// Ships a database's folders to its replicas (see the module docs).
@@ -199,6 +121,7 @@ impl DirShipper {
     ) -> Result<DirShipper> {
         let (wake, events) = sync_channel(1);
         let mut folders = Vec::new();
+        let mut statuses = Vec::new();
         for d in dirs {
             let mut folder = Folder::open(
                 &d.path,
@@ -209,6 +132,18 @@ impl DirShipper {
             )?;
             folder.set_staging(&opts.staging_dir, opts.staging_cap);
             info!(folder = %folder.root().display(), name = %d.name, "backing up folder with the database");
+            statuses.push(FolderStatus {
+                name: d.name.clone(),
+                path: folder.root().to_path_buf(),
+                replicas: clients
+                    .iter()
+                    .map(|c| FolderReplicaStatus {
+                        replica: c.describe(),
+                        ..FolderReplicaStatus::default()
+                    })
+                    .collect(),
+                ..FolderStatus::default()
+            });
             folders.push(Mutex::new(Shipping {
                 folder,
                 chains: clients.iter().map(|_| None).collect(),
@@ -220,6 +155,7 @@ impl DirShipper {
             opts,
             rt,
             stop: AtomicBool::new(false),
+            board: Board::new(statuses),
         });
         let i = inner.clone();
         let thread = std::thread::Builder::new()
@@ -231,6 +167,11 @@ impl DirShipper {
             thread: Some(thread),
             wake,
         })
+    }
+
+    /// The folders' status, shared with readers (the health endpoint, metrics).
+    pub fn board(&self) -> Board {
+        self.inner.board.clone()
     }
 
     /// Makes replica `replica` hold every folder as it is now, tagged with the database position
@@ -247,12 +188,21 @@ impl DirShipper {
         let inner = &*self.inner;
         let mut report = FlushReport::default();
         let client = inner.clients[replica].clone();
-        for f in &inner.folders {
+        for (fi, f) in inner.folders.iter().enumerate() {
+            let started = std::time::Instant::now();
             let mut s = f.lock().unwrap();
             let s = &mut *s;
-            if !s.folder.capture_settled(inner.opts.wait)? {
-                report.unsettled = true;
+            let locked = started.elapsed();
+            let settled = s.folder.capture_settled(inner.opts.wait);
+            inner.board.captured(fi, &s.folder, &settled);
+            match settled {
+                Ok(settled) => report.unsettled |= !settled,
+                Err(e) => {
+                    inner.board.failed(fi, replica, &e);
+                    return Err(e);
+                }
             }
+            let captured = started.elapsed();
             let r = (|| {
                 let c = chain(
                     &mut s.chains,
@@ -262,23 +212,29 @@ impl DirShipper {
                     &inner.rt,
                 )?;
                 absorb(&s.folder, c);
-                let (n, bytes) =
-                    upload_pending(&mut s.folder, c, client.as_ref(), &inner.opts, &inner.rt)?;
+                inner.board.pending(fi, replica, c.pending.len());
+                let uploaded =
+                    upload_pending(&mut s.folder, c, client.as_ref(), &inner.opts, &inner.rt);
+                let (n, bytes) = uploaded.inspect(|u| inner.board.uploaded(fi, replica, *u))?;
                 report.blobs += n;
                 report.blob_bytes += bytes;
-                write_manifest(
+                let m = write_manifest(
                     &s.folder,
                     c,
                     client.as_ref(),
                     &inner.rt,
                     inner.opts.base_every,
                     (generation, txid, complete),
-                )
+                )?;
+                inner.board.flushed(fi, replica, m, c.pending.len());
+                Ok(m)
             })();
             release(s);
+            debug!(folder = %s.folder.name(), lock_ms = locked.as_millis() as u64, capture_ms = (captured - locked).as_millis() as u64, total_ms = started.elapsed().as_millis() as u64, "folder flushed");
             match r {
                 Ok(m) => report.manifests += m,
                 Err(e) => {
+                    inner.board.failed(fi, replica, &e);
                     mark_stale(&mut s.chains, replica);
                     return Err(e);
                 }
@@ -345,10 +301,12 @@ fn background(inner: &Inner, events: &Receiver<()>) {
             return;
         }
         busy = false;
-        for f in &inner.folders {
+        for (fi, f) in inner.folders.iter().enumerate() {
             let mut s = f.lock().unwrap();
             let s = &mut *s;
-            match s.folder.capture() {
+            let r = s.folder.capture();
+            inner.board.captured(fi, &s.folder, &r);
+            match r {
                 Ok(settled) => busy |= !settled,
                 Err(e) => {
                     warn!(folder = %s.folder.root().display(), error = %e, "capture failed; will try again");
@@ -365,10 +323,15 @@ fn background(inner: &Inner, events: &Receiver<()>) {
                 )
                 .and_then(|c| {
                     absorb(&s.folder, c);
-                    upload_pending(&mut s.folder, c, client.as_ref(), &inner.opts, &inner.rt)
+                    inner.board.pending(fi, i, c.pending.len());
+                    let u =
+                        upload_pending(&mut s.folder, c, client.as_ref(), &inner.opts, &inner.rt)?;
+                    inner.board.uploaded(fi, i, u);
+                    Ok(())
                 });
                 if let Err(e) = r {
                     debug!(folder = %s.folder.root().display(), replica = %client.describe(), error = %e, "early upload failed; the next flush tries again");
+                    inner.board.failed(fi, i, &e);
                     mark_stale(&mut s.chains, i);
                 }
                 release(s);
@@ -579,7 +542,7 @@ fn policy() -> lifeboat_storage::retry::RetryPolicy {
     }
 }
 
-fn now_ms() -> u64 {
+pub(crate) fn now_ms() -> u64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_millis() as u64)
