@@ -142,7 +142,7 @@ impl Folder {
             return Ok((h, n, None));
         };
         let mut tmp = tempfile::Builder::new()
-            .prefix("lifeboat-blob-")
+            .prefix(&crate::staged_name_prefix())
             .tempfile_in(&dir)
             .map_err(|e| Error::io("create staging file in", &dir, e))?;
         let f = std::fs::File::open(abs).map_err(|e| Error::io("open", abs, e))?;

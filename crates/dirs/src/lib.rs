@@ -10,7 +10,8 @@
 //! points need; [`status`] says how each folder's shipping goes (for `/health` and metrics).
 //!
 //! In a replica, a file's content is a *blob* stored once under its SHA-256
-//! (`files/blobs/<sha256>`, create-only), shared by every copy, rename and generation; each
+//! (`files/blobs/<sha256>-<created>`, create-only), shared by every copy, rename and generation
+//! while the content stays in the folder; each
 //! folder has a chain of manifests (`files/<name>/manifests/...`) tagged with the database
 //! position they were captured after. The format and the consistency rule are in
 //! `docs/format.md`.
@@ -28,5 +29,14 @@ pub mod status;
 pub mod verify;
 
 pub use error::{Error, Result};
+
+/// Copies of file contents staged for upload are named `<this><pid>-…` in the staging folder, so
+/// that an agent starting later removes those a killed one left (see the agent's `staging`).
+pub const STAGED_PREFIX: &str = "lifeboat-blob-";
+
+/// The name prefix of this process's staged copies.
+pub(crate) fn staged_name_prefix() -> String {
+    format!("{STAGED_PREFIX}{}-", std::process::id())
+}
 pub use shipper::{DirShipper, FlushReport};
 pub use spec::{DirOptions, DirSpec};

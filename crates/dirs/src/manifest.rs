@@ -45,6 +45,9 @@ pub struct Manifest {
     /// Entries removed, as they were (a restore to a point this manifest serves brings them
     /// back too: see `docs/format.md`).
     pub removed: Vec<Entry>,
+    /// For every content `set` and `removed` name, the creation time of the blob that holds it
+    /// (its key is `keys::blob(sha256, time)`).
+    pub blobs: BTreeMap<String, u64>,
 }
 
 impl Manifest {
@@ -97,7 +100,20 @@ impl Manifest {
         if let Some(e) = m.set.iter().chain(&m.removed).find(|e| !safe_path(&e.path)) {
             return Err(format!("unsafe path {:?}", e.path));
         }
+        if let Some(e) = m
+            .set
+            .iter()
+            .chain(&m.removed)
+            .find(|e| e.sha256().is_some_and(|h| !m.blobs.contains_key(h)))
+        {
+            return Err(format!("no blob named for {:?}", e.path));
+        }
         Ok(m)
+    }
+
+    /// The keys of the blobs it names.
+    pub fn blob_keys(&self) -> impl Iterator<Item = String> + '_ {
+        self.blobs.iter().map(|(h, t)| keys::blob(h, *t))
     }
 
     /// Applies it to the state before it.
@@ -207,6 +223,16 @@ pub fn replay<'a>(chain: impl IntoIterator<Item = &'a Manifest>) -> State {
     s
 }
 
+/// Which blob holds each content a chain names: the creation time the latest manifest naming it
+/// gives (a content is held by one blob while it stays in the folder; see `DirShipper`).
+pub fn blob_times<'a>(chain: impl IntoIterator<Item = &'a Manifest>) -> BTreeMap<String, u64> {
+    let mut out = BTreeMap::new();
+    for m in chain {
+        out.extend(m.blobs.iter().map(|(h, t)| (h.clone(), *t)));
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -233,6 +259,11 @@ mod tests {
             txid: TxId(seq).to_string(),
             time_ms: 0,
             prev,
+            blobs: set
+                .iter()
+                .chain(&removed)
+                .filter_map(|e| e.sha256().map(|h| (h.to_string(), 7)))
+                .collect(),
             set,
             removed,
         }
@@ -256,6 +287,11 @@ mod tests {
         assert!(Manifest::decode("up", &k, &evil.encode())
             .unwrap_err()
             .contains("unsafe"));
+        let mut unnamed = m(3, Some(2), vec![file("a", 1)], vec![]);
+        unnamed.blobs.clear();
+        assert!(Manifest::decode("up", &k, &unnamed.encode())
+            .unwrap_err()
+            .contains("no blob named"));
     }
 
     #[test]

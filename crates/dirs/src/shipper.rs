@@ -16,7 +16,7 @@
 //! changed meanwhile and is captured again). Memory stays bounded: 64 KiB buffers, and S3's
 //! multipart upload for large files (the storage backend's `put_file`).
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{sync_channel, Receiver, RecvTimeoutError, SyncSender};
@@ -55,7 +55,13 @@ struct Chain {
     state: State,
     last: Option<ManifestKey>,
     deltas: u64,
-    known: HashSet<String>,
+    /// The blob (its creation time) holding each content in `state`: named by a manifest that
+    /// retention keeps (the newest base and what follows), so safe to name again.
+    live: HashMap<String, u64>,
+    /// Blobs this process created for contents not in `state` yet, with their creation time:
+    /// named by a manifest only while younger than [`DirOptions::reuse_within`], because
+    /// retention deletes a blob no manifest names once it is older than twice that.
+    fresh: HashMap<String, u64>,
     /// Entries captured since the last manifest, kept even if the file is gone since: the
     /// next manifest records them (its deletion waits like any other).
     pending: BTreeMap<String, Entry>,
@@ -223,7 +229,7 @@ impl DirShipper {
                     c,
                     client.as_ref(),
                     &inner.rt,
-                    inner.opts.base_every,
+                    &inner.opts,
                     (generation, txid, complete),
                 )?;
                 inner.board.flushed(fi, replica, m, c.pending.len());
@@ -279,7 +285,7 @@ fn release(s: &mut Shipping) {
     s.folder.release(|h| {
         chains
             .iter()
-            .all(|c| c.as_ref().is_some_and(|c| !c.stale && c.known.contains(h)))
+            .all(|c| c.as_ref().is_some_and(|c| !c.stale && c.holds(h)))
     });
 }
 
@@ -348,18 +354,41 @@ async fn load(client: &dyn ReplicaClient, folder: &str) -> Result<Chain> {
     };
     let chain = manifest::chain_to(client, folder, &keys, last).await?;
     let state = manifest::replay(chain.iter().map(|(_, m)| m));
-    let known = state
+    let times = manifest::blob_times(chain.iter().map(|(_, m)| m));
+    let live = state
         .values()
-        .chain(&chain.last().expect("not empty").1.removed)
-        .filter_map(|e| e.sha256().map(str::to_string))
+        .filter_map(|e| e.sha256())
+        .filter_map(|h| times.get(h).map(|t| (h.to_string(), *t)))
         .collect();
     Ok(Chain {
         state,
         last: Some(keys[last]),
         deltas: chain.len() as u64 - 1,
-        known,
+        live,
         ..Chain::default()
     })
+}
+
+impl Chain {
+    /// Whether the replica holds a blob of this content that a manifest may name.
+    fn holds(&self, sha256: &str) -> bool {
+        self.live.contains_key(sha256) || self.fresh.contains_key(sha256)
+    }
+
+    /// The creation time of the blob a manifest names for this content.
+    fn blob_time(&self, sha256: &str) -> Option<u64> {
+        self.live
+            .get(sha256)
+            .or_else(|| self.fresh.get(sha256))
+            .copied()
+    }
+
+    /// Forgets the blobs this process created that are too old to be named now (they are
+    /// uploaded again, under a new key, if still needed).
+    fn expire(&mut self, within: Duration, now_ms: u64) {
+        let cut = now_ms.saturating_sub(within.as_millis() as u64);
+        self.fresh.retain(|_, t| *t > cut);
+    }
 }
 
 /// Adds to `pending` what the folder holds that the chain does not.
@@ -386,20 +415,24 @@ fn upload_pending(
 ) -> Result<(u64, u64)> {
     let (mut n, mut bytes) = (0, 0);
     let mut lost = Vec::new();
+    c.expire(opts.reuse_within, now_ms());
+    let mut created = BTreeMap::new();
     for e in c.pending.values() {
         let Some(h) = e.sha256() else { continue };
-        if c.known.contains(h) {
+        if c.holds(h) || created.contains_key(h) {
             continue;
         }
-        match upload_blob(folder, e, client, opts, rt)? {
+        let t = now_ms();
+        match upload_blob(folder, e, t, client, opts, rt)? {
             Some(size) => {
                 n += 1;
                 bytes += size;
-                c.known.insert(h.to_string());
+                created.insert(h.to_string(), t);
             }
             None => lost.push(e.path.clone()),
         }
     }
+    c.fresh.extend(created);
     for p in lost {
         debug!(path = %p, "changed or removed before its content was stored; captured again");
         c.pending.remove(&p);
@@ -415,7 +448,7 @@ fn write_manifest(
     c: &mut Chain,
     client: &dyn ReplicaClient,
     rt: &Handle,
-    base_every: u64,
+    opts: &DirOptions,
     (generation, txid, complete): (Generation, TxId, bool),
 ) -> Result<u64> {
     c.flushes += 1;
@@ -444,7 +477,32 @@ fn write_manifest(
         next.remove(&e.path);
     }
     let seq = c.last.map_or(1, |k| k.seq + 1);
-    let base = c.last.is_none() || c.deltas + 1 >= base_every;
+    let k = manifest::key_at(generation, txid, seq);
+    let key = k.key(folder.name());
+    let base = c.last.is_none() || c.deltas + 1 >= opts.base_every;
+    let set: Vec<Entry> = if base {
+        next.values().cloned().collect()
+    } else {
+        c.pending.values().cloned().collect()
+    };
+    // Every blob named is live, or created by this process recently enough that retention
+    // cannot have chosen it for deletion (see `prune`); else the next flush uploads it again.
+    let young = now_ms().saturating_sub(opts.reuse_within.as_millis() as u64);
+    let mut blobs = BTreeMap::new();
+    for e in set.iter().chain(&removed) {
+        let Some(h) = e.sha256() else { continue };
+        match (c.live.get(h), c.fresh.get(h)) {
+            (Some(t), _) => blobs.insert(h.to_string(), *t),
+            (None, Some(t)) if *t > young => blobs.insert(h.to_string(), *t),
+            _ => {
+                return Err(Error::Missing {
+                    key: format!("{}{h}-...", keys::BLOBS),
+                    replica: client.describe(),
+                    needed_by: format!("{key} (for {}; uploaded again by the next flush)", e.path),
+                })
+            }
+        };
+    }
     let m = Manifest {
         format: FORMAT,
         folder: folder.name().to_string(),
@@ -453,15 +511,10 @@ fn write_manifest(
         txid: txid.to_string(),
         time_ms: now_ms(),
         prev: if base { None } else { c.last.map(|k| k.seq) },
-        set: if base {
-            next.values().cloned().collect()
-        } else {
-            c.pending.values().cloned().collect()
-        },
+        set,
         removed,
+        blobs,
     };
-    let k = manifest::key_at(generation, txid, seq);
-    let key = k.key(folder.name());
     let body = m.encode();
     rt.block_on(lifeboat_storage::retry::retry(
         policy(),
@@ -474,6 +527,12 @@ fn write_manifest(
         c.gone.remove(&e.path);
     }
     c.pending.clear();
+    c.live = next
+        .values()
+        .filter_map(|e| e.sha256())
+        .filter_map(|h| c.blob_time(h).map(|t| (h.to_string(), t)))
+        .collect();
+    c.fresh.retain(|h, _| !c.live.contains_key(h));
     c.state = next;
     c.last = Some(k);
     c.deltas = if base { 0 } else { c.deltas + 1 };
@@ -485,6 +544,7 @@ fn write_manifest(
 fn upload_blob(
     folder: &Folder,
     e: &Entry,
+    created_ms: u64,
     client: &dyn ReplicaClient,
     opts: &DirOptions,
     rt: &Handle,
@@ -492,7 +552,7 @@ fn upload_blob(
     let src = folder.root().join(&e.path);
     let want = e.sha256().expect("a file");
     if let Some(staged) = folder.staged(want) {
-        let key = keys::blob(want);
+        let key = keys::blob(want, created_ms);
         rt.block_on(lifeboat_storage::retry::retry(
             policy(),
             "blob upload",
@@ -507,7 +567,7 @@ fn upload_blob(
         return Ok(Some(e.size()));
     }
     let mut staged = tempfile::Builder::new()
-        .prefix("lifeboat-blob-")
+        .prefix(&crate::staged_name_prefix())
         .tempfile_in(&opts.staging_dir)
         .map_err(|x| Error::io("create staging file in", &opts.staging_dir, x))?;
     let copied = match std::fs::File::open(&src) {
@@ -519,7 +579,7 @@ fn upload_blob(
     if copied.0 != want {
         return Ok(None);
     }
-    let key = keys::blob(want);
+    let key = keys::blob(want, created_ms);
     rt.block_on(lifeboat_storage::retry::retry(
         policy(),
         "blob upload",

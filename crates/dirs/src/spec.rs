@@ -24,6 +24,10 @@ pub struct DirOptions {
     pub staging_dir: PathBuf,
     /// Most bytes of new content kept staged until every replica has it (default 256 MiB).
     pub staging_cap: u64,
+    /// A blob this process uploaded is named by a manifest only this long after its upload
+    /// (default 12 h, half of [`crate::prune::GRACE`]; never more): older, it is uploaded again
+    /// under a new key, because retention may be deleting it.
+    pub reuse_within: Duration,
 }
 
 impl Default for DirOptions {
@@ -35,6 +39,7 @@ impl Default for DirOptions {
             base_every: 100,
             staging_dir: std::env::temp_dir(),
             staging_cap: 256 << 20,
+            reuse_within: crate::prune::GRACE / 2,
         }
     }
 }

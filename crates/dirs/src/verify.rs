@@ -1,7 +1,7 @@
 //! Checking what a replica holds for its folders: every manifest (checksum, fields, chain) and
 //! every blob (its SHA-256 against its name), and that every blob a manifest names is stored.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 use std::path::Path;
 
 use lifeboat_storage::keys::{self, ManifestKey};
@@ -36,8 +36,8 @@ pub async fn verify(client: &dyn ReplicaClient, scratch: &Path) -> Result<Folder
     let mut by_folder: BTreeMap<String, Vec<ManifestKey>> = BTreeMap::new();
     let mut blobs = BTreeMap::new();
     for o in &objs {
-        if let Some(h) = keys::parse_blob(&o.key) {
-            blobs.insert(h.to_string(), o.size);
+        if let Some((h, _)) = keys::parse_blob(&o.key) {
+            blobs.insert(o.key.clone(), h.to_string());
         } else if let Some(f) = keys::folder_of(&o.key) {
             if let Some(k) = ManifestKey::parse(f, &o.key) {
                 by_folder.entry(f.to_string()).or_default().push(k);
@@ -63,12 +63,8 @@ pub async fn verify(client: &dyn ReplicaClient, scratch: &Path) -> Result<Folder
                         }
                     }
                     prev = Some((*k, m.seq));
-                    for e in m.set.iter().chain(&m.removed) {
-                        if let Some(h) = e.sha256() {
-                            needed
-                                .entry(h.to_string())
-                                .or_insert_with(|| k.key(&folder));
-                        }
+                    for b in m.blob_keys() {
+                        needed.entry(b).or_insert_with(|| k.key(&folder));
                     }
                 }
                 Err(e) => c.problems.push(e.to_string()),
@@ -76,19 +72,17 @@ pub async fn verify(client: &dyn ReplicaClient, scratch: &Path) -> Result<Folder
         }
         c.folders.push(folder);
     }
-    for (h, by) in &needed {
-        if !blobs.contains_key(h) {
+    for (key, by) in &needed {
+        if !blobs.contains_key(key) {
             c.problems
-                .push(format!("missing blob {} (needed by {by})", keys::blob(h)));
+                .push(format!("missing blob {key} (needed by {by})"));
         }
     }
-    let seen: BTreeSet<&String> = blobs.keys().collect();
-    for h in seen {
-        let key = keys::blob(h);
+    for (key, h) in &blobs {
         let tmp = tempfile::NamedTempFile::new_in(scratch)
             .map_err(|e| Error::io("create scratch file in", scratch, e))?;
         c.blobs += 1;
-        match client.get_to_file(&key, tmp.path()).await {
+        match client.get_to_file(key, tmp.path()).await {
             Ok(n) => {
                 c.bytes += n;
                 let (got, _) = sha256_file(tmp.path())?;
