@@ -229,8 +229,8 @@ fn every_restore_point_has_the_files_its_rows_refer_to_on_s3() {
 }
 
 const APP: &str = r#"
-import hashlib, os, random, sqlite3, sys, time
-db, up, ack, first, count, marker = sys.argv[1:7]
+import hashlib, os, random, sqlite3, sys, time, urllib.request
+db, up, ack, first, count, marker, sync = sys.argv[1:8]
 open(marker + ".pid", "w").write(str(os.getpid()))
 c = sqlite3.connect(db, isolation_level=None)
 c.execute("PRAGMA busy_timeout=10000")
@@ -244,6 +244,10 @@ for i in range(int(first), int(first) + int(count)):
         f.write(data)
     sha = hashlib.sha256(data).hexdigest()
     c.execute("INSERT INTO receipts VALUES (?, ?, ?)", (i, rel, sha))
+    # Acknowledged only once durable: POST /sync answers 200 once the commit (and so the file
+    # shipped before it) is in the replica.
+    r = urllib.request.urlopen(urllib.request.Request(sync, method="POST"), timeout=30)
+    assert r.status == 200, r.status
     with open(ack, "a") as a:
         a.write("%d %s %s\n" % (i, rel, sha))
     time.sleep(random.random() * 0.02)
@@ -251,9 +255,11 @@ open(marker, "w").write("done")
 time.sleep(3600)
 "#;
 
-fn boot(dir: &Path, replica: &str, log: &str, app: &[&str]) -> Agent {
+/// `lifeboat run` of `app` with the status endpoint (and `POST /sync`) on 127.0.0.1:`port`.
+fn boot(dir: &Path, replica: &str, log: &str, port: u16, app: &[&str]) -> Agent {
     let db = dir.join("app.db");
     let up = dir.join("uploads");
+    let addr = format!("127.0.0.1:{port}");
     let mut args = vec![
         "run",
         "--db",
@@ -262,13 +268,15 @@ fn boot(dir: &Path, replica: &str, log: &str, app: &[&str]) -> Agent {
         replica,
         "--dir",
         up.to_str().unwrap(),
+        "--health-addr",
+        &addr,
         "--",
     ];
     args.extend_from_slice(app);
     Agent::start(&args, &dir.join(log))
 }
 
-fn app_args(dir: &Path, first: u32, count: u32, marker: &str) -> Vec<String> {
+fn app_args(dir: &Path, first: u32, count: u32, marker: &str, port: u16) -> Vec<String> {
     let s = |p: PathBuf| p.to_str().unwrap().to_string();
     vec![
         "python3".into(),
@@ -279,6 +287,7 @@ fn app_args(dir: &Path, first: u32, count: u32, marker: &str) -> Vec<String> {
         first.to_string(),
         count.to_string(),
         s(dir.join(marker)),
+        format!("http://127.0.0.1:{port}/sync"),
     ]
 }
 
@@ -297,11 +306,12 @@ fn kill_9_and_a_wiped_disk_bring_back_every_acknowledged_receipt_with_its_row() 
     let d = dir.path();
     std::fs::write(d.join("app.py"), APP).unwrap();
     let replica = format!("file://{}", d.join("replica").display());
-    // Boot 1: 40 receipts; once the replica holds all of them, kill -9 lifeboat and the app.
-    let a = app_args(d, 0, 40, "m1");
+    // Boot 1: 40 receipts, each acknowledged once durable; then kill -9 lifeboat and the app.
+    let port = free_port();
+    let a = app_args(d, 0, 40, "m1", port);
     let a: Vec<&str> = a.iter().map(String::as_str).collect();
-    let agent = boot(d, &replica, "a.log", &a);
-    wait_until("40 receipts", Duration::from_secs(60), || {
+    let agent = boot(d, &replica, "a.log", port, &a);
+    wait_until("40 receipts", Duration::from_secs(120), || {
         d.join("m1").exists()
     });
     let probe = d.join("probe.db");
@@ -318,10 +328,11 @@ fn kill_9_and_a_wiped_disk_bring_back_every_acknowledged_receipt_with_its_row() 
     );
     kill_both(agent, d, "m1");
     // Boot 2 on the same disk: more receipts, killed -9 in the middle of them.
-    let a = app_args(d, 40, 400, "m2");
+    let port = free_port();
+    let a = app_args(d, 40, 400, "m2", port);
     let a: Vec<&str> = a.iter().map(String::as_str).collect();
-    let agent = boot(d, &replica, "b.log", &a);
-    wait_until("20 more receipts", Duration::from_secs(60), || {
+    let agent = boot(d, &replica, "b.log", port, &a);
+    wait_until("20 more receipts", Duration::from_secs(120), || {
         std::fs::read_to_string(d.join("acks"))
             .unwrap_or_default()
             .lines()
@@ -337,7 +348,7 @@ fn kill_9_and_a_wiped_disk_bring_back_every_acknowledged_receipt_with_its_row() 
     std::fs::remove_dir_all(d.join("uploads")).unwrap();
     // Boot 3: both come back before the app starts.
     let check = format!("test -f {}", d.join("app.db").display());
-    let mut agent = boot(d, &replica, "c.log", &["sh", "-c", &check]);
+    let mut agent = boot(d, &replica, "c.log", free_port(), &["sh", "-c", &check]);
     assert_eq!(
         agent.wait(Duration::from_secs(120)).code(),
         Some(0),
@@ -346,8 +357,10 @@ fn kill_9_and_a_wiped_disk_bring_back_every_acknowledged_receipt_with_its_row() 
     );
     let n = assert_rows_have_files(&d.join("app.db"), &d.join("uploads"), "after boot");
     let restored = rows(&d.join("app.db"));
+    // Every acknowledged receipt, of both boots, is back with its row and its bytes.
     let acks = std::fs::read_to_string(d.join("acks")).unwrap();
-    for line in acks.lines().take(40) {
+    assert!(acks.lines().count() >= 60);
+    for line in acks.lines() {
         let mut it = line.split(' ');
         let id: i64 = it.next().unwrap().parse().unwrap();
         let (path, sha) = (it.next().unwrap(), it.next().unwrap());
@@ -357,9 +370,9 @@ fn kill_9_and_a_wiped_disk_bring_back_every_acknowledged_receipt_with_its_row() 
             "receipt {id}"
         );
     }
-    assert!(n >= 40, "{n} rows");
+    assert!(n >= acks.lines().count(), "{n} rows");
     // A second boot on the restored disk resumes without touching the folder.
-    let mut agent = boot(d, &replica, "d.log", &["sh", "-c", "exit 0"]);
+    let mut agent = boot(d, &replica, "d.log", free_port(), &["sh", "-c", "exit 0"]);
     assert_eq!(
         agent.wait(Duration::from_secs(120)).code(),
         Some(0),
