@@ -154,6 +154,52 @@ pub async fn list(client: &dyn ReplicaClient, folder: &str) -> Result<Vec<Manife
     Ok(v)
 }
 
+/// A blob object in a listing.
+pub(crate) struct BlobObject {
+    /// The SHA-256 its content must have.
+    pub sha256: String,
+    /// Its size.
+    pub size: u64,
+    /// When its uploader created it (Unix ms, from its key).
+    pub created_ms: u64,
+}
+
+/// Every folder object of a replica, from one listing of `files/`.
+pub(crate) struct Listing {
+    /// Each folder's manifests, in order.
+    pub folders: BTreeMap<String, Vec<ManifestKey>>,
+    /// Every blob, by key.
+    pub blobs: BTreeMap<String, BlobObject>,
+}
+
+/// Lists every folder's manifests and every blob of a replica (one LIST).
+pub(crate) async fn list_all(client: &dyn ReplicaClient) -> Result<Listing> {
+    let objs = client
+        .list(keys::FILES)
+        .await
+        .map_err(|e| Error::storage(format!("list {} in {}", keys::FILES, client.describe()), e))?;
+    let mut folders: BTreeMap<String, Vec<ManifestKey>> = BTreeMap::new();
+    let mut blobs = BTreeMap::new();
+    for o in objs {
+        if let Some((h, created_ms)) = keys::parse_blob(&o.key) {
+            let b = BlobObject {
+                sha256: h.to_string(),
+                size: o.size,
+                created_ms,
+            };
+            blobs.insert(o.key, b);
+        } else if let Some(f) = keys::folder_of(&o.key) {
+            if let Some(k) = ManifestKey::parse(f, &o.key) {
+                folders.entry(f.to_string()).or_default().push(k);
+            }
+        }
+    }
+    for v in folders.values_mut() {
+        v.sort();
+    }
+    Ok(Listing { folders, blobs })
+}
+
 /// Downloads and checks one manifest.
 pub async fn fetch(client: &dyn ReplicaClient, folder: &str, k: &ManifestKey) -> Result<Manifest> {
     let key = k.key(folder);

@@ -20,10 +20,9 @@
 //! is uploaded again under a new key (blob keys carry their creation time). The argument takes
 //! the agent's and the pruner's clocks to agree within half of [`GRACE`].
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::HashSet;
 use std::time::Duration;
 
-use lifeboat_storage::keys::{self, ManifestKey};
 use lifeboat_storage::ReplicaClient;
 use lifeboat_wal::{Generation, TxId};
 use serde::Serialize;
@@ -53,37 +52,6 @@ impl FolderPrune {
     }
 }
 
-/// A blob in a listing: its size and creation time.
-struct Blob {
-    size: u64,
-    created_ms: u64,
-}
-
-async fn listing(
-    client: &dyn ReplicaClient,
-) -> Result<(BTreeMap<String, Vec<ManifestKey>>, BTreeMap<String, Blob>)> {
-    let objs = client
-        .list(keys::FILES)
-        .await
-        .map_err(|e| Error::storage(format!("list {} in {}", keys::FILES, client.describe()), e))?;
-    let mut folders: BTreeMap<String, Vec<ManifestKey>> = BTreeMap::new();
-    let mut blobs = BTreeMap::new();
-    for o in &objs {
-        if let Some((_, created_ms)) = keys::parse_blob(&o.key) {
-            let size = o.size;
-            blobs.insert(o.key.clone(), Blob { size, created_ms });
-        } else if let Some(f) = keys::folder_of(&o.key) {
-            if let Some(k) = ManifestKey::parse(f, &o.key) {
-                folders.entry(f.to_string()).or_default().push(k);
-            }
-        }
-    }
-    for v in folders.values_mut() {
-        v.sort();
-    }
-    Ok((folders, blobs))
-}
-
 /// Prunes every folder of the replica for database restore points from `keep_from` on, as of
 /// `now_ms` (Unix ms, taken before the call: see the module docs).
 pub async fn prune(
@@ -93,7 +61,7 @@ pub async fn prune(
     dry_run: bool,
 ) -> Result<FolderPrune> {
     let mut p = FolderPrune::default();
-    let (folders, blobs) = listing(client).await?;
+    let manifest::Listing { folders, blobs } = manifest::list_all(client).await?;
     for (folder, ks) in &folders {
         let k = ks
             .iter()
@@ -107,7 +75,8 @@ pub async fn prune(
         p.manifests.extend(ks[..base].iter().map(|k| k.key(folder)));
     }
     let cut = now_ms.saturating_sub(GRACE.as_millis() as u64);
-    let old: Vec<(&String, &Blob)> = blobs.iter().filter(|(_, b)| b.created_ms < cut).collect();
+    let old: Vec<(&String, &manifest::BlobObject)> =
+        blobs.iter().filter(|(_, b)| b.created_ms < cut).collect();
     if p.manifests.is_empty() && old.is_empty() {
         return Ok(p);
     }
@@ -120,7 +89,7 @@ pub async fn prune(
     }
     if !old.is_empty() {
         // Listed again: manifests written meanwhile keep their blobs.
-        let (folders, _) = listing(client).await?;
+        let folders = manifest::list_all(client).await?.folders;
         let gone: HashSet<&String> = p.manifests.iter().collect();
         let mut named = HashSet::new();
         for (folder, ks) in &folders {

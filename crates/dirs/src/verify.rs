@@ -4,7 +4,7 @@
 use std::collections::BTreeMap;
 use std::path::Path;
 
-use lifeboat_storage::keys::{self, ManifestKey};
+use lifeboat_storage::keys::ManifestKey;
 use lifeboat_storage::ReplicaClient;
 use serde::Serialize;
 
@@ -29,25 +29,13 @@ pub struct FolderCheck {
 
 /// Reads every folder object of the replica; blobs are hashed through a file in `scratch`.
 pub async fn verify(client: &dyn ReplicaClient, scratch: &Path) -> Result<FolderCheck> {
-    let objs = client
-        .list(keys::FILES)
-        .await
-        .map_err(|e| Error::storage(format!("list {} in {}", keys::FILES, client.describe()), e))?;
-    let mut by_folder: BTreeMap<String, Vec<ManifestKey>> = BTreeMap::new();
-    let mut blobs = BTreeMap::new();
-    for o in &objs {
-        if let Some((h, _)) = keys::parse_blob(&o.key) {
-            blobs.insert(o.key.clone(), h.to_string());
-        } else if let Some(f) = keys::folder_of(&o.key) {
-            if let Some(k) = ManifestKey::parse(f, &o.key) {
-                by_folder.entry(f.to_string()).or_default().push(k);
-            }
-        }
-    }
+    let manifest::Listing {
+        folders: by_folder,
+        blobs,
+    } = manifest::list_all(client).await?;
     let mut c = FolderCheck::default();
     let mut needed: BTreeMap<String, String> = BTreeMap::new();
-    for (folder, mut ks) in by_folder {
-        ks.sort();
+    for (folder, ks) in by_folder {
         let mut prev: Option<(ManifestKey, u64)> = None;
         for k in &ks {
             c.manifests += 1;
@@ -78,7 +66,7 @@ pub async fn verify(client: &dyn ReplicaClient, scratch: &Path) -> Result<Folder
                 .push(format!("missing blob {key} (needed by {by})"));
         }
     }
-    for (key, h) in &blobs {
+    for (key, b) in &blobs {
         let tmp = tempfile::NamedTempFile::new_in(scratch)
             .map_err(|e| Error::io("create scratch file in", scratch, e))?;
         c.blobs += 1;
@@ -86,7 +74,7 @@ pub async fn verify(client: &dyn ReplicaClient, scratch: &Path) -> Result<Folder
             Ok(n) => {
                 c.bytes += n;
                 let (got, _) = sha256_file(tmp.path())?;
-                if &got != h {
+                if got != b.sha256 {
                     c.problems.push(format!(
                         "corrupt blob {key} in {}: its content has SHA-256 {got}",
                         client.describe()
