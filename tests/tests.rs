@@ -10,6 +10,7 @@ mod crash;
 mod deploy;
 mod dirs;
 mod disk_faults;
+mod dirs_ops;
 mod drill;
 mod exclusion;
 mod faults;

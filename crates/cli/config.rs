@@ -62,6 +62,8 @@ pub struct Entry {
     pub path: PathBuf,
     /// Its replica URLs (the first is the one `run` and `restore` restore from).
     pub replicas: Vec<String>,
+    /// The folders backed up with it (`dirs = [...]`: `PATH` or `NAME=PATH`).
+    pub dirs: Vec<String>,
 }
 
 /// The databases a configuration file lists, with their replica URLs.
@@ -72,6 +74,7 @@ pub fn entries(path: &std::path::Path) -> Result<Vec<Entry>> {
         .map(|d| Entry {
             replicas: d.replicas.iter().map(|r| r.url().to_string()).collect(),
             path: d.path,
+            dirs: d.dirs,
         })
         .collect())
 }

@@ -1,4 +1,5 @@
-//! The status endpoint: `GET /health` (JSON; 200 while every replica is healthy, 503 otherwise)
+//! The status endpoint: `GET /health` (JSON; 200 while every replica and backed-up folder is
+//! healthy, 503 otherwise)
 //! and `GET /metrics` (Prometheus text format), both read from the agents' [`Status`], and
 //! `POST /sync` (durable acknowledgements: 200 once every transaction committed before the call
 //! is in every replica, 503 at the deadline, `?timeout=10s` by default).
@@ -40,6 +41,8 @@ struct DbHealth {
     #[serde(skip_serializing_if = "Option::is_none")]
     lease: Option<lifeboat_agent::lease::LeaseInfo>,
     replicas: Vec<ReplicaHealth>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    folders: Vec<crate::http_folders::FolderHealth>,
 }
 
 #[derive(Serialize)]
@@ -71,12 +74,15 @@ fn health(dbs: &[Watched]) -> (bool, String) {
                     }
                 })
                 .collect();
+            let folders = crate::http_folders::health(s.folders);
+            all &= folders.iter().all(|f| f.healthy);
             DbHealth {
                 db: w.path.display().to_string(),
                 errors: s.errors,
                 last_error: s.last_error,
                 lease: s.lease,
                 replicas,
+                folders,
             }
         })
         .collect();
@@ -91,7 +97,7 @@ fn health(dbs: &[Watched]) -> (bool, String) {
 }
 
 /// Escapes a Prometheus label value.
-fn label(v: &str) -> String {
+pub(crate) fn label(v: &str) -> String {
     v.replace('\\', "\\\\")
         .replace('"', "\\\"")
         .replace('\n', "\\n")
@@ -320,6 +326,7 @@ fn metrics(dbs: &[Watched]) -> String {
         "Unix time the last scheduled drill started.",
         drill_rows(&|d| Some(d.at_ms as f64 / 1000.0)),
     );
+    crate::http_folders::metrics(&mut out, &snaps);
     out
 }
 

@@ -7,6 +7,7 @@ mod databases;
 mod drill;
 mod folder;
 mod http;
+mod http_folders;
 mod human;
 mod inspect;
 mod lease;

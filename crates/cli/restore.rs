@@ -37,9 +37,20 @@ pub fn is_url(s: &str) -> bool {
     s.contains("://") || s.starts_with("file:")
 }
 
-/// The replica URL and output path of a restore: as given, or, for a database path, its first
-/// replica in the configuration file and (unless `-o` says otherwise) the path itself.
-fn resolve(r: &RestoreArgs) -> Result<(String, PathBuf)> {
+/// Where a restore reads and writes: the replica URL, the database's output path, and the
+/// folders to restore with it (`PATH` or `NAME=PATH`).
+struct Resolved {
+    url: String,
+    output: PathBuf,
+    dirs: Vec<String>,
+}
+
+/// As given, or, for a database path, its first replica in the configuration file and (unless
+/// `-o` says otherwise) the path itself. The folders are those of `--dir`; without it, a database
+/// restored to its own path brings back the folders the configuration backs up with it (`dirs`),
+/// each to its configured path (a database restored elsewhere with `-o` does not: its folders'
+/// paths are the live ones, so they need `--dir`).
+fn resolve(r: &RestoreArgs) -> Result<Resolved> {
     if is_url(&r.url) {
         let output = r.output.clone().with_context(|| {
             format!(
@@ -48,7 +59,11 @@ fn resolve(r: &RestoreArgs) -> Result<(String, PathBuf)> {
                 lifeboat_storage::url::redact(&r.url)
             )
         })?;
-        return Ok((r.url.clone(), output));
+        return Ok(Resolved {
+            url: r.url.clone(),
+            output,
+            dirs: r.dirs.clone(),
+        });
     }
     let config = config::locate(r.config.clone(), |k| std::env::var(k).ok());
     if !config.exists() {
@@ -61,15 +76,35 @@ fn resolve(r: &RestoreArgs) -> Result<(String, PathBuf)> {
     }
     let db = PathBuf::from(&r.url);
     let entry = config::find(&config, &db)?;
-    let output = r.output.clone().unwrap_or(db);
-    Ok((entry.replicas[0].clone(), output))
+    let abs = |p: &std::path::Path| std::path::absolute(p).unwrap_or_else(|_| p.to_path_buf());
+    let in_place = r.output.as_ref().is_none_or(|o| abs(o) == abs(&db));
+    let dirs = match (r.dirs.is_empty(), in_place) {
+        (false, _) => r.dirs.clone(),
+        (true, true) => entry.dirs.clone(),
+        (true, false) => {
+            if !entry.dirs.is_empty() {
+                println!(
+                    "note: the folders backed up with {} ({}) are not restored with -o; add \
+                     --dir NAME=PATH for each to restore it elsewhere",
+                    db.display(),
+                    entry.dirs.join(", ")
+                );
+            }
+            Vec::new()
+        }
+    };
+    Ok(Resolved {
+        url: entry.replicas[0].clone(),
+        output: r.output.clone().unwrap_or(db),
+        dirs,
+    })
 }
 
 pub async fn restore(r: RestoreArgs) -> Result<ExitCode> {
     if r.all_databases {
         return restore_all(r).await;
     }
-    let (url, output) = resolve(&r)?;
+    let Resolved { url, output, dirs } = resolve(&r)?;
     if r.if_db_not_exists && output.exists() {
         println!(
             "{} exists; nothing to do (--if-db-not-exists)",
@@ -81,7 +116,7 @@ pub async fn restore(r: RestoreArgs) -> Result<ExitCode> {
     if let Some(name) = &r.database {
         client = Arc::new(Prefixed::new(client, name)?);
     }
-    restore_one(&r, client.as_ref(), &output).await
+    restore_one(&r, client.as_ref(), &output, &dirs).await
 }
 
 /// `--all-databases`: every database of a folder-of-databases replica into the folder
@@ -126,7 +161,7 @@ async fn restore_all(r: RestoreArgs) -> Result<ExitCode> {
             continue;
         }
         let client = Prefixed::new(base.clone(), name)?;
-        restore_one(&r, &client, &out).await?;
+        restore_one(&r, &client, &out, &[]).await?;
     }
     println!("{} database(s) of {}", names.len(), base.describe());
     Ok(ExitCode::SUCCESS)
@@ -137,9 +172,13 @@ async fn restore_one(
     r: &RestoreArgs,
     client: &dyn lifeboat_storage::ReplicaClient,
     output: &std::path::Path,
+    dirs: &[String],
 ) -> Result<ExitCode> {
-    for d in crate::config::dir_specs(&r.dirs)? {
-        lifeboat_dirs::restore::check_output(&d.path, r.force)?;
+    let dirs = crate::config::dir_specs(dirs)?;
+    if !r.dry_run {
+        for d in &dirs {
+            lifeboat_dirs::restore::check_output(&d.path, r.force)?;
+        }
     }
     let target = match (&r.txid, &r.timestamp) {
         (Some(t), _) => Target::TxId(human::parse_txid(t).context("--txid")?),
@@ -201,12 +240,25 @@ async fn restore_one(
                 output.display()
             );
         }
+        for d in &dirs {
+            println!(
+                "  folder     {} ({}) as of the same point",
+                d.path.display(),
+                d.name
+            );
+            if lifeboat_dirs::restore::check_output(&d.path, r.force).is_err() {
+                println!(
+                    "  note: {} is not empty; a real run needs --force (which moves it aside)",
+                    d.path.display()
+                );
+            }
+        }
         return Ok(ExitCode::SUCCESS);
     }
     let report = rs::execute(client, &plan, &opts)
         .await
         .with_context(|| format!("restore from {} failed", client.describe()))?;
-    for d in crate::config::dir_specs(&r.dirs)? {
+    for d in &dirs {
         let at = Some((report.generation, report.txid));
         let f = lifeboat_dirs::restore::restore(client, &d.name, at, &d.path, r.force)
             .await

@@ -78,6 +78,9 @@ impl Replicator {
                 rt.clone(),
             )?),
         };
+        if let Some(d) = &dirs {
+            status.watch_folders(d.board());
+        }
         Ok(Replicator {
             db,
             replicas: clients

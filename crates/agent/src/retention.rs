@@ -202,10 +202,12 @@ pub async fn prune_with_progress(
 ) -> Result<PrunePlan> {
     let cat = Catalog::load(client).await?;
     let mut p = plan(&cat, retention, now_ms);
+    // Blob ages are judged by the clock (never a later time than now: see lifeboat_dirs::prune).
+    let folders_now = now_ms.min(crate::clock::now_ms());
     if let Some(keep) = oldest_kept(&cat, &p) {
         // Folders after the database objects, so their plan sees the same restore points.
-        let folders = lifeboat_dirs::prune::prune(client, keep, true).await?;
-        if !folders.manifests.is_empty() {
+        let folders = lifeboat_dirs::prune::prune(client, keep, folders_now, true).await?;
+        if !folders.is_empty() {
             p.folders = Some(folders);
         }
     }
@@ -235,7 +237,7 @@ pub async fn prune_with_progress(
     }
     if p.folders.is_some() {
         let keep = oldest_kept(&cat, &p).expect("planned above");
-        p.folders = Some(lifeboat_dirs::prune::prune(client, keep, false).await?);
+        p.folders = Some(lifeboat_dirs::prune::prune(client, keep, folders_now, false).await?);
     }
     if !p.generations.is_empty() {
         info!(

@@ -1,7 +1,8 @@
 //! The staging folder, where snapshots are written before upload (a whole database image each),
 //! and the temporary files a restore writes next to its output.
 //!
-//! Staged files are named `lifeboat-snapshot-<pid>-…` (a restore's `.lifeboat-restore-<pid>-…`
+//! Staged files are named `lifeboat-snapshot-<pid>-…` (copies of a backed-up folder's files,
+//! `lifeboat-blob-<pid>-…`; a restore's `.lifeboat-restore-<pid>-…`
 //! and `.lifeboat-snapshot-<pid>-…`), so that a later process can tell the leftovers of a
 //! killed one from a live one's: each agent on start, and each restore in its output folder,
 //! removes those whose process is gone, and never anything else.
@@ -55,13 +56,17 @@ pub(crate) fn stage(dir: &Path) -> Result<NamedTempFile> {
         .map_err(|e| Error::io(format!("create temp file in {}", dir.display()), e))
 }
 
-/// Deletes staged snapshots left in `dir` by agents that are no longer running (killed before
+/// Deletes staged snapshots and file copies left in `dir` by agents that are no longer running (killed before
 /// they could remove them); returns how many.
 pub fn clean_staging(dir: &Path) -> usize {
     clean_named(
         dir,
         PREFIX,
         "removed a snapshot staged by an agent that is gone",
+    ) + clean_named(
+        dir,
+        lifeboat_dirs::STAGED_PREFIX,
+        "removed a file copy staged by an agent that is gone",
     )
 }
 
@@ -99,7 +104,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn only_a_dead_agents_snapshots_are_removed() {
+    fn only_a_dead_agents_snapshots_and_file_copies_are_removed() {
         let dir = tempfile::tempdir().unwrap();
         let mine = stage(dir.path()).unwrap();
         // No process has pid 2^22 + 1 (above Linux's pid_max default of 2^22).
@@ -107,8 +112,18 @@ mod tests {
         let other = dir.path().join("lifeboat-snapshot-notapid");
         std::fs::write(&dead, b"image").unwrap();
         std::fs::write(&other, b"keep").unwrap();
-        assert_eq!(clean_staging(dir.path()), 1);
+        // And the copies of a backed-up folder's files.
+        let blob = |pid: u32| {
+            let p = dir
+                .path()
+                .join(format!("{}{pid}-x", lifeboat_dirs::STAGED_PREFIX));
+            std::fs::write(&p, b"a receipt").unwrap();
+            p
+        };
+        let (dead_copy, live_copy) = (blob(4_194_305), blob(std::process::id()));
+        assert_eq!(clean_staging(dir.path()), 2);
         assert!(!dead.exists() && other.exists() && mine.path().exists());
+        assert!(!dead_copy.exists() && live_copy.exists());
     }
 
     #[test]

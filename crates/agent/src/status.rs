@@ -113,6 +113,8 @@ impl ReplicaStatus {
 #[derive(Debug, Default)]
 pub struct Status {
     inner: Mutex<StatusInner>,
+    /// The folders backed up with the database, if any (`--dir`).
+    folders: std::sync::OnceLock<lifeboat_dirs::status::Board>,
 }
 
 /// A copy of a database's progress.
@@ -140,6 +142,8 @@ pub struct StatusInner {
     pub last_drill: Option<DrillOutcome>,
     /// The writer lease, if the agent holds one (see [`crate::lease`]).
     pub lease: Option<LeaseInfo>,
+    /// The folders backed up with the database (`--dir`).
+    pub folders: Vec<lifeboat_dirs::status::FolderStatus>,
 }
 
 /// What the last drill found.
@@ -160,7 +164,16 @@ impl Status {
 
     /// A copy of the current state.
     pub fn snapshot(&self) -> StatusInner {
-        self.with(|s| s.clone())
+        let mut s = self.with(|s| s.clone());
+        if let Some(b) = self.folders.get() {
+            s.folders = b.snapshot();
+        }
+        s
+    }
+
+    /// Reports the status of the folders backed up with the database from `board`.
+    pub fn watch_folders(&self, board: lifeboat_dirs::status::Board) {
+        let _ = self.folders.set(board);
     }
 
     fn replica(s: &mut StatusInner, i: usize) -> &mut ReplicaStatus {

@@ -15,7 +15,8 @@ use crate::{Error, Result};
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "kind", rename_all = "lowercase")]
 pub enum Kind {
-    /// A regular file; its content is the blob `files/blobs/<sha256>`.
+    /// A regular file; its content is a blob `files/blobs/<sha256>-<created>` (the manifest
+    /// names which).
     File {
         /// SHA-256 of the content, 64 lower-case hex digits.
         sha256: String,

@@ -142,7 +142,7 @@ impl Folder {
             return Ok((h, n, None));
         };
         let mut tmp = tempfile::Builder::new()
-            .prefix("lifeboat-blob-")
+            .prefix(&crate::staged_name_prefix())
             .tempfile_in(&dir)
             .map_err(|e| Error::io("create staging file in", &dir, e))?;
         let f = std::fs::File::open(abs).map_err(|e| Error::io("open", abs, e))?;
@@ -172,6 +172,18 @@ impl Folder {
             .iter()
             .map(|(k, (e, _))| (k.clone(), e.clone()))
             .collect()
+    }
+
+    /// Files captured, their bytes, and files still changing.
+    pub fn counts(&self) -> (u64, u64, u64) {
+        let (mut files, mut bytes) = (0, 0);
+        for (e, _) in self.current.values() {
+            if let Kind::File { size, .. } = e.kind {
+                files += 1;
+                bytes += size;
+            }
+        }
+        (files, bytes, self.unstable.len() as u64)
     }
 
     /// Whether every file seen is captured (none still changing).

@@ -45,6 +45,9 @@ pub struct Manifest {
     /// Entries removed, as they were (a restore to a point this manifest serves brings them
     /// back too: see `docs/format.md`).
     pub removed: Vec<Entry>,
+    /// For every content `set` and `removed` name, the creation time of the blob that holds it
+    /// (its key is `keys::blob(sha256, time)`).
+    pub blobs: BTreeMap<String, u64>,
 }
 
 impl Manifest {
@@ -97,15 +100,20 @@ impl Manifest {
         if let Some(e) = m.set.iter().chain(&m.removed).find(|e| !safe_path(&e.path)) {
             return Err(format!("unsafe path {:?}", e.path));
         }
+        if let Some(e) = m
+            .set
+            .iter()
+            .chain(&m.removed)
+            .find(|e| e.sha256().is_some_and(|h| !m.blobs.contains_key(h)))
+        {
+            return Err(format!("no blob named for {:?}", e.path));
+        }
         Ok(m)
     }
 
-    /// The SHA-256 of every blob it names (as an entry set or removed).
-    pub fn blobs(&self) -> impl Iterator<Item = &str> {
-        self.set
-            .iter()
-            .chain(&self.removed)
-            .filter_map(Entry::sha256)
+    /// The keys of the blobs it names.
+    pub fn blob_keys(&self) -> impl Iterator<Item = String> + '_ {
+        self.blobs.iter().map(|(h, t)| keys::blob(h, *t))
     }
 
     /// Applies it to the state before it.
@@ -146,12 +154,22 @@ pub async fn list(client: &dyn ReplicaClient, folder: &str) -> Result<Vec<Manife
     Ok(v)
 }
 
+/// A blob object in a listing.
+pub(crate) struct BlobObject {
+    /// The SHA-256 its content must have.
+    pub sha256: String,
+    /// Its size.
+    pub size: u64,
+    /// When its uploader created it (Unix ms, from its key).
+    pub created_ms: u64,
+}
+
 /// Every folder object of a replica, from one listing of `files/`.
 pub(crate) struct Listing {
     /// Each folder's manifests, in order.
     pub folders: BTreeMap<String, Vec<ManifestKey>>,
-    /// Each blob's size, by its SHA-256.
-    pub blobs: BTreeMap<String, u64>,
+    /// Every blob, by key.
+    pub blobs: BTreeMap<String, BlobObject>,
 }
 
 /// Lists every folder's manifests and every blob of a replica (one LIST).
@@ -162,9 +180,14 @@ pub(crate) async fn list_all(client: &dyn ReplicaClient) -> Result<Listing> {
         .map_err(|e| Error::storage(format!("list {} in {}", keys::FILES, client.describe()), e))?;
     let mut folders: BTreeMap<String, Vec<ManifestKey>> = BTreeMap::new();
     let mut blobs = BTreeMap::new();
-    for o in &objs {
-        if let Some(h) = keys::parse_blob(&o.key) {
-            blobs.insert(h.to_string(), o.size);
+    for o in objs {
+        if let Some((h, created_ms)) = keys::parse_blob(&o.key) {
+            let b = BlobObject {
+                sha256: h.to_string(),
+                size: o.size,
+                created_ms,
+            };
+            blobs.insert(o.key, b);
         } else if let Some(f) = keys::folder_of(&o.key) {
             if let Some(k) = ManifestKey::parse(f, &o.key) {
                 folders.entry(f.to_string()).or_default().push(k);
@@ -246,6 +269,16 @@ pub fn replay<'a>(chain: impl IntoIterator<Item = &'a Manifest>) -> State {
     s
 }
 
+/// Which blob holds each content a chain names: the creation time the latest manifest naming it
+/// gives (a content is held by one blob while it stays in the folder; see `DirShipper`).
+pub fn blob_times<'a>(chain: impl IntoIterator<Item = &'a Manifest>) -> BTreeMap<String, u64> {
+    let mut out = BTreeMap::new();
+    for m in chain {
+        out.extend(m.blobs.iter().map(|(h, t)| (h.clone(), *t)));
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -272,6 +305,11 @@ mod tests {
             txid: TxId(seq).to_string(),
             time_ms: 0,
             prev,
+            blobs: set
+                .iter()
+                .chain(&removed)
+                .filter_map(|e| e.sha256().map(|h| (h.to_string(), 7)))
+                .collect(),
             set,
             removed,
         }
@@ -295,6 +333,11 @@ mod tests {
         assert!(Manifest::decode("up", &k, &evil.encode())
             .unwrap_err()
             .contains("unsafe"));
+        let mut unnamed = m(3, Some(2), vec![file("a", 1)], vec![]);
+        unnamed.blobs.clear();
+        assert!(Manifest::decode("up", &k, &unnamed.encode())
+            .unwrap_err()
+            .contains("no blob named"));
     }
 
     #[test]

@@ -3,12 +3,26 @@
 //!
 //! Given the oldest database position still kept, the manifest that serves it (the first at or
 //! after it) and the chain back to its base are kept, with everything after. Older manifests
-//! go first; then the manifests are listed again (a running agent may have written more) and
-//! every blob that no kept manifest names (as an entry or a removed entry) goes.
+//! go first. Then the manifests are listed again (a running agent may have written more) and a
+//! blob goes if no manifest of that listing names it *and* it was created more than [`GRACE`]
+//! before the prune started. That also removes blobs no manifest ever named (an agent that died
+//! between uploading a file's content and writing the manifest that names it).
+//!
+//! Why a running agent never names a blob this deletes: an agent names a blob only if (a) its
+//! content is in the folder's state after the last manifest, so the newest base or a manifest
+//! after it names the blob, and retention never deletes those; or (b) it created the blob itself
+//! less than [`DirOptions::reuse_within`](crate::DirOptions) (at most half of [`GRACE`]) ago.
+//! A blob deleted here was in the first listing, so created before the prune started, and more
+//! than [`GRACE`] before it; a manifest that names it was either listed by the second listing
+//! (so the blob is kept) or written after it, hence after the prune started, so by rule (b) the
+//! blob was created less than half of [`GRACE`] before that, and by rule (a) some manifest named
+//! it before (and was listed): either way a contradiction. Content whose blob is too old to name
+//! is uploaded again under a new key (blob keys carry their creation time). The argument takes
+//! the agent's and the pruner's clocks to agree within half of [`GRACE`].
 
 use std::collections::HashSet;
+use std::time::Duration;
 
-use lifeboat_storage::keys;
 use lifeboat_storage::ReplicaClient;
 use lifeboat_wal::{Generation, TxId};
 use serde::Serialize;
@@ -16,6 +30,9 @@ use tracing::info;
 
 use crate::manifest;
 use crate::{Error, Result};
+
+/// How old a blob no manifest names must be before retention deletes it.
+pub const GRACE: Duration = Duration::from_secs(24 * 3600);
 
 /// What a prune deletes (or would).
 #[derive(Clone, Debug, Default, Serialize, PartialEq, Eq)]
@@ -28,19 +45,23 @@ pub struct FolderPrune {
     pub bytes: u64,
 }
 
-/// Prunes every folder of the replica for database restore points from `keep_from` on.
-///
-/// Only blobs named by a deleted manifest are candidates: a blob uploaded by a running agent
-/// for a manifest not written yet is never one (unless a deleted manifest named the same
-/// content, in the moment between this prune's second listing and its delete).
+impl FolderPrune {
+    /// Whether it deletes nothing.
+    pub fn is_empty(&self) -> bool {
+        self.manifests.is_empty() && self.blobs.is_empty()
+    }
+}
+
+/// Prunes every folder of the replica for database restore points from `keep_from` on, as of
+/// `now_ms` (Unix ms, taken before the call: see the module docs).
 pub async fn prune(
     client: &dyn ReplicaClient,
     keep_from: (Generation, TxId),
+    now_ms: u64,
     dry_run: bool,
 ) -> Result<FolderPrune> {
     let mut p = FolderPrune::default();
     let manifest::Listing { folders, blobs } = manifest::list_all(client).await?;
-    let mut dropped = HashSet::new();
     for (folder, ks) in &folders {
         let k = ks
             .iter()
@@ -51,13 +72,12 @@ pub async fn prune(
             .iter()
             .position(|x| *x == chain[0].0)
             .expect("from the list");
-        for k in &ks[..base] {
-            let m = manifest::fetch(client, folder, k).await?;
-            dropped.extend(m.blobs().map(str::to_string));
-            p.manifests.push(k.key(folder));
-        }
+        p.manifests.extend(ks[..base].iter().map(|k| k.key(folder)));
     }
-    if p.manifests.is_empty() {
+    let cut = now_ms.saturating_sub(GRACE.as_millis() as u64);
+    let old: Vec<(&String, &manifest::BlobObject)> =
+        blobs.iter().filter(|(_, b)| b.created_ms < cut).collect();
+    if p.manifests.is_empty() && old.is_empty() {
         return Ok(p);
     }
     if !dry_run {
@@ -67,20 +87,21 @@ pub async fn prune(
             })?;
         }
     }
-    // Listed again: manifests written meanwhile keep their blobs.
-    let folders = manifest::list_all(client).await?.folders;
-    let gone: HashSet<&String> = p.manifests.iter().collect();
-    let mut referenced = HashSet::new();
-    for (folder, ks) in &folders {
-        for k in ks.iter().filter(|k| !gone.contains(&k.key(folder))) {
-            let m = manifest::fetch(client, folder, k).await?;
-            referenced.extend(m.blobs().map(str::to_string));
+    if !old.is_empty() {
+        // Listed again: manifests written meanwhile keep their blobs.
+        let folders = manifest::list_all(client).await?.folders;
+        let gone: HashSet<&String> = p.manifests.iter().collect();
+        let mut named = HashSet::new();
+        for (folder, ks) in &folders {
+            for k in ks.iter().filter(|k| !gone.contains(&k.key(folder))) {
+                named.extend(manifest::fetch(client, folder, k).await?.blob_keys());
+            }
         }
-    }
-    for (h, size) in &blobs {
-        if dropped.contains(h) && !referenced.contains(h) {
-            p.blobs.push(keys::blob(h));
-            p.bytes += size;
+        for (key, b) in old {
+            if !named.contains(key) {
+                p.blobs.push(key.clone());
+                p.bytes += b.size;
+            }
         }
     }
     if !dry_run {

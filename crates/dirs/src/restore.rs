@@ -41,12 +41,23 @@ pub struct FolderRestore {
     pub elapsed: Duration,
 }
 
+/// What to restore for a database position: the manifest serving it, the state to restore,
+/// and the creation time of the blob holding each content (see [`manifest::blob_times`]).
+pub struct Plan {
+    /// The manifest.
+    pub manifest: ManifestKey,
+    /// The entries to create.
+    pub state: State,
+    /// Blob creation times by SHA-256.
+    pub blobs: std::collections::BTreeMap<String, u64>,
+}
+
 /// The manifest serving a database position, and the state to restore for it.
 pub async fn plan(
     client: &dyn ReplicaClient,
     folder: &str,
     at: Option<(Generation, TxId)>,
-) -> Result<(ManifestKey, State)> {
+) -> Result<Plan> {
     let keys = manifest::list(client, folder).await?;
     if keys.is_empty() {
         return Err(Error::NoBackup {
@@ -73,7 +84,11 @@ pub async fn plan(
     for p in blocked {
         state.remove(&p);
     }
-    Ok((keys[k], state))
+    Ok(Plan {
+        manifest: keys[k],
+        state,
+        blobs: manifest::blob_times(chain.iter().map(|(_, m)| m)),
+    })
 }
 
 fn ancestors(p: &str) -> impl Iterator<Item = &str> {
@@ -120,7 +135,11 @@ pub async fn restore(
 ) -> Result<FolderRestore> {
     let started = Instant::now();
     check_output(out, force)?;
-    let (mk, state) = plan(client, name, at).await?;
+    let Plan {
+        manifest: mk,
+        state,
+        blobs,
+    } = plan(client, name, at).await?;
     let parent = out
         .parent()
         .filter(|p| !p.as_os_str().is_empty())
@@ -149,8 +168,9 @@ pub async fn restore(
                 files += 1;
                 bytes += size;
                 let needed_by = &needed_by;
+                let created = blobs.get(sha256).copied().unwrap_or_default();
                 downloads.push(async move {
-                    fetch_blob(client, sha256, *size, &p, needed_by).await?;
+                    fetch_blob(client, sha256, created, *size, &p, needed_by).await?;
                     set_mtime(&p, e)
                 });
             }
@@ -206,11 +226,12 @@ fn make_parent(p: &Path) -> Result<()> {
 pub(crate) async fn fetch_blob(
     client: &dyn ReplicaClient,
     sha256: &str,
+    created_ms: u64,
     size: u64,
     dest: &Path,
     needed_by: &str,
 ) -> Result<()> {
-    let key = keys::blob(sha256);
+    let key = keys::blob(sha256, created_ms);
     let n = client.get_to_file(&key, dest).await.map_err(|e| match e {
         lifeboat_storage::Error::NotFound { .. } => Error::Missing {
             key: key.clone(),

@@ -16,7 +16,7 @@
 //! changed meanwhile and is captured again). Memory stays bounded: 64 KiB buffers, and S3's
 //! multipart upload for large files (the storage backend's `put_file`).
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{sync_channel, Receiver, RecvTimeoutError, SyncSender};
@@ -32,87 +32,8 @@ use tracing::{debug, info, warn};
 use crate::entry::{sha256_of, Entry};
 use crate::folder::Folder;
 use crate::manifest::{self, Manifest, State, FORMAT};
-use crate::{Error, Result};
-
-/// Tuning.
-#[derive(Clone, Debug)]
-pub struct DirOptions {
-    /// How long a file must stay unchanged before it is taken (default 200 ms).
-    pub settle: Duration,
-    /// How long a flush waits for files still being written (default 2 s); what is still
-    /// changing then goes in a later flush.
-    pub wait: Duration,
-    /// Full rescan of each folder this often, as a fallback to events (default 60 s).
-    pub rescan_every: Duration,
-    /// A base manifest (the whole state) after this many deltas (default 100).
-    pub base_every: u64,
-    /// Where blob copies are staged for upload.
-    pub staging_dir: PathBuf,
-    /// Most bytes of new content kept staged until every replica has it (default 256 MiB).
-    pub staging_cap: u64,
-}
-
-impl Default for DirOptions {
-    fn default() -> Self {
-        DirOptions {
-            settle: Duration::from_millis(200),
-            wait: Duration::from_secs(2),
-            rescan_every: Duration::from_secs(60),
-            base_every: 100,
-            staging_dir: std::env::temp_dir(),
-            staging_cap: 256 << 20,
-        }
-    }
-}
-
-/// A folder to back up: where it is, and its name in the replica.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct DirSpec {
-    /// The folder.
-    pub path: PathBuf,
-    /// Its name in the replica's keys.
-    pub name: String,
-}
-
-impl DirSpec {
-    /// `PATH` (named after its last component) or `NAME=PATH`.
-    pub fn parse(s: &str) -> Result<DirSpec> {
-        let (name, path) = match s.split_once('=') {
-            Some((n, p)) if keys::valid_folder_name(n) => (n.to_string(), PathBuf::from(p)),
-            _ => {
-                let p = PathBuf::from(s);
-                let n = p
-                    .file_name()
-                    .and_then(|n| n.to_str())
-                    .unwrap_or_default()
-                    .to_string();
-                (n, p)
-            }
-        };
-        if !keys::valid_folder_name(&name) {
-            return Err(Error::Config(format!(
-                "folder {s:?}: its name {name:?} cannot be used in object keys (use NAME=PATH with NAME of A-Z a-z 0-9 . _ -)"
-            )));
-        }
-        Ok(DirSpec { path, name })
-    }
-
-    /// Parses several, refusing two with one name.
-    pub fn parse_all<'a>(v: impl IntoIterator<Item = &'a str>) -> Result<Vec<DirSpec>> {
-        let mut out: Vec<DirSpec> = Vec::new();
-        for s in v {
-            let d = DirSpec::parse(s)?;
-            if out.iter().any(|x| x.name == d.name) {
-                return Err(Error::Config(format!(
-                    "two folders are named {:?}; name one with NAME=PATH",
-                    d.name
-                )));
-            }
-            out.push(d);
-        }
-        Ok(out)
-    }
-}
+use crate::status::{Board, FolderReplicaStatus, FolderStatus};
+use crate::{DirOptions, DirSpec, Error, Result};
 
 /// What a flush did.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -134,7 +55,13 @@ struct Chain {
     state: State,
     last: Option<ManifestKey>,
     deltas: u64,
-    known: HashSet<String>,
+    /// The blob (its creation time) holding each content in `state`: named by a manifest that
+    /// retention keeps (the newest base and what follows), so safe to name again.
+    live: HashMap<String, u64>,
+    /// Blobs this process created for contents not in `state` yet, with their creation time:
+    /// named by a manifest only while younger than [`DirOptions::reuse_within`], because
+    /// retention deletes a blob no manifest names once it is older than twice that.
+    fresh: HashMap<String, u64>,
     /// Entries captured since the last manifest, kept even if the file is gone since: the
     /// next manifest records them (its deletion waits like any other).
     pending: BTreeMap<String, Entry>,
@@ -159,6 +86,7 @@ struct Inner {
     opts: DirOptions,
     rt: Handle,
     stop: AtomicBool,
+    board: Board,
 }
 
 /// Ships a database's folders to its replicas (see the module docs).
@@ -199,6 +127,7 @@ impl DirShipper {
     ) -> Result<DirShipper> {
         let (wake, events) = sync_channel(1);
         let mut folders = Vec::new();
+        let mut statuses = Vec::new();
         for d in dirs {
             let mut folder = Folder::open(
                 &d.path,
@@ -209,6 +138,18 @@ impl DirShipper {
             )?;
             folder.set_staging(&opts.staging_dir, opts.staging_cap);
             info!(folder = %folder.root().display(), name = %d.name, "backing up folder with the database");
+            statuses.push(FolderStatus {
+                name: d.name.clone(),
+                path: folder.root().to_path_buf(),
+                replicas: clients
+                    .iter()
+                    .map(|c| FolderReplicaStatus {
+                        replica: c.describe(),
+                        ..FolderReplicaStatus::default()
+                    })
+                    .collect(),
+                ..FolderStatus::default()
+            });
             folders.push(Mutex::new(Shipping {
                 folder,
                 chains: clients.iter().map(|_| None).collect(),
@@ -220,6 +161,7 @@ impl DirShipper {
             opts,
             rt,
             stop: AtomicBool::new(false),
+            board: Board::new(statuses),
         });
         let i = inner.clone();
         let thread = std::thread::Builder::new()
@@ -231,6 +173,11 @@ impl DirShipper {
             thread: Some(thread),
             wake,
         })
+    }
+
+    /// The folders' status, shared with readers (the health endpoint, metrics).
+    pub fn board(&self) -> Board {
+        self.inner.board.clone()
     }
 
     /// Makes replica `replica` hold every folder as it is now, tagged with the database position
@@ -247,12 +194,21 @@ impl DirShipper {
         let inner = &*self.inner;
         let mut report = FlushReport::default();
         let client = inner.clients[replica].clone();
-        for f in &inner.folders {
+        for (fi, f) in inner.folders.iter().enumerate() {
+            let started = std::time::Instant::now();
             let mut s = f.lock().unwrap();
             let s = &mut *s;
-            if !s.folder.capture_settled(inner.opts.wait)? {
-                report.unsettled = true;
+            let locked = started.elapsed();
+            let settled = s.folder.capture_settled(inner.opts.wait);
+            inner.board.captured(fi, &s.folder, &settled);
+            match settled {
+                Ok(settled) => report.unsettled |= !settled,
+                Err(e) => {
+                    inner.board.failed(fi, replica, &e);
+                    return Err(e);
+                }
             }
+            let captured = started.elapsed();
             let r = (|| {
                 let c = chain(
                     &mut s.chains,
@@ -262,23 +218,29 @@ impl DirShipper {
                     &inner.rt,
                 )?;
                 absorb(&s.folder, c);
-                let (n, bytes) =
-                    upload_pending(&mut s.folder, c, client.as_ref(), &inner.opts, &inner.rt)?;
+                inner.board.pending(fi, replica, c.pending.len());
+                let uploaded =
+                    upload_pending(&mut s.folder, c, client.as_ref(), &inner.opts, &inner.rt);
+                let (n, bytes) = uploaded.inspect(|u| inner.board.uploaded(fi, replica, *u))?;
                 report.blobs += n;
                 report.blob_bytes += bytes;
-                write_manifest(
+                let m = write_manifest(
                     &s.folder,
                     c,
                     client.as_ref(),
                     &inner.rt,
-                    inner.opts.base_every,
+                    &inner.opts,
                     (generation, txid, complete),
-                )
+                )?;
+                inner.board.flushed(fi, replica, m, c.pending.len());
+                Ok(m)
             })();
             release(s);
+            debug!(folder = %s.folder.name(), lock_ms = locked.as_millis() as u64, capture_ms = (captured - locked).as_millis() as u64, total_ms = started.elapsed().as_millis() as u64, "folder flushed");
             match r {
                 Ok(m) => report.manifests += m,
                 Err(e) => {
+                    inner.board.failed(fi, replica, &e);
                     mark_stale(&mut s.chains, replica);
                     return Err(e);
                 }
@@ -323,7 +285,7 @@ fn release(s: &mut Shipping) {
     s.folder.release(|h| {
         chains
             .iter()
-            .all(|c| c.as_ref().is_some_and(|c| !c.stale && c.known.contains(h)))
+            .all(|c| c.as_ref().is_some_and(|c| !c.stale && c.holds(h)))
     });
 }
 
@@ -345,10 +307,12 @@ fn background(inner: &Inner, events: &Receiver<()>) {
             return;
         }
         busy = false;
-        for f in &inner.folders {
+        for (fi, f) in inner.folders.iter().enumerate() {
             let mut s = f.lock().unwrap();
             let s = &mut *s;
-            match s.folder.capture() {
+            let r = s.folder.capture();
+            inner.board.captured(fi, &s.folder, &r);
+            match r {
                 Ok(settled) => busy |= !settled,
                 Err(e) => {
                     warn!(folder = %s.folder.root().display(), error = %e, "capture failed; will try again");
@@ -365,10 +329,15 @@ fn background(inner: &Inner, events: &Receiver<()>) {
                 )
                 .and_then(|c| {
                     absorb(&s.folder, c);
-                    upload_pending(&mut s.folder, c, client.as_ref(), &inner.opts, &inner.rt)
+                    inner.board.pending(fi, i, c.pending.len());
+                    let u =
+                        upload_pending(&mut s.folder, c, client.as_ref(), &inner.opts, &inner.rt)?;
+                    inner.board.uploaded(fi, i, u);
+                    Ok(())
                 });
                 if let Err(e) = r {
                     debug!(folder = %s.folder.root().display(), replica = %client.describe(), error = %e, "early upload failed; the next flush tries again");
+                    inner.board.failed(fi, i, &e);
                     mark_stale(&mut s.chains, i);
                 }
                 release(s);
@@ -385,18 +354,41 @@ async fn load(client: &dyn ReplicaClient, folder: &str) -> Result<Chain> {
     };
     let chain = manifest::chain_to(client, folder, &keys, last).await?;
     let state = manifest::replay(chain.iter().map(|(_, m)| m));
-    let known = state
+    let times = manifest::blob_times(chain.iter().map(|(_, m)| m));
+    let live = state
         .values()
-        .chain(&chain.last().expect("not empty").1.removed)
-        .filter_map(|e| e.sha256().map(str::to_string))
+        .filter_map(|e| e.sha256())
+        .filter_map(|h| times.get(h).map(|t| (h.to_string(), *t)))
         .collect();
     Ok(Chain {
         state,
         last: Some(keys[last]),
         deltas: chain.len() as u64 - 1,
-        known,
+        live,
         ..Chain::default()
     })
+}
+
+impl Chain {
+    /// Whether the replica holds a blob of this content that a manifest may name.
+    fn holds(&self, sha256: &str) -> bool {
+        self.live.contains_key(sha256) || self.fresh.contains_key(sha256)
+    }
+
+    /// The creation time of the blob a manifest names for this content.
+    fn blob_time(&self, sha256: &str) -> Option<u64> {
+        self.live
+            .get(sha256)
+            .or_else(|| self.fresh.get(sha256))
+            .copied()
+    }
+
+    /// Forgets the blobs this process created that are too old to be named now (they are
+    /// uploaded again, under a new key, if still needed).
+    fn expire(&mut self, within: Duration, now_ms: u64) {
+        let cut = now_ms.saturating_sub(within.as_millis() as u64);
+        self.fresh.retain(|_, t| *t > cut);
+    }
 }
 
 /// Adds to `pending` what the folder holds that the chain does not.
@@ -423,20 +415,24 @@ fn upload_pending(
 ) -> Result<(u64, u64)> {
     let (mut n, mut bytes) = (0, 0);
     let mut lost = Vec::new();
+    c.expire(opts.reuse_within, now_ms());
+    let mut created = BTreeMap::new();
     for e in c.pending.values() {
         let Some(h) = e.sha256() else { continue };
-        if c.known.contains(h) {
+        if c.holds(h) || created.contains_key(h) {
             continue;
         }
-        match upload_blob(folder, e, client, opts, rt)? {
+        let t = now_ms();
+        match upload_blob(folder, e, t, client, opts, rt)? {
             Some(size) => {
                 n += 1;
                 bytes += size;
-                c.known.insert(h.to_string());
+                created.insert(h.to_string(), t);
             }
             None => lost.push(e.path.clone()),
         }
     }
+    c.fresh.extend(created);
     for p in lost {
         debug!(path = %p, "changed or removed before its content was stored; captured again");
         c.pending.remove(&p);
@@ -452,7 +448,7 @@ fn write_manifest(
     c: &mut Chain,
     client: &dyn ReplicaClient,
     rt: &Handle,
-    base_every: u64,
+    opts: &DirOptions,
     (generation, txid, complete): (Generation, TxId, bool),
 ) -> Result<u64> {
     c.flushes += 1;
@@ -481,7 +477,32 @@ fn write_manifest(
         next.remove(&e.path);
     }
     let seq = c.last.map_or(1, |k| k.seq + 1);
-    let base = c.last.is_none() || c.deltas + 1 >= base_every;
+    let k = manifest::key_at(generation, txid, seq);
+    let key = k.key(folder.name());
+    let base = c.last.is_none() || c.deltas + 1 >= opts.base_every;
+    let set: Vec<Entry> = if base {
+        next.values().cloned().collect()
+    } else {
+        c.pending.values().cloned().collect()
+    };
+    // Every blob named is live, or created by this process recently enough that retention
+    // cannot have chosen it for deletion (see `prune`); else the next flush uploads it again.
+    let young = now_ms().saturating_sub(opts.reuse_within.as_millis() as u64);
+    let mut blobs = BTreeMap::new();
+    for e in set.iter().chain(&removed) {
+        let Some(h) = e.sha256() else { continue };
+        match (c.live.get(h), c.fresh.get(h)) {
+            (Some(t), _) => blobs.insert(h.to_string(), *t),
+            (None, Some(t)) if *t > young => blobs.insert(h.to_string(), *t),
+            _ => {
+                return Err(Error::Missing {
+                    key: format!("{}{h}-...", keys::BLOBS),
+                    replica: client.describe(),
+                    needed_by: format!("{key} (for {}; uploaded again by the next flush)", e.path),
+                })
+            }
+        };
+    }
     let m = Manifest {
         format: FORMAT,
         folder: folder.name().to_string(),
@@ -490,15 +511,10 @@ fn write_manifest(
         txid: txid.to_string(),
         time_ms: now_ms(),
         prev: if base { None } else { c.last.map(|k| k.seq) },
-        set: if base {
-            next.values().cloned().collect()
-        } else {
-            c.pending.values().cloned().collect()
-        },
+        set,
         removed,
+        blobs,
     };
-    let k = manifest::key_at(generation, txid, seq);
-    let key = k.key(folder.name());
     let body = m.encode();
     rt.block_on(lifeboat_storage::retry::retry(
         policy(),
@@ -511,6 +527,12 @@ fn write_manifest(
         c.gone.remove(&e.path);
     }
     c.pending.clear();
+    c.live = next
+        .values()
+        .filter_map(|e| e.sha256())
+        .filter_map(|h| c.blob_time(h).map(|t| (h.to_string(), t)))
+        .collect();
+    c.fresh.retain(|h, _| !c.live.contains_key(h));
     c.state = next;
     c.last = Some(k);
     c.deltas = if base { 0 } else { c.deltas + 1 };
@@ -522,6 +544,7 @@ fn write_manifest(
 fn upload_blob(
     folder: &Folder,
     e: &Entry,
+    created_ms: u64,
     client: &dyn ReplicaClient,
     opts: &DirOptions,
     rt: &Handle,
@@ -529,7 +552,7 @@ fn upload_blob(
     let src = folder.root().join(&e.path);
     let want = e.sha256().expect("a file");
     if let Some(staged) = folder.staged(want) {
-        let key = keys::blob(want);
+        let key = keys::blob(want, created_ms);
         rt.block_on(lifeboat_storage::retry::retry(
             policy(),
             "blob upload",
@@ -544,7 +567,7 @@ fn upload_blob(
         return Ok(Some(e.size()));
     }
     let mut staged = tempfile::Builder::new()
-        .prefix("lifeboat-blob-")
+        .prefix(&crate::staged_name_prefix())
         .tempfile_in(&opts.staging_dir)
         .map_err(|x| Error::io("create staging file in", &opts.staging_dir, x))?;
     let copied = match std::fs::File::open(&src) {
@@ -556,7 +579,7 @@ fn upload_blob(
     if copied.0 != want {
         return Ok(None);
     }
-    let key = keys::blob(want);
+    let key = keys::blob(want, created_ms);
     rt.block_on(lifeboat_storage::retry::retry(
         policy(),
         "blob upload",
@@ -579,7 +602,7 @@ fn policy() -> lifeboat_storage::retry::RetryPolicy {
     }
 }
 
-fn now_ms() -> u64 {
+pub(crate) fn now_ms() -> u64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_millis() as u64)

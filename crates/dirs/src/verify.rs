@@ -1,10 +1,10 @@
 //! Checking what a replica holds for its folders: every manifest (checksum, fields, chain) and
 //! every blob (its SHA-256 against its name), and that every blob a manifest names is stored.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 use std::path::Path;
 
-use lifeboat_storage::keys::{self, ManifestKey};
+use lifeboat_storage::keys::ManifestKey;
 use lifeboat_storage::ReplicaClient;
 use serde::Serialize;
 
@@ -51,10 +51,8 @@ pub async fn verify(client: &dyn ReplicaClient, scratch: &Path) -> Result<Folder
                         }
                     }
                     prev = Some((*k, m.seq));
-                    for h in m.blobs() {
-                        needed
-                            .entry(h.to_string())
-                            .or_insert_with(|| k.key(&folder));
+                    for b in m.blob_keys() {
+                        needed.entry(b).or_insert_with(|| k.key(&folder));
                     }
                 }
                 Err(e) => c.problems.push(e.to_string()),
@@ -62,23 +60,21 @@ pub async fn verify(client: &dyn ReplicaClient, scratch: &Path) -> Result<Folder
         }
         c.folders.push(folder);
     }
-    for (h, by) in &needed {
-        if !blobs.contains_key(h) {
+    for (key, by) in &needed {
+        if !blobs.contains_key(key) {
             c.problems
-                .push(format!("missing blob {} (needed by {by})", keys::blob(h)));
+                .push(format!("missing blob {key} (needed by {by})"));
         }
     }
-    let seen: BTreeSet<&String> = blobs.keys().collect();
-    for h in seen {
-        let key = keys::blob(h);
+    for (key, b) in &blobs {
         let tmp = tempfile::NamedTempFile::new_in(scratch)
             .map_err(|e| Error::io("create scratch file in", scratch, e))?;
         c.blobs += 1;
-        match client.get_to_file(&key, tmp.path()).await {
+        match client.get_to_file(key, tmp.path()).await {
             Ok(n) => {
                 c.bytes += n;
                 let (got, _) = sha256_file(tmp.path())?;
-                if &got != h {
+                if got != b.sha256 {
                     c.problems.push(format!(
                         "corrupt blob {key} in {}: its content has SHA-256 {got}",
                         client.describe()

@@ -82,6 +82,27 @@ impl Fixture {
     }
 }
 
+fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as u64
+}
+
+/// A prune's clock a grace period and an hour from now.
+fn later() -> u64 {
+    now_ms() + prune::GRACE.as_millis() as u64 + 3_600_000
+}
+
+/// The key of the (one) blob holding this content.
+fn blob_key(f: &Fixture, sha256: &str) -> String {
+    let v =
+        f.rt.block_on(f.mem.list(&format!("{}{sha256}-", keys::BLOBS)))
+            .unwrap();
+    assert_eq!(v.len(), 1, "{v:?}");
+    v[0].key.clone()
+}
+
 fn files(root: &Path) -> Vec<(String, Vec<u8>)> {
     let mut v = Vec::new();
     fn walk(root: &Path, d: &Path, v: &mut Vec<(String, Vec<u8>)>) {
@@ -183,11 +204,17 @@ fn verify_and_restore_name_a_corrupt_blob_and_prune_keeps_what_is_needed() {
     assert!(ok.problems.is_empty(), "{:?}", ok.problems);
     assert_eq!(ok.blobs, 8);
     // Keep from txid 9: the oldest files are only in history before it; the chain back to a
-    // base stays.
+    // base stays. Today, the blobs only the deleted manifests named are too young to go.
     let p =
-        f.rt.block_on(prune::prune(f.mem.as_ref(), (G, TxId(9)), false))
+        f.rt.block_on(prune::prune(f.mem.as_ref(), (G, TxId(9)), now_ms(), false))
             .unwrap();
     assert!(!p.manifests.is_empty());
+    assert!(p.blobs.is_empty(), "{p:?}");
+    // A day later they go.
+    let p =
+        f.rt.block_on(prune::prune(f.mem.as_ref(), (G, TxId(9)), later(), false))
+            .unwrap();
+    assert!(!p.blobs.is_empty(), "{p:?}");
     let after =
         f.rt.block_on(verify::verify(f.mem.as_ref(), scratch))
             .unwrap();
@@ -202,7 +229,7 @@ fn verify_and_restore_name_a_corrupt_blob_and_prune_keeps_what_is_needed() {
     let h = lifeboat_dirs::entry::sha256_of(&[7u8; 10][..], None)
         .unwrap()
         .0;
-    let key = keys::blob(&h);
+    let key = blob_key(&f, &h);
     f.mem.tamper(&key, bytes::Bytes::from_static(b"evil"));
     let bad =
         f.rt.block_on(verify::verify(f.mem.as_ref(), scratch))

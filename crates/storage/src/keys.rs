@@ -7,7 +7,7 @@
 //! drills/<unix_ms>.json
 //! generations/<generation>/fence/<epoch>[-<parent_generation>-<parent_txid>].lbfence
 //! lease.json, lease-handoff.json
-//! files/blobs/<sha256>
+//! files/blobs/<sha256>-<created_ms>
 //! files/<folder>/manifests/<generation>-<txid>-<seq>.lbman
 //! ```
 //! All numbers are 16 lower-case hex digits, so a listing is in chronological order. The time in
@@ -73,18 +73,23 @@ pub const FILES: &str = "files/";
 /// Prefix of the content-addressed file contents, shared by every folder of the replica.
 pub const BLOBS: &str = "files/blobs/";
 
-/// Key of the file content whose SHA-256 is `sha256` (64 lower-case hex digits).
-pub fn blob(sha256: &str) -> String {
-    format!("{BLOBS}{sha256}")
+/// Key of a copy of the file content whose SHA-256 is `sha256` (64 lower-case hex digits),
+/// first uploaded at `created_ms` (Unix ms, the uploader's clock). The time lets retention tell
+/// a blob a running agent may be about to name from an old one (see `lifeboat_dirs::prune`).
+pub fn blob(sha256: &str, created_ms: u64) -> String {
+    format!("{BLOBS}{sha256}-{created_ms:016x}")
 }
 
-/// The SHA-256 named by a blob key, if `key` is one.
-pub fn parse_blob(key: &str) -> Option<&str> {
-    let h = key.strip_prefix(BLOBS)?;
-    (h.len() == 64
-        && h.bytes()
-            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b)))
-    .then_some(h)
+/// The SHA-256 and creation time named by a blob key, if `key` is one.
+pub fn parse_blob(key: &str) -> Option<(&str, u64)> {
+    let (h, t) = key.strip_prefix(BLOBS)?.split_once('-')?;
+    let hex = |s: &str| {
+        s.bytes()
+            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+    };
+    (h.len() == 64 && hex(h) && t.len() == 16 && hex(t))
+        .then(|| Some((h, u64::from_str_radix(t, 16).ok()?)))
+        .flatten()
 }
 
 /// Whether `name` can name a folder in keys: 1 to 100 of `A-Z a-z 0-9 . _ -`, not `blobs`, not
@@ -425,8 +430,9 @@ mod tests {
         assert!(a.key("u") < b.key("u") && b.key("u") < c.key("u"));
         assert_eq!(ManifestKey::parse("other", &a.key("uploads")), None);
         let h = "ab".repeat(32);
-        assert_eq!(parse_blob(&blob(&h)), Some(h.as_str()));
-        assert_eq!(parse_blob("files/blobs/xyz"), None);
+        assert_eq!(parse_blob(&blob(&h, 42)), Some((h.as_str(), 42)));
+        assert_eq!(parse_blob(&format!("files/blobs/{h}")), None);
+        assert_eq!(parse_blob("files/blobs/xyz-000000000000002a"), None);
         assert!(valid_folder_name("uploads-2.x") && !valid_folder_name("blobs"));
         assert!(
             !valid_folder_name("a/b") && !valid_folder_name(".hidden") && !valid_folder_name("")
