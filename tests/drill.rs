@@ -362,3 +362,57 @@ fn stored_reports_are_listed_and_a_report_not_stored_is_not_pointed_to() {
     );
     assert!(!text.contains("report drills/"), "{text}");
 }
+
+/// Drills of a database that an agent keeps replicating while a steady app writes (its own
+/// autocheckpoints only): the replica moves on while a drill restores, and the app's
+/// checkpoints move those commits out of its WAL, so the live database may continue the
+/// replica's newer state rather than the one restored. That is lag, never "diverged" (the soak
+/// run found drills failing so).
+#[test]
+fn drills_while_the_agent_ships_pass() {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("app.db");
+    let url = format!("file://{}", dir.path().join("replica").display());
+    let c = app_conn(&db, 4096);
+    create_schema(&c);
+    // 24 MB, so that each restore takes a while and the replica moves on meanwhile.
+    c.execute_batch(
+        "CREATE TABLE bulk(b BLOB); WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 \
+         FROM n WHERE i < 6000) INSERT INTO bulk SELECT randomblob(4000) FROM n;",
+    )
+    .unwrap();
+    drop(c);
+    let mut agent = Agent::replicate(&db, &url, &dir.path().join("a.log"));
+    agent.wait_for_log("snapshot uploaded");
+    let stop = std::sync::Arc::new(AtomicBool::new(false));
+    let app = {
+        let (stop, db) = (stop.clone(), db.clone());
+        std::thread::spawn(move || {
+            let c = app_conn(&db, 4096);
+            c.busy_timeout(std::time::Duration::from_secs(5)).unwrap();
+            let mut n = 0;
+            while !stop.load(Ordering::SeqCst) {
+                n += 1;
+                mixed_txn_only(&c, n);
+                std::thread::sleep(std::time::Duration::from_millis(5));
+            }
+            n
+        })
+    };
+    let db_arg = db.to_str().unwrap();
+    let mut lagging = 0;
+    for i in 0..8 {
+        let (code, v) = drill(&url, &["--db", db_arg, "--no-store", "--random-point"]);
+        assert_eq!(code, Some(0), "drill {i}: {v:#}");
+        match v["live"]["verdict"].as_str() {
+            Some("lagging") => lagging += 1,
+            Some("current") => {}
+            _ => panic!("drill {i}: {v:#}"),
+        }
+    }
+    stop.store(true, Ordering::SeqCst);
+    let n = app.join().unwrap();
+    agent.stop_ok();
+    assert!(lagging > 0, "the app wrote during the drills ({n} commits)");
+}

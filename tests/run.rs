@@ -48,6 +48,18 @@ fn stale_disk() -> (tempfile::TempDir, PathBuf, PathBuf, PathBuf) {
     (dir, db, replica, old)
 }
 
+/// The one database `--on-stale restore` moved aside in `dir` (`app.db.stale-<ms>`).
+fn moved_aside(dir: &Path) -> String {
+    let aside: Vec<String> = std::fs::read_dir(dir)
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| n.starts_with("app.db.stale-") && !n.ends_with("-wal") && !n.ends_with("-shm"))
+        .collect();
+    assert_eq!(aside.len(), 1, "{aside:?}");
+    aside.into_iter().next().unwrap()
+}
+
 #[test]
 fn signals_are_forwarded_and_the_apps_exit_status_is_returned() {
     let dir = tempfile::tempdir().unwrap();
@@ -172,14 +184,8 @@ fn a_stale_disk_is_refused_with_an_explanation() {
         "{}",
         agent.log_text()
     );
-    let aside: Vec<_> = std::fs::read_dir(dir.path())
-        .unwrap()
-        .flatten()
-        .map(|e| e.file_name().to_string_lossy().into_owned())
-        .filter(|n| n.starts_with("app.db.stale-") && !n.ends_with("-wal") && !n.ends_with("-shm"))
-        .collect();
-    assert_eq!(aside.len(), 1, "{aside:?}");
-    assert_same_pages(&file_pages(&dir.path().join(&aside[0])), &file_pages(&old));
+    let aside = moved_aside(dir.path());
+    assert_same_pages(&file_pages(&dir.path().join(&aside)), &file_pages(&old));
     let c = rusqlite::Connection::open(&db).unwrap();
     let n: i64 = c
         .query_row("SELECT count(*) FROM marks", [], |r| r.get(0))
@@ -421,4 +427,91 @@ fn an_overlapping_deploy_gets_its_own_generation_instead_of_forking_the_old_one(
         "the old generation holds every write of the old instance: {gens} {}",
         String::from_utf8_lossy(&o.stdout)
     );
+}
+
+/// `--on-stale restore` moves a stale database aside *with* its `-wal` and `-shm` (a disk image
+/// taken while the app ran, a transaction still only in its WAL): the set moves together,
+/// unaltered, and still opens with that transaction; the restored database holds the replica's
+/// state and nothing of the stale WAL.
+#[test]
+fn on_stale_restore_moves_a_database_with_its_wal_and_shm_aside_together() {
+    let (dir, db, replica, _old) = stale_disk();
+    // The stale image gets a transaction that lives only in its WAL: the files are copied while
+    // a connection holds them (closing the last connection would checkpoint and delete the WAL).
+    let image = dir.path().join("image");
+    std::fs::create_dir(&image).unwrap();
+    let c = app_conn(&db, 4096);
+    c.execute_batch(
+        "PRAGMA wal_autocheckpoint=0; INSERT INTO marks(seq, t, pad) VALUES (999, 0, 'stale');",
+    )
+    .unwrap();
+    for suffix in ["", "-wal", "-shm"] {
+        std::fs::copy(
+            format!("{}{suffix}", db.display()),
+            image.join(format!("app.db{suffix}")),
+        )
+        .unwrap();
+    }
+    drop(c);
+    for suffix in ["", "-wal", "-shm"] {
+        std::fs::copy(
+            image.join(format!("app.db{suffix}")),
+            format!("{}{suffix}", db.display()),
+        )
+        .unwrap();
+    }
+    let wal_len = std::fs::metadata(image.join("app.db-wal")).unwrap().len();
+    assert!(wal_len > 0, "the stale image has a WAL");
+
+    let mut agent = run_agent(
+        &db,
+        &replica,
+        &dir.path().join("b.log"),
+        "exit 0",
+        &["--on-stale", "restore"],
+    );
+    let status = agent.wait(Duration::from_secs(60));
+    assert_eq!(status.code(), Some(0), "{}", agent.log_text());
+
+    // The three files moved aside under one name; the database and its WAL byte for byte (the
+    // -shm is an index that any reader rewrites: its presence is what counts).
+    let aside = moved_aside(dir.path());
+    for suffix in ["", "-wal", "-shm"] {
+        let moved = dir.path().join(format!("{aside}{suffix}"));
+        let bytes = std::fs::read(&moved).unwrap_or_else(|e| panic!("{}: {e}", moved.display()));
+        if suffix != "-shm" {
+            assert!(
+                bytes == std::fs::read(image.join(format!("app.db{suffix}"))).unwrap(),
+                "{} is not the stale image's app.db{suffix}",
+                moved.display()
+            );
+        }
+    }
+    // The set aside still opens with the transaction that was only in its WAL.
+    let scratch = dir.path().join("aside-copy");
+    std::fs::create_dir(&scratch).unwrap();
+    for suffix in ["", "-wal"] {
+        std::fs::copy(
+            dir.path().join(format!("{aside}{suffix}")),
+            scratch.join(format!("a.db{suffix}")),
+        )
+        .unwrap();
+    }
+    let stale = rusqlite::Connection::open(scratch.join("a.db")).unwrap();
+    let n: i64 = stale
+        .query_row("SELECT count(*) FROM marks WHERE seq = 999", [], |r| {
+            r.get(0)
+        })
+        .unwrap();
+    assert_eq!(n, 1, "the stale WAL's transaction is kept aside");
+    // The restored database is the replica's state, with nothing of the stale WAL.
+    let c = rusqlite::Connection::open(&db).unwrap();
+    let (n, stale_rows): (i64, i64) = c
+        .query_row(
+            "SELECT count(*), count(*) FILTER (WHERE seq = 999) FROM marks",
+            [],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )
+        .unwrap();
+    assert_eq!((n, stale_rows), (20, 0), "{}", agent.log_text());
 }

@@ -267,7 +267,7 @@ pub async fn drill(client: &dyn ReplicaClient, opts: &DrillOptions) -> Result<Dr
 
     // 4. The live database.
     if let Some(live) = &opts.live {
-        let check = live::compare_live(
+        let mut check = live::compare_live(
             client,
             live,
             &latest_path,
@@ -277,10 +277,36 @@ pub async fn drill(client: &dyn ReplicaClient, opts: &DrillOptions) -> Result<Dr
             latest_hashes,
         )
         .await;
+        // An agent still shipping moves the replica on while the drill restores; once the app
+        // checkpoints those commits out of its WAL, the live database no longer continues the
+        // state restored above, though it continues the replica's newer one. So a live
+        // database that fails is compared again with the newest state restored afresh, while
+        // the replica has moved on in the same generation.
+        let mut base_time = restored.time_ms;
+        let mut base_txid = restored.txid;
+        for attempt in 0..LIVE_RECHECKS {
+            if check.ok {
+                break;
+            }
+            let path = scratch.path().join(format!("recheck-{attempt}.db"));
+            let Some((cat, r, hashes)) =
+                restore_newer(client, plan.generation, base_txid, &path, &ropts).await
+            else {
+                break;
+            };
+            let objs = cat
+                .generations
+                .get(&plan.generation)
+                .expect("planned from this catalog");
+            check =
+                live::compare_live(client, live, &path, plan.generation, objs, &r, hashes).await;
+            (base_time, base_txid) = (r.time_ms, r.txid);
+            std::fs::remove_file(&path).ok();
+        }
         report.at_risk_commits = check.unshipped_commits.filter(|_| check.ok);
         report.rpo_seconds = match report.at_risk_commits {
             Some(0) => Some(0.0),
-            Some(_) => Some(now_ms().saturating_sub(restored.time_ms) as f64 / 1000.0),
+            Some(_) => Some(now_ms().saturating_sub(base_time) as f64 / 1000.0),
             None => None,
         };
         if !check.ok {
@@ -294,6 +320,63 @@ pub async fn drill(client: &dyn ReplicaClient, opts: &DrillOptions) -> Result<Dr
     }
     Ok(report)
 }
+/// How many times a live database that does not continue the restored state is compared again
+/// with a newer state of the replica.
+const LIVE_RECHECKS: usize = 3;
+
+/// How long each recheck waits for the replica to move on (the agent ships what the app has
+/// just checkpointed out of its WAL within its PUT budget, about a second).
+const LIVE_RECHECK_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// Once the replica's newest state is in `generation` and past `txid` (polled for up to
+/// [`LIVE_RECHECK_WAIT`]), that state restored into `path`: its catalog, the restore, and the
+/// restored file's page hashes. `None` if the replica did not move on, or on any failure.
+async fn restore_newer(
+    client: &dyn ReplicaClient,
+    generation: lifeboat_wal::Generation,
+    txid: TxId,
+    path: &std::path::Path,
+    ropts: &RestoreOptions,
+) -> Option<(
+    Catalog,
+    restore::RestoreReport,
+    lifeboat_wal::checksum::PageHashes,
+)> {
+    let deadline = Instant::now() + LIVE_RECHECK_WAIT;
+    let cat = loop {
+        let cat = Catalog::load(client).await.ok()?;
+        let objs = cat.generations.get(&generation)?;
+        let newest = objs
+            .last_segment()
+            .map(|s| s.last)
+            .into_iter()
+            .chain(objs.snapshots.last().map(|s| s.txid))
+            .max()
+            .unwrap_or_default();
+        if newest > txid {
+            break cat;
+        }
+        if Instant::now() >= deadline {
+            return None;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    };
+    let plan = restore::plan(&cat, None, Target::Latest).ok()?;
+    if plan.generation != generation {
+        return None;
+    }
+    let o = RestoreOptions {
+        output: path.to_path_buf(),
+        progress: None,
+        ..ropts.clone()
+    };
+    let r = restore::execute(client, &plan, &o).await.ok()?;
+    let (_, hashes) = checks::check_state(path, &r, format!("txid {}", r.txid), 0.0)
+        .await
+        .ok()?;
+    Some((cat, r, hashes))
+}
+
 /// Stores `report` in the replica under [`keys::drill_report`] of its start time, create-only.
 /// Returns the key.
 pub async fn store(client: &dyn ReplicaClient, report: &DrillReport) -> Result<String> {
