@@ -224,6 +224,30 @@ impl Replica {
         self.state().map(|s| s.hashes.checksum())
     }
 
+    /// Where it stands, in a few words, for a log line saying why it is not caught up.
+    pub fn progress(&self) -> String {
+        match &self.phase {
+            Phase::Unknown => "not read yet".into(),
+            Phase::NeedsGeneration(why) => format!("waiting for a new generation ({why})"),
+            Phase::Halted(why) => format!("halted: {why}"),
+            Phase::Active(s) => format!(
+                "shipping: next txid {}, {}, {} carried batches, {}",
+                s.next_txid.0,
+                if s.at_end {
+                    "at the end"
+                } else {
+                    "not at the end"
+                },
+                s.carry.len(),
+                if s.unsent.is_some() {
+                    "a segment to resend"
+                } else {
+                    "nothing to resend"
+                },
+            ),
+        }
+    }
+
     /// Whether it may be tried now.
     pub fn ready(&self, now: Instant) -> bool {
         self.halted().is_none() && self.retry_at.is_none_or(|t| now >= t)

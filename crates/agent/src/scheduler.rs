@@ -119,6 +119,9 @@ impl Task {
             self.flush.stop();
             let db = self.rep.database().path().display();
             if r.pending {
+                for x in self.rep.replicas() {
+                    error!(db = %db, replica = %x.client.describe(), state = %x.progress(), failures = x.failures, "not caught up");
+                }
                 error!(db = %db, "final sync did not complete before the shutdown timeout");
             } else {
                 info!(db = %db, "final sync complete");
