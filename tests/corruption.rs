@@ -126,7 +126,10 @@ fn two_hosts_resuming_one_generation_fork_it_and_restore_and_verify_refuse() {
     let url = format!("file://{}", dir.path().join("replica").display());
     let c = app_conn(&a, 4096);
     create_schema(&c);
-    let agent = Agent::replicate(&a, &url, &dir.path().join("a0.log"));
+    let mut agent = Agent::replicate(&a, &url, &dir.path().join("a0.log"));
+    // The five transactions below must come after the generation's snapshot (txids 1 to 5),
+    // however slowly the agent takes it.
+    agent.wait_for_log("snapshot uploaded");
     for s in 0..5 {
         mixed_txn(&c, s);
     }
