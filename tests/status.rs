@@ -122,9 +122,10 @@ fn a_conflicting_object_halts_the_replica_and_health_turns_503() {
         ],
         &dir.path().join("a.log"),
     );
-    agent.wait_for_log("replicating");
+    // A commit before the first snapshot is taken lands in the snapshot, not in a segment.
+    agent.wait_for_log("snapshot uploaded");
     mixed_txn(&c, 0);
-    wait_until("txid 1 to ship", Duration::from_secs(30), || {
+    agent.wait_until("txid 1 to ship", Duration::from_secs(30), || {
         files_with_suffix(&replica, ".lbseg").len() == 1
     });
     wait_until("a healthy replica", Duration::from_secs(30), || {

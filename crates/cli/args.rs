@@ -86,23 +86,46 @@ pub struct ReplicateArgs {
     /// Average PUT requests per second once the burst is spent.
     #[arg(long)]
     pub puts_per_second: Option<f64>,
+    /// Hold the replica path's writer lease while replicating (refuses to start while another
+    /// instance holds it; needs a store with conditional writes). `run` holds it by default.
+    #[arg(long, env = "LIFEBOAT_LEASE")]
+    pub lease: bool,
+    #[command(flatten)]
+    pub agent: AgentFlags,
+}
+
+/// The flags `replicate` and `run` share: the health endpoint, the writer lease, retention and
+/// snapshots, and the folders backed up with the database.
+#[derive(Debug, Clone, ClapArgs)]
+pub struct AgentFlags {
     /// Serve `/health` (JSON) and `/metrics` (Prometheus) on this address, e.g. 127.0.0.1:9090.
     #[arg(long, visible_alias = "metrics-addr", env = "LIFEBOAT_HEALTH_ADDR")]
     pub health_addr: Option<String>,
     /// `/health` turns unhealthy once a replica is this far behind (default 60s).
     #[arg(long, env = "LIFEBOAT_HEALTH_MAX_LAG", value_parser = humantime::parse_duration)]
     pub health_max_lag: Option<std::time::Duration>,
-    /// Hold the replica path's writer lease while replicating (refuses to start while another
-    /// instance holds it; needs a store with conditional writes). `run` holds it by default.
-    #[arg(long, env = "LIFEBOAT_LEASE")]
-    pub lease: bool,
     #[command(flatten)]
     pub lease_flags: LeaseFlags,
     #[command(flatten)]
     pub keep: KeepArgs,
-    /// A folder to back up with the database, `PATH` or `NAME=PATH` (repeatable).
+    /// A folder to back up with the database (`run` also restores it on boot), `PATH` or
+    /// `NAME=PATH` (repeatable).
     #[arg(long = "dir", env = "LIFEBOAT_DIRS", value_delimiter = ',')]
     pub dirs: Vec<String>,
+}
+
+impl AgentFlags {
+    /// The settings among these that beat the configuration file's.
+    pub fn flags(&self) -> crate::config::Flags {
+        crate::config::Flags {
+            puts_per_second: None,
+            health_max_lag: self.health_max_lag,
+            retention: self.keep.retention,
+            snapshot_interval: self.keep.snapshot_interval,
+            snapshot_segments: self.keep.snapshot_segments,
+            switch_to_wal: self.keep.switch_to_wal,
+        }
+    }
 }
 
 /// Retention and scheduled snapshots, for `replicate` and `run`; each beats the configuration
@@ -119,6 +142,11 @@ pub struct KeepArgs {
     /// Or once this many segments were shipped since the last snapshot (default 1000).
     #[arg(long, env = "LIFEBOAT_SNAPSHOT_SEGMENTS")]
     pub snapshot_segments: Option<u32>,
+    /// Switch a database in rollback-journal mode (or an empty file) to WAL mode, which lifeboat
+    /// needs; without it such a database is refused. The switch is persistent: the app's
+    /// connections then use WAL mode too (`-wal` and `-shm` files beside the database).
+    #[arg(long, env = "LIFEBOAT_SWITCH_TO_WAL")]
+    pub switch_to_wal: bool,
 }
 
 #[derive(Debug, ClapArgs)]
@@ -159,6 +187,10 @@ pub struct RestoreArgs {
     /// Replace the output file if it exists (its -wal and -shm are removed).
     #[arg(long)]
     pub force: bool,
+    /// The restored file's permissions, in octal (`0640`). Default: those of the file it
+    /// replaces, else 0644 less the umask (as SQLite creates a database).
+    #[arg(long, value_parser = parse_mode)]
+    pub mode: Option<u32>,
     /// The URL holds a folder of databases: restore the one with this name (`acme.db`).
     #[arg(long, conflicts_with = "all_databases")]
     pub database: Option<String>,
@@ -282,12 +314,6 @@ pub struct RunArgs {
     /// Where to replicate it (and restore it from).
     #[arg(long = "replica", env = "LIFEBOAT_REPLICA_URL")]
     pub replica: Option<String>,
-    /// Serve `/health` (JSON) and `/metrics` (Prometheus) on this address, e.g. 127.0.0.1:9090.
-    #[arg(long, env = "LIFEBOAT_HEALTH_ADDR")]
-    pub health_addr: Option<String>,
-    /// `/health` turns unhealthy once a replica is this far behind (default 60s).
-    #[arg(long, env = "LIFEBOAT_HEALTH_MAX_LAG", value_parser = humantime::parse_duration)]
-    pub health_max_lag: Option<std::time::Duration>,
     /// How long to wait for the first sync before giving up without starting the app.
     #[arg(long, env = "LIFEBOAT_READY_TIMEOUT", default_value = "60s", value_parser = humantime::parse_duration)]
     pub ready_timeout: std::time::Duration,
@@ -310,13 +336,7 @@ pub struct RunArgs {
     #[arg(long, env = "LIFEBOAT_NO_LEASE")]
     pub no_lease: bool,
     #[command(flatten)]
-    pub lease_flags: LeaseFlags,
-    #[command(flatten)]
-    pub keep: KeepArgs,
-    /// A folder to back up with the database and restore with it on boot, `PATH` or
-    /// `NAME=PATH` (repeatable).
-    #[arg(long = "dir", env = "LIFEBOAT_DIRS", value_delimiter = ',')]
-    pub dirs: Vec<String>,
+    pub agent: AgentFlags,
     /// The app and its arguments, after `--`.
     #[arg(last = true, required = true)]
     pub command: Vec<String>,
@@ -361,4 +381,74 @@ pub struct SyncArgs {
     /// Give up (exit 1) after this long.
     #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
     pub timeout: std::time::Duration,
+}
+
+/// An octal file mode (`0640`, `640`): permission bits only.
+fn parse_mode(s: &str) -> Result<u32, String> {
+    match u32::from_str_radix(s.trim_start_matches("0o"), 8) {
+        Ok(m) if m <= 0o7777 => Ok(m),
+        _ => Err(format!(
+            "{s:?} is not a file mode: write it in octal, like 0640 or 0600"
+        )),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// `replicate` and `run` share their agent flags: both read them, and turn them into the
+    /// settings that beat the configuration file, the same way.
+    #[test]
+    fn replicate_and_run_read_the_flags_they_share_the_same_way() {
+        let shared = [
+            "--metrics-addr",
+            "127.0.0.1:9",
+            "--health-max-lag",
+            "5s",
+            "--retention",
+            "12h",
+            "--snapshot-segments",
+            "7",
+            "--lease-ttl",
+            "9s",
+            "--dir",
+            "up",
+        ];
+        let replicate = [
+            &["lifeboat", "replicate"][..],
+            &shared,
+            &["a.db", "file:///r"],
+        ]
+        .concat();
+        let run = [
+            &["lifeboat", "run", "--db", "a.db", "--replica", "file:///r"][..],
+            &shared,
+            &["--", "true"],
+        ]
+        .concat();
+        for argv in [replicate, run] {
+            let agent = match Args::try_parse_from(&argv).unwrap().command {
+                Command::Replicate(a) => a.agent,
+                Command::Run(a) => a.agent,
+                c => panic!("{c:?}"),
+            };
+            assert_eq!(
+                agent.health_addr.as_deref(),
+                Some("127.0.0.1:9"),
+                "{argv:?}"
+            );
+            assert_eq!(
+                agent.lease_flags.lease_ttl,
+                std::time::Duration::from_secs(9)
+            );
+            assert_eq!(agent.dirs, ["up"]);
+            let f = agent.flags();
+            assert_eq!(f.health_max_lag, Some(std::time::Duration::from_secs(5)));
+            assert_eq!(f.retention, Some("12h".parse().unwrap()));
+            assert_eq!(f.snapshot_segments, Some(7));
+            assert_eq!(f.snapshot_interval, None);
+            assert_eq!(f.puts_per_second, None, "only replicate's own flag sets it");
+        }
+    }
 }

@@ -155,18 +155,8 @@ pub struct Flags {
     pub snapshot_interval: Option<Duration>,
     /// `--snapshot-segments` (`LIFEBOAT_SNAPSHOT_SEGMENTS`).
     pub snapshot_segments: Option<u32>,
-}
-
-impl From<&crate::args::KeepArgs> for Flags {
-    fn from(k: &crate::args::KeepArgs) -> Flags {
-        Flags {
-            puts_per_second: None,
-            retention: k.retention,
-            snapshot_interval: k.snapshot_interval,
-            snapshot_segments: k.snapshot_segments,
-            health_max_lag: None,
-        }
-    }
+    /// `--switch-to-wal`: a rollback-journal (or empty) database may be switched to WAL mode.
+    pub switch_to_wal: bool,
 }
 
 /// The retention window when neither the command line, the environment nor the configuration
@@ -241,6 +231,7 @@ struct Database {
     health_max_lag: Option<Duration>,
     #[serde(default)]
     dirs: Vec<String>,
+    switch_to_wal: Option<bool>,
 }
 
 fn retention_opt<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<Retention>, D::Error> {
@@ -267,6 +258,7 @@ impl Database {
             snapshot_segments: None,
             dirs: Vec::new(),
             health_max_lag: None,
+            switch_to_wal: None,
         }
     }
 }
@@ -367,9 +359,14 @@ pub fn expand_env(text: &str, get: impl Fn(&str) -> Option<String>) -> Result<St
     Ok(out)
 }
 
-/// The options of one database of the configuration file, with the command-line `flags` on top.
-fn options(d: &Database, flags: &Flags) -> Options {
-    let mut options = Options::default();
+/// The options of one database of the configuration file, with the command-line `flags` on top;
+/// an error naming the setting if one would silently do something else than it says.
+fn options(d: &Database, flags: &Flags) -> Result<Options> {
+    check_settings(d, flags)?;
+    let mut options = Options {
+        switch_to_wal: flags.switch_to_wal || d.switch_to_wal.unwrap_or(false),
+        ..Options::default()
+    };
     if let Some(v) = flags.puts_per_second.or(d.puts_per_second) {
         options.puts_per_second = v;
     }
@@ -405,7 +402,44 @@ fn options(d: &Database, flags: &Flags) -> Options {
         options.health_max_lag = v;
     }
     options.snapshot_progress = crate::progress::bar("snapshot", crate::progress::Unit::Bytes);
-    options
+    Ok(options)
+}
+
+/// The shortest `poll-interval`: shorter would look at the WAL in a loop and keep a core busy.
+pub const MIN_POLL_INTERVAL: Duration = Duration::from_millis(10);
+
+/// Refuses settings that would not do what they say: a zero `poll-interval` spins a core, a
+/// `puts-per-second` of zero or less would not pace uploads at all.
+fn check_settings(d: &Database, flags: &Flags) -> Result<()> {
+    let db = d.path.display();
+    let rate = |v: f64, name: &str| {
+        if !(v > 0.0 && v.is_finite()) {
+            bail!(
+                "{name} {v} (database {db}) must be a number of PUT requests per second above \
+                 0: zero or less would not pace uploads at all; for faster uploads set a large \
+                 value such as 100"
+            );
+        }
+        Ok(())
+    };
+    if let Some(v) = flags.puts_per_second {
+        rate(v, "--puts-per-second")?;
+    }
+    if let Some(v) = d.puts_per_second {
+        rate(v, "puts-per-second =")?;
+    }
+    if let Some(v) = d.put_burst.filter(|v| !(*v >= 1.0 && v.is_finite())) {
+        bail!("put-burst = {v} (database {db}) must be 1 or more: the PUTs that may go out back to back");
+    }
+    if let Some(v) = d.poll_interval.filter(|v| *v < MIN_POLL_INTERVAL) {
+        bail!(
+            "poll-interval = \"{}\" (database {db}) is too short: the agent would look at the \
+             WAL without pausing and keep a core busy; set it to {} or more (default 1s)",
+            humantime::format_duration(v),
+            humantime::format_duration(MIN_POLL_INTERVAL)
+        );
+    }
+    Ok(())
 }
 
 /// Parses `--dir`/`dirs` entries (`PATH` or `NAME=PATH`).
@@ -461,7 +495,53 @@ fn read_file(path: &std::path::Path) -> Result<File> {
             path.display()
         );
     }
+    check_listed_once(&file).with_context(|| format!("in {}", path.display()))?;
     Ok(file)
+}
+
+/// Refuses a database listed twice (under two spellings of one path, or in `[[databases]]` and
+/// in a folder of `[[database-folders]]`): two replicators on one database would fight over it,
+/// and the second would only say that "another lifeboat" holds it.
+fn check_listed_once(file: &File) -> Result<()> {
+    // The file itself when it exists (symlinks resolved, as the agent does), else the path
+    // made absolute.
+    let same = |p: &std::path::Path| {
+        std::fs::canonicalize(p)
+            .or_else(|_| std::path::absolute(p))
+            .unwrap_or_else(|_| p.to_path_buf())
+    };
+    let mut seen: Vec<(PathBuf, &PathBuf)> = Vec::new();
+    for d in &file.databases {
+        let key = same(&d.path);
+        if let Some((_, first)) = seen.iter().find(|(k, _)| *k == key) {
+            bail!(
+                "database {} is listed twice ({} and {} are the same file): list it once, with \
+                 all its replicas in one replicas = [...]",
+                key.display(),
+                first.display(),
+                d.path.display()
+            );
+        }
+        seen.push((key, &d.path));
+    }
+    for f in &file.folders {
+        let (dir, pattern) = FolderConfig::split_spec(&f.path);
+        let dir = same(&dir);
+        if let Some((_, db)) = seen.iter().find(|(k, _)| {
+            k.parent() == Some(dir.as_path())
+                && k.file_name()
+                    .and_then(|n| n.to_str())
+                    .is_some_and(|n| lifeboat_agent::folder::matches(&pattern, n))
+        }) {
+            bail!(
+                "database {} is listed in [[databases]] and is also in the database folder {}: \
+                 list it in one place only (or give the folder a pattern that leaves it out)",
+                db.display(),
+                f.path.display()
+            );
+        }
+    }
+    Ok(())
 }
 
 /// The databases to replicate, from a config file or from the command line; `flags` beat the
@@ -471,7 +551,7 @@ pub async fn databases(src: &Source, flags: &Flags) -> Result<Vec<DbConfig>> {
     match src {
         Source::File(path) => {
             for d in read_file(path)?.databases {
-                let mut options = options(&d, flags);
+                let mut options = options(&d, flags)?;
                 options.dirs = dir_specs(&d.dirs)?;
                 let mut replicas = Vec::new();
                 for r in &d.replicas {
@@ -486,7 +566,7 @@ pub async fn databases(src: &Source, flags: &Flags) -> Result<Vec<DbConfig>> {
             }
         }
         Source::Args { db, urls } => {
-            let options = options(&Database::at(db.clone()), flags);
+            let options = options(&Database::at(db.clone()), flags)?;
             let mut replicas = Vec::new();
             for u in urls {
                 replicas.push(replica_url::open(u).await?);
@@ -519,14 +599,14 @@ pub async fn folders(src: &Source, flags: &Flags) -> Result<Vec<FolderConfig>> {
                     dir,
                     pattern,
                     replicas,
-                    options: options(&d, flags),
+                    options: options(&d, flags)?,
                     overrides: d.replicas.iter().map(ReplicaEntry::overrides).collect(),
                     restored: Default::default(),
                 });
             }
         }
         Source::Dir { spec, urls } => {
-            let options = options(&Database::at(spec.clone()), flags);
+            let options = options(&Database::at(spec.clone()), flags)?;
             let mut replicas = Vec::new();
             for u in urls {
                 replicas.push(replica_url::open(u).await?);

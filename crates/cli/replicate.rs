@@ -27,29 +27,28 @@ pub async fn replicate(a: ReplicateArgs) -> Result<ExitCode> {
     };
     let flags = Flags {
         puts_per_second: a.puts_per_second,
-        health_max_lag: a.health_max_lag,
-        ..Flags::from(&a.keep)
+        ..a.agent.flags()
     };
     raise_open_files_limit();
     crate::neighbours::warn_all(&src).await;
     let mut dbs = config::databases(&src, &flags).await?;
     let keepers = if a.lease {
-        lease::hold(&mut dbs, &a.lease_flags).await?
+        lease::hold(&mut dbs, &a.agent.lease_flags).await?
     } else {
         Vec::new()
     };
-    config::with_dirs(&mut dbs, &a.dirs)?;
+    config::with_dirs(&mut dbs, &a.agent.dirs)?;
     let folders = config::folders(&src, &flags).await?;
     let mut endpoint = Ok(());
     let mut flushes = Vec::new();
-    let r = lifeboat_agent::agent::replicate(dbs, folders, shutdown.clone(), |registry| {
+    let r = lifeboat_agent::supervisor::replicate(dbs, folders, shutdown.clone(), |registry| {
         // The configured databases start first, in order: the ones the keepers hold.
         let running = registry.snapshot();
         for (k, r) in keepers.iter().zip(&running) {
             k.show_in(r.status.clone());
         }
         flushes = running.iter().map(|r| r.flush.clone()).collect();
-        if let Some(addr) = &a.health_addr {
+        if let Some(addr) = &a.agent.health_addr {
             endpoint = http::serve_agents(addr, registry);
             if endpoint.is_err() {
                 shutdown.cancel();

@@ -196,6 +196,7 @@ async fn restore_one(
         parallelism: r.parallelism,
         force: r.force,
         progress: progress::bar("restoring", progress::Unit::Bytes),
+        mode: r.mode,
     };
     let cat = lifeboat_agent::catalog::Catalog::load(client)
         .await

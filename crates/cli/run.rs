@@ -26,13 +26,14 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context, Result};
 use std::sync::Arc;
 
-use lifeboat_agent::agent::{DbConfig, Supervisor};
+use lifeboat_agent::agent::DbConfig;
 use lifeboat_agent::catalog::Catalog;
 use lifeboat_agent::clock::now_ms;
 use lifeboat_agent::files::{fsync_dir, sibling};
 use lifeboat_agent::folder::FolderConfig;
 use lifeboat_agent::restore::{self, RestoreOptions, Target};
 use lifeboat_agent::status::Status;
+use lifeboat_agent::supervisor::Supervisor;
 use lifeboat_agent::OnDivergence;
 use lifeboat_storage::ReplicaClient;
 use nix::sys::signal::{kill, Signal};
@@ -42,7 +43,7 @@ use tokio::signal::unix::{signal, SignalKind};
 use tracing::{error, info, warn};
 
 use crate::args::{OnStale, RunArgs};
-use crate::config::{self, Flags, Source};
+use crate::config::{self, Source};
 use crate::http;
 use crate::lease::{self, Event};
 
@@ -63,10 +64,19 @@ const FORWARDED: [Signal; 6] = [
 type At = (lifeboat_wal::Generation, lifeboat_wal::TxId);
 
 /// Restores the newest state of `client` (or the one `at`: where the previous lease holder
-/// stopped) into `db` (which must not exist); returns where it landed.
-async fn restore_into(db: &Path, client: &dyn ReplicaClient, at: Option<At>) -> Result<At> {
+/// stopped) into `db` (which must not exist), with the permissions of `like` if given (the stale
+/// file moved aside), else a new database's; returns where it landed.
+async fn restore_into(
+    db: &Path,
+    client: &dyn ReplicaClient,
+    at: Option<At>,
+    like: Option<&Path>,
+) -> Result<At> {
     info!(db = %db.display(), replica = %client.describe(), at = %lifeboat_agent::lease::fmt_position(at), "restoring the newest state (or the one the lease was handed over at)");
     let mut opts = RestoreOptions::new(db.to_path_buf());
+    opts.mode = like
+        .and_then(|p| std::fs::metadata(p).ok())
+        .map(|m| std::os::unix::fs::PermissionsExt::mode(&m.permissions()) & 0o7777);
     if let Some((g, t)) = at {
         (opts.generation, opts.target) = (Some(g), Target::TxId(t));
     }
@@ -124,7 +134,7 @@ async fn prepare_missing(cfg: &DbConfig, at: Option<At>) -> Result<Option<At>> {
         .with_context(|| format!("cannot list {}", client.describe()))?;
     if cat.latest().is_some() {
         info!(db = %db.display(), "database missing: restoring it from the replica");
-        Ok(Some(restore_into(db, client, at).await?))
+        Ok(Some(restore_into(db, client, at, None).await?))
     } else {
         info!(db = %db.display(), replica = %client.describe(), "no database and no backup yet: starting fresh");
         let c = rusqlite::Connection::open(db)
@@ -178,7 +188,7 @@ async fn start(sup: &mut Supervisor, mut cfg: DbConfig, on_stale: OnStale) -> Re
         Err(e @ lifeboat_agent::Error::Diverged { .. }) if on_stale == OnStale::Restore => {
             let aside = move_aside(&cfg.path)?;
             warn!(db = %cfg.path.display(), moved_to = %aside.display(), error = %e, "local database moved aside; restoring the replica's newest state");
-            let at = restore_into(&cfg.path, cfg.replicas[0].as_ref(), None).await?;
+            let at = restore_into(&cfg.path, cfg.replicas[0].as_ref(), None, Some(&aside)).await?;
             restore_dirs(&cfg, Some(at), true).await?;
             cfg.options.resume = false;
             Ok(sup.start(cfg).await?)
@@ -286,10 +296,7 @@ pub async fn run(args: RunArgs) -> Result<ExitCode> {
     };
     crate::replicate::raise_open_files_limit();
     crate::neighbours::warn_all(&src).await;
-    let flags = Flags {
-        health_max_lag: args.health_max_lag,
-        ..Flags::from(&args.keep)
-    };
+    let flags = args.agent.flags();
     let mut folders = config::folders(&src, &flags).await?;
     for f in &mut folders {
         f.options.shutdown_timeout = args.shutdown_timeout;
@@ -300,27 +307,37 @@ pub async fn run(args: RunArgs) -> Result<ExitCode> {
         prepare_folder(f).await?;
     }
     let mut dbs = config::databases(&src, &flags).await?;
-    config::with_dirs(&mut dbs, &args.dirs)?;
+    config::with_dirs(&mut dbs, &args.agent.dirs)?;
     let (lease_tx, mut lease_rx) = tokio::sync::mpsc::unbounded_channel();
-    let mut keepers = Vec::new();
+    let (mut keepers, mut parents) = (Vec::new(), Vec::new());
     for (i, d) in dbs.iter_mut().enumerate() {
         d.options.shutdown_timeout = args.shutdown_timeout;
         // The writer lease comes first: the state restored is the one its holder released at.
         let taken = match args.no_lease {
             true => None,
-            false => {
-                Some(lease::take_within(d, &args.lease_flags, true, args.ready_timeout).await?)
-            }
+            false => Some(
+                lease::take_within(d, &args.agent.lease_flags, true, args.ready_timeout).await?,
+            ),
         };
         let at = taken.as_ref().and_then(|t| t.parent);
         d.options.lease = taken.as_ref().map(lease::Taken::fencing);
         keepers.push(taken.map(|t| t.keep(i, lease_tx.clone())));
+        parents.push(at);
         // A database restored on boot starts a new generation rather than resuming: another
         // instance may still be running on the old one (an overlapping deploy), and two writers
         // on one generation would fork it.
-        let restored = prepare_missing(d, at).await?;
+        let restored = match prepare_missing(d, at).await {
+            Ok(r) => r,
+            Err(e) => {
+                release_untouched(&keepers, &parents).await;
+                return Err(e);
+            }
+        };
         d.options.resume = restored.is_none();
-        restore_dirs(d, restored, args.on_stale == OnStale::Restore).await?;
+        if let Err(e) = restore_dirs(d, restored, args.on_stale == OnStale::Restore).await {
+            release_untouched(&keepers, &parents).await;
+            return Err(e);
+        }
     }
     if args.no_lease {
         warn!("running without the writer lease (--no-lease): another instance writing the same replica at the same time is not prevented, and an overlapping deploy loses the old instance's last writes");
@@ -342,7 +359,7 @@ pub async fn run(args: RunArgs) -> Result<ExitCode> {
             return Err(e.into());
         }
     }
-    if let Some(addr) = &args.health_addr {
+    if let Some(addr) = &args.agent.health_addr {
         if let Err(e) = http::serve_agents(addr, sup.registry()) {
             let _ = sup.stop().await;
             return Err(e);
@@ -416,7 +433,7 @@ pub async fn run(args: RunArgs) -> Result<ExitCode> {
                 let (h, k) = (&sup.handles()[i], &mut keepers[i]);
                 match (ev, k.as_ref()) {
                     (Event::HandoffRequested(req), Some(keeper)) => {
-                        match lease::hand_over(h, keeper, &req, args.lease_flags.handoff_timeout).await {
+                        match lease::hand_over(h, keeper, &req, args.agent.lease_flags.handoff_timeout).await {
                             Ok(f) => { frozen.push(f); *k = None; handed_over = true; }
                             Err(e) => error!(db = %h.path().display(), error = %format!("{e:#}"), "handoff failed: this instance keeps the lease and the app goes on"),
                         }
@@ -457,6 +474,20 @@ pub async fn run(args: RunArgs) -> Result<ExitCode> {
         Ok(ExitCode::from(EXIT_SYNC_FAILED))
     } else {
         Ok(ExitCode::from(code))
+    }
+}
+
+/// Releases the writer leases of a boot that failed before anything was shipped (a restore
+/// that could not be written, say), each at the state it was taken at: the next boot (a
+/// supervisor's restart) takes it at once instead of waiting out its TTL.
+async fn release_untouched(keepers: &[Option<lease::Keeper>], parents: &[Option<At>]) {
+    for (k, at) in keepers.iter().zip(parents) {
+        let Some(k) = k else { continue };
+        match tokio::time::timeout(Duration::from_secs(5), k.release(*at)).await {
+            Ok(Ok(())) => info!("the boot failed: writer lease released"),
+            Ok(Err(e)) => warn!(error = %format!("{e:#}"), "the boot failed and the writer lease could not be released: the next instance waits for it to expire"),
+            Err(_) => warn!("the boot failed and releasing the writer lease timed out: the next instance waits for it to expire"),
+        }
     }
 }
 

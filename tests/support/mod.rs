@@ -14,6 +14,7 @@ use nix::unistd::Pid;
 use rusqlite::Connection;
 
 pub mod crash;
+pub mod disk;
 pub mod faults;
 pub mod oracle;
 
@@ -124,6 +125,19 @@ impl Agent {
 
     pub fn log_text(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// [`wait_until`], printing the agent's log on timeout.
+    pub fn wait_until(&self, what: &str, timeout: Duration, mut cond: impl FnMut() -> bool) {
+        let deadline = Instant::now() + timeout;
+        while !cond() {
+            assert!(
+                Instant::now() < deadline,
+                "timed out waiting for {what}; agent log:\n{}",
+                self.log_text()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
     }
 }
 
@@ -248,8 +262,27 @@ impl Writer {
         )
     }
 
-    /// [`Writer::start`] running [`mixed_txn_only`]: no explicit checkpoints of the app's own
-    /// (so a WAL that shrinks was truncated by the agent).
+    /// [`Writer::start`] with the app's busy timeout set to `busy`.
+    pub fn start_with_busy_timeout(path: &Path, page_size: u32, busy: Duration) -> Writer {
+        Writer::spawn(
+            path,
+            page_size,
+            0,
+            u64::MAX,
+            Duration::ZERO,
+            mixed_txn,
+            busy,
+        )
+    }
+
+    /// Whether the writer thread is still running (it ends early only by panicking, for
+    /// example on a busy timeout).
+    pub fn is_running(&self) -> bool {
+        self.handle.as_ref().is_some_and(|h| !h.is_finished())
+    }
+
+    /// [`Writer::start_patient`], flat out, running [`mixed_txn_only`]: no explicit checkpoints
+    /// of the app's own (so a WAL that shrinks was truncated by the agent).
     pub fn start_without_checkpoints(path: &Path, page_size: u32) -> Writer {
         Writer::spawn(
             path,
@@ -258,7 +291,7 @@ impl Writer {
             u64::MAX,
             Duration::ZERO,
             mixed_txn_only,
-            APP_BUSY,
+            Duration::from_secs(5),
         )
     }
 

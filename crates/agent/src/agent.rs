@@ -1,19 +1,20 @@
 //! Running replicators: one task per database (see [`crate::scheduler`] for when passes run and
 //! on which threads), woken through the agent's one file-system watcher ([`crate::watcher`]),
-//! paced by a PUT budget, stopped with a final sync.
+//! paced by a PUT budget ([`crate::budget`]), stopped with a final sync.
 //!
 //! One way to stop: every database's task watches a [`CancellationToken`]; the
-//! [`Supervisor`] that `lifeboat replicate` and `lifeboat run` share cancels them all and waits
-//! for each final sync, on one teardown path. A wake-up only says "look at the WAL now".
+//! [`Supervisor`](crate::supervisor::Supervisor) that `lifeboat replicate` and `lifeboat run`
+//! share cancels them all and waits for each final sync, on one teardown path. A wake-up only
+//! says "look at the WAL now".
 
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use lifeboat_storage::ReplicaClient;
 use tokio::runtime::Handle;
 use tokio_util::sync::CancellationToken;
-use tracing::{error, info};
+use tracing::info;
 
 use crate::replicator::Replicator;
 use crate::status::Status;
@@ -32,52 +33,8 @@ pub struct DbConfig {
     pub overrides: Vec<crate::replica::ReplicaOverrides>,
 }
 
-/// A token bucket: `rate` tokens a second, at most `burst` saved up.
-#[derive(Debug)]
-pub struct Budget {
-    rate: f64,
-    burst: f64,
-    tokens: f64,
-    last: Instant,
-}
-
-impl Budget {
-    /// A full bucket.
-    pub fn new(rate: f64, burst: f64) -> Budget {
-        Budget {
-            rate,
-            burst: burst.max(1.0),
-            tokens: burst.max(1.0),
-            last: Instant::now(),
-        }
-    }
-
-    fn refill(&mut self, now: Instant) {
-        let dt = now.saturating_duration_since(self.last).as_secs_f64();
-        self.tokens = (self.tokens + dt * self.rate).min(self.burst);
-        self.last = now;
-    }
-
-    /// How long until a token is available (zero if one is).
-    pub fn wait(&mut self, now: Instant) -> Duration {
-        self.refill(now);
-        if self.tokens >= 1.0 || self.rate <= 0.0 {
-            Duration::ZERO
-        } else {
-            Duration::from_secs_f64((1.0 - self.tokens) / self.rate)
-        }
-    }
-
-    /// Spends `n` tokens (the balance may go negative: the next wait is longer).
-    pub fn spend(&mut self, n: u32) {
-        if self.rate > 0.0 {
-            self.tokens -= f64::from(n);
-        }
-    }
-}
-
 /// A running database: its task replicates until the token it was started with is cancelled,
-/// then syncs a last time; [`Supervisor::stop`] does that for every database at once.
+/// then syncs a last time; [`Supervisor::stop`](crate::supervisor::Supervisor::stop) does that for every database at once.
 pub struct DbHandle {
     /// Its progress.
     pub status: Arc<Status>,
@@ -245,157 +202,5 @@ impl Registry {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .retain(|r| r.path != path);
-    }
-}
-
-/// The replicators of a set of databases (and folders of databases), stopped together.
-pub struct Supervisor {
-    handles: Vec<DbHandle>,
-    folders: Vec<crate::folder::FolderHandle>,
-    stop: CancellationToken,
-    registry: Arc<Registry>,
-}
-
-impl Default for Supervisor {
-    fn default() -> Self {
-        Supervisor::new()
-    }
-}
-
-impl Supervisor {
-    /// No database yet.
-    pub fn new() -> Supervisor {
-        Supervisor {
-            handles: Vec::new(),
-            folders: Vec::new(),
-            stop: CancellationToken::new(),
-            registry: Arc::default(),
-        }
-    }
-
-    /// Starts replicating one database (see [`start`]): opens it, reads its replicas' state,
-    /// starts its task. Blocking work runs off the async runtime.
-    pub async fn start(&mut self, cfg: DbConfig) -> Result<()> {
-        let rt = Handle::current();
-        let stop = self.stop.child_token();
-        let h = tokio::task::spawn_blocking(move || start(cfg, rt, stop))
-            .await
-            .map_err(|e| Error::join("starting a replicator", e))??;
-        self.registry.add(&h);
-        self.handles.push(h);
-        Ok(())
-    }
-
-    /// Starts replicating a folder of databases (see [`crate::folder`]): those in it now, and
-    /// those created while it runs.
-    pub async fn start_folder(&mut self, cfg: crate::folder::FolderConfig) -> Result<()> {
-        let f = crate::folder::start(cfg, self.stop.child_token(), self.registry.clone()).await?;
-        self.folders.push(f);
-        Ok(())
-    }
-
-    /// The databases started one by one with [`start`](Self::start).
-    pub fn handles(&self) -> &[DbHandle] {
-        &self.handles
-    }
-
-    /// Every running database, folders' included, as it is now and as it changes.
-    pub fn registry(&self) -> Arc<Registry> {
-        self.registry.clone()
-    }
-
-    /// Stops every database with a final sync and waits for each; the first failure (each one
-    /// is logged).
-    pub async fn stop(self) -> Result<()> {
-        self.stop.cancel();
-        let mut first_err = None;
-        for h in self.handles {
-            if let Err(e) = h.join().await {
-                error!(error = %e.chain(), "final sync failed");
-                first_err.get_or_insert(e);
-            }
-        }
-        for f in self.folders {
-            let r = f
-                .task
-                .await
-                .map_err(|e| Error::join("stopping a folder of databases", e))
-                .and_then(|r| r);
-            if let Err(e) = r {
-                first_err.get_or_insert(e);
-            }
-        }
-        first_err.map_or(Ok(()), Err)
-    }
-}
-
-/// Replicates every database and folder of databases until `shutdown` is cancelled, then syncs
-/// each database a last time. `started` is handed the registry of running databases once all
-/// are running (for a status endpoint).
-pub async fn replicate(
-    dbs: Vec<DbConfig>,
-    folders: Vec<crate::folder::FolderConfig>,
-    shutdown: CancellationToken,
-    started: impl FnOnce(Arc<Registry>),
-) -> Result<()> {
-    let mut sup = Supervisor::new();
-    for cfg in dbs {
-        if let Err(e) = sup.start(cfg).await {
-            let _ = sup.stop().await;
-            return Err(e);
-        }
-    }
-    for cfg in folders {
-        if let Err(e) = sup.start_folder(cfg).await {
-            let _ = sup.stop().await;
-            return Err(e);
-        }
-    }
-    started(sup.registry());
-    shutdown.cancelled().await;
-    sup.stop().await
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn the_budget_allows_a_burst_then_paces_at_the_rate() {
-        let t0 = Instant::now();
-        let mut b = Budget::new(2.0, 3.0);
-        for _ in 0..3 {
-            assert_eq!(b.wait(t0), Duration::ZERO);
-            b.spend(1);
-        }
-        // Spent: the next token comes at the rate (2 a second: half a second).
-        let w = b.wait(t0);
-        assert!(
-            w > Duration::from_millis(490) && w <= Duration::from_millis(500),
-            "{w:?}"
-        );
-        assert_eq!(b.wait(t0 + Duration::from_millis(500)), Duration::ZERO);
-        // Refills never pass the burst.
-        let mut b = Budget::new(2.0, 3.0);
-        b.spend(3);
-        let later = t0 + Duration::from_secs(3600);
-        assert_eq!(b.wait(later), Duration::ZERO);
-        b.spend(3);
-        assert!(b.wait(later) > Duration::ZERO);
-    }
-
-    #[test]
-    fn an_overspent_budget_waits_longer_and_a_zero_rate_never_waits() {
-        let t0 = Instant::now();
-        let mut b = Budget::new(1.0, 1.0);
-        b.spend(3);
-        let w = b.wait(t0);
-        assert!(
-            w > Duration::from_millis(2990) && w <= Duration::from_secs(3),
-            "{w:?}"
-        );
-        let mut free = Budget::new(0.0, 1.0);
-        free.spend(100);
-        assert_eq!(free.wait(t0), Duration::ZERO);
     }
 }

@@ -1,7 +1,7 @@
 //! What a replica holds: its generations, snapshots and segments, from one listing.
 //!
 //! What an older lease epoch wrote after a newer one took over is set aside as it loads (see
-//! [`crate::lease_fence`]), so no reader extends the history with it.
+//! [`crate::catalog::fences`]), so no reader extends the history with it.
 
 use std::collections::BTreeMap;
 
@@ -14,6 +14,8 @@ use lifeboat_wal::snapshot::{
 use lifeboat_wal::{DbChecksum, Generation, TxId};
 
 use crate::{Error, Result};
+
+pub mod fences;
 
 /// A snapshot: the database right after transaction `txid`.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -50,7 +52,7 @@ pub struct GenerationObjects {
     pub snapshots: Vec<Snapshot>,
     /// Segments.
     pub segments: Vec<Segment>,
-    /// Its fence, if an agent holding the writer lease wrote it (see [`crate::lease_fence`]).
+    /// Its fence, if an agent holding the writer lease wrote it (see [`crate::catalog::fences`]).
     pub fence: Option<Fence>,
     /// Retention is deleting it (its `pruning` marker is present): not restorable, whatever
     /// objects are left.
@@ -90,7 +92,7 @@ pub struct Catalog {
     /// Keys under `generations/` that lifeboat did not write.
     pub foreign: Vec<String>,
     /// Objects an older lease epoch wrote after a newer one took over: ignored by every reader.
-    pub stale: Vec<crate::lease_fence::StaleObject>,
+    pub stale: Vec<crate::catalog::fences::StaleObject>,
 }
 
 impl Catalog {
@@ -135,7 +137,7 @@ impl Catalog {
                 }),
             }
         }
-        crate::lease_fence::apply(&mut cat);
+        crate::catalog::fences::apply(&mut cat);
         if let Some(first) = cat.stale.first() {
             tracing::warn!(
                 replica = %client.describe(),
@@ -155,7 +157,7 @@ impl Catalog {
         self.generations
             .iter()
             .filter(|(_, o)| !o.pruning && !o.snapshots.is_empty())
-            .max_by_key(|(g, o)| (crate::lease_fence::epoch(o), **g))
+            .max_by_key(|(g, o)| (crate::catalog::fences::epoch(o), **g))
             .map(|(g, o)| (*g, o))
     }
 }
@@ -185,10 +187,7 @@ pub async fn tip(
     generation: Generation,
     objs: &GenerationObjects,
 ) -> Result<Tip> {
-    let snap = objs
-        .snapshots
-        .last()
-        .ok_or_else(|| Error::Replica(format!("generation {generation} has no snapshot")))?;
+    let snap = objs.snapshots.last().ok_or(Error::NoSnapshot(generation))?;
     if let Some(seg) = objs.last_segment().filter(|s| s.last > snap.txid) {
         let b = client
             .get_range(&seg.key, 0..SEG_HEADER_SIZE as u64)

@@ -117,6 +117,20 @@ impl Checkpoints {
     }
 }
 
+/// The frames SQLite has not yet copied into the database (`mxFrame - nBackfill`), read from the
+/// WAL index in the `-shm` file without SQLite: the WAL-index header's `mxFrame` (native-endian
+/// u32 at offset 16) and the checkpoint information's `nBackfill` (at offset 96), as SQLite's
+/// file-format notes on the WAL index lay them out. `None` when the file cannot be read.
+fn unbackfilled_frames(db: &Database) -> Option<u32> {
+    let mut shm = db.path().as_os_str().to_owned();
+    shm.push("-shm");
+    let mut b = [0u8; 100];
+    let f = std::fs::File::open(shm).ok()?;
+    std::os::unix::fs::FileExt::read_exact_at(&f, &mut b, 0).ok()?;
+    let word = |at: usize| u32::from_ne_bytes([b[at], b[at + 1], b[at + 2], b[at + 3]]);
+    Some(word(16).saturating_sub(word(96)))
+}
+
 /// Lets SQLite restart the WAL from the top, which it can only do once every frame is
 /// checkpointed and no reader holds a frame mark — never the case while the app writes
 /// steadily and the pin sits on the newest frames. So, briefly holding the write lock
@@ -140,8 +154,24 @@ fn restart_wal(
     // replica has shipped): the app keeps writing meanwhile, and what is left for the locked
     // step below is only what it appended since — so the app waits on the agent for a short
     // read and a small checkpoint, never for the bulk of the copying and its fsync.
-    if let Err(e) = db.checkpoint(CheckpointMode::Passive) {
-        debug!(error = %e.chain(), "checkpoint before the locked step failed");
+    //
+    // That copy stops at the pin, and while it runs the app appends more, all of which the
+    // locked step would copy (and fsync, and read as tails). So while more than
+    // `checkpoint-pages` frames are left, the pin moves on and the copy runs again: each round
+    // copies only what the app wrote during the last, so a few rounds leave little. Moving the
+    // pin here, ahead of what replicas have shipped, keeps every frame: frames are left
+    // uncopied, so the new read transaction takes a mark above zero, which forbids a restart
+    // (SQLite gives mark zero only to a reader that begins when every frame is copied), and the
+    // locked step below carries each replica's tail from its own cursor, not from the pin.
+    let budget = ctx.opts.checkpoint_pages;
+    for round in 0..3 {
+        if let Err(e) = db.checkpoint(CheckpointMode::Passive) {
+            debug!(error = %e.chain(), "checkpoint before the locked step failed");
+        }
+        match unbackfilled_frames(db) {
+            Some(left) if left > budget && round < 2 => db.pin()?,
+            _ => break,
+        }
     }
     if !db.try_write_lock(wait)? {
         debug!(frames, "write lock busy; checkpoint deferred");
@@ -160,9 +190,20 @@ fn restart_wal(
     let complete = r.is_some_and(|r| !r.busy && r.log_frames == r.checkpointed);
     // The file keeps its largest size across restarts; past the bound, give the space back.
     if complete && db.wal().size().unwrap_or(0) > ctx.opts.truncate_wal_bytes {
+        // The truncation runs under SQLite's write lock, and cutting a file whose pages are
+        // still being written back waits for the disk: flush the log first, without a lock, so
+        // that the app waits only for the cut itself.
+        let started = Instant::now();
+        if let Ok(Some(f)) = db.wal().open_file() {
+            if let Err(e) = f.sync_data() {
+                debug!(error = %e, "flushing the WAL before truncating it failed");
+            }
+        }
+        let flushed = started.elapsed();
+        let started = Instant::now();
         match db.truncate_wal(Duration::from_millis(50)) {
             Ok(t) => {
-                info!(db = %ctx.path.display(), frames = t.log_frames, busy = t.busy, "WAL truncated")
+                info!(db = %ctx.path.display(), frames = t.log_frames, busy = t.busy, ?flushed, took = ?started.elapsed(), "WAL truncated")
             }
             Err(e) => warn!(error = %e.chain(), "WAL truncation failed"),
         }

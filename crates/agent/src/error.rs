@@ -15,6 +15,16 @@ pub enum Error {
     /// The database file does not exist.
     #[error("database {0} does not exist")]
     NoDatabase(PathBuf),
+    /// The database path is not a database the agent replicates as it is: a folder, an empty
+    /// file or a rollback-journal database (without `switch_to_wal`), not SQLite (see
+    /// [`crate::dbfile`]).
+    #[error("database {} {problem}", path.display())]
+    NotReplicable {
+        /// The path.
+        path: PathBuf,
+        /// What is wrong and what to do.
+        problem: String,
+    },
     /// The database could not be put in WAL mode.
     #[error("database {0} is not in WAL mode and could not be switched (is another process holding it open in rollback mode?)")]
     NotWal(PathBuf),
@@ -95,9 +105,74 @@ pub enum Error {
         #[source]
         cause: lifeboat_wal::Error,
     },
-    /// The replica does not hold a restorable chain.
+    /// A generation has no snapshot, so nothing in it can be restored.
+    #[error("generation {0} has no snapshot: it cannot be restored")]
+    NoSnapshot(Generation),
+    /// The generation asked for is not in the replica.
+    #[error("generation {0} not found in the replica")]
+    NoGeneration(Generation),
+    /// The generation asked for carries a `pruning` marker: retention is deleting it.
+    #[error(
+        "generation {0} is being deleted by retention (its `pruning` marker is present: a prune \
+         was interrupted); it is not restored. Run `lifeboat prune` to finish deleting it"
+    )]
+    GenerationPruning(Generation),
+    /// The replica holds no snapshot at all.
+    #[error("the replica holds no snapshot: nothing to restore")]
+    NothingToRestore,
+    /// The replica holds no state at or before the target: `0` says what it can restore instead.
     #[error("{0}")]
-    Replica(String),
+    NoStateAtTarget(String),
+    /// A generation's history ends before the target transaction.
+    #[error("generation {generation} ends at txid {}, before the target txid {}", last.0, target.0)]
+    TargetPastEnd {
+        /// The generation.
+        generation: Generation,
+        /// Its last transaction in the replica.
+        last: TxId,
+        /// The transaction asked for.
+        target: TxId,
+    },
+    /// An object does not fit where the restore stands (another generation, page size or
+    /// starting state).
+    #[error("object {key}: {problem}")]
+    ObjectMismatch {
+        /// The object.
+        key: String,
+        /// How it does not fit.
+        problem: String,
+    },
+    /// The writer lease object is not one lifeboat wrote.
+    #[error(
+        "{key} in {replica} is not a lifeboat lease; if no lifeboat instance is running, delete \
+         it and start again"
+    )]
+    LeaseUnreadable {
+        /// The lease object.
+        key: &'static str,
+        /// The replica.
+        replica: String,
+        /// Why it does not parse.
+        #[source]
+        cause: serde_json::Error,
+    },
+    /// The writer lease was not renewed within its time to live: uploads wait until it is.
+    #[error(
+        "the writer lease (epoch {epoch}) was not renewed within its time to live; uploads wait \
+         until it is"
+    )]
+    LeaseNotRenewed {
+        /// The lease's epoch.
+        epoch: u64,
+    },
+    /// A handoff request could not be written: other instances kept replacing it.
+    #[error("cannot write {key} in {replica}: other instances keep replacing it")]
+    HandoffContended {
+        /// The handoff object.
+        key: &'static str,
+        /// The replica.
+        replica: String,
+    },
     /// Two segments of one generation hold the same transaction with different contents: the
     /// history forked there. (Two segments that agree on every transaction they share are
     /// redundant copies, not a fork.) The history before the fork still restores.
@@ -228,7 +303,10 @@ impl Error {
     /// A short name for the kind of error, for metrics.
     pub fn kind(&self) -> &'static str {
         match self {
-            Error::NoDatabase(_) | Error::NotWal(_) | Error::AlreadyReplicating { .. } => "setup",
+            Error::NoDatabase(_)
+            | Error::NotReplicable { .. }
+            | Error::NotWal(_)
+            | Error::AlreadyReplicating { .. } => "setup",
             Error::Sqlite { .. } => "sqlite",
             Error::Io { .. } => "io",
             Error::Storage(lifeboat_storage::Error::Conflict { .. }) => "conflict",
@@ -236,7 +314,16 @@ impl Error {
             Error::Storage(_) => "storage",
             Error::Dirs(_) => "folder",
             Error::Corrupt { .. } => "corrupt",
-            Error::Replica(_)
+            Error::NoSnapshot(_)
+            | Error::NoGeneration(_)
+            | Error::GenerationPruning(_)
+            | Error::NothingToRestore
+            | Error::NoStateAtTarget(_)
+            | Error::TargetPastEnd { .. }
+            | Error::ObjectMismatch { .. }
+            | Error::LeaseUnreadable { .. }
+            | Error::LeaseNotRenewed { .. }
+            | Error::HandoffContended { .. }
             | Error::Fork { .. }
             | Error::Gap { .. }
             | Error::Diverged { .. }

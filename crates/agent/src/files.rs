@@ -1,5 +1,6 @@
 //! SQLite files on the local disk: names next to a database, folder fsync, hashing a file page by
-//! page, `PRAGMA integrity_check`, and reading every page through `sqlite_dbpage`.
+//! page, `PRAGMA integrity_check`, reading every page through `sqlite_dbpage`, and the mode and
+//! owner a restored file takes from the one it replaces.
 //!
 //! Restore, drill and the replicator each need these; one copy keeps their checks identical (a
 //! drill that hashed a file differently from the restore would prove nothing).
@@ -159,6 +160,56 @@ pub fn for_each_dbpage(
     Ok(n)
 }
 
+/// The permission bits a new database gets when none is replaced: SQLite's own default (0644)
+/// less the process's umask, as if the app had created it.
+fn new_file_mode() -> u32 {
+    // The umask can only be read by setting it (racy with other threads); Linux shows it here.
+    let umask = std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("Umask:"))
+                .and_then(|v| u32::from_str_radix(v.trim(), 8).ok())
+        })
+        .unwrap_or(0o022);
+    0o644 & !umask
+}
+
+/// Gives `file` (a restored database, about to be renamed to `output`) its permission bits:
+/// `mode` if given (`--mode`), else those of the file at `output` it replaces, so the app keeps
+/// its access, else a new database's (0644 less the umask). Run as root, it also takes the
+/// replaced file's owner and group. Returns the mode given.
+pub fn take_place_of(file: &File, output: &Path, mode: Option<u32>) -> Result<u32> {
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+    let old = std::fs::metadata(output).ok().filter(|m| m.is_file());
+    let bits = mode
+        .or_else(|| old.as_ref().map(|m| m.mode() & 0o7777))
+        .unwrap_or_else(new_file_mode);
+    file.set_permissions(std::fs::Permissions::from_mode(bits))
+        .map_err(|e| {
+            Error::io(
+                format!(
+                    "set mode {bits:o} on the database restored to {}",
+                    output.display()
+                ),
+                e,
+            )
+        })?;
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    if let Some(m) = old.filter(|_| unsafe { libc::geteuid() } == 0) {
+        std::os::unix::fs::fchown(file, Some(m.uid()), Some(m.gid())).map_err(|e| {
+            Error::io(
+                format!(
+                    "give the database restored to {} its owner",
+                    output.display()
+                ),
+                e,
+            )
+        })?;
+    }
+    Ok(bits)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -181,6 +232,30 @@ mod tests {
         integrity_check(&db).unwrap();
         assert_eq!(sibling(&db, "-wal"), dir.path().join("a.db-wal"));
         assert_eq!(parent_dir(Path::new("x.db")), Path::new("."));
+    }
+
+    /// Regression: restored databases were created 0600, so an app running as another user
+    /// (or a group) lost access to the database it had before.
+    #[test]
+    fn a_restored_file_keeps_the_mode_of_the_one_it_replaces() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let (out, tmp) = (dir.path().join("app.db"), dir.path().join("tmp"));
+        let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o7777;
+        let f = File::create(&tmp).unwrap();
+        f.set_permissions(std::fs::Permissions::from_mode(0o600))
+            .unwrap();
+        // Nothing replaced: a new database's mode, never more than 0644.
+        let bits = take_place_of(&f, &out, None).unwrap();
+        assert_eq!(bits, new_file_mode());
+        assert_eq!(bits & !0o644, 0);
+        assert_eq!(mode(&tmp), bits);
+        std::fs::write(&out, b"old").unwrap();
+        std::fs::set_permissions(&out, std::fs::Permissions::from_mode(0o664)).unwrap();
+        assert_eq!(take_place_of(&f, &out, None).unwrap(), 0o664);
+        assert_eq!(mode(&tmp), 0o664);
+        assert_eq!(take_place_of(&f, &out, Some(0o640)).unwrap(), 0o640);
+        assert_eq!(mode(&tmp), 0o640);
     }
 
     #[test]

@@ -17,7 +17,7 @@
 //!   instance restores exactly.
 //!
 //! The lease object is never deleted (a release is a write), so epochs only grow. Every
-//! generation an epoch starts carries it in its fence (see [`crate::lease_fence`]), so what a
+//! generation an epoch starts carries it in its fence (see [`crate::catalog::fences`]), so what a
 //! holder paused past its lease writes after waking is ignored by every reader.
 
 use std::sync::Arc;
@@ -31,10 +31,16 @@ use serde::{Deserialize, Serialize};
 use tracing::{info, warn};
 
 use crate::clock::now_ms;
-pub use crate::lease_gate::{highest_epoch, Fencing, Gate};
-pub(crate) use crate::lease_gate::{may_write, write_fence};
-pub use crate::lease_handoff::{request_handoff, HandoffRequest};
 use crate::{Error, Result};
+
+mod gate;
+mod handoff;
+
+/// The lease as the status shows it (defined with the status, which reports it).
+pub use crate::status::LeaseInfo;
+pub use gate::{highest_epoch, Fencing, Gate};
+pub(crate) use gate::{may_write, write_fence};
+pub use handoff::{request_handoff, HandoffRequest};
 
 /// Default lease time to live.
 pub const DEFAULT_TTL: Duration = Duration::from_secs(30);
@@ -118,32 +124,12 @@ impl LeaseRecord {
     }
 
     fn decode(client: &dyn ReplicaClient, b: &[u8]) -> Result<LeaseRecord> {
-        serde_json::from_slice(b).map_err(|e| {
-            Error::Replica(format!(
-                "{} in {} is not a lifeboat lease ({e}); if no lifeboat instance is running, \
-                 delete it and start again",
-                keys::LEASE,
-                client.describe()
-            ))
+        serde_json::from_slice(b).map_err(|cause| Error::LeaseUnreadable {
+            key: keys::LEASE,
+            replica: client.describe(),
+            cause,
         })
     }
-}
-
-/// The lease as `/health`, `/metrics` and the logs show it.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
-pub struct LeaseInfo {
-    /// Who holds it (this process).
-    pub holder: String,
-    /// Its epoch.
-    pub epoch: u64,
-    /// `held`, `handing_over`, `released` or `lost`.
-    pub state: String,
-    /// When it was last renewed (Unix ms).
-    pub renewed_ms: u64,
-    /// When it expires unless renewed (Unix ms, this host's clock).
-    pub expires_ms: u64,
-    /// Handoffs this process answered.
-    pub handoffs: u64,
 }
 
 /// How to take a lease.
@@ -364,16 +350,9 @@ impl Lease {
             return Ok(Renewal::Lost(None));
         }
         let started = Instant::now();
-        let mut next = self.record.clone();
-        next.seq += 1;
-        next.renewed_ms = now_ms();
-        match self
-            .client
-            .put_if_match(keys::LEASE, next.encode(), &self.etag)
-            .await
-        {
-            Ok(etag) => {
-                self.etag = etag;
+        let next = self.next_record();
+        match self.replace(&next).await {
+            Ok(()) => {
                 self.record = next;
                 self.gate.extend(started + self.ttl);
                 Ok(Renewal::Renewed)
@@ -390,13 +369,29 @@ impl Lease {
         }
     }
 
+    /// The record's next version: the renewal counter one up, renewed now.
+    fn next_record(&self) -> LeaseRecord {
+        let mut next = self.record.clone();
+        next.seq += 1;
+        next.renewed_ms = now_ms();
+        next
+    }
+
+    /// Writes `next` over the version this holder wrote last (a conditional write on its
+    /// ETag): a `Precondition` error means another instance wrote the lease since.
+    async fn replace(&mut self, next: &LeaseRecord) -> std::result::Result<(), StorageError> {
+        self.etag = self
+            .client
+            .put_if_match(keys::LEASE, next.encode(), &self.etag)
+            .await?;
+        Ok(())
+    }
+
     /// Releases it, recording where this holder stopped (`at`: its generation and last
     /// transaction). The gate closes first: nothing is written after this.
     pub async fn release(mut self, at: Option<(Generation, TxId)>) -> Result<LeaseRecord> {
         self.gate.close();
-        let mut next = self.record.clone();
-        next.seq += 1;
-        next.renewed_ms = now_ms();
+        let mut next = self.next_record();
         next.released = Some(Released {
             generation: at.map(|(g, _)| g.to_string()),
             txid: at.map(|(_, t)| t.to_string()),
@@ -405,13 +400,8 @@ impl Lease {
         let mut attempts = 0;
         loop {
             attempts += 1;
-            match self
-                .client
-                .put_if_match(keys::LEASE, next.encode(), &self.etag)
-                .await
-            {
-                Ok(etag) => {
-                    self.etag = etag;
+            match self.replace(&next).await {
+                Ok(()) => {
                     info!(epoch = next.epoch, at = %fmt_position(at), "writer lease released");
                     return Ok(next);
                 }
@@ -436,7 +426,17 @@ mod tests {
     use super::*;
     use lifeboat_storage::memory::MemoryClient;
 
-    fn opts(ttl_ms: u64) -> LeaseOptions {
+    /// A replica in memory and a lease of `ttl_ms` held on it by this process.
+    pub(crate) async fn held(ttl_ms: u64) -> (Arc<dyn ReplicaClient>, Lease) {
+        let c: Arc<dyn ReplicaClient> = Arc::new(MemoryClient::default());
+        let (lease, _) = acquire(c.clone(), &Holder::this_process(), opts(ttl_ms), 0, |_| {})
+            .await
+            .unwrap();
+        (c, lease)
+    }
+
+    /// Options for a test: a TTL of `ttl_ms`, handoff on, a 10 s timeout, polled every 10 ms.
+    pub(crate) fn opts(ttl_ms: u64) -> LeaseOptions {
         LeaseOptions {
             ttl: Duration::from_millis(ttl_ms),
             handoff: true,
@@ -479,10 +479,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_holder_that_stops_renewing_loses_the_lease_after_its_ttl_and_learns_it() {
-        let c: Arc<dyn ReplicaClient> = Arc::new(MemoryClient::default());
-        let (mut old, _) = acquire(c.clone(), &Holder::this_process(), opts(300), 0, |_| {})
-            .await
-            .unwrap();
+        let (c, mut old) = held(300).await;
         assert_eq!(old.renew().await.unwrap(), Renewal::Renewed);
         let t0 = Instant::now();
         let mut waited = None;
@@ -521,10 +518,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_holder_that_keeps_renewing_without_handing_over_is_an_error_after_the_timeout() {
-        let c: Arc<dyn ReplicaClient> = Arc::new(MemoryClient::default());
-        let (mut old, _) = acquire(c.clone(), &Holder::this_process(), opts(100), 0, |_| {})
-            .await
-            .unwrap();
+        let (c, mut old) = held(100).await;
         let renewing = tokio::spawn(async move {
             loop {
                 let _ = old.renew().await;
@@ -539,6 +533,19 @@ mod tests {
         renewing.abort();
         assert!(matches!(e, Error::LeaseHeld(_)), "{e}");
         assert!(e.to_string().contains("--handoff-timeout"), "{e}");
+    }
+
+    #[tokio::test]
+    async fn a_lease_object_lifeboat_did_not_write_is_named_with_its_parse_error_as_cause() {
+        let c: Arc<dyn ReplicaClient> = Arc::new(MemoryClient::default());
+        c.put(keys::LEASE, "not a lease".into()).await.unwrap();
+        let e = acquire(c, &Holder::this_process(), opts(1000), 0, |_| {})
+            .await
+            .unwrap_err();
+        assert!(matches!(e, Error::LeaseUnreadable { .. }), "{e}");
+        assert!(e.to_string().contains("lease.json in "), "{e}");
+        let cause = std::error::Error::source(&e).expect("the parse error is the source");
+        assert!(e.chain().to_string().ends_with(&cause.to_string()));
     }
 
     #[tokio::test]

@@ -5,6 +5,8 @@
 //! - [`walfile`] reads the application's `-wal` file: whole committed transactions, checked
 //!   frame by frame with SQLite's own checksum, and whether the log restarted cleanly
 //!   ([`walfile::Cursor`] is a place in it).
+//! - [`dbfile`] checks what is at a database path before it is opened (a WAL database, not a
+//!   folder, an empty file or a rollback-journal database switched without being asked).
 //! - [`db`] is the agent's side of the database: its connections, the *pin* (a read transaction
 //!   that keeps SQLite from recycling frames the agent has not shipped), checkpoints, consistent
 //!   page images.
@@ -13,24 +15,26 @@
 //! - [`replica`] is one replica: its [`replica::Phase`] (unknown, needing a generation and why,
 //!   shipping in one, halted), its state in the WAL, and the one failure rule.
 //! - `resume` proves that the local database is a replica's last state before resuming it.
-//! - `shipping` builds and uploads a replica's next segment (per-replica work, on the replica);
+//! - `replica::shipping` builds and uploads a replica's next segment (per-replica work, on the
+//!   replica);
 //!   [`bases`] finds each page's verified previous version for the segment's page deltas.
 //! - `checkpoints` moves the pin and lets the WAL restart, carrying unshipped tails.
 //! - `snapshots` starts new generations and takes scheduled snapshots; [`staging`] holds their
 //!   files before upload.
 //! - `commit_times` records when each commit was seen and counts what a replica lacks.
 //! - [`retention`] plans and runs prunes (in the background while the agent runs).
-//! - [`agent`] runs replicators as tasks, paces uploads with a PUT budget, and stops them
-//!   together with a final sync ([`agent::Supervisor`]); `scheduler` runs their passes on a
-//!   bounded set of worker slots; [`watcher`] is the agent's one file-system watcher, routing
-//!   events to the database they concern; [`folder`] replicates a folder of databases as one.
+//! - [`agent`] runs one database's replicator as a task, paced by its PUT budget ([`budget`]);
+//!   [`supervisor`] starts a set of them (and folders of databases) and stops them together
+//!   with a final sync; `scheduler` runs their passes on a bounded set of worker slots;
+//!   [`watcher`] is the agent's one file-system watcher, routing events to the database they
+//!   concern; [`folder`] replicates a folder of databases as one.
 //! - [`status`] is what the agent reports about itself, and the health rule.
 //!
 //! One writer per replica path:
 //! - [`lease`] takes, renews, hands over and releases the writer lease (`lease.json`, kept with
 //!   conditional writes); its gate (checked before every upload) and the fence every leased
-//!   generation carries are in `lease_gate`; [`lease_fence`] is how readers set aside what an
-//!   older epoch wrote after a takeover.
+//!   generation carries are in `lease::gate`, a handoff request in `lease::handoff`;
+//!   [`catalog::fences`] is how readers set aside what an older epoch wrote after a takeover.
 //! - [`flush`] is durable acknowledgements: wait until everything committed is in every replica.
 //!
 //! Reading a replica:
@@ -41,36 +45,38 @@
 //! Shared: [`files`] (SQLite files on disk: hashing, integrity check, `sqlite_dbpage`, fsync),
 //! [`clock`] (Unix milliseconds), [`Error`].
 //!
+//! Modules depend on each other in one direction (no import circle among them; a module's
+//! own submodules, as `lease::gate` or `replica::shipping`, count as part of it).
+//!
 //! The design, and why the pin makes WAL restarts safe to follow, is in `docs/design.md`.
 #![deny(missing_docs)]
 
 pub mod agent;
 pub mod bases;
+pub mod budget;
 pub mod catalog;
 mod checkpoints;
 pub mod clock;
 mod commit_times;
 mod context;
 pub mod db;
+pub mod dbfile;
 pub mod drill;
 mod error;
 pub mod files;
 pub mod flush;
 pub mod folder;
 pub mod lease;
-pub mod lease_fence;
-mod lease_gate;
-mod lease_handoff;
 pub mod replica;
 pub mod replicator;
 pub mod restore;
 mod resume;
 pub mod retention;
 mod scheduler;
-mod shipping;
 mod snapshots;
 pub mod staging;
 pub mod status;
+pub mod supervisor;
 mod upload;
 pub mod verify;
 pub mod walfile;
@@ -136,6 +142,10 @@ pub struct Options {
     /// Folders backed up with the database (`--dir`), shipped before the commits that follow
     /// them (see `lifeboat_dirs`).
     pub dirs: Vec<lifeboat_dirs::DirSpec>,
+    /// Whether a database in rollback-journal mode (or an empty file) may be switched to WAL
+    /// mode (default `false`: it is refused, naming the setting; see [`dbfile`]). The switch is
+    /// persistent and changes how every connection of the app uses the file.
+    pub switch_to_wal: bool,
 }
 
 /// What to do when a replica's newest state is not the local database's past (a stale disk
@@ -170,6 +180,7 @@ impl Default for Options {
             snapshot_progress: None,
             lease: None,
             dirs: Vec::new(),
+            switch_to_wal: false,
         }
     }
 }

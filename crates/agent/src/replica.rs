@@ -22,6 +22,8 @@ use crate::status::ReplicaStatus;
 use crate::walfile::{Batch, Cursor};
 use crate::Error;
 
+pub(crate) mod shipping;
+
 /// Where a replica's history stands while it ships in a generation.
 #[derive(Clone, Debug)]
 pub struct ReplicaState {
@@ -44,7 +46,7 @@ pub struct ReplicaState {
     pub snapshot_ms: u64,
     /// A segment whose upload failed with an unknown outcome: the next attempt sends exactly
     /// it again (same key, same bytes), never a different cut of its transactions.
-    pub(crate) unsent: Option<Box<crate::shipping::Unsent>>,
+    pub(crate) unsent: Option<Box<crate::replica::shipping::Unsent>>,
     /// Where shipped pages sit in the WAL, for the page deltas of the next segment.
     pub bases: Box<BaseIndex>,
 }
@@ -222,6 +224,30 @@ impl Replica {
         self.state().map(|s| s.hashes.checksum())
     }
 
+    /// Where it stands, in a few words, for a log line saying why it is not caught up.
+    pub fn progress(&self) -> String {
+        match &self.phase {
+            Phase::Unknown => "not read yet".into(),
+            Phase::NeedsGeneration(why) => format!("waiting for a new generation ({why})"),
+            Phase::Halted(why) => format!("halted: {why}"),
+            Phase::Active(s) => format!(
+                "shipping: next txid {}, {}, {} carried batches, {}",
+                s.next_txid.0,
+                if s.at_end {
+                    "at the end"
+                } else {
+                    "not at the end"
+                },
+                s.carry.len(),
+                if s.unsent.is_some() {
+                    "a segment to resend"
+                } else {
+                    "nothing to resend"
+                },
+            ),
+        }
+    }
+
     /// Whether it may be tried now.
     pub fn ready(&self, now: Instant) -> bool {
         self.halted().is_none() && self.retry_at.is_none_or(|t| now >= t)
@@ -324,7 +350,7 @@ mod tests {
     #[test]
     fn failures_back_off_exponentially_up_to_30_s_and_success_resets() {
         let (mut r, ctx) = (replica(), ctx());
-        let e = Error::Replica("down".into());
+        let e = Error::io("upload", std::io::Error::other("down"));
         let waits: Vec<_> = (0..9).map(|_| r.record_failure(&e, "x", &ctx)).collect();
         assert_eq!(waits[0], Duration::from_millis(500));
         assert_eq!(waits[1], Duration::from_millis(1000));
@@ -340,7 +366,11 @@ mod tests {
     fn a_conflict_halts_the_replica_and_other_failures_do_not() {
         let (mut r, ctx) = (replica(), ctx());
         r.phase = Phase::NeedsGeneration(Reason::EmptyReplica);
-        r.record_failure(&Error::Replica("down".into()), "x", &ctx);
+        r.record_failure(
+            &Error::io("upload", std::io::Error::other("down")),
+            "x",
+            &ctx,
+        );
         assert!(r.halted().is_none());
         let conflict = Error::Storage(lifeboat_storage::Error::Conflict { key: "k".into() });
         r.record_failure(&conflict, "x", &ctx);

@@ -20,8 +20,8 @@ use crate::checkpoints::Checkpoints;
 use crate::commit_times::CommitTimes;
 use crate::context::Context;
 use crate::db::Database;
+use crate::replica::shipping::Ship;
 use crate::replica::{Phase, Replica, ReplicaOverrides};
-use crate::shipping::Ship;
 use crate::status::Status;
 use crate::{resume, retention, snapshots, Error, OnDivergence, Options, Result};
 
@@ -63,6 +63,8 @@ impl Replicator {
         rt: Handle,
         status: Arc<Status>,
     ) -> Result<Replicator> {
+        // Named before anything changes: a folder, an empty file, a rollback-journal database.
+        crate::dbfile::check(path, opts.switch_to_wal)?;
         let db = Database::open(path)?;
         let dirs = match opts.dirs.is_empty() {
             true => None,
@@ -137,6 +139,7 @@ impl Replicator {
                 Ok(phase) => {
                     r.succeeded();
                     r.phase = phase;
+                    crate::upload::clean_up_interrupted(&r.client, &self.ctx);
                 }
                 Err(e) if e.is_setup() => {
                     // The caller reports it, once; the SDK's cause is for debugging.
@@ -274,6 +277,7 @@ fn resume_one(db: &mut Database, r: &mut Replica, ctx: &Context) {
         Ok(phase) => {
             r.succeeded();
             r.phase = phase;
+            crate::upload::clean_up_interrupted(&r.client, ctx);
         }
         Err(e) => {
             r.record_failure(

@@ -19,7 +19,7 @@ use tokio::sync::{Notify, Semaphore};
 use tokio_util::sync::CancellationToken;
 use tracing::{error, info};
 
-use crate::agent::Budget;
+use crate::budget::Budget;
 use crate::flush::{Flush, Synced};
 use crate::replicator::{Replicator, SyncReport};
 use crate::{Error, Options, Result};
@@ -119,6 +119,9 @@ impl Task {
             self.flush.stop();
             let db = self.rep.database().path().display();
             if r.pending {
+                for x in self.rep.replicas() {
+                    error!(db = %db, replica = %x.client.describe(), state = %x.progress(), failures = x.failures, "not caught up");
+                }
                 error!(db = %db, "final sync did not complete before the shutdown timeout");
             } else {
                 info!(db = %db, "final sync complete");

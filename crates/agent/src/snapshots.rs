@@ -21,8 +21,8 @@ use crate::clock::now_ms;
 use crate::commit_times::CommitTimes;
 use crate::context::Context;
 use crate::db::Database;
+use crate::replica::shipping::Ship;
 use crate::replica::{Phase, Replica, ReplicaState};
-use crate::shipping::Ship;
 use crate::walfile::{Cursor, WalFile};
 use crate::{staging, Error, Result};
 

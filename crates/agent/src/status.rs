@@ -6,6 +6,23 @@ use std::time::Duration;
 use lifeboat_wal::TxId;
 use serde::Serialize;
 
+/// The lease as `/health`, `/metrics` and the logs show it.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct LeaseInfo {
+    /// Who holds it (this process).
+    pub holder: String,
+    /// Its epoch.
+    pub epoch: u64,
+    /// `held`, `handing_over`, `released` or `lost`.
+    pub state: String,
+    /// When it was last renewed (Unix ms).
+    pub renewed_ms: u64,
+    /// When it expires unless renewed (Unix ms, this host's clock).
+    pub expires_ms: u64,
+    /// Handoffs this process answered.
+    pub handoffs: u64,
+}
+
 /// One replica's progress.
 #[derive(Clone, Debug, Default, Serialize)]
 pub struct ReplicaStatus {
@@ -124,7 +141,7 @@ pub struct StatusInner {
     /// The last scheduled drill: whether it passed, its restore time, when it ran (Unix ms).
     pub last_drill: Option<DrillOutcome>,
     /// The writer lease, if the agent holds one (see [`crate::lease`]).
-    pub lease: Option<crate::lease::LeaseInfo>,
+    pub lease: Option<LeaseInfo>,
     /// The folders backed up with the database (`--dir`).
     pub folders: Vec<lifeboat_dirs::status::FolderStatus>,
 }
@@ -172,7 +189,7 @@ impl Status {
     }
 
     /// Records the state of the writer lease.
-    pub fn update_lease(&self, f: impl FnOnce(&mut crate::lease::LeaseInfo)) {
+    pub fn update_lease(&self, f: impl FnOnce(&mut LeaseInfo)) {
         self.with(|s| f(s.lease.get_or_insert_with(Default::default)));
     }
 

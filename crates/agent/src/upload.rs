@@ -8,11 +8,33 @@
 //! rather than after the last retry.
 
 use std::future::Future;
+use std::sync::Arc;
 use std::time::Duration;
+
+use lifeboat_storage::ReplicaClient;
+use tracing::{info, warn};
 
 use crate::context::Context;
 use crate::walfile::WalFile;
 use crate::{Error, Result};
+
+/// An upload interrupted longer ago than this is abandoned: no upload of lifeboat's takes a day.
+const STALE_UPLOAD: Duration = Duration::from_secs(24 * 3600);
+
+/// Removes, in the background, what interrupted uploads left in a replica: multipart uploads
+/// never completed nor aborted (their parts cost storage on S3 for ever), a folder's temporary
+/// files. Called once the agent has read the replica's state. Best effort: a failure is logged,
+/// and the next start looks again.
+pub(crate) fn clean_up_interrupted(client: &Arc<dyn ReplicaClient>, ctx: &Context) {
+    let client = client.clone();
+    ctx.rt.spawn(async move {
+        match client.abort_stale_uploads(STALE_UPLOAD).await {
+            Ok(0) => {}
+            Ok(n) => info!(replica = %client.describe(), uploads = n, "removed uploads interrupted over a day ago"),
+            Err(e) => warn!(replica = %client.describe(), error = %e, "could not look for interrupted uploads, whose parts cost storage until removed: on S3 allow s3:ListBucketMultipartUploads and s3:AbortMultipartUpload, or add an AbortIncompleteMultipartUpload lifecycle rule; the next start looks again"),
+        }
+    });
+}
 
 /// How often the WAL's size is looked at during an upload.
 const LOOK_EVERY: Duration = Duration::from_millis(50);

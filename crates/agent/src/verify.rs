@@ -77,7 +77,7 @@ pub fn summarize(generation: lifeboat_wal::Generation, o: &GenerationObjects) ->
     GenerationSummary {
         generation: generation.to_string(),
         created: fmt_time(generation.unix_ms()),
-        epoch: crate::lease_fence::epoch(o),
+        epoch: crate::catalog::fences::epoch(o),
         objects: Objects {
             snapshots: o.snapshots.len(),
             segments: o.segments.len(),
@@ -201,6 +201,7 @@ pub async fn verify_with_progress(
                             (p.0)((base + d).min(total), total)
                         }))
                     }),
+                    mode: None,
                 };
                 execute(client, &plan, &opts).await?;
                 advance(plan.bytes());

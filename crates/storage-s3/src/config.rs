@@ -2,8 +2,8 @@
 //!
 //! Everything a URL can get wrong is found here, as a [`ConfigError`] that names it, before any
 //! request: an endpoint that does not parse is a configuration error, not a network problem.
-//! An endpoint may carry secrets (`https://user:pass@host`, a `?token=` query): they are kept
-//! for the SDK, and redacted from everything lifeboat shows (`Debug`, messages, logs).
+//! An endpoint with secrets in it (`https://user:pass@host`, a `?token=` query) is refused,
+//! with a message that does not show them: the SDK cannot use them, and would log them.
 
 use std::fmt;
 use std::time::Duration;
@@ -114,8 +114,14 @@ impl From<ConfigError> for lifeboat_storage::Error {
     }
 }
 
-/// Checks that `endpoint` is `http[s]://[user[:pass]@]host[:port][/path][?query]` with a
-/// non-empty host and a numeric port. The message never shows the secrets.
+/// Checks that `endpoint` is `http[s]://host[:port][/path]` with a non-empty host, a numeric
+/// port and a path of URL characters: what the SDK accepts, so that a mistake is a
+/// configuration error rather than a "network" failure on the first request.
+///
+/// User information (`user:pass@`) and a query (`?token=...`) are refused, with a message that
+/// never shows them: the SDK does not use them (it refuses an endpoint with a query when the
+/// first request is sent, and would send user information in the `Host` header), yet logs the
+/// endpoint whole at debug level. Credentials go in the AWS variables.
 fn check_endpoint(endpoint: &str) -> Result<(), ConfigError> {
     use lifeboat_storage::url::redact;
     let bad = |why: &str| {
@@ -128,8 +134,27 @@ fn check_endpoint(endpoint: &str) -> Result<(), ConfigError> {
         .strip_prefix("https://")
         .or_else(|| endpoint.strip_prefix("http://"))
         .ok_or_else(|| bad("must start with http:// or https://"))?;
-    let authority = &rest[..rest.find(['/', '?', '#']).unwrap_or(rest.len())];
-    let host_port = authority.rsplit_once('@').map_or(authority, |(_, h)| h);
+    let (authority, path) = rest.split_at(rest.find(['/', '?', '#']).unwrap_or(rest.len()));
+    if path.contains(['?', '#']) {
+        return Err(bad(
+            "has a query or fragment, which the S3 client cannot use (a token goes in \
+             AWS_SESSION_TOKEN, keys in AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY)",
+        ));
+    }
+    if authority.contains('@') {
+        return Err(bad(
+            "carries user information (user:password@), which the S3 client does not send as \
+             credentials: remove it and set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY (or \
+             AWS_PROFILE)",
+        ));
+    }
+    if !path
+        .chars()
+        .all(|c| c.is_ascii_alphanumeric() || "-._~!$&'()*+,;=:@/%".contains(c))
+    {
+        return Err(bad("has a character its path may not hold"));
+    }
+    let host_port = authority;
     let (host, port) = if let Some(v6) = host_port.strip_prefix('[') {
         let (h, after) = v6
             .split_once(']')
@@ -223,7 +248,7 @@ impl S3Config {
             c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-' || c == '.' || c == '_'
         }) {
             return Err(ConfigError(format!(
-                "{bucket:?} is not a valid bucket name"
+                "{shown:?} does not name a valid bucket (lowercase letters, digits, '-', '.')"
             )));
         }
         let prefix = prefix.trim_matches('/');
@@ -390,31 +415,51 @@ mod tests {
         assert!(!shown.contains("s3cr3t-value"), "{shown}");
     }
 
+    /// Regression: an endpoint's `user:pass@` and `?token=` were handed to the SDK, which logged
+    /// them at debug level, refused the query as "not a valid URI" on the first request (shown
+    /// as a network problem), and sent the user information in the `Host` header.
     #[test]
-    fn endpoint_secrets_never_show() {
-        let c = S3Config::from_url(
-            "s3://b/p?endpoint=https%3A%2F%2Fkey%3As3cr3t%40store.example%3A9000%2F%3Ftoken%3Dtok3n",
-        )
-        .unwrap();
-        assert_eq!(
-            c.endpoint.as_deref(),
-            Some("https://key:s3cr3t@store.example:9000/?token=tok3n"),
-            "the SDK gets the endpoint whole"
-        );
-        for shown in [format!("{c:?}"), c.describe(), c.endpoint_for_messages("x")] {
-            assert!(
-                !shown.contains("s3cr3t") && !shown.contains("tok3n"),
-                "{shown}"
-            );
-        }
-        assert!(c.endpoint_for_messages("x").contains("store.example:9000"));
-        for bad in [
-            "s3://b/p?endpoint=https://key:s3cr3t@:9000",
-            "s3://b/p?endpoint=https://key:s3cr3t@h&bogus=1",
-            "s3:///p?endpoint=https://key:s3cr3t@h",
+    fn endpoints_with_secrets_are_refused_without_showing_them() {
+        for (u, says) in [
+            (
+                "s3://b/p?endpoint=https%3A%2F%2Fkey%3As3cr3t%40store.example%3A9000",
+                "user information",
+            ),
+            ("s3://b/p?endpoint=https://key:s3cr3t@h", "user information"),
+            ("s3://b/p?endpoint=https://h/%3Ftoken%3Ds3cr3t", "query"),
+            ("s3://b/p?endpoint=http://127.0.0.1:9000/%3Fs3cr3t", "query"),
+            ("s3://b/p?endpoint=https://h%23s3cr3t", "query or fragment"),
+            (
+                "s3://b/p?endpoint=https://key:s3cr3t@:9000",
+                "user information",
+            ),
+            (
+                "s3://b/p?endpoint=https://key:s3cr3t@h&bogus=1",
+                "user information",
+            ),
+            ("s3://key:s3cr3t@b/p", "valid bucket"),
+            ("s3:///p?endpoint=https://key:s3cr3t@h", "no bucket"),
         ] {
-            let e = S3Config::from_url(bad).unwrap_err();
-            assert!(!e.to_string().contains("s3cr3t"), "{e}");
+            let e = S3Config::from_url(u).unwrap_err().to_string();
+            assert!(e.contains(says), "{u}: {e}");
+            assert!(!e.contains("s3cr3t"), "{u}: {e}");
+        }
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(256))]
+        /// Every endpoint accepted here is one the SDK's URI parser accepts too (so a bad one is
+        /// never first found by a request, as a "network" error), and no endpoint panics.
+        #[test]
+        fn accepted_endpoints_parse_as_uris(
+            scheme in "https?://",
+            host in "[a-z0-9._\\-:\\[\\]@%]{0,12}",
+            path in "[ -~]{0,12}",
+        ) {
+            let e = format!("{scheme}{host}{path}");
+            if check_endpoint(&e).is_ok() {
+                proptest::prop_assert!(e.parse::<http::Uri>().is_ok(), "{e}");
+            }
         }
     }
 
@@ -429,6 +474,8 @@ mod tests {
             ("s3://b/p?endpoint=http://h%20x", "invalid host"),
             ("s3://b/p?endpoint=http://[::1", "unclosed"),
             ("s3://b/p?endpoint=127.0.0.1:9000", "must start with http"),
+            ("s3://b/p?endpoint=http://h/a%3Cb", "path may not hold"),
+            ("s3://b/p?endpoint=http://h/a%22b", "path may not hold"),
         ] {
             let e = S3Config::from_url(u).unwrap_err();
             assert!(e.to_string().contains(says), "{u}: {e}");

@@ -2,7 +2,7 @@
 //! `If-None-Match: *` so that the completion is create-only like every other write.
 //!
 //! An upload that fails is aborted (AbortMultipartUpload), so its parts do not linger and cost
-//! storage. One interrupted by a crash cannot be aborted by the process that started it:
+//! storage; so is one whose caller gives up on it (drops its future). One interrupted by a crash cannot be aborted by the process that started it:
 //! `abort_stale_uploads` (of the trait) removes those under the replica's prefix, for the agent to
 //! call when it starts (an `AbortIncompleteMultipartUpload` lifecycle rule on the bucket does
 //! the same on the server's side).
@@ -49,7 +49,17 @@ impl S3Client {
                 true,
             ));
         };
+        // Until the upload ends here, dropping this future (an upload its caller gave up on: a
+        // stop past its timeout, a WAL over its bound) aborts it in the background.
+        let mut guard = AbortOnDrop {
+            client: self.clone(),
+            key: key.to_string(),
+            full: full.clone(),
+            upload_id: upload_id.clone(),
+            armed: true,
+        };
         let result = self.upload_parts(key, path, size, &upload_id).await;
+        guard.armed = false;
         if result.is_err() {
             self.abort_upload(key, &full, &upload_id).await;
         }
@@ -192,6 +202,39 @@ impl S3Client {
                 return Ok(aborted);
             }
         }
+    }
+}
+
+/// Aborts a multipart upload whose future was dropped before it ended, on a task of its own
+/// (best effort: in a process about to exit, the start-up clean-up of the next agent is the
+/// backstop).
+struct AbortOnDrop {
+    client: S3Client,
+    key: String,
+    full: String,
+    upload_id: String,
+    armed: bool,
+}
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        if !self.armed {
+            return;
+        }
+        let Ok(rt) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        let (c, key, full, id) = (
+            self.client.clone(),
+            std::mem::take(&mut self.key),
+            std::mem::take(&mut self.full),
+            std::mem::take(&mut self.upload_id),
+        );
+        rt.spawn(async move {
+            if c.abort_upload(&key, &full, &id).await {
+                info!(replica = %c.cfg.describe(), key, upload_id = id, "aborted a multipart upload given up on");
+            }
+        });
     }
 }
 

@@ -27,10 +27,8 @@ async fn missing_credentials_name_the_variables_and_the_endpoint() {
     );
     // Port 9 (discard) on 127.0.0.1: nothing is sent anyway. The instance metadata service is
     // left enabled, as on a user's machine, so the SDK tries it and fails.
-    let cfg = S3Config::from_url(
-        "s3://bucket/prefix?endpoint=http://user:hunter2@127.0.0.1:9&region=us-east-1",
-    )
-    .unwrap();
+    let cfg = S3Config::from_url("s3://bucket/prefix?endpoint=http://127.0.0.1:9&region=us-east-1")
+        .unwrap();
     let c = S3Client::new(cfg).await.unwrap();
     let e = tokio::time::timeout(std::time::Duration::from_secs(60), c.get("k"))
         .await
@@ -57,9 +55,5 @@ async fn missing_credentials_name_the_variables_and_the_endpoint() {
     ] {
         assert!(line.contains(needle), "{needle} missing from: {line}");
     }
-    assert!(
-        !line.contains("hunter2"),
-        "the endpoint's secret is redacted: {line}"
-    );
     assert!(!line.contains("IMDS"), "{line}");
 }

@@ -301,3 +301,59 @@ async fn the_sdks_own_retry_of_a_timed_out_put_is_resolved_inside_one_call() {
         "one SDK retry, then the read-back"
     );
 }
+
+/// A multipart upload whose caller gives up on it part-way (drops its future: the agent does
+/// at a stop past its timeout, or when the WAL outgrows its bound) is aborted, so its parts do
+/// not stay in the bucket. The server takes the first part and never answers; the upload's task
+/// is cancelled at once, long before any timeout of the client's own could end it.
+#[tokio::test]
+async fn a_multipart_upload_given_up_on_part_way_is_aborted() {
+    let s = serve(|_, req| match req.method() {
+        "POST" => Reply::Send(response(
+            "200 OK",
+            &[("Content-Type", "application/xml")],
+            b"<?xml version=\"1.0\" encoding=\"UTF-8\"?><InitiateMultipartUploadResult>\
+              <Bucket>bucket</Bucket><Key>prefix/big</Key><UploadId>up-1</UploadId>\
+              </InitiateMultipartUploadResult>",
+        )),
+        "DELETE" => Reply::Send(response("204 No Content", &[], b"")),
+        _ => Reply::SendThenHang(Vec::new()),
+    })
+    .await;
+    let c = client_for(s.addr).await;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("big");
+    // Over the multipart threshold (64 MiB), sparse: nothing on disk.
+    std::fs::File::create(&path)
+        .unwrap()
+        .set_len(65 << 20)
+        .unwrap();
+    let upload = tokio::spawn(async move { c.put_file("big", &path).await });
+    let seen = |what: &[&str]| {
+        let has = |r: &common::Request| what.iter().all(|w| r.line.contains(w));
+        s.requests().iter().any(has)
+    };
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !seen(&["PUT ", "partNumber=1"]) {
+        assert!(
+            Instant::now() < deadline,
+            "no part upload: {:?}",
+            s.requests()
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    upload.abort();
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while !seen(&[
+        "DELETE /bucket/prefix/big?",
+        "AbortMultipartUpload",
+        "uploadId=up-1",
+    ]) {
+        assert!(
+            Instant::now() < deadline,
+            "the upload was not aborted: {:#?}",
+            s.requests().iter().map(|r| &r.line).collect::<Vec<_>>()
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}

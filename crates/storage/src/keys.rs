@@ -50,7 +50,7 @@ pub fn parse_pruning_marker(key: &str) -> Option<Generation> {
     if g.contains('/') {
         return None;
     }
-    g.parse().ok()
+    parse_generation(g)
 }
 
 /// What a [`pruning_marker`] holds (always the same bytes, so writing it twice is harmless).
@@ -140,8 +140,8 @@ impl ManifestKey {
             .strip_prefix(&manifests_prefix(folder))?
             .strip_suffix(".lbman")?;
         let mut it = stem.split('-');
-        let generation = it.next()?.parse().ok()?;
-        let txid = it.next()?.parse().ok()?;
+        let generation = parse_generation(it.next()?)?;
+        let txid = parse_txid(it.next()?)?;
         let seq = parse_hex(it.next()?)?;
         if it.next().is_some() {
             return None;
@@ -187,13 +187,13 @@ impl Fence {
     pub fn parse(key: &str) -> Option<Fence> {
         let rest = key.strip_prefix(GENERATIONS)?;
         let (g, rest) = rest.split_once('/')?;
-        let generation: Generation = g.parse().ok()?;
+        let generation = parse_generation(g)?;
         let stem = rest.strip_prefix("fence/")?.strip_suffix(".lbfence")?;
         let mut it = stem.split('-');
         let epoch = parse_hex(it.next()?)?;
         let parent = match (it.next(), it.next()) {
             (None, _) => None,
-            (Some(pg), Some(pt)) => Some((pg.parse().ok()?, pt.parse().ok()?)),
+            (Some(pg), Some(pt)) => Some((parse_generation(pg)?, parse_txid(pt)?)),
             (Some(_), None) => return None,
         };
         if it.next().is_some() {
@@ -259,21 +259,21 @@ impl Key {
     pub fn parse(key: &str) -> Option<Key> {
         let rest = key.strip_prefix(GENERATIONS)?;
         let (g, rest) = rest.split_once('/')?;
-        let generation: Generation = g.parse().ok()?;
+        let generation = parse_generation(g)?;
         if let Some(name) = rest.strip_prefix("snapshots/") {
             let stem = name.strip_suffix(".lbsnap")?;
             let (t, ms) = stem.split_once('-')?;
             return Some(Key::Snapshot {
                 generation,
-                txid: t.parse().ok()?,
+                txid: parse_txid(t)?,
                 time_ms: parse_hex(ms)?,
             });
         }
         if let Some(name) = rest.strip_prefix("segments/") {
             let stem = name.strip_suffix(".lbseg")?;
             let mut it = stem.split('-');
-            let first: TxId = it.next()?.parse().ok()?;
-            let last: TxId = it.next()?.parse().ok()?;
+            let first = parse_txid(it.next()?)?;
+            let last = parse_txid(it.next()?)?;
             let time_ms = parse_hex(it.next()?)?;
             if it.next().is_some() || last < first {
                 return None;
@@ -289,11 +289,26 @@ impl Key {
     }
 }
 
+/// 16 lower-case hex digits, as keys are written: the one spelling (`u64::from_str_radix` alone
+/// would also take upper case and a `+` sign, so a foreign object could pass for one of ours
+/// under a name that is not the one a reader asks for).
 fn parse_hex(s: &str) -> Option<u64> {
-    if s.len() != 16 {
+    if s.len() != 16
+        || !s
+            .bytes()
+            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+    {
         return None;
     }
     u64::from_str_radix(s, 16).ok()
+}
+
+fn parse_generation(s: &str) -> Option<Generation> {
+    parse_hex(s).map(Generation)
+}
+
+fn parse_txid(s: &str) -> Option<TxId> {
+    parse_hex(s).map(TxId)
 }
 
 impl fmt::Display for Key {
@@ -324,11 +339,7 @@ impl fmt::Display for Key {
 
 /// The generation named by a key under [`GENERATIONS`], if any.
 pub fn generation_of(key: &str) -> Option<Generation> {
-    key.strip_prefix(GENERATIONS)?
-        .split_once('/')?
-        .0
-        .parse()
-        .ok()
+    parse_generation(key.strip_prefix(GENERATIONS)?.split_once('/')?.0)
 }
 
 #[cfg(test)]

@@ -5,8 +5,9 @@
 //!   headers, and the cumulative frame checksum that tells a valid frame from a stale or torn one.
 //! - [`segment`] encodes and decodes a *segment*: a run of whole committed transactions, with a
 //!   commit table and a CRC32 over the object; it reads format 1 (whole WAL frames, LZ4) and
-//!   writes format 2 ([`segment2`]: page deltas grouped by page, zstd, frames rebuilt on decode).
-//! - [`any_segment`] reads a segment of either format in two steps: verify the object, then
+//!   writes format 2 ([`segment::format2`]: page deltas grouped by page, zstd, frames rebuilt on
+//!   decode).
+//! - [`segment::any`] reads a segment of either format in two steps: verify the object, then
 //!   rebuild its frames (for format 2, from the database state before it when deltas need it).
 //! - [`snapshot`] streams a *snapshot*: a full database image in LZ4-compressed chunks, with a
 //!   CRC32 over the object.
@@ -14,6 +15,7 @@
 //!   every commit records, so a restore can prove it rebuilt the database bit for bit.
 //! - [`transaction`] walks a transaction's frames ([`transaction::Frames`]) and builds segments
 //!   from transactions ([`transaction::SegmentBuilder`]): every reader of frames uses it.
+//! - [`untrusted`] feeds the decoders any bytes, for the property tests and the fuzz targets.
 //! - [`types`] holds the domain values ([`Generation`], [`TxId`]) that appear in keys and headers.
 //!
 //! Nothing here touches the file system, the network or a logger: callers hand in byte slices or
@@ -27,15 +29,19 @@
 //! ```
 #![deny(missing_docs)]
 
-pub mod any_segment;
 pub mod checksum;
 mod error;
 pub mod segment;
-pub mod segment2;
 pub mod snapshot;
 pub mod sqlite;
 pub mod transaction;
 pub mod types;
+pub mod untrusted;
+
+/// [`segment::any`], under the name other crates know it by.
+pub use segment::any as any_segment;
+/// [`segment::format2`], under the name other crates know it by.
+pub use segment::format2 as segment2;
 
 pub use checksum::DbChecksum;
 pub use error::Error;

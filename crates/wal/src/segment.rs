@@ -9,13 +9,16 @@
 //! own CRC32, a compressed body holding the commit table and the frames, and a trailing CRC32
 //! over everything before it. Format 1 (still read) stores the frames whole in one LZ4 block;
 //! format 2 (written) stores page deltas grouped by page under zstd and rebuilds the exact
-//! frames on decode (see [`crate::segment2`]). [`Segment::decode`] reads both.
+//! frames on decode (see [`format2`]). [`Segment::decode`] reads both.
 
-use crate::any_segment::AnySegment;
+pub mod any;
+pub mod format2;
+
 use crate::checksum::DbChecksum;
-use crate::segment2::{self, BasePages};
 use crate::sqlite::{self, check_frame, FrameHeader, WalChecksum, WalHeader, FRAME_HEADER_SIZE};
 use crate::{Error, Generation, Result, TxId};
+use any::AnySegment;
+use format2::BasePages;
 
 /// The segment format this crate writes. Readers refuse newer versions.
 pub const VERSION: u16 = 2;
@@ -132,6 +135,64 @@ pub(crate) fn get64(b: &[u8], at: usize) -> u64 {
     u64::from_be_bytes(b[at..at + 8].try_into().expect("8 bytes"))
 }
 
+/// Which of our objects a fixed header starts, for its errors.
+#[derive(Clone, Copy, Debug)]
+pub(crate) enum Kind {
+    Segment,
+    Snapshot,
+}
+
+/// Ends a fixed header of `size` bytes with the CRC32 of the bytes before it.
+pub(crate) fn seal_header(mut b: Vec<u8>, size: usize) -> Vec<u8> {
+    let crc = crc32fast::hash(&b);
+    b.extend_from_slice(&crc.to_be_bytes());
+    debug_assert_eq!(b.len(), size);
+    b
+}
+
+/// The checks every fixed header of ours starts with: `b` holds at least `size` bytes, starts
+/// with `magic`, has a version from 1 to `newest` (returned), and ends with the CRC32 of the
+/// bytes before it (see [`seal_header`]).
+pub(crate) fn check_header(
+    b: &[u8],
+    size: usize,
+    magic: &[u8; 4],
+    newest: u16,
+    kind: Kind,
+) -> Result<u16> {
+    if b.len() < size {
+        return Err(Error::Incomplete {
+            needed: size - b.len(),
+        });
+    }
+    if &b[0..4] != magic {
+        return Err(Error::corrupt(
+            0,
+            match kind {
+                Kind::Segment => "not a lifeboat segment (bad magic)",
+                Kind::Snapshot => "not a lifeboat snapshot (bad magic)",
+            },
+        ));
+    }
+    let version = get16(b, 4);
+    if version > newest || version == 0 {
+        return Err(Error::UnsupportedVersion(version));
+    }
+    let stored = get32(b, size - 4);
+    let computed = crc32fast::hash(&b[..size - 4]);
+    if stored != computed {
+        return Err(Error::ChecksumMismatch {
+            what: match kind {
+                Kind::Segment => "segment header CRC32",
+                Kind::Snapshot => "snapshot header CRC32",
+            },
+            stored: stored.into(),
+            computed: computed.into(),
+        });
+    }
+    Ok(version)
+}
+
 impl SegmentHeader {
     /// Encodes the header, CRC included.
     pub fn encode(&self) -> Vec<u8> {
@@ -160,35 +221,12 @@ impl SegmentHeader {
         put64(&mut b, sqlite::pack(self.wal.checksum_after));
         put64(&mut b, self.body_len);
         put64(&mut b, self.raw_len);
-        let crc = crc32fast::hash(&b);
-        put32(&mut b, crc);
-        debug_assert_eq!(b.len(), HEADER_SIZE);
-        b
+        seal_header(b, HEADER_SIZE)
     }
 
     /// Decodes and verifies a header from the first [`HEADER_SIZE`] bytes of a segment.
     pub fn decode(b: &[u8]) -> Result<SegmentHeader> {
-        if b.len() < HEADER_SIZE {
-            return Err(Error::Incomplete {
-                needed: HEADER_SIZE - b.len(),
-            });
-        }
-        if &b[0..4] != MAGIC {
-            return Err(Error::corrupt(0, "not a lifeboat segment (bad magic)"));
-        }
-        let version = get16(b, 4);
-        if version > VERSION || version == 0 {
-            return Err(Error::UnsupportedVersion(version));
-        }
-        let stored = get32(b, 144);
-        let computed = crc32fast::hash(&b[..144]);
-        if stored != computed {
-            return Err(Error::ChecksumMismatch {
-                what: "segment header CRC32",
-                stored: stored.into(),
-                computed: computed.into(),
-            });
-        }
+        let version = check_header(b, HEADER_SIZE, MAGIC, VERSION, Kind::Segment)?;
         let h = SegmentHeader {
             version,
             generation: Generation(get64(b, 8)),
@@ -237,7 +275,7 @@ impl SegmentHeader {
         let raw_ok = if version == VERSION_1 {
             h.raw_len == expect_raw
         } else {
-            h.raw_len <= segment2::max_raw_len(&h)
+            h.raw_len <= format2::max_raw_len(&h)
         };
         if !raw_ok {
             return Err(Error::corrupt(
@@ -275,10 +313,10 @@ impl Segment {
 
     /// Encodes the segment in format 2, storing the first version of each page found in
     /// `bases` as a delta against that page as it stood before the segment (see
-    /// [`crate::segment2`]; a reader then needs that state to rebuild the frames).
+    /// [`format2`]; a reader then needs that state to rebuild the frames).
     pub fn encode_with_bases(&self, bases: &BasePages) -> Vec<u8> {
-        let raw = segment2::encode_body(self, bases);
-        let body = zstd::bulk::compress(&raw, segment2::ZSTD_LEVEL)
+        let raw = format2::encode_body(self, bases);
+        let body = zstd::bulk::compress(&raw, format2::ZSTD_LEVEL)
             .expect("zstd compresses any input into a growable buffer");
         self.seal(VERSION, raw.len(), &body)
     }
@@ -288,7 +326,7 @@ impl Segment {
     pub fn encode_format1(&self) -> Vec<u8> {
         let mut raw =
             Vec::with_capacity(self.commits.len() * COMMIT_RECORD_SIZE + self.frames.len());
-        segment2::encode_commits(&self.commits, &mut raw);
+        format2::encode_commits(&self.commits, &mut raw);
         raw.extend_from_slice(&self.frames);
         let body = lz4_flex::block::compress(&raw);
         self.seal(VERSION_1, raw.len(), &body)
@@ -396,23 +434,12 @@ impl Segment {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use crate::sqlite::encode_frame;
 
     pub(crate) fn sample() -> Segment {
-        let wal = WalHeader::parse(
-            &WalHeader {
-                big_endian: true,
-                page_size: 512,
-                checkpoint_seq: 1,
-                salt1: 5,
-                salt2: 6,
-                checksum: (0, 0),
-            }
-            .encode(),
-        )
-        .unwrap();
+        let wal = WalHeader::new(true, 512, 1, (5, 6));
         let mut frames = Vec::new();
         let mut c = wal.checksum;
         for (pgno, commit) in [(1u32, 0u32), (2, 2), (1, 2)] {
@@ -482,17 +509,22 @@ mod tests {
         );
     }
 
-    #[test]
-    fn every_flipped_byte_is_detected() {
-        let bytes = sample().encode();
+    /// Flips `mask`'s bits in each byte of an encoded segment in turn: every flip must fail
+    /// to decode.
+    pub(crate) fn assert_every_flip_detected(bytes: &[u8], mask: u8) {
         for i in 0..bytes.len() {
-            let mut b = bytes.clone();
-            b[i] ^= 0x10;
+            let mut b = bytes.to_vec();
+            b[i] ^= mask;
             assert!(
                 Segment::decode(&b).is_err(),
                 "flip at byte {i} not detected"
             );
         }
+    }
+
+    #[test]
+    fn every_flipped_byte_is_detected() {
+        assert_every_flip_detected(&sample().encode(), 0x10);
     }
 
     #[test]

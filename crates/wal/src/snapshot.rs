@@ -9,7 +9,7 @@
 use std::io::{Read, Write};
 
 use crate::checksum::{DbChecksum, PageHashes};
-use crate::segment::{get16, get32, get64, WalPosition};
+use crate::segment::{check_header, get16, get32, get64, seal_header, Kind, WalPosition};
 use crate::sqlite;
 use crate::{Error, Generation, Result, TxId};
 
@@ -79,35 +79,12 @@ impl SnapshotHeader {
         b.extend_from_slice(&0u32.to_be_bytes());
         b.extend_from_slice(&self.wal.end_offset.to_be_bytes());
         b.extend_from_slice(&sqlite::pack(self.wal.checksum_after).to_be_bytes());
-        let crc = crc32fast::hash(&b);
-        b.extend_from_slice(&crc.to_be_bytes());
-        debug_assert_eq!(b.len(), HEADER_SIZE);
-        b
+        seal_header(b, HEADER_SIZE)
     }
 
     /// Decodes and verifies a header.
     pub fn decode(b: &[u8]) -> Result<SnapshotHeader> {
-        if b.len() < HEADER_SIZE {
-            return Err(Error::Incomplete {
-                needed: HEADER_SIZE - b.len(),
-            });
-        }
-        if &b[0..4] != MAGIC {
-            return Err(Error::corrupt(0, "not a lifeboat snapshot (bad magic)"));
-        }
-        let version = get16(b, 4);
-        if version > VERSION || version == 0 {
-            return Err(Error::UnsupportedVersion(version));
-        }
-        let stored = get32(b, 72);
-        let computed = crc32fast::hash(&b[..72]);
-        if stored != computed {
-            return Err(Error::ChecksumMismatch {
-                what: "snapshot header CRC32",
-                stored: stored.into(),
-                computed: computed.into(),
-            });
-        }
+        let version = check_header(b, HEADER_SIZE, MAGIC, VERSION, Kind::Snapshot)?;
         let end = get64(b, 56);
         let sum = sqlite::unpack(get64(b, 64));
         let h = SnapshotHeader {

@@ -66,6 +66,21 @@ pub struct WalHeader {
 }
 
 impl WalHeader {
+    /// A header as SQLite writes it at the start of a log cycle, its checksum computed: for
+    /// whoever writes a WAL of its own (tests, tools).
+    pub fn new(big_endian: bool, page_size: u32, checkpoint_seq: u32, salts: (u32, u32)) -> Self {
+        let mut h = WalHeader {
+            big_endian,
+            page_size,
+            checkpoint_seq,
+            salt1: salts.0,
+            salt2: salts.1,
+            checksum: (0, 0),
+        };
+        h.checksum = wal_checksum(big_endian, (0, 0), &h.encode()[..24]);
+        h
+    }
+
     /// Parses and verifies a header.
     pub fn parse(b: &[u8]) -> Result<WalHeader> {
         if b.len() < WAL_HEADER_SIZE {
@@ -299,14 +314,7 @@ mod tests {
     use super::*;
 
     fn header() -> WalHeader {
-        WalHeader {
-            big_endian: false,
-            page_size: 512,
-            checkpoint_seq: 3,
-            salt1: 0x1111,
-            salt2: 0x2222,
-            checksum: (0, 0),
-        }
+        WalHeader::new(false, 512, 3, (0x1111, 0x2222))
     }
 
     #[test]
@@ -316,6 +324,7 @@ mod tests {
         let p = WalHeader::parse(&b).unwrap();
         assert_eq!(p.salt1, 0x1111);
         assert_eq!(p.checksum, wal_checksum(false, (0, 0), &b[..24]));
+        assert_eq!(p, h, "a new header carries the checksum it is parsed with");
     }
 
     #[test]
@@ -330,7 +339,7 @@ mod tests {
 
     #[test]
     fn scan_counts_only_committed_prefix() {
-        let h = WalHeader::parse(&header().encode()).unwrap();
+        let h = header();
         let mut wal = Vec::new();
         let mut c = h.checksum;
         for (pgno, commit) in [(1, 0), (2, 2), (3, 0)] {

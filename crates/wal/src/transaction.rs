@@ -155,18 +155,7 @@ mod tests {
     use crate::sqlite::{encode_frame, WalHeader};
 
     fn wal() -> WalHeader {
-        WalHeader::parse(
-            &WalHeader {
-                big_endian: false,
-                page_size: 512,
-                checkpoint_seq: 0,
-                salt1: 1,
-                salt2: 2,
-                checksum: (0, 0),
-            }
-            .encode(),
-        )
-        .unwrap()
+        WalHeader::new(false, 512, 0, (1, 2))
     }
 
     /// Two transactions: pages 1 and 2 (size 2), then page 1 again with the database cut to 1.

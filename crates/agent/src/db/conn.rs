@@ -32,6 +32,16 @@ impl LockFile {
         let rc = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
         if rc != 0 {
             let holder = std::fs::read_to_string(&path).unwrap_or_default();
+            if holder.trim() == format!("pid {}", std::process::id()) {
+                // Not another lifeboat: this one, given the database twice.
+                return Err(Error::NotReplicable {
+                    path: db.to_path_buf(),
+                    problem: "is named twice: this lifeboat process is already replicating it \
+                              (list it once, not under two paths nor both on its own and in a \
+                              folder of databases)"
+                        .into(),
+                });
+            }
             return Err(Error::AlreadyReplicating {
                 db: db.to_path_buf(),
                 lock: path,

@@ -192,6 +192,7 @@ pub async fn drill(client: &dyn ReplicaClient, opts: &DrillOptions) -> Result<Dr
         parallelism,
         force: false,
         progress: opts.progress.clone(),
+        mode: None,
     };
     let restored = match restore::execute(client, &plan, &ropts).await {
         Ok(r) => r,

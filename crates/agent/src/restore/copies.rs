@@ -192,18 +192,7 @@ mod tests {
 
     /// A segment of transactions `first..=last` of one WAL, each writing page 1 with `fill(txid)`.
     fn segment(first: u64, last: u64, fill: impl Fn(u64) -> u8) -> Segment {
-        let wal = WalHeader::parse(
-            &WalHeader {
-                big_endian: false,
-                page_size: 512,
-                checkpoint_seq: 0,
-                salt1: 1,
-                salt2: 2,
-                checksum: (0, 0),
-            }
-            .encode(),
-        )
-        .unwrap();
+        let wal = WalHeader::new(false, 512, 0, (1, 2));
         let fs = 24 + 512u64;
         let mut running = wal.checksum;
         let mut hashes = PageHashes::new(512);

@@ -50,6 +50,9 @@ pub struct RestoreOptions {
     pub force: bool,
     /// Told the bytes downloaded so far and the total, as the restore goes.
     pub progress: Option<Progress>,
+    /// The restored file's permission bits; `None`: those of the file it replaces, else a new
+    /// database's (0644 less the umask). See [`files::take_place_of`].
+    pub mode: Option<u32>,
 }
 
 impl RestoreOptions {
@@ -62,6 +65,7 @@ impl RestoreOptions {
             parallelism: DEFAULT_PARALLELISM,
             force: false,
             progress: None,
+            mode: None,
         }
     }
 }
@@ -258,10 +262,13 @@ pub async fn execute(
     };
     report_progress(bytes);
     if state.generation != plan.generation {
-        return Err(Error::Replica(format!(
-            "object {snap_key} belongs to generation {}, not {}",
-            state.generation, plan.generation
-        )));
+        return Err(Error::ObjectMismatch {
+            key: snap_key.to_string(),
+            problem: format!(
+                "belongs to generation {}, not {}",
+                state.generation, plan.generation
+            ),
+        });
     }
 
     // Fetch segments in parallel, apply them in order.
@@ -352,6 +359,7 @@ pub async fn execute(
             consequence: "nothing was written to the output path",
         });
     }
+    files::take_place_of(&out.file, &opts.output, opts.mode)?;
     out.file
         .sync_all()
         .map_err(|e| Error::io("fsync restored database", e))?;
@@ -413,15 +421,17 @@ fn rebuild_on(
 ) -> Result<Segment> {
     let h = &any.header;
     if h.first_txid != state.txid.next() || h.checksum_before != state.checksum {
-        return Err(Error::Replica(format!(
-            "object {}: its pages are deltas against the database at txid {} (checksum {}), \
-             but the restore is at txid {} (checksum {}); restore from another snapshot",
-            o.key,
-            TxId(h.first_txid.0.saturating_sub(1)),
-            h.checksum_before,
-            state.txid,
-            state.checksum
-        )));
+        return Err(Error::ObjectMismatch {
+            key: o.key.clone(),
+            problem: format!(
+                "its pages are deltas against the database at txid {} (checksum {}), but the \
+                 restore is at txid {} (checksum {}); restore from another snapshot",
+                TxId(h.first_txid.0.saturating_sub(1)),
+                h.checksum_before,
+                state.txid,
+                state.checksum
+            ),
+        });
     }
     let db_size = state.db_size;
     any.rebuild(&mut |pgno, page| {
@@ -459,7 +469,10 @@ fn apply_segment(
     target: Target,
 ) -> Result<bool> {
     let h = &seg.header;
-    let bad = |what: String| Error::Replica(format!("object {}: {what}", o.key));
+    let bad = |problem: String| Error::ObjectMismatch {
+        key: o.key.clone(),
+        problem,
+    };
     if h.generation != state.generation {
         return Err(bad(format!("belongs to generation {}", h.generation)));
     }

@@ -80,21 +80,21 @@ pub fn plan_generation(
         })
         .ok_or_else(|| {
             let (first, newest) = (objs.snapshots.first(), objs.newest_time());
-            Error::Replica(match (target, first, newest) {
-                (Target::Time(t), Some(s), Some(n)) => format!(
+            match (target, first, newest) {
+                (Target::Time(t), Some(s), Some(n)) => Error::NoStateAtTarget(format!(
                     "generation {generation} holds no state at or before {}: it restores from {} \
                      to {}",
                     fmt_time(t),
                     fmt_time(s.time_ms),
                     fmt_time(n)
-                ),
-                (Target::TxId(t), Some(s), _) => format!(
+                )),
+                (Target::TxId(t), Some(s), _) => Error::NoStateAtTarget(format!(
                     "generation {generation} holds no state at or before txid {}: its earliest \
                      restore point is txid {} (older ones were pruned or never shipped)",
                     t.0, s.txid.0
-                ),
-                _ => format!("generation {generation} has no snapshot: it cannot be restored"),
-            })
+                )),
+                _ => Error::NoSnapshot(generation),
+            }
         })?
         .clone();
     let base = snapshot.txid;
@@ -165,11 +165,11 @@ pub fn plan_generation(
     }
     if let Target::TxId(t) = target {
         if TxId(next.0 - 1) < t {
-            return Err(Error::Replica(format!(
-                "generation {generation} ends at txid {}, before the target txid {}",
-                next.0 - 1,
-                t.0
-            )));
+            return Err(Error::TargetPastEnd {
+                generation,
+                last: TxId(next.0 - 1),
+                target: t,
+            });
         }
     }
     Ok(Plan {
@@ -210,14 +210,10 @@ pub fn plan(cat: &Catalog, generation: Option<Generation>, target: Target) -> Re
             g,
             cat.generations
                 .get(&g)
-                .ok_or_else(|| Error::Replica(format!("generation {g} not found in the replica")))
+                .ok_or(Error::NoGeneration(g))
                 .and_then(|o| {
                     if o.pruning {
-                        return Err(Error::Replica(format!(
-                            "generation {g} is being deleted by retention (its `pruning` marker \
-                             is present: a prune was interrupted); it is not restored. Run \
-                             `lifeboat prune` to finish deleting it"
-                        )));
+                        return Err(Error::GenerationPruning(g));
                     }
                     Ok(o)
                 })?,
@@ -237,10 +233,8 @@ pub fn plan(cat: &Catalog, generation: Option<Generation>, target: Target) -> Re
                 })
                 .find(|(_, o)| o.snapshots.iter().any(|s| s.time_ms <= t))
                 .map(|(g, o)| (*g, o))
-                .ok_or_else(|| Error::Replica(no_state_before(cat, t)))?,
-            _ => cat.latest().ok_or_else(|| {
-                Error::Replica("the replica holds no snapshot: nothing to restore".into())
-            })?,
+                .ok_or_else(|| Error::NoStateAtTarget(no_state_before(cat, t)))?,
+            _ => cat.latest().ok_or(Error::NothingToRestore)?,
         },
     };
     plan_generation(g, objs, target)
@@ -283,6 +277,11 @@ mod tests {
     /// The error planning `target` gives, in words.
     fn refusal(o: &GenerationObjects, target: Target) -> String {
         plan_generation(G, o, target).unwrap_err().to_string()
+    }
+
+    /// The plan for the newest state of a generation with one snapshot (txid 0) and `segments`.
+    fn latest(segments: Vec<Segment>) -> Plan {
+        plan_generation(G, &objs(vec![snap(0, 1)], segments), Target::Latest).unwrap()
     }
 
     fn keys(p: &Plan) -> Vec<&str> {
@@ -380,11 +379,7 @@ mod tests {
     #[test]
     fn segments_sharing_transactions_chain_through_the_furthest_and_the_others_are_checked() {
         // The issue's case: a PUT of 3..4 timed out but landed, and the agent cut 3..6.
-        let o = objs(
-            vec![snap(0, 1)],
-            vec![seg(1, 2, 2), seg(3, 4, 4), seg(3, 6, 6), seg(7, 7, 7)],
-        );
-        let p = plan_generation(G, &o, Target::Latest).unwrap();
+        let p = latest(vec![seg(1, 2, 2), seg(3, 4, 4), seg(3, 6, 6), seg(7, 7, 7)]);
         assert_eq!(keys(&p), ["seg-1-2-2", "seg-3-6-6", "seg-7-7-7"]);
         assert_eq!(redundant(&p), ["seg-3-4-4"]);
         assert_eq!(p.shared(), [(TxId(3), TxId(4))]);
@@ -402,16 +397,11 @@ mod tests {
         let p = plan_generation(G, &o, Target::TxId(TxId(6))).unwrap();
         assert_eq!(keys(&p), ["seg-1-4-2", "seg-5-7-5"]);
         // Without an exact continuation, the furthest copy, skipping what was applied.
-        let o = objs(
-            vec![snap(0, 1)],
-            vec![seg(1, 4, 2), seg(5, 9, 6), seg(8, 12, 8)],
-        );
-        let p = plan_generation(G, &o, Target::Latest).unwrap();
+        let p = latest(vec![seg(1, 4, 2), seg(5, 9, 6), seg(8, 12, 8)]);
         assert_eq!(keys(&p), ["seg-1-4-2", "seg-5-9-6", "seg-8-12-8"]);
         assert_eq!(p.shared(), [(TxId(8), TxId(9))]);
         // Nothing shared: nothing redundant.
-        let o = objs(vec![snap(0, 1)], vec![seg(1, 2, 2), seg(3, 3, 3)]);
-        let p = plan_generation(G, &o, Target::Latest).unwrap();
+        let p = latest(vec![seg(1, 2, 2), seg(3, 3, 3)]);
         assert!(p.redundant.is_empty() && p.shared().is_empty());
     }
 

@@ -78,8 +78,9 @@ impl LocalClient {
 pub fn file_url_path(url: &str) -> Result<PathBuf> {
     let bad = |why: &str| {
         Error::config(format!(
-            "replica URL {url:?} {why}: write file:///absolute/folder for a folder from the \
-             root, or file:relative/folder for one relative to the working directory"
+            "replica URL {:?} {why}: write file:///absolute/folder for a folder from the \
+             root, or file:relative/folder for one relative to the working directory",
+            crate::url::redact(url)
         ))
     };
     let Some(rest) = url.strip_prefix("file:") else {
@@ -95,6 +96,11 @@ pub fn file_url_path(url: &str) -> Result<PathBuf> {
             Some(i) => authority_and_path.split_at(i),
             None => (authority_and_path, ""),
         };
+        if host.contains('@') {
+            return Err(bad(
+                "carries user information; a file: URL names a local folder",
+            ));
+        }
         if !(host.is_empty() || host == "localhost") {
             return Err(bad(&format!(
                 "names host {host:?}; lifeboat reads local folders only (for the folder \
@@ -506,11 +512,13 @@ mod tests {
             ("file://relative/missing", "names host \"relative\""),
             ("file://", "names no folder"),
             ("file:///", "names no folder"),
-            ("file:///a?b", "query"),
+            ("file:///a?s3cr3t", "query"),
             ("file:///a%zz", "bad %-escape"),
             ("s3://b", "not a file: URL"),
+            ("file://u:s3cr3t@h/x", "user information"),
         ] {
             let e = file_url_path(url).unwrap_err();
+            assert!(!e.to_string().contains("s3cr3t"), "{url}: {e}");
             assert!(matches!(e, Error::Config { .. }), "{url}: {e:?}");
             assert!(e.to_string().contains(says), "{url}: {e}");
         }

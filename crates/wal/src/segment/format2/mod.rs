@@ -271,8 +271,8 @@ pub(crate) fn rebuild(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::any_segment::AnySegment;
     use crate::checksum::PageHashes;
+    use crate::segment::any::AnySegment;
     use crate::segment::WalPosition;
     use crate::sqlite::{encode_frame, WalHeader};
     use crate::transaction::SegmentBuilder;
@@ -291,18 +291,7 @@ mod tests {
 
     /// The same, on a database whose pages 1..=8 are `before[1..]` (page 0 unused).
     fn build_on(before: &[Vec<u8>], txns: &[Txn], big_endian: bool) -> Segment {
-        let wal = WalHeader::parse(
-            &WalHeader {
-                big_endian,
-                page_size: PS as u32,
-                checkpoint_seq: 3,
-                salt1: 0xdead,
-                salt2: 0xbeef,
-                checksum: (0, 0),
-            }
-            .encode(),
-        )
-        .unwrap();
+        let wal = WalHeader::new(big_endian, PS as u32, 3, (0xdead, 0xbeef));
         let mut pages: Vec<Vec<u8>> = before.to_vec();
         let mut hashes = PageHashes::new(PS);
         let mut size = 0u32;
@@ -386,15 +375,7 @@ mod tests {
         let txns: Vec<Txn> = (0..6u8)
             .map(|t| vec![(1, edits(t)), (2 + u32::from(t % 3), edits(t + 9))])
             .collect();
-        let bytes = build(&txns, false).encode();
-        for i in 0..bytes.len() {
-            let mut b = bytes.clone();
-            b[i] ^= 0x40;
-            assert!(
-                Segment::decode(&b).is_err(),
-                "flip at byte {i} not detected"
-            );
-        }
+        crate::segment::tests::assert_every_flip_detected(&build(&txns, false).encode(), 0x40);
     }
 
     #[test]

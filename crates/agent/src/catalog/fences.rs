@@ -135,7 +135,21 @@ mod tests {
     use super::*;
     use crate::catalog::{Segment, Snapshot};
 
-    fn gen(cat: &mut Catalog, g: u64, fence: Option<(u64, Option<(u64, u64)>)>, last: u64) {
+    /// A fence: its epoch, and the generation and txid it took over from.
+    type Fenced = Option<(u64, Option<(u64, u64)>)>;
+
+    /// A catalog of generations `(id, fence, last txid)`, each a snapshot at txid 0 and one
+    /// segment per transaction, with the fences applied.
+    fn applied(gens: &[(u64, Fenced, u64)]) -> Catalog {
+        let mut cat = Catalog::default();
+        for &(g, fence, last) in gens {
+            gen(&mut cat, g, fence, last);
+        }
+        apply(&mut cat);
+        cat
+    }
+
+    fn gen(cat: &mut Catalog, g: u64, fence: Fenced, last: u64) {
         let generation = Generation(g);
         let o = cat.generations.entry(generation).or_default();
         o.fence = fence.map(|(epoch, parent)| Fence {
@@ -162,10 +176,10 @@ mod tests {
 
     #[test]
     fn a_takeover_cuts_the_old_generation_where_it_took_over() {
-        let mut cat = Catalog::default();
-        gen(&mut cat, 100, Some((1, None)), 7);
-        gen(&mut cat, 200, Some((2, Some((100, 5)))), 3);
-        apply(&mut cat);
+        let cat = applied(&[
+            (100, Some((1, None)), 7),
+            (200, Some((2, Some((100, 5)))), 3),
+        ]);
         let old = &cat.generations[&Generation(100)];
         assert_eq!(old.segments.last().unwrap().last, TxId(5));
         let stale: Vec<_> = cat.stale.iter().map(|s| s.key.as_str()).collect();
@@ -176,15 +190,15 @@ mod tests {
 
     #[test]
     fn an_old_epoch_cannot_start_a_newer_generation() {
-        let mut cat = Catalog::default();
-        gen(&mut cat, 100, Some((1, None)), 5);
-        gen(&mut cat, 200, Some((2, Some((100, 5)))), 3);
-        // The paused epoch-1 holder wakes, finds its WAL moved on and starts a generation,
-        // with a later creation time than the new holder's.
-        gen(&mut cat, 300, Some((1, None)), 2);
-        // An agent without a lease does the same.
-        gen(&mut cat, 400, None, 1);
-        apply(&mut cat);
+        let cat = applied(&[
+            (100, Some((1, None)), 5),
+            (200, Some((2, Some((100, 5)))), 3),
+            // The paused epoch-1 holder wakes, finds its WAL moved on and starts a generation,
+            // with a later creation time than the new holder's.
+            (300, Some((1, None)), 2),
+            // An agent without a lease does the same.
+            (400, None, 1),
+        ]);
         assert_eq!(
             cat.generations.keys().copied().collect::<Vec<_>>(),
             [Generation(100), Generation(200)]
@@ -196,13 +210,13 @@ mod tests {
 
     #[test]
     fn an_instance_without_a_lease_cannot_add_history_after_a_takeover() {
-        let mut cat = Catalog::default();
-        gen(&mut cat, 100, Some((1, None)), 5);
-        gen(&mut cat, 200, Some((2, Some((100, 5)))), 3);
-        // `replicate` without --lease on the old disk, after the takeover: epoch 0, which
-        // sorts below every leased generation but was created after the new holder's.
-        gen(&mut cat, 300, None, 2);
-        apply(&mut cat);
+        let cat = applied(&[
+            (100, Some((1, None)), 5),
+            (200, Some((2, Some((100, 5)))), 3),
+            // `replicate` without --lease on the old disk, after the takeover: epoch 0, which
+            // sorts below every leased generation but was created after the new holder's.
+            (300, None, 2),
+        ]);
         assert_eq!(
             cat.generations.keys().copied().collect::<Vec<_>>(),
             [Generation(100), Generation(200)]
@@ -217,13 +231,13 @@ mod tests {
 
     #[test]
     fn history_before_the_takeover_and_without_leases_stays() {
-        let mut cat = Catalog::default();
-        gen(&mut cat, 50, None, 4);
-        gen(&mut cat, 100, None, 9);
-        gen(&mut cat, 200, Some((1, Some((100, 9)))), 3);
-        // The same epoch starting another generation (its WAL broke) is its own history.
-        gen(&mut cat, 300, Some((1, Some((100, 9)))), 2);
-        apply(&mut cat);
+        let cat = applied(&[
+            (50, None, 4),
+            (100, None, 9),
+            (200, Some((1, Some((100, 9)))), 3),
+            // The same epoch starting another generation (its WAL broke) is its own history.
+            (300, Some((1, Some((100, 9)))), 2),
+        ]);
         assert!(cat.stale.is_empty(), "{:?}", cat.stale);
         assert_eq!(cat.generations.len(), 4);
         assert_eq!(cat.latest().unwrap().0, Generation(300));
@@ -233,10 +247,10 @@ mod tests {
     fn the_newest_is_chosen_by_epoch_before_creation_time() {
         // A new holder whose clock is behind the old one's: its generation sorts first by
         // creation time, and is still the newest history.
-        let mut cat = Catalog::default();
-        gen(&mut cat, 500, Some((1, None)), 4);
-        gen(&mut cat, 400, Some((2, Some((500, 4)))), 1);
-        apply(&mut cat);
+        let cat = applied(&[
+            (500, Some((1, None)), 4),
+            (400, Some((2, Some((500, 4)))), 1),
+        ]);
         assert!(cat.stale.is_empty());
         assert_eq!(cat.latest().unwrap().0, Generation(400));
     }

@@ -7,10 +7,10 @@
 //! applying segments in order) can supply. Format 1 segments and format-2 segments without such
 //! pages rebuild on their own ([`crate::segment::Segment::decode`] does both steps).
 
+use super::format2::{self, Parsed};
 use crate::segment::{
     CommitRecord, Segment, SegmentHeader, COMMIT_RECORD_SIZE, HEADER_SIZE, VERSION_1,
 };
-use crate::segment2::{self, Parsed};
 use crate::{Error, Result};
 
 /// A segment object whose CRCs and structure are verified, before its frames are rebuilt.
@@ -29,6 +29,17 @@ enum Body {
     Frames(Vec<u8>),
     /// Format 2: page deltas.
     Deltas(Parsed),
+}
+
+/// The most a compressed body of `body_len` bytes can decompress to: an LZ4 block writes at most
+/// 255 bytes per input byte (a match-length byte), zstd at most one 128 KiB block per 4-byte RLE
+/// block.
+fn max_expansion(version: u16, body_len: u64) -> u64 {
+    if version == VERSION_1 {
+        body_len.saturating_mul(255).saturating_add(255)
+    } else {
+        body_len.saturating_mul(32 * 1024)
+    }
 }
 
 impl AnySegment {
@@ -56,6 +67,18 @@ impl AnySegment {
             });
         }
         let body = &b[HEADER_SIZE..end];
+        if h.raw_len > max_expansion(h.version, body.len() as u64) {
+            // Refused before `raw_len` bytes are allocated for it (found by fuzzing: a header
+            // with valid CRCs declaring 4 GB for a 113-byte body).
+            return Err(Error::corrupt(
+                136,
+                format!(
+                    "declares {} raw bytes, more than a {}-byte body can hold",
+                    h.raw_len,
+                    body.len()
+                ),
+            ));
+        }
         if h.version == VERSION_1 {
             let raw = lz4_flex::block::decompress(body, h.raw_len as usize)
                 .map_err(|e| Error::corrupt(HEADER_SIZE as u64, format!("LZ4: {e}")))?;
@@ -63,7 +86,7 @@ impl AnySegment {
                 return Err(Error::corrupt(HEADER_SIZE as u64, "short LZ4 body"));
             }
             let table_len = h.commit_count as usize * COMMIT_RECORD_SIZE;
-            let commits = segment2::decode_commits(&h, &raw[..table_len])?;
+            let commits = format2::decode_commits(&h, &raw[..table_len])?;
             let mut frames = raw;
             frames.drain(..table_len);
             return Ok(AnySegment {
@@ -77,7 +100,7 @@ impl AnySegment {
         if raw.len() as u64 != h.raw_len {
             return Err(Error::corrupt(HEADER_SIZE as u64, "short zstd body"));
         }
-        let (commits, parsed) = segment2::parse(&h, raw)?;
+        let (commits, parsed) = format2::parse(&h, raw)?;
         Ok(AnySegment {
             header: h,
             commits,
@@ -102,7 +125,7 @@ impl AnySegment {
     pub fn rebuild(self, base: &mut dyn FnMut(u32, &mut [u8]) -> Result<()>) -> Result<Segment> {
         let frames = match self.body {
             Body::Frames(f) => f,
-            Body::Deltas(p) => segment2::rebuild(&self.header, &self.commits, &p, base)?,
+            Body::Deltas(p) => format2::rebuild(&self.header, &self.commits, &p, base)?,
         };
         let seg = Segment {
             header: self.header,

@@ -1,6 +1,6 @@
 //! The agent's side of the writer lease: the [`Gate`] it checks before every upload, and the
 //! [`Fencing`] it writes into every generation it starts (see [`crate::lease`] for the lease
-//! itself and [`crate::lease_fence`] for how readers use fences).
+//! itself and [`crate::catalog::fences`] for how readers use fences).
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
@@ -77,11 +77,7 @@ impl Gate {
         }
         let now = self.base.elapsed().as_millis() as u64;
         if now >= self.valid_until.load(Ordering::SeqCst) {
-            return Err(Error::Replica(format!(
-                "the writer lease (epoch {}) was not renewed within its time to live; \
-                 uploads wait until it is",
-                self.epoch
-            )));
+            return Err(Error::LeaseNotRenewed { epoch: self.epoch });
         }
         Ok(())
     }
@@ -165,7 +161,7 @@ pub(crate) fn write_fence(
 pub fn highest_epoch(cat: &crate::catalog::Catalog) -> u64 {
     cat.generations
         .values()
-        .map(crate::lease_fence::epoch)
+        .map(crate::catalog::fences::epoch)
         .max()
         .unwrap_or(0)
 }

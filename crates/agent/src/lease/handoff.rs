@@ -53,11 +53,10 @@ pub async fn request_handoff(
             Err(e) => return Err(storage(e)),
         }
     }
-    Err(Error::Replica(format!(
-        "cannot write {} in {}: other instances keep replacing it",
-        keys::HANDOFF,
-        client.describe()
-    )))
+    Err(Error::HandoffContended {
+        key: keys::HANDOFF,
+        replica: client.describe(),
+    })
 }
 
 impl Lease {
@@ -75,30 +74,17 @@ impl Lease {
 
 #[cfg(test)]
 mod tests {
-    use std::sync::Arc;
     use std::time::{Duration, Instant};
 
-    use lifeboat_storage::memory::MemoryClient;
     use lifeboat_wal::{Generation, TxId};
 
     use super::*;
-    use crate::lease::{acquire, LeaseOptions, Renewal, Takeover};
-
-    fn opts(ttl_ms: u64) -> LeaseOptions {
-        LeaseOptions {
-            ttl: Duration::from_millis(ttl_ms),
-            handoff: true,
-            timeout: Duration::from_secs(10),
-            poll: Duration::from_millis(10),
-        }
-    }
+    use crate::lease::tests::{held, opts};
+    use crate::lease::{acquire, Renewal, Takeover};
 
     #[tokio::test]
     async fn a_live_holder_sees_the_request_and_hands_over() {
-        let c: Arc<dyn ReplicaClient> = Arc::new(MemoryClient::default());
-        let (mut old, _) = acquire(c.clone(), &Holder::this_process(), opts(2000), 0, |_| {})
-            .await
-            .unwrap();
+        let (c, mut old) = held(2000).await;
         assert_eq!(old.handoff_requested().await.unwrap(), None);
         let c2 = c.clone();
         let new = tokio::spawn(async move {

@@ -108,40 +108,28 @@ impl Replica {
             st.unsent = Some(unsent);
             return Err(e);
         }
-        let Unsent {
-            key,
-            body,
-            hashes,
-            end,
-            next_txid,
-            carried,
-            full,
-            txns: n,
-            last,
-            time_ms,
-            pending,
-            found,
-        } = *unsent;
-        match hashes {
+        let u = *unsent;
+        match u.hashes {
             Some(h) => st.hashes = h,
             None => st.hashes.commit(),
         }
-        st.bases.shipped(pending);
-        if carried {
+        st.bases.shipped(u.pending);
+        if u.carried {
             st.carry.pop_front();
         }
-        st.cursor = end;
-        st.next_txid = next_txid;
+        st.cursor = u.end;
+        st.next_txid = u.next_txid;
         st.at_end = false;
         st.since_snapshot += 1;
         self.succeeded();
+        let (n, bytes) = (u.txns, u.body.len());
         ctx.status
-            .shipped(self.index, n, body.len() as u64, time_ms, last);
-        debug!(key = %key, txns = n, bytes = body.len(), bases = found.used, base_misses = found.missed, "segment uploaded");
+            .shipped(self.index, n, bytes as u64, u.time_ms, u.last);
+        debug!(key = %u.key, txns = n, bytes, bases = u.found.used, base_misses = u.found.missed, "segment uploaded");
         Ok(Shipped {
             puts: 1,
             txns: n,
-            full,
+            full: u.full,
         })
     }
 }
