@@ -42,6 +42,7 @@ fn sample() -> Manifest {
             },
         ],
         removed: vec![],
+        blobs: [("ab".repeat(32), 42)].into_iter().collect(),
     }
 }
 
