@@ -62,6 +62,14 @@ pub async fn prune(
 ) -> Result<FolderPrune> {
     let mut p = FolderPrune::default();
     let manifest::Listing { folders, blobs } = manifest::list_all(client).await?;
+    // What each folder's newest chain names stays whatever happens: read first, so that an
+    // unchanged replica costs only those reads (not every kept manifest's) each time.
+    let mut named_now = HashSet::new();
+    for (folder, ks) in &folders {
+        for (_, m) in manifest::chain_to(client, folder, ks, ks.len() - 1).await? {
+            named_now.extend(m.blob_keys());
+        }
+    }
     for (folder, ks) in &folders {
         let k = ks
             .iter()
@@ -75,8 +83,10 @@ pub async fn prune(
         p.manifests.extend(ks[..base].iter().map(|k| k.key(folder)));
     }
     let cut = now_ms.saturating_sub(GRACE.as_millis() as u64);
-    let old: Vec<(&String, &manifest::BlobObject)> =
-        blobs.iter().filter(|(_, b)| b.created_ms < cut).collect();
+    let old: Vec<(&String, &manifest::BlobObject)> = blobs
+        .iter()
+        .filter(|(k, b)| b.created_ms < cut && !named_now.contains(*k))
+        .collect();
     if p.manifests.is_empty() && old.is_empty() {
         return Ok(p);
     }

@@ -42,7 +42,7 @@ fn sample() -> Manifest {
             },
         ],
         removed: vec![],
-        blobs: [("ab".repeat(32), 1000)].into_iter().collect(),
+        blobs: [("ab".repeat(32), 42)].into_iter().collect(),
     }
 }
 

@@ -47,8 +47,8 @@ fn check(s: &str) -> Result<(), TestCaseError> {
     if let Some(g) = keys::parse_pruning_marker(s) {
         prop_assert_eq!(keys::pruning_marker(g), s);
     }
-    if let Some((h, t)) = keys::parse_blob(s) {
-        prop_assert_eq!(keys::blob(h, t), s);
+    if let Some((h, created_ms)) = keys::parse_blob(s) {
+        prop_assert_eq!(keys::blob(h, created_ms), s);
     }
     Ok(())
 }
