@@ -154,24 +154,6 @@ proptest! {
     }
 }
 
-/// Writes the valid samples as seeds for the fuzz targets (`fuzz/corpus/<target>/`); run by
-/// hand before fuzzing (docs/testing.md), so the fuzzer starts from objects that decode.
-#[test]
-#[ignore = "writes fuzz seeds; run by hand"]
-fn write_fuzz_seeds() {
-    let root = concat!(env!("CARGO_MANIFEST_DIR"), "/../../fuzz/corpus");
-    for (target, name, bytes) in [
-        ("segment", "format2", sample_segment(false)),
-        ("segment", "format1", sample_segment(true)),
-        ("snapshot", "three-pages", sample_snapshot()),
-        ("wal", "three-txns", sample_wal()),
-    ] {
-        let dir = format!("{root}/{target}");
-        std::fs::create_dir_all(&dir).unwrap();
-        std::fs::write(format!("{dir}/{name}"), bytes).unwrap();
-    }
-}
-
 /// Regression (found by `cargo fuzz run segment`): a segment whose header, with valid CRCs,
 /// declares a raw length of 4 GB for a body of a hundred bytes made the reader allocate the
 /// 4 GB before decompressing; an allocator that refuses aborts the process.
