@@ -103,13 +103,11 @@ pub(crate) fn label(v: &str) -> String {
         .replace('\n', "\\n")
 }
 
-/// A metric with one value per replica: name, type, help, value (given the time now).
-type PerReplica = (
-    &'static str,
-    &'static str,
-    &'static str,
-    fn(&ReplicaStatus, u64) -> f64,
-);
+/// A metric: name, type (`gauge`, `counter`), help, and the function that reads its value.
+pub(crate) type Metric<F> = (&'static str, &'static str, &'static str, F);
+
+/// A metric with one value per replica (given the time now).
+type PerReplica = Metric<fn(&ReplicaStatus, u64) -> f64>;
 
 const PER_REPLICA: &[PerReplica] = &[
     (
@@ -162,13 +160,8 @@ const PER_REPLICA: &[PerReplica] = &[
     ),
 ];
 
-/// A metric with one value per database: name, type, help, value.
-type PerDb = (
-    &'static str,
-    &'static str,
-    &'static str,
-    fn(&StatusInner) -> f64,
-);
+/// A metric with one value per database.
+type PerDb = Metric<fn(&StatusInner) -> f64>;
 
 const PER_DB: &[PerDb] = &[
     (

@@ -10,7 +10,7 @@ use lifeboat_agent::status::StatusInner;
 use lifeboat_dirs::status::{FolderReplicaStatus, FolderStatus};
 use serde::Serialize;
 
-use crate::http::label;
+use crate::http::{label, Metric};
 
 /// A folder in `/health`.
 #[derive(Serialize)]
@@ -32,12 +32,7 @@ pub fn health(folders: Vec<FolderStatus>) -> Vec<FolderHealth> {
         .collect()
 }
 
-type PerFolder = (
-    &'static str,
-    &'static str,
-    &'static str,
-    fn(&FolderStatus) -> f64,
-);
+type PerFolder = Metric<fn(&FolderStatus) -> f64>;
 
 const PER_FOLDER: &[PerFolder] = &[
     (
@@ -66,12 +61,7 @@ const PER_FOLDER: &[PerFolder] = &[
     ),
 ];
 
-type PerFolderReplica = (
-    &'static str,
-    &'static str,
-    &'static str,
-    fn(&FolderReplicaStatus) -> Option<f64>,
-);
+type PerFolderReplica = Metric<fn(&FolderReplicaStatus) -> Option<f64>>;
 
 const PER_FOLDER_REPLICA: &[PerFolderReplica] = &[
     (
