@@ -102,7 +102,9 @@ fn restore_by_database_path_brings_back_its_configured_folders_with_the_database
     let o = run_env(&["restore", db.to_str().unwrap()], &env);
     assert!(!o.status.success());
     assert!(
-        stderr(&o).contains(up.to_str().unwrap()) && stderr(&o).contains("--force"),
+        stderr(&o).contains(up.to_str().unwrap())
+            && stderr(&o).contains("--force")
+            && stderr(&o).contains("--no-dirs"),
         "{}",
         stderr(&o)
     );
@@ -111,6 +113,14 @@ fn restore_by_database_path_brings_back_its_configured_folders_with_the_database
         "the database was written although the folder was refused"
     );
     assert!(up.join("local-only.txt").exists());
+
+    // --no-dirs restores the database alone and leaves the folder as it is.
+    let o = run_env(&["restore", db.to_str().unwrap(), "--no-dirs"], &env);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert_eq!(rows(&db), 1);
+    assert!(!stdout(&o).contains("restored folder"), "{}", stdout(&o));
+    assert!(up.join("local-only.txt").exists());
+    remove_db(&db);
 
     // A dry run names the folder and says the real run needs --force.
     let o = run_env(&["restore", db.to_str().unwrap(), "--dry-run"], &env);
@@ -165,6 +175,59 @@ fn restore_by_database_path_brings_back_its_configured_folders_with_the_database
     assert!(stdout(&o).contains("--dir NAME=PATH"), "{}", stdout(&o));
     assert_eq!(rows(&other), 1);
     assert!(up.join("live.txt").exists());
+}
+
+/// A folder the configuration lists but the replica holds no backup of (added to `dirs` after
+/// the backup, or never captured) does not fail the restore of the database: it is named in a
+/// note and left as it is. Named with `--dir`, the same folder is an error.
+#[test]
+fn a_configured_folder_with_no_backup_yet_is_skipped_with_a_note() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let (cfg, db, up, replica) = replicated_with_config(d);
+    let later = d.join("avatars");
+    std::fs::write(
+        &cfg,
+        format!(
+            "[[databases]]\npath = {:?}\nreplicas = [{:?}]\ndirs = [{:?}, {:?}]\n",
+            db.to_str().unwrap(),
+            format!("file://{}", replica.display()),
+            up.to_str().unwrap(),
+            later.to_str().unwrap()
+        ),
+    )
+    .unwrap();
+    let env = [("LIFEBOAT_CONFIG", cfg.to_str().unwrap())];
+    remove_db(&db);
+    std::fs::remove_dir_all(&up).unwrap();
+    let o = run_env(&["restore", db.to_str().unwrap()], &env);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert_eq!(rows(&db), 1);
+    assert_eq!(
+        std::fs::read(up.join("receipts/2026/1.txt")).unwrap(),
+        b"receipt one"
+    );
+    assert!(
+        stdout(&o).contains("holds no backup of folder") && stdout(&o).contains("avatars"),
+        "{}",
+        stdout(&o)
+    );
+    assert!(!later.exists());
+
+    let elsewhere = d.join("copy.db");
+    let o = run_env(
+        &[
+            "restore",
+            db.to_str().unwrap(),
+            "-o",
+            elsewhere.to_str().unwrap(),
+            "--dir",
+            later.to_str().unwrap(),
+        ],
+        &env,
+    );
+    assert!(!o.status.success(), "{}", stdout(&o));
+    assert!(stderr(&o).contains("avatars"), "{}", stderr(&o));
 }
 
 #[test]

@@ -202,6 +202,9 @@ pub struct RestoreArgs {
     /// (repeatable; an existing non-empty folder needs --force, which moves it aside).
     #[arg(long = "dir")]
     pub dirs: Vec<String>,
+    /// Restore only the database, not the folders the configuration backs up with it.
+    #[arg(long, conflicts_with = "dirs")]
+    pub no_dirs: bool,
 }
 
 #[derive(Debug, ClapArgs)]

@@ -42,7 +42,17 @@ pub fn is_url(s: &str) -> bool {
 struct Resolved {
     url: String,
     output: PathBuf,
-    dirs: Vec<String>,
+    dirs: Dirs,
+}
+
+/// The folders a restore brings back with the database.
+#[derive(Default)]
+struct Dirs {
+    specs: Vec<String>,
+    /// Taken from the configuration rather than named with `--dir`: one the replica holds no
+    /// backup of yet (never captured, e.g. empty) is skipped with a note instead of failing the
+    /// restore, and a non-empty one is refused naming `--no-dirs` as well as `--force`.
+    configured: bool,
 }
 
 /// As given, or, for a database path, its first replica in the configuration file and (unless
@@ -62,7 +72,10 @@ fn resolve(r: &RestoreArgs) -> Result<Resolved> {
         return Ok(Resolved {
             url: r.url.clone(),
             output,
-            dirs: r.dirs.clone(),
+            dirs: Dirs {
+                specs: r.dirs.clone(),
+                configured: false,
+            },
         });
     }
     let config = config::locate(r.config.clone(), |k| std::env::var(k).ok());
@@ -79,8 +92,15 @@ fn resolve(r: &RestoreArgs) -> Result<Resolved> {
     let abs = |p: &std::path::Path| std::path::absolute(p).unwrap_or_else(|_| p.to_path_buf());
     let in_place = r.output.as_ref().is_none_or(|o| abs(o) == abs(&db));
     let dirs = match (r.dirs.is_empty(), in_place) {
-        (false, _) => r.dirs.clone(),
-        (true, true) => entry.dirs.clone(),
+        (false, _) => Dirs {
+            specs: r.dirs.clone(),
+            configured: false,
+        },
+        (true, _) if r.no_dirs => Dirs::default(),
+        (true, true) => Dirs {
+            specs: entry.dirs.clone(),
+            configured: true,
+        },
         (true, false) => {
             if !entry.dirs.is_empty() {
                 println!(
@@ -90,7 +110,7 @@ fn resolve(r: &RestoreArgs) -> Result<Resolved> {
                     entry.dirs.join(", ")
                 );
             }
-            Vec::new()
+            Dirs::default()
         }
     };
     Ok(Resolved {
@@ -161,7 +181,7 @@ async fn restore_all(r: RestoreArgs) -> Result<ExitCode> {
             continue;
         }
         let client = Prefixed::new(base.clone(), name)?;
-        restore_one(&r, &client, &out, &[]).await?;
+        restore_one(&r, &client, &out, &Dirs::default()).await?;
     }
     println!("{} database(s) of {}", names.len(), base.describe());
     Ok(ExitCode::SUCCESS)
@@ -172,12 +192,24 @@ async fn restore_one(
     r: &RestoreArgs,
     client: &dyn lifeboat_storage::ReplicaClient,
     output: &std::path::Path,
-    dirs: &[String],
+    dirs: &Dirs,
 ) -> Result<ExitCode> {
-    let dirs = crate::config::dir_specs(dirs)?;
+    let configured = dirs.configured;
+    let dirs = crate::config::dir_specs(&dirs.specs)?;
     if !r.dry_run {
         for d in &dirs {
-            lifeboat_dirs::restore::check_output(&d.path, r.force)?;
+            lifeboat_dirs::restore::check_output(&d.path, r.force).map_err(|e| {
+                let e = anyhow::Error::new(e);
+                if configured {
+                    e.context(format!(
+                        "the configuration backs up folder {} with this database; pass \
+                         --no-dirs to restore only the database",
+                        d.path.display()
+                    ))
+                } else {
+                    e
+                }
+            })?;
         }
     }
     let target = match (&r.txid, &r.timestamp) {
@@ -260,14 +292,24 @@ async fn restore_one(
         .with_context(|| format!("restore from {} failed", client.describe()))?;
     for d in &dirs {
         let at = Some((report.generation, report.txid));
-        let f = lifeboat_dirs::restore::restore(client, &d.name, at, &d.path, r.force)
-            .await
-            .with_context(|| {
-                format!(
-                    "restore of folder {} failed (the database was restored)",
-                    d.path.display()
-                )
-            })?;
+        let f = match lifeboat_dirs::restore::restore(client, &d.name, at, &d.path, r.force).await {
+            Err(lifeboat_dirs::Error::NoBackup { .. }) if configured => {
+                println!(
+                    "note: {} holds no backup of folder {} ({}) yet; left as it is",
+                    client.describe(),
+                    d.path.display(),
+                    d.name
+                );
+                continue;
+            }
+            f => f,
+        };
+        let f = f.with_context(|| {
+            format!(
+                "restore of folder {} failed (the database was restored)",
+                d.path.display()
+            )
+        })?;
         println!(
             "restored folder {} ({}) as of the same point: {} files, {} bytes, every SHA-256 verified{}",
             d.path.display(),
