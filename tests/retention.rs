@@ -35,7 +35,10 @@ fn generations_by_truncation(
     let mut seq = 0;
     let mut states = Vec::new();
     for round in 0..rounds {
-        let agent = start(round);
+        let mut agent = start(round);
+        // A commit made before the new generation's snapshot lands in it (txid 0), which would
+        // shift the writer's record against the generation's txids.
+        agent.wait_for_log("snapshot uploaded");
         let mut after = vec![conn_digest(c)];
         for _ in 0..per_round {
             mixed_txn(c, seq);
@@ -149,6 +152,48 @@ fn prune_keeps_every_restore_point_in_the_window_and_drops_generations_outside_i
     restore_and_compare(&url, &dir.path().join("out2.db"), &db);
 }
 
+/// A damaged folder manifest keeps the folders' history whole, but the database's retention
+/// goes on: the generation outside the window is deleted and the damaged object stays.
+#[test]
+fn a_damaged_folder_manifest_does_not_stop_the_databases_retention() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("app.db");
+    let root = dir.path().join("replica");
+    let url = format!("file://{}", root.display());
+    let c = app_conn(&db, 4096);
+    create_schema(&c);
+    generations_by_truncation(&c, 2, 5, |round| {
+        Agent::replicate(&db, &url, &dir.path().join(format!("{round}.log")))
+    });
+    let before = generations(&url);
+    assert_eq!(before.len(), 2, "{before:?}");
+    let manifests = root.join("files/uploads/manifests");
+    std::fs::create_dir_all(&manifests).unwrap();
+    let damaged = manifests.join(format!(
+        "{}-0000000000000001-0000000000000000.lbman",
+        before[1].0
+    ));
+    std::fs::write(&damaged, b"not a manifest").unwrap();
+
+    let t = humantime::parse_rfc3339(&before[1].2).unwrap() + std::time::Duration::from_secs(3600);
+    let now = humantime::format_rfc3339_millis(t).to_string();
+    let o = run(&["prune", &url, "--retention", "1h", "--now", &now]);
+    let log = format!(
+        "{}{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    );
+    assert!(o.status.success(), "{log}");
+    assert!(log.contains("folders' history cannot be read"), "{log}");
+    let after = generations(&url);
+    assert_eq!(
+        after.iter().map(|g| &g.0).collect::<Vec<_>>(),
+        vec![&before[1].0],
+        "{log}"
+    );
+    assert!(damaged.exists(), "the damaged manifest was deleted");
+}
+
 /// The number in "N objects" of a restore's closing line.
 fn objects_read(stdout: &str) -> usize {
     let at = stdout.find(" objects, ").expect("a restore summary");
@@ -183,7 +228,8 @@ fn snapshots_within_a_generation_bound_what_restoring_the_newest_state_reads() {
         &["replicate", "--config", cfg.to_str().unwrap()],
         &dir.path().join("a.log"),
     );
-    agent.wait_for_log("replicating");
+    // Commits before the first snapshot would land in it and never ship as segments.
+    agent.wait_for_log("snapshot uploaded");
     // Bursts of 50 transactions, each shipped before the next starts, so history spreads over
     // many objects. (The newest shipped txid is in the segment keys.)
     let shipped = || {

@@ -206,9 +206,18 @@ pub async fn prune_with_progress(
     let folders_now = now_ms.min(crate::clock::now_ms());
     if let Some(keep) = oldest_kept(&cat, &p) {
         // Folders after the database objects, so their plan sees the same restore points.
-        let folders = lifeboat_dirs::prune::prune(client, keep, folders_now, true).await?;
-        if !folders.is_empty() {
-            p.folders = Some(folders);
+        // A folder history that cannot be read (a damaged manifest, a broken chain) is kept
+        // whole; it must not stop the database's own retention, or the bucket grows forever.
+        match lifeboat_dirs::prune::prune(client, keep, folders_now, true).await {
+            Ok(folders) if !folders.is_empty() => p.folders = Some(folders),
+            Ok(_) => {}
+            Err(e) => warn!(
+                replica = %client.describe(),
+                error = %e,
+                "retention: the backed-up folders' history cannot be read, so none of it is \
+                 deleted this time (the database's history is pruned as usual); run `lifeboat \
+                 verify` on this replica to find the damaged object"
+            ),
         }
     }
     if dry_run {
