@@ -103,13 +103,16 @@ pub(crate) fn label(v: &str) -> String {
         .replace('\n', "\\n")
 }
 
-/// A metric with one value per replica: name, type, help, value (given the time now).
-type PerReplica = (
-    &'static str,
-    &'static str,
-    &'static str,
-    fn(&ReplicaStatus, u64) -> f64,
-);
+/// Writes the `# HELP` and `# TYPE` lines that start a metric family.
+pub(crate) fn family_header(out: &mut String, name: &str, kind: &str, help: &str) {
+    let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
+}
+
+/// A metric family: name, type, help, and `F`, which gives its value from a status.
+pub(crate) type Metric<F> = (&'static str, &'static str, &'static str, F);
+
+/// A metric with one value per replica: its value given the time now.
+type PerReplica = Metric<fn(&ReplicaStatus, u64) -> f64>;
 
 const PER_REPLICA: &[PerReplica] = &[
     (
@@ -162,13 +165,8 @@ const PER_REPLICA: &[PerReplica] = &[
     ),
 ];
 
-/// A metric with one value per database: name, type, help, value.
-type PerDb = (
-    &'static str,
-    &'static str,
-    &'static str,
-    fn(&StatusInner) -> f64,
-);
+/// A metric with one value per database.
+type PerDb = Metric<fn(&StatusInner) -> f64>;
 
 const PER_DB: &[PerDb] = &[
     (
@@ -211,7 +209,7 @@ fn metrics(dbs: &[Watched]) -> String {
         .collect();
     let mut out = String::new();
     let mut family = |name: &str, kind: &str, help: &str, rows: Vec<(String, f64)>| {
-        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
+        family_header(&mut out, name, kind, help);
         for (labels, v) in rows {
             let _ = writeln!(out, "{name}{{{labels}}} {v}");
         }

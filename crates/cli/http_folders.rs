@@ -10,7 +10,7 @@ use lifeboat_agent::status::StatusInner;
 use lifeboat_dirs::status::{FolderReplicaStatus, FolderStatus};
 use serde::Serialize;
 
-use crate::http::label;
+use crate::http::{family_header, label, Metric};
 
 /// A folder in `/health`.
 #[derive(Serialize)]
@@ -32,12 +32,8 @@ pub fn health(folders: Vec<FolderStatus>) -> Vec<FolderHealth> {
         .collect()
 }
 
-type PerFolder = (
-    &'static str,
-    &'static str,
-    &'static str,
-    fn(&FolderStatus) -> f64,
-);
+/// A metric with one value per folder.
+type PerFolder = Metric<fn(&FolderStatus) -> f64>;
 
 const PER_FOLDER: &[PerFolder] = &[
     (
@@ -66,12 +62,8 @@ const PER_FOLDER: &[PerFolder] = &[
     ),
 ];
 
-type PerFolderReplica = (
-    &'static str,
-    &'static str,
-    &'static str,
-    fn(&FolderReplicaStatus) -> Option<f64>,
-);
+/// A metric with one value per folder and replica (`None`: no sample).
+type PerFolderReplica = Metric<fn(&FolderReplicaStatus) -> Option<f64>>;
 
 const PER_FOLDER_REPLICA: &[PerFolderReplica] = &[
     (
@@ -132,13 +124,13 @@ pub fn metrics(out: &mut String, snaps: &[(String, StatusInner)]) {
         return;
     }
     for &(name, kind, help, f) in PER_FOLDER {
-        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
+        family_header(out, name, kind, help);
         for (labels, s) in &folders {
             let _ = writeln!(out, "{name}{{{labels}}} {}", f(s));
         }
     }
     for &(name, kind, help, f) in PER_FOLDER_REPLICA {
-        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
+        family_header(out, name, kind, help);
         for (labels, s) in &folders {
             for r in &s.replicas {
                 if let Some(v) = f(r) {
