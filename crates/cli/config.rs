@@ -20,11 +20,13 @@ use std::time::Duration;
 use anyhow::{bail, Context, Result};
 use lifeboat_agent::agent::DbConfig;
 use lifeboat_agent::folder::FolderConfig;
-use lifeboat_agent::replica::ReplicaOverrides;
 use lifeboat_agent::Options;
 use serde::Deserialize;
 
 use crate::replica_url;
+
+mod replica;
+use replica::ReplicaEntry;
 
 /// The configuration file used when none is named: `$LIFEBOAT_CONFIG`, else this.
 pub const DEFAULT_PATH: &str = "/etc/lifeboat.toml";
@@ -263,61 +265,7 @@ impl Database {
     }
 }
 
-/// A replica: its URL, or a table with the URL and settings of its own.
-#[derive(Debug)]
-enum ReplicaEntry {
-    Url(String),
-    Table(ReplicaTable),
-}
-
-impl<'de> Deserialize<'de> for ReplicaEntry {
-    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        use serde::de::Error as _;
-        match toml::Value::deserialize(d)? {
-            toml::Value::String(url) => Ok(ReplicaEntry::Url(url)),
-            t @ toml::Value::Table(_) => ReplicaTable::deserialize(t)
-                .map(ReplicaEntry::Table)
-                .map_err(|e| D::Error::custom(format!("in a replica table: {e}"))),
-            other => Err(D::Error::custom(format!(
-                "a replica is a URL string or a table with `url` (and `retention`, \
-                 `snapshot-interval`, `snapshot-segments`), not a {}",
-                other.type_str()
-            ))),
-        }
-    }
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields, rename_all = "kebab-case")]
-struct ReplicaTable {
-    url: String,
-    #[serde(default, with = "humantime_serde_opt")]
-    retention: Option<Duration>,
-    #[serde(default, with = "humantime_serde_opt")]
-    snapshot_interval: Option<Duration>,
-    snapshot_segments: Option<u32>,
-}
-
-impl ReplicaEntry {
-    fn url(&self) -> &str {
-        match self {
-            ReplicaEntry::Url(u) => u,
-            ReplicaEntry::Table(t) => &t.url,
-        }
-    }
-
-    fn overrides(&self) -> ReplicaOverrides {
-        match self {
-            ReplicaEntry::Url(_) => ReplicaOverrides::default(),
-            ReplicaEntry::Table(t) => ReplicaOverrides {
-                retention: t.retention,
-                snapshot_interval: t.snapshot_interval,
-                snapshot_segments: t.snapshot_segments,
-            },
-        }
-    }
-}
-
+/// `Option<Duration>` fields written as `30d`, `12h`, ... (for `#[serde(with)]`).
 mod humantime_serde_opt {
     use std::time::Duration;
 

@@ -103,10 +103,15 @@ pub(crate) fn label(v: &str) -> String {
         .replace('\n', "\\n")
 }
 
-/// A metric: name, type (`gauge`, `counter`), help, and the function that reads its value.
+/// Writes the `# HELP` and `# TYPE` lines that start a metric family.
+pub(crate) fn family_header(out: &mut String, name: &str, kind: &str, help: &str) {
+    let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
+}
+
+/// A metric family: name, type, help, and `F`, which gives its value from a status.
 pub(crate) type Metric<F> = (&'static str, &'static str, &'static str, F);
 
-/// A metric with one value per replica (given the time now).
+/// A metric with one value per replica: its value given the time now.
 type PerReplica = Metric<fn(&ReplicaStatus, u64) -> f64>;
 
 const PER_REPLICA: &[PerReplica] = &[
@@ -204,7 +209,7 @@ fn metrics(dbs: &[Watched]) -> String {
         .collect();
     let mut out = String::new();
     let mut family = |name: &str, kind: &str, help: &str, rows: Vec<(String, f64)>| {
-        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
+        family_header(&mut out, name, kind, help);
         for (labels, v) in rows {
             let _ = writeln!(out, "{name}{{{labels}}} {v}");
         }

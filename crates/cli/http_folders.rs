@@ -10,7 +10,7 @@ use lifeboat_agent::status::StatusInner;
 use lifeboat_dirs::status::{FolderReplicaStatus, FolderStatus};
 use serde::Serialize;
 
-use crate::http::{label, Metric};
+use crate::http::{family_header, label, Metric};
 
 /// A folder in `/health`.
 #[derive(Serialize)]
@@ -32,6 +32,7 @@ pub fn health(folders: Vec<FolderStatus>) -> Vec<FolderHealth> {
         .collect()
 }
 
+/// A metric with one value per folder.
 type PerFolder = Metric<fn(&FolderStatus) -> f64>;
 
 const PER_FOLDER: &[PerFolder] = &[
@@ -61,6 +62,7 @@ const PER_FOLDER: &[PerFolder] = &[
     ),
 ];
 
+/// A metric with one value per folder and replica (`None`: no sample).
 type PerFolderReplica = Metric<fn(&FolderReplicaStatus) -> Option<f64>>;
 
 const PER_FOLDER_REPLICA: &[PerFolderReplica] = &[
@@ -122,13 +124,13 @@ pub fn metrics(out: &mut String, snaps: &[(String, StatusInner)]) {
         return;
     }
     for &(name, kind, help, f) in PER_FOLDER {
-        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
+        family_header(out, name, kind, help);
         for (labels, s) in &folders {
             let _ = writeln!(out, "{name}{{{labels}}} {}", f(s));
         }
     }
     for &(name, kind, help, f) in PER_FOLDER_REPLICA {
-        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
+        family_header(out, name, kind, help);
         for (labels, s) in &folders {
             for r in &s.replicas {
                 if let Some(v) = f(r) {

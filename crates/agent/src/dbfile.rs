@@ -118,10 +118,22 @@ mod tests {
         p
     }
 
+    /// A file `name` in `dir` holding `bytes`.
+    fn file(dir: &Path, name: &str, bytes: &[u8]) -> std::path::PathBuf {
+        let p = dir.join(name);
+        std::fs::write(&p, bytes).unwrap();
+        p
+    }
+
+    /// Why [`check`] refuses `p`.
+    fn refusal(p: &Path, switch: bool) -> String {
+        check(p, switch).unwrap_err().to_string()
+    }
+
     #[test]
     fn a_folder_is_named_as_a_folder_not_as_missing() {
         let dir = tempfile::tempdir().unwrap();
-        let e = check(dir.path(), false).unwrap_err().to_string();
+        let e = refusal(dir.path(), false);
         assert!(
             e.contains("is a folder") && e.contains("--dir-of-databases"),
             "{e}"
@@ -135,7 +147,7 @@ mod tests {
     fn a_rollback_database_is_refused_unless_switching_is_allowed() {
         let dir = tempfile::tempdir().unwrap();
         let p = db(dir.path(), "r.db", "CREATE TABLE t(x);");
-        let e = check(&p, false).unwrap_err().to_string();
+        let e = refusal(&p, false);
         assert!(
             e.contains("rollback-journal") && e.contains("--switch-to-wal"),
             "{e}"
@@ -153,9 +165,8 @@ mod tests {
     #[test]
     fn an_empty_file_is_refused_unless_switching_is_allowed() {
         let dir = tempfile::tempdir().unwrap();
-        let p = dir.path().join("e.db");
-        std::fs::write(&p, b"").unwrap();
-        let e = check(&p, false).unwrap_err().to_string();
+        let p = file(dir.path(), "e.db", b"");
+        let e = refusal(&p, false);
         assert!(
             e.contains("is empty") && e.contains("--switch-to-wal"),
             "{e}"
@@ -166,9 +177,12 @@ mod tests {
     #[test]
     fn a_file_that_is_not_sqlite_is_named() {
         let dir = tempfile::tempdir().unwrap();
-        let p = dir.path().join("x.db");
-        std::fs::write(&p, b"hello, this is a log file and not a database at all").unwrap();
-        let e = check(&p, true).unwrap_err().to_string();
+        let p = file(
+            dir.path(),
+            "x.db",
+            b"hello, this is a log file and not a database at all",
+        );
+        let e = refusal(&p, true);
         assert!(e.contains("is not a SQLite database"), "{e}");
         let mut h = MAGIC.to_vec();
         h.extend([0x10, 0, 7, 7]);

@@ -1,4 +1,5 @@
 use super::*;
+use lifeboat_agent::replica::ReplicaOverrides;
 
 fn env(k: &str) -> Option<String> {
     (k == "BUCKET").then(|| "b1".to_string())

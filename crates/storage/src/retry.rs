@@ -141,17 +141,7 @@ mod tests {
     async fn retries_transient_then_succeeds() {
         let calls = AtomicU32::new(0);
         let r = retry(RetryPolicy::default(), "op", || async {
-            if calls.fetch_add(1, Ordering::SeqCst) < 2 {
-                Err(Error::Backend {
-                    op: "get",
-                    key: "k".into(),
-                    message: "503".into(),
-                    transient: true,
-                    source: None,
-                })
-            } else {
-                Ok(7)
-            }
+            down_for(&calls, 2).map(|()| 7)
         })
         .await;
         assert_eq!(r.unwrap(), 7);
@@ -170,6 +160,23 @@ mod tests {
         assert_eq!(calls.load(Ordering::SeqCst), 1);
     }
 
+    /// One call of an operation whose endpoint is down for the first `failures` calls.
+    fn down_for(calls: &AtomicU32, failures: u32) -> Result<()> {
+        if calls.fetch_add(1, Ordering::SeqCst) < failures {
+            Err(down())
+        } else {
+            Ok(())
+        }
+    }
+
+    fn policy(attempts: u32, initial: Duration, max: Duration) -> RetryPolicy {
+        RetryPolicy {
+            attempts,
+            initial,
+            max,
+        }
+    }
+
     fn down() -> Error {
         Error::Backend {
             op: "put",
@@ -183,18 +190,10 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn retry_until_keeps_going_past_the_attempt_limit_with_a_capped_backoff() {
         let calls = AtomicU32::new(0);
-        let policy = RetryPolicy {
-            attempts: 2,
-            initial: Duration::from_millis(100),
-            max: Duration::from_secs(2),
-        };
+        let policy = policy(2, Duration::from_millis(100), Duration::from_secs(2));
         let started = tokio::time::Instant::now();
         let r = retry_until(policy, "op", &CancellationToken::new(), || async {
-            if calls.fetch_add(1, Ordering::SeqCst) < 20 {
-                Err(down())
-            } else {
-                Ok("landed")
-            }
+            down_for(&calls, 20).map(|()| "landed")
         })
         .await;
         assert_eq!(r.unwrap(), "landed");
@@ -225,11 +224,7 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn a_stop_cuts_a_long_backoff_short_and_retries_at_once() {
-        let policy = RetryPolicy {
-            attempts: 0,
-            initial: Duration::from_secs(30),
-            max: Duration::from_secs(30),
-        };
+        let policy = policy(0, Duration::from_secs(30), Duration::from_secs(30));
         let stop = CancellationToken::new();
         let calls = std::sync::Arc::new(AtomicU32::new(0));
         let task = {
@@ -237,14 +232,8 @@ mod tests {
             tokio::spawn(async move {
                 retry_until(policy, "op", &stop, || {
                     let calls = calls.clone();
-                    async move {
-                        // Down for the first attempt only: the endpoint is back by the stop.
-                        if calls.fetch_add(1, Ordering::SeqCst) == 0 {
-                            Err(down())
-                        } else {
-                            Ok(())
-                        }
-                    }
+                    // Down for the first attempt only: the endpoint is back by the stop.
+                    async move { down_for(&calls, 1) }
                 })
                 .await
             })
@@ -268,24 +257,14 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn after_a_stop_backoff_starts_again_from_the_initial_delay() {
-        let policy = RetryPolicy {
-            attempts: 0,
-            initial: Duration::from_millis(100),
-            max: Duration::from_secs(30),
-        };
+        let policy = policy(0, Duration::from_millis(100), Duration::from_secs(30));
         let stop = CancellationToken::new();
         stop.cancel();
         let calls = AtomicU32::new(0);
         let started = tokio::time::Instant::now();
-        retry_until(policy, "op", &stop, || async {
-            if calls.fetch_add(1, Ordering::SeqCst) < 3 {
-                Err(down())
-            } else {
-                Ok(())
-            }
-        })
-        .await
-        .unwrap();
+        retry_until(policy, "op", &stop, || async { down_for(&calls, 3) })
+            .await
+            .unwrap();
         // 0.1 + 0.2 + 0.4 s at most: short, but not a busy loop.
         let waited = started.elapsed();
         assert!(waited <= Duration::from_millis(700), "{waited:?}");

@@ -152,27 +152,28 @@ mod tests {
         vec![b; 512]
     }
 
+    /// A database of 512-byte pages with each `(pgno, b)` written in turn as `page(b)`.
+    fn written(pages: &[(u32, u8)]) -> PageHashes {
+        let mut h = PageHashes::new(512);
+        for &(pgno, b) in pages {
+            h.set_page(pgno, &page(b));
+        }
+        h
+    }
+
     #[test]
     fn rolling_update_equals_recomputation() {
-        let mut a = PageHashes::new(512);
-        a.set_page(1, &page(1));
-        a.set_page(2, &page(2));
-        a.set_page(3, &page(3));
-        a.set_page(2, &page(9));
+        let mut a = written(&[(1, 1), (2, 2), (3, 3), (2, 9)]);
         a.resize(2);
 
-        let mut b = PageHashes::new(512);
-        b.set_page(1, &page(1));
-        b.set_page(2, &page(9));
+        let b = written(&[(1, 1), (2, 9)]);
         assert_eq!(a.checksum(), b.checksum());
         assert_eq!(a.page_count(), 2);
     }
 
     #[test]
     fn rollback_restores_everything() {
-        let mut a = PageHashes::new(512);
-        a.set_page(1, &page(1));
-        a.set_page(2, &page(2));
+        let mut a = written(&[(1, 1), (2, 2)]);
         let before = a.clone();
         a.begin();
         a.set_page(2, &page(7));
@@ -188,23 +189,15 @@ mod tests {
 
     #[test]
     fn page_number_matters() {
-        let mut a = PageHashes::new(512);
-        a.set_page(1, &page(1));
-        a.set_page(2, &page(2));
-        let mut b = PageHashes::new(512);
-        b.set_page(1, &page(2));
-        b.set_page(2, &page(1));
+        let a = written(&[(1, 1), (2, 2)]);
+        let b = written(&[(1, 2), (2, 1)]);
         assert_ne!(a.checksum(), b.checksum());
     }
 
     #[test]
     fn unwritten_pages_are_zero_pages() {
-        let mut a = PageHashes::new(512);
-        a.set_page(3, &page(3));
-        let mut b = PageHashes::new(512);
-        b.set_page(1, &page(0));
-        b.set_page(2, &page(0));
-        b.set_page(3, &page(3));
+        let a = written(&[(3, 3)]);
+        let b = written(&[(1, 0), (2, 0), (3, 3)]);
         assert_eq!(a.checksum(), b.checksum());
     }
 }

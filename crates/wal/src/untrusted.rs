@@ -137,24 +137,22 @@ pub fn sample_snapshot() -> Vec<u8> {
 /// Recomputes a segment's header CRC and its trailing CRC (where the bytes are long enough to
 /// hold them).
 pub fn reseal_segment(b: &mut [u8]) {
-    if b.len() >= SEGMENT_HEADER_SIZE {
-        let crc = crc32fast::hash(&b[..SEGMENT_HEADER_SIZE - 4]);
-        b[SEGMENT_HEADER_SIZE - 4..SEGMENT_HEADER_SIZE].copy_from_slice(&crc.to_be_bytes());
-    }
-    if b.len() >= SEGMENT_HEADER_SIZE + 4 {
-        let end = b.len() - 4;
-        let crc = crc32fast::hash(&b[..end]);
-        b[end..].copy_from_slice(&crc.to_be_bytes());
-    }
+    reseal(b, SEGMENT_HEADER_SIZE);
 }
 
 /// Recomputes a snapshot's header CRC and its trailing CRC.
 pub fn reseal_snapshot(b: &mut [u8]) {
-    if b.len() >= SNAPSHOT_HEADER_SIZE {
-        let crc = crc32fast::hash(&b[..SNAPSHOT_HEADER_SIZE - 4]);
-        b[SNAPSHOT_HEADER_SIZE - 4..SNAPSHOT_HEADER_SIZE].copy_from_slice(&crc.to_be_bytes());
+    reseal(b, SNAPSHOT_HEADER_SIZE);
+}
+
+/// Recomputes the CRC that ends a `header_size`-byte header and the CRC that ends the file,
+/// each where the bytes are long enough to hold it.
+fn reseal(b: &mut [u8], header_size: usize) {
+    if b.len() >= header_size {
+        let crc = crc32fast::hash(&b[..header_size - 4]);
+        b[header_size - 4..header_size].copy_from_slice(&crc.to_be_bytes());
     }
-    if b.len() >= SNAPSHOT_HEADER_SIZE + 4 {
+    if b.len() >= header_size + 4 {
         let end = b.len() - 4;
         let crc = crc32fast::hash(&b[..end]);
         b[end..].copy_from_slice(&crc.to_be_bytes());

@@ -1,5 +1,14 @@
 use super::*;
 
+/// A new folder `up` in a temporary directory (kept while the first is), watched with this
+/// settle time and no scheduled rescan.
+fn watched(settle: Duration) -> (tempfile::TempDir, std::path::PathBuf, Folder) {
+    let d = tempfile::tempdir().unwrap();
+    let root = d.path().join("up");
+    let f = Folder::open(&root, "up", settle, Duration::from_secs(3600), None).unwrap();
+    (d, root, f)
+}
+
 fn settled(f: &mut Folder) -> State {
     assert!(
         f.capture_settled(Duration::from_secs(10)).unwrap(),
@@ -10,16 +19,7 @@ fn settled(f: &mut Folder) -> State {
 
 #[test]
 fn captures_files_dirs_links_and_changes() {
-    let d = tempfile::tempdir().unwrap();
-    let root = d.path().join("up");
-    let mut f = Folder::open(
-        &root,
-        "up",
-        Duration::from_millis(30),
-        Duration::from_secs(3600),
-        None,
-    )
-    .unwrap();
+    let (_d, root, mut f) = watched(Duration::from_millis(30));
     assert!(settled(&mut f).is_empty());
     std::fs::create_dir_all(root.join("a/b")).unwrap();
     std::fs::write(root.join("a/b/x.txt"), b"hello").unwrap();
@@ -59,16 +59,7 @@ fn captures_files_dirs_links_and_changes() {
 
 #[test]
 fn a_file_being_written_is_not_taken_until_it_settles() {
-    let d = tempfile::tempdir().unwrap();
-    let root = d.path().join("up");
-    let mut f = Folder::open(
-        &root,
-        "up",
-        Duration::from_millis(300),
-        Duration::from_secs(3600),
-        None,
-    )
-    .unwrap();
+    let (_d, root, mut f) = watched(Duration::from_millis(300));
     f.capture().unwrap();
     std::fs::write(root.join("big"), vec![1u8; 1000]).unwrap();
     // Fresh: not yet.
