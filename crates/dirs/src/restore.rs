@@ -168,7 +168,17 @@ pub async fn restore(
                 files += 1;
                 bytes += size;
                 let needed_by = &needed_by;
-                let created = blobs.get(sha256).copied().unwrap_or_default();
+                // Every manifest of the chain names its blobs (decode refuses one that does
+                // not), so a content with no blob here is a broken chain, not a default time.
+                let created = *blobs.get(sha256).ok_or_else(|| Error::Corrupt {
+                    key: needed_by.clone(),
+                    replica: client.describe(),
+                    reason: format!(
+                        "no blob is named for the content of {:?} in its chain; run `lifeboat \
+                         verify`, or restore to another point",
+                        e.path
+                    ),
+                })?;
                 downloads.push(async move {
                     fetch_blob(client, sha256, created, *size, &p, needed_by).await?;
                     set_mtime(&p, e)

@@ -59,10 +59,11 @@ impl S3Client {
             armed: true,
         };
         let result = self.upload_parts(key, path, size, &upload_id).await;
-        guard.armed = false;
         if result.is_err() {
+            // Still armed: if this future is dropped during the abort, the guard aborts.
             self.abort_upload(key, &full, &upload_id).await;
         }
+        guard.armed = false;
         result
     }
 

@@ -342,9 +342,16 @@ async fn restore_newer(
     restore::RestoreReport,
     lifeboat_wal::checksum::PageHashes,
 )> {
+    // A recheck that fails is logged: the report then shows the earlier comparison.
+    fn logged<T, E: std::fmt::Display>(r: std::result::Result<T, E>, step: &str) -> Option<T> {
+        r.map_err(
+            |e| tracing::warn!(error = %e, "drill: recheck against a newer state: {step} failed"),
+        )
+        .ok()
+    }
     let deadline = Instant::now() + LIVE_RECHECK_WAIT;
     let cat = loop {
-        let cat = Catalog::load(client).await.ok()?;
+        let cat = logged(Catalog::load(client).await, "listing the replica")?;
         let objs = cat.generations.get(&generation)?;
         let newest = objs
             .last_segment()
@@ -361,7 +368,10 @@ async fn restore_newer(
         }
         tokio::time::sleep(std::time::Duration::from_millis(200)).await;
     };
-    let plan = restore::plan(&cat, None, Target::Latest).ok()?;
+    let plan = logged(
+        restore::plan(&cat, None, Target::Latest),
+        "planning the restore",
+    )?;
     if plan.generation != generation {
         return None;
     }
@@ -370,10 +380,11 @@ async fn restore_newer(
         progress: None,
         ..ropts.clone()
     };
-    let r = restore::execute(client, &plan, &o).await.ok()?;
-    let (_, hashes) = checks::check_state(path, &r, format!("txid {}", r.txid), 0.0)
-        .await
-        .ok()?;
+    let r = logged(restore::execute(client, &plan, &o).await, "the restore")?;
+    let (_, hashes) = logged(
+        checks::check_state(path, &r, format!("txid {}", r.txid), 0.0).await,
+        "checking the restored state",
+    )?;
     Some((cat, r, hashes))
 }
 

@@ -27,7 +27,7 @@ pub(super) fn upload_pending(
 ) -> Result<(u64, u64)> {
     let (mut n, mut bytes) = (0, 0);
     let mut lost = Vec::new();
-    c.expire(opts.reuse_within, now_ms());
+    c.expire(reuse_within(opts), now_ms());
     let mut created = BTreeMap::new();
     for e in c.pending.values() {
         let Some(h) = e.sha256() else { continue };
@@ -99,7 +99,7 @@ pub(super) fn write_manifest(
     };
     // Every blob named is live, or created by this process recently enough that retention
     // cannot have chosen it for deletion (see `prune`); else the next flush uploads it again.
-    let young = now_ms().saturating_sub(opts.reuse_within.as_millis() as u64);
+    let young = now_ms().saturating_sub(reuse_within(opts).as_millis() as u64);
     let mut blobs = BTreeMap::new();
     for e in set.iter().chain(&removed) {
         let Some(h) = e.sha256() else { continue };
@@ -218,4 +218,10 @@ fn policy() -> lifeboat_storage::retry::RetryPolicy {
         initial: Duration::from_millis(100),
         max: Duration::from_secs(1),
     }
+}
+
+/// [`DirOptions::reuse_within`], never more than half of [`crate::prune::GRACE`] (retention's
+/// proof that it never deletes a blob a new manifest names rests on that bound).
+fn reuse_within(opts: &DirOptions) -> std::time::Duration {
+    opts.reuse_within.min(crate::prune::GRACE / 2)
 }
