@@ -106,7 +106,7 @@ fn frames_of_an_open_or_rolled_back_transaction_never_leave_the_host() {
 /// of writes and fsyncs on a shared disk tell nothing about it.
 fn tempdir_in_memory_if_room(need: u64) -> tempfile::TempDir {
     let room = nix::sys::statvfs::statvfs("/dev/shm")
-        .is_ok_and(|s| s.blocks_available() as u64 * s.fragment_size() as u64 >= need);
+        .is_ok_and(|s| s.blocks_available() * s.fragment_size() >= need);
     let shm = room.then(|| {
         tempfile::Builder::new()
             .prefix("lifeboat-test-1gib-")
