@@ -319,8 +319,14 @@ fn stored_reports_are_listed_and_a_report_not_stored_is_not_pointed_to() {
     assert!(String::from_utf8_lossy(&o.stdout).contains("holds no drill reports"));
     let (code, first) = drill(&r.url, &[]);
     assert_eq!(code, Some(0), "{first:#}");
-    // Report keys are unique by start time (milliseconds).
-    std::thread::sleep(std::time::Duration::from_millis(5));
+    // Report keys are unique by start time (milliseconds): the second drill starts once the
+    // clock has passed the millisecond the first one ended in.
+    let first_ended = now_ms();
+    wait_until(
+        "the clock to move on",
+        std::time::Duration::from_secs(5),
+        || now_ms() > first_ended,
+    );
     let (_, second) = drill(&r.url, &[]);
 
     let o = run(&["drills", &r.url, "--json"]);
