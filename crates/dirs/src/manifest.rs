@@ -100,6 +100,23 @@ impl Manifest {
         if let Some(e) = m.set.iter().chain(&m.removed).find(|e| !safe_path(&e.path)) {
             return Err(format!("unsafe path {:?}", e.path));
         }
+        // A content name becomes part of a blob's key and is compared with the SHA-256 of
+        // what is downloaded: anything but the lower-case hex lifeboat writes is refused.
+        if let Some(e) = m
+            .set
+            .iter()
+            .chain(&m.removed)
+            .find(|e| e.sha256().is_some_and(|h| !is_sha256(h)))
+        {
+            return Err(format!(
+                "{:?} has content name {:?}, not 64 lower-case hex digits",
+                e.path,
+                e.sha256().unwrap_or_default()
+            ));
+        }
+        if let Some(h) = m.blobs.keys().find(|h| !is_sha256(h)) {
+            return Err(format!("blob name {h:?} is not 64 lower-case hex digits"));
+        }
         if let Some(e) = m
             .set
             .iter()
@@ -128,6 +145,11 @@ impl Manifest {
             state.insert(e.path.clone(), e.clone());
         }
     }
+}
+
+/// Whether `h` is a SHA-256 as manifests name contents: 64 lower-case hex digits.
+fn is_sha256(h: &str) -> bool {
+    h.len() == 64 && h.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
 }
 
 /// The manifest key for a database position.
@@ -338,6 +360,61 @@ mod tests {
         assert!(Manifest::decode("up", &k, &unnamed.encode())
             .unwrap_err()
             .contains("no blob named"));
+    }
+
+    #[test]
+    fn content_names_must_be_lower_case_sha256_hex() {
+        let k = key_at(Generation(1), TxId(3), 3);
+        let good = "0123456789abcdef".repeat(4);
+        for bad in [
+            "0123456789ABCDEF".repeat(4),
+            "0".repeat(63),
+            "0".repeat(65),
+            format!("{}g", "0".repeat(63)),
+            format!("../{}", "0".repeat(61)),
+            String::new(),
+        ] {
+            // Named by an entry (set or removed), with its blob named too.
+            for removed in [false, true] {
+                let mut e = file("a", 1);
+                e.kind = Kind::File {
+                    sha256: bad.clone(),
+                    size: 1,
+                };
+                let (set, rm) = if removed {
+                    (vec![], vec![e])
+                } else {
+                    (vec![e], vec![])
+                };
+                let x = m(3, Some(2), set, rm);
+                assert!(x.blobs.contains_key(&bad));
+                let err = Manifest::decode("up", &k, &x.encode()).unwrap_err();
+                assert!(err.contains("not 64 lower-case hex digits"), "{err}");
+                assert!(err.contains(&format!("{bad:?}")), "{err}");
+            }
+            // Only in `blobs`.
+            let mut x = m(3, Some(2), vec![file("a", 1)], vec![]);
+            x.blobs.insert(bad.clone(), 9);
+            let err = Manifest::decode("up", &k, &x.encode()).unwrap_err();
+            assert!(err.contains(&format!("blob name {bad:?}")), "{err}");
+        }
+        let mut x = m(3, Some(2), vec![file("a", 1)], vec![]);
+        x.blobs.insert(good, 9);
+        assert!(Manifest::decode("up", &k, &x.encode()).is_ok());
+    }
+
+    #[tokio::test]
+    async fn a_bad_content_name_is_reported_naming_the_manifest() {
+        let client = lifeboat_storage::memory::MemoryClient::default();
+        let mut x = m(3, Some(2), vec![file("a", 1)], vec![]);
+        x.blobs.insert("AB".repeat(32), 9);
+        let k = key_at(Generation(1), TxId(3), 3);
+        client.put(&k.key("up"), x.encode()).await.unwrap();
+        let err = fetch(&client, "up", &k).await.unwrap_err();
+        assert!(matches!(err, Error::Corrupt { .. }), "{err:?}");
+        let err = err.to_string();
+        assert!(err.contains(&k.key("up")), "{err}");
+        assert!(err.contains("not 64 lower-case hex digits"), "{err}");
     }
 
     #[test]

@@ -3,8 +3,66 @@
 //! correct result. Case counts are modest so the set runs in seconds (`fuzz/` runs the same
 //! paths for longer: see docs/testing.md).
 
+use std::alloc::{GlobalAlloc, Layout, System};
+use std::cell::Cell;
+
+use lifeboat_wal::any_segment::AnySegment;
+use lifeboat_wal::segment::HEADER_SIZE;
 use lifeboat_wal::untrusted::*;
 use proptest::prelude::*;
+
+/// The allocator of this test binary: a request above 1 GiB fails (the process aborts, as it
+/// would where memory runs out), and each thread's largest request is recorded, so that the
+/// regressions at the end can show that a forged object never makes the reader ask for memory
+/// far beyond its own size.
+struct Capped;
+
+thread_local! {
+    static LARGEST: Cell<usize> = const { Cell::new(0) };
+}
+
+fn note(size: usize) -> bool {
+    let _ = LARGEST.try_with(|l| l.set(l.get().max(size)));
+    size <= 1 << 30
+}
+
+// SAFETY: every call is passed to the system allocator unchanged, or fails with null.
+unsafe impl GlobalAlloc for Capped {
+    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+        if note(layout.size()) {
+            System.alloc(layout)
+        } else {
+            std::ptr::null_mut()
+        }
+    }
+    unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
+        if note(layout.size()) {
+            System.alloc_zeroed(layout)
+        } else {
+            std::ptr::null_mut()
+        }
+    }
+    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
+        if note(new_size) {
+            System.realloc(ptr, layout, new_size)
+        } else {
+            std::ptr::null_mut()
+        }
+    }
+    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+        System.dealloc(ptr, layout)
+    }
+}
+
+#[global_allocator]
+static ALLOCATOR: Capped = Capped;
+
+/// Runs `f` and returns its result with the largest allocation it requested.
+fn largest_allocation<T>(f: impl FnOnce() -> T) -> (T, usize) {
+    LARGEST.with(|l| l.set(0));
+    let t = f();
+    (t, LARGEST.with(Cell::get))
+}
 
 /// A mutation of a valid object: bytes overwritten, then the object cut or extended.
 #[derive(Clone, Debug)]
@@ -179,4 +237,92 @@ fn a_raw_length_the_body_cannot_hold_is_refused_before_allocating() {
         assert!(e.to_string().contains("more than a"), "{e}");
         assert!(exercise_segment(&b).is_none());
     }
+}
+
+/// A sample segment (`format1`: format 1) with its body replaced by `body` and the header's
+/// frame count and raw length set, with valid CRCs: what a hostile store could serve.
+fn forge(format1: bool, body: &[u8], frame_count: u32, raw_len: u64) -> Vec<u8> {
+    let mut b = sample_segment(format1)[..HEADER_SIZE].to_vec();
+    b[36..40].copy_from_slice(&frame_count.to_be_bytes());
+    b[128..136].copy_from_slice(&(body.len() as u64).to_be_bytes());
+    b[136..144].copy_from_slice(&raw_len.to_be_bytes());
+    b.extend_from_slice(body);
+    b.extend_from_slice(&[0; 4]);
+    reseal_segment(&mut b);
+    b
+}
+
+/// Opens a forged segment: it must be refused, with an error containing `says`, without any
+/// allocation larger than 8 times the object.
+fn assert_refused_without_allocating(b: &[u8], says: &str) {
+    let (opened, largest) = largest_allocation(|| AnySegment::open(b));
+    let Err(e) = opened else {
+        panic!("accepted");
+    };
+    assert!(e.to_string().contains(says), "{e}");
+    assert!(
+        largest <= 8 * b.len(),
+        "{largest} bytes allocated for a {}-byte object",
+        b.len()
+    );
+    assert!(exercise_segment(b).is_none());
+}
+
+/// Regression (review): a format-2 segment of a few dozen bytes whose header declares u32::MAX
+/// frames and whose one commit claims them all made the reader reserve the frame map, 17 GiB,
+/// before reading it.
+#[test]
+fn a_frame_count_the_body_cannot_hold_is_refused_before_allocating() {
+    let valid = sample_segment(false);
+    let first_txid = &valid[16..24];
+    let mut raw = first_txid.to_vec(); // the commit's txid
+    raw.extend_from_slice(&1000u64.to_be_bytes()); // time
+    raw.extend_from_slice(&u32::MAX.to_be_bytes()); // frames
+    raw.extend_from_slice(&3u32.to_be_bytes()); // database size
+    raw.extend_from_slice(&0u64.to_be_bytes()); // database checksum
+    raw.extend_from_slice(&[1, 0, 0]); // frame map, base map, page version of one frame
+    let body = zstd::bulk::compress(&raw, 3).unwrap();
+    let mut b = forge(false, &body, u32::MAX, raw.len() as u64);
+    // One commit: the txid range and commit count say so.
+    b[24..32].copy_from_slice(first_txid);
+    b[40..44].copy_from_slice(&1u32.to_be_bytes());
+    reseal_segment(&mut b);
+    assert!(b.len() < 250, "{} bytes", b.len());
+    assert_refused_without_allocating(&b, "frame count 4294967295 needs at least");
+}
+
+/// Regression (review): a zstd body may expand 32768 times, so a header could declare 32 GiB of
+/// raw bytes for a 1 MiB body, which the reader allocated before decompressing. Here the body
+/// is a valid sample body padded with a skippable frame and produces a few hundred bytes.
+#[test]
+fn a_raw_length_a_zstd_body_does_not_produce_is_never_allocated() {
+    let valid = sample_segment(false);
+    let mut body = valid[HEADER_SIZE..valid.len() - 4].to_vec();
+    let pad = (1 << 20) - body.len() - 8;
+    body.extend_from_slice(&0x184D_2A50u32.to_le_bytes()); // a skippable frame
+    body.extend_from_slice(&(pad as u32).to_le_bytes());
+    body.resize(1 << 20, 0);
+    let raw_len = (body.len() as u64) << 15; // the most the check on the header lets through
+    let b = forge(false, &body, u32::MAX, raw_len);
+    assert_refused_without_allocating(&b, &format!("header declares {raw_len}"));
+}
+
+/// The same for format 1: an LZ4 block expands at most 255 times, so a 1 MiB body of
+/// incompressible bytes may declare 255 MiB, which the reader allocated before decompressing.
+#[test]
+fn a_raw_length_an_lz4_body_does_not_produce_is_never_allocated() {
+    let mut x = 1u64;
+    let noise: Vec<u8> = (0..1 << 20)
+        .map(|_| {
+            x = x.wrapping_mul(6_364_136_223_846_793_005).wrapping_add(1);
+            (x >> 56) as u8
+        })
+        .collect();
+    let body = lz4_flex::block::compress(&noise);
+    // The sample's three commits, and as many 536-byte frames as the body could expand to.
+    let frames = (body.len() as u64 * 255 - 3 * 32) / 536;
+    let raw_len = 3 * 32 + frames * 536;
+    assert!(raw_len > 200 << 20);
+    let b = forge(true, &body, frames as u32, raw_len);
+    assert_refused_without_allocating(&b, &format!("LZ4 body holds {} bytes", noise.len()));
 }

@@ -165,6 +165,18 @@ pub(crate) fn parse(h: &SegmentHeader, raw: Vec<u8>) -> Result<(Vec<CommitRecord
         ));
     }
     let mut input = &raw[table_len..];
+    // Each frame takes at least one byte of frame map and one of page version: refused before
+    // `n`, any u32 the header declares, sizes an allocation.
+    if (input.len() as u64) < 2 * n as u64 {
+        return Err(Error::corrupt(
+            0,
+            format!(
+                "frame count {n} needs at least {} body bytes after the commit table, {} remain",
+                2 * n as u64,
+                input.len()
+            ),
+        ));
+    }
     let mut pgnos = Vec::with_capacity(n);
     for _ in 0..n {
         let p = varint::get(&mut input, "frame map")?;
