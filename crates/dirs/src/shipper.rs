@@ -79,6 +79,9 @@ struct Chain {
     /// An operation on the replica failed: what landed is unknown, so the chain is read again
     /// before the next use (keeping `pending`, `gone` and `flushes`, which are local facts).
     stale: bool,
+    /// The newest chain on the replica cannot be read (damaged, or written by an older
+    /// lifeboat): the next manifest is a base, and no blob of the old chain is named again.
+    needs_base: bool,
 }
 
 struct Shipping {
@@ -358,7 +361,29 @@ async fn load(client: &dyn ReplicaClient, folder: &str) -> Result<Chain> {
     let Some(last) = keys.len().checked_sub(1) else {
         return Ok(Chain::default());
     };
-    let chain = manifest::chain_to(client, folder, &keys, last).await?;
+    let chain = match manifest::chain_to(client, folder, &keys, last).await {
+        Ok(chain) => chain,
+        // Shipping must not stop on a damaged history (the database's commits wait for the
+        // folder's flush): a new chain starts from a base holding the whole folder, with its
+        // content uploaded again. Restore points the damaged chain serves stay refused, naming
+        // the object.
+        Err(e @ (Error::Corrupt { .. } | Error::Missing { .. })) => {
+            warn!(
+                folder,
+                replica = %client.describe(),
+                error = %e,
+                "the folder's newest manifest chain cannot be read; starting a new chain with a \
+                 base (restore points before it that need the damaged chain will be refused; \
+                 run `lifeboat verify`)"
+            );
+            return Ok(Chain {
+                last: Some(keys[last]),
+                needs_base: true,
+                ..Chain::default()
+            });
+        }
+        Err(e) => return Err(e),
+    };
     let state = manifest::replay(chain.iter().map(|(_, m)| m));
     let times = manifest::blob_times(chain.iter().map(|(_, m)| m));
     let live = state

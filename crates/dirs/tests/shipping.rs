@@ -31,15 +31,7 @@ fn fixture() -> Fixture {
     let mem = Arc::new(MemoryClient::default());
     let counting = Arc::new(Counting::new(mem.clone()));
     let dir = tempfile::tempdir().unwrap();
-    let opts = DirOptions {
-        settle: Duration::from_millis(20),
-        base_every: 3,
-        staging_dir: dir.path().to_path_buf(),
-        ..DirOptions::default()
-    };
-    let spec = DirSpec::parse(dir.path().join("uploads").to_str().unwrap()).unwrap();
-    let client: Arc<dyn ReplicaClient> = counting.clone();
-    let ship = DirShipper::open(&[spec], vec![client], opts, rt.handle().clone()).unwrap();
+    let ship = open_shipper(&rt, &counting, dir.path());
     Fixture {
         rt,
         mem,
@@ -47,6 +39,19 @@ fn fixture() -> Fixture {
         ship,
         dir,
     }
+}
+
+/// A shipper of `dir`/uploads, as a process starting over the replica would open it.
+fn open_shipper(rt: &tokio::runtime::Runtime, counting: &Arc<Counting>, dir: &Path) -> DirShipper {
+    let opts = DirOptions {
+        settle: Duration::from_millis(20),
+        base_every: 3,
+        staging_dir: dir.to_path_buf(),
+        ..DirOptions::default()
+    };
+    let spec = DirSpec::parse(dir.join("uploads").to_str().unwrap()).unwrap();
+    let client: Arc<dyn ReplicaClient> = counting.clone();
+    DirShipper::open(&[spec], vec![client], opts, rt.handle().clone()).unwrap()
 }
 
 impl Fixture {
@@ -183,6 +188,52 @@ fn restore_points_follow_the_database_and_deletions_wait() {
         ))
         .unwrap_err();
     assert!(e.to_string().contains("--force"), "{e}");
+}
+
+/// A damaged newest manifest (bit rot, or a manifest an older lifeboat wrote) must not stop
+/// shipping, which the database's uploads wait for: a process that cannot read the chain starts
+/// a new one from a base, uploading the content again; the damaged restore point is refused.
+#[test]
+fn a_damaged_newest_manifest_starts_a_new_chain_instead_of_stopping_shipping() {
+    let mut f = fixture();
+    std::fs::write(f.up().join("a"), b"first").unwrap();
+    assert_eq!(f.flush(1, true).manifests, 1);
+    let listed =
+        f.rt.block_on(f.mem.list(&keys::manifests_prefix("uploads")))
+            .unwrap();
+    let damaged = listed.last().unwrap().key.clone();
+    f.rt.block_on(f.mem.delete(&damaged)).unwrap();
+    f.rt.block_on(
+        f.mem
+            .put(&damaged, bytes::Bytes::from_static(b"{}\n00000000\n")),
+    )
+    .unwrap();
+
+    drop(std::mem::replace(
+        &mut f.ship,
+        open_shipper(&f.rt, &f.counting, f.dir.path()),
+    ));
+    std::fs::write(f.up().join("b"), b"second").unwrap();
+    let r = f.flush(2, true);
+    assert_eq!((r.manifests, r.blobs), (1, 2), "a base with both contents");
+    let at2 = f.restore(2, "r2");
+    assert_eq!(
+        files(&at2),
+        [
+            ("a".into(), b"first".to_vec()),
+            ("b".into(), b"second".to_vec())
+        ]
+    );
+    let e =
+        f.rt.block_on(restore::restore(
+            f.mem.as_ref(),
+            "uploads",
+            Some((G, TxId(1))),
+            &f.dir.path().join("r1"),
+            false,
+        ))
+        .unwrap_err();
+    assert!(e.to_string().contains(&damaged), "{e}");
 }
 
 #[test]

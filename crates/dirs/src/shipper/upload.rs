@@ -91,7 +91,7 @@ pub(super) fn write_manifest(
     let seq = c.last.map_or(1, |k| k.seq + 1);
     let k = manifest::key_at(generation, txid, seq);
     let key = k.key(folder.name());
-    let base = c.last.is_none() || c.deltas + 1 >= opts.base_every;
+    let base = c.last.is_none() || c.needs_base || c.deltas + 1 >= opts.base_every;
     let set: Vec<Entry> = if base {
         next.values().cloned().collect()
     } else {
@@ -148,6 +148,7 @@ pub(super) fn write_manifest(
     c.state = next;
     c.last = Some(k);
     c.deltas = if base { 0 } else { c.deltas + 1 };
+    c.needs_base = false;
     Ok(1)
 }
 
