@@ -134,6 +134,9 @@ mod tests {
 
     const PS: usize = 512;
 
+    /// A transaction: the pages it writes, and the database size after it.
+    type Txn = (Vec<(u32, Vec<u8>)>, u32);
+
     fn page(b: u8) -> Vec<u8> {
         vec![b; PS]
     }
@@ -141,7 +144,7 @@ mod tests {
     /// Applies transactions (pages written, size after) both ways: to the hashes and a file
     /// written page by page with a resize after each, and through `Pending` once; the file
     /// must come out the same, and match the hashes.
-    fn check(start: &[Vec<u8>], txns: &[(Vec<(u32, Vec<u8>)>, u32)]) {
+    fn check(start: &[Vec<u8>], txns: &[Txn]) {
         let dir = tempfile::tempdir().unwrap();
         let open = |name: &str| Output {
             file: std::fs::OpenOptions::new()
