@@ -9,7 +9,6 @@
 
 use std::fs::File;
 use std::io::BufReader;
-use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
@@ -28,7 +27,10 @@ use crate::files::{self, sibling};
 use crate::{Error, Result};
 
 mod copies;
+mod output;
 mod plan;
+
+use output::{Output, Pending};
 
 pub use plan::{plan, plan_generation, Plan, Target};
 
@@ -134,41 +136,6 @@ pub fn check_output(output: &Path, force: bool) -> Result<()> {
     Ok(())
 }
 
-struct Output {
-    file: File,
-    page_size: u64,
-}
-
-impl Output {
-    fn write_page(&self, pgno: u32, data: &[u8]) -> Result<()> {
-        self.file
-            .write_all_at(data, u64::from(pgno - 1) * self.page_size)
-            .map_err(|e| Error::io("write restored page", e))
-    }
-
-    /// Reads page `pgno`; a page inside the size that was never written reads as zeros.
-    fn read_page(&self, pgno: u32, page: &mut [u8]) -> std::io::Result<()> {
-        let at = u64::from(pgno - 1) * self.page_size;
-        let mut done = 0;
-        while done < page.len() {
-            match self.file.read_at(&mut page[done..], at + done as u64)? {
-                0 => {
-                    page[done..].fill(0);
-                    break;
-                }
-                n => done += n,
-            }
-        }
-        Ok(())
-    }
-
-    fn set_pages(&self, pages: u32) -> Result<()> {
-        self.file
-            .set_len(u64::from(pages) * self.page_size)
-            .map_err(|e| Error::io("resize restored database", e))
-    }
-}
-
 /// Restores a replica into `opts.output`.
 pub async fn restore(client: &dyn ReplicaClient, opts: &RestoreOptions) -> Result<RestoreReport> {
     check_output(&opts.output, opts.force)?;
@@ -231,9 +198,7 @@ pub async fn execute(
             let mut pgno = 1u32;
             let ps = h.page_size as usize;
             while let Some(chunk) = r.next_chunk().map_err(corrupt)? {
-                out.file
-                    .write_all_at(&chunk, u64::from(pgno - 1) * out.page_size)
-                    .map_err(|e| Error::io("write restored page", e))?;
+                out.write_pages(pgno, &chunk)?;
                 pgno += (chunk.len() / ps) as u32;
             }
             let t = r.trailer().expect("verified trailer");
@@ -364,9 +329,17 @@ pub async fn execute(
         .sync_all()
         .map_err(|e| Error::io("fsync restored database", e))?;
     drop(out);
-    files::integrity_check(tmp.path())?;
-    // Independent proof: hash the file as written.
-    let on_disk = files::hash_file(tmp.path(), state.page_size)?.checksum();
+    // SQLite's integrity check, and the independent proof: the file as written, hashed. Each
+    // reads the file on its own; they run side by side (the second finds the pages cached).
+    let (checked, hashed) = std::thread::scope(|s| {
+        let hashing = s.spawn(|| files::hash_file(tmp.path(), state.page_size));
+        let checked = files::integrity_check(tmp.path());
+        (checked, hashing.join())
+    });
+    checked?;
+    let on_disk = hashed
+        .unwrap_or_else(|p| std::panic::resume_unwind(p))?
+        .checksum();
     if on_disk != state.checksum {
         return Err(Error::ChecksumMismatch {
             what: format!("the restored file {}", tmp.path().display()),
@@ -507,6 +480,24 @@ fn apply_segment(
             )));
         }
     }
+    // Each commit is checked against the hashes as it is applied; the file gets each page's last
+    // version once, when the segment (or the restore) stops.
+    let mut pending = Pending::new(state.db_size);
+    let done = apply_txns(hashes, state, seg, skip, target, &mut pending).map_err(bad)?;
+    out.flush(pending)?;
+    Ok(done)
+}
+
+/// Applies the segment's transactions after the first `skip` to `hashes` and `pending` until
+/// `target`; whether it was reached. Fails with what is wrong.
+fn apply_txns<'a>(
+    hashes: &mut PageHashes,
+    state: &mut State,
+    seg: &'a Segment,
+    skip: u64,
+    target: Target,
+    pending: &mut Pending<'a>,
+) -> std::result::Result<bool, String> {
     for (i, (c, frames)) in seg.txns().enumerate() {
         if (i as u64) < skip {
             continue;
@@ -517,17 +508,17 @@ fn apply_segment(
             }
         }
         for (pgno, page) in frames.pages() {
-            out.write_page(pgno, page)?;
+            pending.page(pgno, page);
         }
         frames.apply(hashes, c.db_size);
-        out.set_pages(c.db_size)?;
+        pending.commit(c.db_size);
         if hashes.checksum() != c.checksum {
-            return Err(bad(format!(
+            return Err(format!(
                 "after txid {} the database checksum is {}, the segment recorded {}",
                 c.txid,
                 hashes.checksum(),
                 c.checksum
-            )));
+            ));
         }
         state.txid = c.txid;
         state.time_ms = c.time_ms;

@@ -1,0 +1,244 @@
+//! The file a restore writes, and what a segment's transactions leave in it.
+//!
+//! A segment's transactions are applied to the per-page hashes one by one (every commit's database
+//! checksum is checked), but each page is written to the file once per segment, in its last
+//! version: [`Pending`] keeps, for the transactions applied so far, each page's newest bytes (a
+//! slice of the rebuilt frames) and the smallest size the database had, and
+//! [`Output::flush`] makes the file exactly the database after the last of them.
+
+use std::collections::HashMap;
+use std::fs::File;
+use std::os::unix::fs::FileExt;
+
+use crate::{Error, Result};
+
+/// Pages gathered into one write when their numbers follow each other (at most this many bytes).
+const RUN_BYTES: usize = 1 << 20;
+
+pub(super) struct Output {
+    pub(super) file: File,
+    pub(super) page_size: u64,
+}
+
+impl Output {
+    /// Writes `bytes` (whole pages) from page `pgno` on.
+    pub(super) fn write_pages(&self, pgno: u32, bytes: &[u8]) -> Result<()> {
+        self.file
+            .write_all_at(bytes, u64::from(pgno - 1) * self.page_size)
+            .map_err(|e| Error::io("write restored page", e))
+    }
+
+    /// Reads page `pgno`; a page inside the size that was never written reads as zeros.
+    pub(super) fn read_page(&self, pgno: u32, page: &mut [u8]) -> std::io::Result<()> {
+        let at = u64::from(pgno - 1) * self.page_size;
+        let mut done = 0;
+        while done < page.len() {
+            match self.file.read_at(&mut page[done..], at + done as u64)? {
+                0 => {
+                    page[done..].fill(0);
+                    break;
+                }
+                n => done += n,
+            }
+        }
+        Ok(())
+    }
+
+    pub(super) fn set_pages(&self, pages: u32) -> Result<()> {
+        self.file
+            .set_len(u64::from(pages) * self.page_size)
+            .map_err(|e| Error::io("resize restored database", e))
+    }
+
+    /// Makes the file, which holds the database at `pending.start` pages, the database after the
+    /// transactions `pending` gathered: cut to the smallest size they left (so that a page they
+    /// dropped reads as zeros if the database grew back over it without writing it, as the
+    /// hashes count it), each page's last version, then the size after the last of them.
+    pub(super) fn flush(&self, pending: Pending<'_>) -> Result<()> {
+        if pending.low < pending.start {
+            self.set_pages(pending.low)?;
+        }
+        let mut pages: Vec<(u32, &[u8])> = pending.pages.into_iter().collect();
+        pages.sort_unstable_by_key(|&(p, _)| p);
+        let mut run: Vec<u8> = Vec::new();
+        let mut run_start = 0u32;
+        let mut next = 0u32;
+        for (pgno, data) in pages {
+            if pgno != next || run.len() + data.len() > RUN_BYTES {
+                if !run.is_empty() {
+                    self.write_pages(run_start, &run)?;
+                    run.clear();
+                }
+                run_start = pgno;
+            }
+            run.extend_from_slice(data);
+            next = pgno + 1;
+        }
+        if !run.is_empty() {
+            self.write_pages(run_start, &run)?;
+        }
+        if pending.size != pending.low || pending.low != pending.start {
+            self.set_pages(pending.size)?;
+        }
+        Ok(())
+    }
+}
+
+/// The pages of applied transactions not yet in the file.
+pub(super) struct Pending<'a> {
+    /// Each page's last version.
+    pages: HashMap<u32, &'a [u8]>,
+    /// The database's size in the file.
+    start: u32,
+    /// The smallest size since then.
+    low: u32,
+    /// The size now.
+    size: u32,
+    /// No page above this number is in `pages`.
+    high: u32,
+}
+
+impl<'a> Pending<'a> {
+    /// Nothing pending on a file that holds a database of `pages` pages.
+    pub(super) fn new(pages: u32) -> Pending<'a> {
+        Pending {
+            pages: HashMap::new(),
+            start: pages,
+            low: pages,
+            size: pages,
+            high: 0,
+        }
+    }
+
+    /// A transaction wrote `data` to page `pgno`.
+    pub(super) fn page(&mut self, pgno: u32, data: &'a [u8]) {
+        self.pages.insert(pgno, data);
+        self.high = self.high.max(pgno);
+    }
+
+    /// The transaction committed, leaving the database at `pages` pages: pages past it are gone.
+    pub(super) fn commit(&mut self, pages: u32) {
+        if self.high > pages {
+            self.pages.retain(|&p, _| p <= pages);
+            self.high = pages;
+        }
+        self.low = self.low.min(pages);
+        self.size = pages;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use lifeboat_wal::checksum::PageHashes;
+
+    const PS: usize = 512;
+
+    /// A transaction: the pages it writes, and the database size after it.
+    type Txn = (Vec<(u32, Vec<u8>)>, u32);
+
+    fn page(b: u8) -> Vec<u8> {
+        vec![b; PS]
+    }
+
+    /// Applies transactions (pages written, size after) both ways: to the hashes and a file
+    /// written page by page with a resize after each, and through `Pending` once; the file
+    /// must come out the same, and match the hashes.
+    fn check(start: &[Vec<u8>], txns: &[Txn]) {
+        let dir = tempfile::tempdir().unwrap();
+        let open = |name: &str| Output {
+            file: std::fs::OpenOptions::new()
+                .create(true)
+                .truncate(true)
+                .read(true)
+                .write(true)
+                .open(dir.path().join(name))
+                .unwrap(),
+            page_size: PS as u64,
+        };
+        let (slow, fast) = (open("slow"), open("fast"));
+        let mut hashes = PageHashes::new(PS);
+        for (i, p) in start.iter().enumerate() {
+            for o in [&slow, &fast] {
+                o.write_pages(i as u32 + 1, p).unwrap();
+            }
+            hashes.set_page(i as u32 + 1, p);
+        }
+        let mut pending = Pending::new(start.len() as u32);
+        for (pages, size) in txns {
+            for (pgno, data) in pages {
+                slow.write_pages(*pgno, data).unwrap();
+                pending.page(*pgno, data);
+                hashes.set_page(*pgno, data);
+            }
+            slow.set_pages(*size).unwrap();
+            pending.commit(*size);
+            hashes.resize(*size);
+        }
+        fast.flush(pending).unwrap();
+        let read = |n: &str| std::fs::read(dir.path().join(n)).unwrap();
+        assert_eq!(read("fast"), read("slow"));
+        let on_disk = crate::files::hash_file(&dir.path().join("fast"), PS as u32).unwrap();
+        assert_eq!(on_disk.checksum(), hashes.checksum());
+        assert_eq!(on_disk.page_count(), hashes.page_count());
+    }
+
+    #[test]
+    fn last_version_of_each_page_is_written() {
+        check(
+            &[page(1), page(2)],
+            &[
+                (vec![(2, page(7)), (3, page(3))], 3),
+                (vec![(2, page(8))], 3),
+                (vec![(1, page(9)), (4, page(4))], 4),
+            ],
+        );
+    }
+
+    #[test]
+    fn a_page_dropped_and_grown_back_unwritten_reads_as_zeros() {
+        // Page 3 and 4 exist before; the database shrinks to 2 pages, then grows to 5 writing
+        // only page 5: pages 3 and 4 must be zeros, not their old bytes.
+        check(
+            &[page(1), page(2), page(3), page(4)],
+            &[(vec![(1, page(5))], 2), (vec![(5, page(6))], 5)],
+        );
+    }
+
+    #[test]
+    fn a_page_written_dropped_and_written_again_keeps_the_last_version() {
+        check(
+            &[page(1)],
+            &[
+                (vec![(3, page(3)), (2, page(2))], 3),
+                (vec![], 1),
+                (vec![(2, page(9))], 3),
+            ],
+        );
+    }
+
+    #[test]
+    fn a_page_past_the_commit_size_is_not_written() {
+        check(
+            &[page(1), page(2)],
+            &[(vec![(3, page(3)), (1, page(4))], 2)],
+        );
+    }
+
+    #[test]
+    fn a_database_that_only_shrinks_is_cut() {
+        check(
+            &[page(1), page(2), page(3)],
+            &[(vec![], 2), (vec![(1, page(7))], 1)],
+        );
+    }
+
+    #[test]
+    fn long_runs_are_split() {
+        let many: Vec<(u32, Vec<u8>)> = (1..=(2 * RUN_BYTES / PS) as u32 + 3)
+            .map(|p| (p, page(p as u8)))
+            .collect();
+        let n = many.len() as u32;
+        check(&[], &[(many, n)]);
+    }
+}
