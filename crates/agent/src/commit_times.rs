@@ -1,8 +1,8 @@
 //! When each commit was first seen, and how many commits a replica does not have yet.
 //!
-//! The agent looks at the WAL on every file event, even while the PUT budget holds uploads back,
-//! so a commit's recorded time is within the event latency of the moment SQLite wrote its commit
-//! frame, not the upload cadence. Commits are known by (salt 1, salt 2, end offset): the salts
+//! The agent looks at the WAL on file events, even while the PUT budget holds uploads back (then
+//! at most every `scheduler::HELD_BACK_LOOKS`), so a commit's recorded time is within the event
+//! latency plus that of the moment SQLite wrote its commit frame, not the upload cadence. Commits are known by (salt 1, salt 2, end offset): the salts
 //! name the log cycle, the offset the commit frame's end within it.
 
 use std::collections::BTreeMap;
