@@ -6,9 +6,9 @@
 //! Neither read is trusted: a base is used only if its bytes hash to exactly what the replica's
 //! per-page hashes say the page was (the state whose checksum the segment records as its
 //! start); the segment encoder (`lifeboat_wal::segment2::SegmentEncoder`) asks for a page's base
-//! when the page first appears in the batch and checks that hash again. A page rewritten by a checkpoint or a WAL restart since, or torn by a concurrent
-//! write, fails that check and is stored against an all-zero page instead, so a wrong base can
-//! cost bytes but never a restore.
+//! when the page first appears in the batch and checks that hash again. A page rewritten by a
+//! checkpoint or a WAL restart since, or torn by a concurrent write, fails that check and is
+//! stored against an all-zero page instead, so a wrong base can cost bytes but never a restore.
 
 use std::collections::HashMap;
 use std::fs::File;
