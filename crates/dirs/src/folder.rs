@@ -7,6 +7,13 @@
 //! has not arrived yet). Every `rescan_every` (and whenever events were lost) it walks the whole
 //! tree. All of it is local: capturing an idle folder makes no request to any replica.
 //!
+//! A flush needs more: a file overwritten in place leaves its folder's mtime alone, and its event
+//! may not have arrived when the flush right after the write looks. So the first look of a
+//! flush ([`capture_settled`](Folder::capture_settled)) is
+//! [`capture_exact`](Folder::capture_exact): it also stats every file and link it knows and
+//! looks again at those whose size, mtime, ctime, inode or mode changed. That costs one `lstat`
+//! per file (some 20-30 ms for 10,000 files), so the captures between flushes do not do it.
+//!
 //! A file is taken only once it is *stable*: its size, mtime, ctime and inode are the same
 //! before and after it was hashed, and either its mtime is at least `settle` old or two looks
 //! `settle` apart saw the same. A file still being written is looked at again later, never
@@ -36,6 +43,7 @@ struct Events {
 pub struct Folder {
     root: PathBuf,
     name: String,
+    /// Each path's entry, with the stat it was taken at (files and links).
     current: BTreeMap<String, (Entry, Option<Stat>)>,
     dir_stats: BTreeMap<String, Stat>,
     unstable: BTreeMap<String, (Stat, Instant)>,
@@ -202,6 +210,17 @@ impl Folder {
 
     /// Brings the state up to date (see the module docs); returns whether it is settled.
     pub fn capture(&mut self) -> Result<bool> {
+        self.look(false)
+    }
+
+    /// Like [`capture`](Folder::capture), and also stats every file and link it knows, looking
+    /// again at those whose stat changed: a file overwritten in place whose event has not
+    /// arrived yet is seen too. Costs one `lstat` per file (some 20-30 ms for 10,000 files).
+    pub fn capture_exact(&mut self) -> Result<bool> {
+        self.look(true)
+    }
+
+    fn look(&mut self, exact: bool) -> Result<bool> {
         let (dirty, rescan) = {
             let mut ev = self.events.lock().unwrap();
             (
@@ -233,7 +252,10 @@ impl Folder {
             for d in moved {
                 self.list_dir(&d, false)?;
             }
-            let again: Vec<String> = self.unstable.keys().cloned().collect();
+            let mut again: Vec<String> = self.unstable.keys().cloned().collect();
+            if exact {
+                again.extend(self.stat_changed());
+            }
             for p in dirty.into_iter().chain(again) {
                 self.examine(&p)?;
             }
@@ -241,12 +263,26 @@ impl Folder {
         Ok(self.settled())
     }
 
-    /// Captures, then again until every file that was still changing at the first look has
-    /// settled (those may be files the commits being shipped refer to) or `wait` has passed;
-    /// returns whether they settled. Files that appear meanwhile are not waited for.
+    /// The files and links whose stat is not the one recorded with their entry (changed, gone,
+    /// or now something else).
+    fn stat_changed(&self) -> Vec<String> {
+        self.current
+            .iter()
+            .filter_map(|(rel, (_, s))| {
+                let s = s.as_ref()?;
+                let now = lstat(&self.root.join(rel)).ok().map(|m| Stat::of(&m));
+                (now.as_ref() != Some(s)).then(|| rel.clone())
+            })
+            .collect()
+    }
+
+    /// Captures exactly ([`capture_exact`](Folder::capture_exact)), then again until every file
+    /// that was still changing at the first look has settled (those may be files the commits
+    /// being shipped refer to) or `wait` has passed; returns whether they settled. Files that
+    /// appear meanwhile are not waited for.
     pub fn capture_settled(&mut self, wait: Duration) -> Result<bool> {
         let deadline = Instant::now() + wait;
-        self.capture()?;
+        self.capture_exact()?;
         let waiting: Vec<String> = self.unstable.keys().cloned().collect();
         loop {
             if waiting.iter().all(|p| !self.unstable.contains_key(p)) {
@@ -397,7 +433,7 @@ impl Folder {
                 mode: m.mode() & 0o7777,
                 mtime_ns: 0,
             };
-            self.put(rel, e, None);
+            self.put(rel, e, Some(Stat::of(m)));
             return Ok(());
         }
         if !ft.is_file() {

@@ -2,7 +2,8 @@
 //! in time as the database.
 //!
 //! Roles: a [`folder::Folder`] captures a folder's state from file-system events, folder
-//! mtimes and a periodic rescan, taking files only once they are stable; [`DirShipper`] ships
+//! mtimes and a periodic rescan (and, for a flush, a stat of every file), taking files only
+//! once they are stable; [`DirShipper`] ships
 //! each folder to the database's replicas when the agent asks, before the database commits that
 //! follow (so the files those commits refer to are always there); [`entry`] is one path's record
 //! and [`manifest`] a chain of them over time; [`restore`] rebuilds a folder as of a database

@@ -1,10 +1,14 @@
 //! Shipping folders to replicas, in step with the database.
 //!
 //! The agent calls [`DirShipper::flush`] for a replica after it has read the next database
-//! commits from the WAL and before it uploads them. The flush captures each folder (a file
-//! written before those commits is on disk by then), uploads the blobs it lacks and a manifest
-//! tagged with the last of those commits, and only then does the database upload go ahead. So a
-//! file written before a commit is in every restore at or after that commit.
+//! commits from the WAL and before it uploads them. The flush captures each folder exactly (a
+//! file written before those commits is on disk by then; every known file is stat'ed, so one
+//! overwritten in place is seen even before its file-system event arrives, see
+//! [`Folder::capture_exact`]), uploads the blobs it lacks and a manifest tagged with the last of
+//! those commits, and only then does the database upload go ahead. So a file written before a
+//! commit is in every restore at or after that commit. The captures between flushes (on each
+//! batch of events, to stage new content early) skip that stat of every file: the events name
+//! what changed, and a missed one is caught by the next flush.
 //!
 //! Deletions wait: a path seen gone is removed from the chain only at a later flush whose
 //! database read was *complete* (everything committed by then was read). A file deleted after

@@ -326,3 +326,38 @@ fn a_file_deleted_between_flushes_still_reaches_the_restore_points_before() {
         b"short-lived"
     );
 }
+
+/// A file overwritten in place leaves its folder's mtime alone, and its event may not have
+/// reached the shipper yet when the flush right after the write captures: the flush must still
+/// see the new content (the write came before the commit the manifest is tagged with).
+#[test]
+fn an_overwrite_right_before_a_flush_is_in_its_manifest() {
+    let f = fixture();
+    let x = f.up().join("x");
+    std::fs::write(&x, b"0000").unwrap();
+    f.flush(1, true);
+    let mut missed = vec![];
+    for i in 1..100u64 {
+        std::fs::write(&x, format!("{i:04}")).unwrap();
+        let want = lifeboat_dirs::entry::sha256_file(&x).unwrap().0;
+        let r = f.flush(i + 1, true);
+        let plan =
+            f.rt.block_on(restore::plan(
+                f.mem.as_ref(),
+                "uploads",
+                Some((G, TxId(i + 1))),
+            ))
+            .unwrap();
+        let got = match &plan.state["x"].kind {
+            lifeboat_dirs::entry::Kind::File { sha256, .. } => sha256.clone(),
+            k => panic!("x is {k:?}"),
+        };
+        if r.manifests != 1 || got != want {
+            missed.push((i, r.manifests, got == want));
+        }
+    }
+    assert!(
+        missed.is_empty(),
+        "flushes whose manifest lacks the overwrite just before them (iteration, manifests written, content right): {missed:?}"
+    );
+}

@@ -71,3 +71,37 @@ fn a_file_being_written_is_not_taken_until_it_settles() {
     let s = settled(&mut f);
     assert!(matches!(&s["big"].kind, Kind::File { size: 2000, .. }));
 }
+
+/// What the exact capture of a flush costs over an idle capture, for 10,000 files in 100
+/// folders (as `dirs::ten_thousand_files_*` builds them, smaller). Prints the figures; run with
+/// `cargo test -p lifeboat-dirs --release -- --ignored --nocapture exact_capture_cost`.
+#[test]
+#[ignore = "a measurement"]
+fn exact_capture_cost_for_ten_thousand_files() {
+    let (_d, root, mut f) = watched(Duration::from_millis(1));
+    for i in 0..10_000u64 {
+        let p = root.join(format!("{}/{i}.bin", i % 100));
+        std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+        std::fs::write(&p, i.to_le_bytes()).unwrap();
+    }
+    assert_eq!(settled(&mut f).len(), 10_100);
+    let time = |f: &mut Folder, exact: bool| {
+        let mut v: Vec<Duration> = (0..21)
+            .map(|_| {
+                let t = Instant::now();
+                let settled = if exact {
+                    f.capture_exact()
+                } else {
+                    f.capture()
+                };
+                assert!(settled.unwrap());
+                t.elapsed()
+            })
+            .collect();
+        v.sort();
+        v[v.len() / 2]
+    };
+    let idle = time(&mut f, false);
+    let exact = time(&mut f, true);
+    eprintln!("10,000 files, idle: capture {idle:?}, capture_exact {exact:?} (medians of 21)");
+}
