@@ -214,8 +214,9 @@ fn a_damaged_newest_manifest_starts_a_new_chain_instead_of_stopping_shipping() {
         open_shipper(&f.rt, &f.counting, f.dir.path()),
     ));
     std::fs::write(f.up().join("b"), b"second").unwrap();
-    let r = f.flush(2, true);
-    assert_eq!((r.manifests, r.blobs), (1, 2), "a base with both contents");
+    // (Its blobs may go up ahead of the flush, from the background capture: the restore below
+    // shows the base names both contents and both are there.)
+    assert_eq!(f.flush(2, true).manifests, 1);
     let at2 = f.restore(2, "r2");
     assert_eq!(
         files(&at2),

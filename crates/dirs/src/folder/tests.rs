@@ -103,6 +103,10 @@ fn exact_capture_cost_for_ten_thousand_files() {
     let version = f.version();
     let idle = time(&mut f, false);
     let exact = time(&mut f, true);
-    assert_eq!(f.version(), version, "an idle folder's exact capture changed its state");
+    assert_eq!(
+        f.version(),
+        version,
+        "an idle folder's exact capture changed its state"
+    );
     eprintln!("10,000 files, idle: capture {idle:?}, capture_exact {exact:?} (medians of 21)");
 }
