@@ -330,28 +330,27 @@ impl WalFile {
     /// Reads whole committed transactions from `cursor` on, stopping after the transaction that
     /// brings the batch to `max_bytes` or more, at the first invalid frame, or at the end.
     pub fn read_batch(&self, cursor: &Cursor, max_bytes: usize) -> io::Result<Batch> {
-        let mut txns = Vec::new();
-        let (end, bytes) = self.read_txns(cursor, max_bytes, u64::MAX, &mut |t| txns.push(t))?;
-        Ok(Batch { txns, end, bytes })
+        self.read_batch_until(cursor, max_bytes, u64::MAX)
     }
 
     /// [`read_batch`](Self::read_batch), taking no transaction that ends past byte offset
-    /// `until` of the cursor's cycle, and handing each to `each` as soon as its commit frame is
-    /// verified instead of holding them: returns the cursor after the last one and the bytes of
-    /// their frames.
-    pub fn read_txns(
+    /// `until` of the cursor's cycle.
+    pub fn read_batch_until(
         &self,
         cursor: &Cursor,
         max_bytes: usize,
         until: u64,
-        each: &mut dyn FnMut(Txn),
-    ) -> io::Result<(Cursor, usize)> {
-        let (mut end, mut bytes) = (*cursor, 0usize);
+    ) -> io::Result<Batch> {
+        let mut batch = Batch {
+            txns: Vec::new(),
+            end: *cursor,
+            bytes: 0,
+        };
         let Some(h) = cursor.header else {
-            return Ok((end, bytes));
+            return Ok(batch);
         };
         let Some(f) = self.open()? else {
-            return Ok((end, bytes));
+            return Ok(batch);
         };
         let mut r = Self::reader(&f, cursor.offset)?;
         let fs = h.frame_size();
@@ -377,26 +376,26 @@ impl WalFile {
             pending.extend_from_slice(&frame);
             pending_count += 1;
             if fh.is_commit() {
-                bytes += pending.len();
-                each(Txn {
+                batch.bytes += pending.len();
+                batch.txns.push(Txn {
                     frames: std::mem::take(&mut pending),
                     frame_count: pending_count,
                     commit_size: fh.commit_size,
                     end_offset: offset,
                 });
                 pending_count = 0;
-                end = Cursor {
+                batch.end = Cursor {
                     header: Some(h),
                     offset,
                     checksum: c,
                     prev: cursor.prev,
                 };
-                if bytes >= max_bytes {
+                if batch.bytes >= max_bytes {
                     break;
                 }
             }
         }
-        Ok((end, bytes))
+        Ok(batch)
     }
 
     /// Every whole transaction from `from` to the end of the WAL, batch by batch (each of at
