@@ -5,20 +5,20 @@
 //! current WAL cycle (remembered by [`BaseIndex`], 12 bytes a page), or else the database file.
 //! Neither read is trusted: a base is used only if its bytes hash to exactly what the replica's
 //! per-page hashes say the page was (the state whose checksum the segment records as its
-//! start). A page rewritten by a checkpoint or a WAL restart since, or torn by a concurrent
-//! write, fails that check and is stored against an all-zero page instead, so a wrong base can
-//! cost bytes but never a restore.
+//! start); the segment encoder (`lifeboat_wal::segment2::SegmentEncoder`) asks for a page's base
+//! when the page first appears in the batch and checks that hash again. A page rewritten by a
+//! checkpoint or a WAL restart since, or torn by a concurrent write, fails that check and is
+//! stored against an all-zero page instead, so a wrong base can cost bytes but never a restore.
 
 use std::collections::HashMap;
 use std::fs::File;
 use std::os::unix::fs::FileExt;
 
-use lifeboat_wal::checksum::{page_hash, PageHashes};
-use lifeboat_wal::segment2::BasePages;
+use lifeboat_wal::checksum::page_hash;
 use lifeboat_wal::sqlite::FRAME_HEADER_SIZE;
 use lifeboat_wal::transaction::Frames;
 
-use crate::walfile::{Batch, Cursor, WalFile};
+use crate::walfile::{Cursor, Txn, WalFile};
 
 /// Where this replica's shipped pages last appeared in the current WAL cycle.
 #[derive(Clone, Debug, Default)]
@@ -46,73 +46,37 @@ pub(crate) struct Found {
 }
 
 impl BaseIndex {
-    /// The verified bases of the pages `batch` writes, starting at `cursor` (`carried`: read
-    /// before a WAL restart, so its offsets are gone), given the per-page hashes of the state
-    /// before it. Also returns the batch's frame offsets, for [`shipped`](Self::shipped).
-    pub(crate) fn bases(
-        &mut self,
-        batch: &Batch,
+    /// Starts finding the bases of a batch that starts at `cursor` (`carried`: read before a
+    /// WAL restart, so its offsets are gone) in a database of `page_size`-byte pages.
+    pub(crate) fn finder<'a>(
+        &'a mut self,
         cursor: &Cursor,
         carried: bool,
-        hashes: &PageHashes,
+        page_size: usize,
         wal: &WalFile,
-        db: &File,
-    ) -> (BasePages, Pending, Found) {
-        let ps = hashes.page_size();
+        db: &'a File,
+    ) -> Finder<'a> {
         if self.salts != cursor.salts() || carried {
             self.latest.clear();
             self.salts = if carried { None } else { cursor.salts() };
         }
-        let mut pending = Pending {
-            salts: self.salts,
-            frames: Vec::new(),
-        };
-        let mut bases = BasePages::new();
-        let mut found = Found::default();
         let wal_file = if self.latest.is_empty() {
             None
         } else {
             wal.open_file().ok().flatten()
         };
-        let fs = (FRAME_HEADER_SIZE + ps) as u64;
-        let mut buf = vec![0u8; ps];
-        for t in &batch.txns {
-            let start = t.end_offset - u64::from(t.frame_count) * fs;
-            for (k, (pgno, _)) in Frames::new(&t.frames, ps).pages().enumerate() {
-                if !carried {
-                    pending.frames.push((pgno, start + k as u64 * fs));
-                }
-                if bases.contains_key(&pgno) {
-                    continue;
-                }
-                let Some(expected) = hashes.page_hash_of(pgno) else {
-                    // A page past the end of the database before the batch: its base is zeros.
-                    bases.insert(pgno, Vec::new());
-                    continue;
-                };
-                let from_wal = self.latest.get(&pgno).zip(wal_file.as_ref());
-                let ok = |buf: &[u8]| page_hash(pgno, buf) == expected;
-                let hit = from_wal.is_some_and(|(&off, f)| {
-                    f.read_exact_at(&mut buf, off + FRAME_HEADER_SIZE as u64)
-                        .is_ok()
-                        && ok(&buf)
-                }) || (db
-                    .read_exact_at(&mut buf, u64::from(pgno - 1) * ps as u64)
-                    .is_ok()
-                    && ok(&buf));
-                if hit {
-                    found.used += 1;
-                    bases.insert(pgno, buf.clone());
-                } else {
-                    found.missed += 1;
-                    bases.insert(pgno, Vec::new());
-                }
-            }
+        Finder {
+            pending: Pending {
+                salts: self.salts,
+                frames: Vec::new(),
+            },
+            latest: &self.latest,
+            wal_file,
+            db,
+            page_size,
+            carried,
+            found: Found::default(),
         }
-        // Pages without a verified base were marked with an empty entry only to be looked up
-        // once; the encoder treats those as "no base".
-        bases.retain(|_, b| !b.is_empty());
-        (bases, pending, found)
     }
 
     /// Records the frames of a batch that was uploaded.
@@ -120,5 +84,60 @@ impl BaseIndex {
         if pending.salts.is_some() && pending.salts == self.salts {
             self.latest.extend(pending.frames);
         }
+    }
+}
+
+/// Finds the bases of one batch's pages, transaction by transaction.
+pub(crate) struct Finder<'a> {
+    latest: &'a HashMap<u32, u64>,
+    wal_file: Option<File>,
+    db: &'a File,
+    page_size: usize,
+    carried: bool,
+    pending: Pending,
+    found: Found,
+}
+
+impl Finder<'_> {
+    /// Notes the frames of transaction `t`, for the index once the batch is shipped.
+    pub(crate) fn saw(&mut self, t: &Txn) {
+        if self.carried {
+            return;
+        }
+        let fs = (FRAME_HEADER_SIZE + self.page_size) as u64;
+        let start = t.end_offset - u64::from(t.frame_count) * fs;
+        let pages = Frames::new(&t.frames, self.page_size).pages();
+        for (k, (pgno, _)) in pages.enumerate() {
+            self.pending.frames.push((pgno, start + k as u64 * fs));
+        }
+    }
+
+    /// Page `pgno` as it stood before the batch, if a read of it hashes to `expected` (its hash
+    /// then): from its latest shipped frame in the WAL, or else from the database file.
+    pub(crate) fn base(&mut self, pgno: u32, expected: u64) -> Option<Vec<u8>> {
+        let mut buf = vec![0u8; self.page_size];
+        let ok = |buf: &[u8]| page_hash(pgno, buf) == expected;
+        let from_wal = self.latest.get(&pgno).zip(self.wal_file.as_ref());
+        let hit = from_wal.is_some_and(|(&off, f)| {
+            f.read_exact_at(&mut buf, off + FRAME_HEADER_SIZE as u64)
+                .is_ok()
+                && ok(&buf)
+        }) || (self
+            .db
+            .read_exact_at(&mut buf, u64::from(pgno - 1) * self.page_size as u64)
+            .is_ok()
+            && ok(&buf));
+        if hit {
+            self.found.used += 1;
+            Some(buf)
+        } else {
+            self.found.missed += 1;
+            None
+        }
+    }
+
+    /// The batch's frames for [`BaseIndex::shipped`], and what was found.
+    pub(crate) fn finish(self) -> (Pending, Found) {
+        (self.pending, self.found)
     }
 }

@@ -1,8 +1,8 @@
 //! When each commit was first seen, and how many commits a replica does not have yet.
 //!
-//! The agent looks at the WAL on every file event, even while the PUT budget holds uploads back,
-//! so a commit's recorded time is within the event latency of the moment SQLite wrote its commit
-//! frame, not the upload cadence. Commits are known by (salt 1, salt 2, end offset): the salts
+//! The agent looks at the WAL on file events, even while the PUT budget holds uploads back (then
+//! at most every `scheduler::HELD_BACK_LOOKS`), so a commit's recorded time is within the event
+//! latency plus that of the moment SQLite wrote its commit frame, not the upload cadence. Commits are known by (salt 1, salt 2, end offset): the salts
 //! name the log cycle, the offset the commit frame's end within it.
 
 use std::collections::BTreeMap;
@@ -10,7 +10,7 @@ use std::collections::BTreeMap;
 use lifeboat_wal::sqlite::WAL_HEADER_SIZE;
 
 use crate::clock::now_ms;
-use crate::walfile::{Batch, Cursor, WalFile};
+use crate::walfile::{Cursor, WalFile};
 
 /// A commit: the salts of its log cycle and the byte offset just past its commit frame.
 type CommitAt = (u32, u32, u64);
@@ -56,24 +56,13 @@ impl CommitTimes {
         }
     }
 
-    /// The time of each transaction of `batch` (when it was seen, or `now` if it never was),
-    /// never earlier than the one before it.
-    pub fn times(&self, batch: &Batch, now: u64) -> Vec<u64> {
-        let (s1, s2) = batch.end.header.map_or((0, 0), |h| (h.salt1, h.salt2));
-        let mut last = 0u64;
-        batch
-            .txns
-            .iter()
-            .map(|t| {
-                let seen = self
-                    .observed
-                    .get(&(s1, s2, t.end_offset))
-                    .copied()
-                    .unwrap_or(now);
-                last = last.max(seen);
-                last
-            })
-            .collect()
+    /// The time of the commit ending at `end` in the cycle of `salts` (when it was seen, or
+    /// `now`), never earlier than `last`, the time of the transaction before it (updated).
+    pub fn next_time(&self, last: &mut u64, salts: Option<(u32, u32)>, end: u64, now: u64) -> u64 {
+        let (s1, s2) = salts.unwrap_or((0, 0));
+        let seen = self.observed.get(&(s1, s2, end)).copied().unwrap_or(now);
+        *last = (*last).max(seen);
+        *last
     }
 
     /// Drops the times of commits that every replica (at `cursors`) has shipped.
@@ -121,7 +110,6 @@ impl CommitTimes {
 mod tests {
     use super::*;
     use crate::walfile::testing::at as cursor;
-    use crate::walfile::Txn;
 
     #[test]
     fn pending_counts_the_commits_past_the_cursor_and_the_carried_ones() {
@@ -170,18 +158,14 @@ mod tests {
         let mut t = CommitTimes::default();
         t.saw(1, 9, 32, &[100, 300], 5_000);
         t.observed.insert((1, 9, 300), 4_000);
-        let txn = |end_offset| Txn {
-            frames: Vec::new(),
-            frame_count: 1,
-            commit_size: 1,
-            end_offset,
-        };
-        let batch = Batch {
-            txns: vec![txn(100), txn(200), txn(300)],
-            end: cursor(1, 300),
-            bytes: 0,
-        };
+        let mut last = 0;
+        let times: Vec<u64> = [100, 200, 300]
+            .into_iter()
+            .map(|end| t.next_time(&mut last, Some((1, 9)), end, 9_000))
+            .collect();
         // 200 was never seen: now; 300 was seen earlier than 100 but may not go back.
-        assert_eq!(t.times(&batch, 9_000), [5_000, 9_000, 9_000]);
+        assert_eq!(times, [5_000, 9_000, 9_000]);
+        // Another cycle's commit at the same offset was not seen.
+        assert_eq!(t.next_time(&mut 0, Some((2, 9)), 100, 7_000), 7_000);
     }
 }

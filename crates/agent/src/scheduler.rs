@@ -43,6 +43,13 @@ pub(crate) struct Stops {
 /// How often a watched database looks at its WAL without an event.
 pub const WATCHED_POLL: Duration = Duration::from_secs(30);
 
+/// While a pass is held back (by the PUT budget or a failing replica's backoff), file events
+/// are looked at no more often than this: each look only notes commit times and keeps the WAL
+/// in bounds, and a look per WAL write cost more CPU than shipping. Commit times are then at
+/// most this late; a pass that is due, an idle database's first event and a stop are not
+/// delayed.
+pub const HELD_BACK_LOOKS: Duration = Duration::from_millis(50);
+
 /// The agent's worker slots.
 fn slots() -> Arc<Semaphore> {
     static SLOTS: OnceLock<Arc<Semaphore>> = OnceLock::new();
@@ -211,6 +218,7 @@ pub(crate) async fn run(
         due: Some(Instant::now()),
         flush: flush.clone(),
     });
+    let mut last_look = Instant::now();
     loop {
         if stop.is_cancelled() {
             break;
@@ -218,22 +226,39 @@ pub(crate) async fn run(
         if flush.wanted().is_some() {
             task.due = Some(Instant::now());
         }
-        let wait = task
-            .due
-            .map_or(idle, |t| t.saturating_duration_since(Instant::now()));
+        let now = Instant::now();
+        let mut wait = task.due.map_or(idle, |t| t.saturating_duration_since(now));
+        // Held back: events wait (the `Notify` keeps one) until the next look is allowed.
+        let next_look = last_look + HELD_BACK_LOOKS;
+        let coalesce = task.due.is_some() && !wait.is_zero() && next_look > now;
+        if coalesce {
+            wait = wait.min(next_look - now);
+        }
         if !wait.is_zero() {
-            tokio::select! {
+            let woke = tokio::select! {
                 biased;
                 _ = stop.cancelled() => break,
                 // An event only says "look": the pass runs if the WAL changed (`step`).
-                _ = wake.notified() => {}
-                _ = tokio::time::sleep(wait) => {}
+                _ = wake.notified(), if !coalesce => true,
+                _ = tokio::time::sleep(wait) => false,
+            };
+            if coalesce && !woke && task.due.is_some_and(|t| t > Instant::now()) {
+                // A look is allowed again: take it only if an event came meanwhile.
+                let event = tokio::select! {
+                    biased;
+                    _ = wake.notified() => true,
+                    _ = std::future::ready(()) => false,
+                };
+                if !event {
+                    continue;
+                }
             }
             // Idle and unchanged (a stat, no worker needed): nothing to do.
             if task.due.is_none() && stamp_of(&wal) == task.stamp && flush.wanted().is_none() {
                 continue;
             }
         }
+        last_look = Instant::now();
         task = on_worker(task, Task::step).await?.0;
     }
     if removed.is_cancelled() {

@@ -330,27 +330,28 @@ impl WalFile {
     /// Reads whole committed transactions from `cursor` on, stopping after the transaction that
     /// brings the batch to `max_bytes` or more, at the first invalid frame, or at the end.
     pub fn read_batch(&self, cursor: &Cursor, max_bytes: usize) -> io::Result<Batch> {
-        self.read_batch_until(cursor, max_bytes, u64::MAX)
+        let mut txns = Vec::new();
+        let (end, bytes) = self.read_txns(cursor, max_bytes, u64::MAX, &mut |t| txns.push(t))?;
+        Ok(Batch { txns, end, bytes })
     }
 
     /// [`read_batch`](Self::read_batch), taking no transaction that ends past byte offset
-    /// `until` of the cursor's cycle.
-    pub fn read_batch_until(
+    /// `until` of the cursor's cycle, and handing each to `each` as soon as its commit frame is
+    /// verified instead of holding them: returns the cursor after the last one and the bytes of
+    /// their frames.
+    pub fn read_txns(
         &self,
         cursor: &Cursor,
         max_bytes: usize,
         until: u64,
-    ) -> io::Result<Batch> {
-        let mut batch = Batch {
-            txns: Vec::new(),
-            end: *cursor,
-            bytes: 0,
-        };
+        each: &mut dyn FnMut(Txn),
+    ) -> io::Result<(Cursor, usize)> {
+        let (mut end, mut bytes) = (*cursor, 0usize);
         let Some(h) = cursor.header else {
-            return Ok(batch);
+            return Ok((end, bytes));
         };
         let Some(f) = self.open()? else {
-            return Ok(batch);
+            return Ok((end, bytes));
         };
         let mut r = Self::reader(&f, cursor.offset)?;
         let fs = h.frame_size();
@@ -376,26 +377,26 @@ impl WalFile {
             pending.extend_from_slice(&frame);
             pending_count += 1;
             if fh.is_commit() {
-                batch.bytes += pending.len();
-                batch.txns.push(Txn {
+                bytes += pending.len();
+                each(Txn {
                     frames: std::mem::take(&mut pending),
                     frame_count: pending_count,
                     commit_size: fh.commit_size,
                     end_offset: offset,
                 });
                 pending_count = 0;
-                batch.end = Cursor {
+                end = Cursor {
                     header: Some(h),
                     offset,
                     checksum: c,
                     prev: cursor.prev,
                 };
-                if batch.bytes >= max_bytes {
+                if bytes >= max_bytes {
                     break;
                 }
             }
         }
-        Ok(batch)
+        Ok((end, bytes))
     }
 
     /// Every whole transaction from `from` to the end of the WAL, batch by batch (each of at

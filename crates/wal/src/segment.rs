@@ -338,14 +338,7 @@ impl Segment {
         h.version = version;
         h.frame_count = (self.frames.len() / h.frame_size()) as u32;
         h.commit_count = self.commits.len() as u32;
-        h.body_len = body.len() as u64;
-        h.raw_len = raw_len as u64;
-        let mut out = Vec::with_capacity(HEADER_SIZE + body.len() + 4);
-        out.extend_from_slice(&h.encode());
-        out.extend_from_slice(body);
-        let crc = crc32fast::hash(&out);
-        put32(&mut out, crc);
-        out
+        seal(h, raw_len, body)
     }
 
     /// Decodes a whole segment (either format) and verifies everything it can prove on its own:
@@ -431,6 +424,18 @@ impl Segment {
             (c, s)
         })
     }
+}
+
+/// Header `h` (its version, frame and commit counts set), body and object CRC.
+pub(crate) fn seal(mut h: SegmentHeader, raw_len: usize, body: &[u8]) -> Vec<u8> {
+    h.body_len = body.len() as u64;
+    h.raw_len = raw_len as u64;
+    let mut out = Vec::with_capacity(HEADER_SIZE + body.len() + 4);
+    out.extend_from_slice(&h.encode());
+    out.extend_from_slice(body);
+    let crc = crc32fast::hash(&out);
+    put32(&mut out, crc);
+    out
 }
 
 #[cfg(test)]

@@ -13,7 +13,7 @@ use lifeboat_storage::keys::Key;
 use lifeboat_storage::retry::{retry, RetryPolicy};
 use lifeboat_storage::{PutOutcome, ReplicaClient};
 use lifeboat_wal::checksum::PageHashes;
-use lifeboat_wal::transaction::SegmentBuilder;
+use lifeboat_wal::segment2::SegmentEncoder;
 use lifeboat_wal::TxId;
 use tracing::{debug, warn};
 
@@ -21,7 +21,7 @@ use crate::clock::now_ms;
 use crate::commit_times::CommitTimes;
 use crate::context::Context;
 use crate::replica::{Phase, Reason, Replica, ReplicaState};
-use crate::walfile::{Continuity, Cursor, WalFile};
+use crate::walfile::{Continuity, Cursor, Txn, WalFile};
 use crate::{Error, Result};
 
 /// What shipping needs besides the replica.
@@ -166,14 +166,12 @@ enum Cut {
 }
 
 /// Cuts the next segment from the replica's place (or its first carried batch), leaving the
-/// replica's own state as it was.
+/// replica's own state as it was. The segment is encoded as the transactions are read, so
+/// memory holds each page's latest version and the deltas, not the batch's frames.
 fn cut(st: &mut ReplicaState, ship: &Ship, index: usize) -> Result<Cut> {
     let ctx = ship.ctx;
     let carried = !st.carry.is_empty();
-    let batch = if let Some(b) = st.carry.front() {
-        // Read under the write lock before the WAL restarted; it starts at the cursor.
-        b.clone()
-    } else {
+    if !carried {
         match ship
             .wal
             .check(&st.cursor)
@@ -194,53 +192,67 @@ fn cut(st: &mut ReplicaState, ship: &Ship, index: usize) -> Result<Cut> {
             }
             Continuity::Broken(reason) => return Ok(Cut::LostContinuity(reason)),
         }
-        let until = ship
-            .limit
-            .filter(|p| p.salts().is_some() && p.salts() == st.cursor.salts())
-            .map_or(u64::MAX, |p| p.offset);
-        ship.wal
-            .read_batch_until(&st.cursor, ctx.opts.max_segment_bytes, until)
-            .map_err(|e| Error::io(format!("read {}", ship.wal.path().display()), e))?
-    };
-    if batch.txns.is_empty() {
-        st.at_end = true;
-        return Ok(Cut::Nothing);
     }
+    let ReplicaState {
+        hashes,
+        bases,
+        cursor,
+        carry,
+        ..
+    } = st;
+    let ps = hashes.page_size();
+    // Read before the batch is applied to the hashes, which vouch for each base.
+    let mut finder = bases.finder(cursor, carried, ps, ship.wal, ship.db_file);
+    hashes.begin();
+    let mut enc = SegmentEncoder::new(st.generation, st.next_txid, ship.page_size, hashes);
+    let (now, mut last_time, mut n) = (now_ms(), 0u64, 0u64);
+    let salts = carry.front().map_or(cursor.salts(), |b| b.end.salts());
+    let mut add = |t: &Txn| {
+        finder.saw(t);
+        let time = ship
+            .times
+            .next_time(&mut last_time, salts, t.end_offset, now);
+        let base = &mut |p, h| finder.base(p, h);
+        enc.push(hashes, &t.frames, t.frame_count, t.commit_size, time, base);
+        n += 1;
+    };
+    let read = match carry.front() {
+        // Read under the write lock before the WAL restarted; it starts at the cursor.
+        Some(b) => {
+            b.txns.iter().for_each(&mut add);
+            Ok((b.end, b.bytes))
+        }
+        None => {
+            let until = ship
+                .limit
+                .filter(|p| p.salts().is_some() && p.salts() == cursor.salts())
+                .map_or(u64::MAX, |p| p.offset);
+            let max = ctx.opts.max_segment_bytes;
+            ship.wal
+                .read_txns(cursor, max, until, &mut |t| add(&t))
+                .map_err(|e| Error::io(format!("read {}", ship.wal.path().display()), e))
+        }
+    };
+    let (pending, found) = finder.finish();
+    let (end, bytes) = match read {
+        Ok(r) if n > 0 => r,
+        r => {
+            st.hashes.rollback();
+            let r = r.map(|_| Cut::Nothing);
+            st.at_end |= r.is_ok();
+            return r;
+        }
+    };
     // Something is waiting: the replica is behind until it is stored.
     st.at_end = false;
-    let full = carried || batch.bytes >= ctx.opts.max_segment_bytes;
-    let times = ship.times.times(&batch, now_ms());
-    // Read before the batch is applied to the hashes, which vouch for each base.
-    let (bases, pending, found) = st.bases.bases(
-        &batch,
-        &st.cursor,
-        carried,
-        &st.hashes,
-        ship.wal,
-        ship.db_file,
-    );
-    let hashes = &mut st.hashes;
-    hashes.begin();
-    let n = batch.txns.len() as u64;
-    let end = batch.end;
-    let mut builder = SegmentBuilder::new(
-        st.generation,
-        st.next_txid,
-        ship.page_size,
-        hashes.checksum(),
-        batch.bytes,
-    );
-    // Each transaction's frames are dropped once copied: memory holds one copy of the batch.
-    for (t, &commit_time) in batch.txns.into_iter().zip(&times) {
-        builder.push(hashes, &t.frames, t.frame_count, t.commit_size, commit_time);
-    }
-    let next_txid = builder.next_txid();
-    let Some(seg) = builder.finish(end.position(&st.cursor)) else {
+    let full = carried || bytes >= ctx.opts.max_segment_bytes;
+    let next_txid = enc.next_txid();
+    let Some((header, body)) = enc.finish(end.position(&st.cursor)) else {
         st.hashes.rollback();
         return Ok(Cut::Nothing);
     };
-    let last = seg.header.last_txid;
-    let time_ms = seg.header.last_time_ms;
+    let last = header.last_txid;
+    let time_ms = header.last_time_ms;
     // The folders first: a file written before these commits must be stored before them.
     if let Some(d) = &ctx.dirs {
         let complete = !full && ship.limit.is_none();
@@ -256,7 +268,7 @@ fn cut(st: &mut ReplicaState, ship: &Ship, index: usize) -> Result<Cut> {
         time_ms,
     }
     .to_string();
-    let body = Bytes::from(seg.encode_with_bases(&bases));
+    let body = Bytes::from(body);
     Ok(Cut::Segment(Box::new(Unsent {
         key,
         body,

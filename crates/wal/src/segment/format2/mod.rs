@@ -21,9 +21,12 @@
 //!    order, as a [`delta`] against the previous version.
 
 pub(crate) mod delta;
+mod encoder;
 mod varint;
 
 use std::collections::HashMap;
+
+pub use encoder::{BaseReader, SegmentEncoder};
 
 use crate::checksum::DbChecksum;
 use crate::segment::{get32, get64, CommitRecord, Segment, SegmentHeader, COMMIT_RECORD_SIZE};
