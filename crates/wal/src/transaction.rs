@@ -58,15 +58,98 @@ impl Segment {
     }
 }
 
-/// Builds a segment transaction by transaction, keeping the database's page hashes up to date so
-/// that every commit records the database checksum after it.
+/// The commits of a segment being built, whichever way its pages are stored: each commit's id,
+/// time, size and database checksum after it, and the header they give the segment.
 #[derive(Debug)]
-pub struct SegmentBuilder {
+pub struct Commits {
     generation: Generation,
     first_txid: TxId,
     page_size: u32,
     checksum_before: DbChecksum,
-    commits: Vec<CommitRecord>,
+    records: Vec<CommitRecord>,
+}
+
+impl Commits {
+    /// None yet, in a segment of `generation` whose first transaction is `first_txid`,
+    /// continuing a database whose checksum is `checksum_before`.
+    pub fn new(
+        generation: Generation,
+        first_txid: TxId,
+        page_size: u32,
+        checksum_before: DbChecksum,
+    ) -> Commits {
+        Commits {
+            generation,
+            first_txid,
+            page_size,
+            checksum_before,
+            records: Vec::new(),
+        }
+    }
+
+    /// The id the next transaction gets.
+    pub fn next_txid(&self) -> TxId {
+        self.records
+            .last()
+            .map_or(self.first_txid, |c| c.txid.next())
+    }
+
+    /// Records the commit of a transaction of `frame_count` frames, seen at `time_ms`, that
+    /// left the database at `commit_size` pages and `hashes` (already applied).
+    pub fn record(
+        &mut self,
+        hashes: &PageHashes,
+        frame_count: u32,
+        commit_size: u32,
+        time_ms: u64,
+    ) -> CommitRecord {
+        let c = CommitRecord {
+            txid: self.next_txid(),
+            time_ms,
+            frames: frame_count,
+            db_size: commit_size,
+            checksum: hashes.checksum(),
+        };
+        self.records.push(c);
+        c
+    }
+
+    /// The commits recorded.
+    pub fn records(&self) -> &[CommitRecord] {
+        &self.records
+    }
+
+    /// The header of a segment of these commits from `wal` (its frame and commit counts and
+    /// lengths zero, for the encoder to fill in); `None` if none was recorded. Its times are
+    /// the first and the last commit's.
+    pub fn header(&self, wal: WalPosition) -> Option<SegmentHeader> {
+        let first = self.records.first()?;
+        let last = self.records.last()?;
+        Some(SegmentHeader {
+            version: VERSION,
+            generation: self.generation,
+            first_txid: self.first_txid,
+            last_txid: last.txid,
+            page_size: self.page_size,
+            frame_count: 0,
+            commit_count: 0,
+            db_size: last.db_size,
+            first_time_ms: first.time_ms,
+            last_time_ms: last.time_ms,
+            checksum_before: self.checksum_before,
+            checksum_after: last.checksum,
+            wal,
+            body_len: 0,
+            raw_len: 0,
+        })
+    }
+}
+
+/// Builds a segment transaction by transaction, keeping the database's page hashes up to date so
+/// that every commit records the database checksum after it.
+#[derive(Debug)]
+pub struct SegmentBuilder {
+    commits: Commits,
     frames: Vec<u8>,
 }
 
@@ -81,20 +164,9 @@ impl SegmentBuilder {
         capacity: usize,
     ) -> SegmentBuilder {
         SegmentBuilder {
-            generation,
-            first_txid,
-            page_size,
-            checksum_before,
-            commits: Vec::new(),
+            commits: Commits::new(generation, first_txid, page_size, checksum_before),
             frames: Vec::with_capacity(capacity),
         }
-    }
-
-    /// The id the next transaction gets.
-    pub fn next_txid(&self) -> TxId {
-        self.commits
-            .last()
-            .map_or(self.first_txid, |c| c.txid.next())
     }
 
     /// Adds one transaction (`frame_count` frames, the last a commit leaving the database at
@@ -107,43 +179,18 @@ impl SegmentBuilder {
         commit_size: u32,
         time_ms: u64,
     ) -> CommitRecord {
-        Frames::new(frames, self.page_size as usize).apply(hashes, commit_size);
-        let c = CommitRecord {
-            txid: self.next_txid(),
-            time_ms,
-            frames: frame_count,
-            db_size: commit_size,
-            checksum: hashes.checksum(),
-        };
-        self.commits.push(c);
+        Frames::new(frames, self.commits.page_size as usize).apply(hashes, commit_size);
         self.frames.extend_from_slice(frames);
-        c
+        self.commits
+            .record(hashes, frame_count, commit_size, time_ms)
     }
 
     /// The segment, recording that its frames came from `wal`; `None` if no transaction was
     /// pushed. Its times are the first and the last commit's.
     pub fn finish(self, wal: WalPosition) -> Option<Segment> {
-        let first = *self.commits.first()?;
-        let last = *self.commits.last()?;
         Some(Segment {
-            header: SegmentHeader {
-                version: VERSION,
-                generation: self.generation,
-                first_txid: self.first_txid,
-                last_txid: last.txid,
-                page_size: self.page_size,
-                frame_count: 0,
-                commit_count: 0,
-                db_size: last.db_size,
-                first_time_ms: first.time_ms,
-                last_time_ms: last.time_ms,
-                checksum_before: self.checksum_before,
-                checksum_after: last.checksum,
-                wal,
-                body_len: 0,
-                raw_len: 0,
-            },
-            commits: self.commits,
+            header: self.commits.header(wal)?,
+            commits: self.commits.records,
             frames: self.frames,
         })
     }
@@ -208,8 +255,10 @@ mod tests {
 
     #[test]
     fn an_empty_builder_makes_no_segment() {
+        let c = Commits::new(Generation(1), TxId(1), 512, DbChecksum(0));
+        assert_eq!(c.next_txid(), TxId(1));
+        assert!(c.header(WalPosition::default()).is_none());
         let b = SegmentBuilder::new(Generation(1), TxId(1), 512, DbChecksum(0), 0);
-        assert_eq!(b.next_txid(), TxId(1));
         assert!(b.finish(WalPosition::default()).is_none());
     }
 }

@@ -17,10 +17,10 @@
 use std::collections::BTreeMap;
 
 use super::{delta, encode_commits, varint, BASE_BEFORE, BASE_ZERO, ZSTD_LEVEL};
-use crate::checksum::{page_hash, DbChecksum, PageHashes};
+use crate::checksum::{page_hash, PageHashes};
 use crate::segment::VERSION;
 use crate::segment::{seal, CommitRecord, SegmentHeader, WalPosition, COMMIT_RECORD_SIZE};
-use crate::transaction::Frames;
+use crate::transaction::{Commits, Frames};
 use crate::{Generation, TxId};
 
 /// One page's versions so far.
@@ -42,11 +42,8 @@ pub type BaseReader<'a> = dyn FnMut(u32, u64) -> Option<Vec<u8>> + 'a;
 /// Builds a format-2 segment transaction by transaction (see the module docs).
 #[derive(Debug)]
 pub struct SegmentEncoder {
-    generation: Generation,
-    first_txid: TxId,
+    commits: Commits,
     page_size: u32,
-    checksum_before: DbChecksum,
-    commits: Vec<CommitRecord>,
     /// Every frame's page number, in WAL order.
     pgnos: Vec<u32>,
     pages: BTreeMap<u32, Versions>,
@@ -65,11 +62,8 @@ impl SegmentEncoder {
         hashes: &PageHashes,
     ) -> SegmentEncoder {
         SegmentEncoder {
-            generation,
-            first_txid,
+            commits: Commits::new(generation, first_txid, page_size, hashes.checksum()),
             page_size,
-            checksum_before: hashes.checksum(),
-            commits: Vec::new(),
             pgnos: Vec::new(),
             pages: BTreeMap::new(),
             min_size: hashes.page_count(),
@@ -78,9 +72,7 @@ impl SegmentEncoder {
 
     /// The id the next transaction gets.
     pub fn next_txid(&self) -> TxId {
-        self.commits
-            .last()
-            .map_or(self.first_txid, |c| c.txid.next())
+        self.commits.next_txid()
     }
 
     /// Adds one transaction (`frame_count` frames, the last a commit leaving the database at
@@ -122,30 +114,20 @@ impl SegmentEncoder {
         }
         txn.apply(hashes, commit_size);
         self.min_size = self.min_size.min(commit_size);
-        let c = CommitRecord {
-            txid: self.next_txid(),
-            time_ms,
-            frames: frame_count,
-            db_size: commit_size,
-            checksum: hashes.checksum(),
-        };
-        self.commits.push(c);
-        c
+        self.commits
+            .record(hashes, frame_count, commit_size, time_ms)
     }
 
     /// The encoded segment and its header, recording that its frames came from `wal`; `None`
     /// if no transaction was pushed.
     pub fn finish(self, wal: WalPosition) -> Option<(SegmentHeader, Vec<u8>)> {
-        let first = *self.commits.first()?;
-        let last = *self.commits.last()?;
+        let mut header = self.commits.header(wal)?;
+        let commits = self.commits.records();
         let deltas: usize = self.pages.values().map(|v| v.deltas.len()).sum();
         let mut raw = Vec::with_capacity(
-            self.commits.len() * COMMIT_RECORD_SIZE
-                + self.pgnos.len() * 5
-                + self.pages.len()
-                + deltas,
+            commits.len() * COMMIT_RECORD_SIZE + self.pgnos.len() * 5 + self.pages.len() + deltas,
         );
-        encode_commits(&self.commits, &mut raw);
+        encode_commits(commits, &mut raw);
         for &p in &self.pgnos {
             varint::put(&mut raw, p);
         }
@@ -165,23 +147,10 @@ impl SegmentEncoder {
         drop(pages);
         let body = zstd::bulk::compress(&raw, ZSTD_LEVEL)
             .expect("zstd compresses any input into a growable buffer");
-        let mut header = SegmentHeader {
-            version: VERSION,
-            generation: self.generation,
-            first_txid: self.first_txid,
-            last_txid: last.txid,
-            page_size: self.page_size,
-            frame_count: self.pgnos.len() as u32,
-            commit_count: self.commits.len() as u32,
-            db_size: last.db_size,
-            first_time_ms: first.time_ms,
-            last_time_ms: last.time_ms,
-            checksum_before: self.checksum_before,
-            checksum_after: last.checksum,
-            wal,
-            body_len: body.len() as u64,
-            raw_len: raw.len() as u64,
-        };
+        header.frame_count = self.pgnos.len() as u32;
+        header.commit_count = commits.len() as u32;
+        header.body_len = body.len() as u64;
+        header.raw_len = raw.len() as u64;
         let bytes = seal(header, raw.len(), &body);
         header.version = VERSION;
         Some((header, bytes))
