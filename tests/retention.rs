@@ -37,8 +37,9 @@ fn generations_by_truncation(
     for round in 0..rounds {
         let mut agent = start(round);
         // A commit made before the new generation's snapshot lands in it (txid 0), which would
-        // shift the writer's record against the generation's txids.
-        agent.wait_for_log("snapshot uploaded");
+        // shift the writer's record against the generation's txids (`start` may start the
+        // agent from a configuration file, so this waits here too).
+        agent.wait_until_known();
         let mut after = vec![conn_digest(c)];
         for _ in 0..per_round {
             mixed_txn(c, seq);
@@ -229,7 +230,7 @@ fn snapshots_within_a_generation_bound_what_restoring_the_newest_state_reads() {
         &dir.path().join("a.log"),
     );
     // Commits before the first snapshot would land in it and never ship as segments.
-    agent.wait_for_log("snapshot uploaded");
+    agent.wait_until_known();
     // Bursts of 50 transactions, each shipped before the next starts, so history spreads over
     // many objects. (The newest shipped txid is in the segment keys.)
     let shipped = || {

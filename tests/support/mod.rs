@@ -62,7 +62,10 @@ impl Agent {
         }
     }
 
-    /// Starts `lifeboat replicate` and waits until it says it is replicating.
+    /// Starts `lifeboat replicate` and waits until the replica's state is known: a new
+    /// generation's snapshot is uploaded, or the generation is resumed. A commit made before
+    /// that may land in the snapshot (txid 0) rather than ship as a transaction of its own, so
+    /// a test that maps its writes to txids must not write earlier.
     pub fn replicate(db: &Path, url: &str, log: &Path) -> Agent {
         Agent::replicate_env(db, url, log, &[])
     }
@@ -71,7 +74,24 @@ impl Agent {
     pub fn replicate_env(db: &Path, url: &str, log: &Path, env: &[(&str, &str)]) -> Agent {
         let mut a = Agent::start_env(&["replicate", db.to_str().unwrap(), url], log, env);
         a.wait_for_log("replicating");
+        a.wait_until_known();
         a
+    }
+
+    /// Waits until the log says the replica's state is known (see [`Agent::replicate`]).
+    pub fn wait_until_known(&mut self) {
+        wait_until(
+            "the agent's first snapshot or resume",
+            Duration::from_secs(30),
+            || {
+                if let Some(s) = self.child.try_wait().unwrap() {
+                    panic!("agent exited with {s}: {}", self.log_text());
+                }
+                let log = self.log_text();
+                log.contains("new generation: snapshot uploaded")
+                    || log.contains("resuming generation")
+            },
+        );
     }
 
     /// Waits until the log contains `text` (the process must still be running).
