@@ -491,3 +491,49 @@ fn snapshots_staged_by_a_killed_agent_are_cleaned_up_at_the_next_start() {
     assert!(live.exists() && other.exists(), "nothing else is touched");
     agent.stop_ok();
 }
+
+/// A snapshot falls due while the WAL is empty (the app checkpointed it away while the agent
+/// was stopped): the agent takes it after the next commit, and a stop meanwhile is a clean,
+/// complete final sync rather than a wait for a snapshot no commit will bring.
+#[test]
+fn a_snapshot_due_on_an_empty_wal_waits_for_the_next_commit_and_never_blocks_a_stop() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("app.db");
+    let url = file_url(&dir.path().join("replica"));
+    let c = app_conn(&db, 4096);
+    create_schema(&c);
+    let rare = [("LIFEBOAT_SNAPSHOT_SEGMENTS", "1000")];
+    let agent = Agent::replicate_env(&db, &url, &dir.path().join("a.log"), &rare);
+    for s in 0..20 {
+        mixed_txn(&c, s);
+    }
+    agent.stop_ok();
+    // Every segment is shipped and none is covered by a snapshot; the app empties the log.
+    c.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()))
+        .unwrap();
+    assert_eq!(file_len(&dir.path().join("app.db-wal")), 0);
+
+    let due = [("LIFEBOAT_SNAPSHOT_SEGMENTS", "1")];
+    let mut agent = Agent::replicate_env(&db, &url, &dir.path().join("b.log"), &due);
+    assert!(
+        agent.log_text().contains("resuming generation"),
+        "the agent resumes its generation: {}",
+        agent.log_text()
+    );
+    let stopping = std::time::Instant::now();
+    agent.signal(Signal::SIGTERM);
+    let status = agent.wait(Duration::from_secs(60));
+    assert!(
+        status.success() && agent.log_text().contains("final sync complete"),
+        "a stop with a snapshot due on an empty log exits cleanly ({status} after {:?}): {}",
+        stopping.elapsed(),
+        agent.log_text()
+    );
+
+    let mut agent = Agent::replicate_env(&db, &url, &dir.path().join("c.log"), &due);
+    assert!(!agent.log_text().contains("scheduled snapshot uploaded"));
+    mixed_txn(&c, 20);
+    agent.wait_for_log("scheduled snapshot uploaded");
+    agent.stop_ok();
+    restore_and_compare(&url, &dir.path().join("out.db"), &db);
+}

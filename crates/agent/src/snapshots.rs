@@ -228,12 +228,18 @@ pub(crate) fn scheduled(
         }
         let r = &mut replicas[i];
         let res = scheduled_one(db, r, ctx, times);
+        // Put off (the log holds nothing to pin): nothing was shipped, and the replica stays
+        // where its pass left it. Marking it behind would keep an idle agent busy and make a
+        // final sync wait out its timeout for a snapshot no commit will bring.
+        if let Ok(None) = res {
+            continue;
+        }
         // Shipping stopped at the pinned state, which need not be the end of the WAL.
         if let Some(st) = r.state_mut() {
             st.at_end = false;
         }
         match res {
-            Ok(n) => puts += n,
+            Ok(n) => puts += n.unwrap_or(0),
             Err(e) => {
                 r.record_failure(&e, "scheduled snapshot failed", ctx);
             }
@@ -242,17 +248,20 @@ pub(crate) fn scheduled(
     puts
 }
 
+/// One replica's scheduled snapshot: the objects written, or `None` if it was put off before
+/// anything was shipped (the log held nothing to pin).
 fn scheduled_one(
     db: &mut Database,
     r: &mut Replica,
     ctx: &Context,
     times: &CommitTimes,
-) -> Result<u32> {
+) -> Result<Option<u32>> {
     let started = Instant::now();
     let pin = db.pin_snapshot()?;
     if pin.header.is_none() {
-        // The log just restarted from a fully checkpointed state: try again next pass.
-        return Ok(0);
+        // The log just restarted from a fully checkpointed state: nothing to pin. The snapshot
+        // stays due, and is taken after the next commit.
+        return Ok(None);
     }
     // Ship up to the pinned state and no further.
     let ship = Ship {
@@ -265,18 +274,22 @@ fn scheduled_one(
     };
     let mut puts = 0;
     loop {
-        let Some(st) = r.state() else { return Ok(puts) };
+        let Some(st) = r.state() else {
+            return Ok(Some(puts));
+        };
         if st.carry.is_empty() && st.cursor.salts() == pin.salts() && st.cursor.offset == pin.offset
         {
             break;
         }
         let shipped = r.ship_one(&ship)?;
         if shipped.txns == 0 {
-            return Ok(puts);
+            return Ok(Some(puts));
         }
         puts += shipped.puts;
     }
-    let Some(st) = r.state() else { return Ok(puts) };
+    let Some(st) = r.state() else {
+        return Ok(Some(puts));
+    };
     let (generation, txid, expect) = (st.generation, st.last_txid(), st.hashes.checksum());
     let time_ms = now_ms();
     let staged = write_snapshot(db, ctx, generation, txid, time_ms, &pin)?;
@@ -314,5 +327,5 @@ fn scheduled_one(
         elapsed_ms = started.elapsed().as_millis() as u64,
         "scheduled snapshot uploaded"
     );
-    Ok(puts + 1)
+    Ok(Some(puts + 1))
 }
