@@ -1,5 +1,6 @@
 //! Replication to a local folder, driven through the binary.
 
+use std::path::PathBuf;
 use std::time::Duration;
 
 use nix::sys::signal::Signal;
@@ -170,32 +171,40 @@ fn shm_frames(shm: &std::path::Path) -> u64 {
         })
 }
 
+/// Creates `app.db` in `dir` with the test schema and starts `replicate` on it, to a folder
+/// replica `dir/replica`, with a configuration file holding `options` as well.
+fn start_configured(dir: &std::path::Path, options: &str) -> (PathBuf, PathBuf, Agent) {
+    let db = dir.join("app.db");
+    let replica = dir.join("replica");
+    create_schema(&app_conn(&db, 4096));
+    let cfg = dir.join("lifeboat.toml");
+    let url = file_url(&replica);
+    let head = format!(
+        "[[databases]]\npath = \"{}\"\nreplicas = [\"{url}\"]\n",
+        db.display()
+    );
+    std::fs::write(&cfg, head + options).unwrap();
+    let mut agent = Agent::start(
+        &["replicate", "--config", cfg.to_str().unwrap()],
+        &dir.join("a.log"),
+    );
+    agent.wait_for_log("replicating");
+    (db, replica, agent)
+}
+
 #[test]
 fn sustained_writes_let_the_wal_restart_so_it_stays_bounded() {
     let _disk = exclusive_disk();
     let dir = tempfile::tempdir().unwrap();
-    let db = dir.path().join("app.db");
-    let replica = dir.path().join("replica");
-    let url = file_url(&replica);
-    create_schema(&app_conn(&db, 4096));
     // Four PUTs a second rather than one: the log restarts once a pass has shipped up to the pin,
     // so the file's size scales with the time between passes; this keeps the run short on a
     // slow machine without changing what is checked. No truncation (the file only shrinks by a
     // truncation, checked below): what is measured is the restart.
-    let cfg = dir.path().join("lifeboat.toml");
-    std::fs::write(
-        &cfg,
-        format!(
-            "[[databases]]\npath = \"{}\"\nreplicas = [\"{url}\"]\nputs-per-second = 4.0\ntruncate-wal-bytes = 1099511627776\n",
-            db.display(),
-        ),
-    )
-    .unwrap();
-    let mut agent = Agent::start(
-        &["replicate", "--config", cfg.to_str().unwrap()],
-        &dir.path().join("a.log"),
+    let (db, replica, agent) = start_configured(
+        dir.path(),
+        "puts-per-second = 4.0\ntruncate-wal-bytes = 1099511627776\n",
     );
-    agent.wait_for_log("replicating");
+    let url = file_url(&replica);
     let (wal, shm) = (dir.path().join("app.db-wal"), dir.path().join("app.db-shm"));
     // A restart shows as new salts in the header. (Not as the header's checkpoint sequence:
     // SQLite writes the writing connection's own count of restarts there, which stays put when
@@ -535,5 +544,87 @@ fn a_snapshot_due_on_an_empty_wal_waits_for_the_next_commit_and_never_blocks_a_s
     mixed_txn(&c, 20);
     agent.wait_for_log("scheduled snapshot uploaded");
     agent.stop_ok();
+    restore_and_compare(&url, &dir.path().join("out.db"), &db);
+}
+
+/// After the agent lets the log restart, its pin reads the database file alone (read mark zero),
+/// and SQLite copies no frame back into the database while a reader holds that mark. The tail
+/// the agent carried over the restart may then wait seconds for the PUT budget; meanwhile the
+/// pin must move into the new cycle, or every autocheckpoint of the app sorts the whole growing
+/// log and gives up (a writer committing flat out fell to a tenth of its speed in the
+/// benchmark). Seen from the app: its own PASSIVE checkpoint copies frames of the new cycle
+/// before the carried tail is shipped.
+#[test]
+fn the_apps_checkpoints_copy_the_new_log_while_a_carried_tail_waits_for_the_budget() {
+    let dir = tempfile::tempdir().unwrap();
+    // One PUT every 10 s: the carried tail waits that long for its upload.
+    let (db, replica, mut agent) = start_configured(
+        dir.path(),
+        "puts-per-second = 0.1\nput-burst = 1.0\ncheckpoint-pages = 200\n",
+    );
+    let url = file_url(&replica);
+    agent.wait_until_known();
+    // A web app's writer: commits flat out, its autocheckpoint on, no checkpoint of its own (a
+    // RESTART or TRUNCATE one waits for every reader, the agent's pin included).
+    let w = Writer::start_without_checkpoints(&db, 4096);
+    // A restart: the agent's checkpoint under its write lock copied every frame.
+    let complete = |line: &str| {
+        let n = |key: &str| {
+            line.split(key)
+                .nth(1)
+                .and_then(|s| s.split(|c: char| !c.is_ascii_digit()).next())
+                .map(str::to_owned)
+        };
+        line.contains("checkpoint under the agent's write lock")
+            && line.contains("busy: false")
+            && n("log_frames: ").is_some()
+            && n("log_frames: ") == n("checkpointed: ")
+    };
+    agent.wait_until(
+        "a complete checkpoint under the agent's lock",
+        Duration::from_secs(60),
+        || agent.log_text().lines().any(complete),
+    );
+    let shipped = count_files(&replica);
+    // In the new cycle, frames copied back (0 < nBackfill) while more remain (< mxFrame): the
+    // old cycle, fully copied, shows nBackfill == mxFrame; a stalled new one shows 0. Both from
+    // the `-shm` file: SQLite's WalCkptInfo (nBackfill at offset 96) and the WAL-index header.
+    let shm = dir.path().join("app.db-shm");
+    let backfilled = || {
+        let mut b = [0u8; 100];
+        std::fs::File::open(&shm)
+            .and_then(|f| std::os::unix::fs::FileExt::read_exact_at(&f, &mut b, 0))
+            .map_or(0, |()| {
+                u64::from(u32::from_ne_bytes([b[96], b[97], b[98], b[99]]))
+            })
+    };
+    let mut seen = (0, 0);
+    let started = std::time::Instant::now();
+    while started.elapsed() < Duration::from_secs(4) {
+        let (done, log) = (backfilled(), shm_frames(&shm));
+        seen = (log, done);
+        if 0 < done && done < log {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let carried_still_waiting = count_files(&replica) == shipped;
+    let n = w.halt();
+    assert!(
+        0 < seen.1 && seen.1 < seen.0,
+        "the app's checkpoints copied nothing of the new log cycle in 4 s (frames {}, copied \
+         {}); agent log:\n{}",
+        seen.0,
+        seen.1,
+        agent.log_text()
+    );
+    assert!(
+        carried_still_waiting,
+        "the carried tail was shipped meanwhile, so this run did not test the pin's move; \
+         agent log:\n{}",
+        agent.log_text()
+    );
+    agent.stop_ok();
+    assert!(n > 0);
     restore_and_compare(&url, &dir.path().join("out.db"), &db);
 }

@@ -52,6 +52,8 @@ impl Checkpoints {
     pub fn between_passes(&mut self, db: &mut Database, replicas: &mut [Replica], ctx: &Context) {
         if db.wal().size().unwrap_or(0) > ctx.opts.max_wal_bytes {
             self.tend(db, replicas, ctx, true);
+        } else {
+            leave_mark_zero(db);
         }
     }
 
@@ -81,6 +83,7 @@ impl Checkpoints {
                 }
             }
             if !caught_up(db, replicas) {
+                leave_mark_zero(db);
                 return;
             }
         }
@@ -114,6 +117,17 @@ impl Checkpoints {
                 }
             }
         }
+    }
+}
+
+/// A pin left on read mark zero by a restart must not stall the app's checkpoints while a
+/// replica ships its carried tail, which under the PUT budget can take many seconds: it moves
+/// onto the new log cycle as soon as that has a frame (see [`Database::leave_mark_zero`]).
+fn leave_mark_zero(db: &mut Database) {
+    match db.leave_mark_zero() {
+        Ok(true) => debug!("pin moved off read mark zero onto the new log cycle"),
+        Ok(false) => {}
+        Err(e) => warn!(error = %e.chain(), "cannot move the WAL pin"),
     }
 }
 

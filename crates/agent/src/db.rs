@@ -174,6 +174,44 @@ impl Database {
     /// Moves the pin to the current end of the WAL: begins a read transaction on the idle
     /// connection, then ends the one on the active connection.
     pub fn pin(&mut self) -> Result<()> {
+        self.repin(|_| true).map(|_| ())
+    }
+
+    /// Moves a pin that holds read mark zero onto the log cycle the app has started since, once
+    /// that cycle has a committed frame. Returns whether the pin moved.
+    ///
+    /// After a complete checkpoint the pin reads the database file alone (read mark zero), which
+    /// lets the app's next write restart the log. But SQLite copies frames back into the
+    /// database only with read mark zero free, so from then on every autocheckpoint of the app
+    /// (after each of its commits, once the log passes 1,000 pages) sorts the whole new cycle
+    /// and gives up; with a replica still shipping a carried tail, that cost grows with the log
+    /// and slowed a writer committing flat out to a tenth of its speed. A pin inside the new
+    /// cycle (a read mark of one or more) lets those checkpoints finish and still keeps the log
+    /// from restarting, so no frame the replicas have yet to ship can be overwritten; the
+    /// database file may then move past what the old pin held, which costs at most some page
+    /// bases (each is verified before use, see `bases`).
+    ///
+    /// The move is kept only if the new read transaction is in a cycle other than the old one,
+    /// with frames: a cycle can only have started while the old pin held read mark zero, and
+    /// while it did, no frame of the new cycle could be copied back, so the new read transaction
+    /// necessarily took a mark of one or more.
+    pub fn leave_mark_zero(&mut self) -> Result<bool> {
+        let Some(old) = self.snapshot_header()?.map(|h| PinnedHeader::parse(&h)) else {
+            return Ok(false);
+        };
+        let file = self.wal.header().map_err(|e| self.wal_err(e))?;
+        if file.is_none_or(|h| (h.salt1, h.salt2) == old.salts) {
+            return Ok(false);
+        }
+        self.repin(|new| {
+            new.map(PinnedHeader::parse)
+                .is_some_and(|n| n.salts != old.salts && n.mx_frame > 0)
+        })
+    }
+
+    /// Begins a read transaction on the idle connection; if `keep` accepts its WAL-index header,
+    /// ends the active one and makes it the pin, else ends the new one. Returns whether it moved.
+    fn repin(&mut self, keep: impl FnOnce(Option<&[u8; 48]>) -> bool) -> Result<bool> {
         let next = self.active.map_or(0, |a| 1 - a);
         let c = self.pins[next].get(&self.path)?;
         c.execute_batch("BEGIN DEFERRED")
@@ -184,6 +222,18 @@ impl Database {
             let _ = c.execute_batch("ROLLBACK");
             return Err(Error::sqlite(&self.path, "pin WAL", e));
         }
+        let header = match snapshot_header_of(&self.path, &c) {
+            Ok(h) => h,
+            Err(e) => {
+                let _ = c.execute_batch("ROLLBACK");
+                return Err(e);
+            }
+        };
+        if !keep(header.as_ref()) {
+            c.execute_batch("ROLLBACK")
+                .map_err(|e| Error::sqlite(&self.path, "end a pin not taken", e))?;
+            return Ok(false);
+        }
         drop(c);
         if let Some(a) = self.active {
             self.pins[a]
@@ -193,7 +243,7 @@ impl Database {
         }
         self.active = Some(next);
         self.pin_position = self.pinned_cursor().ok().flatten();
-        Ok(())
+        Ok(true)
     }
 
     /// Where the pin stands in the WAL, if it could be matched to the file.
@@ -318,26 +368,7 @@ impl Database {
     fn snapshot_header(&self) -> Result<Option<[u8; 48]>> {
         let a = self.active.expect("pinned");
         let conn = self.pins[a].get(&self.path)?;
-        let mut snap: *mut rusqlite::ffi::sqlite3_snapshot = std::ptr::null_mut();
-        // SAFETY: the handle is a live connection owned by `self`; "main" is a NUL-terminated
-        // string; on success SQLite allocates `snap`, which is copied and freed right here.
-        let rc = unsafe {
-            rusqlite::ffi::sqlite3_snapshot_get(conn.handle(), c"main".as_ptr(), &mut snap)
-        };
-        if rc == rusqlite::ffi::SQLITE_ERROR {
-            return Ok(None);
-        }
-        if rc != rusqlite::ffi::SQLITE_OK || snap.is_null() {
-            return Err(Error::sqlite(
-                &self.path,
-                "read the pinned WAL position",
-                rusqlite::Error::SqliteFailure(rusqlite::ffi::Error::new(rc), None),
-            ));
-        }
-        // SAFETY: `snap` is non-null and points at SQLite's 48-byte snapshot object.
-        let bytes = unsafe { (*snap).hidden };
-        unsafe { rusqlite::ffi::sqlite3_snapshot_free(snap) };
-        Ok(Some(bytes))
+        snapshot_header_of(&self.path, &conn)
     }
 
     /// The cursor matching the pin, or `None` if the WAL moved under the check (try again).
@@ -347,14 +378,12 @@ impl Database {
             // the file from now on is new.
             return Ok(Some(Cursor::empty()));
         };
-        let u32_at = |i: usize| u32::from_ne_bytes(hdr[i..i + 4].try_into().expect("4 bytes"));
-        let sz = u16::from_ne_bytes([hdr[14], hdr[15]]);
-        let page_size = if sz == 1 { 65536 } else { u32::from(sz) };
-        let mx_frame = u64::from(u32_at(16));
-        let frame_cksum = (u32_at(24), u32_at(28));
-        // The salts are the header's bytes copied verbatim (big-endian); the rest is native.
-        let be_at = |i: usize| u32::from_be_bytes(hdr[i..i + 4].try_into().expect("4 bytes"));
-        let salts = (be_at(32), be_at(36));
+        let PinnedHeader {
+            page_size,
+            mx_frame,
+            frame_cksum,
+            salts,
+        } = PinnedHeader::parse(&hdr);
         if page_size != self.page_size {
             return Err(Error::PinPosition {
                 path: self.path.clone(),
@@ -495,6 +524,53 @@ impl Drop for Database {
             if let Some(c) = self.pins[a].conn.borrow().as_ref() {
                 let _ = c.execute_batch("COMMIT");
             }
+        }
+    }
+}
+
+/// The WAL-index header of `conn`'s read transaction (see [`Database::snapshot_header`]).
+fn snapshot_header_of(path: &Path, conn: &Connection) -> Result<Option<[u8; 48]>> {
+    let mut snap: *mut rusqlite::ffi::sqlite3_snapshot = std::ptr::null_mut();
+    // SAFETY: the handle is a live connection owned by the caller's `Database`; "main" is a
+    // NUL-terminated string; on success SQLite allocates `snap`, which is copied and freed
+    // right here.
+    let rc =
+        unsafe { rusqlite::ffi::sqlite3_snapshot_get(conn.handle(), c"main".as_ptr(), &mut snap) };
+    if rc == rusqlite::ffi::SQLITE_ERROR {
+        return Ok(None);
+    }
+    if rc != rusqlite::ffi::SQLITE_OK || snap.is_null() {
+        return Err(Error::sqlite(
+            path,
+            "read the pinned WAL position",
+            rusqlite::Error::SqliteFailure(rusqlite::ffi::Error::new(rc), None),
+        ));
+    }
+    // SAFETY: `snap` is non-null and points at SQLite's 48-byte snapshot object.
+    let bytes = unsafe { (*snap).hidden };
+    unsafe { rusqlite::ffi::sqlite3_snapshot_free(snap) };
+    Ok(Some(bytes))
+}
+
+/// The fields of a WAL-index header that place a read transaction in the log.
+struct PinnedHeader {
+    page_size: u32,
+    mx_frame: u64,
+    frame_cksum: (u32, u32),
+    salts: (u32, u32),
+}
+
+impl PinnedHeader {
+    fn parse(hdr: &[u8; 48]) -> PinnedHeader {
+        let u32_at = |i: usize| u32::from_ne_bytes(hdr[i..i + 4].try_into().expect("4 bytes"));
+        let sz = u16::from_ne_bytes([hdr[14], hdr[15]]);
+        // The salts are the header's bytes copied verbatim (big-endian); the rest is native.
+        let be_at = |i: usize| u32::from_be_bytes(hdr[i..i + 4].try_into().expect("4 bytes"));
+        PinnedHeader {
+            page_size: if sz == 1 { 65536 } else { u32::from(sz) },
+            mx_frame: u64::from(u32_at(16)),
+            frame_cksum: (u32_at(24), u32_at(28)),
+            salts: (be_at(32), be_at(36)),
         }
     }
 }
