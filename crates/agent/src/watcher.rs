@@ -14,6 +14,7 @@ use std::collections::HashMap;
 use std::ffi::{OsStr, OsString};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, OnceLock};
+use std::time::{Duration, Instant};
 
 use notify::{RecursiveMode, Watcher as _};
 use tokio::sync::mpsc::UnboundedSender;
@@ -73,12 +74,14 @@ impl Watcher {
     fn new() -> Arc<Watcher> {
         let routes = Arc::new(Mutex::new(Routes::default()));
         let r = routes.clone();
+        let mut pace = Pace::default();
         let inner = notify::recommended_watcher(move |ev: notify::Result<notify::Event>| {
             match ev {
                 Ok(ev) => route(&r, &ev),
                 // The kernel queue overflowed or the watcher failed: wake everyone.
                 Err(_) => wake_all(&r),
             }
+            pace.after_event();
         });
         let inner = match inner {
             Ok(w) => Some(w),
@@ -185,6 +188,42 @@ impl Watcher {
     }
 }
 
+/// Events that follow the previous one this closely came from the same read of the kernel's
+/// queue (the watcher's thread did not wait for them).
+const SAME_READ: Duration = Duration::from_micros(30);
+/// Events that follow the previous one within this come from a busy app.
+const BUSY: Duration = Duration::from_millis(50);
+/// How long the watcher's thread rests after waking for a busy app's event.
+const REST: Duration = Duration::from_millis(5);
+
+/// Paces the watcher's thread under a busy app. Every write to a WAL is an event, and an app
+/// committing thousands of transactions a second made the thread wake for each one: about half
+/// of the agent's CPU went to those wake-ups, though a database's task needs one wake-up per
+/// look and looks at most every 50 ms while its pass is held back. So after waking for an event
+/// that came soon after the previous one, the thread rests [`REST`]: meanwhile the kernel folds
+/// the app's writes into the one event queued last (inotify merges an event identical to it),
+/// and the next read finds a single event. The first event after a quiet spell is routed at
+/// once, and the events already read are routed before the rest (so with many databases, one
+/// read's events cost one rest, not one each).
+#[derive(Default)]
+struct Pace {
+    last: Option<Instant>,
+}
+
+impl Pace {
+    /// Rests if the event just routed came soon after the previous one, but not in the same
+    /// read. Returns whether it rested.
+    fn after_event(&mut self) -> bool {
+        let gap = self.last.map(|t| t.elapsed());
+        let rest = gap.is_some_and(|g| g > SAME_READ && g < BUSY);
+        if rest {
+            std::thread::sleep(REST);
+        }
+        self.last = Some(Instant::now());
+        rest
+    }
+}
+
 /// A file's folder (`.` for a bare name) and name.
 fn split(path: &Path) -> (PathBuf, &OsStr) {
     let dir = path
@@ -241,7 +280,6 @@ fn wakes(kind: &notify::EventKind) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::time::Duration;
 
     #[tokio::test]
     async fn events_reach_only_the_file_they_concern_and_the_folder_hears_the_rest() {
@@ -275,5 +313,25 @@ mod tests {
                 .folder
                 .is_none()
         );
+    }
+
+    #[test]
+    fn the_thread_rests_only_between_reads_of_a_busy_apps_events() {
+        let mut p = Pace::default();
+        assert!(
+            !p.after_event(),
+            "the first event is not followed by a rest"
+        );
+        // The next event of the same read (microseconds later): no rest.
+        p.last = Some(Instant::now());
+        assert!(!p.after_event());
+        // A wake-up for an event 1 ms after the previous one: the app is busy.
+        p.last = Instant::now().checked_sub(Duration::from_millis(1));
+        let t = Instant::now();
+        assert!(p.after_event());
+        assert!(t.elapsed() >= REST);
+        // After a quiet spell: routed and no rest.
+        p.last = Instant::now().checked_sub(BUSY * 2);
+        assert!(!p.after_event());
     }
 }
