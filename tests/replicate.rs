@@ -557,10 +557,12 @@ fn a_snapshot_due_on_an_empty_wal_waits_for_the_next_commit_and_never_blocks_a_s
 #[test]
 fn the_apps_checkpoints_copy_the_new_log_while_a_carried_tail_waits_for_the_budget() {
     let dir = tempfile::tempdir().unwrap();
-    // One PUT every 10 s: the carried tail waits that long for its upload.
+    // One PUT every 10 s, and a burst of two: the first snapshot and the first segment. The log
+    // restarts after that first segment's pass (from one frame on), and the next PUT, which
+    // ships the carried tail, is then 10 s away.
     let (db, replica, mut agent) = start_configured(
         dir.path(),
-        "puts-per-second = 0.1\nput-burst = 1.0\ncheckpoint-pages = 200\n",
+        "puts-per-second = 0.1\nput-burst = 2.0\ncheckpoint-pages = 1\n",
     );
     let url = file_url(&replica);
     agent.wait_until_known();

@@ -389,6 +389,13 @@ impl Segment {
         if in_txn != 0 || commit_iter.next().is_some() {
             return Err(Error::corrupt(0, "frames do not end on the last commit"));
         }
+        self.verify_end(running)
+    }
+
+    /// Checks that SQLite's checksum chain over the frames, ending at `running`, ends where the
+    /// header says, and that the last commit agrees with the header.
+    pub(crate) fn verify_end(&self, running: WalChecksum) -> Result<()> {
+        let h = &self.header;
         if running != h.wal.checksum_after {
             return Err(Error::ChecksumMismatch {
                 what: "WAL frame checksum chain",

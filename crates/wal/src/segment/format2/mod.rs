@@ -30,7 +30,7 @@ pub use encoder::{BaseReader, SegmentEncoder};
 
 use crate::checksum::DbChecksum;
 use crate::segment::{get32, get64, CommitRecord, Segment, SegmentHeader, COMMIT_RECORD_SIZE};
-use crate::sqlite::{wal_checksum, FRAME_HEADER_SIZE};
+use crate::sqlite::{wal_checksum, WalChecksum, FRAME_HEADER_SIZE};
 use crate::{Error, Result, TxId};
 
 /// zstd level of segment bodies: level 3 stored 0.70× the bytes of LZ4 on benchmark segments at
@@ -226,14 +226,16 @@ pub(crate) fn parse(h: &SegmentHeader, raw: Vec<u8>) -> Result<(Vec<CommitRecord
 }
 
 /// Rebuilds the exact WAL frames of a parsed body. `base(pgno, page)` fills `page` with the page
-/// as it stood before the segment, for each page of [`Parsed::base_pages`]. The frames are not
-/// verified here: the caller runs the same checks as for format 1.
+/// as it stood before the segment, for each page of [`Parsed::base_pages`]. Returns the frames
+/// and where SQLite's checksum chain over them ends, which the caller compares with the one the
+/// agent read from the live WAL (the frames are written here from the checked frame map and
+/// commit table, so the chain's end is what is left to prove).
 pub(crate) fn rebuild(
     h: &SegmentHeader,
     commits: &[CommitRecord],
     body: &Parsed,
     base: &mut dyn FnMut(u32, &mut [u8]) -> Result<()>,
-) -> Result<Vec<u8>> {
+) -> Result<(Vec<u8>, WalChecksum)> {
     let n = body.pgnos.len();
     let fs = h.frame_size();
     let pgnos = &body.pgnos;
@@ -280,7 +282,7 @@ pub(crate) fn rebuild(
             frame += 1;
         }
     }
-    Ok(frames)
+    Ok((frames, running))
 }
 
 #[cfg(test)]
