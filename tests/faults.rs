@@ -356,6 +356,8 @@ fn max_wal_bytes_holds_while_the_replica_is_blackholed() {
 fn a_stop_retries_at_once_when_the_endpoint_is_back() {
     let sc = Scene::new("stop");
     let mut agent = sc.agent(&[]);
+    // A commit made before the first snapshot lands in it, and no segment would follow.
+    agent.wait_until_known();
     let c = app_conn(&sc.db, 4096);
     mixed_txn(&c, 0);
     wait_until("a first segment", Duration::from_secs(30), || {
