@@ -224,12 +224,30 @@ fn carry_tails_and_checkpoint(
             return Ok(None);
         }
     }
-    for st in replicas.iter_mut().filter_map(Replica::state_mut) {
-        st.carry = wal
-            .read_tail(st.cursor, ctx.opts.max_segment_bytes, usize::MAX)
+    // The tails are held in memory until shipped: at most one segment's worth each. A longer
+    // one (a replica that fell behind an app writing flat out) waits in the WAL instead, and the
+    // restart is tried again once the replica is closer.
+    let bound = ctx.opts.max_segment_bytes;
+    let mut tails = Vec::new();
+    for st in replicas.iter().filter_map(Replica::state) {
+        match wal
+            .read_tail(st.cursor, ctx.opts.max_segment_bytes, bound)
             .map_err(|e| Error::io(format!("read {}", wal.path().display()), e))?
-            .unwrap_or_default();
-        st.at_end = st.carry.is_empty();
+        {
+            Some(t) => tails.push(t),
+            None => {
+                debug!(bound, "unshipped tail too long to carry; restart deferred");
+                return Ok(None);
+            }
+        }
+    }
+    for (st, tail) in replicas
+        .iter_mut()
+        .filter_map(Replica::state_mut)
+        .zip(tails)
+    {
+        st.at_end = tail.is_empty();
+        st.carry = tail;
     }
     let started = Instant::now();
     db.unpin()?;
