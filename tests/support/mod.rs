@@ -165,6 +165,19 @@ impl Drop for Agent {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+        // A failing test shows what the agent was doing: the tail of its log goes into the
+        // test's captured output (CI keeps no temporary directories).
+        if std::thread::panicking() {
+            let log = std::fs::read_to_string(&self.log).unwrap_or_default();
+            let lines: Vec<&str> = log.lines().collect();
+            let from = lines.len().saturating_sub(80);
+            eprintln!(
+                "--- last {} lines of {} ---\n{}",
+                lines.len() - from,
+                self.log.display(),
+                lines[from..].join("\n")
+            );
+        }
     }
 }
 

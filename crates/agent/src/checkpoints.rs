@@ -164,6 +164,24 @@ fn restart_wal(
     if let Err(e) = db.checkpoint(CheckpointMode::Passive) {
         debug!(error = %e.chain(), "checkpoint before the locked step failed");
     }
+    // The file keeps its largest size across restarts; past the bound, the space goes back
+    // right after the locked step (below). Cutting a file whose pages are still being written
+    // back waits for the disk, so flush the log now, without a lock: then the cut is quick,
+    // and it follows the release of the write lock at once, before an app that writes back to
+    // back (asleep in its busy handler while the agent held the lock) can append and restart
+    // the log. Flushing in between would hand it that moment on a slow disk every time.
+    let truncate = db.wal().size().unwrap_or(0) > ctx.opts.truncate_wal_bytes;
+    let flushed = if truncate {
+        let started = Instant::now();
+        if let Ok(Some(f)) = db.wal().open_file() {
+            if let Err(e) = f.sync_data() {
+                debug!(error = %e, "flushing the WAL before truncating it failed");
+            }
+        }
+        Some(started.elapsed())
+    } else {
+        None
+    };
     if !db.try_write_lock(wait)? {
         debug!(frames, "write lock busy; checkpoint deferred");
         return Ok(false);
@@ -179,23 +197,15 @@ fn restart_wal(
     released?;
     debug!(?r, frames, ?held, "checkpoint under the agent's write lock");
     let complete = r.is_some_and(|r| !r.busy && r.log_frames == r.checkpointed);
-    // The file keeps its largest size across restarts; past the bound, give the space back.
-    if complete && db.wal().size().unwrap_or(0) > ctx.opts.truncate_wal_bytes {
-        // The truncation runs under SQLite's write lock, and cutting a file whose pages are
-        // still being written back waits for the disk: flush the log first, without a lock, so
-        // that the app waits only for the cut itself.
-        let started = Instant::now();
-        if let Ok(Some(f)) = db.wal().open_file() {
-            if let Err(e) = f.sync_data() {
-                debug!(error = %e, "flushing the WAL before truncating it failed");
-            }
-        }
-        let flushed = started.elapsed();
+    if complete && truncate {
         let started = Instant::now();
         match db.truncate_wal(Duration::from_millis(50)) {
-            Ok(t) => {
-                info!(db = %ctx.path.display(), frames = t.log_frames, busy = t.busy, ?flushed, took = ?started.elapsed(), "WAL truncated")
+            Ok(t) if !t.busy => {
+                info!(db = %ctx.path.display(), frames = t.log_frames, ?flushed, took = ?started.elapsed(), "WAL truncated")
             }
+            // The app appended first (its write restarted the log, which the pin on read mark
+            // zero allows): nothing lost, the space goes back at a later restart.
+            Ok(_) => debug!("the app wrote before the WAL could be truncated; put off"),
             Err(e) => warn!(error = %e.chain(), "WAL truncation failed"),
         }
     }
