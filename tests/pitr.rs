@@ -64,14 +64,7 @@ fn shipped_txid(replica: &Path) -> u64 {
     else {
         return 0;
     };
-    files_with_suffix(&newest.join("segments"), ".lbseg")
-        .iter()
-        .filter_map(|p| {
-            let name = p.file_name()?.to_str()?;
-            u64::from_str_radix(name.split('-').nth(1)?, 16).ok()
-        })
-        .max()
-        .unwrap_or(0)
+    newest_shipped_txid(&newest.join("segments"))
 }
 
 /// Two generations of marker commits, each recorded by the writer (oracle::History): which

@@ -630,3 +630,138 @@ fn the_apps_checkpoints_copy_the_new_log_while_a_carried_tail_waits_for_the_budg
     assert!(n > 0);
     restore_and_compare(&url, &dir.path().join("out.db"), &db);
 }
+
+/// Starts an agent whose PUT budget its first snapshot and first segment spend (the next pass is
+/// then 50 s away), has `write` commit a backlog meanwhile, then stops the agent, whose final
+/// sync ships the backlog whatever the budget. Checks the restore, and returns the backlog's
+/// segments (first and last txid, in order) and the size the WAL had reached.
+fn ship_a_backlog(
+    dir: &std::path::Path,
+    write: impl FnOnce(&rusqlite::Connection),
+) -> (Vec<(u64, u64)>, u64) {
+    let (db, replica, mut agent) = start_configured(
+        dir,
+        // No restart of the log meanwhile: its carried tail would ship as a segment of its own.
+        "puts-per-second = 0.02\nput-burst = 2.0\ncheckpoint-pages = 1000000\n",
+    );
+    let url = file_url(&replica);
+    agent.wait_until_known();
+    let c = app_conn(&db, 4096);
+    mixed_txn(&c, 0);
+    agent.wait_for_log("segment uploaded");
+    let before = count_files(&replica);
+    write(&c);
+    let wal = file_len(&dir.join("app.db-wal"));
+    assert_eq!(
+        count_files(&replica),
+        before,
+        "the budget was to hold the backlog back"
+    );
+    agent.stop_ok();
+    restore_and_compare(&url, &dir.join("out.db"), &db);
+    let o = run(&["segments", &url, "--json"]);
+    assert!(o.status.success());
+    let rows: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    let mut segs: Vec<(u64, u64)> = rows
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| {
+            let n = |k: &str| u64::from_str_radix(r[k].as_str().unwrap(), 16).unwrap();
+            (n("first_txid"), n("last_txid"))
+        })
+        .collect();
+    segs.sort();
+    // The first holds the commit shipped before the backlog.
+    (segs.split_off(1), wal)
+}
+
+#[test]
+fn a_backlog_of_a_hot_page_ships_as_one_segment_past_the_old_16_mib_cut() {
+    let dir = tempfile::tempdir().unwrap();
+    let (segs, wal) = ship_a_backlog(dir.path(), |c| {
+        c.execute_batch(
+            "CREATE TABLE hot(id INTEGER PRIMARY KEY, n INTEGER, pad TEXT);
+             WITH RECURSIVE s(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM s WHERE x < 8)
+             INSERT INTO hot SELECT x, 0, printf('%.300c', 'x') FROM s;",
+        )
+        .unwrap();
+        // One page rewritten by 6,000 commits: about 24 MB of WAL, a few hundred KB to hold.
+        for i in 0..6000 {
+            c.execute("UPDATE hot SET n = n + 1 WHERE id = ?1", [i % 8 + 1])
+                .unwrap();
+        }
+    });
+    assert!(
+        wal > 17 << 20,
+        "the backlog was to pass 16 MiB of WAL: {wal} bytes"
+    );
+    // Each segment costs a PUT of the budget: a backlog that is cheap to hold ships in one.
+    assert_eq!(segs.len(), 1, "{segs:?}");
+    assert_eq!(segs[0].1 - segs[0].0 + 1, 6002, "{segs:?}");
+}
+
+/// Creates table `wide` (one commit), then `commits` commits of ten rows of 3,000 random bytes
+/// each, one row to a page.
+fn wide_rows(c: &rusqlite::Connection, commits: usize) {
+    c.execute_batch("CREATE TABLE wide(id INTEGER PRIMARY KEY, b BLOB)")
+        .unwrap();
+    for _ in 0..commits {
+        c.execute(
+            "WITH RECURSIVE s(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM s WHERE x < 10)
+             INSERT INTO wide(b) SELECT randomblob(3000) FROM s",
+            [],
+        )
+        .unwrap();
+    }
+}
+
+#[test]
+fn a_backlog_of_many_distinct_pages_is_cut_at_the_segment_memory_bound() {
+    let dir = tempfile::tempdir().unwrap();
+    let (segs, wal) = ship_a_backlog(dir.path(), |c| {
+        // 2,600 rows: over 10 MB of distinct pages for the encoder to hold (past its 8 MiB
+        // bound), in under 16 MiB of WAL.
+        wide_rows(c, 260);
+    });
+    assert!(wal < 16 << 20, "{wal} bytes of WAL");
+    assert!(segs.len() >= 2, "one segment held every page: {segs:?}");
+    // Cut at commits, contiguous, every commit of the backlog shipped.
+    for w in segs.windows(2) {
+        assert_eq!(w[0].1 + 1, w[1].0, "{segs:?}");
+    }
+    assert_eq!(segs.last().unwrap().1 - segs[0].0 + 1, 261, "{segs:?}");
+}
+
+#[test]
+fn full_segments_of_a_backlog_do_not_draw_on_the_put_budget() {
+    let dir = tempfile::tempdir().unwrap();
+    // A PUT every 5 s, and a burst of two: the first snapshot and the first segment.
+    let (db, replica, mut agent) = start_configured(
+        dir.path(),
+        "puts-per-second = 0.2\nput-burst = 2.0\ncheckpoint-pages = 1000000\n",
+    );
+    agent.wait_until_known();
+    let c = app_conn(&db, 4096);
+    mixed_txn(&c, 0);
+    agent.wait_for_log("segment uploaded");
+    // A backlog of some 60 MB of distinct pages: segments cut at the encoder's memory bound.
+    wide_rows(&c, 1500);
+    let backlog = 1 + 1 + 1500;
+    agent.wait_until("the backlog to ship", Duration::from_secs(60), || {
+        newest_shipped_txid(&replica) >= backlog
+    });
+    let full = files_with_suffix(&replica, ".lbseg").len() - 2;
+    assert!(full >= 5, "{full} segments held the backlog");
+    // Had each full segment spent a token, the next commit would wait 5 s for each.
+    let shipped = std::time::Instant::now();
+    mixed_txn(&c, 1);
+    agent.wait_until(
+        "the commit after the backlog to ship within three PUT intervals",
+        Duration::from_secs(15),
+        || newest_shipped_txid(&replica) > backlog,
+    );
+    eprintln!("shipped {:?} after the backlog", shipped.elapsed());
+    agent.stop_ok();
+    restore_and_compare(&file_url(&replica), &dir.path().join("out.db"), &db);
+}

@@ -233,16 +233,7 @@ fn snapshots_within_a_generation_bound_what_restoring_the_newest_state_reads() {
     agent.wait_until_known();
     // Bursts of 50 transactions, each shipped before the next starts, so history spreads over
     // many objects. (The newest shipped txid is in the segment keys.)
-    let shipped = || {
-        files_with_suffix(&replica, ".lbseg")
-            .iter()
-            .filter_map(|p| {
-                let name = p.file_name()?.to_str()?;
-                u64::from_str_radix(name.split('-').nth(1)?, 16).ok()
-            })
-            .max()
-            .unwrap_or(0)
-    };
+    let shipped = || newest_shipped_txid(&replica);
     for burst in 0..200u64 {
         for n in burst * 50..(burst + 1) * 50 {
             c.execute("INSERT INTO t VALUES (?1, 'x')", [n]).unwrap();

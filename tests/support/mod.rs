@@ -452,6 +452,19 @@ pub fn count_files(dir: &Path) -> usize {
     n
 }
 
+/// The newest txid in the segments under `dir` (from their keys, `<first>-<last>-<time>.lbseg`
+/// in hex); 0 if none.
+pub fn newest_shipped_txid(dir: &Path) -> u64 {
+    files_with_suffix(dir, ".lbseg")
+        .iter()
+        .filter_map(|p| {
+            let name = p.file_name()?.to_str()?;
+            u64::from_str_radix(name.split('-').nth(1)?, 16).ok()
+        })
+        .max()
+        .unwrap_or(0)
+}
+
 /// All files under a folder whose names end with `suffix`, sorted.
 pub fn files_with_suffix(dir: &Path, suffix: &str) -> Vec<PathBuf> {
     fn walk(d: &Path, suffix: &str, out: &mut Vec<PathBuf>) {

@@ -12,7 +12,7 @@ use tracing::{debug, error, info, warn};
 use crate::context::Context;
 use crate::db::{CheckpointMode, CheckpointResult, Database};
 use crate::replica::{Reason, Replica};
-use crate::walfile::Continuity;
+use crate::walfile::{Continuity, CARRIED_BATCH_BYTES};
 use crate::{Error, Result};
 
 /// When the agent last tried to restart the WAL (it tries at most once a second).
@@ -237,11 +237,11 @@ fn carry_tails_and_checkpoint(
     // The tails are held in memory until shipped: at most one segment's worth each. A longer
     // one (a replica that fell behind an app writing flat out) waits in the WAL instead, and the
     // restart is tried again once the replica is closer.
-    let bound = ctx.opts.max_segment_bytes;
+    let bound = CARRIED_BATCH_BYTES;
     let mut tails = Vec::new();
     for st in replicas.iter().filter_map(Replica::state) {
         match wal
-            .read_tail(st.cursor, ctx.opts.max_segment_bytes, bound)
+            .read_tail(st.cursor, CARRIED_BATCH_BYTES, bound)
             .map_err(|e| Error::io(format!("read {}", wal.path().display()), e))?
         {
             Some(t) => tails.push(t),

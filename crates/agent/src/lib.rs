@@ -104,8 +104,13 @@ pub struct Options {
     /// When the WAL file is larger than this after the agent's checkpoint, truncate it with a
     /// TRUNCATE checkpoint (default 128 MiB). The file otherwise keeps its largest size.
     pub truncate_wal_bytes: u64,
-    /// Largest segment, in raw frame bytes (a bigger single transaction still fits in one).
+    /// Largest segment read from the WAL, in raw frame bytes (default 64 MiB; a bigger single
+    /// transaction still fits in one). A restore holds one segment's frames at a time.
     pub max_segment_bytes: usize,
+    /// Most memory a segment being built may hold: each page's latest version and the encoded
+    /// changes (default 8 MiB). Past it the segment is cut and the rest goes into the next, so
+    /// a replica catching up on a backlog ships few, large segments within a bounded memory.
+    pub max_segment_memory: usize,
     /// How often to look at the WAL when no file-system event arrives (default 1 s).
     pub poll_interval: Duration,
     /// How long the final sync on shutdown may take (default 30 s).
@@ -167,7 +172,8 @@ impl Default for Options {
             checkpoint_pages: 1000,
             max_wal_bytes: 256 << 20,
             truncate_wal_bytes: 128 << 20,
-            max_segment_bytes: 16 << 20,
+            max_segment_bytes: 64 << 20,
+            max_segment_memory: 8 << 20,
             poll_interval: Duration::from_secs(1),
             shutdown_timeout: Duration::from_secs(30),
             staging_dir: std::env::temp_dir(),

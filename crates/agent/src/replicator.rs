@@ -30,6 +30,9 @@ use crate::{resume, retention, snapshots, Error, OnDivergence, Options, Result};
 pub struct SyncReport {
     /// Objects written (segments and snapshots).
     pub puts: u32,
+    /// Of `puts`, segments cut at the size bound, which the PUT budget does not pace: a full
+    /// segment cannot grow by waiting, so holding it back would only delay the replica.
+    pub at_bound: u32,
     /// Transactions shipped (summed over replicas).
     pub txns: u64,
     /// Whether some replica still has work (behind, or waiting to retry).
@@ -233,6 +236,7 @@ impl Replicator {
             }
             let (shipped, failed) = r.ship(&ship);
             report.puts += shipped.puts;
+            report.at_bound += shipped.at_bound;
             report.txns += shipped.txns;
             if let Some(e) = failed {
                 r.record_failure(&e, "upload failed", ctx);

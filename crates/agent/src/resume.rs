@@ -19,7 +19,7 @@ use crate::clock::now_ms;
 use crate::context::Context;
 use crate::db::Database;
 use crate::replica::{Phase, Reason, ReplicaState};
-use crate::walfile::{position_in_cycle, Batch, Continuity, Cursor};
+use crate::walfile::{position_in_cycle, Batch, Continuity, Cursor, CARRIED_BATCH_BYTES};
 use crate::{Error, Result};
 
 /// The most unshipped WAL the agent reads into memory to resume a generation; past it, a new
@@ -125,7 +125,7 @@ fn prove(db: &mut Database, client: &dyn ReplicaClient, ctx: &Context) -> Result
     // and read everything after the replica's last frame: if the app checkpointed it all while
     // the agent was stopped, the pin may hold read mark zero, which lets the app's next write
     // restart the log over those frames.
-    let Some((cursor, carry)) = read_tail_locked(db, cursor, ctx)? else {
+    let Some((cursor, carry)) = read_tail_locked(db, cursor)? else {
         return diverged(
             "the WAL moved on while lifeboat checked it, or its unshipped tail is too large to carry"
                 .into(),
@@ -152,7 +152,6 @@ fn prove(db: &mut Database, client: &dyn ReplicaClient, ctx: &Context) -> Result
 fn read_tail_locked(
     db: &mut Database,
     cursor: Cursor,
-    ctx: &Context,
 ) -> Result<Option<(Cursor, VecDeque<Batch>)>> {
     if !db.try_write_lock(Duration::from_secs(2))? {
         return Ok(None);
@@ -166,7 +165,7 @@ fn read_tail_locked(
             Continuity::Restarted(_) | Continuity::Broken(_) => return Ok(None),
         };
         let tail = wal
-            .read_tail(start, ctx.opts.max_segment_bytes, MAX_CARRY_BYTES)
+            .read_tail(start, CARRIED_BATCH_BYTES, MAX_CARRY_BYTES)
             .map_err(|e| Error::io(format!("read {}", wal.path().display()), e))?;
         Ok(tail.map(|carry| (start, carry)))
     })();

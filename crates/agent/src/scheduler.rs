@@ -98,7 +98,7 @@ impl Task {
             return;
         }
         let r = self.rep.sync();
-        self.budget.spend(r.puts);
+        self.budget.spend(r.puts - r.at_bound);
         if let Some(t) = ticket {
             settle(&self.rep, &r, &self.flush, t);
         }

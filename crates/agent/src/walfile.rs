@@ -175,6 +175,11 @@ impl Clone for WalFile {
 /// Largest read-ahead buffer for reading frames.
 const READ_BUFFER: usize = 1 << 20;
 
+/// The most raw WAL one carried batch holds. A tail read under the write lock (to let the log
+/// restart, or to resume) is split into batches of about this size, and each ships as one
+/// segment, encoded whole: so this also bounds the memory such a segment takes to build.
+pub(crate) const CARRIED_BATCH_BYTES: usize = 16 << 20;
+
 impl WalFile {
     /// The WAL of database `db`.
     pub fn for_db(db: &Path) -> WalFile {
@@ -331,20 +336,23 @@ impl WalFile {
     /// brings the batch to `max_bytes` or more, at the first invalid frame, or at the end.
     pub fn read_batch(&self, cursor: &Cursor, max_bytes: usize) -> io::Result<Batch> {
         let mut txns = Vec::new();
-        let (end, bytes) = self.read_txns(cursor, max_bytes, u64::MAX, &mut |t| txns.push(t))?;
+        let (end, bytes) = self.read_txns(cursor, max_bytes, u64::MAX, &mut |t| {
+            txns.push(t);
+            true
+        })?;
         Ok(Batch { txns, end, bytes })
     }
 
     /// [`read_batch`](Self::read_batch), taking no transaction that ends past byte offset
     /// `until` of the cursor's cycle, and handing each to `each` as soon as its commit frame is
-    /// verified instead of holding them: returns the cursor after the last one and the bytes of
-    /// their frames.
+    /// verified instead of holding them (`each` returns whether to go on): returns the cursor
+    /// after the last one and the bytes of their frames.
     pub fn read_txns(
         &self,
         cursor: &Cursor,
         max_bytes: usize,
         until: u64,
-        each: &mut dyn FnMut(Txn),
+        each: &mut dyn FnMut(Txn) -> bool,
     ) -> io::Result<(Cursor, usize)> {
         let (mut end, mut bytes) = (*cursor, 0usize);
         let Some(h) = cursor.header else {
@@ -378,7 +386,7 @@ impl WalFile {
             pending_count += 1;
             if fh.is_commit() {
                 bytes += pending.len();
-                each(Txn {
+                let more = each(Txn {
                     frames: std::mem::take(&mut pending),
                     frame_count: pending_count,
                     commit_size: fh.commit_size,
@@ -391,7 +399,7 @@ impl WalFile {
                     checksum: c,
                     prev: cursor.prev,
                 };
-                if bytes >= max_bytes {
+                if bytes >= max_bytes || !more {
                     break;
                 }
             }

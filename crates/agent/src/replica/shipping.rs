@@ -45,6 +45,9 @@ pub(crate) struct Shipped {
     pub txns: u64,
     /// The batch was cut at the segment size limit: more is waiting.
     pub full: bool,
+    /// Of `puts`, segments cut at the size bound (not carried batches): holding them back
+    /// would coalesce nothing, so they do not draw on the PUT budget (see `scheduler`).
+    pub at_bound: u32,
 }
 
 impl Replica {
@@ -59,6 +62,7 @@ impl Replica {
                 Ok(s) => {
                     done.puts += s.puts;
                     done.txns += s.txns;
+                    done.at_bound += s.at_bound;
                     if !s.full {
                         return (done, None);
                     }
@@ -130,6 +134,7 @@ impl Replica {
             puts: 1,
             txns: n,
             full: u.full,
+            at_bound: u32::from(u.full && !u.carried),
         })
     }
 }
@@ -215,11 +220,15 @@ fn cut(st: &mut ReplicaState, ship: &Ship, index: usize) -> Result<Cut> {
         let base = &mut |p, h| finder.base(p, h);
         enc.push(hashes, &t.frames, t.frame_count, t.commit_size, time, base);
         n += 1;
+        // Whether the segment may take another transaction.
+        enc.held() < ctx.opts.max_segment_memory
     };
     let read = match carry.front() {
         // Read under the write lock before the WAL restarted; it starts at the cursor.
         Some(b) => {
-            b.txns.iter().for_each(&mut add);
+            for t in &b.txns {
+                add(t);
+            }
             Ok((b.end, b.bytes))
         }
         None => {
@@ -245,7 +254,8 @@ fn cut(st: &mut ReplicaState, ship: &Ship, index: usize) -> Result<Cut> {
     };
     // Something is waiting: the replica is behind until it is stored.
     st.at_end = false;
-    let full = carried || bytes >= ctx.opts.max_segment_bytes;
+    let full =
+        carried || bytes >= ctx.opts.max_segment_bytes || enc.held() >= ctx.opts.max_segment_memory;
     let next_txid = enc.next_txid();
     let Some((header, body)) = enc.finish(end.position(&st.cursor)) else {
         st.hashes.rollback();

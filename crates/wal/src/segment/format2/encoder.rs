@@ -50,6 +50,8 @@ pub struct SegmentEncoder {
     /// The smallest database size since the segment's start: a page past it may have lost
     /// the hash it had before the segment.
     min_size: u32,
+    /// The bytes of every page's deltas so far.
+    delta_bytes: usize,
 }
 
 impl SegmentEncoder {
@@ -67,7 +69,18 @@ impl SegmentEncoder {
             pgnos: Vec::new(),
             pages: BTreeMap::new(),
             min_size: hashes.page_count(),
+            delta_bytes: 0,
         }
+    }
+
+    /// About the memory the segment holds so far: each page's latest version, the deltas, the
+    /// frame map and the commit records (what [`finish`](Self::finish) also needs for the body
+    /// it compresses). A caller bounds a segment by it.
+    pub fn held(&self) -> usize {
+        self.pages.len() * (self.page_size as usize + 64)
+            + self.delta_bytes
+            + self.pgnos.len() * 4
+            + self.commits.records().len() * COMMIT_RECORD_SIZE
     }
 
     /// The id the next transaction gets.
@@ -109,7 +122,9 @@ impl SegmentEncoder {
                     deltas: Vec::new(),
                 }
             });
+            let before = v.deltas.len();
             delta::encode(&v.latest, page, &mut v.deltas);
+            self.delta_bytes += v.deltas.len() - before;
             v.latest.copy_from_slice(page);
         }
         txn.apply(hashes, commit_size);
