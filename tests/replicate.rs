@@ -720,7 +720,7 @@ fn wide_rows(c: &rusqlite::Connection, commits: usize) {
 fn a_backlog_of_many_distinct_pages_is_cut_at_the_segment_memory_bound() {
     let dir = tempfile::tempdir().unwrap();
     let (segs, wal) = ship_a_backlog(dir.path(), |c| {
-        // 2,600 rows: over 10 MB of distinct pages for the encoder to hold (past its 8 MiB
+        // 2,600 rows: over 10 MB of distinct pages for the encoder to hold (past its 4 MiB
         // bound), in under 16 MiB of WAL.
         wide_rows(c, 260);
     });

@@ -12,6 +12,7 @@ mod human;
 mod inspect;
 mod lease;
 mod logging;
+mod memory;
 mod neighbours;
 mod progress;
 mod prune;
@@ -28,6 +29,7 @@ use clap::Parser;
 use args::{Args, Command};
 
 fn main() -> ExitCode {
+    memory::tune_allocator();
     let args = Args::parse();
     let log = args.log.clone();
     logging::init(&log);

@@ -108,7 +108,7 @@ pub struct Options {
     /// transaction still fits in one). A restore holds one segment's frames at a time.
     pub max_segment_bytes: usize,
     /// Most memory a segment being built may hold: each page's latest version and the encoded
-    /// changes (default 8 MiB). Past it the segment is cut and the rest goes into the next, so
+    /// changes (default 4 MiB). Past it the segment is cut and the rest goes into the next, so
     /// a replica catching up on a backlog ships few, large segments within a bounded memory.
     pub max_segment_memory: usize,
     /// How often to look at the WAL when no file-system event arrives (default 1 s).
@@ -173,7 +173,7 @@ impl Default for Options {
             max_wal_bytes: 256 << 20,
             truncate_wal_bytes: 128 << 20,
             max_segment_bytes: 64 << 20,
-            max_segment_memory: 8 << 20,
+            max_segment_memory: 4 << 20,
             poll_interval: Duration::from_secs(1),
             shutdown_timeout: Duration::from_secs(30),
             staging_dir: std::env::temp_dir(),
