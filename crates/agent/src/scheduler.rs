@@ -67,6 +67,9 @@ struct Task {
     stamp: Option<(u64, std::time::SystemTime)>,
     /// When the next pass is due; `None` while idle (only events or the poll wake it).
     due: Option<Instant>,
+    /// The last pass shipped a segment cut at the size bound: the app writes faster than a
+    /// segment a pass, so the next pass runs without waiting for the PUT budget.
+    behind: bool,
     /// Durable acknowledgements waiting on this database's passes.
     flush: Arc<Flush>,
 }
@@ -92,13 +95,20 @@ impl Task {
         // so the pass that settles it started after it was taken.
         let ticket = self.flush.wanted();
         let b = self.budget.wait(now);
-        if !b.is_zero() && ticket.is_none() {
+        if !b.is_zero() && ticket.is_none() && !self.behind {
             self.due = Some(now + b);
             self.rep.between_passes();
             return;
         }
         let r = self.rep.sync();
-        self.budget.spend(r.puts - r.at_bound);
+        // A pass that shipped a full segment draws nothing: waiting could not have coalesced
+        // its segments, and its last one (cut at the end of the WAL) is at most one per full
+        // one, so uploads stay proportional to the bytes written (see design.md, "Pacing and
+        // cost"). Otherwise a drained backlog would leave the next commit waiting out a debt.
+        self.behind = r.at_bound > 0;
+        if !self.behind {
+            self.budget.spend(r.puts);
+        }
         if let Some(t) = ticket {
             settle(&self.rep, &r, &self.flush, t);
         }
@@ -216,6 +226,7 @@ pub(crate) async fn run(
         opts,
         stamp: None,
         due: Some(Instant::now()),
+        behind: false,
         flush: flush.clone(),
     });
     let mut last_look = Instant::now();
