@@ -29,8 +29,12 @@ use clap::Parser;
 use args::{Args, Command};
 
 fn main() -> ExitCode {
-    memory::tune_allocator();
     let args = Args::parse();
+    // Only for the commands that stay resident beside the app (see `memory`): a restore or a
+    // drill reuses its large buffers, which the defaults serve better.
+    if matches!(args.command, Command::Replicate(_) | Command::Run(_)) {
+        memory::tune_allocator();
+    }
     let log = args.log.clone();
     logging::init(&log);
     let rt = match tokio::runtime::Builder::new_multi_thread()
