@@ -178,7 +178,7 @@ const READ_BUFFER: usize = 1 << 20;
 /// The most raw WAL one carried batch holds. A tail read under the write lock (to let the log
 /// restart, or to resume) is split into batches of about this size, and each ships as one
 /// segment, encoded whole: so this also bounds the memory such a segment takes to build.
-pub(crate) const CARRIED_BATCH_BYTES: usize = 8 << 20;
+pub(crate) const CARRIED_BATCH_BYTES: usize = 4 << 20;
 
 impl WalFile {
     /// The WAL of database `db`.
@@ -336,7 +336,9 @@ impl WalFile {
     /// brings the batch to `max_bytes` or more, at the first invalid frame, or at the end.
     pub fn read_batch(&self, cursor: &Cursor, max_bytes: usize) -> io::Result<Batch> {
         let mut txns = Vec::new();
-        let (end, bytes) = self.read_txns(cursor, max_bytes, u64::MAX, &mut |t| {
+        let (end, bytes) = self.read_txns(cursor, max_bytes, u64::MAX, &mut |mut t| {
+            // Held until shipped (a carried tail): without the slack a growing buffer leaves.
+            t.frames.shrink_to_fit();
             txns.push(t);
             true
         })?;
