@@ -12,8 +12,13 @@ use tracing::{debug, error, info, warn};
 use crate::context::Context;
 use crate::db::{CheckpointMode, CheckpointResult, Database};
 use crate::replica::{Reason, Replica};
-use crate::walfile::{Continuity, CARRIED_BATCH_BYTES};
+use crate::walfile::Continuity;
 use crate::{Error, Result};
+
+/// The most raw WAL one carried batch holds. A tail read under the write lock (to let the log
+/// restart, or to resume) is split into batches of about this size, and each ships as one
+/// segment, encoded whole: so this also bounds the memory such a segment takes to build.
+pub(crate) const CARRIED_BATCH_BYTES: usize = 4 << 20;
 
 /// When the agent last tried to restart the WAL (it tries at most once a second).
 #[derive(Debug, Default)]

@@ -15,11 +15,12 @@ use lifeboat_storage::ReplicaClient;
 use tracing::{info, warn};
 
 use crate::catalog::{self, Catalog};
+use crate::checkpoints::CARRIED_BATCH_BYTES;
 use crate::clock::now_ms;
 use crate::context::Context;
 use crate::db::Database;
 use crate::replica::{Phase, Reason, ReplicaState};
-use crate::walfile::{position_in_cycle, Batch, Continuity, Cursor, CARRIED_BATCH_BYTES};
+use crate::walfile::{position_in_cycle, Batch, Continuity, Cursor};
 use crate::{Error, Result};
 
 /// The most unshipped WAL the agent reads into memory to resume a generation; past it, a new

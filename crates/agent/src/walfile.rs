@@ -175,11 +175,6 @@ impl Clone for WalFile {
 /// Largest read-ahead buffer for reading frames.
 const READ_BUFFER: usize = 1 << 20;
 
-/// The most raw WAL one carried batch holds. A tail read under the write lock (to let the log
-/// restart, or to resume) is split into batches of about this size, and each ships as one
-/// segment, encoded whole: so this also bounds the memory such a segment takes to build.
-pub(crate) const CARRIED_BATCH_BYTES: usize = 4 << 20;
-
 impl WalFile {
     /// The WAL of database `db`.
     pub fn for_db(db: &Path) -> WalFile {

@@ -145,6 +145,19 @@ impl Commits {
     }
 }
 
+/// One committed transaction as read from the WAL, for a segment builder or encoder.
+#[derive(Clone, Copy, Debug)]
+pub struct TxnFrames<'a> {
+    /// Its frames (header and page each), the last one the commit frame.
+    pub frames: &'a [u8],
+    /// How many frames `frames` holds.
+    pub count: u32,
+    /// The database's size in pages after the commit.
+    pub commit_size: u32,
+    /// When it was seen, in ms since the Unix epoch.
+    pub time_ms: u64,
+}
+
 /// Builds a segment transaction by transaction, keeping the database's page hashes up to date so
 /// that every commit records the database checksum after it.
 #[derive(Debug)]
@@ -169,20 +182,12 @@ impl SegmentBuilder {
         }
     }
 
-    /// Adds one transaction (`frame_count` frames, the last a commit leaving the database at
-    /// `commit_size` pages, seen at `time_ms`): applies it to `hashes` and records its commit.
-    pub fn push(
-        &mut self,
-        hashes: &mut PageHashes,
-        frames: &[u8],
-        frame_count: u32,
-        commit_size: u32,
-        time_ms: u64,
-    ) -> CommitRecord {
-        Frames::new(frames, self.commits.page_size as usize).apply(hashes, commit_size);
-        self.frames.extend_from_slice(frames);
+    /// Adds one transaction: applies it to `hashes` and records its commit.
+    pub fn push(&mut self, hashes: &mut PageHashes, t: TxnFrames<'_>) -> CommitRecord {
+        Frames::new(t.frames, self.commits.page_size as usize).apply(hashes, t.commit_size);
+        self.frames.extend_from_slice(t.frames);
         self.commits
-            .record(hashes, frame_count, commit_size, time_ms)
+            .record(hashes, t.count, t.commit_size, t.time_ms)
     }
 
     /// The segment, recording that its frames came from `wal`; `None` if no transaction was
@@ -203,6 +208,15 @@ mod tests {
 
     fn wal() -> WalHeader {
         WalHeader::new(false, 512, 0, (1, 2))
+    }
+
+    fn txn(frames: &[u8], count: u32, commit_size: u32, time_ms: u64) -> TxnFrames<'_> {
+        TxnFrames {
+            frames,
+            count,
+            commit_size,
+            time_ms,
+        }
     }
 
     /// Two transactions: pages 1 and 2 (size 2), then page 1 again with the database cut to 1.
@@ -232,9 +246,9 @@ mod tests {
         let (txns, pos) = two_txns();
         let mut hashes = PageHashes::new(512);
         let mut b = SegmentBuilder::new(Generation(3), TxId(5), 512, hashes.checksum(), 0);
-        let first = b.push(&mut hashes, &txns[0], 2, 2, 100);
+        let first = b.push(&mut hashes, txn(&txns[0], 2, 2, 100));
         let after_first = hashes.checksum();
-        let second = b.push(&mut hashes, &txns[1], 1, 1, 120);
+        let second = b.push(&mut hashes, txn(&txns[1], 1, 1, 120));
         assert_eq!((first.txid, second.txid), (TxId(5), TxId(6)));
         assert_eq!(first.checksum, after_first);
         assert_eq!(hashes.page_count(), 1);

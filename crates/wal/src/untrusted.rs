@@ -20,7 +20,7 @@ use crate::snapshot::{
     SnapshotHeader, SnapshotReader, SnapshotWriter, HEADER_SIZE as SNAPSHOT_HEADER_SIZE, VERSION,
 };
 use crate::sqlite::{encode_frame, scan_frames, WalHeader, WAL_HEADER_SIZE};
-use crate::transaction::SegmentBuilder;
+use crate::transaction::{SegmentBuilder, TxnFrames};
 use crate::{Generation, TxId};
 
 /// Page size of the samples.
@@ -78,10 +78,12 @@ pub fn sample_segment(format1: bool) -> Vec<u8> {
             let frames = &wal[start..at];
             b.push(
                 &mut hashes,
-                frames,
-                (frames.len() / fs) as u32,
-                commit,
-                1000,
+                TxnFrames {
+                    frames,
+                    count: (frames.len() / fs) as u32,
+                    commit_size: commit,
+                    time_ms: 1000,
+                },
             );
             start = at;
         }

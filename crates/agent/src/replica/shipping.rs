@@ -14,6 +14,7 @@ use lifeboat_storage::retry::{retry, RetryPolicy};
 use lifeboat_storage::{PutOutcome, ReplicaClient};
 use lifeboat_wal::checksum::PageHashes;
 use lifeboat_wal::segment2::SegmentEncoder;
+use lifeboat_wal::transaction::TxnFrames;
 use lifeboat_wal::TxId;
 use tracing::{debug, warn};
 
@@ -218,7 +219,13 @@ fn cut(st: &mut ReplicaState, ship: &Ship, index: usize) -> Result<Cut> {
             .times
             .next_time(&mut last_time, salts, t.end_offset, now);
         let base = &mut |p, h| finder.base(p, h);
-        enc.push(hashes, &t.frames, t.frame_count, t.commit_size, time, base);
+        let frames = TxnFrames {
+            frames: &t.frames,
+            count: t.frame_count,
+            commit_size: t.commit_size,
+            time_ms: time,
+        };
+        enc.push(hashes, frames, base);
         n += 1;
         // Whether the segment may take another transaction.
         enc.held() < ctx.opts.max_segment_memory

@@ -188,7 +188,7 @@ mod tests {
     use lifeboat_wal::checksum::PageHashes;
     use lifeboat_wal::segment::{Segment, WalPosition};
     use lifeboat_wal::sqlite::{encode_frame, WalHeader};
-    use lifeboat_wal::transaction::SegmentBuilder;
+    use lifeboat_wal::transaction::{SegmentBuilder, TxnFrames};
 
     /// A segment of transactions `first..=last` of one WAL, each writing page 1 with `fill(txid)`.
     fn segment(first: u64, last: u64, fill: impl Fn(u64) -> u8) -> Segment {
@@ -214,9 +214,15 @@ mod tests {
             }
             let (f, c) = encode_frame(&wal, running, 1, 1, &[fill(t); 512]);
             running = c;
-            b.as_mut()
-                .unwrap_or(&mut before)
-                .push(&mut hashes, &f, 1, 1, t);
+            b.as_mut().unwrap_or(&mut before).push(
+                &mut hashes,
+                TxnFrames {
+                    frames: &f,
+                    count: 1,
+                    commit_size: 1,
+                    time_ms: t,
+                },
+            );
         }
         b.unwrap()
             .finish(WalPosition {

@@ -20,7 +20,7 @@ use super::{delta, encode_commits, varint, BASE_BEFORE, BASE_ZERO, ZSTD_LEVEL};
 use crate::checksum::{page_hash, PageHashes};
 use crate::segment::VERSION;
 use crate::segment::{seal, CommitRecord, SegmentHeader, WalPosition, COMMIT_RECORD_SIZE};
-use crate::transaction::{Commits, Frames};
+use crate::transaction::{Commits, Frames, TxnFrames};
 use crate::{Generation, TxId};
 
 /// One page's versions so far.
@@ -88,21 +88,18 @@ impl SegmentEncoder {
         self.commits.next_txid()
     }
 
-    /// Adds one transaction (`frame_count` frames, the last a commit leaving the database at
-    /// `commit_size` pages, seen at `time_ms`): encodes its pages, applies it to `hashes` and
-    /// records its commit. `base` is asked for the base of each page the segment had not
-    /// written yet (see [`BaseReader`]).
+    /// Adds one transaction: encodes its pages, applies it to `hashes` and records its commit.
+    /// `base` is asked for the base of each page the segment had not written yet (see
+    /// [`BaseReader`]).
     pub fn push(
         &mut self,
         hashes: &mut PageHashes,
-        frames: &[u8],
-        frame_count: u32,
-        commit_size: u32,
-        time_ms: u64,
+        t: TxnFrames<'_>,
         base: &mut BaseReader<'_>,
     ) -> CommitRecord {
         let ps = self.page_size as usize;
-        let txn = Frames::new(frames, ps);
+        let commit_size = t.commit_size;
+        let txn = Frames::new(t.frames, ps);
         for (pgno, page) in txn.pages() {
             self.pgnos.push(pgno);
             let v = self.pages.entry(pgno).or_insert_with(|| {
@@ -129,8 +126,7 @@ impl SegmentEncoder {
         }
         txn.apply(hashes, commit_size);
         self.min_size = self.min_size.min(commit_size);
-        self.commits
-            .record(hashes, frame_count, commit_size, time_ms)
+        self.commits.record(hashes, t.count, commit_size, t.time_ms)
     }
 
     /// The encoded segment and its header, recording that its frames came from `wal`; `None`
@@ -259,8 +255,9 @@ mod tests {
             for (i, (f, (writes, size))) in txn_frames.iter().zip(&txns).enumerate() {
                 let n = writes.len() as u32;
                 let t = 1000 + i as u64;
-                let c1 = b.push(&mut h1, f, n, *size, t);
-                let c2 = e.push(&mut h2, f, n, *size, t, &mut |p, _| {
+                let tf = TxnFrames { frames: f, count: n, commit_size: *size, time_ms: t };
+                let c1 = b.push(&mut h1, tf);
+                let c2 = e.push(&mut h2, tf, &mut |p, _| {
                     asked.push(p);
                     bases.get(&p).cloned()
                 });
@@ -292,7 +289,13 @@ mod tests {
         let mut e = SegmentEncoder::new(Generation(1), TxId(1), PS as u32, &h);
         let mut asked = Vec::new();
         for (f, (writes, size)) in txn_frames.iter().zip(&txns) {
-            e.push(&mut h, f, writes.len() as u32, *size, 1, &mut |p, _| {
+            let tf = TxnFrames {
+                frames: f,
+                count: writes.len() as u32,
+                commit_size: *size,
+                time_ms: 1,
+            };
+            e.push(&mut h, tf, &mut |p, _| {
                 asked.push(p);
                 let mut b = before[p as usize].clone();
                 if p == 3 {

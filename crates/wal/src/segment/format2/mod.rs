@@ -292,7 +292,7 @@ mod tests {
     use crate::segment::any::AnySegment;
     use crate::segment::WalPosition;
     use crate::sqlite::{encode_frame, WalHeader};
-    use crate::transaction::SegmentBuilder;
+    use crate::transaction::{SegmentBuilder, TxnFrames};
     use crate::Generation;
     use proptest::prelude::*;
 
@@ -334,7 +334,15 @@ mod tests {
                 bytes.extend_from_slice(&f);
                 running = c;
             }
-            b.push(&mut hashes, &bytes, txn.len() as u32, size, 1000 + t as u64);
+            b.push(
+                &mut hashes,
+                TxnFrames {
+                    frames: &bytes,
+                    count: txn.len() as u32,
+                    commit_size: size,
+                    time_ms: 1000 + t as u64,
+                },
+            );
         }
         b.finish(WalPosition {
             checkpoint_seq: 3,
