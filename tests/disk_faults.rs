@@ -433,6 +433,12 @@ fn a_boot_restore_onto_a_read_only_disk_fails_cleanly_every_time_then_succeeds()
 /// new generation once there is room again.
 #[test]
 fn max_wal_bytes_holds_while_the_replica_disk_is_full() {
+    // Not beside the other flat-out writers: once the disk is freed, the new generation's
+    // snapshot must upload before this writer takes the WAL past the bound (about 0.9 s).
+    // Beside a second heavy test it did not, once in a full run: the agent gives such an
+    // upload up and retries with backoff, and completes only once the app writes less than
+    // the bound during one upload (a known limit, docs/faults.md).
+    let _cpu = exclusive_disk();
     let Some(disk) = small_disk_or_skip("max-wal-bytes on a full replica disk", 512 << 20) else {
         return;
     };
