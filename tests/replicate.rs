@@ -566,6 +566,10 @@ fn the_apps_checkpoints_copy_the_new_log_while_a_carried_tail_waits_for_the_budg
     );
     let url = file_url(&replica);
     agent.wait_until_known();
+    // The first segment ships before the writer starts, so the restart comes after its pass: a
+    // restart before it put the carried tail in that first pass, which shipped it at once.
+    mixed_txn_only(&app_conn(&db, 4096), 1 << 40);
+    agent.wait_for_log("segment uploaded");
     // A web app's writer: commits flat out, its autocheckpoint on, no checkpoint of its own (a
     // RESTART or TRUNCATE one waits for every reader, the agent's pin included).
     let w = Writer::start_without_checkpoints(&db, 4096);
