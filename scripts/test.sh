@@ -13,7 +13,19 @@ if ! command -v sqlite3 >/dev/null 2>&1 && command -v apt-get >/dev/null 2>&1; t
 fi
 bash scripts/node-example-install.sh
 export LIFEBOAT_MOTO_SERVER="$PWD/.venv/bin/moto_server"
-cargo test --workspace --all-targets "$@"
+# Each failing integration test appends the start of its panic message here (tests/support);
+# printed last on a failure, where a reader of the output's end (or CI's excerpt) finds it.
+export LIFEBOAT_TEST_FAILURES="$PWD/target/test-failures.txt"
+rm -f "$LIFEBOAT_TEST_FAILURES"
+status=0
+cargo test --workspace --all-targets "$@" || status=$?
+if [[ $status -ne 0 ]]; then
+  if [[ -s $LIFEBOAT_TEST_FAILURES ]]; then
+    echo "== why the failing tests failed (first lines of each panic):"
+    cat "$LIFEBOAT_TEST_FAILURES"
+  fi
+  exit "$status"
+fi
 # Doc tests (which --all-targets leaves out), unless only some tests were asked for.
 if [[ $# -eq 0 ]]; then
   cargo test --workspace --doc

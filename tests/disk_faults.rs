@@ -70,11 +70,7 @@ impl App {
 impl Drop for App {
     fn drop(&mut self) {
         if std::thread::panicking() {
-            let log = std::fs::read_to_string(self.dir.path().join("agent.log"));
-            let log = log.unwrap_or_default();
-            let tail: Vec<&str> = log.lines().rev().take(60).collect();
-            eprintln!("--- agent.log (last lines) ---");
-            tail.iter().rev().for_each(|l| eprintln!("{l}"));
+            crate::support::print_log_tail(&self.dir.path().join("agent.log"), 60);
         }
     }
 }

@@ -205,6 +205,9 @@ impl App {
 
 impl Drop for App {
     fn drop(&mut self) {
+        if std::thread::panicking() {
+            crate::support::print_log_tail(&self.log, 60);
+        }
         if !self.reaped {
             let _ = killpg(Pid::from_raw(self.child.id() as i32), Signal::SIGKILL);
             let _ = self.child.wait();

@@ -20,7 +20,79 @@ pub mod oracle;
 
 /// The binary under test.
 pub fn bin() -> &'static str {
+    note_failures();
     env!("CARGO_BIN_EXE_lifeboat")
+}
+
+thread_local! {
+    /// The start of this thread's (test's) panic message, for the logs printed after it.
+    static FAILURE: std::cell::RefCell<Option<String>> = const { std::cell::RefCell::new(None) };
+}
+
+/// The first lines of a panic message: messages that carry a whole log would hide the reason.
+fn first_lines(message: &str) -> String {
+    message
+        .lines()
+        .take(3)
+        .map(|l| l.chars().take(300).collect::<String>())
+        .collect::<Vec<_>>()
+        .join("\n    ")
+}
+
+/// Installs (once) a panic hook that keeps the start of each failing test's message: printed
+/// again after the logs a failing test prints, and appended to `$LIFEBOAT_TEST_FAILURES` when
+/// set (`scripts/test.sh` prints that file last, where CI's excerpt of the output keeps it).
+pub fn note_failures() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        let previous = std::panic::take_hook();
+        std::panic::set_hook(Box::new(move |info| {
+            let payload = info.payload();
+            let message = payload
+                .downcast_ref::<&str>()
+                .map(|s| s.to_string())
+                .or_else(|| payload.downcast_ref::<String>().cloned())
+                .unwrap_or_default();
+            let test = std::thread::current().name().unwrap_or("?").to_string();
+            let at = info
+                .location()
+                .map(|l| format!(" ({}:{})", l.file(), l.line()));
+            let line = format!(
+                "{test}{}: {}",
+                at.unwrap_or_default(),
+                first_lines(&message)
+            );
+            if let Ok(path) = std::env::var("LIFEBOAT_TEST_FAILURES") {
+                use std::io::Write;
+                if let Ok(mut f) = std::fs::OpenOptions::new()
+                    .create(true)
+                    .append(true)
+                    .open(path)
+                {
+                    let _ = writeln!(f, "{line}");
+                }
+            }
+            FAILURE.with(|f| *f.borrow_mut() = Some(line));
+            previous(info);
+        }));
+    });
+}
+
+/// Prints the tail of a log a failing test leaves behind, then the failure again (after the
+/// log, where a reader of the output's end finds it).
+pub fn print_log_tail(log: &Path, lines: usize) {
+    let text = std::fs::read_to_string(log).unwrap_or_default();
+    let all: Vec<&str> = text.lines().collect();
+    let from = all.len().saturating_sub(lines);
+    eprintln!(
+        "--- last {} lines of {} ---\n{}",
+        all.len() - from,
+        log.display(),
+        all[from..].join("\n")
+    );
+    if let Some(f) = FAILURE.with(|f| f.borrow().clone()) {
+        eprintln!("--- the failure: {f}");
+    }
 }
 
 /// Polls `cond` until it holds or `timeout` passes; panics with `what` on timeout.
@@ -167,16 +239,8 @@ impl Drop for Agent {
         let _ = self.child.wait();
         // A failing test shows what the agent was doing: the tail of its log goes into the
         // test's captured output (CI keeps no temporary directories).
-        if std::thread::panicking() {
-            let log = std::fs::read_to_string(&self.log).unwrap_or_default();
-            let lines: Vec<&str> = log.lines().collect();
-            let from = lines.len().saturating_sub(80);
-            eprintln!(
-                "--- last {} lines of {} ---\n{}",
-                lines.len() - from,
-                self.log.display(),
-                lines[from..].join("\n")
-            );
+        if std::thread::panicking() || std::env::var_os("LIFEBOAT_TEST_SHOW_LOGS").is_some() {
+            print_log_tail(&self.log, 80);
         }
     }
 }
