@@ -62,56 +62,101 @@ fn segment_files(replica: &Path) -> Vec<PathBuf> {
     v
 }
 
+/// A database with the mixed workload's schema and 40 commits, replicated to a folder by an
+/// agent with a PUT budget of 40 a second (many small segments).
+struct Scene {
+    dir: tempfile::TempDir,
+    replica: PathBuf,
+    url: String,
+    conn: Connection,
+    agent: Agent,
+}
+
+impl Scene {
+    /// Writes before the agent starts (so the snapshot is not empty and later updates hit old
+    /// pages), starts it, and waits for its first snapshot: the n-th commit after it is txid n.
+    fn start() -> Scene {
+        let dir = tempfile::tempdir().unwrap();
+        let db = dir.path().join("app.db");
+        let replica = dir.path().join("replica");
+        let url = format!("file://{}", replica.display());
+        let conn = app_conn(&db, 4096);
+        create_schema(&conn);
+        for seq in 0..40 {
+            mixed_txn(&conn, seq);
+        }
+        let agent = Agent::start(
+            &[
+                "replicate",
+                db.to_str().unwrap(),
+                &url,
+                "--puts-per-second",
+                "40",
+            ],
+            &dir.path().join("agent.log"),
+        );
+        wait_until("the first snapshot", Duration::from_secs(20), || {
+            !files_with_suffix(&replica, ".lbsnap").is_empty()
+        });
+        Scene {
+            dir,
+            replica,
+            url,
+            conn,
+            agent,
+        }
+    }
+
+    /// Waits until txid `last` is shipped, stops the agent, and returns the segment files.
+    fn finish(self, last: u64) -> (tempfile::TempDir, String, Vec<PathBuf>) {
+        let replica = &self.replica;
+        wait_until("every commit shipped", Duration::from_secs(30), || {
+            segment_files(replica).iter().any(|p| {
+                p.file_name()
+                    .unwrap()
+                    .to_str()
+                    .unwrap()
+                    .contains(&format!("-{last:016x}-"))
+            })
+        });
+        self.agent.stop_ok();
+        let segs = segment_files(&self.replica);
+        (self.dir, self.url, segs)
+    }
+}
+
+/// Restores every txid of `oracle` (txid n's digest at index n) and compares.
+fn restore_every_txid(dir: &Path, url: &str, oracle: &[u64]) {
+    let out = dir.join("out.db");
+    for (txid, want) in oracle.iter().enumerate() {
+        restore_txid(url, &out, txid as u64);
+        let r = Connection::open(&out).unwrap();
+        assert_eq!(
+            digest(&r),
+            *want,
+            "txid {txid}: the restored rows differ from the writer's at that commit"
+        );
+    }
+}
+
 #[test]
 fn every_txid_of_a_format2_generation_restores_the_writers_state_at_that_commit() {
-    let dir = tempfile::tempdir().unwrap();
-    let db = dir.path().join("app.db");
-    let replica = dir.path().join("replica");
-    let url = format!("file://{}", replica.display());
-    let c = app_conn(&db, 4096);
-    create_schema(&c);
-    // Rows before the agent starts, so the snapshot is not empty and updates hit old pages.
-    for seq in 0..40 {
-        mixed_txn(&c, seq);
-    }
-    let agent = Agent::start(
-        &[
-            "replicate",
-            db.to_str().unwrap(),
-            &url,
-            "--puts-per-second",
-            "40",
-        ],
-        &dir.path().join("agent.log"),
-    );
-    wait_until("the first snapshot", Duration::from_secs(20), || {
-        !files_with_suffix(&replica, ".lbsnap").is_empty()
-    });
-    // The snapshot is txid 0; the n-th commit after it is txid n. The oracle is the writer's
-    // own view right after each commit. Seq 97 and 194 recreate a table, 151 checkpoints.
-    let mut oracle = vec![digest(&c)];
+    let sc = Scene::start();
+    let c = &sc.conn;
+    // The oracle is the writer's own view right after each commit. Seq 97 and 194 recreate a
+    // table, 151 checkpoints.
+    let mut oracle = vec![digest(c)];
     for seq in 90..230 {
-        mixed_txn(&c, seq);
-        oracle.push(digest(&c));
+        mixed_txn(c, seq);
+        oracle.push(digest(c));
         if seq % 4 == 0 {
             std::thread::sleep(Duration::from_millis(15));
         }
     }
-    let last = oracle.len() as u64 - 1;
-    wait_until("every commit shipped", Duration::from_secs(30), || {
-        segment_files(&replica).iter().any(|p| {
-            p.file_name()
-                .unwrap()
-                .to_str()
-                .unwrap()
-                .contains(&format!("-{last:016x}-"))
-        })
-    });
-    agent.stop_ok();
+    let (dir, url, segs) = sc.finish(oracle.len() as u64 - 1);
 
     // Every segment is format 2, several of them, and page deltas against the state before a
     // segment were used (the restores below are what proves them right).
-    let segs = segment_files(&replica);
     assert!(segs.len() >= 5, "only {} segments", segs.len());
     let mut with_bases = 0;
     for p in &segs {
@@ -121,16 +166,7 @@ fn every_txid_of_a_format2_generation_restores_the_writers_state_at_that_commit(
     }
     assert!(with_bases >= 2, "{with_bases} segments used base pages");
 
-    let out = dir.path().join("out.db");
-    for txid in 0..=last {
-        restore_txid(&url, &out, txid);
-        let r = Connection::open(&out).unwrap();
-        assert_eq!(
-            digest(&r),
-            oracle[txid as usize],
-            "txid {txid}: the restored rows differ from the writer's at that commit"
-        );
-    }
+    restore_every_txid(dir.path(), &url, &oracle);
     let o = run(&["verify", &url]);
     assert!(
         o.status.success(),
@@ -169,4 +205,42 @@ fn a_format1_replica_from_an_earlier_lifeboat_restores_at_every_txid() {
         "verify: {}",
         String::from_utf8_lossy(&o.stdout)
     );
+}
+
+/// A database that shrinks (rows deleted, then `VACUUM`) and grows back, again and again, over
+/// many segments: every txid restores to the writer's state at that commit. A restore keeps
+/// each page's newest version in memory across segments and reads a segment's base pages
+/// through it, so a page dropped by a shrink must read as zeros, not as its old bytes, when the
+/// database grows back over it in a later segment.
+#[test]
+fn a_database_that_shrinks_and_grows_back_restores_at_every_txid() {
+    let sc = Scene::start();
+    let c = &sc.conn;
+    let pages =
+        |c: &Connection| -> i64 { c.query_row("PRAGMA page_count", [], |r| r.get(0)).unwrap() };
+    let mut oracle = vec![digest(c)];
+    let mut shrinks = 0;
+    for seq in 40..160u64 {
+        if seq % 20 == 0 {
+            let before = pages(c);
+            c.execute_batch(
+                "BEGIN; DELETE FROM items WHERE id % 4 != 0; DELETE FROM marks WHERE seq % 3 != 0; COMMIT",
+            )
+            .unwrap();
+            oracle.push(digest(c));
+            c.execute_batch("VACUUM").unwrap();
+            oracle.push(digest(c));
+            shrinks += usize::from(pages(c) < before);
+        } else {
+            mixed_txn_only(c, seq);
+            oracle.push(digest(c));
+        }
+        if seq % 4 == 0 {
+            std::thread::sleep(Duration::from_millis(15));
+        }
+    }
+    assert!(shrinks >= 4, "the database shrank only {shrinks} times");
+    let (dir, url, segs) = sc.finish(oracle.len() as u64 - 1);
+    assert!(segs.len() >= 10, "only {} segments", segs.len());
+    restore_every_txid(dir.path(), &url, &oracle);
 }

@@ -17,7 +17,6 @@ use lifeboat_storage::retry::{retry, RetryPolicy};
 use lifeboat_storage::ReplicaClient;
 use lifeboat_wal::any_segment::AnySegment;
 use lifeboat_wal::checksum::PageHashes;
-use lifeboat_wal::segment::Segment;
 use lifeboat_wal::snapshot::SnapshotReader;
 use lifeboat_wal::{DbChecksum, Generation, TxId};
 use tracing::info;
@@ -26,11 +25,13 @@ use crate::catalog::{self, Catalog};
 use crate::files::{self, sibling};
 use crate::{Error, Result};
 
+mod chain;
 mod copies;
 mod output;
 mod plan;
 
-use output::{Output, Pending};
+use chain::{Ready, State};
+use output::Output;
 
 pub use plan::{plan, plan_generation, Plan, Target};
 
@@ -181,7 +182,7 @@ pub async fn execute(
         .reopen()
         .map_err(|e| Error::io("open restore temp file", e))?;
     let key = snap_key.clone();
-    let (out, mut hashes, mut state) =
+    let (out, hashes, state) =
         tokio::task::spawn_blocking(move || -> Result<(Output, PageHashes, State)> {
             let f = File::open(&snap_path).map_err(|e| Error::io("open snapshot", e))?;
             let corrupt = |e| Error::Corrupt {
@@ -284,26 +285,48 @@ pub async fn execute(
         bytes += o.size;
         report_progress(bytes);
     }
+    // The chain is applied on threads of its own (see `chain`) while the downloads (and the
+    // decoding of the segments that rebuild on their own) go on.
+    let (tx, rx) = tokio::sync::mpsc::channel::<(catalog::Segment, Ready)>(parallelism);
+    let target = plan.target;
+    let applier =
+        tokio::task::spawn_blocking(move || chain::apply(rx, out, hashes, state, copies, target));
+    let mut fetched = Ok(());
+    let mut downloaded = bytes;
     while let Some(r) = fetches.next().await {
-        let (o, seg) = r?;
-        objects += 1;
-        bytes += o.size;
-        report_progress(bytes);
-        let seg = match seg {
-            Ready::Built(s) => {
-                copies.check_and_keep(&o.key, &s.header, &s.commits, Some(&s.frames))?;
-                s
+        match r {
+            Ok((o, seg)) => {
+                downloaded += o.size;
+                report_progress(downloaded);
+                // Closed: the applier reached the target, or failed (its error comes below).
+                if tx.send((o, seg)).await.is_err() {
+                    break;
+                }
             }
-            Ready::NeedsBases(any) => {
-                copies.check_and_keep(&o.key, &any.header, &any.commits, None)?;
-                rebuild_on(&out, &state, &o, any)?
+            Err(e) => {
+                fetched = Err(e);
+                break;
             }
-        };
-        if apply_segment(&out, &mut hashes, &mut state, &o, &seg, plan.target)? {
-            break;
         }
     }
+    drop(tx);
     drop(fetches);
+    // The chain's own error comes first: a download failing after it changes nothing.
+    let chain::Applied {
+        out,
+        hashes,
+        state,
+        objects: applied,
+        bytes: applied_bytes,
+        reached,
+    } = applier
+        .await
+        .map_err(|e| Error::join("applying the segments", e))??;
+    if !reached {
+        fetched?;
+    }
+    objects += applied;
+    bytes += applied_bytes;
     if let Target::TxId(t) = plan.target {
         if state.txid != t {
             return Err(Error::TargetMissed {
@@ -376,159 +399,4 @@ pub async fn execute(
         "restore complete; database checksum verified"
     );
     Ok(report)
-}
-
-/// A downloaded segment: its frames, or a format-2 segment that needs the restored state.
-enum Ready {
-    Built(Segment),
-    NeedsBases(AnySegment),
-}
-
-/// Rebuilds a format-2 segment's frames from the pages of the database restored so far, which
-/// must be exactly the state before the segment (its checksum is the segment's starting one).
-fn rebuild_on(
-    out: &Output,
-    state: &State,
-    o: &catalog::Segment,
-    any: AnySegment,
-) -> Result<Segment> {
-    let h = &any.header;
-    if h.first_txid != state.txid.next() || h.checksum_before != state.checksum {
-        return Err(Error::ObjectMismatch {
-            key: o.key.clone(),
-            problem: format!(
-                "its pages are deltas against the database at txid {} (checksum {}), but the \
-                 restore is at txid {} (checksum {}); restore from another snapshot",
-                TxId(h.first_txid.0.saturating_sub(1)),
-                h.checksum_before,
-                state.txid,
-                state.checksum
-            ),
-        });
-    }
-    let db_size = state.db_size;
-    any.rebuild(&mut |pgno, page| {
-        if pgno > db_size {
-            page.fill(0);
-            return Ok(());
-        }
-        out.read_page(pgno, page)
-            .map_err(|e| lifeboat_wal::Error::Corrupt {
-                offset: 0,
-                reason: format!("cannot read base page {pgno}: {e}"),
-            })
-    })
-    .map_err(|e| Error::Corrupt {
-        key: o.key.clone(),
-        cause: e,
-    })
-}
-
-struct State {
-    generation: Generation,
-    txid: TxId,
-    time_ms: u64,
-    db_size: u32,
-    checksum: DbChecksum,
-    page_size: u32,
-}
-
-fn apply_segment(
-    out: &Output,
-    hashes: &mut PageHashes,
-    state: &mut State,
-    o: &catalog::Segment,
-    seg: &Segment,
-    target: Target,
-) -> Result<bool> {
-    let h = &seg.header;
-    let bad = |problem: String| Error::ObjectMismatch {
-        key: o.key.clone(),
-        problem,
-    };
-    if h.generation != state.generation {
-        return Err(bad(format!("belongs to generation {}", h.generation)));
-    }
-    if h.page_size != state.page_size {
-        return Err(bad(format!(
-            "page size {} differs from the snapshot's",
-            h.page_size
-        )));
-    }
-    if o.first != h.first_txid || o.last != h.last_txid {
-        return Err(bad("header disagrees with its key".into()));
-    }
-    let skip = state.txid.0.saturating_sub(h.first_txid.0 - 1);
-    if h.first_txid.0 > state.txid.0 + 1 {
-        return Err(bad(format!(
-            "starts at txid {}, but the restore is at txid {}",
-            h.first_txid, state.txid
-        )));
-    }
-    if skip == 0 && h.checksum_before != state.checksum {
-        return Err(bad(format!(
-            "expects database checksum {} before it, the restore has {}",
-            h.checksum_before, state.checksum
-        )));
-    }
-    // A segment starting before the restore's state must hold that state too.
-    if let Some(c) = seg.commits.get((skip as usize).wrapping_sub(1)) {
-        if c.txid != state.txid || c.checksum != state.checksum {
-            return Err(bad(format!(
-                "records database checksum {} after txid {}, the restore has {} there",
-                c.checksum, c.txid, state.checksum
-            )));
-        }
-    }
-    // Each commit is checked against the hashes as it is applied; the file gets each page's last
-    // version once, when the segment (or the restore) stops.
-    let mut pending = Pending::new(state.db_size);
-    let done = apply_txns(hashes, state, seg, skip, target, &mut pending).map_err(bad)?;
-    out.flush(pending)?;
-    Ok(done)
-}
-
-/// Applies the segment's transactions after the first `skip` to `hashes` and `pending` until
-/// `target`; whether it was reached. Fails with what is wrong.
-fn apply_txns<'a>(
-    hashes: &mut PageHashes,
-    state: &mut State,
-    seg: &'a Segment,
-    skip: u64,
-    target: Target,
-    pending: &mut Pending<'a>,
-) -> std::result::Result<bool, String> {
-    for (i, (c, frames)) in seg.txns().enumerate() {
-        if (i as u64) < skip {
-            continue;
-        }
-        if let Target::Time(t) = target {
-            if c.time_ms > t {
-                return Ok(true);
-            }
-        }
-        for (pgno, page) in frames.pages() {
-            pending.page(pgno, page);
-        }
-        frames.apply(hashes, c.db_size);
-        pending.commit(c.db_size);
-        if hashes.checksum() != c.checksum {
-            return Err(format!(
-                "after txid {} the database checksum is {}, the segment recorded {}",
-                c.txid,
-                hashes.checksum(),
-                c.checksum
-            ));
-        }
-        state.txid = c.txid;
-        state.time_ms = c.time_ms;
-        state.db_size = c.db_size;
-        state.checksum = c.checksum;
-        if let Target::TxId(t) = target {
-            if c.txid >= t {
-                return Ok(true);
-            }
-        }
-    }
-    Ok(false)
 }

@@ -1,10 +1,11 @@
-//! The file a restore writes, and what a segment's transactions leave in it.
+//! The file a restore writes, and the pages of applied transactions not yet in it.
 //!
-//! A segment's transactions are applied to the per-page hashes one by one (every commit's database
-//! checksum is checked), but each page is written to the file once per segment, in its last
-//! version: [`Pending`] keeps, for the transactions applied so far, each page's newest bytes (a
-//! slice of the rebuilt frames) and the smallest size the database had, and
-//! [`Output::flush`] makes the file exactly the database after the last of them.
+//! Transactions are applied to the per-page hashes one by one (every commit's database checksum
+//! is checked), but each page reaches the file once, in its last version: [`Pages`] keeps, for
+//! the transactions applied so far, each page's newest bytes and the smallest size the database
+//! had, across segments, up to [`Pages::held`] bytes; [`Output::flush`] then makes the file
+//! exactly the database after the last of them. A segment's base pages (the state before it)
+//! are read through [`Pages::base`]: from memory, as zeros, or from the file.
 
 use std::collections::HashMap;
 use std::fs::File;
@@ -54,22 +55,24 @@ impl Output {
     /// transactions `pending` gathered: cut to the smallest size they left (so that a page they
     /// dropped reads as zeros if the database grew back over it without writing it, as the
     /// hashes count it), each page's last version, then the size after the last of them.
-    pub(super) fn flush(&self, pending: Pending<'_>) -> Result<()> {
+    /// `pending` is then empty, on the file as it now stands.
+    pub(super) fn flush(&self, pending: &mut Pages) -> Result<()> {
         if pending.low < pending.start {
             self.set_pages(pending.low)?;
         }
-        let mut pages: Vec<(u32, &[u8])> = pending.pages.into_iter().collect();
+        let mut pages: Vec<(u32, Vec<u8>)> =
+            std::mem::take(&mut pending.pages).into_iter().collect();
         pages.sort_unstable_by_key(|&(p, _)| p);
         let mut run: Vec<u8> = Vec::new();
         let mut run_start = 0u32;
         let mut next = 0u32;
-        for (pgno, data) in pages {
-            if pgno != next || run.len() + data.len() > RUN_BYTES {
+        for (pgno, data) in &pages {
+            if *pgno != next || run.len() + data.len() > RUN_BYTES {
                 if !run.is_empty() {
                     self.write_pages(run_start, &run)?;
                     run.clear();
                 }
-                run_start = pgno;
+                run_start = *pgno;
             }
             run.extend_from_slice(data);
             next = pgno + 1;
@@ -80,14 +83,34 @@ impl Output {
         if pending.size != pending.low || pending.low != pending.start {
             self.set_pages(pending.size)?;
         }
+        *pending = Pages::new(pending.size);
+        Ok(())
+    }
+
+    /// Fills `page` with page `pgno` of the database the file and `pending` make together: a
+    /// segment's base page.
+    pub(super) fn base(&self, pending: &Pages, pgno: u32, page: &mut [u8]) -> std::io::Result<()> {
+        match pending.lookup(pgno) {
+            Lookup::Held(data) => page.copy_from_slice(data),
+            Lookup::Zeros => page.fill(0),
+            Lookup::File => self.read_page(pgno, page)?,
+        }
         Ok(())
     }
 }
 
+/// Where a page's current bytes are.
+enum Lookup<'a> {
+    Held(&'a [u8]),
+    /// Past the database's size, or dropped since the file's state and not written again.
+    Zeros,
+    File,
+}
+
 /// The pages of applied transactions not yet in the file.
-pub(super) struct Pending<'a> {
+pub(super) struct Pages {
     /// Each page's last version.
-    pages: HashMap<u32, &'a [u8]>,
+    pages: HashMap<u32, Vec<u8>>,
     /// The database's size in the file.
     start: u32,
     /// The smallest size since then.
@@ -98,10 +121,10 @@ pub(super) struct Pending<'a> {
     high: u32,
 }
 
-impl<'a> Pending<'a> {
+impl Pages {
     /// Nothing pending on a file that holds a database of `pages` pages.
-    pub(super) fn new(pages: u32) -> Pending<'a> {
-        Pending {
+    pub(super) fn new(pages: u32) -> Pages {
+        Pages {
             pages: HashMap::new(),
             start: pages,
             low: pages,
@@ -111,8 +134,13 @@ impl<'a> Pending<'a> {
     }
 
     /// A transaction wrote `data` to page `pgno`.
-    pub(super) fn page(&mut self, pgno: u32, data: &'a [u8]) {
-        self.pages.insert(pgno, data);
+    pub(super) fn page(&mut self, pgno: u32, data: &[u8]) {
+        match self.pages.get_mut(&pgno) {
+            Some(held) => held.copy_from_slice(data),
+            None => {
+                self.pages.insert(pgno, data.to_vec());
+            }
+        }
         self.high = self.high.max(pgno);
     }
 
@@ -124,6 +152,22 @@ impl<'a> Pending<'a> {
         }
         self.low = self.low.min(pages);
         self.size = pages;
+    }
+
+    /// The bytes of the pages held (all pages are of one size).
+    pub(super) fn held(&self) -> usize {
+        self.pages.values().next().map_or(0, Vec::len) * self.pages.len()
+    }
+
+    fn lookup(&self, pgno: u32) -> Lookup<'_> {
+        if pgno > self.size {
+            return Lookup::Zeros;
+        }
+        match self.pages.get(&pgno) {
+            Some(d) => Lookup::Held(d),
+            None if pgno > self.low => Lookup::Zeros,
+            None => Lookup::File,
+        }
     }
 }
 
@@ -142,8 +186,9 @@ mod tests {
     }
 
     /// Applies transactions (pages written, size after) both ways: to the hashes and a file
-    /// written page by page with a resize after each, and through `Pending` once; the file
-    /// must come out the same, and match the hashes.
+    /// written page by page with a resize after each, and through `Pages` once; every page read
+    /// through `Output::base` before the flush, and the file after it, must come out the same,
+    /// and match the hashes.
     fn check(start: &[Vec<u8>], txns: &[Txn]) {
         let dir = tempfile::tempdir().unwrap();
         let open = |name: &str| Output {
@@ -164,7 +209,7 @@ mod tests {
             }
             hashes.set_page(i as u32 + 1, p);
         }
-        let mut pending = Pending::new(start.len() as u32);
+        let mut pending = Pages::new(start.len() as u32);
         for (pages, size) in txns {
             for (pgno, data) in pages {
                 slow.write_pages(*pgno, data).unwrap();
@@ -175,7 +220,18 @@ mod tests {
             pending.commit(*size);
             hashes.resize(*size);
         }
-        fast.flush(pending).unwrap();
+        let size = txns.last().map_or(start.len() as u32, |t| t.1);
+        let (mut want, mut got) = (vec![0u8; PS], vec![7u8; PS]);
+        for pgno in 1..=size + 2 {
+            slow.read_page(pgno, &mut want).unwrap();
+            if pgno > size {
+                want.fill(0);
+            }
+            fast.base(&pending, pgno, &mut got).unwrap();
+            assert_eq!(got, want, "page {pgno} read through the pending pages");
+        }
+        fast.flush(&mut pending).unwrap();
+        assert_eq!(pending.held(), 0);
         let read = |n: &str| std::fs::read(dir.path().join(n)).unwrap();
         assert_eq!(read("fast"), read("slow"));
         let on_disk = crate::files::hash_file(&dir.path().join("fast"), PS as u32).unwrap();

@@ -11,6 +11,7 @@ use super::format2::{self, Parsed};
 use crate::segment::{
     CommitRecord, Segment, SegmentHeader, COMMIT_RECORD_SIZE, HEADER_SIZE, VERSION_1,
 };
+use crate::transaction::Frames;
 use crate::{Error, Result};
 use std::io::Read;
 
@@ -223,6 +224,18 @@ impl AnySegment {
     /// as it stood before the segment's first commit, for each page of
     /// [`base_pages`](Self::base_pages).
     pub fn rebuild(self, base: &mut dyn FnMut(u32, &mut [u8]) -> Result<()>) -> Result<Segment> {
+        self.rebuild_into(base, Vec::new())?.chain()
+    }
+
+    /// The first half of [`rebuild`](Self::rebuild), into `buffer`, whose allocation (say, the
+    /// frames of a segment applied before) is reused: the pages of the frames, and their page
+    /// numbers. [`Unchained::chain`] is the second half (SQLite's checksum chain and its
+    /// checks), which can run on another thread while the next segment's pages are rebuilt.
+    pub fn rebuild_into(
+        self,
+        base: &mut dyn FnMut(u32, &mut [u8]) -> Result<()>,
+        buffer: Vec<u8>,
+    ) -> Result<Unchained> {
         match self.body {
             Body::Frames(frames) => {
                 let seg = Segment {
@@ -231,22 +244,66 @@ impl AnySegment {
                     frames,
                 };
                 seg.verify_frames()?;
-                Ok(seg)
+                Ok(Unchained { seg, chained: true })
             }
             Body::Deltas(p) => {
-                let (frames, end) = format2::rebuild(&self.header, &self.commits, &p, base)?;
-                let seg = Segment {
-                    header: self.header,
-                    commits: self.commits,
-                    frames,
-                };
-                // Salts, page numbers and commit sizes were written from the checked header,
-                // frame map and commit table, and the chain computed over the rebuilt bytes:
-                // checking each frame again would only recompute it.
-                seg.verify_end(end)?;
-                Ok(seg)
+                let frames = format2::rebuild_pages(&self.header, &p, base, buffer)?;
+                Ok(Unchained {
+                    seg: Segment {
+                        header: self.header,
+                        commits: self.commits,
+                        frames,
+                    },
+                    chained: false,
+                })
             }
         }
+    }
+}
+
+/// A segment whose pages are rebuilt but whose frames are not yet chained and verified (see
+/// [`AnySegment::rebuild_into`]).
+#[derive(Debug)]
+pub struct Unchained {
+    seg: Segment,
+    chained: bool,
+}
+
+impl Unchained {
+    /// A segment already verified.
+    pub fn verified(seg: Segment) -> Unchained {
+        Unchained { seg, chained: true }
+    }
+
+    /// The segment's header.
+    pub fn header(&self) -> &SegmentHeader {
+        &self.seg.header
+    }
+
+    /// The commit records.
+    pub fn commits(&self) -> &[CommitRecord] {
+        &self.seg.commits
+    }
+
+    /// The transactions' pages, as [`Segment::txns`] gives them: the bytes the chain will be
+    /// computed over, not yet proven (only [`chain`](Self::chain) proves them).
+    pub fn txns_unproven(&self) -> impl Iterator<Item = (&CommitRecord, Frames<'_>)> {
+        self.seg.txns()
+    }
+
+    /// Completes the frames and verifies them as a format-1 segment's stored frames are
+    /// verified: SQLite's checksum chain from the header's start to its end, the salts, and the
+    /// commit frames against the commit table.
+    pub fn chain(self) -> Result<Segment> {
+        let mut seg = self.seg;
+        if !self.chained {
+            let end = format2::chain(&seg.header, &seg.commits, &mut seg.frames);
+            // Salts, page numbers and commit sizes were written from the checked header,
+            // frame map and commit table, and the chain computed over the rebuilt bytes:
+            // checking each frame again would only recompute it.
+            seg.verify_end(end)?;
+        }
+        Ok(seg)
     }
 }
 

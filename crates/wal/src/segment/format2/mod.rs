@@ -225,21 +225,32 @@ pub(crate) fn parse(h: &SegmentHeader, raw: Vec<u8>) -> Result<(Vec<CommitRecord
     ))
 }
 
-/// Rebuilds the exact WAL frames of a parsed body. `base(pgno, page)` fills `page` with the page
-/// as it stood before the segment, for each page of [`Parsed::base_pages`]. Returns the frames
-/// and where SQLite's checksum chain over them ends, which the caller compares with the one the
-/// agent read from the live WAL (the frames are written here from the checked frame map and
-/// commit table, so the chain's end is what is left to prove).
-pub(crate) fn rebuild(
+/// Rebuilds the pages of a parsed body's WAL frames, each with its page number; [`chain`]
+/// completes their headers. `base(pgno, page)` fills `page` with the page as it stood before
+/// the segment, for each page of [`Parsed::base_pages`]. The caller compares the chain's end
+/// with the one the agent read from the live WAL (the frames are written from the checked
+/// frame map and commit table, so the chain's end is what is left to prove).
+pub(crate) fn rebuild_pages(
     h: &SegmentHeader,
-    commits: &[CommitRecord],
     body: &Parsed,
     base: &mut dyn FnMut(u32, &mut [u8]) -> Result<()>,
-) -> Result<(Vec<u8>, WalChecksum)> {
+    mut frames: Vec<u8>,
+) -> Result<Vec<u8>> {
     let n = body.pgnos.len();
     let fs = h.frame_size();
     let pgnos = &body.pgnos;
-    let mut frames = vec![0u8; n * fs];
+    // Every byte is written below (headers, and each page from its previous version, its base
+    // or zeros), so a reused buffer is only cut or grown, not cleared.
+    if frames.capacity() < n * fs {
+        // Growing would copy the old bytes first; and the old allocation goes before the new
+        // one comes.
+        drop(std::mem::take(&mut frames));
+        frames = vec![0u8; n * fs];
+    } else if frames.len() > n * fs {
+        frames.truncate(n * fs);
+    } else {
+        frames.resize(n * fs, 0);
+    }
     let mut input = &body.raw[body.versions_at..];
     let mut group = body.pages.iter();
     let mut prev: Option<usize> = None;
@@ -253,8 +264,11 @@ pub(crate) fn rebuild(
         } else {
             let &(p, needs) = group.next().expect("one base-map entry per page");
             debug_assert_eq!(p, pgnos[i]);
+            let page = &mut frames[i * fs + FRAME_HEADER_SIZE..(i + 1) * fs];
             if needs {
-                base(p, &mut frames[i * fs + FRAME_HEADER_SIZE..(i + 1) * fs])?;
+                base(p, page)?;
+            } else {
+                page.fill(0);
             }
         }
         delta::decode(
@@ -263,15 +277,23 @@ pub(crate) fn rebuild(
         )?;
         prev = Some(i);
     }
-    // Frame headers: page number, database size on a transaction's last frame, the WAL's salts,
-    // and SQLite's running checksum continued from the header's chain start.
+    for (f, pgno) in frames.chunks_exact_mut(fs).zip(pgnos) {
+        f[0..4].copy_from_slice(&pgno.to_be_bytes());
+    }
+    Ok(frames)
+}
+
+/// Completes frames whose pages and page numbers [`rebuild_pages`] wrote: the database size on
+/// a transaction's last frame, the WAL's salts, and SQLite's running checksum continued from
+/// the header's chain start. Returns the chain's end.
+pub(crate) fn chain(h: &SegmentHeader, commits: &[CommitRecord], frames: &mut [u8]) -> WalChecksum {
+    let fs = h.frame_size();
     let mut running = h.wal.checksum_before;
     let mut frame = 0usize;
     for c in commits {
         for k in 0..c.frames {
             let f = &mut frames[frame * fs..(frame + 1) * fs];
             let commit_size = if k + 1 == c.frames { c.db_size } else { 0 };
-            f[0..4].copy_from_slice(&pgnos[frame].to_be_bytes());
             f[4..8].copy_from_slice(&commit_size.to_be_bytes());
             f[8..12].copy_from_slice(&h.wal.salt1.to_be_bytes());
             f[12..16].copy_from_slice(&h.wal.salt2.to_be_bytes());
@@ -282,7 +304,7 @@ pub(crate) fn rebuild(
             frame += 1;
         }
     }
-    Ok((frames, running))
+    running
 }
 
 #[cfg(test)]
