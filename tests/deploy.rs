@@ -127,8 +127,11 @@ fn ten_render_style_deploys_of_the_node_app_lose_no_acknowledged_write() {
         let ready = t0.elapsed();
         // Traffic moves to it; then the old one gets SIGTERM.
         port.store(new.port, Ordering::SeqCst);
-        let log = old.log_text();
+        // The log as it stands once the old instance has exited: its line about the handoff
+        // follows the lease's release, which the new instance may act on first.
+        let log_path = old.log_path();
         let status = old.stop();
+        let log = std::fs::read_to_string(&log_path).unwrap_or_default();
         assert!(
             log.contains("handed the writer lease over"),
             "deploy {i}: the old instance did not hand over; its log:\n{log}"

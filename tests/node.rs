@@ -173,6 +173,11 @@ impl App {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
 
+    /// Where lifeboat's log goes (to read it after [`App::stop`]).
+    pub(crate) fn log_path(&self) -> PathBuf {
+        self.log.clone()
+    }
+
     /// The whole host dies at once: SIGKILL to the process group, and to the app in case lifeboat
     /// put it in a group of its own.
     pub(crate) fn hard_kill(mut self) {
