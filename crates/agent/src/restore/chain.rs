@@ -20,7 +20,7 @@ use lifeboat_wal::{DbChecksum, Generation, TxId};
 
 use super::copies::Copies;
 use super::output::{Output, Pages};
-use super::Target;
+use super::plan::Target;
 use crate::catalog;
 use crate::{Error, Result};
 
