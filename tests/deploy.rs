@@ -51,6 +51,7 @@ fn client(port: Arc<AtomicU16>, stop: Arc<AtomicBool>, seen: Arc<Mutex<Seen>>) {
             _ => s.failed += 1,
         }
         drop(s);
+        // Pacing, not synchronisation: a client writing one request after another.
         std::thread::sleep(Duration::from_millis(5));
     }
 }

@@ -122,6 +122,7 @@ fn every_restore_point_has_the_files_its_rows_refer_to_on_s3() {
             std::fs::remove_file(up.join(path)).unwrap();
             written.insert(id, (to, Instant::now()));
         }
+        // Pacing, not synchronisation: the app's writes come at uneven intervals.
         std::thread::sleep(Duration::from_millis(rng.random_range(0..25)));
     }
     drop(c);
@@ -345,6 +346,7 @@ fn kill_9_and_a_wiped_disk_bring_back_every_acknowledged_receipt_with_its_row() 
             .count()
             >= 60
     });
+    // The chosen moment of the crash (random), not a wait for something to happen.
     std::thread::sleep(Duration::from_millis(rand::rng().random_range(0..500)));
     kill_both(agent, d, "m2");
     // The disk is wiped.

@@ -469,6 +469,7 @@ fn max_wal_bytes_holds_while_the_replica_disk_is_full() {
         for _ in 0..20 {
             disk.fill();
             largest = largest.max(size());
+            // Sampling the WAL's size every 5 ms, within the loop's deadline.
             std::thread::sleep(Duration::from_millis(5));
         }
     }

@@ -333,6 +333,7 @@ fn max_wal_bytes_holds_while_the_replica_is_blackholed() {
         appended += s.saturating_sub(last);
         largest = largest.max(s);
         last = s;
+        // Sampling the WAL's size every 5 ms, within the loop's deadline.
         std::thread::sleep(Duration::from_millis(5));
     }
     agent.wait_for_log("releasing the WAL");

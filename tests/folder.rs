@@ -38,6 +38,7 @@ impl App {
                 mixed_txn(&conns[i], seq);
                 seq += 1;
                 d.store(seq, Ordering::SeqCst);
+                // Pacing, not synchronisation: a steady app rather than a flat-out one.
                 std::thread::sleep(Duration::from_millis(2));
             }
         });

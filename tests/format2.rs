@@ -107,18 +107,27 @@ impl Scene {
         }
     }
 
+    /// Waits until a segment ending at txid `last` is shipped. Called with the writer paused
+    /// after `last`, it also cuts the segments there: the tests cross many segment boundaries.
+    fn wait_shipped(&self, last: u64) {
+        wait_until(
+            &format!("txid {last} shipped"),
+            Duration::from_secs(30),
+            || {
+                segment_files(&self.replica).iter().any(|p| {
+                    p.file_name()
+                        .unwrap()
+                        .to_str()
+                        .unwrap()
+                        .contains(&format!("-{last:016x}-"))
+                })
+            },
+        );
+    }
+
     /// Waits until txid `last` is shipped, stops the agent, and returns the segment files.
     fn finish(self, last: u64) -> (tempfile::TempDir, String, Vec<PathBuf>) {
-        let replica = &self.replica;
-        wait_until("every commit shipped", Duration::from_secs(30), || {
-            segment_files(replica).iter().any(|p| {
-                p.file_name()
-                    .unwrap()
-                    .to_str()
-                    .unwrap()
-                    .contains(&format!("-{last:016x}-"))
-            })
-        });
+        self.wait_shipped(last);
         self.agent.stop_ok();
         let segs = segment_files(&self.replica);
         (self.dir, self.url, segs)
@@ -150,7 +159,7 @@ fn every_txid_of_a_format2_generation_restores_the_writers_state_at_that_commit(
         mixed_txn(c, seq);
         oracle.push(digest(c));
         if seq % 4 == 0 {
-            std::thread::sleep(Duration::from_millis(15));
+            sc.wait_shipped(oracle.len() as u64 - 1);
         }
     }
     let (dir, url, segs) = sc.finish(oracle.len() as u64 - 1);
@@ -236,7 +245,7 @@ fn a_database_that_shrinks_and_grows_back_restores_at_every_txid() {
             oracle.push(digest(c));
         }
         if seq % 4 == 0 {
-            std::thread::sleep(Duration::from_millis(15));
+            sc.wait_shipped(oracle.len() as u64 - 1);
         }
     }
     assert!(shrinks >= 4, "the database shrank only {shrinks} times");

@@ -45,6 +45,16 @@ pub(super) struct State {
     pub page_size: u32,
 }
 
+impl State {
+    /// The state after commit `c`.
+    fn advance(&mut self, c: &CommitRecord) {
+        self.txid = c.txid;
+        self.time_ms = c.time_ms;
+        self.db_size = c.db_size;
+        self.checksum = c.checksum;
+    }
+}
+
 /// What applying the chain left: the file (every page written), its hashes and verified state,
 /// the segments applied, and whether the target was reached.
 pub(super) struct Applied {
@@ -224,10 +234,7 @@ fn keep_pages(pages: &mut Pages, at: &mut State, seg: &Unchained, target: Target
             high = c.db_size;
         }
         pages.commit(c.db_size);
-        at.txid = c.txid;
-        at.time_ms = c.time_ms;
-        at.db_size = c.db_size;
-        at.checksum = c.checksum;
+        at.advance(c);
     }
     for (pgno, page) in last {
         pages.page(pgno, page);
@@ -293,10 +300,7 @@ fn apply_segment(
                 c.checksum
             )));
         }
-        state.txid = c.txid;
-        state.time_ms = c.time_ms;
-        state.db_size = c.db_size;
-        state.checksum = c.checksum;
+        state.advance(c);
     }
     Ok(reached)
 }

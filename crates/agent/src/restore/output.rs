@@ -3,9 +3,9 @@
 //! Transactions are applied to the per-page hashes one by one (every commit's database checksum
 //! is checked), but each page reaches the file once, in its last version: [`Pages`] keeps, for
 //! the transactions applied so far, each page's newest bytes and the smallest size the database
-//! had, across segments, up to [`Pages::held`] bytes; [`Output::flush`] then makes the file
-//! exactly the database after the last of them. A segment's base pages (the state before it)
-//! are read through [`Pages::base`]: from memory, as zeros, or from the file.
+//! had, across segments (the caller bounds [`Pages::held`]); [`Output::flush`] then makes the
+//! file exactly the database after the last of them. A segment's base pages (the state before
+//! it) are read through [`Output::base`]: from memory, as zeros, or from the file.
 
 use std::collections::HashMap;
 use std::fs::File;
