@@ -8,9 +8,10 @@
 //! S3 replica): peak RSS 45–47 MB before, 32–35 MB after, the same CPU. A `MALLOC_ARENA_MAX` or
 //! `MALLOC_MMAP_THRESHOLD_` in the environment is left to win.
 //!
-//! Only `replicate` and `run` use them. A restore holds a segment's rebuilt frames (tens of MB)
-//! at a time: with a fixed threshold they were mapped afresh for every segment, and the page
-//! faults took 30 % of its time (it now also reuses its frame buffers itself).
+//! Only `replicate` and `run` use them. A restore that rebuilds a segment's frames (format 1, or
+//! a format-2 segment that starts before the restore's state) holds tens of MB at a time: with a
+//! fixed threshold they were mapped afresh for every segment, and the page faults took 30 % of
+//! its time (it also reuses its frame buffers itself). Format-2 segments are applied in place.
 
 /// Applies the settings; call before any other thread starts.
 #[cfg(all(target_os = "linux", target_env = "gnu"))]

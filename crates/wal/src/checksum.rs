@@ -116,13 +116,18 @@ impl PageHashes {
     /// Sets page `pgno` (1-based) to `data`, growing the database if needed.
     pub fn set_page(&mut self, pgno: u32, data: &[u8]) {
         debug_assert_eq!(data.len(), self.page_size);
+        self.set_page_hash(pgno, page_hash(pgno, data));
+    }
+
+    /// Sets page `pgno` (1-based) to a page whose [`page_hash`] is `h`, growing the database if
+    /// needed.
+    pub fn set_page_hash(&mut self, pgno: u32, h: u64) {
         assert!(pgno >= 1, "page numbers start at 1");
         if pgno as usize > self.hashes.len() {
             self.resize(pgno);
         }
         self.record(pgno as usize - 1);
         let slot = &mut self.hashes[pgno as usize - 1];
-        let h = page_hash(pgno, data);
         self.xor ^= *slot ^ h;
         *slot = h;
     }

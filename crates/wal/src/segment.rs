@@ -395,19 +395,7 @@ impl Segment {
     /// Checks that SQLite's checksum chain over the frames, ending at `running`, ends where the
     /// header says, and that the last commit agrees with the header.
     pub(crate) fn verify_end(&self, running: WalChecksum) -> Result<()> {
-        let h = &self.header;
-        if running != h.wal.checksum_after {
-            return Err(Error::ChecksumMismatch {
-                what: "WAL frame checksum chain",
-                stored: sqlite::pack(h.wal.checksum_after),
-                computed: sqlite::pack(running),
-            });
-        }
-        let last = self.commits.last().expect("at least one commit");
-        if last.db_size != h.db_size || last.checksum != h.checksum_after {
-            return Err(Error::corrupt(0, "last commit disagrees with the header"));
-        }
-        Ok(())
+        check_end(&self.header, &self.commits, running)
     }
 
     /// The frames as `(frame header, page)` pairs.
@@ -443,6 +431,27 @@ pub(crate) fn seal(mut h: SegmentHeader, raw_len: usize, body: &[u8]) -> Vec<u8>
     let crc = crc32fast::hash(&out);
     put32(&mut out, crc);
     out
+}
+
+/// Checks that SQLite's checksum chain over a segment's frames, ending at `running`, ends where
+/// the header says, and that the last commit agrees with the header.
+pub(crate) fn check_end(
+    h: &SegmentHeader,
+    commits: &[CommitRecord],
+    running: WalChecksum,
+) -> Result<()> {
+    if running != h.wal.checksum_after {
+        return Err(Error::ChecksumMismatch {
+            what: "WAL frame checksum chain",
+            stored: sqlite::pack(h.wal.checksum_after),
+            computed: sqlite::pack(running),
+        });
+    }
+    let last = commits.last().expect("at least one commit");
+    if last.db_size != h.db_size || last.checksum != h.checksum_after {
+        return Err(Error::corrupt(0, "last commit disagrees with the header"));
+    }
+    Ok(())
 }
 
 #[cfg(test)]

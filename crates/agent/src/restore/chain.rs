@@ -1,21 +1,25 @@
 //! Applying the chain of segments after the snapshot, in two stages on two threads.
 //!
-//! The *rebuilding* stage (the caller's thread) takes the segments in order, rebuilds the pages
-//! of each format-2 segment's frames against the state before it, and keeps each page's newest
-//! version for the file ([`Pages`]). The *verifying* stage (a thread of its own) completes the
-//! frames and proves them (SQLite's checksum chain to the end the agent read from the live WAL),
-//! then applies every commit to the per-page hashes and checks the database checksum the
-//! segment recorded after it, while the first stage rebuilds the next segment. Both stop at the same commit (the
-//! target's, found by [`txns_to_apply`]). The rebuilding stage trusts a segment's commit records
-//! for the state it reads base pages at; the verifying stage checks them, and its error (the
-//! first in the chain's order) is the one reported. The file, once written, is hashed again.
+//! The *applying* stage (the caller's thread) takes the segments in order. A format-2 segment's
+//! page deltas are applied in place to each page it changes, loaded once from the state before
+//! it, and SQLite's checksum chain over its frames is proven from each page's changed bytes
+//! ([`AnySegment::patch`]): no frame is written out, and each page version is hashed as it is
+//! made. Each page's last version up to the target is kept for the file ([`Pages`]). A format-1
+//! segment's frames were verified when it was downloaded. The *verifying* stage (a thread of its
+//! own) checks each segment's header against the state the restore reached, then applies every
+//! commit to the per-page hashes and checks the database checksum the segment recorded after it,
+//! while the first stage applies the next segment. Both stop at the same
+//! commit (the target's, found by [`txns_to_apply`]). The applying stage trusts a segment's commit
+//! records for the state it reads base pages at; the verifying stage checks them, and its error
+//! (the first in the chain's order) is the one reported. The file, once written, is hashed again.
 
+use std::cell::RefCell;
 use std::collections::HashMap;
 use std::sync::mpsc;
 
 use lifeboat_wal::any_segment::{AnySegment, Unchained};
 use lifeboat_wal::checksum::PageHashes;
-use lifeboat_wal::segment::{CommitRecord, Segment};
+use lifeboat_wal::segment::{CommitRecord, Segment, SegmentHeader};
 use lifeboat_wal::{DbChecksum, Generation, TxId};
 
 use super::copies::Copies;
@@ -28,10 +32,34 @@ use crate::{Error, Result};
 /// once, unless more pages than this change between two writes.
 const HELD_PAGES: usize = 32 << 20;
 
-/// A downloaded segment: its frames, or a format-2 segment that needs the restored state.
+/// A downloaded segment: its frames, verified, or a format-2 segment's page deltas.
 pub(super) enum Ready {
     Built(Segment),
-    NeedsBases(AnySegment),
+    Deltas(AnySegment),
+}
+
+/// What the applying stage hands the verifying stage for one segment.
+enum Applying {
+    /// Frames still to chain and prove, and to apply commit by commit.
+    Frames(Unchained),
+    /// A format-2 segment applied in place, its chain proven.
+    Patched(Patched),
+}
+
+/// A format-2 segment applied in place: its header and commits, how many were applied, and each
+/// frame's page number and page hash.
+struct Patched {
+    header: SegmentHeader,
+    commits: Vec<CommitRecord>,
+    applied: usize,
+    frames: Vec<(u32, u64)>,
+}
+
+/// The base of a page of a segment checked to have no base pages.
+pub(super) fn no_base(pgno: u32, _: &mut [u8]) -> lifeboat_wal::Result<()> {
+    Err(lifeboat_wal::Error::from(std::io::Error::other(format!(
+        "page {pgno} has no base"
+    ))))
 }
 
 /// Where the restore stands: after which transaction, and the database then.
@@ -78,7 +106,7 @@ pub(super) fn apply(
 ) -> Result<Applied> {
     // A rendezvous: one segment being rebuilt, one being verified (a segment's frames can be
     // 64 MiB).
-    let (to_verify, verify_rx) = mpsc::sync_channel::<(catalog::Segment, Unchained)>(0);
+    let (to_verify, verify_rx) = mpsc::sync_channel::<(catalog::Segment, Applying)>(0);
     let (give_back, buffers) = mpsc::channel::<Vec<u8>>();
     let mut pages = Pages::new(state.db_size);
     let mut at = state.clone();
@@ -87,22 +115,35 @@ pub(super) fn apply(
         let verifier = s.spawn(move || verify(verify_rx, give_back, hashes, state, target));
         let rebuilt = (|| -> Result<()> {
             while let Some((o, seg)) = rx.blocking_recv() {
-                let seg = match seg {
+                let (seg, reached) = match seg {
                     Ready::Built(s) => {
                         copies.check_and_keep(&o.key, &s.header, &s.commits, Some(&s.frames))?;
-                        Unchained::verified(s)
+                        frames(&mut pages, &mut at, Unchained::verified(s), target)
                     }
-                    Ready::NeedsBases(any) => {
+                    Ready::Deltas(any)
+                        if any.header.first_txid != at.txid.next()
+                            && any.base_pages().is_empty() =>
+                    {
+                        // Starts before the restore's state, which it does not need: its frames
+                        // are rebuilt whole, and applied as stored frames are.
                         copies.check_and_keep(&o.key, &any.header, &any.commits, None)?;
-                        // The verifying stage hands back the frames it is done with: two
-                        // segments' frames are alive at once, not one per segment.
                         let buffer = buffers.try_iter().last().unwrap_or_default();
-                        rebuild_on(&out, &pages, &at, &o, any, buffer)?
+                        let seg =
+                            any.rebuild_into(&mut no_base, buffer)
+                                .map_err(|e| Error::Corrupt {
+                                    key: o.key.clone(),
+                                    cause: e,
+                                })?;
+                        frames(&mut pages, &mut at, seg, target)
+                    }
+                    Ready::Deltas(any) => {
+                        copies.check_and_keep(&o.key, &any.header, &any.commits, None)?;
+                        let (p, reached) = patch_on(&out, &mut pages, &mut at, &o, any, target)?;
+                        (Applying::Patched(p), reached)
                     }
                 };
                 objects += 1;
                 bytes += o.size;
-                let reached = keep_pages(&mut pages, &mut at, &seg, target);
                 if pages.held() > HELD_PAGES {
                     out.flush(&mut pages)?;
                 }
@@ -131,23 +172,29 @@ pub(super) fn apply(
     })
 }
 
-/// The verifying stage: every commit applied to the hashes and its checksum checked; hands
-/// each segment's frame buffer back for reuse. Returns the hashes, the state reached, and
-/// whether it is the target.
+/// The verifying stage: each segment's header checked, its commits applied to the hashes and
+/// the database checksum checked; hands each segment's frame buffer back for reuse. Returns the
+/// hashes, the state reached, and whether it is the target.
 fn verify(
-    rx: mpsc::Receiver<(catalog::Segment, Unchained)>,
+    rx: mpsc::Receiver<(catalog::Segment, Applying)>,
     give_back: mpsc::Sender<Vec<u8>>,
     mut hashes: PageHashes,
     mut state: State,
     target: Target,
 ) -> Result<(PageHashes, State, bool)> {
     for (o, seg) in rx {
-        let seg = seg.chain().map_err(|e| Error::Corrupt {
-            key: o.key.clone(),
-            cause: e,
-        })?;
-        let reached = apply_segment(&mut hashes, &mut state, &o, &seg, target)?;
-        let _ = give_back.send(seg.frames);
+        let reached = match seg {
+            Applying::Frames(seg) => {
+                let seg = seg.chain().map_err(|e| Error::Corrupt {
+                    key: o.key.clone(),
+                    cause: e,
+                })?;
+                let reached = apply_segment(&mut hashes, &mut state, &o, &seg, target)?;
+                let _ = give_back.send(seg.frames);
+                reached
+            }
+            Applying::Patched(p) => apply_patched(&mut hashes, &mut state, &o, &p, target)?,
+        };
         if reached {
             return Ok((hashes, state, true));
         }
@@ -155,18 +202,20 @@ fn verify(
     Ok((hashes, state, false))
 }
 
-/// Rebuilds a format-2 segment's frames from the pages of the database restored so far, which
-/// must be exactly the state before the segment (its checksum is the segment's starting one).
-fn rebuild_on(
+/// Applies a format-2 segment's page deltas to the restore at `at` (base pages read through
+/// `out` and `pages`), proving SQLite's checksum chain over all its frames, and keeps each
+/// page's last version up to the target in `pages`; `at` moves to the last commit applied. What
+/// the verifying stage needs, and whether the target is reached.
+fn patch_on(
     out: &Output,
-    pages: &Pages,
-    state: &State,
+    pages: &mut Pages,
+    at: &mut State,
     o: &catalog::Segment,
     any: AnySegment,
-    buffer: Vec<u8>,
-) -> Result<Unchained> {
+    target: Target,
+) -> Result<(Patched, bool)> {
     let h = &any.header;
-    if h.first_txid != state.txid.next() || h.checksum_before != state.checksum {
+    if h.first_txid != at.txid.next() || h.checksum_before != at.checksum {
         return Err(Error::ObjectMismatch {
             key: o.key.clone(),
             problem: format!(
@@ -174,25 +223,78 @@ fn rebuild_on(
                  restore is at txid {} (checksum {}); restore from another snapshot",
                 TxId(h.first_txid.0.saturating_sub(1)),
                 h.checksum_before,
-                state.txid,
-                state.checksum
+                at.txid,
+                at.checksum
             ),
         });
     }
-    any.rebuild_into(
-        &mut |pgno, page| {
-            out.base(pages, pgno, page)
-                .map_err(|e| lifeboat_wal::Error::Corrupt {
-                    offset: 0,
-                    reason: format!("cannot read base page {pgno}: {e}"),
-                })
+    let (_, n, reached) = txns_to_apply(h.first_txid, &any.commits, at.txid, target);
+    let applied = &any.commits[..n];
+    // A page a commit writes is gone if that commit or a later one leaves the database smaller:
+    // `low_from[c]` is the smallest size from commit `c` on.
+    let mut low_from = vec![u32::MAX; n + 1];
+    for c in (0..n).rev() {
+        low_from[c] = low_from[c + 1].min(applied[c].db_size);
+    }
+    let low = low_from[0];
+    let ends: Vec<usize> = applied
+        .iter()
+        .scan(0, |end, c| {
+            *end += c.frames as usize;
+            Some(*end)
+        })
+        .collect();
+    let mut above = Vec::new();
+    let frames = {
+        // Base pages are read while kept ones are added: a page's base is read before its own
+        // versions are applied, and it is kept once, after them, so no read sees a kept page.
+        let held = RefCell::new(&mut *pages);
+        any.patch(
+            ends.last().copied().unwrap_or(0),
+            &mut |pgno, page| {
+                out.base(&held.borrow(), pgno, page)
+                    .map_err(|e| lifeboat_wal::Error::Corrupt {
+                        offset: 0,
+                        reason: format!("cannot read base page {pgno}: {e}"),
+                    })
+            },
+            &mut |pgno, frame, page| {
+                if pgno > low_from[ends.partition_point(|&e| e <= frame)] {
+                    return;
+                }
+                // A page past the segment's smallest size is added after its commits are, which
+                // drop the pages there.
+                if pgno <= low {
+                    held.borrow_mut().page(pgno, page);
+                } else {
+                    above.push((pgno, page.to_vec()));
+                }
+            },
+        )
+        .map_err(|e| Error::Corrupt {
+            key: o.key.clone(),
+            cause: e,
+        })?
+    };
+    for c in applied {
+        pages.commit(c.db_size);
+        at.advance(c);
+    }
+    for (pgno, page) in above {
+        pages.page(pgno, &page);
+    }
+    let AnySegment {
+        header, commits, ..
+    } = any;
+    Ok((
+        Patched {
+            header,
+            commits,
+            applied: n,
+            frames,
         },
-        buffer,
-    )
-    .map_err(|e| Error::Corrupt {
-        key: o.key.clone(),
-        cause: e,
-    })
+        reached,
+    ))
 }
 
 /// How many of a segment's transactions before the restore's state `txid` it holds (a segment
@@ -216,10 +318,11 @@ fn txns_to_apply(
     (skip, n, false)
 }
 
-/// The rebuilding stage's part: each page's newest version up to the target into `pages`, and
-/// `at` moved to the last commit applied (as the segment records it). Whether the target is
-/// reached. A page written several times in the segment is copied once, in its last version.
-fn keep_pages(pages: &mut Pages, at: &mut State, seg: &Unchained, target: Target) -> bool {
+/// The applying stage's part for a segment's frames: each page's newest version up to the
+/// target into `pages`, and `at` moved to the last commit applied (as the segment records it).
+/// The frames for the verifying stage, and whether the target is reached. A page written several
+/// times in the segment is copied once, in its last version.
+fn frames(pages: &mut Pages, at: &mut State, seg: Unchained, target: Target) -> (Applying, bool) {
     let (skip, n, reached) = txns_to_apply(seg.header().first_txid, seg.commits(), at.txid, target);
     let mut last: HashMap<u32, &[u8]> = HashMap::new();
     let mut high = 0;
@@ -239,19 +342,19 @@ fn keep_pages(pages: &mut Pages, at: &mut State, seg: &Unchained, target: Target
     for (pgno, page) in last {
         pages.page(pgno, page);
     }
-    reached
+    (Applying::Frames(seg), reached)
 }
 
-/// The verifying stage's part for one segment: its header against the chain, then each commit
-/// up to the target applied to the hashes and checked. Whether the target is reached.
-fn apply_segment(
-    hashes: &mut PageHashes,
-    state: &mut State,
+/// The verifying stage's checks of a segment's header and commits against the restore's state:
+/// generation, page size, key, where it starts and the checksum there. How many transactions to
+/// skip and apply for `target`, and whether the last of those reaches it.
+fn check_start(
+    state: &State,
     o: &catalog::Segment,
-    seg: &Segment,
+    h: &SegmentHeader,
+    commits: &[CommitRecord],
     target: Target,
-) -> Result<bool> {
-    let h = &seg.header;
+) -> Result<(usize, usize, bool)> {
     let bad = |problem: String| Error::ObjectMismatch {
         key: o.key.clone(),
         problem,
@@ -274,7 +377,7 @@ fn apply_segment(
             h.first_txid, state.txid
         )));
     }
-    let (skip, n, reached) = txns_to_apply(h.first_txid, &seg.commits, state.txid, target);
+    let (skip, n, reached) = txns_to_apply(h.first_txid, commits, state.txid, target);
     if skip == 0 && h.checksum_before != state.checksum {
         return Err(bad(format!(
             "expects database checksum {} before it, the restore has {}",
@@ -282,7 +385,7 @@ fn apply_segment(
         )));
     }
     // A segment starting before the restore's state must hold that state too.
-    if let Some(c) = seg.commits.get(skip.wrapping_sub(1)) {
+    if let Some(c) = commits.get(skip.wrapping_sub(1)) {
         if c.txid != state.txid || c.checksum != state.checksum {
             return Err(bad(format!(
                 "records database checksum {} after txid {}, the restore has {} there",
@@ -290,15 +393,73 @@ fn apply_segment(
             )));
         }
     }
+    Ok((skip, n, reached))
+}
+
+/// The error for a database checksum that differs from the one a segment recorded.
+fn checksum_differs(o: &catalog::Segment, c: &CommitRecord, hashes: &PageHashes) -> Error {
+    Error::ObjectMismatch {
+        key: o.key.clone(),
+        problem: format!(
+            "after txid {} the database checksum is {}, the segment recorded {}",
+            c.txid,
+            hashes.checksum(),
+            c.checksum
+        ),
+    }
+}
+
+/// The verifying stage's part for a segment's frames: its header against the restore's state,
+/// then each commit up to the target applied to the hashes and checked. Whether the target is
+/// reached.
+fn apply_segment(
+    hashes: &mut PageHashes,
+    state: &mut State,
+    o: &catalog::Segment,
+    seg: &Segment,
+    target: Target,
+) -> Result<bool> {
+    let (skip, n, reached) = check_start(state, o, &seg.header, &seg.commits, target)?;
     for (c, frames) in seg.txns().skip(skip).take(n) {
         frames.apply(hashes, c.db_size);
         if hashes.checksum() != c.checksum {
-            return Err(bad(format!(
-                "after txid {} the database checksum is {}, the segment recorded {}",
-                c.txid,
-                hashes.checksum(),
-                c.checksum
-            )));
+            return Err(checksum_differs(o, c, hashes));
+        }
+        state.advance(c);
+    }
+    Ok(reached)
+}
+
+/// The verifying stage's part for a segment applied in place: its header against the
+/// restore's state, then each commit up to the target applied to the hashes (from the page
+/// hashes the applying stage computed) and checked. Whether the target is reached.
+fn apply_patched(
+    hashes: &mut PageHashes,
+    state: &mut State,
+    o: &catalog::Segment,
+    p: &Patched,
+    target: Target,
+) -> Result<bool> {
+    let (skip, n, reached) = check_start(state, o, &p.header, &p.commits, target)?;
+    if (skip, n) != (0, p.applied) {
+        return Err(Error::ObjectMismatch {
+            key: o.key.clone(),
+            problem: format!(
+                "applied {} of its transactions from its first, the restore's state calls \
+                 for {n} from its {}th",
+                p.applied,
+                skip + 1
+            ),
+        });
+    }
+    let mut frames = p.frames.iter();
+    for c in &p.commits[..n] {
+        for &(pgno, h) in frames.by_ref().take(c.frames as usize) {
+            hashes.set_page_hash(pgno, h);
+        }
+        hashes.resize(c.db_size);
+        if hashes.checksum() != c.checksum {
+            return Err(checksum_differs(o, c, hashes));
         }
         state.advance(c);
     }

@@ -243,19 +243,15 @@ pub async fn execute(
         .map(|o| async move {
             let b = retry(policy, "segment download", || client.get(&o.key)).await?;
             let name = o.key.clone();
-            // Segments that rebuild on their own do it here, in parallel; format-2 segments
-            // whose pages are deltas against the state before them wait for that state.
+            // Checked here, in parallel: both CRCs, decompressed, the structure; a format-1
+            // segment's stored frames verified too. A format-2 segment's page deltas are
+            // applied in chain order, to the state before it.
             let seg = tokio::task::spawn_blocking(move || {
                 let any = AnySegment::open(&b)?;
-                if any.base_pages().is_empty() {
-                    any.rebuild(&mut |p, _| {
-                        Err(lifeboat_wal::Error::from(std::io::Error::other(format!(
-                            "page {p} has no base"
-                        ))))
-                    })
-                    .map(Ready::Built)
+                if any.holds_deltas() {
+                    Ok(Ready::Deltas(any))
                 } else {
-                    Ok(Ready::NeedsBases(any))
+                    any.rebuild(&mut chain::no_base).map(Ready::Built)
                 }
             })
             .await

@@ -9,7 +9,7 @@
 
 use super::format2::{self, Parsed};
 use crate::segment::{
-    CommitRecord, Segment, SegmentHeader, COMMIT_RECORD_SIZE, HEADER_SIZE, VERSION_1,
+    check_end, CommitRecord, Segment, SegmentHeader, COMMIT_RECORD_SIZE, HEADER_SIZE, VERSION_1,
 };
 use crate::transaction::Frames;
 use crate::{Error, Result};
@@ -258,6 +258,36 @@ impl AnySegment {
                 })
             }
         }
+    }
+}
+
+impl AnySegment {
+    /// Whether the body holds page deltas (format 2), which [`patch`](Self::patch) applies.
+    pub fn holds_deltas(&self) -> bool {
+        matches!(self.body, Body::Deltas(_))
+    }
+
+    /// Applies a format-2 segment's page versions to pages in place, and proves every frame as
+    /// [`rebuild`](Self::rebuild) does (SQLite's checksum chain from the header's start to its
+    /// end, computed from each page's changed bytes; see `format2::weights`) without writing the
+    /// frames. `base` is as for [`rebuild`](Self::rebuild); `keep(pgno, frame, page)` is handed
+    /// each page's last version among the first `kept` frames, `frame` its index. Returns each
+    /// frame's page number and [`page_hash`](crate::checksum::page_hash), in WAL order, for the
+    /// commits' database checksums. A format-1 segment is refused: its frames are stored whole,
+    /// [`rebuild`](Self::rebuild) verifies them.
+    pub fn patch(
+        &self,
+        kept: usize,
+        base: &mut dyn FnMut(u32, &mut [u8]) -> Result<()>,
+        keep: &mut dyn FnMut(u32, usize, &[u8]),
+    ) -> Result<Vec<(u32, u64)>> {
+        let Body::Deltas(body) = &self.body else {
+            return Err(Error::corrupt(0, "a format-1 segment has no page deltas"));
+        };
+        let (end, hashes) =
+            format2::patch::patch(&self.header, &self.commits, body, kept, base, keep)?;
+        check_end(&self.header, &self.commits, end)?;
+        Ok(hashes)
     }
 }
 

@@ -87,7 +87,7 @@ pub(crate) fn check(input: &mut &[u8], page_size: usize) -> Result<()> {
 }
 
 /// Walks the runs of one delta, handing each run's start and bytes to `run`.
-fn walk(input: &mut &[u8], n: usize, mut run: impl FnMut(usize, &[u8])) -> Result<()> {
+pub(super) fn walk(input: &mut &[u8], n: usize, mut run: impl FnMut(usize, &[u8])) -> Result<()> {
     let runs = varint::get(input, "page delta run count")? as usize;
     if runs > n / 2 + 1 {
         return Err(Error::corrupt(0, "page delta has more runs than a page"));

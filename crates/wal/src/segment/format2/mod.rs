@@ -10,7 +10,9 @@
 //! rebuilt exactly — frame headers and SQLite's running checksums recomputed from the WAL salts
 //! and the chain start in the header — and go through the same verification as format 1's stored
 //! frames, so the chain must end at the checksum the agent read from the live WAL, and restore
-//! re-checks every commit's database checksum.
+//! re-checks every commit's database checksum. Restore does not write the frames out: it applies
+//! each page's versions in place and carries SQLite's checksum through the changed bytes
+//! ([`patch`]), which proves the same chain at the cost of the bytes that changed.
 //!
 //! Raw body (before compression), byte by byte in `docs/format.md`:
 //! 1. the commit table (as format 1);
@@ -22,7 +24,9 @@
 
 pub(crate) mod delta;
 mod encoder;
+pub(crate) mod patch;
 mod varint;
+mod weights;
 
 use std::collections::HashMap;
 
@@ -318,18 +322,18 @@ mod tests {
     use crate::Generation;
     use proptest::prelude::*;
 
-    const PS: usize = 512;
+    pub(super) const PS: usize = 512;
 
     /// A transaction: the pages it writes, each as (page number, byte edits to its last version).
-    type Txn = Vec<(u32, Vec<(usize, u8)>)>;
+    pub(super) type Txn = Vec<(u32, Vec<(usize, u8)>)>;
 
     /// Builds a segment from transactions the way the agent does, from real WAL frames.
-    fn build(txns: &[Txn], big_endian: bool) -> Segment {
+    pub(super) fn build(txns: &[Txn], big_endian: bool) -> Segment {
         build_on(&vec![vec![0u8; PS]; 9], txns, big_endian)
     }
 
     /// The same, on a database whose pages 1..=8 are `before[1..]` (page 0 unused).
-    fn build_on(before: &[Vec<u8>], txns: &[Txn], big_endian: bool) -> Segment {
+    pub(super) fn build_on(before: &[Vec<u8>], txns: &[Txn], big_endian: bool) -> Segment {
         let wal = WalHeader::new(big_endian, PS as u32, 3, (0xdead, 0xbeef));
         let mut pages: Vec<Vec<u8>> = before.to_vec();
         let mut hashes = PageHashes::new(PS);
@@ -379,7 +383,7 @@ mod tests {
         .unwrap()
     }
 
-    fn txns() -> impl Strategy<Value = Vec<Txn>> {
+    pub(super) fn txns() -> impl Strategy<Value = Vec<Txn>> {
         let edits = proptest::collection::vec((0usize..PS, any::<u8>()), 0..40);
         let txn = proptest::collection::vec((1u32..9, edits), 1..5);
         proptest::collection::vec(txn, 1..12)
@@ -447,7 +451,7 @@ mod tests {
         );
     }
 
-    fn before() -> Vec<Vec<u8>> {
+    pub(super) fn before() -> Vec<Vec<u8>> {
         (0..9u8)
             .map(|p| (0..PS).map(|i| (i as u8).wrapping_mul(p | 1) ^ p).collect())
             .collect()
