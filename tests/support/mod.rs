@@ -335,7 +335,12 @@ pub fn mixed_txn_only(c: &Connection, seq: u64) {
 /// A writer thread running the mixed workload until stopped or `limit` transactions are done.
 pub struct Writer {
     pub stop: Arc<AtomicBool>,
+    /// Transactions whose `txn` call returned.
     pub done: Arc<AtomicU64>,
+    /// Transactions whose `txn` call began: at least as many as SQLite committed (a commit is
+    /// counted in `done` only once the whole call returns, which can be much later: the mixed
+    /// workload runs the app's own checkpoint after some commits, and it may wait).
+    pub started: Arc<AtomicU64>,
     handle: Option<JoinHandle<u64>>,
 }
 
@@ -414,7 +419,8 @@ impl Writer {
     ) -> Writer {
         let stop = Arc::new(AtomicBool::new(false));
         let done = Arc::new(AtomicU64::new(0));
-        let (s, d) = (stop.clone(), done.clone());
+        let started = Arc::new(AtomicU64::new(0));
+        let (s, d, st) = (stop.clone(), done.clone(), started.clone());
         let path = path.to_path_buf();
         let handle = std::thread::spawn(move || {
             let c = app_conn(&path, page_size);
@@ -422,6 +428,7 @@ impl Writer {
             create_schema(&c);
             let mut n = 0;
             while n < limit && !s.load(Ordering::SeqCst) {
+                st.store(n + 1, Ordering::SeqCst);
                 txn(&c, first + n);
                 n += 1;
                 d.store(n, Ordering::SeqCst);
@@ -434,6 +441,7 @@ impl Writer {
         Writer {
             stop,
             done,
+            started,
             handle: Some(handle),
         }
     }

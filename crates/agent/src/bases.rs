@@ -9,6 +9,11 @@
 //! when the page first appears in the batch and checks that hash again. A page rewritten by a
 //! checkpoint or a WAL restart since, or torn by a concurrent write, fails that check and is
 //! stored against an all-zero page instead, so a wrong base can cost bytes but never a restore.
+//!
+//! The same reads serve the encoder when it let a page's latest version in the batch go (to
+//! bound its memory): [`Finder::latest`] reads the page's latest frame of the batch back from the
+//! WAL, which the agent's pin keeps in place, and the encoder checks it against the hash it
+//! computed when it was given the frame.
 
 use std::collections::HashMap;
 use std::fs::File;
@@ -43,6 +48,8 @@ pub(crate) struct Found {
     pub used: usize,
     /// Pages that existed before the batch but whose reads did not verify.
     pub missed: usize,
+    /// Latest versions in the batch read back for the encoder.
+    pub read_back: usize,
 }
 
 impl BaseIndex {
@@ -60,7 +67,9 @@ impl BaseIndex {
             self.latest.clear();
             self.salts = if carried { None } else { cursor.salts() };
         }
-        let wal_file = if self.latest.is_empty() {
+        // Read for bases, and for the batch's own frames (not for a carried batch: its frames
+        // are in memory, and the WAL has restarted since).
+        let wal_file = if carried {
             None
         } else {
             wal.open_file().ok().flatten()
@@ -70,6 +79,7 @@ impl BaseIndex {
                 salts: self.salts,
                 frames: Vec::new(),
             },
+            in_batch: HashMap::new(),
             latest: &self.latest,
             wal_file,
             db,
@@ -90,6 +100,8 @@ impl BaseIndex {
 /// Finds the bases of one batch's pages, transaction by transaction.
 pub(crate) struct Finder<'a> {
     latest: &'a HashMap<u32, u64>,
+    /// Page number to the offset of its latest frame in the batch so far.
+    in_batch: HashMap<u32, u64>,
     wal_file: Option<File>,
     db: &'a File,
     page_size: usize,
@@ -108,8 +120,27 @@ impl Finder<'_> {
         let start = t.end_offset - u64::from(t.frame_count) * fs;
         let pages = Frames::new(&t.frames, self.page_size).pages();
         for (k, (pgno, _)) in pages.enumerate() {
-            self.pending.frames.push((pgno, start + k as u64 * fs));
+            let at = start + k as u64 * fs;
+            self.pending.frames.push((pgno, at));
+            self.in_batch.insert(pgno, at);
         }
+    }
+
+    /// Whether [`latest`](Self::latest) can read the batch's frames back.
+    pub(crate) fn reads_back(&self) -> bool {
+        !self.carried && self.wal_file.is_some()
+    }
+
+    /// Page `pgno`'s latest frame among the transactions [`saw`](Self::saw) was given, read
+    /// back from the WAL, if it hashes to `expected`.
+    pub(crate) fn latest(&mut self, pgno: u32, expected: u64) -> Option<Vec<u8>> {
+        let (&off, f) = self.in_batch.get(&pgno).zip(self.wal_file.as_ref())?;
+        let mut buf = vec![0u8; self.page_size];
+        f.read_exact_at(&mut buf, off + FRAME_HEADER_SIZE as u64)
+            .ok()?;
+        let ok = page_hash(pgno, &buf) == expected;
+        self.found.read_back += usize::from(ok);
+        ok.then_some(buf)
     }
 
     /// Page `pgno` as it stood before the batch, if a read of it hashes to `expected` (its hash

@@ -107,9 +107,11 @@ pub struct Options {
     /// Largest segment read from the WAL, in raw frame bytes (default 64 MiB; a bigger single
     /// transaction still fits in one). A restore holds one segment's frames at a time.
     pub max_segment_bytes: usize,
-    /// Most memory a segment being built may hold: each page's latest version and the encoded
-    /// changes (default 4 MiB). Past it the segment is cut and the rest goes into the next, so
-    /// a replica catching up on a backlog ships few, large segments within a bounded memory.
+    /// Most memory a segment being built may hold: the encoded changes, and pages' latest
+    /// versions up to a quarter of it (past that they are let go, and read back from the WAL,
+    /// verified by hash, when their page is written again) (default 4 MiB). Past it the segment
+    /// is cut and the rest goes into the next, so a replica catching up on a backlog ships few,
+    /// large segments within a bounded memory.
     pub max_segment_memory: usize,
     /// How often to look at the WAL when no file-system event arrives (default 1 s).
     pub poll_interval: Duration,

@@ -5,6 +5,7 @@
 //! Per-replica work lives on the replica (as Litestream keeps `Replica.Sync` in `replica.go`);
 //! the replicator decides when each replica ships.
 
+use std::cell::RefCell;
 use std::fs::File;
 use std::time::Duration;
 
@@ -130,7 +131,7 @@ impl Replica {
         let (n, bytes) = (u.txns, u.body.len());
         ctx.status
             .shipped(self.index, n, bytes as u64, u.time_ms, u.last);
-        debug!(key = %u.key, txns = n, bytes, bases = u.found.used, base_misses = u.found.missed, "segment uploaded");
+        debug!(key = %u.key, txns = n, bytes, bases = u.found.used, base_misses = u.found.missed, read_back = u.found.read_back, "segment uploaded");
         Ok(Shipped {
             puts: 1,
             txns: n,
@@ -211,21 +212,39 @@ fn cut(st: &mut ReplicaState, ship: &Ship, index: usize) -> Result<Cut> {
     let mut finder = bases.finder(cursor, carried, ps, ship.wal, ship.db_file);
     hashes.begin();
     let mut enc = SegmentEncoder::new(st.generation, st.next_txid, ship.page_size, hashes);
+    // Pages' latest versions are read back from the WAL past a quarter of the segment's memory,
+    // so that the segment is bounded by the bytes its commits changed, not the pages they touched.
+    if finder.reads_back() {
+        enc.hold_at_most(ctx.opts.max_segment_memory / 4);
+    }
     let (now, mut last_time, mut n) = (now_ms(), 0u64, 0u64);
     let salts = carry.front().map_or(cursor.salts(), |b| b.end.salts());
+    let mut failed = None;
     let mut add = |t: &Txn| {
-        finder.saw(t);
         let time = ship
             .times
             .next_time(&mut last_time, salts, t.end_offset, now);
-        let base = &mut |p, h| finder.base(p, h);
         let frames = TxnFrames {
             frames: &t.frames,
             count: t.frame_count,
             commit_size: t.commit_size,
             time_ms: time,
         };
-        enc.push(hashes, frames, base);
+        let pushed = {
+            let f = RefCell::new(&mut finder);
+            enc.push(
+                hashes,
+                frames,
+                &mut |p, h| f.borrow_mut().base(p, h),
+                &mut |p, h| f.borrow_mut().latest(p, h),
+            )
+        };
+        if let Err(e) = pushed {
+            failed = Some(e);
+            return false;
+        }
+        // After the push: the encoder reads a page's frames before this transaction's back.
+        finder.saw(t);
         n += 1;
         // Whether the segment may take another transaction.
         enc.held() < ctx.opts.max_segment_memory
@@ -250,6 +269,15 @@ fn cut(st: &mut ReplicaState, ship: &Ship, index: usize) -> Result<Cut> {
         }
     };
     let (pending, found) = finder.finish();
+    if let Some(e) = failed {
+        // The WAL changed under the pin: nothing of the batch is used; the next pass starts
+        // again from the replica's place.
+        st.hashes.rollback();
+        return Err(Error::io(
+            format!("read {}", ship.wal.path().display()),
+            std::io::Error::other(e.to_string()),
+        ));
+    }
     let (end, bytes) = match read {
         Ok(r) if n > 0 => r,
         r => {
