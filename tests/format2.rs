@@ -254,7 +254,7 @@ fn a_database_that_shrinks_and_grows_back_restores_at_every_txid() {
     restore_every_txid(dir.path(), &url, &oracle);
 }
 
-/// A backlog whose commits touch more pages than the segment encoder holds (1 MiB of pages'
+/// A backlog whose commits touch more pages than the segment encoder holds (512 KiB of pages'
 /// latest versions; past that it lets them go and reads a page's back from the WAL, checked by
 /// hash, when the page is written again): pages were read back, and every txid restores to the
 /// writer's state at that commit.
@@ -300,7 +300,7 @@ fn pages_the_encoder_read_back_from_the_wal_restore_at_every_txid() {
         !files_with_suffix(&replica, ".lbsnap").is_empty()
     });
     // Commit k rewrites row 1 (a hot page) and 8 rows spread over the table: about 500 pages,
-    // more than the 256 the encoder holds.
+    // more than the 128 the encoder holds.
     let mut changed: Vec<Vec<usize>> = vec![Vec::new()];
     for k in 1..=80usize {
         let ids: Vec<usize> = std::iter::once(1)

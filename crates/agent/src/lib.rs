@@ -108,7 +108,7 @@ pub struct Options {
     /// transaction still fits in one). A restore holds one segment's frames at a time.
     pub max_segment_bytes: usize,
     /// Most memory a segment being built may hold: the encoded changes, and pages' latest
-    /// versions up to a quarter of it (past that they are let go, and read back from the WAL,
+    /// versions up to an eighth of it (past that they are let go, and read back from the WAL,
     /// verified by hash, when their page is written again) (default 4 MiB). Past it the segment
     /// is cut and the rest goes into the next, so a replica catching up on a backlog ships few,
     /// large segments within a bounded memory.

@@ -212,10 +212,10 @@ fn cut(st: &mut ReplicaState, ship: &Ship, index: usize) -> Result<Cut> {
     let mut finder = bases.finder(cursor, carried, ps, ship.wal, ship.db_file);
     hashes.begin();
     let mut enc = SegmentEncoder::new(st.generation, st.next_txid, ship.page_size, hashes);
-    // Pages' latest versions are read back from the WAL past a quarter of the segment's memory,
+    // Pages' latest versions are read back from the WAL past an eighth of the segment's memory,
     // so that the segment is bounded by the bytes its commits changed, not the pages they touched.
     if finder.reads_back() {
-        enc.hold_at_most(ctx.opts.max_segment_memory / 4);
+        enc.hold_at_most(ctx.opts.max_segment_memory / 8);
     }
     let (now, mut last_time, mut n) = (now_ms(), 0u64, 0u64);
     let salts = carry.front().map_or(cursor.salts(), |b| b.end.salts());

@@ -165,9 +165,10 @@ impl SegmentEncoder {
                     })?;
                 self.held_pages += 1;
             }
-            let before = v.deltas.len();
+            // What the deltas take in memory: a page's grow by doubling.
+            let before = v.deltas.capacity();
             delta::encode(&v.latest, page, &mut v.deltas);
-            self.delta_bytes += v.deltas.len() - before;
+            self.delta_bytes += v.deltas.capacity() - before;
             v.latest.copy_from_slice(page);
             v.latest_hash = page_hash(pgno, page);
             written.push((pgno, v.latest_hash));
