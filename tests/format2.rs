@@ -284,16 +284,12 @@ fn pages_the_encoder_read_back_from_the_wal_restore_at_every_txid() {
     c.execute_batch("COMMIT").unwrap();
     // A PUT budget that holds the backlog back: the first snapshot and one segment, then one
     // PUT every 50 s, so the commits below go out as one segment when the agent stops.
-    let cfg = dir.path().join("lifeboat.toml");
-    std::fs::write(
-        &cfg,
-        format!(
-            "[[databases]]\npath = \"{}\"\nreplicas = [\"{url}\"]\nputs-per-second = 0.02\n\
-             put-burst = 2.0\ncheckpoint-pages = 1000000\n",
-            db.display()
-        ),
-    )
-    .unwrap();
+    let cfg = crate::support::faults::config(
+        dir.path(),
+        &db,
+        &url,
+        "puts-per-second = 0.02\nput-burst = 2.0\ncheckpoint-pages = 1000000",
+    );
     let log = dir.path().join("agent.log");
     let agent = Agent::start(&["replicate", "--config", cfg.to_str().unwrap()], &log);
     wait_until("the first snapshot", Duration::from_secs(20), || {

@@ -236,7 +236,7 @@ fn cut(st: &mut ReplicaState, ship: &Ship, index: usize) -> Result<Cut> {
                 hashes,
                 frames,
                 &mut |p, h| f.borrow_mut().base(p, h),
-                &mut |p, h| f.borrow_mut().latest(p, h),
+                &mut |p, _| f.borrow_mut().latest(p),
             )
         };
         if let Err(e) = pushed {
