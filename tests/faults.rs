@@ -162,6 +162,46 @@ fn resets_and_server_errors_on_a_share_of_requests_lose_nothing() {
     sc.restore_and_verify();
 }
 
+/// Packs (see `replica::packing`) while the server acts on every request but loses a share of
+/// the answers: first to DELETEs (a packed segment is deleted, the agent cannot know), then to
+/// PUTs (a pack that landed may be taken for failed, and its segments kept beside it). Whatever
+/// the agent concluded, nothing is lost and every copy agrees with the pack.
+#[test]
+fn packs_and_deletions_whose_answers_are_lost_lose_nothing() {
+    let sc = Scene::new("packs");
+    let agent = sc.agent(&[]);
+    // A slow writer: a few commits a second, so one small segment a second (the PUT budget),
+    // packed in eights.
+    let w = PacedWriter::start(&sc.db, Duration::from_millis(250));
+    wait_until("a first pack", Duration::from_secs(60), || {
+        !sc.s3.objects("packs", ".lbpack").is_empty()
+    });
+    for method in ["DELETE", "PUT"] {
+        let before = sc.s3.counts().faulted;
+        sc.s3
+            .set(Rule::methods(Fault::LoseResponse, &[method]).share(0.5));
+        sc.wait_faults(before, 2, Duration::from_secs(90));
+    }
+    sc.s3.set(Rule::all(Fault::Pass));
+    let packs = sc.s3.objects("packs", ".lbpack").len();
+    wait_until("a pack after the faults", Duration::from_secs(60), || {
+        sc.s3.objects("packs", ".lbpack").len() > packs
+    });
+    let n = w.halt();
+    agent.stop_ok();
+    let deletes = sc.s3.counts().requests.get("DELETE").copied().unwrap_or(0);
+    eprintln!(
+        "packs through lost answers: {n} commits, {} packs, {} segments left, {deletes} DELETEs",
+        sc.s3.objects("packs", ".lbpack").len(),
+        sc.s3.objects("packs", ".lbseg").len()
+    );
+    assert!(
+        deletes >= 8,
+        "{deletes} DELETEs: no pack replaced its segments"
+    );
+    sc.restore_and_verify();
+}
+
 /// Answers delayed past the client's timeout while the server completes each request (late
 /// landing), then on time again.
 #[test]

@@ -13,7 +13,7 @@ use rusqlite::Connection;
 
 use crate::support::*;
 
-fn restore_txid(url: &str, out: &Path, txid: u64) {
+pub(crate) fn restore_txid(url: &str, out: &Path, txid: u64) {
     let o = run(&[
         "restore",
         url,
@@ -31,7 +31,7 @@ fn restore_txid(url: &str, out: &Path, txid: u64) {
 }
 
 /// Every row of the mixed workload's tables, hashed in key order.
-fn digest(c: &Connection) -> u64 {
+pub(crate) fn digest(c: &Connection) -> u64 {
     let mut h = DefaultHasher::new();
     for q in [
         "SELECT seq, t, pad FROM marks ORDER BY seq",
@@ -56,8 +56,23 @@ fn digest(c: &Connection) -> u64 {
     h.finish()
 }
 
-fn segment_files(replica: &Path) -> Vec<PathBuf> {
-    let mut v = files_with_suffix(replica, ".lbseg");
+/// Every segment stored under `replica`, as `(name, bytes)`: `.lbseg` objects, and the parts of
+/// `.lbpack` objects (the agent packs small segments in eights, see `replica::packing`).
+fn segments(replica: &Path) -> Vec<(String, Vec<u8>)> {
+    let mut v: Vec<(String, Vec<u8>)> = files_with_suffix(replica, ".lbseg")
+        .into_iter()
+        .map(|p| (p.display().to_string(), std::fs::read(&p).unwrap()))
+        .collect();
+    for p in files_with_suffix(replica, ".lbpack") {
+        let b = bytes::Bytes::from(std::fs::read(&p).unwrap());
+        for (i, (_, part)) in lifeboat_wal::pack::split(&b)
+            .unwrap()
+            .into_iter()
+            .enumerate()
+        {
+            v.push((format!("{} (part {i})", p.display()), part.to_vec()));
+        }
+    }
     v.sort();
     v
 }
@@ -109,27 +124,20 @@ impl Scene {
 
     /// Waits until a segment ending at txid `last` is shipped. Called with the writer paused
     /// after `last`, it also cuts the segments there: the tests cross many segment boundaries.
+    /// (The newest txid shipped is then `last`, in a segment's key or a pack's.)
     fn wait_shipped(&self, last: u64) {
         wait_until(
             &format!("txid {last} shipped"),
             Duration::from_secs(30),
-            || {
-                segment_files(&self.replica).iter().any(|p| {
-                    p.file_name()
-                        .unwrap()
-                        .to_str()
-                        .unwrap()
-                        .contains(&format!("-{last:016x}-"))
-                })
-            },
+            || newest_shipped_txid(&self.replica) >= last,
         );
     }
 
-    /// Waits until txid `last` is shipped, stops the agent, and returns the segment files.
-    fn finish(self, last: u64) -> (tempfile::TempDir, String, Vec<PathBuf>) {
+    /// Waits until txid `last` is shipped, stops the agent, and returns the segments.
+    fn finish(self, last: u64) -> (tempfile::TempDir, String, Vec<(String, Vec<u8>)>) {
         self.wait_shipped(last);
         self.agent.stop_ok();
-        let segs = segment_files(&self.replica);
+        let segs = segments(&self.replica);
         (self.dir, self.url, segs)
     }
 }
@@ -168,9 +176,9 @@ fn every_txid_of_a_format2_generation_restores_the_writers_state_at_that_commit(
     // segment were used (the restores below are what proves them right).
     assert!(segs.len() >= 5, "only {} segments", segs.len());
     let mut with_bases = 0;
-    for p in &segs {
-        let any = AnySegment::open(&std::fs::read(p).unwrap()).unwrap();
-        assert_eq!(any.header.version, VERSION, "{}", p.display());
+    for (name, b) in &segs {
+        let any = AnySegment::open(b).unwrap();
+        assert_eq!(any.header.version, VERSION, "{name}");
         with_bases += usize::from(!any.base_pages().is_empty());
     }
     assert!(with_bases >= 2, "{with_bases} segments used base pages");

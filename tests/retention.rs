@@ -250,7 +250,7 @@ fn snapshots_within_a_generation_bound_what_restoring_the_newest_state_reads() {
     }
     agent.wait_for_log("scheduled snapshot uploaded");
     agent.stop_ok();
-    let segments = files_with_suffix(&replica, ".lbseg").len();
+    let segments = segments_stored(&replica);
     let snapshots = files_with_suffix(&replica, ".lbsnap").len();
     assert_eq!(
         std::fs::read_dir(replica.join("generations"))

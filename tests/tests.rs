@@ -22,6 +22,7 @@ mod node;
 mod operator;
 mod pacing;
 mod packaging;
+mod packing;
 mod pitr;
 mod replicate;
 mod retention;

@@ -123,6 +123,7 @@ impl AgentFlags {
             retention: self.keep.retention,
             snapshot_interval: self.keep.snapshot_interval,
             snapshot_segments: self.keep.snapshot_segments,
+            pack_segments: self.keep.pack_segments,
             switch_to_wal: self.keep.switch_to_wal,
         }
     }
@@ -142,6 +143,10 @@ pub struct KeepArgs {
     /// Or once this many segments were shipped since the last snapshot (default 1000).
     #[arg(long, env = "LIFEBOAT_SNAPSHOT_SEGMENTS")]
     pub snapshot_segments: Option<u32>,
+    /// Store this many consecutive small segments (16 KiB or less each) again as one object and
+    /// delete them, so a restore reads one object instead of many (default 8; 0: never).
+    #[arg(long, env = "LIFEBOAT_PACK_SEGMENTS")]
+    pub pack_segments: Option<u32>,
     /// Switch a database in rollback-journal mode (or an empty file) to WAL mode, which lifeboat
     /// needs; without it such a database is refused. The switch is persistent: the app's
     /// connections then use WAL mode too (`-wal` and `-shm` files beside the database).

@@ -157,6 +157,8 @@ pub struct Flags {
     pub snapshot_interval: Option<Duration>,
     /// `--snapshot-segments` (`LIFEBOAT_SNAPSHOT_SEGMENTS`).
     pub snapshot_segments: Option<u32>,
+    /// `--pack-segments` (`LIFEBOAT_PACK_SEGMENTS`).
+    pub pack_segments: Option<u32>,
     /// `--switch-to-wal`: a rollback-journal (or empty) database may be switched to WAL mode.
     pub switch_to_wal: bool,
 }
@@ -229,6 +231,7 @@ struct Database {
     #[serde(default, with = "humantime_serde_opt")]
     snapshot_interval: Option<Duration>,
     snapshot_segments: Option<u32>,
+    pack_segments: Option<u32>,
     #[serde(default, with = "humantime_serde_opt")]
     health_max_lag: Option<Duration>,
     #[serde(default)]
@@ -258,6 +261,7 @@ impl Database {
             retention: None,
             snapshot_interval: None,
             snapshot_segments: None,
+            pack_segments: None,
             dirs: Vec::new(),
             health_max_lag: None,
             switch_to_wal: None,
@@ -345,6 +349,9 @@ fn options(d: &Database, flags: &Flags) -> Result<Options> {
     }
     if let Some(v) = flags.snapshot_segments.or(d.snapshot_segments) {
         options.snapshot_segments = v;
+    }
+    if let Some(v) = flags.pack_segments.or(d.pack_segments) {
+        options.pack_segments = v as usize;
     }
     if let Some(v) = flags.health_max_lag.or(d.health_max_lag) {
         options.health_max_lag = v;

@@ -524,10 +524,12 @@ pub fn count_files(dir: &Path) -> usize {
     n
 }
 
-/// The newest txid in the segments under `dir` (from their keys, `<first>-<last>-<time>.lbseg`
-/// in hex); 0 if none.
+/// The newest txid in the segments and packs under `dir` (from their keys,
+/// `<first>-<last>-<time>.lbseg` or `.lbpack`, in hex); 0 if none.
 pub fn newest_shipped_txid(dir: &Path) -> u64 {
-    files_with_suffix(dir, ".lbseg")
+    let mut objects = files_with_suffix(dir, ".lbseg");
+    objects.extend(files_with_suffix(dir, ".lbpack"));
+    objects
         .iter()
         .filter_map(|p| {
             let name = p.file_name()?.to_str()?;
@@ -535,6 +537,19 @@ pub fn newest_shipped_txid(dir: &Path) -> u64 {
         })
         .max()
         .unwrap_or(0)
+}
+
+/// Segments stored under `dir`: `.lbseg` objects, and the parts of `.lbpack` objects (small
+/// segments the agent packed in eights).
+pub fn segments_stored(dir: &Path) -> usize {
+    let packed: usize = files_with_suffix(dir, ".lbpack")
+        .iter()
+        .map(|p| {
+            let b = bytes::Bytes::from(std::fs::read(p).unwrap());
+            lifeboat_wal::pack::split(&b).unwrap().len()
+        })
+        .sum();
+    files_with_suffix(dir, ".lbseg").len() + packed
 }
 
 /// All files under a folder whose names end with `suffix`, sorted.

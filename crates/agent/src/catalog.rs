@@ -30,7 +30,7 @@ pub struct Snapshot {
     pub size: u64,
 }
 
-/// A segment: transactions `first..=last`.
+/// A segment, or a pack of segments (see [`Segment::is_pack`]): transactions `first..=last`.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Segment {
     /// The key as stored.
@@ -43,6 +43,14 @@ pub struct Segment {
     pub time_ms: u64,
     /// Size in bytes.
     pub size: u64,
+}
+
+impl Segment {
+    /// Whether the object is a pack (`.lbpack`): consecutive segments back to back (see
+    /// `lifeboat_wal::pack`), read with [`crate::catalog::parts`].
+    pub fn is_pack(&self) -> bool {
+        self.key.ends_with(".lbpack")
+    }
 }
 
 /// The objects of one generation, each list sorted by key (so by transaction).
@@ -128,6 +136,12 @@ impl Catalog {
                     last,
                     time_ms,
                     ..
+                }
+                | Key::Pack {
+                    first,
+                    last,
+                    time_ms,
+                    ..
                 } => g.segments.push(Segment {
                     key: o.key,
                     first,
@@ -162,6 +176,78 @@ impl Catalog {
     }
 }
 
+/// The segments an object holds, each with its bytes and a catalog entry of its own: the object
+/// itself for a segment; for a pack, its parts (verified by `lifeboat_wal::pack::split`: both
+/// CRCs, every length, and parts that continue each other), which must cover exactly the
+/// transactions its key names, and of which those past `o.last` are dropped (a pack that fencing
+/// cut short, see [`crate::catalog::fences`]). Each part's own CRCs are checked when it is opened.
+pub fn parts(o: &Segment, b: bytes::Bytes) -> Result<Vec<(Segment, bytes::Bytes)>> {
+    let corrupt = |cause| Error::Corrupt {
+        key: o.key.clone(),
+        cause,
+    };
+    let bad = |reason: String| corrupt(lifeboat_wal::Error::Corrupt { offset: 0, reason });
+    if !o.is_pack() {
+        if lifeboat_wal::pack::is_pack(&b) {
+            return Err(bad("a pack stored under a segment's name".into()));
+        }
+        return Ok(vec![(o.clone(), b)]);
+    }
+    let Some(Key::Pack {
+        first,
+        last,
+        time_ms,
+        ..
+    }) = Key::parse(&o.key)
+    else {
+        return Err(bad("not a pack's key".into()));
+    };
+    let split = lifeboat_wal::pack::split(&b).map_err(corrupt)?;
+    let (h0, hn) = (&split[0].0, &split[split.len() - 1].0);
+    if h0.first_txid != first || hn.last_txid != last || hn.last_time_ms != time_ms {
+        return Err(bad(format!(
+            "its parts hold txids {}..{} (last seen at {}), its name says {}..{} (at {})",
+            h0.first_txid.0, hn.last_txid.0, hn.last_time_ms, first.0, last.0, time_ms
+        )));
+    }
+    let mut out = Vec::with_capacity(split.len());
+    for (i, (h, part)) in split.into_iter().enumerate() {
+        if h.last_txid > o.last {
+            break;
+        }
+        out.push((
+            Segment {
+                key: format!("{} (part {i})", o.key),
+                first: h.first_txid,
+                last: h.last_txid,
+                time_ms: h.last_time_ms,
+                size: part.len() as u64,
+            },
+            part,
+        ));
+    }
+    if out.last().map(|(s, _)| s.last) != Some(o.last) {
+        return Err(bad(format!(
+            "no part ends at txid {}, where the history it belongs to ends",
+            o.last.0
+        )));
+    }
+    Ok(out)
+}
+
+/// Whether a listing now shows a pack in generation `g` holding every transaction of `s` (a
+/// segment found gone: the agent packed it, see `replica::packing`).
+pub async fn packed_since(client: &dyn ReplicaClient, g: Generation, s: &Segment) -> bool {
+    let Ok(cat) = Catalog::load(client).await else {
+        return false;
+    };
+    cat.generations.get(&g).is_some_and(|o| {
+        o.segments
+            .iter()
+            .any(|p| p.is_pack() && p.first <= s.first && p.last >= s.last)
+    })
+}
+
 /// Where a generation's history ends: the state a resuming agent must find locally.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Tip {
@@ -189,13 +275,24 @@ pub async fn tip(
 ) -> Result<Tip> {
     let snap = objs.snapshots.last().ok_or(Error::NoSnapshot(generation))?;
     if let Some(seg) = objs.last_segment().filter(|s| s.last > snap.txid) {
-        let b = client
-            .get_range(&seg.key, 0..SEG_HEADER_SIZE as u64)
-            .await?;
-        let h = SegmentHeader::decode(&b).map_err(|e| Error::Corrupt {
-            key: seg.key.clone(),
-            cause: e,
-        })?;
+        let h = if seg.is_pack() {
+            // The last part's header: a pack is small (see `replica::packing`), so read whole.
+            let b = client.get(&seg.key).await?;
+            let parts = parts(seg, b)?;
+            let (s, b) = parts.last().expect("parts() returns at least one");
+            SegmentHeader::decode(b).map_err(|e| Error::Corrupt {
+                key: s.key.clone(),
+                cause: e,
+            })?
+        } else {
+            let b = client
+                .get_range(&seg.key, 0..SEG_HEADER_SIZE as u64)
+                .await?;
+            SegmentHeader::decode(&b).map_err(|e| Error::Corrupt {
+                key: seg.key.clone(),
+                cause: e,
+            })?
+        };
         return Ok(Tip {
             generation,
             txid: h.last_txid,

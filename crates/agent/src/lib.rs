@@ -126,6 +126,10 @@ pub struct Options {
     /// 1000), which bounds the objects a restore of the newest state reads however busy the
     /// database is.
     pub snapshot_segments: u32,
+    /// Pack this many consecutive small segments into one object once stored, deleting the
+    /// originals (default 8; below 2: never), so a restore reads one object where it read
+    /// many. See `replica::packing`.
+    pub pack_segments: usize,
     /// Keep restore points this far back; older generations are deleted when no restore point
     /// inside the window needs them (see [`retention`]). `None` (the default) keeps everything.
     pub retention: Option<Duration>,
@@ -184,6 +188,7 @@ impl Default for Options {
             retention: None,
             snapshot_interval: Some(Duration::from_secs(24 * 3600)),
             snapshot_segments: 1000,
+            pack_segments: crate::replica::packing::PACK_PARTS,
             health_max_lag: status::STALL,
             snapshot_progress: None,
             lease: None,

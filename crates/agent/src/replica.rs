@@ -22,6 +22,7 @@ use crate::status::ReplicaStatus;
 use crate::walfile::{Batch, Cursor};
 use crate::Error;
 
+pub(crate) mod packing;
 pub(crate) mod shipping;
 
 /// Where a replica's history stands while it ships in a generation.
@@ -49,6 +50,8 @@ pub struct ReplicaState {
     pub(crate) unsent: Option<Box<crate::replica::shipping::Unsent>>,
     /// Where shipped pages sit in the WAL, for the page deltas of the next segment.
     pub bases: Box<BaseIndex>,
+    /// The small segments stored last, to be packed (see `packing`).
+    pub(crate) packer: crate::replica::packing::Packer,
 }
 
 impl ReplicaState {
@@ -71,6 +74,7 @@ impl ReplicaState {
             snapshot_ms,
             unsent: None,
             bases: Box::default(),
+            packer: Default::default(),
         }
     }
 

@@ -245,13 +245,27 @@ pub enum Key {
         /// When the agent saw the last transaction (Unix ms).
         time_ms: u64,
     },
+    /// A pack: consecutive segments, back to back in one object, holding transactions
+    /// `first..=last` (see `lifeboat_wal::pack`). Listed with the segments, which it replaces.
+    Pack {
+        /// Generation.
+        generation: Generation,
+        /// First transaction.
+        first: TxId,
+        /// Last transaction.
+        last: TxId,
+        /// When the agent saw the last transaction (Unix ms).
+        time_ms: u64,
+    },
 }
 
 impl Key {
     /// The generation the object belongs to.
     pub fn generation(&self) -> Generation {
         match *self {
-            Key::Snapshot { generation, .. } | Key::Segment { generation, .. } => generation,
+            Key::Snapshot { generation, .. }
+            | Key::Segment { generation, .. }
+            | Key::Pack { generation, .. } => generation,
         }
     }
 
@@ -270,7 +284,10 @@ impl Key {
             });
         }
         if let Some(name) = rest.strip_prefix("segments/") {
-            let stem = name.strip_suffix(".lbseg")?;
+            let (stem, pack) = match name.strip_suffix(".lbseg") {
+                Some(stem) => (stem, false),
+                None => (name.strip_suffix(".lbpack")?, true),
+            };
             let mut it = stem.split('-');
             let first = parse_txid(it.next()?)?;
             let last = parse_txid(it.next()?)?;
@@ -278,11 +295,20 @@ impl Key {
             if it.next().is_some() || last < first {
                 return None;
             }
-            return Some(Key::Segment {
-                generation,
-                first,
-                last,
-                time_ms,
+            return Some(if pack {
+                Key::Pack {
+                    generation,
+                    first,
+                    last,
+                    time_ms,
+                }
+            } else {
+                Key::Segment {
+                    generation,
+                    first,
+                    last,
+                    time_ms,
+                }
             });
         }
         None
@@ -333,6 +359,16 @@ impl fmt::Display for Key {
                 "{}{first}-{last}-{time_ms:016x}.lbseg",
                 segments_prefix(generation)
             ),
+            Key::Pack {
+                generation,
+                first,
+                last,
+                time_ms,
+            } => write!(
+                f,
+                "{}{first}-{last}-{time_ms:016x}.lbpack",
+                segments_prefix(generation)
+            ),
         }
     }
 }
@@ -359,6 +395,12 @@ mod tests {
                 first: TxId(6),
                 last: TxId(9),
                 time_ms: 1_700_000_000_123,
+            },
+            Key::Pack {
+                generation: Generation(0xabc),
+                first: TxId(6),
+                last: TxId(30),
+                time_ms: 1_700_000_000_456,
             },
         ];
         for k in keys {
@@ -397,6 +439,25 @@ mod tests {
         }
         .to_string();
         assert!(a < b);
+        // A pack of 9..12 lists after the segment 9..9 it holds and before 13..13.
+        let seg = |first, last| {
+            Key::Segment {
+                generation: Generation(1),
+                first: TxId(first),
+                last: TxId(last),
+                time_ms: 5,
+            }
+            .to_string()
+        };
+        let pack = Key::Pack {
+            generation: Generation(1),
+            first: TxId(9),
+            last: TxId(12),
+            time_ms: 5,
+        }
+        .to_string();
+        assert!(pack.ends_with(".lbpack"));
+        assert!(seg(9, 9) < pack && pack < seg(13, 13));
     }
 
     #[test]

@@ -9,6 +9,8 @@
 //!   decode).
 //! - [`segment::any`] reads a segment of either format in two steps: verify the object, then
 //!   rebuild its frames (for format 2, from the database state before it when deltas need it).
+//! - [`pack`] stores consecutive small segments back to back in one object, for restores that
+//!   read one object instead of many.
 //! - [`snapshot`] streams a *snapshot*: a full database image in LZ4-compressed chunks, with a
 //!   CRC32 over the object.
 //! - [`checksum`] is the rolling database checksum (XOR of per-page hashes) that every snapshot and
@@ -31,6 +33,7 @@
 
 pub mod checksum;
 mod error;
+pub mod pack;
 pub mod segment;
 pub mod snapshot;
 pub mod sqlite;

@@ -109,9 +109,15 @@ pub(crate) fn apply(cat: &mut Catalog) {
              (fence {f})",
             f.epoch
         );
-        let (keep, late): (Vec<_>, Vec<_>) = std::mem::take(&mut o.segments)
+        let (mut keep, late): (Vec<_>, Vec<_>) = std::mem::take(&mut o.segments)
             .into_iter()
-            .partition(|s| s.last <= n);
+            .partition(|s| s.last <= n || (s.is_pack() && s.first <= n));
+        // A pack that the old holder made of segments on both sides of the takeover holds
+        // transactions of the history up to `n` (whose segments it deleted): it is kept, cut
+        // at `n` (a reader takes its parts up to there, and refuses it if none ends there).
+        for s in keep.iter_mut().filter(|s| s.last > n) {
+            s.last = n;
+        }
         o.segments = keep;
         let (keep_s, late_s): (Vec<_>, Vec<_>) = std::mem::take(&mut o.snapshots)
             .into_iter()
@@ -172,6 +178,30 @@ mod tests {
                 size: 1,
             });
         }
+    }
+
+    #[test]
+    fn a_pack_across_the_takeover_is_kept_up_to_it() {
+        let mut cat = Catalog::default();
+        gen(&mut cat, 100, Some((1, None)), 0);
+        gen(&mut cat, 200, Some((2, Some((100, 5)))), 1);
+        let o = cat.generations.get_mut(&Generation(100)).unwrap();
+        let pack = |first, last| Segment {
+            key: format!("g100/{first}-{last}.lbpack"),
+            first: TxId(first),
+            last: TxId(last),
+            time_ms: last,
+            size: 1,
+        };
+        o.segments = vec![pack(1, 3), pack(4, 7), pack(8, 9)];
+        apply(&mut cat);
+        let o = &cat.generations[&Generation(100)];
+        let kept: Vec<(u64, u64)> = o.segments.iter().map(|s| (s.first.0, s.last.0)).collect();
+        assert_eq!(kept, [(1, 3), (4, 5)]);
+        assert_eq!(
+            cat.stale.iter().map(|s| s.key.as_str()).collect::<Vec<_>>(),
+            ["g100/8-9.lbpack"]
+        );
     }
 
     #[test]

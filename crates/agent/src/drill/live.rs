@@ -201,16 +201,21 @@ async fn find_commit(
 ) -> Result<Option<TxId>> {
     for s in objs.segments.iter().rev() {
         let b = client.get(&s.key).await?;
-        let name = s.key.clone();
-        let seg = blocking(move || {
-            // Only the commit table is needed here.
-            AnySegment::open(&b).map_err(|e| Error::Corrupt {
-                key: name,
-                cause: e,
-            })
+        let s = s.clone();
+        let commits = blocking(move || {
+            // Only the commit tables are needed here.
+            let mut commits = Vec::new();
+            for (part, b) in crate::catalog::parts(&s, b)? {
+                let seg = AnySegment::open(&b).map_err(|e| Error::Corrupt {
+                    key: part.key,
+                    cause: e,
+                })?;
+                commits.extend(seg.commits);
+            }
+            Ok(commits)
         })
         .await?;
-        if let Some(c) = seg.commits.iter().rev().find(|c| c.checksum == target) {
+        if let Some(c) = commits.iter().rev().find(|c| c.checksum == target) {
             return Ok(Some(c.txid));
         }
     }
@@ -313,7 +318,20 @@ pub(crate) async fn compare_live(
         }
     }
     // An older state of the replica's history: the replica is ahead.
-    match find_commit(client, objs, sum).await {
+    // A segment gone meanwhile was packed (see `replica::packing`): look again in a new listing.
+    let found = match find_commit(client, objs, sum).await {
+        Err(Error::Storage(lifeboat_storage::Error::NotFound { .. })) => {
+            match catalog::Catalog::load(client).await {
+                Ok(cat) => match cat.generations.get(&generation) {
+                    Some(objs) => find_commit(client, objs, sum).await,
+                    None => Ok(None),
+                },
+                Err(e) => Err(e),
+            }
+        }
+        r => r,
+    };
+    match found {
         Ok(Some(t)) => {
             check.verdict = LiveVerdict::ReplicaAhead;
             check.matches_txid = Some(t.to_string());

@@ -115,6 +115,13 @@ impl Replica {
             return Err(e);
         }
         let u = *unsent;
+        let pack = st.packer.stored(
+            st.generation,
+            &u.key,
+            &u.body,
+            (st.next_txid, u.last, u.time_ms),
+            ctx.opts.pack_segments,
+        );
         match u.hashes {
             Some(h) => st.hashes = h,
             None => st.hashes.commit(),
@@ -132,8 +139,15 @@ impl Replica {
         ctx.status
             .shipped(self.index, n, bytes as u64, u.time_ms, u.last);
         debug!(key = %u.key, txns = n, bytes, bases = u.found.used, base_misses = u.found.missed, read_back = u.found.read_back, "segment uploaded");
+        use crate::replica::packing::{self, Packed};
+        let packed = pack.map(|p| packing::upload(ctx, ship.wal, client.as_ref(), p));
+        if packed == Some(Packed::DeletesRefused) {
+            if let Phase::Active(st) = &mut self.phase {
+                st.packer.stop();
+            }
+        }
         Ok(Shipped {
-            puts: 1,
+            puts: 1 + u32::from(packed.is_some_and(|p| p != Packed::Failed)),
             txns: n,
             full: u.full,
             at_bound: u32::from(u.full && !u.carried),

@@ -94,10 +94,10 @@ pub(super) struct Applied {
     pub reached: bool,
 }
 
-/// Applies the segments `rx` delivers, in order, to the restore at `state` (the snapshot's) in
+/// Applies the segments `rx` delivers (a pack's parts one by one), in order, to the restore at `state` (the snapshot's) in
 /// `out`, until `target` or the end. `copies` checks redundant copies against the chain.
 pub(super) fn apply(
-    mut rx: tokio::sync::mpsc::Receiver<(catalog::Segment, Ready)>,
+    mut rx: tokio::sync::mpsc::Receiver<(catalog::Segment, Ready, u64)>,
     out: Output,
     hashes: PageHashes,
     state: State,
@@ -114,7 +114,9 @@ pub(super) fn apply(
     std::thread::scope(|s| {
         let verifier = s.spawn(move || verify(verify_rx, give_back, hashes, state, target));
         let rebuilt = (|| -> Result<()> {
-            while let Some((o, seg)) = rx.blocking_recv() {
+            // The third value: the size of the object the segment starts (0 for a pack's
+            // later parts), for the report's counts.
+            while let Some((o, seg, object)) = rx.blocking_recv() {
                 let (seg, reached) = match seg {
                     Ready::Built(s) => {
                         copies.check_and_keep(&o.key, &s.header, &s.commits, Some(&s.frames))?;
@@ -142,8 +144,8 @@ pub(super) fn apply(
                         (Applying::Patched(p), reached)
                     }
                 };
-                objects += 1;
-                bytes += o.size;
+                objects += usize::from(object > 0);
+                bytes += object;
                 if pages.held() > HELD_PAGES {
                     out.flush(&mut pages)?;
                 }

@@ -145,8 +145,39 @@ pub async fn restore(client: &dyn ReplicaClient, opts: &RestoreOptions) -> Resul
     execute(client, &plan, opts).await
 }
 
-/// Carries out a plan into `opts.output`.
+/// Carries out a plan into `opts.output`. A segment of the plan that is gone by the time it is
+/// read was packed meanwhile (see `replica::packing`; the agent deletes what a pack holds once
+/// the pack is stored): the generation is listed again and planned again for the same target,
+/// a few times at most.
 pub async fn execute(
+    client: &dyn ReplicaClient,
+    plan: &Plan,
+    opts: &RestoreOptions,
+) -> Result<RestoreReport> {
+    let mut replanned: Option<Plan> = None;
+    let mut attempt = 0;
+    loop {
+        let p = replanned.as_ref().unwrap_or(plan);
+        let err = match execute_once(client, p, opts).await {
+            Err(Error::Storage(lifeboat_storage::Error::NotFound { key }))
+                if attempt < 3 && p.segments.iter().chain(&p.redundant).any(|s| s.key == key) =>
+            {
+                key
+            }
+            r => return r,
+        };
+        attempt += 1;
+        info!(key = %err, "a segment was packed while this restore read the replica; listing it again");
+        let cat = Catalog::load(client).await?;
+        let objs = cat
+            .generations
+            .get(&p.generation)
+            .ok_or(Error::NoGeneration(p.generation))?;
+        replanned = Some(plan_generation(p.generation, objs, p.target)?);
+    }
+}
+
+async fn execute_once(
     client: &dyn ReplicaClient,
     plan: &Plan,
     opts: &RestoreOptions,
@@ -239,28 +270,40 @@ pub async fn execute(
 
     // Fetch segments in parallel, apply them in order.
     let parallelism = opts.parallelism.max(1);
+    let base = plan.snapshot.txid;
     let mut fetches = stream::iter(plan.segments.iter().cloned())
         .map(|o| async move {
             let b = retry(policy, "segment download", || client.get(&o.key)).await?;
-            let name = o.key.clone();
+            let size = o.size;
             // Checked here, in parallel: both CRCs, decompressed, the structure; a format-1
             // segment's stored frames verified too. A format-2 segment's page deltas are
-            // applied in chain order, to the state before it.
-            let seg = tokio::task::spawn_blocking(move || {
-                let any = AnySegment::open(&b)?;
-                if any.holds_deltas() {
-                    Ok(Ready::Deltas(any))
-                } else {
-                    any.rebuild(&mut chain::no_base).map(Ready::Built)
+            // applied in chain order, to the state before it. A pack's parts are checked the
+            // same way, each on its own; those the snapshot already holds are not needed.
+            let segs = tokio::task::spawn_blocking(move || {
+                let mut out = Vec::new();
+                for (part, b) in catalog::parts(&o, b)? {
+                    if part.last <= base {
+                        continue;
+                    }
+                    let any = AnySegment::open(&b);
+                    let ready = any.and_then(|any| {
+                        if any.holds_deltas() {
+                            Ok(Ready::Deltas(any))
+                        } else {
+                            any.rebuild(&mut chain::no_base).map(Ready::Built)
+                        }
+                    });
+                    let ready = ready.map_err(|e| Error::Corrupt {
+                        key: part.key.clone(),
+                        cause: e,
+                    })?;
+                    out.push((part, ready));
                 }
+                Ok::<_, Error>(out)
             })
             .await
-            .map_err(|e| Error::join("decoding a segment", e))?
-            .map_err(|e| Error::Corrupt {
-                key: name.clone(),
-                cause: e,
-            })?;
-            Ok::<_, Error>((o, seg))
+            .map_err(|e| Error::join("decoding a segment", e))??;
+            Ok::<_, Error>((size, segs))
         })
         .buffered(parallelism);
     let mut objects = 1;
@@ -272,18 +315,20 @@ pub async fn execute(
         let b = retry(policy, "segment download", || client.get(&o.key)).await?;
         // What the object proves on its own is enough to compare (a format-2 copy's frames
         // need the state before it, which this restore may never hold).
-        let any = AnySegment::open(&b).map_err(|e| Error::Corrupt {
-            key: o.key.clone(),
-            cause: e,
-        })?;
-        copies.check_and_keep(&o.key, &any.header, &any.commits, None)?;
+        for (part, b) in catalog::parts(o, b)? {
+            let any = AnySegment::open(&b).map_err(|e| Error::Corrupt {
+                key: part.key.clone(),
+                cause: e,
+            })?;
+            copies.check_and_keep(&part.key, &any.header, &any.commits, None)?;
+        }
         objects += 1;
         bytes += o.size;
         report_progress(bytes);
     }
     // The chain is applied on threads of its own (see `chain`) while the downloads (and the
     // decoding of the segments that rebuild on their own) go on.
-    let (tx, rx) = tokio::sync::mpsc::channel::<(catalog::Segment, Ready)>(parallelism);
+    let (tx, rx) = tokio::sync::mpsc::channel::<(catalog::Segment, Ready, u64)>(parallelism);
     let target = plan.target;
     let applier =
         tokio::task::spawn_blocking(move || chain::apply(rx, out, hashes, state, copies, target));
@@ -291,11 +336,24 @@ pub async fn execute(
     let mut downloaded = bytes;
     while let Some(r) = fetches.next().await {
         match r {
-            Ok((o, seg)) => {
-                downloaded += o.size;
+            Ok((size, segs)) => {
+                downloaded += size;
                 report_progress(downloaded);
-                // Closed: the applier reached the target, or failed (its error comes below).
-                if tx.send((o, seg)).await.is_err() {
+                let mut object = size;
+                let mut closed = false;
+                for (o, seg) in segs {
+                    // Closed: the applier reached the target, or failed (its error comes
+                    // below).
+                    if tx
+                        .send((o, seg, std::mem::take(&mut object)))
+                        .await
+                        .is_err()
+                    {
+                        closed = true;
+                        break;
+                    }
+                }
+                if closed {
                     break;
                 }
             }
