@@ -117,6 +117,19 @@ pub(super) fn apply(
             // The third value: the size of the object the segment starts (0 for a pack's
             // later parts), for the report's counts.
             while let Some((o, seg, object)) = rx.blocking_recv() {
+                objects += usize::from(object > 0);
+                bytes += object;
+                // Wholly behind the restore's state: a pack's part where the chain came to the
+                // pack through a copy reaching further (the plan never holds such a segment
+                // otherwise). Compared with what was applied, not applied again.
+                let (h, commits) = match &seg {
+                    Ready::Built(s) => (&s.header, &s.commits),
+                    Ready::Deltas(any) => (&any.header, &any.commits),
+                };
+                if h.last_txid <= at.txid {
+                    copies.check_and_keep(&o.key, h, commits, None)?;
+                    continue;
+                }
                 let (seg, reached) = match seg {
                     Ready::Built(s) => {
                         copies.check_and_keep(&o.key, &s.header, &s.commits, Some(&s.frames))?;
@@ -144,8 +157,6 @@ pub(super) fn apply(
                         (Applying::Patched(p), reached)
                     }
                 };
-                objects += usize::from(object > 0);
-                bytes += object;
                 if pages.held() > HELD_PAGES {
                     out.flush(&mut pages)?;
                 }
