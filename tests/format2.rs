@@ -57,7 +57,7 @@ pub(crate) fn digest(c: &Connection) -> u64 {
 }
 
 /// Every segment stored under `replica`, as `(name, bytes)`: `.lbseg` objects, and the parts of
-/// `.lbpack` objects (the agent packs small segments in eights, see `replica::packing`).
+/// `.lbpack` objects (the agent packs small segments, see `replica::packing`).
 fn segments(replica: &Path) -> Vec<(String, Vec<u8>)> {
     let mut v: Vec<(String, Vec<u8>)> = files_with_suffix(replica, ".lbseg")
         .into_iter()

@@ -1,6 +1,8 @@
-//! Packing: a slow writer's one-commit segments are stored again in eights as packs, the
-//! originals deleted, and every transaction still restores exactly; an agent resumes after a
-//! pack; a restore planned before a pack replaced its segments lists again and succeeds.
+//! Packing: a slow writer's one-commit segments are stored again as packs (of 4 here, with
+//! `--pack-segments 4`, to keep the tests short; 16 by default, which
+//! `faults::packs_and_deletions_whose_answers_are_lost_lose_nothing` runs with), the originals
+//! deleted, and every transaction still restores exactly; an agent resumes after a pack; a
+//! restore planned before a pack replaced its segments lists again and succeeds.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -29,8 +31,8 @@ fn ranges(replica: &Path, suffix: &str) -> Vec<(u64, u64)> {
         .collect()
 }
 
-/// A database with the mixed workload's schema, replicated to a folder with the default
-/// settings (packs of 8 segments). Its first snapshot is txid 0.
+/// A database with the mixed workload's schema, replicated to a folder in packs of 4 segments.
+/// Its first snapshot is txid 0.
 struct Scene {
     dir: tempfile::TempDir,
     db: PathBuf,
@@ -71,9 +73,14 @@ impl Scene {
     }
 
     fn start_agent(&mut self, log: &str) {
-        self.agent = Some(Agent::replicate(
-            &self.db,
-            &self.url,
+        self.agent = Some(Agent::start(
+            &[
+                "replicate",
+                self.db.to_str().unwrap(),
+                &self.url,
+                "--pack-segments",
+                "4",
+            ],
             &self.dir.path().join(log),
         ));
     }
@@ -118,8 +125,8 @@ fn assert_packed_exactly(replica: &Path, last: u64) {
 #[test]
 fn a_slow_writers_segments_are_packed_and_every_txid_restores() {
     let mut sc = Scene::start();
-    sc.commit_slowly(27);
-    // Packs of 1..8, 9..16, 17..24; 25, 26 and 27 still on their own.
+    sc.commit_slowly(15);
+    // Packs of 1..4, 5..8, 9..12; 13, 14 and 15 still on their own.
     // The pack lands before its segments' deletions do.
     wait_until(
         "three packs and their segments deleted",
@@ -128,13 +135,13 @@ fn a_slow_writers_segments_are_packed_and_every_txid_restores() {
     );
     assert_eq!(
         ranges(&sc.replica, ".lbpack"),
-        [(1, 8), (9, 16), (17, 24)],
+        [(1, 4), (5, 8), (9, 12)],
         "packs"
     );
-    assert_packed_exactly(&sc.replica, 27);
+    assert_packed_exactly(&sc.replica, 15);
     assert_eq!(
         ranges(&sc.replica, ".lbseg"),
-        [(25, 25), (26, 26), (27, 27)]
+        [(13, 13), (14, 14), (15, 15)]
     );
 
     // Every transaction, from packs and segments alike, restores to the writer's state then.
@@ -179,7 +186,7 @@ fn a_slow_writers_segments_are_packed_and_every_txid_restores() {
 #[test]
 fn an_agent_resumes_a_generation_whose_last_object_is_a_pack() {
     let mut sc = Scene::start();
-    sc.commit_slowly(16);
+    sc.commit_slowly(8);
     wait_until(
         "two packs and their segments deleted",
         Duration::from_secs(30),
@@ -203,19 +210,19 @@ fn an_agent_resumes_a_generation_whose_last_object_is_a_pack() {
 #[test]
 fn a_restore_planned_before_a_pack_replaced_its_segments_lists_again() {
     let mut sc = Scene::start();
-    sc.commit_slowly(5);
-    // Plan from a listing that holds segments 1..5, the way every restore starts.
+    sc.commit_slowly(3);
+    // Plan from a listing that holds segments 1..3, the way every restore starts.
     let rt = tokio::runtime::Runtime::new().unwrap();
     let client: Arc<dyn ReplicaClient> = Arc::new(LocalClient::new(&sc.replica));
     let cat = rt.block_on(Catalog::load(client.as_ref())).unwrap();
     let plan = restore::plan(&cat, None, Target::Latest).unwrap();
-    assert_eq!(plan.segments.len(), 5, "{plan:?}");
-    // Three more commits: the agent packs 1..8 and deletes the segments the plan names.
-    sc.commit_slowly(3);
-    wait_until("the pack of 1..8", Duration::from_secs(30), || {
+    assert_eq!(plan.segments.len(), 3, "{plan:?}");
+    // One more commit: the agent packs 1..4 and deletes the segments the plan names.
+    sc.commit_slowly(1);
+    wait_until("the pack of 1..4", Duration::from_secs(30), || {
         ranges(&sc.replica, ".lbseg").is_empty()
     });
-    assert_eq!(ranges(&sc.replica, ".lbpack"), [(1, 8)]);
+    assert_eq!(ranges(&sc.replica, ".lbpack"), [(1, 4)]);
     sc.agent.take().unwrap().stop_ok();
 
     let out = sc.dir.path().join("out.db");
@@ -227,8 +234,8 @@ fn a_restore_planned_before_a_pack_replaced_its_segments_lists_again() {
         ))
         .expect("the restore lists again and reads the pack");
     // It restored the newest state, from the new listing.
-    assert_eq!(report.txid.0, 8);
+    assert_eq!(report.txid.0, 4);
     assert_eq!(report.objects, 2, "the snapshot and the pack");
     let r = Connection::open(&out).unwrap();
-    assert_eq!(digest(&r), sc.oracle[8]);
+    assert_eq!(digest(&r), sc.oracle[4]);
 }

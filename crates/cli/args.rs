@@ -144,7 +144,7 @@ pub struct KeepArgs {
     #[arg(long, env = "LIFEBOAT_SNAPSHOT_SEGMENTS")]
     pub snapshot_segments: Option<u32>,
     /// Store this many consecutive small segments (16 KiB or less each) again as one object and
-    /// delete them, so a restore reads one object instead of many (default 8; 0: never).
+    /// delete them, so a restore reads one object instead of many (default 16; 0: never).
     #[arg(long, env = "LIFEBOAT_PACK_SEGMENTS")]
     pub pack_segments: Option<u32>,
     /// Switch a database in rollback-journal mode (or an empty file) to WAL mode, which lifeboat

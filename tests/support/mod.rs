@@ -540,7 +540,7 @@ pub fn newest_shipped_txid(dir: &Path) -> u64 {
 }
 
 /// Segments stored under `dir`: `.lbseg` objects, and the parts of `.lbpack` objects (small
-/// segments the agent packed in eights).
+/// segments the agent packed).
 pub fn segments_stored(dir: &Path) -> usize {
     let packed: usize = files_with_suffix(dir, ".lbpack")
         .iter()

@@ -127,7 +127,7 @@ pub struct Options {
     /// database is.
     pub snapshot_segments: u32,
     /// Pack this many consecutive small segments into one object once stored, deleting the
-    /// originals (default 8; below 2: never), so a restore reads one object where it read
+    /// originals (default 16; below 2: never), so a restore reads one object where it read
     /// many. See `replica::packing`.
     pub pack_segments: usize,
     /// Keep restore points this far back; older generations are deleted when no restore point
