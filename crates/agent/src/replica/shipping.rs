@@ -22,6 +22,7 @@ use tracing::{debug, warn};
 use crate::clock::now_ms;
 use crate::commit_times::CommitTimes;
 use crate::context::Context;
+use crate::replica::packing::{self, Packed};
 use crate::replica::{Phase, Reason, Replica, ReplicaState};
 use crate::walfile::{Continuity, Cursor, Txn, WalFile};
 use crate::{Error, Result};
@@ -139,7 +140,6 @@ impl Replica {
         ctx.status
             .shipped(self.index, n, bytes as u64, u.time_ms, u.last);
         debug!(key = %u.key, txns = n, bytes, bases = u.found.used, base_misses = u.found.missed, read_back = u.found.read_back, "segment uploaded");
-        use crate::replica::packing::{self, Packed};
         let packed = pack.map(|p| packing::upload(ctx, ship.wal, client.as_ref(), p));
         if packed == Some(Packed::DeletesRefused) {
             if let Phase::Active(st) = &mut self.phase {
