@@ -33,6 +33,26 @@ use crate::walfile::WalFile;
 pub const PACK_PARTS: usize = 16;
 /// Segments larger than this are never packed (a restore's GET of one is worth its round trip).
 pub const PACK_PART_MAX: usize = 16 * 1024;
+/// Bytes all the replicas of the process may hold for packing at once. One agent may replicate
+/// a thousand databases: each one holding its last 15 small segments would cost tens of MiB, so
+/// past this a replica lets its run go (its segments stay as they are) rather than hold more.
+pub const PACK_HELD_MAX: usize = 4 * 1024 * 1024;
+
+/// Bytes held by every [`Packer`] of the process.
+static HELD: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+
+/// Takes `n` bytes of the process's packing allowance, if that many are left.
+fn take_allowance(n: usize) -> bool {
+    use std::sync::atomic::Ordering;
+    HELD.fetch_update(Ordering::AcqRel, Ordering::Acquire, |held| {
+        (held + n <= PACK_HELD_MAX).then_some(held + n)
+    })
+    .is_ok()
+}
+
+fn give_back(n: usize) {
+    HELD.fetch_sub(n, std::sync::atomic::Ordering::AcqRel);
+}
 
 /// A stored segment, kept to be packed.
 #[derive(Clone, Debug)]
@@ -45,11 +65,30 @@ struct Part {
 }
 
 /// The small segments a replica stored last in its generation, in order, none of them packed.
-#[derive(Clone, Debug, Default)]
+#[derive(Debug, Default)]
 pub(crate) struct Packer {
     parts: Vec<Part>,
+    /// Bytes of `parts`, taken from the process's allowance ([`PACK_HELD_MAX`]).
+    held: usize,
     /// The replica refused to delete packed segments: pack no more (see [`Packed`]).
     off: bool,
+}
+
+impl Clone for Packer {
+    /// A copy holds no segments (it would count against the allowance twice).
+    fn clone(&self) -> Packer {
+        Packer {
+            parts: Vec::new(),
+            held: 0,
+            off: self.off,
+        }
+    }
+}
+
+impl Drop for Packer {
+    fn drop(&mut self) {
+        self.clear();
+    }
 }
 
 /// A pack ready to upload, and the segments it replaces.
@@ -64,7 +103,13 @@ impl Packer {
     /// Packs no more segments (in this generation).
     pub(crate) fn stop(&mut self) {
         self.off = true;
+        self.clear();
+    }
+
+    /// Lets the run go.
+    fn clear(&mut self) {
         self.parts.clear();
+        give_back(std::mem::take(&mut self.held));
     }
 
     /// Records a segment just stored (`first..=last`), and returns a pack once `parts` small
@@ -79,12 +124,13 @@ impl Packer {
         parts: usize,
     ) -> Option<Pack> {
         if self.parts.last().is_some_and(|p| p.last.next() != first) {
-            self.parts.clear();
+            self.clear();
         }
-        if self.off || parts < 2 || body.len() > PACK_PART_MAX {
-            self.parts.clear();
+        if self.off || parts < 2 || body.len() > PACK_PART_MAX || !take_allowance(body.len()) {
+            self.clear();
             return None;
         }
+        self.held += body.len();
         self.parts.push(Part {
             key: key.to_owned(),
             body: body.clone(),
@@ -96,6 +142,7 @@ impl Packer {
             return None;
         }
         let parts = std::mem::take(&mut self.parts);
+        give_back(std::mem::take(&mut self.held));
         let (head, tail) = (&parts[0], &parts[parts.len() - 1]);
         let key = Key::Pack {
             generation,
@@ -183,6 +230,9 @@ pub(crate) fn upload(
 mod tests {
     use super::*;
 
+    /// The allowance is the process's: one test at a time uses it.
+    static ALONE: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
     fn stored(p: &mut Packer, first: u64, last: u64, len: usize) -> Option<Pack> {
         let key = Key::Segment {
             generation: Generation(1),
@@ -203,6 +253,7 @@ mod tests {
 
     #[test]
     fn runs_of_small_consecutive_segments_are_packed() {
+        let _alone = ALONE.lock().unwrap_or_else(|e| e.into_inner());
         let mut p = Packer::default();
         assert!(stored(&mut p, 1, 1, 100).is_none());
         assert!(stored(&mut p, 2, 4, 100).is_none());
@@ -226,5 +277,27 @@ mod tests {
         assert!(stored(&mut p, 11, 11, 100).is_none());
         let pack = stored(&mut p, 12, 12, 100).expect("three parts after the gap");
         assert!(pack.originals[0].contains("000000000000000a-"), "{pack:?}");
+    }
+
+    #[test]
+    fn the_bytes_held_for_packing_are_bounded_across_replicas() {
+        let _alone = ALONE.lock().unwrap_or_else(|e| e.into_inner());
+        // Enough replicas holding a run each to use the process's allowance up.
+        let n = PACK_HELD_MAX / PACK_PART_MAX;
+        let mut full: Vec<Packer> = (0..n).map(|_| Packer::default()).collect();
+        for p in &mut full {
+            assert!(stored(p, 1, 1, PACK_PART_MAX).is_none());
+        }
+        // The next replica cannot hold one, and lets its run go.
+        let mut other = Packer::default();
+        assert!(stored(&mut other, 1, 1, PACK_PART_MAX).is_none());
+        assert!(other.parts.is_empty() && other.held == 0);
+        // One replica dropping its run gives the allowance back.
+        full.pop();
+        assert!(stored(&mut other, 1, 1, PACK_PART_MAX).is_none());
+        assert_eq!(other.held, PACK_PART_MAX);
+        drop(full);
+        drop(other);
+        assert_eq!(HELD.load(std::sync::atomic::Ordering::Acquire), 0);
     }
 }
