@@ -207,35 +207,77 @@ fn an_agent_resumes_a_generation_whose_last_object_is_a_pack() {
     restore_and_compare(&sc.url, &sc.dir.path().join("out.db"), &sc.db);
 }
 
+/// Makes `client`'s `generations/` hold exactly what the folder replica at `replica` holds.
+async fn mirror(client: &dyn ReplicaClient, replica: &Path) {
+    let mut local = Vec::new();
+    for suffix in [".lbsnap", ".lbseg", ".lbpack", ".lbfence"] {
+        for p in files_with_suffix(replica, suffix) {
+            let key = p
+                .strip_prefix(replica)
+                .unwrap()
+                .to_str()
+                .unwrap()
+                .to_owned();
+            client
+                .put(&key, std::fs::read(&p).unwrap().into())
+                .await
+                .unwrap();
+            local.push(key);
+        }
+    }
+    for o in client.list("generations/").await.unwrap() {
+        if !local.contains(&o.key) {
+            client.delete(&o.key).await.unwrap();
+        }
+    }
+}
+
+/// The restore is planned from a listing, then its segments are packed and deleted before it
+/// reads them: it lists again and restores from the pack. On a folder, and on S3 (moto), whose
+/// not-found error names the object by its URL.
 #[test]
 fn a_restore_planned_before_a_pack_replaced_its_segments_lists_again() {
     let mut sc = Scene::start();
     sc.commit_slowly(3);
-    // Plan from a listing that holds segments 1..3, the way every restore starts.
     let rt = tokio::runtime::Runtime::new().unwrap();
-    let client: Arc<dyn ReplicaClient> = Arc::new(LocalClient::new(&sc.replica));
-    let cat = rt.block_on(Catalog::load(client.as_ref())).unwrap();
-    let plan = restore::plan(&cat, None, Target::Latest).unwrap();
-    assert_eq!(plan.segments.len(), 3, "{plan:?}");
-    // One more commit: the agent packs 1..4 and deletes the segments the plan names.
+    let s3 = rt.block_on(lifeboat_storage_s3::testing::S3TestServer::start());
+    let clients: [Arc<dyn ReplicaClient>; 2] = [
+        Arc::new(LocalClient::new(&sc.replica)),
+        Arc::new(rt.block_on(s3.client("race"))),
+    ];
+    rt.block_on(mirror(clients[1].as_ref(), &sc.replica));
+    // Plan from a listing that holds segments 1..3, the way every restore starts.
+    let plans: Vec<_> = clients
+        .iter()
+        .map(|c| {
+            let cat = rt.block_on(Catalog::load(c.as_ref())).unwrap();
+            let plan = restore::plan(&cat, None, Target::Latest).unwrap();
+            assert_eq!(plan.segments.len(), 3, "{}: {plan:?}", c.describe());
+            plan
+        })
+        .collect();
+    // One more commit: the agent packs 1..4 and deletes the segments the plans name.
     sc.commit_slowly(1);
     wait_until("the pack of 1..4", Duration::from_secs(30), || {
         ranges(&sc.replica, ".lbseg").is_empty()
     });
     assert_eq!(ranges(&sc.replica, ".lbpack"), [(1, 4)]);
     sc.agent.take().unwrap().stop_ok();
+    rt.block_on(mirror(clients[1].as_ref(), &sc.replica));
 
-    let out = sc.dir.path().join("out.db");
-    let report = rt
-        .block_on(restore::execute(
-            client.as_ref(),
-            &plan,
-            &RestoreOptions::new(out.clone()),
-        ))
-        .expect("the restore lists again and reads the pack");
-    // It restored the newest state, from the new listing.
-    assert_eq!(report.txid.0, 4);
-    assert_eq!(report.objects, 2, "the snapshot and the pack");
-    let r = Connection::open(&out).unwrap();
-    assert_eq!(digest(&r), sc.oracle[4]);
+    for (i, (client, plan)) in clients.iter().zip(&plans).enumerate() {
+        let out = sc.dir.path().join(format!("out{i}.db"));
+        let report = rt
+            .block_on(restore::execute(
+                client.as_ref(),
+                plan,
+                &RestoreOptions::new(out.clone()),
+            ))
+            .unwrap_or_else(|e| panic!("{}: {e:#}", client.describe()));
+        // It restored the newest state, from the new listing.
+        assert_eq!(report.txid.0, 4, "{}", client.describe());
+        assert_eq!(report.objects, 2, "the snapshot and the pack");
+        let r = Connection::open(&out).unwrap();
+        assert_eq!(digest(&r), sc.oracle[4], "{}", client.describe());
+    }
 }

@@ -7,6 +7,7 @@ use std::collections::BTreeMap;
 
 use lifeboat_storage::keys::{self, Fence, Key};
 use lifeboat_storage::ReplicaClient;
+use lifeboat_wal::any_segment::AnySegment;
 use lifeboat_wal::segment::{SegmentHeader, WalPosition, HEADER_SIZE as SEG_HEADER_SIZE};
 use lifeboat_wal::snapshot::{
     SnapshotHeader, SnapshotTrailer, HEADER_SIZE as SNAP_HEADER_SIZE, TRAILER_SIZE,
@@ -235,17 +236,19 @@ pub fn parts(o: &Segment, b: bytes::Bytes) -> Result<Vec<(Segment, bytes::Bytes)
     Ok(out)
 }
 
-/// Whether a listing now shows a pack in generation `g` holding every transaction of `s` (a
-/// segment found gone: the agent packed it, see `replica::packing`).
-pub async fn packed_since(client: &dyn ReplicaClient, g: Generation, s: &Segment) -> bool {
-    let Ok(cat) = Catalog::load(client).await else {
-        return false;
-    };
-    cat.generations.get(&g).is_some_and(|o| {
-        o.segments
-            .iter()
-            .any(|p| p.is_pack() && p.first <= s.first && p.last >= s.last)
-    })
+/// [`parts`], each opened ([`AnySegment::open`]: its CRCs, its structure, its body
+/// decompressed), an error naming the part at fault.
+pub fn open_parts(o: &Segment, b: bytes::Bytes) -> Result<Vec<(Segment, AnySegment)>> {
+    parts(o, b)?
+        .into_iter()
+        .map(|(part, b)| match AnySegment::open(&b) {
+            Ok(any) => Ok((part, any)),
+            Err(cause) => Err(Error::Corrupt {
+                key: part.key,
+                cause,
+            }),
+        })
+        .collect()
 }
 
 /// Where a generation's history ends: the state a resuming agent must find locally.

@@ -18,7 +18,7 @@
 
 use bytes::Bytes;
 
-use crate::segment::{self, SegmentHeader};
+use crate::segment::{self, check_crc, get16, get32, get64, SegmentHeader};
 use crate::{Error, Result};
 
 /// Magic bytes at offset 0.
@@ -57,36 +57,32 @@ pub fn is_pack(b: &[u8]) -> bool {
     b.starts_with(MAGIC)
 }
 
-fn be32(b: &[u8], at: usize) -> u32 {
-    u32::from_be_bytes(b[at..at + 4].try_into().expect("4 bytes"))
-}
-
 /// Verifies a pack's CRCs and structure and returns its parts (slices of `b`, no copy) with
 /// their headers, in order.
 pub fn split(b: &Bytes) -> Result<Vec<(SegmentHeader, Bytes)>> {
-    if b.len() < FIXED + 4 + 4 {
+    if b.len() < FIXED + 8 {
         return Err(Error::Incomplete {
-            needed: FIXED + 8 - b.len().min(FIXED + 8),
+            needed: FIXED + 8 - b.len(),
         });
     }
     if !is_pack(b) {
         return Err(Error::corrupt(0, "not a pack (bad magic)"));
     }
-    let version = u16::from_be_bytes([b[4], b[5]]);
+    let version = get16(b, 4);
     if version > VERSION {
         return Err(Error::UnsupportedVersion(version));
     }
     if version == 0 {
         return Err(Error::corrupt(4, "pack version 0"));
     }
-    let flags = u16::from_be_bytes([b[6], b[7]]);
+    let flags = get16(b, 6);
     if flags != 0 {
         return Err(Error::corrupt(
             6,
             format!("unknown pack flags {flags:#06x}: written by a newer lifeboat?"),
         ));
     }
-    let count = be32(b, 8) as usize;
+    let count = get32(b, 8) as usize;
     if count == 0 || count > MAX_PARTS {
         return Err(Error::corrupt(8, format!("bad part count {count}")));
     }
@@ -96,29 +92,13 @@ pub fn split(b: &Bytes) -> Result<Vec<(SegmentHeader, Bytes)>> {
             needed: index_end + 8 - b.len(),
         });
     }
-    let stored = be32(b, index_end);
-    let computed = crc32fast::hash(&b[..index_end]);
-    if stored != computed {
-        return Err(Error::ChecksumMismatch {
-            what: "pack header",
-            stored: stored.into(),
-            computed: computed.into(),
-        });
-    }
+    check_crc(b, index_end, "pack header CRC32")?;
     let end = b.len() - 4;
-    let stored = be32(b, end);
-    let computed = crc32fast::hash(&b[..end]);
-    if stored != computed {
-        return Err(Error::ChecksumMismatch {
-            what: "pack",
-            stored: stored.into(),
-            computed: computed.into(),
-        });
-    }
+    check_crc(b, end, "pack CRC32")?;
     let mut at = index_end + 4;
     let mut parts: Vec<(SegmentHeader, Bytes)> = Vec::with_capacity(count);
     for i in 0..count {
-        let len = u64::from_be_bytes(b[FIXED + 8 * i..FIXED + 8 * i + 8].try_into().unwrap());
+        let len = get64(b, FIXED + 8 * i);
         let fits = usize::try_from(len)
             .ok()
             .filter(|&l| l <= end - at && l >= segment::HEADER_SIZE + 4);

@@ -150,6 +150,21 @@ pub(crate) fn seal_header(mut b: Vec<u8>, size: usize) -> Vec<u8> {
     b
 }
 
+/// Checks that the 4 bytes at `end` are the CRC32 (IEEE, big-endian) of `b[..end]`; `what` names
+/// it in the error.
+pub(crate) fn check_crc(b: &[u8], end: usize, what: &'static str) -> Result<()> {
+    let stored = get32(b, end);
+    let computed = crc32fast::hash(&b[..end]);
+    if stored != computed {
+        return Err(Error::ChecksumMismatch {
+            what,
+            stored: stored.into(),
+            computed: computed.into(),
+        });
+    }
+    Ok(())
+}
+
 /// The checks every fixed header of ours starts with: `b` holds at least `size` bytes, starts
 /// with `magic`, has a version from 1 to `newest` (returned), and ends with the CRC32 of the
 /// bytes before it (see [`seal_header`]).
@@ -178,18 +193,14 @@ pub(crate) fn check_header(
     if version > newest || version == 0 {
         return Err(Error::UnsupportedVersion(version));
     }
-    let stored = get32(b, size - 4);
-    let computed = crc32fast::hash(&b[..size - 4]);
-    if stored != computed {
-        return Err(Error::ChecksumMismatch {
-            what: match kind {
-                Kind::Segment => "segment header CRC32",
-                Kind::Snapshot => "snapshot header CRC32",
-            },
-            stored: stored.into(),
-            computed: computed.into(),
-        });
-    }
+    check_crc(
+        b,
+        size - 4,
+        match kind {
+            Kind::Segment => "segment header CRC32",
+            Kind::Snapshot => "snapshot header CRC32",
+        },
+    )?;
     Ok(version)
 }
 

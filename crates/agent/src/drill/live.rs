@@ -22,7 +22,6 @@ use std::path::Path;
 
 use bytes::Bytes;
 use lifeboat_storage::ReplicaClient;
-use lifeboat_wal::any_segment::AnySegment;
 use lifeboat_wal::checksum::PageHashes;
 use lifeboat_wal::snapshot::{SnapshotTrailer, TRAILER_SIZE};
 use lifeboat_wal::transaction::Frames;
@@ -204,15 +203,11 @@ async fn find_commit(
         let s = s.clone();
         let commits = blocking(move || {
             // Only the commit tables are needed here.
-            let mut commits = Vec::new();
-            for (part, b) in crate::catalog::parts(&s, b)? {
-                let seg = AnySegment::open(&b).map_err(|e| Error::Corrupt {
-                    key: part.key,
-                    cause: e,
-                })?;
-                commits.extend(seg.commits);
-            }
-            Ok(commits)
+            let parts = crate::catalog::open_parts(&s, b)?;
+            Ok(parts
+                .into_iter()
+                .flat_map(|(_, any)| any.commits)
+                .collect::<Vec<_>>())
         })
         .await?;
         if let Some(c) = commits.iter().rev().find(|c| c.checksum == target) {
@@ -319,18 +314,17 @@ pub(crate) async fn compare_live(
     }
     // An older state of the replica's history: the replica is ahead.
     // A segment gone meanwhile was packed (see `replica::packing`): look again in a new listing.
-    let found = match find_commit(client, objs, sum).await {
-        Err(Error::Storage(lifeboat_storage::Error::NotFound { .. })) => {
-            match catalog::Catalog::load(client).await {
-                Ok(cat) => match cat.generations.get(&generation) {
-                    Some(objs) => find_commit(client, objs, sum).await,
-                    None => Ok(None),
-                },
-                Err(e) => Err(e),
+    let mut found = find_commit(client, objs, sum).await;
+    if let Err(Error::Storage(lifeboat_storage::Error::NotFound { .. })) = found {
+        found = async {
+            let cat = catalog::Catalog::load(client).await?;
+            match cat.generations.get(&generation) {
+                Some(objs) => find_commit(client, objs, sum).await,
+                None => Ok(None),
             }
         }
-        r => r,
-    };
+        .await;
+    }
     match found {
         Ok(Some(t)) => {
             check.verdict = LiveVerdict::ReplicaAhead;

@@ -15,7 +15,6 @@ use std::time::{Duration, Instant};
 use futures::stream::{self, StreamExt};
 use lifeboat_storage::retry::{retry, RetryPolicy};
 use lifeboat_storage::ReplicaClient;
-use lifeboat_wal::any_segment::AnySegment;
 use lifeboat_wal::checksum::PageHashes;
 use lifeboat_wal::snapshot::SnapshotReader;
 use lifeboat_wal::{DbChecksum, Generation, TxId};
@@ -145,10 +144,10 @@ pub async fn restore(client: &dyn ReplicaClient, opts: &RestoreOptions) -> Resul
     execute(client, &plan, opts).await
 }
 
-/// Carries out a plan into `opts.output`. A segment of the plan that is gone by the time it is
-/// read was packed meanwhile (see `replica::packing`; the agent deletes what a pack holds once
-/// the pack is stored): the generation is listed again and planned again for the same target,
-/// a few times at most.
+/// Carries out a plan into `opts.output`. An object of the plan that is gone by the time it is
+/// read was replaced meanwhile (a segment packed, see `replica::packing`; a snapshot pruned): the
+/// generation is listed again and planned again for the same target, a few times at most. (A
+/// segment truly lost shows in the new listing as the gap it is.)
 pub async fn execute(
     client: &dyn ReplicaClient,
     plan: &Plan,
@@ -158,16 +157,14 @@ pub async fn execute(
     let mut attempt = 0;
     loop {
         let p = replanned.as_ref().unwrap_or(plan);
-        let err = match execute_once(client, p, opts).await {
-            Err(Error::Storage(lifeboat_storage::Error::NotFound { key }))
-                if attempt < 3 && p.segments.iter().chain(&p.redundant).any(|s| s.key == key) =>
-            {
-                key
-            }
+        // The error names the object as the store spells it (on S3 a URL), so any object of
+        // the plan counts.
+        let gone = match execute_once(client, p, opts).await {
+            Err(Error::Storage(lifeboat_storage::Error::NotFound { key })) if attempt < 3 => key,
             r => return r,
         };
         attempt += 1;
-        info!(key = %err, "a segment was packed while this restore read the replica; listing it again");
+        info!(object = %gone, "an object was replaced while this restore read the replica (a segment packed); listing it again");
         let cat = Catalog::load(client).await?;
         let objs = cat
             .generations
@@ -281,22 +278,19 @@ async fn execute_once(
             // same way, each on its own; those the snapshot already holds are not needed.
             let segs = tokio::task::spawn_blocking(move || {
                 let mut out = Vec::new();
-                for (part, b) in catalog::parts(&o, b)? {
+                for (part, any) in catalog::open_parts(&o, b)? {
                     if part.last <= base {
                         continue;
                     }
-                    let any = AnySegment::open(&b);
-                    let ready = any.and_then(|any| {
-                        if any.holds_deltas() {
-                            Ok(Ready::Deltas(any))
-                        } else {
-                            any.rebuild(&mut chain::no_base).map(Ready::Built)
-                        }
-                    });
-                    let ready = ready.map_err(|e| Error::Corrupt {
-                        key: part.key.clone(),
-                        cause: e,
-                    })?;
+                    let ready = if any.holds_deltas() {
+                        Ready::Deltas(any)
+                    } else {
+                        let built = any.rebuild(&mut chain::no_base);
+                        Ready::Built(built.map_err(|e| Error::Corrupt {
+                            key: part.key.clone(),
+                            cause: e,
+                        })?)
+                    };
                     out.push((part, ready));
                 }
                 Ok::<_, Error>(out)
@@ -315,11 +309,7 @@ async fn execute_once(
         let b = retry(policy, "segment download", || client.get(&o.key)).await?;
         // What the object proves on its own is enough to compare (a format-2 copy's frames
         // need the state before it, which this restore may never hold).
-        for (part, b) in catalog::parts(o, b)? {
-            let any = AnySegment::open(&b).map_err(|e| Error::Corrupt {
-                key: part.key.clone(),
-                cause: e,
-            })?;
+        for (part, any) in catalog::open_parts(o, b)? {
             copies.check_and_keep(&part.key, &any.header, &any.commits, None)?;
         }
         objects += 1;

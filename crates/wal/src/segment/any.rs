@@ -147,15 +147,7 @@ impl AnySegment {
             return Err(Error::corrupt(total, "trailing bytes after segment"));
         }
         let end = b.len() - 4;
-        let stored = crate::segment::get32(b, end);
-        let computed = crc32fast::hash(&b[..end]);
-        if stored != computed {
-            return Err(Error::ChecksumMismatch {
-                what: "segment CRC32",
-                stored: stored.into(),
-                computed: computed.into(),
-            });
-        }
+        crate::segment::check_crc(b, end, "segment CRC32")?;
         let body = &b[HEADER_SIZE..end];
         if h.raw_len > max_expansion(h.version, body.len() as u64) {
             // Refused before decompressing (found by fuzzing: a header with valid CRCs declaring
