@@ -195,3 +195,99 @@ fn two_hosts_resuming_one_generation_fork_it_and_restore_and_verify_refuse() {
         .unwrap();
     assert_eq!(n, 5);
 }
+
+/// Rewrites the segment at `path` (CRCs and SQLite's chain intact) with the database checksum
+/// recorded after its commit `k` changed, and after its last one the header's too; `before` is
+/// the database restored to the transaction before the segment, for its base pages. Returns the
+/// txid of commit `k`.
+fn record_a_wrong_checksum(path: &Path, before: &Path, k: usize) -> u64 {
+    use lifeboat_wal::any_segment::AnySegment;
+    let file = std::fs::read(before).unwrap();
+    let any = AnySegment::open(&std::fs::read(path).unwrap()).unwrap();
+    let ps = any.header.page_size as usize;
+    let mut seg = any
+        .rebuild(&mut |pgno, page| {
+            let at = (pgno as usize - 1) * ps;
+            match file.get(at..at + ps) {
+                Some(b) => page.copy_from_slice(b),
+                None => page.fill(0),
+            }
+            Ok(())
+        })
+        .unwrap();
+    let k = k.min(seg.commits.len() - 1);
+    seg.commits[k].checksum.0 ^= 1;
+    if k + 1 == seg.commits.len() {
+        seg.header.checksum_after = seg.commits[k].checksum;
+    }
+    std::fs::write(path, seg.encode()).unwrap();
+    seg.commits[k].txid.0
+}
+
+#[test]
+fn a_wrong_recorded_database_checksum_is_refused_naming_the_object() {
+    let dir = tempfile::tempdir().unwrap();
+    let (replica, url) = replicated(dir.path());
+    let segs = files_with_suffix(&replica, ".lbseg");
+    assert!(segs.len() >= 3, "want several segments, got {}", segs.len());
+    // A segment of several commits, past the first (whose state before is the snapshot's).
+    let open =
+        |p: &Path| lifeboat_wal::any_segment::AnySegment::open(&std::fs::read(p).unwrap()).unwrap();
+    let victim = segs[1..]
+        .iter()
+        .find(|p| open(p).commits.len() >= 2)
+        .unwrap_or_else(|| panic!("no segment of two commits or more among {segs:?}"));
+    let key = relative_key(&replica, victim);
+    let original = std::fs::read(victim).unwrap();
+    let first = open(victim).header.first_txid.0;
+    let before = dir.path().join("before.db");
+    let o = run(&[
+        "restore",
+        &url,
+        "-o",
+        before.to_str().unwrap(),
+        "--txid",
+        &(first - 1).to_string(),
+    ]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let out = dir.path().join("out.db");
+    let refused = |args: &[&str], what: &str| {
+        let o = run(args);
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert!(!o.status.success(), "{what} must fail: {err}");
+        assert!(
+            err.contains(&key) && err.contains("database checksum"),
+            "{what}: the error must name the object and the checksum: {err}"
+        );
+        assert!(!out.exists(), "{what}: no output may be left behind");
+    };
+    // Wrong after the segment's last commit: restoring the newest state checks it.
+    record_a_wrong_checksum(victim, &before, usize::MAX);
+    refused(&["restore", &url, "-o", out.to_str().unwrap()], "restore");
+    // Wrong after a commit inside the segment: a restore to that commit, and verify, check it.
+    std::fs::write(victim, &original).unwrap();
+    let txid = record_a_wrong_checksum(victim, &before, 0);
+    let txid = txid.to_string();
+    refused(
+        &[
+            "restore",
+            &url,
+            "-o",
+            out.to_str().unwrap(),
+            "--txid",
+            &txid,
+        ],
+        "restore --txid",
+    );
+    let o = run(&["verify", &url]);
+    let report = format!(
+        "{}{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    );
+    assert!(!o.status.success(), "verify must fail: {report}");
+    assert!(
+        report.contains(&key),
+        "verify must name the object: {report}"
+    );
+}

@@ -229,6 +229,7 @@ async fn restore_one(
         force: r.force,
         progress: progress::bar("restoring", progress::Unit::Bytes),
         mode: r.mode,
+        every_commit: false,
     };
     let cat = lifeboat_agent::catalog::Catalog::load(client)
         .await

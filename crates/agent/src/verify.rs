@@ -227,6 +227,7 @@ pub async fn verify_with_progress(
                         }))
                     }),
                     mode: None,
+                    every_commit: true,
                 };
                 execute(client, &plan, &opts).await?;
                 advance(plan.bytes());

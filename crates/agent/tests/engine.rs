@@ -79,6 +79,7 @@ impl Rig {
             force: false,
             progress: None,
             mode: None,
+            every_commit: false,
         };
         self.rt
             .block_on(restore(self.replica.as_ref(), &opts))

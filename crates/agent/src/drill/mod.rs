@@ -2,9 +2,9 @@
 //! we can, time it, and compare it with the live database.
 //!
 //! A drill
-//! 1. restores the newest state (the restore itself verifies every CRC, SQLite's frame checksums,
-//!    every recorded database checksum and runs `PRAGMA integrity_check`); its wall time is the
-//!    RTO;
+//! 1. restores the newest state as `lifeboat restore` does (verifying every CRC, SQLite's frame
+//!    checksums, the database checksum recorded at each segment's end and at the target, and
+//!    running `PRAGMA integrity_check`); its wall time is the RTO;
 //! 2. runs `PRAGMA integrity_check` and `PRAGMA foreign_key_check` on the restored file and hashes
 //!    the file again, independently of the restore, comparing with the checksum the replica
 //!    recorded;
@@ -193,6 +193,7 @@ pub async fn drill(client: &dyn ReplicaClient, opts: &DrillOptions) -> Result<Dr
         force: false,
         progress: opts.progress.clone(),
         mode: None,
+        every_commit: false,
     };
     let restored = match restore::execute(client, &plan, &ropts).await {
         Ok(r) => r,

@@ -3,23 +3,25 @@
 //! The *applying* stage (the caller's thread) takes the segments in order. A format-2 segment's
 //! page deltas are applied in place to each page it changes, loaded once from the state before
 //! it, and SQLite's checksum chain over its frames is proven from each page's changed bytes
-//! ([`AnySegment::patch`]): no frame is written out, and each page version is hashed as it is
-//! made. Each page's last version up to the target is kept for the file ([`Pages`]). A format-1
-//! segment's frames were verified when it was downloaded. The *verifying* stage (a thread of its
-//! own) checks each segment's header against the state the restore reached, then applies every
-//! commit to the per-page hashes and checks the database checksum the segment recorded after it,
+//! ([`AnySegment::patch`]): no frame is written out. Each page's last version up to the target is
+//! kept for the file ([`Pages`]), and hashed. A format-1 segment's frames were verified when it
+//! was downloaded. The *verifying* stage (a thread of its own) checks each segment's header
+//! against the state the restore reached, then applies its commits to the per-page hashes and
+//! checks the database checksum the segment recorded: after every commit of format-1 frames (and
+//! with [`super::RestoreOptions::every_commit`], for which every page version is hashed), after
+//! the last commit applied of a patched segment (whose every frame the checksum chain proves),
 //! while the first stage applies the next segment. Both stop at the same
 //! commit (the target's, found by [`txns_to_apply`]). The applying stage trusts a segment's commit
 //! records for the state it reads base pages at; the verifying stage checks them, and its error
 //! (the first in the chain's order) is the one reported. The file, once written, is hashed again.
 
-use std::cell::RefCell;
 use std::collections::HashMap;
-use std::sync::mpsc;
+use std::sync::{mpsc, Mutex};
 
 use lifeboat_wal::any_segment::{AnySegment, Unchained};
 use lifeboat_wal::checksum::PageHashes;
 use lifeboat_wal::segment::{CommitRecord, Segment, SegmentHeader};
+use lifeboat_wal::segment2::Patching;
 use lifeboat_wal::{DbChecksum, Generation, TxId};
 
 use super::copies::Copies;
@@ -31,6 +33,9 @@ use crate::{Error, Result};
 /// Bytes of pages held in memory before they are written to the file: a page reaches the file
 /// once, unless more pages than this change between two writes.
 const HELD_PAGES: usize = 32 << 20;
+
+/// Segments of fewer frames than this are patched on one thread.
+const SPLIT_FRAMES: u32 = 256;
 
 /// A downloaded segment: its frames, verified, or a format-2 segment's page deltas.
 pub(super) enum Ready {
@@ -46,13 +51,22 @@ enum Applying {
     Patched(Patched),
 }
 
-/// A format-2 segment applied in place: its header and commits, how many were applied, and each
-/// frame's page number and page hash.
+/// A format-2 segment applied in place: its header and commits, how many were applied, and the
+/// page hashes to apply.
 struct Patched {
     header: SegmentHeader,
     commits: Vec<CommitRecord>,
     applied: usize,
-    frames: Vec<(u32, u64)>,
+    hashes: PatchedHashes,
+}
+
+/// The page hashes of a segment applied in place.
+enum PatchedHashes {
+    /// Each frame's page number and page hash, in WAL order: every commit's checksum is checked.
+    Frames(Vec<(u32, u64)>),
+    /// Each page's last version's, among those the applied commits leave: the checksum after
+    /// the last of them is checked.
+    Last(Vec<(u32, u64)>),
 }
 
 /// The base of a page of a segment checked to have no base pages.
@@ -103,6 +117,7 @@ pub(super) fn apply(
     state: State,
     mut copies: Copies,
     target: Target,
+    every_commit: bool,
 ) -> Result<Applied> {
     // A rendezvous: one segment being rebuilt, one being verified (a segment's frames can be
     // 64 MiB).
@@ -153,7 +168,8 @@ pub(super) fn apply(
                     }
                     Ready::Deltas(any) => {
                         copies.check_and_keep(&o.key, &any.header, &any.commits, None)?;
-                        let (p, reached) = patch_on(&out, &mut pages, &mut at, &o, any, target)?;
+                        let (p, reached) =
+                            patch_on(&out, &mut pages, &mut at, &o, any, target, every_commit)?;
                         (Applying::Patched(p), reached)
                     }
                 };
@@ -226,6 +242,7 @@ fn patch_on(
     o: &catalog::Segment,
     any: AnySegment,
     target: Target,
+    every_commit: bool,
 ) -> Result<(Patched, bool)> {
     let h = &any.header;
     if h.first_txid != at.txid.next() || h.checksum_before != at.checksum {
@@ -257,45 +274,70 @@ fn patch_on(
             Some(*end)
         })
         .collect();
-    let mut above = Vec::new();
-    let frames = {
-        // Base pages are read while kept ones are added: a page's base is read before its own
-        // versions are applied, and it is kept once, after them, so no read sees a kept page.
-        let held = RefCell::new(&mut *pages);
-        any.patch(
-            ends.last().copied().unwrap_or(0),
-            &mut |pgno, page| {
-                out.base(&held.borrow(), pgno, page)
-                    .map_err(|e| lifeboat_wal::Error::Corrupt {
-                        offset: 0,
-                        reason: format!("cannot read base page {pgno}: {e}"),
-                    })
-            },
-            &mut |pgno, frame, page| {
-                if pgno > low_from[ends.partition_point(|&e| e <= frame)] {
-                    return;
-                }
-                // A page past the segment's smallest size is added after its commits are, which
-                // drop the pages there.
-                if pgno <= low {
-                    held.borrow_mut().page(pgno, page);
-                } else {
-                    above.push((pgno, page.to_vec()));
-                }
-            },
-        )
-        .map_err(|e| Error::Corrupt {
-            key: o.key.clone(),
-            cause: e,
-        })?
+    // A large segment's pages are split between threads; a small one's cost less than a thread.
+    let parts = if any.header.frame_count < SPLIT_FRAMES {
+        1
+    } else {
+        std::thread::available_parallelism().map_or(1, |n| n.get().min(4))
     };
+    let ps = h.page_size as usize;
+    let kept = ends.last().copied().unwrap_or(0);
+    // Every page the segment writes is then replaced by its last version, or dropped by the
+    // commit that cuts it off: a held base page can be swapped out rather than copied.
+    let take = kept == h.frame_count as usize;
+    let spare = Mutex::new(pages.take_spare());
+    // Base pages are all read before any kept page is added: no read sees a kept page.
+    let held = Mutex::new(&mut *pages);
+    let base = |pgno, page: &mut Vec<u8>| {
+        out.base(&held, pgno, page, take)
+            .map_err(|e| lifeboat_wal::Error::Corrupt {
+                offset: 0,
+                reason: format!("cannot read base page {pgno}: {e}"),
+            })
+    };
+    let buffer = || {
+        let recycled = spare.lock().unwrap_or_else(|p| p.into_inner()).pop();
+        recycled.unwrap_or_else(|| vec![0; ps])
+    };
+    let how = Patching {
+        parts,
+        every_version: every_commit,
+        base: &base,
+        buffer: &buffer,
+    };
+    let patch = any.patch(kept, &how).map_err(|e| Error::Corrupt {
+        key: o.key.clone(),
+        cause: e,
+    })?;
+    let pages = held.into_inner().unwrap_or_else(|p| p.into_inner());
+    pages.give_spare(spare.into_inner().unwrap_or_else(|p| p.into_inner()));
+    let mut above = Vec::new();
+    let mut last = Vec::new();
+    for k in patch.pages {
+        if k.pgno > low_from[ends.partition_point(|&e| e <= k.frame)] {
+            continue;
+        }
+        last.push((k.pgno, k.hash));
+        // A page past the segment's smallest size is added after its commits are, which drop
+        // the pages there.
+        if k.pgno <= low {
+            pages.put(k.pgno, k.page, k.weight);
+        } else {
+            above.push(k);
+        }
+    }
     for c in applied {
         pages.commit(c.db_size);
         at.advance(c);
     }
-    for (pgno, page) in above {
-        pages.page(pgno, &page);
+    for k in above {
+        pages.put(k.pgno, k.page, k.weight);
     }
+    let hashes = if every_commit {
+        PatchedHashes::Frames(patch.hashes)
+    } else {
+        PatchedHashes::Last(last)
+    };
     let AnySegment {
         header, commits, ..
     } = any;
@@ -304,7 +346,7 @@ fn patch_on(
             header,
             commits,
             applied: n,
-            frames,
+            hashes,
         },
         reached,
     ))
@@ -444,8 +486,9 @@ fn apply_segment(
 }
 
 /// The verifying stage's part for a segment applied in place: its header against the
-/// restore's state, then each commit up to the target applied to the hashes (from the page
-/// hashes the applying stage computed) and checked. Whether the target is reached.
+/// restore's state, then the commits up to the target applied to the hashes (from the page
+/// hashes the applying stage computed) and checked: each one's checksum, or the last one's.
+/// Whether the target is reached.
 fn apply_patched(
     hashes: &mut PageHashes,
     state: &mut State,
@@ -465,16 +508,36 @@ fn apply_patched(
             ),
         });
     }
-    let mut frames = p.frames.iter();
-    for c in &p.commits[..n] {
-        for &(pgno, h) in frames.by_ref().take(c.frames as usize) {
-            hashes.set_page_hash(pgno, h);
+    match &p.hashes {
+        PatchedHashes::Frames(frames) => {
+            let mut frames = frames.iter();
+            for c in &p.commits[..n] {
+                for &(pgno, h) in frames.by_ref().take(c.frames as usize) {
+                    hashes.set_page_hash(pgno, h);
+                }
+                hashes.resize(c.db_size);
+                if hashes.checksum() != c.checksum {
+                    return Err(checksum_differs(o, c, hashes));
+                }
+                state.advance(c);
+            }
         }
-        hashes.resize(c.db_size);
-        if hashes.checksum() != c.checksum {
-            return Err(checksum_differs(o, c, hashes));
+        PatchedHashes::Last(last) => {
+            // The sizes in order drop what the commits drop; then each page's last version
+            // (which no later commit dropped): the hashes the commits one by one would leave.
+            for c in &p.commits[..n] {
+                hashes.resize(c.db_size);
+                state.advance(c);
+            }
+            for &(pgno, h) in last {
+                hashes.set_page_hash(pgno, h);
+            }
+            if let Some(c) = p.commits[..n].last() {
+                if hashes.checksum() != c.checksum {
+                    return Err(checksum_differs(o, c, hashes));
+                }
+            }
         }
-        state.advance(c);
     }
     Ok(reached)
 }

@@ -2,8 +2,9 @@
 //!
 //! Every object's CRC32 is checked, every segment's SQLite frame-checksum chain is re-verified,
 //! each segment must start exactly where the previous state ended (same transaction id and same
-//! database checksum), and the database checksum recorded after every applied commit must match
-//! the one computed over the pages written. The result is written to a temporary file, fsynced,
+//! database checksum), and the database checksum recorded at each segment's end and at the
+//! target (after every commit with [`RestoreOptions::every_commit`], as `verify` restores) must
+//! match the one computed over the pages written. The result is written to a temporary file, fsynced,
 //! checked with `PRAGMA integrity_check`, and only then renamed into place. Any failure leaves
 //! the output path untouched and names the object at fault.
 
@@ -55,6 +56,11 @@ pub struct RestoreOptions {
     /// The restored file's permission bits; `None`: those of the file it replaces, else a new
     /// database's (0644 less the umask). See [`files::take_place_of`].
     pub mode: Option<u32>,
+    /// Check the database checksum recorded after every commit applied, not only after each
+    /// segment's last and the target (a format-2 segment's frames are proven by SQLite's checksum
+    /// chain either way; hashing every version of every page costs about a tenth more CPU):
+    /// `verify` does.
+    pub every_commit: bool,
 }
 
 impl RestoreOptions {
@@ -68,6 +74,7 @@ impl RestoreOptions {
             force: false,
             progress: None,
             mode: None,
+            every_commit: false,
         }
     }
 }
@@ -319,9 +326,10 @@ async fn execute_once(
     // The chain is applied on threads of its own (see `chain`) while the downloads (and the
     // decoding of the segments that rebuild on their own) go on.
     let (tx, rx) = tokio::sync::mpsc::channel::<(catalog::Segment, Ready, u64)>(parallelism);
-    let target = plan.target;
-    let applier =
-        tokio::task::spawn_blocking(move || chain::apply(rx, out, hashes, state, copies, target));
+    let (target, every_commit) = (plan.target, opts.every_commit);
+    let applier = tokio::task::spawn_blocking(move || {
+        chain::apply(rx, out, hashes, state, copies, target, every_commit)
+    });
     let mut fetched = Ok(());
     let mut downloaded = bytes;
     while let Some(r) = fetches.next().await {

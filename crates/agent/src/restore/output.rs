@@ -1,15 +1,19 @@
 //! The file a restore writes, and the pages of applied transactions not yet in it.
 //!
-//! Transactions are applied to the per-page hashes one by one (every commit's database checksum
-//! is checked), but each page reaches the file once, in its last version: [`Pages`] keeps, for
-//! the transactions applied so far, each page's newest bytes and the smallest size the database
-//! had, across segments (the caller bounds [`Pages::held`]); [`Output::flush`] then makes the
-//! file exactly the database after the last of them. A segment's base pages (the state before
-//! it) are read through [`Output::base`]: from memory, as zeros, or from the file.
+//! Transactions are applied to the per-page hashes (see `chain`), but each page reaches the file
+//! once, in its last version: [`Pages`] keeps, for the transactions applied so far, each page's
+//! newest bytes and the smallest size the database had, across segments (the caller bounds
+//! [`Pages::held`]); [`Output::flush`] then makes the file exactly the database after the last of
+//! them. A segment's base pages (the state before it) are read through [`Output::base`]: from
+//! memory (swapped out, or copied), as zeros, or from the file. Page buffers no longer needed
+//! are kept for the next segment's pages to be patched in.
 
 use std::collections::HashMap;
 use std::fs::File;
 use std::os::unix::fs::FileExt;
+use std::sync::Mutex;
+
+use lifeboat_wal::segment2::PageWeight;
 
 use crate::{Error, Result};
 
@@ -60,8 +64,10 @@ impl Output {
         if pending.low < pending.start {
             self.set_pages(pending.low)?;
         }
-        let mut pages: Vec<(u32, Vec<u8>)> =
-            std::mem::take(&mut pending.pages).into_iter().collect();
+        let mut pages: Vec<(u32, Vec<u8>)> = std::mem::take(&mut pending.pages)
+            .into_iter()
+            .map(|(p, h)| (p, h.data))
+            .collect();
         pages.sort_unstable_by_key(|&(p, _)| p);
         let mut run: Vec<u8> = Vec::new();
         let mut run_start = 0u32;
@@ -83,34 +89,68 @@ impl Output {
         if pending.size != pending.low || pending.low != pending.start {
             self.set_pages(pending.size)?;
         }
+        let spare = std::mem::take(&mut pending.spare);
         *pending = Pages::new(pending.size);
+        pending.spare = spare;
+        for (_, data) in pages {
+            pending.recycle(data);
+        }
         Ok(())
     }
 
-    /// Fills `page` with page `pgno` of the database the file and `pending` make together: a
-    /// segment's base page.
-    pub(super) fn base(&self, pending: &Pages, pgno: u32, page: &mut [u8]) -> std::io::Result<()> {
-        match pending.lookup(pgno) {
-            Lookup::Held(data) => page.copy_from_slice(data),
+    /// Puts page `pgno` of the database the file and `pending` make together into `page`, a
+    /// buffer of the page size: a segment's base page, and its weight if a patch left it. A
+    /// page held in `pending` is swapped in with `take` (its place then holds `page`'s old
+    /// buffer, until the segment's version of the page replaces it or a commit drops it), and
+    /// copied otherwise.
+    pub(super) fn base(
+        &self,
+        pending: &Mutex<&mut Pages>,
+        pgno: u32,
+        page: &mut Vec<u8>,
+        take: bool,
+    ) -> std::io::Result<Option<PageWeight>> {
+        let mut held = pending.lock().unwrap_or_else(|p| p.into_inner());
+        match held.lookup(pgno) {
+            Lookup::Held => {
+                let h = held.pages.get_mut(&pgno).expect("looked up");
+                let weight = h.weight;
+                if take {
+                    std::mem::swap(page, &mut h.data);
+                    h.weight = None;
+                } else {
+                    page.copy_from_slice(&h.data);
+                }
+                return Ok(weight);
+            }
             Lookup::Zeros => page.fill(0),
-            Lookup::File => self.read_page(pgno, page)?,
+            Lookup::File => {
+                drop(held);
+                self.read_page(pgno, page)?;
+            }
         }
-        Ok(())
+        Ok(None)
     }
 }
 
 /// Where a page's current bytes are.
-enum Lookup<'a> {
-    Held(&'a [u8]),
+enum Lookup {
+    Held,
     /// Past the database's size, or dropped since the file's state and not written again.
     Zeros,
     File,
 }
 
+/// A page held: its bytes, and its weight if a patch left it.
+struct Held {
+    data: Vec<u8>,
+    weight: Option<PageWeight>,
+}
+
 /// The pages of applied transactions not yet in the file.
 pub(super) struct Pages {
     /// Each page's last version.
-    pages: HashMap<u32, Vec<u8>>,
+    pages: HashMap<u32, Held>,
     /// The database's size in the file.
     start: u32,
     /// The smallest size since then.
@@ -119,7 +159,13 @@ pub(super) struct Pages {
     size: u32,
     /// No page above this number is in `pages`.
     high: u32,
+    /// Page buffers no longer held, for pages still to be patched (at most [`SPARE_BYTES`]).
+    spare: Vec<Vec<u8>>,
 }
+
+/// The most bytes of spare page buffers [`Pages`] keeps: a segment's pages are patched into
+/// them rather than into new allocations, which cost page faults and frees.
+const SPARE_BYTES: usize = 16 << 20;
 
 impl Pages {
     /// Nothing pending on a file that holds a database of `pages` pages.
@@ -130,18 +176,50 @@ impl Pages {
             low: pages,
             size: pages,
             high: 0,
+            spare: Vec::new(),
         }
     }
 
     /// A transaction wrote `data` to page `pgno`.
     pub(super) fn page(&mut self, pgno: u32, data: &[u8]) {
         match self.pages.get_mut(&pgno) {
-            Some(held) => held.copy_from_slice(data),
+            Some(held) => {
+                held.data.copy_from_slice(data);
+                held.weight = None;
+            }
             None => {
-                self.pages.insert(pgno, data.to_vec());
+                let data = data.to_vec();
+                self.pages.insert(pgno, Held { data, weight: None });
             }
         }
         self.high = self.high.max(pgno);
+    }
+
+    /// A transaction wrote `data`, a whole page of weight `weight`, to page `pgno`.
+    pub(super) fn put(&mut self, pgno: u32, data: Vec<u8>, weight: PageWeight) {
+        let weight = Some(weight);
+        if let Some(old) = self.pages.insert(pgno, Held { data, weight }) {
+            self.recycle(old.data);
+        }
+        self.high = self.high.max(pgno);
+    }
+
+    /// Keeps `buffer`, a page no longer needed, for [`take_spare`](Self::take_spare).
+    fn recycle(&mut self, buffer: Vec<u8>) {
+        if (self.spare.len() + 1) * buffer.len() <= SPARE_BYTES {
+            self.spare.push(buffer);
+        }
+    }
+
+    /// The spare page buffers, for a segment's pages to be patched in (the bytes they hold are
+    /// old pages'); those left are given back with [`give_spare`](Self::give_spare).
+    pub(super) fn take_spare(&mut self) -> Vec<Vec<u8>> {
+        std::mem::take(&mut self.spare)
+    }
+
+    /// Gives back spare page buffers taken with [`take_spare`](Self::take_spare).
+    pub(super) fn give_spare(&mut self, spare: Vec<Vec<u8>>) {
+        self.spare = spare;
     }
 
     /// The transaction committed, leaving the database at `pages` pages: pages past it are gone.
@@ -156,15 +234,15 @@ impl Pages {
 
     /// The bytes of the pages held (all pages are of one size).
     pub(super) fn held(&self) -> usize {
-        self.pages.values().next().map_or(0, Vec::len) * self.pages.len()
+        self.pages.values().next().map_or(0, |h| h.data.len()) * self.pages.len()
     }
 
-    fn lookup(&self, pgno: u32) -> Lookup<'_> {
+    fn lookup(&self, pgno: u32) -> Lookup {
         if pgno > self.size {
             return Lookup::Zeros;
         }
         match self.pages.get(&pgno) {
-            Some(d) => Lookup::Held(d),
+            Some(_) => Lookup::Held,
             None if pgno > self.low => Lookup::Zeros,
             None => Lookup::File,
         }
@@ -227,7 +305,8 @@ mod tests {
             if pgno > size {
                 want.fill(0);
             }
-            fast.base(&pending, pgno, &mut got).unwrap();
+            fast.base(&Mutex::new(&mut pending), pgno, &mut got, false)
+                .unwrap();
             assert_eq!(got, want, "page {pgno} read through the pending pages");
         }
         fast.flush(&mut pending).unwrap();

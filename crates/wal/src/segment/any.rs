@@ -7,7 +7,7 @@
 //! applying segments in order) can supply. Format 1 segments and format-2 segments without such
 //! pages rebuild on their own ([`crate::segment::Segment::decode`] does both steps).
 
-use super::format2::{self, Parsed};
+use super::format2::{self, Parsed, Patch, Patching};
 use crate::segment::{
     check_end, CommitRecord, Segment, SegmentHeader, COMMIT_RECORD_SIZE, HEADER_SIZE, VERSION_1,
 };
@@ -262,24 +262,20 @@ impl AnySegment {
     /// Applies a format-2 segment's page versions to pages in place, and proves every frame as
     /// [`rebuild`](Self::rebuild) does (SQLite's checksum chain from the header's start to its
     /// end, computed from each page's changed bytes; see `format2::weights`) without writing the
-    /// frames. `base` is as for [`rebuild`](Self::rebuild); `keep(pgno, frame, page)` is handed
-    /// each page's last version among the first `kept` frames, `frame` its index. Returns each
-    /// frame's page number and [`page_hash`](crate::checksum::page_hash), in WAL order, for the
-    /// commits' database checksums. A format-1 segment is refused: its frames are stored whole,
+    /// frames. The segment's pages are independent of each other: up to `how.parts` threads
+    /// patch them, each calling `how.base` as [`rebuild`](Self::rebuild) calls `base` for the
+    /// pages it has. Returns each page's last version among the first `kept` frames, with that
+    /// frame's index and the version's [`page_hash`](crate::checksum::page_hash), and with
+    /// `how.every_version` each frame's page number and page hash in WAL order, for every
+    /// commit's database checksum. A format-1 segment is refused: its frames are stored whole,
     /// [`rebuild`](Self::rebuild) verifies them.
-    pub fn patch(
-        &self,
-        kept: usize,
-        base: &mut dyn FnMut(u32, &mut [u8]) -> Result<()>,
-        keep: &mut dyn FnMut(u32, usize, &[u8]),
-    ) -> Result<Vec<(u32, u64)>> {
+    pub fn patch(&self, kept: usize, how: &Patching<'_>) -> Result<Patch> {
         let Body::Deltas(body) = &self.body else {
             return Err(Error::corrupt(0, "a format-1 segment has no page deltas"));
         };
-        let (end, hashes) =
-            format2::patch::patch(&self.header, &self.commits, body, kept, base, keep)?;
+        let (end, patch) = format2::patch::patch(&self.header, &self.commits, body, kept, how)?;
         check_end(&self.header, &self.commits, end)?;
-        Ok(hashes)
+        Ok(patch)
     }
 }
 

@@ -9,8 +9,8 @@
 //! from the database it is rebuilding, whose checksum it has just verified. The frames are then
 //! rebuilt exactly — frame headers and SQLite's running checksums recomputed from the WAL salts
 //! and the chain start in the header — and go through the same verification as format 1's stored
-//! frames, so the chain must end at the checksum the agent read from the live WAL, and restore
-//! re-checks every commit's database checksum. Restore does not write the frames out: it applies
+//! frames, so the chain must end at the checksum the agent read from the live WAL, and the
+//! recorded database checksums are checked again. Restore does not write the frames out: it applies
 //! each page's versions in place and carries SQLite's checksum through the changed bytes
 //! ([`patch`]), which proves the same chain at the cost of the bytes that changed.
 //!
@@ -31,6 +31,7 @@ mod weights;
 use std::collections::HashMap;
 
 pub use encoder::{BaseReader, SegmentEncoder};
+pub use patch::{Kept, PageWeight, Patch, Patching};
 
 use crate::checksum::DbChecksum;
 use crate::segment::{get32, get64, CommitRecord, Segment, SegmentHeader, COMMIT_RECORD_SIZE};
@@ -146,6 +147,9 @@ pub(crate) struct Parsed {
     pages: Vec<(u32, bool)>,
     /// Where the page versions start in `raw`.
     versions_at: usize,
+    /// Where each page's versions start, from `versions_at` (one entry per `pages` entry): a
+    /// patch splits the pages between threads there.
+    starts: Vec<usize>,
 }
 
 impl Parsed {
@@ -194,6 +198,8 @@ pub(crate) fn parse(h: &SegmentHeader, raw: Vec<u8>) -> Result<(Vec<CommitRecord
     }
     let mut distinct = pgnos.clone();
     distinct.sort_unstable();
+    // How many versions each page has: the page versions are stored page by page.
+    let counts: Vec<usize> = distinct.chunk_by(|a, b| a == b).map(<[u32]>::len).collect();
     distinct.dedup();
     if input.len() < distinct.len() {
         return Err(Error::corrupt(0, "body ends inside the base map"));
@@ -212,8 +218,12 @@ pub(crate) fn parse(h: &SegmentHeader, raw: Vec<u8>) -> Result<(Vec<CommitRecord
     }
     input = &input[distinct.len()..];
     let versions_at = raw.len() - input.len();
-    for _ in 0..n {
-        delta::check(&mut input, h.page_size as usize)?;
+    let mut starts = Vec::with_capacity(counts.len());
+    for count in counts {
+        starts.push(raw.len() - input.len() - versions_at);
+        for _ in 0..count {
+            delta::check(&mut input, h.page_size as usize)?;
+        }
     }
     if !input.is_empty() {
         return Err(Error::corrupt(0, "bytes left after the last page version"));
@@ -225,6 +235,7 @@ pub(crate) fn parse(h: &SegmentHeader, raw: Vec<u8>) -> Result<(Vec<CommitRecord
             pgnos,
             pages,
             versions_at,
+            starts,
         },
     ))
 }
