@@ -239,9 +239,19 @@ pub fn parts(o: &Segment, b: bytes::Bytes) -> Result<Vec<(Segment, bytes::Bytes)
 /// [`parts`], each opened ([`AnySegment::open`]: its CRCs, its structure, its body
 /// decompressed), an error naming the part at fault.
 pub fn open_parts(o: &Segment, b: bytes::Bytes) -> Result<Vec<(Segment, AnySegment)>> {
+    open_parts_in(o, b, &mut Vec::new)
+}
+
+/// [`open_parts`], each part's body decompressed into a buffer from `buffer` (see
+/// [`AnySegment::open_in`]).
+pub fn open_parts_in(
+    o: &Segment,
+    b: bytes::Bytes,
+    buffer: &mut dyn FnMut() -> Vec<u8>,
+) -> Result<Vec<(Segment, AnySegment)>> {
     parts(o, b)?
         .into_iter()
-        .map(|(part, b)| match AnySegment::open(&b) {
+        .map(|(part, b)| match AnySegment::open_in(&b, buffer()) {
             Ok(any) => Ok((part, any)),
             Err(cause) => Err(Error::Corrupt {
                 key: part.key,

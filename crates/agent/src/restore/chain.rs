@@ -16,7 +16,7 @@
 //! (the first in the chain's order) is the one reported. The file, once written, is hashed again.
 
 use std::collections::HashMap;
-use std::sync::{mpsc, Mutex};
+use std::sync::{mpsc, Arc, Mutex};
 
 use lifeboat_wal::any_segment::{AnySegment, Unchained};
 use lifeboat_wal::checksum::PageHashes;
@@ -69,6 +69,39 @@ enum PatchedHashes {
     Last(Vec<(u32, u64)>),
 }
 
+/// How the chain is applied: up to which state, checking which commits' database checksums
+/// (see [`super::RestoreOptions::every_commit`]), and where the decompression buffers of the
+/// segments applied go back to.
+pub(super) struct How {
+    pub target: Target,
+    pub every_commit: bool,
+    pub raws: Raws,
+}
+
+/// The most bytes of decompression buffers [`Raws`] keeps.
+const RAW_BYTES: usize = 64 << 20;
+
+/// Decompression buffers of segments applied, for the next downloads to decompress into:
+/// new memory costs a page fault every 4 KiB, and each segment's body is megabytes.
+#[derive(Clone, Default)]
+pub(super) struct Raws(Arc<Mutex<Vec<Vec<u8>>>>);
+
+impl Raws {
+    /// A buffer: a recycled one (of any size, holding old bytes), or an empty one.
+    pub(super) fn take(&self) -> Vec<u8> {
+        let mut raws = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        raws.pop().unwrap_or_default()
+    }
+
+    fn give(&self, buffer: Vec<u8>) {
+        let mut raws = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        let held: usize = raws.iter().map(Vec::capacity).sum();
+        if held + buffer.capacity() <= RAW_BYTES {
+            raws.push(buffer);
+        }
+    }
+}
+
 /// The base of a page of a segment checked to have no base pages.
 pub(super) fn no_base(pgno: u32, _: &mut [u8]) -> lifeboat_wal::Result<()> {
     Err(lifeboat_wal::Error::from(std::io::Error::other(format!(
@@ -116,9 +149,9 @@ pub(super) fn apply(
     hashes: PageHashes,
     state: State,
     mut copies: Copies,
-    target: Target,
-    every_commit: bool,
+    how: How,
 ) -> Result<Applied> {
+    let target = how.target;
     // A rendezvous: one segment being rebuilt, one being verified (a segment's frames can be
     // 64 MiB).
     let (to_verify, verify_rx) = mpsc::sync_channel::<(catalog::Segment, Applying)>(0);
@@ -168,8 +201,7 @@ pub(super) fn apply(
                     }
                     Ready::Deltas(any) => {
                         copies.check_and_keep(&o.key, &any.header, &any.commits, None)?;
-                        let (p, reached) =
-                            patch_on(&out, &mut pages, &mut at, &o, any, target, every_commit)?;
+                        let (p, reached) = patch_on(&out, &mut pages, &mut at, &o, any, &how)?;
                         (Applying::Patched(p), reached)
                     }
                 };
@@ -241,9 +273,9 @@ fn patch_on(
     at: &mut State,
     o: &catalog::Segment,
     any: AnySegment,
-    target: Target,
-    every_commit: bool,
+    how: &How,
 ) -> Result<(Patched, bool)> {
+    let (target, every_commit) = (how.target, how.every_commit);
     let h = &any.header;
     if h.first_txid != at.txid.next() || h.checksum_before != at.checksum {
         return Err(Error::ObjectMismatch {
@@ -299,13 +331,13 @@ fn patch_on(
         let recycled = spare.lock().unwrap_or_else(|p| p.into_inner()).pop();
         recycled.unwrap_or_else(|| vec![0; ps])
     };
-    let how = Patching {
+    let patching = Patching {
         parts,
         every_version: every_commit,
         base: &base,
         buffer: &buffer,
     };
-    let patch = any.patch(kept, &how).map_err(|e| Error::Corrupt {
+    let patch = any.patch(kept, &patching).map_err(|e| Error::Corrupt {
         key: o.key.clone(),
         cause: e,
     })?;
@@ -338,9 +370,8 @@ fn patch_on(
     } else {
         PatchedHashes::Last(last)
     };
-    let AnySegment {
-        header, commits, ..
-    } = any;
+    let (header, commits, raw) = any.into_parts();
+    how.raws.give(raw);
     Ok((
         Patched {
             header,

@@ -275,36 +275,40 @@ async fn execute_once(
     // Fetch segments in parallel, apply them in order.
     let parallelism = opts.parallelism.max(1);
     let base = plan.snapshot.txid;
+    let raws = chain::Raws::default();
     let mut fetches = stream::iter(plan.segments.iter().cloned())
-        .map(|o| async move {
-            let b = retry(policy, "segment download", || client.get(&o.key)).await?;
-            let size = o.size;
-            // Checked here, in parallel: both CRCs, decompressed, the structure; a format-1
-            // segment's stored frames verified too. A format-2 segment's page deltas are
-            // applied in chain order, to the state before it. A pack's parts are checked the
-            // same way, each on its own; those the snapshot already holds are not needed.
-            let segs = tokio::task::spawn_blocking(move || {
-                let mut out = Vec::new();
-                for (part, any) in catalog::open_parts(&o, b)? {
-                    if part.last <= base {
-                        continue;
+        .map(|o| {
+            let raws = raws.clone();
+            async move {
+                let b = retry(policy, "segment download", || client.get(&o.key)).await?;
+                let size = o.size;
+                // Checked here, in parallel: both CRCs, decompressed, the structure; a format-1
+                // segment's stored frames verified too. A format-2 segment's page deltas are
+                // applied in chain order, to the state before it. A pack's parts are checked the
+                // same way, each on its own; those the snapshot already holds are not needed.
+                let segs = tokio::task::spawn_blocking(move || {
+                    let mut out = Vec::new();
+                    for (part, any) in catalog::open_parts_in(&o, b, &mut || raws.take())? {
+                        if part.last <= base {
+                            continue;
+                        }
+                        let ready = if any.holds_deltas() {
+                            Ready::Deltas(any)
+                        } else {
+                            let built = any.rebuild(&mut chain::no_base);
+                            Ready::Built(built.map_err(|e| Error::Corrupt {
+                                key: part.key.clone(),
+                                cause: e,
+                            })?)
+                        };
+                        out.push((part, ready));
                     }
-                    let ready = if any.holds_deltas() {
-                        Ready::Deltas(any)
-                    } else {
-                        let built = any.rebuild(&mut chain::no_base);
-                        Ready::Built(built.map_err(|e| Error::Corrupt {
-                            key: part.key.clone(),
-                            cause: e,
-                        })?)
-                    };
-                    out.push((part, ready));
-                }
-                Ok::<_, Error>(out)
-            })
-            .await
-            .map_err(|e| Error::join("decoding a segment", e))??;
-            Ok::<_, Error>((size, segs))
+                    Ok::<_, Error>(out)
+                })
+                .await
+                .map_err(|e| Error::join("decoding a segment", e))??;
+                Ok::<_, Error>((size, segs))
+            }
         })
         .buffered(parallelism);
     let mut objects = 1;
@@ -326,10 +330,13 @@ async fn execute_once(
     // The chain is applied on threads of its own (see `chain`) while the downloads (and the
     // decoding of the segments that rebuild on their own) go on.
     let (tx, rx) = tokio::sync::mpsc::channel::<(catalog::Segment, Ready, u64)>(parallelism);
-    let (target, every_commit) = (plan.target, opts.every_commit);
-    let applier = tokio::task::spawn_blocking(move || {
-        chain::apply(rx, out, hashes, state, copies, target, every_commit)
-    });
+    let how = chain::How {
+        target: plan.target,
+        every_commit: opts.every_commit,
+        raws: raws.clone(),
+    };
+    let applier =
+        tokio::task::spawn_blocking(move || chain::apply(rx, out, hashes, state, copies, how));
     let mut fetched = Ok(());
     let mut downloaded = bytes;
     while let Some(r) = fetches.next().await {

@@ -55,14 +55,23 @@ const ZSTD_UP_FRONT: u64 = 64;
 /// most by its default limit, and writes that buffer only as it produces bytes.) Streaming costs
 /// several times the one-call time (16 MiB from a 0.5 MiB body: 2.5 ms in one
 /// call, 20 to 40 ms streamed, on a loaded machine), hence the fast path.
-fn zstd_exact(body: &[u8], raw_len: u64) -> Result<Vec<u8>> {
+///
+/// The bytes go into `raw`, whatever it held (a buffer the caller recycles: new memory costs a
+/// page fault every 4 KiB).
+fn zstd_exact(body: &[u8], raw_len: u64, mut raw: Vec<u8>) -> Result<Vec<u8>> {
     let zstd = |e: std::io::Error| Error::corrupt(HEADER_SIZE as u64, format!("zstd: {e}"));
+    raw.clear();
     let raw = if raw_len <= ZSTD_UP_FRONT * body.len() as u64 {
-        // Fails on a body holding more than `raw_len`.
-        zstd::bulk::decompress(body, raw_len as usize).map_err(zstd)?
+        // Fails on a body holding more than `raw`'s capacity (checked against `raw_len` below).
+        raw.reserve_exact(raw_len as usize);
+        zstd::bulk::Decompressor::new()
+            .map_err(zstd)?
+            .decompress_to_buffer(body, &mut raw)
+            .map_err(zstd)?;
+        raw
     } else {
         let decoder = zstd::stream::read::Decoder::with_buffer(body).map_err(zstd)?;
-        let mut raw = Vec::with_capacity(body.len() * 4);
+        raw.reserve(body.len() * 4);
         // One byte more than declared, so that a body holding more is told from one holding
         // exactly `raw_len`.
         decoder
@@ -136,6 +145,12 @@ impl AnySegment {
     /// Checks a whole segment object: the header and object CRCs, the lengths, the commit
     /// table's txids and, for format 2, that every part of the body is well formed.
     pub fn open(b: &[u8]) -> Result<AnySegment> {
+        AnySegment::open_in(b, Vec::new())
+    }
+
+    /// [`open`](Self::open), a format-2 body decompressed into `buffer` (a recycled one, see
+    /// [`into_parts`](Self::into_parts); what it holds does not matter).
+    pub fn open_in(b: &[u8], buffer: Vec<u8>) -> Result<AnySegment> {
         let h = SegmentHeader::decode(b)?;
         let total = HEADER_SIZE as u64 + h.body_len + 4;
         if (b.len() as u64) < total {
@@ -192,13 +207,23 @@ impl AnySegment {
                 body: Body::Frames(frames),
             });
         }
-        let raw = zstd_exact(body, h.raw_len)?;
+        let raw = zstd_exact(body, h.raw_len, buffer)?;
         let (commits, parsed) = format2::parse(&h, raw)?;
         Ok(AnySegment {
             header: h,
             commits,
             body: Body::Deltas(parsed),
         })
+    }
+
+    /// The header, the commits, and the buffer that held the body, for
+    /// [`open_in`](Self::open_in) to use again.
+    pub fn into_parts(self) -> (SegmentHeader, Vec<CommitRecord>, Vec<u8>) {
+        let buffer = match self.body {
+            Body::Frames(frames) => frames,
+            Body::Deltas(parsed) => parsed.raw,
+        };
+        (self.header, self.commits, buffer)
     }
 
     /// The pages whose bytes before the segment [`rebuild`](Self::rebuild) asks for, in
@@ -360,11 +385,16 @@ mod tests {
                 "{} body bytes",
                 body.len()
             );
-            assert!(zstd_exact(&body, len).unwrap() == raw);
-            assert!(zstd_exact(&body, len - 1).is_err());
-            let e = zstd_exact(&body, len + 1).unwrap_err().to_string();
+            assert!(zstd_exact(&body, len, Vec::new()).unwrap() == raw);
+            // A recycled buffer, larger and full of other bytes, changes nothing.
+            assert!(zstd_exact(&body, len, vec![7; 2 * len as usize]).unwrap() == raw);
+            assert!(zstd_exact(&body, len - 1, Vec::new()).is_err());
+            assert!(zstd_exact(&body, len - 1, vec![7; 2 * len as usize]).is_err());
+            let e = zstd_exact(&body, len + 1, Vec::new())
+                .unwrap_err()
+                .to_string();
             assert!(e.contains(&format!("holds {len} bytes")), "{e}");
-            assert!(zstd_exact(&body[..body.len() - 1], len).is_err());
+            assert!(zstd_exact(&body[..body.len() - 1], len, Vec::new()).is_err());
         }
     }
 

@@ -140,7 +140,7 @@ pub(crate) fn encode_body(seg: &Segment, bases: &BasePages) -> Vec<u8> {
 /// A format-2 body whose structure has been checked, before its frames are rebuilt.
 #[derive(Clone, Debug)]
 pub(crate) struct Parsed {
-    raw: Vec<u8>,
+    pub(crate) raw: Vec<u8>,
     pgnos: Vec<u32>,
     /// Distinct page numbers in ascending order, each with whether its first version needs its
     /// base page.
