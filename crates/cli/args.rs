@@ -123,6 +123,7 @@ impl AgentFlags {
             retention: self.keep.retention,
             snapshot_interval: self.keep.snapshot_interval,
             snapshot_segments: self.keep.snapshot_segments,
+            snapshot_ratio: self.keep.snapshot_ratio,
             pack_segments: self.keep.pack_segments,
             switch_to_wal: self.keep.switch_to_wal,
         }
@@ -143,6 +144,11 @@ pub struct KeepArgs {
     /// Or once this many segments were shipped since the last snapshot (default 1000).
     #[arg(long, env = "LIFEBOAT_SNAPSHOT_SEGMENTS")]
     pub snapshot_segments: Option<u32>,
+    /// Or once the segments shipped since the last snapshot hold this many times its bytes (and
+    /// 4 MiB or more), so that restoring the newest state reads about the database's size, not
+    /// its whole history (default 4; 0: never).
+    #[arg(long, env = "LIFEBOAT_SNAPSHOT_RATIO")]
+    pub snapshot_ratio: Option<u32>,
     /// Store this many consecutive small segments (16 KiB or less each) again as one object and
     /// delete them, so a restore reads one object instead of many (default 16; 0: never).
     #[arg(long, env = "LIFEBOAT_PACK_SEGMENTS")]
@@ -418,6 +424,8 @@ mod tests {
             "12h",
             "--snapshot-segments",
             "7",
+            "--snapshot-ratio",
+            "0",
             "--lease-ttl",
             "9s",
             "--dir",
@@ -455,6 +463,7 @@ mod tests {
             assert_eq!(f.health_max_lag, Some(std::time::Duration::from_secs(5)));
             assert_eq!(f.retention, Some("12h".parse().unwrap()));
             assert_eq!(f.snapshot_segments, Some(7));
+            assert_eq!(f.snapshot_ratio, Some(0));
             assert_eq!(f.snapshot_interval, None);
             assert_eq!(f.puts_per_second, None, "only replicate's own flag sets it");
         }

@@ -157,6 +157,8 @@ pub struct Flags {
     pub snapshot_interval: Option<Duration>,
     /// `--snapshot-segments` (`LIFEBOAT_SNAPSHOT_SEGMENTS`).
     pub snapshot_segments: Option<u32>,
+    /// `--snapshot-ratio` (`LIFEBOAT_SNAPSHOT_RATIO`).
+    pub snapshot_ratio: Option<u32>,
     /// `--pack-segments` (`LIFEBOAT_PACK_SEGMENTS`).
     pub pack_segments: Option<u32>,
     /// `--switch-to-wal`: a rollback-journal (or empty) database may be switched to WAL mode.
@@ -231,6 +233,7 @@ struct Database {
     #[serde(default, with = "humantime_serde_opt")]
     snapshot_interval: Option<Duration>,
     snapshot_segments: Option<u32>,
+    snapshot_ratio: Option<u32>,
     pack_segments: Option<u32>,
     #[serde(default, with = "humantime_serde_opt")]
     health_max_lag: Option<Duration>,
@@ -261,6 +264,7 @@ impl Database {
             retention: None,
             snapshot_interval: None,
             snapshot_segments: None,
+            snapshot_ratio: None,
             pack_segments: None,
             dirs: Vec::new(),
             health_max_lag: None,
@@ -349,6 +353,9 @@ fn options(d: &Database, flags: &Flags) -> Result<Options> {
     }
     if let Some(v) = flags.snapshot_segments.or(d.snapshot_segments) {
         options.snapshot_segments = v;
+    }
+    if let Some(v) = flags.snapshot_ratio.or(d.snapshot_ratio) {
+        options.snapshot_ratio = v;
     }
     if let Some(v) = flags.pack_segments.or(d.pack_segments) {
         options.pack_segments = v as usize;

@@ -55,7 +55,7 @@ import sqlite3; c = sqlite3.connect('$db'); c.execute('PRAGMA journal_mode=WAL')
 c.execute('CREATE TABLE t(id INTEGER PRIMARY KEY, v TEXT)'); c.commit()"
 cfg="$work/many.toml"
 # No scheduled snapshot inside the generation: the point is a restore that applies every segment.
-printf '[[databases]]\npath = "%s"\nreplicas = ["file://%s/many-replica"]\nputs-per-second = 100000.0\nput-burst = 100000.0\nsnapshot-segments = 1000000000\n' "$db" "$work" > "$cfg"
+printf '[[databases]]\npath = "%s"\nreplicas = ["file://%s/many-replica"]\nputs-per-second = 100000.0\nput-burst = 100000.0\nsnapshot-segments = 1000000000\nsnapshot-ratio = 0\n' "$db" "$work" > "$cfg"
 "$bin" replicate --config "$cfg" 2>"$work/many.log" &
 agent=$!
 until grep -q "replicating" "$work/many.log"; do sleep 0.1; done

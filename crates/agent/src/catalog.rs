@@ -91,6 +91,16 @@ impl GenerationObjects {
         let base = self.snapshots.last().map_or(TxId(0), |s| s.txid);
         self.segments.iter().filter(|s| s.last > base).count()
     }
+
+    /// The bytes of the segments after the newest snapshot.
+    pub fn bytes_since_snapshot(&self) -> u64 {
+        let base = self.snapshots.last().map_or(TxId(0), |s| s.txid);
+        self.segments
+            .iter()
+            .filter(|s| s.last > base)
+            .map(|s| s.size)
+            .sum()
+    }
 }
 
 /// Everything in a replica, by generation.

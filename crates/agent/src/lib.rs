@@ -87,6 +87,11 @@ use std::time::Duration;
 
 pub use error::{Chain, Error, Result};
 
+/// The fewest bytes of segments since the last snapshot that call for a fresh one by
+/// [`Options::snapshot_ratio`]: a small database's snapshot is cheap, but one every few commits
+/// would spend PUTs for nothing a restore notices.
+pub const SNAPSHOT_RATIO_FLOOR: u64 = 4 << 20;
+
 /// Tuning for one database's replication. The defaults suit a small web app.
 #[derive(Clone, Debug)]
 pub struct Options {
@@ -126,6 +131,12 @@ pub struct Options {
     /// 1000), which bounds the objects a restore of the newest state reads however busy the
     /// database is.
     pub snapshot_segments: u32,
+    /// Also take one once the segments shipped since the last snapshot hold this many times its
+    /// bytes, and at least [`SNAPSHOT_RATIO_FLOOR`] (default 4; 0: never), so that a restore of
+    /// the newest state reads about as much as the database holds, not as much as its history
+    /// since the last snapshot: each such snapshot costs at most a quarter of the bytes shipped
+    /// since the one before.
+    pub snapshot_ratio: u32,
     /// Pack this many consecutive small segments into one object once stored, deleting the
     /// originals (default 16; below 2: never), so a restore reads one object where it read
     /// many. See `replica::packing`.
@@ -188,6 +199,7 @@ impl Default for Options {
             retention: None,
             snapshot_interval: Some(Duration::from_secs(24 * 3600)),
             snapshot_segments: 1000,
+            snapshot_ratio: 4,
             pack_segments: crate::replica::packing::PACK_PARTS,
             health_max_lag: status::STALL,
             snapshot_progress: None,

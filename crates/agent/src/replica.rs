@@ -45,6 +45,10 @@ pub struct ReplicaState {
     pub since_snapshot: u32,
     /// When the generation's last snapshot was taken (Unix ms).
     pub snapshot_ms: u64,
+    /// The bytes of the generation's last snapshot (0: not known).
+    pub snapshot_bytes: u64,
+    /// The bytes of the segments shipped since it.
+    pub bytes_since_snapshot: u64,
     /// A segment whose upload failed with an unknown outcome: the next attempt sends exactly
     /// it again (same key, same bytes), never a different cut of its transactions.
     pub(crate) unsent: Option<Box<crate::replica::shipping::Unsent>>,
@@ -72,6 +76,8 @@ impl ReplicaState {
             carry: VecDeque::new(),
             since_snapshot: 0,
             snapshot_ms,
+            snapshot_bytes: 0,
+            bytes_since_snapshot: 0,
             unsent: None,
             bases: Box::default(),
             packer: Default::default(),

@@ -242,6 +242,10 @@ impl Replicator {
                 r.record_failure(&e, "upload failed", ctx);
             }
         }
+        // Before the pin moves on: a snapshot may be taken once every replica covers the pin,
+        // and after `after_ship` the pin is at the newest commit, which a busy writer has
+        // already passed again (the replicas would never cover it).
+        report.puts += snapshots::scheduled(&mut self.db, &mut self.replicas, ctx, &self.times);
         self.checkpoints
             .after_ship(&mut self.db, &mut self.replicas, ctx);
         self.times.forget_shipped(
@@ -249,7 +253,6 @@ impl Replicator {
                 .iter()
                 .filter_map(|r| r.state().map(|s| &s.cursor)),
         );
-        report.puts += snapshots::scheduled(&mut self.db, &mut self.replicas, ctx, &self.times);
         self.retention.tick(&mut self.replicas, ctx);
         report.pending = self.replicas.iter().any(|r| {
             r.halted().is_none() && (r.state().is_none_or(|s| !s.at_end) || r.retry_at.is_some())

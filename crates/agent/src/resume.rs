@@ -58,9 +58,9 @@ fn prove(db: &mut Database, client: &dyn ReplicaClient, ctx: &Context) -> Result
         return Ok(Phase::NeedsGeneration(Reason::Restored));
     }
     let tip = ctx.rt.block_on(catalog::tip(client, generation, objs))?;
-    let (since_snapshot, snapshot_ms) = match objs.snapshots.last() {
-        Some(s) => (objs.segments_since_snapshot() as u32, s.time_ms),
-        None => (0, now_ms()),
+    let (since_snapshot, snapshot_ms, snapshot_bytes) = match objs.snapshots.last() {
+        Some(s) => (objs.segments_since_snapshot() as u32, s.time_ms, s.size),
+        None => (0, now_ms(), 0),
     };
     if tip.page_size != db.page_size() {
         return diverged(format!(
@@ -142,6 +142,8 @@ fn prove(db: &mut Database, client: &dyn ReplicaClient, ctx: &Context) -> Result
     Ok(Phase::Active(ReplicaState {
         carry,
         since_snapshot,
+        snapshot_bytes,
+        bytes_since_snapshot: objs.bytes_since_snapshot(),
         ..ReplicaState::new(generation, tip.txid, cursor, hashes, snapshot_ms)
     }))
 }

@@ -179,20 +179,19 @@ pub(crate) fn new_generations(
             "new generation: snapshot uploaded"
         );
         r.succeeded();
-        r.phase = Phase::Active(ReplicaState::new(
-            generation,
-            TxId(0),
-            cursor,
-            staged.hashes.clone(),
-            time_ms,
-        ));
+        r.phase = Phase::Active(ReplicaState {
+            snapshot_bytes: staged.trailer.total_len,
+            ..ReplicaState::new(generation, TxId(0), cursor, staged.hashes.clone(), time_ms)
+        });
         ctx.status.snapshotted(r.index, started.elapsed());
     }
     puts
 }
 
-/// Whether a replica's generation is due a fresh snapshot.
-fn due(r: &Replica, ctx: &Context) -> bool {
+/// Whether a replica's generation is due a fresh snapshot. A pass stops shipping once it is
+/// (see `Replica::ship`): under a writer that never lets the replica reach the end of the WAL, a
+/// pass would otherwise go on shipping and the snapshot wait for a lull.
+pub(crate) fn due(r: &Replica, ctx: &Context) -> bool {
     let Some(st) = r.state() else {
         return false;
     };
@@ -200,7 +199,11 @@ fn due(r: &Replica, ctx: &Context) -> bool {
         return false;
     }
     let o = r.overrides;
-    st.since_snapshot >= o.snapshot_segments.unwrap_or(ctx.opts.snapshot_segments)
+    let ratio = u64::from(ctx.opts.snapshot_ratio);
+    (ratio > 0
+        && st.bytes_since_snapshot >= crate::SNAPSHOT_RATIO_FLOOR
+        && st.bytes_since_snapshot >= ratio.saturating_mul(st.snapshot_bytes))
+        || st.since_snapshot >= o.snapshot_segments.unwrap_or(ctx.opts.snapshot_segments)
         || o.snapshot_interval
             .or(ctx.opts.snapshot_interval)
             .is_some_and(|d| now_ms().saturating_sub(st.snapshot_ms) >= d.as_millis() as u64)
@@ -219,6 +222,9 @@ pub(crate) fn scheduled(
     let due: Vec<usize> = (0..replicas.len())
         .filter(|&i| due(&replicas[i], ctx))
         .collect();
+    if !due.is_empty() {
+        db.refresh_pin_position();
+    }
     let mut puts = 0;
     for i in due {
         // The pin may only move once every replica has shipped what it protects; each snapshot
@@ -315,6 +321,8 @@ fn scheduled_one(
     if let Some(st) = r.state_mut() {
         st.since_snapshot = 0;
         st.snapshot_ms = time_ms;
+        st.snapshot_bytes = staged.trailer.total_len;
+        st.bytes_since_snapshot = 0;
     }
     ctx.status.snapshotted(r.index, started.elapsed());
     info!(

@@ -85,6 +85,19 @@ fn a_flag_beats_the_configuration_file() {
     assert_eq!(options(d, &flags).unwrap().puts_per_second, 0.5);
 }
 
+#[test]
+fn snapshot_ratio_defaults_to_4_and_the_flag_beats_the_file() {
+    let d = &one_database("replicas = ['file:///r']").databases[0];
+    assert_eq!(options(d, &Flags::default()).unwrap().snapshot_ratio, 4);
+    let d = &one_database("replicas = ['file:///r']\nsnapshot-ratio = 2").databases[0];
+    assert_eq!(options(d, &Flags::default()).unwrap().snapshot_ratio, 2);
+    let flags = Flags {
+        snapshot_ratio: Some(0),
+        ..Flags::default()
+    };
+    assert_eq!(options(d, &flags).unwrap().snapshot_ratio, 0);
+}
+
 #[tokio::test]
 async fn a_flag_beats_the_configuration_file_for_every_database_it_lists() {
     let dir = tempfile::tempdir().unwrap();

@@ -1,6 +1,10 @@
-//! Snapshots: a full database image, streamed in LZ4-compressed chunks.
+//! Snapshots: a full database image, streamed in compressed chunks: one zstd stream across the
+//! chunks, flushed at each chunk's end (version 2), or each chunk an LZ4 block (version 1, still
+//! read).
 //!
-//! Neither the writer nor the reader holds more than one chunk in memory. The header records the
+//! Neither the writer nor the reader holds more than one chunk in memory (and, in version 2, the
+//! zstd window, which lets a chunk refer back into the one before: a database's pages compress
+//! to about half of what chunks compressed alone do). The header records the
 //! generation, the transaction the image is the state after, and where the source WAL stood; the
 //! trailer records the page count, the database checksum, the total length and a CRC32 over every
 //! byte before it. They sit in the trailer because the writer learns them only as pages stream
@@ -13,8 +17,12 @@ use crate::segment::{check_header, get16, get32, get64, seal_header, Kind, WalPo
 use crate::sqlite;
 use crate::{Error, Generation, Result, TxId};
 
-/// The snapshot format this crate writes and reads (unchanged by segment format 2).
-pub const VERSION: u16 = 1;
+/// The newest snapshot format, the one this crate writes: 2, zstd. Version 1 (LZ4 chunks) is
+/// still read, and written when a header asks for it (tests, fixtures).
+pub const VERSION: u16 = 2;
+/// zstd level of version 2's stream (as for segments: about 1.5 times LZ4's CPU, and a third
+/// of its bytes on a typical app's pages).
+pub const ZSTD_LEVEL: i32 = 3;
 
 /// Magic bytes at the start of a snapshot.
 pub const MAGIC: &[u8; 4] = b"LBSN";
@@ -156,11 +164,19 @@ pub struct SnapshotWriter<W: Write> {
     chunk: Vec<u8>,
     pages: u32,
     hashes: PageHashes,
+    /// Version 2's stream, from the first chunk on.
+    zstd: Option<zstd::stream::write::Encoder<'static, Vec<u8>>>,
 }
 
 impl<W: Write> SnapshotWriter<W> {
-    /// Starts a snapshot.
+    /// Starts a snapshot in the format `header.version` names (1 or 2).
     pub fn new(inner: W, header: SnapshotHeader) -> std::io::Result<Self> {
+        if !(1..=VERSION).contains(&header.version) {
+            return Err(std::io::Error::other(format!(
+                "cannot write snapshot version {}",
+                header.version
+            )));
+        }
         let mut out = CrcWriter {
             inner,
             crc: crc32fast::Hasher::new(),
@@ -173,6 +189,7 @@ impl<W: Write> SnapshotWriter<W> {
             header,
             pages: 0,
             hashes: PageHashes::new(header.page_size as usize),
+            zstd: None,
         })
     }
 
@@ -181,22 +198,44 @@ impl<W: Write> SnapshotWriter<W> {
         if data.len() != self.header.page_size as usize {
             return Err(std::io::Error::other("page of the wrong size"));
         }
+        // A full chunk is written when the next page comes, so that the last chunk (written by
+        // `finish`) is known to be the last and can end version 2's zstd frame.
+        if self.chunk.len() >= self.header.chunk_pages() as usize * self.header.page_size as usize {
+            self.flush_chunk(false)?;
+        }
         self.pages += 1;
         self.hashes.set_page(self.pages, data);
         self.chunk.extend_from_slice(data);
-        if self.chunk.len() >= self.header.chunk_pages() as usize * self.header.page_size as usize {
-            self.flush_chunk()?;
-        }
         Ok(())
     }
 
-    fn flush_chunk(&mut self) -> std::io::Result<()> {
+    fn flush_chunk(&mut self, last: bool) -> std::io::Result<()> {
         if self.chunk.is_empty() {
             return Ok(());
         }
-        let c = lz4_flex::block::compress_prepend_size(&self.chunk);
-        self.out.put(&(c.len() as u32).to_be_bytes())?;
-        self.out.put(&c)?;
+        if self.header.version == 1 {
+            let c = lz4_flex::block::compress_prepend_size(&self.chunk);
+            self.out.put(&(c.len() as u32).to_be_bytes())?;
+            self.out.put(&c)?;
+        } else {
+            let enc = match &mut self.zstd {
+                Some(e) => e,
+                None => self
+                    .zstd
+                    .insert(zstd::stream::write::Encoder::new(Vec::new(), ZSTD_LEVEL)?),
+            };
+            enc.write_all(&self.chunk)?;
+            let body = if last {
+                self.zstd.take().expect("just used").finish()?
+            } else {
+                // A flush ends a zstd block: what this chunk holds decodes from its own bytes.
+                enc.flush()?;
+                std::mem::take(enc.get_mut())
+            };
+            self.out.put(&(body.len() as u32 + 4).to_be_bytes())?;
+            self.out.put(&(self.chunk.len() as u32).to_be_bytes())?;
+            self.out.put(&body)?;
+        }
         self.chunk.clear();
         Ok(())
     }
@@ -204,7 +243,7 @@ impl<W: Write> SnapshotWriter<W> {
     /// Writes the end mark and trailer; returns the inner writer, the per-page hashes of the image
     /// and the trailer.
     pub fn finish(mut self) -> std::io::Result<(W, PageHashes, SnapshotTrailer)> {
-        self.flush_chunk()?;
+        self.flush_chunk(true)?;
         self.out.put(&0u32.to_be_bytes())?;
         let trailer = SnapshotTrailer {
             page_count: self.pages,
@@ -229,6 +268,9 @@ pub struct SnapshotReader<R: Read> {
     header: SnapshotHeader,
     hashes: PageHashes,
     trailer: Option<SnapshotTrailer>,
+    /// Version 2's stream, from the first chunk on, and whether its frame has ended.
+    zstd: Option<zstd::stream::raw::Decoder<'static>>,
+    frame_ended: bool,
 }
 
 impl<R: Read> SnapshotReader<R> {
@@ -246,6 +288,8 @@ impl<R: Read> SnapshotReader<R> {
             hashes: PageHashes::new(header.page_size as usize),
             header,
             trailer: None,
+            zstd: None,
+            frame_ended: false,
         })
     }
 
@@ -287,16 +331,31 @@ impl<R: Read> SnapshotReader<R> {
             return Ok(None);
         }
         let max_raw = self.header.chunk_pages() as usize * ps;
-        if clen > lz4_flex::block::get_maximum_output_size(max_raw) + 4 {
+        let max_len = if self.header.version == 1 {
+            lz4_flex::block::get_maximum_output_size(max_raw) + 4
+        } else {
+            // The stream's frame header and end, and the blocks' headers, fit in the bound's slack.
+            zstd::zstd_safe::compress_bound(max_raw) + 4
+        };
+        if clen > max_len {
             return Err(Error::corrupt(self.len, "chunk length out of range"));
         }
         let mut c = vec![0u8; clen];
         self.take(&mut c)?;
-        if c.len() < 4 || u32::from_le_bytes([c[0], c[1], c[2], c[3]]) as usize > max_raw {
+        let raw_len = match self.header.version {
+            1 if c.len() >= 4 => u32::from_le_bytes([c[0], c[1], c[2], c[3]]) as usize,
+            2 if c.len() >= 5 => get32(&c, 0) as usize,
+            _ => usize::MAX,
+        };
+        if raw_len > max_raw {
             return Err(Error::corrupt(self.len, "chunk size out of range"));
         }
-        let raw = lz4_flex::block::decompress_size_prepended(&c)
-            .map_err(|e| Error::corrupt(self.len, format!("LZ4: {e}")))?;
+        let raw = if self.header.version == 1 {
+            lz4_flex::block::decompress_size_prepended(&c)
+                .map_err(|e| Error::corrupt(self.len, format!("LZ4: {e}")))?
+        } else {
+            self.unzstd(&c[4..], raw_len)?
+        };
         if raw.is_empty() || raw.len() % ps != 0 {
             return Err(Error::corrupt(self.len, "chunk is not whole pages"));
         }
@@ -308,7 +367,53 @@ impl<R: Read> SnapshotReader<R> {
         Ok(Some(raw))
     }
 
+    /// Decodes a version 2 chunk's part of the stream: exactly `raw_len` bytes, from exactly
+    /// `c`.
+    fn unzstd(&mut self, c: &[u8], raw_len: usize) -> Result<Vec<u8>> {
+        use zstd::stream::raw::{Decoder, InBuffer, Operation, OutBuffer};
+        let at = self.len;
+        let zerr = |e: std::io::Error| Error::corrupt(at, format!("zstd: {e}"));
+        if self.frame_ended {
+            return Err(Error::corrupt(at, "chunk after the end of the zstd stream"));
+        }
+        let dec = match &mut self.zstd {
+            Some(d) => d,
+            None => self.zstd.insert(Decoder::new().map_err(zerr)?),
+        };
+        let mut raw = vec![0u8; raw_len];
+        let mut input = InBuffer::around(c);
+        let mut out = OutBuffer::around(&mut raw[..]);
+        loop {
+            let (i, o) = (input.pos(), out.pos());
+            let hint = dec.run(&mut input, &mut out).map_err(zerr)?;
+            self.frame_ended = hint == 0;
+            if input.pos() == c.len() && (out.pos() == raw_len || self.frame_ended) {
+                break;
+            }
+            if (i, o) == (input.pos(), out.pos()) {
+                return Err(Error::corrupt(at, "chunk does not decode to its size"));
+            }
+        }
+        if out.pos() != raw_len {
+            return Err(Error::corrupt(at, "chunk decodes short of its size"));
+        }
+        // Nothing may be left over for the next chunk.
+        let mut probe = [0u8; 1];
+        let mut extra = OutBuffer::around(&mut probe[..]);
+        if !self.frame_ended {
+            dec.run(&mut InBuffer::around(&[]), &mut extra)
+                .map_err(zerr)?;
+        }
+        if extra.pos() != 0 {
+            return Err(Error::corrupt(at, "chunk decodes past its size"));
+        }
+        Ok(raw)
+    }
+
     fn finish(&mut self) -> Result<()> {
+        if self.zstd.is_some() && !self.frame_ended {
+            return Err(Error::corrupt(self.len, "zstd stream not ended"));
+        }
         let mut t = [0u8; TRAILER_SIZE];
         self.inner.read_exact(&mut t)?;
         self.crc.update(&t[..TRAILER_SIZE - 4]);
@@ -350,9 +455,9 @@ impl<R: Read> SnapshotReader<R> {
 mod tests {
     use super::*;
 
-    fn header(page_size: u32) -> SnapshotHeader {
+    fn header(version: u16, page_size: u32) -> SnapshotHeader {
         SnapshotHeader {
-            version: VERSION,
+            version,
             generation: Generation(1),
             txid: TxId(0),
             page_size,
@@ -368,11 +473,25 @@ mod tests {
         }
     }
 
-    fn build(pages: u32, page_size: u32) -> Vec<u8> {
-        let mut w = SnapshotWriter::new(Vec::new(), header(page_size)).unwrap();
+    /// Page `p` of a test image: pseudo-random bytes that repeat every 300 pages (1.2 MB of
+    /// 4 KiB pages, more than a chunk), so that a chunk repeats what the one before holds but
+    /// compresses little on its own.
+    fn page(p: u32, page_size: u32) -> Vec<u8> {
+        let mut x = u64::from(p % 300 + 1).wrapping_mul(0x9e37_79b9_7f4a_7c15);
+        (0..page_size)
+            .map(|_| {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                x as u8
+            })
+            .collect()
+    }
+
+    fn build_v(version: u16, pages: u32, page_size: u32) -> Vec<u8> {
+        let mut w = SnapshotWriter::new(Vec::new(), header(version, page_size)).unwrap();
         for p in 1..=pages {
-            w.write_page(&vec![(p % 251) as u8; page_size as usize])
-                .unwrap();
+            w.write_page(&page(p, page_size)).unwrap();
         }
         let (out, hashes, trailer) = w.finish().unwrap();
         assert_eq!(trailer.checksum, hashes.checksum());
@@ -392,36 +511,74 @@ mod tests {
     }
 
     #[test]
-    fn round_trip_across_chunks() {
-        let b = build(600, 4096);
-        let out = read_all(&b).unwrap();
-        assert_eq!(out.len(), 600 * 4096);
-        assert_eq!(out[599 * 4096], (600 % 251) as u8);
-        let t = SnapshotTrailer::decode(&b).unwrap();
-        assert_eq!(t.page_count, 600);
+    fn round_trip_across_chunks_in_both_versions() {
+        for v in [1, 2] {
+            let b = build_v(v, 600, 4096);
+            assert_eq!(get16(&b, 4), v);
+            let out = read_all(&b).unwrap();
+            assert_eq!(out.len(), 600 * 4096);
+            for p in [1, 256, 257, 599, 600] {
+                let at = (p as usize - 1) * 4096;
+                assert_eq!(out[at..at + 4096], page(p, 4096), "v{v} page {p}");
+            }
+            let t = SnapshotTrailer::decode(&b).unwrap();
+            assert_eq!(t.page_count, 600);
+        }
+    }
+
+    /// Version 2 is one stream: a chunk refers back into the one before, which chunks
+    /// compressed alone (version 1) cannot.
+    #[test]
+    fn version_2_compresses_across_chunks() {
+        let (v1, v2) = (build_v(1, 600, 4096), build_v(2, 600, 4096));
+        assert!(v1.len() > 600 * 4096, "v1: {} bytes", v1.len());
+        assert!(v2.len() < 330 * 4096, "v2: {} bytes", v2.len());
     }
 
     #[test]
     fn empty_database() {
-        let b = build(0, 4096);
-        assert!(read_all(&b).unwrap().is_empty());
+        for v in [1, 2] {
+            assert!(read_all(&build_v(v, 0, 4096)).unwrap().is_empty());
+        }
     }
 
     #[test]
     fn every_flipped_byte_is_detected() {
-        let b = build(3, 512);
-        for i in 0..b.len() {
-            let mut c = b.clone();
-            c[i] ^= 0x04;
-            assert!(read_all(&c).is_err(), "flip at {i} not detected");
+        for v in [1, 2] {
+            // Two chunks of 512-byte pages.
+            let b = build_v(v, 2100, 512);
+            // Every byte of the headers and the second chunk's start, a spread over the rest.
+            let second = HEADER_SIZE + 4 + get32(&b, HEADER_SIZE) as usize;
+            let near = |i: usize| i < HEADER_SIZE + 16 || (second..second + 64).contains(&i);
+            for i in (0..b.len()).filter(|&i| near(i) || i % 499 == 0 || i + 64 > b.len()) {
+                let mut c = b.clone();
+                c[i] ^= 0x04;
+                assert!(read_all(&c).is_err(), "v{v}: flip at {i} not detected");
+            }
+            let b = build_v(v, 3, 512);
+            for i in 0..b.len() {
+                let mut c = b.clone();
+                c[i] ^= 0x04;
+                assert!(read_all(&c).is_err(), "v{v}: flip at {i} not detected");
+            }
         }
     }
 
     #[test]
     fn truncation_is_detected() {
-        let b = build(3, 512);
-        for n in [0, 10, HEADER_SIZE, b.len() - 1] {
-            assert!(read_all(&b[..n]).is_err(), "truncation at {n} not detected");
+        for v in [1, 2] {
+            let b = build_v(v, 3, 512);
+            for n in [0, 10, HEADER_SIZE, b.len() - 1] {
+                assert!(
+                    read_all(&b[..n]).is_err(),
+                    "v{v}: truncation at {n} not detected"
+                );
+            }
         }
+    }
+
+    #[test]
+    fn an_unknown_version_is_not_written() {
+        assert!(SnapshotWriter::new(Vec::new(), header(3, 4096)).is_err());
     }
 }

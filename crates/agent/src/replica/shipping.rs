@@ -66,7 +66,7 @@ impl Replica {
                     done.puts += s.puts;
                     done.txns += s.txns;
                     done.at_bound += s.at_bound;
-                    if !s.full {
+                    if !s.full || crate::snapshots::due(self, ship.ctx) {
                         return (done, None);
                     }
                 }
@@ -135,6 +135,7 @@ impl Replica {
         st.next_txid = u.next_txid;
         st.at_end = false;
         st.since_snapshot += 1;
+        st.bytes_since_snapshot += u.body.len() as u64;
         self.succeeded();
         let (n, bytes) = (u.txns, u.body.len());
         ctx.status
