@@ -1,7 +1,7 @@
 //! Replication to a local folder, driven through the binary.
 
 use std::path::PathBuf;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use nix::sys::signal::Signal;
 
@@ -384,12 +384,13 @@ fn a_wal_grown_past_the_bound_is_truncated_and_nothing_is_lost() {
     std::fs::write(
         &cfg,
         format!(
-            "[[databases]]\npath = \"{}\"\nreplicas = [\"file://{}\"]\ncheckpoint-pages = 200\ntruncate-wal-bytes = 2000000\n",
+            "[[databases]]\npath = \"{}\"\nreplicas = [\"file://{}\"]\ncheckpoint-pages = 200\ntruncate-wal-bytes = 2000000\nmax-wal-bytes = 4294967296\n",
             db.display(),
             replica.display()
         ),
     )
     .unwrap();
+    let started = Instant::now();
     let mut agent = Agent::start(
         &["replicate", "--config", cfg.to_str().unwrap()],
         &dir.path().join("a.log"),
@@ -411,6 +412,31 @@ fn a_wal_grown_past_the_bound_is_truncated_and_nothing_is_lost() {
             peak = peak.max(len);
             peak > 2_000_000 && len < peak / 2
         },
+    );
+    // While the file stays within max-wal-bytes (4 GiB here: this writer fills 500 MB between
+    // two restarts), it is cut at most once every 10 s (`TRUNCATE_EVERY`): under this writer
+    // it grows back within a second, and every cut holds the app's writes. So, three restarts
+    // later (each one a cut before), at most one cut per 10 s since the agent started, and the
+    // first. (The agent logs its restarts at debug level, on in these tests.)
+    let count = |text: &str| agent.log_text().matches(text).count();
+    let restarts = count("checkpoint under the agent's write lock");
+    wait_until("three more restarts", Duration::from_secs(120), || {
+        count("checkpoint under the agent's write lock") >= restarts + 3
+    });
+    let (cuts, allowed) = (
+        count("WAL truncated"),
+        1 + (started.elapsed().as_secs() / 10) as usize,
+    );
+    assert!(
+        cuts <= allowed,
+        "{cuts} cuts of the WAL in {:?}:\n{}",
+        started.elapsed(),
+        agent
+            .log_text()
+            .lines()
+            .filter(|l| l.contains("WAL truncated") || l.contains("write lock"))
+            .collect::<Vec<_>>()
+            .join("\n")
     );
     let n = w.halt();
     assert!(n > 0);
