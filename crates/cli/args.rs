@@ -145,7 +145,7 @@ pub struct KeepArgs {
     #[arg(long, env = "LIFEBOAT_SNAPSHOT_SEGMENTS")]
     pub snapshot_segments: Option<u32>,
     /// Or once the segments shipped since the last snapshot hold this many times its bytes (and
-    /// 4 MiB or more), so that restoring the newest state reads about the database's size, not
+    /// are 16 or more), so that restoring the newest state reads about the database's size, not
     /// its whole history (default 4; 0: never).
     #[arg(long, env = "LIFEBOAT_SNAPSHOT_RATIO")]
     pub snapshot_ratio: Option<u32>,

@@ -201,7 +201,7 @@ pub(crate) fn due(r: &Replica, ctx: &Context) -> bool {
     let o = r.overrides;
     let ratio = u64::from(ctx.opts.snapshot_ratio);
     (ratio > 0
-        && st.bytes_since_snapshot >= crate::SNAPSHOT_RATIO_FLOOR
+        && st.since_snapshot >= crate::SNAPSHOT_RATIO_MIN_SEGMENTS
         && st.bytes_since_snapshot >= ratio.saturating_mul(st.snapshot_bytes))
         || st.since_snapshot >= o.snapshot_segments.unwrap_or(ctx.opts.snapshot_segments)
         || o.snapshot_interval

@@ -248,12 +248,14 @@ fn snapshot_files(dir: &Path) -> usize {
     })
 }
 
-/// Segments since the last snapshot that hold `snapshot_ratio` times its bytes (and at least
-/// the floor) bring a fresh snapshot, from which the newest state restores page for page; with
-/// the ratio at 0 they do not. The rows are random blobs, so the segments hold what is written.
+/// Segments since the last snapshot that hold `snapshot_ratio` times its bytes, and are at least
+/// `SNAPSHOT_RATIO_MIN_SEGMENTS` (16), bring a fresh snapshot, from which the newest state
+/// restores page for page; with the ratio at 0 they do not. The rows are random blobs, so the
+/// segments hold what is written.
 #[test]
 fn segments_of_several_times_the_snapshot_bring_a_fresh_one() {
-    for (ratio, want) in [(4u32, 2usize), (0, 1)] {
+    assert_eq!(lifeboat_agent::SNAPSHOT_RATIO_MIN_SEGMENTS, 16);
+    for ratio in [4u32, 0] {
         let rig = Rig::new();
         let c = app(&rig.db, 4096);
         let rows = |n: u32| {
@@ -273,18 +275,22 @@ fn segments_of_several_times_the_snapshot_bring_a_fresh_one() {
             ..Options::default()
         });
         rep.sync();
-        // 6 MiB more, a pass after each 256 KiB: past 4 times the snapshot and the floor once.
-        for _ in 0..24 {
-            rows(4);
-            rep.sync();
-        }
-        rep.sync();
         let dir = rig._dir.path().join("replica");
-        assert_eq!(snapshot_files(&dir), want, "snapshot-ratio {ratio}");
-        assert_eq!(
-            rig.restore_pages(4096),
-            pages(&rig.db),
-            "snapshot-ratio {ratio}"
+        // 512 KiB a pass, one segment each: 4 times the snapshot's bytes after 8 passes, but a
+        // fresh snapshot only with the 16th segment; the next would need 4 times 9 MiB.
+        for pass in 1..=20 {
+            rows(8);
+            while rep.sync().pending {}
+            let want = if ratio > 0 && pass >= 16 { 2 } else { 1 };
+            assert_eq!(
+                snapshot_files(&dir),
+                want,
+                "snapshot-ratio {ratio}, after pass {pass}"
+            );
+        }
+        assert!(
+            rig.restore_pages(4096) == pages(&rig.db),
+            "snapshot-ratio {ratio}: the newest state restores page for page"
         );
     }
 }
