@@ -86,20 +86,14 @@ impl GenerationObjects {
         self.segments.iter().rev().max_by_key(|s| s.last)
     }
 
-    /// Segments after the newest snapshot (what a restore of the newest state applies).
-    pub fn segments_since_snapshot(&self) -> usize {
-        let base = self.snapshots.last().map_or(TxId(0), |s| s.txid);
-        self.segments.iter().filter(|s| s.last > base).count()
-    }
-
-    /// The bytes of the segments after the newest snapshot.
-    pub fn bytes_since_snapshot(&self) -> u64 {
+    /// The segments after the newest snapshot (what a restore of the newest state applies):
+    /// how many, and their bytes.
+    pub fn since_snapshot(&self) -> (usize, u64) {
         let base = self.snapshots.last().map_or(TxId(0), |s| s.txid);
         self.segments
             .iter()
             .filter(|s| s.last > base)
-            .map(|s| s.size)
-            .sum()
+            .fold((0, 0), |(n, b), s| (n + 1, b + s.size))
     }
 }
 

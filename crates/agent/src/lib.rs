@@ -89,7 +89,7 @@ pub use error::{Chain, Error, Result};
 
 /// The fewest segments since the last snapshot that call for a fresh one by
 /// [`Options::snapshot_ratio`]: a snapshot is one more PUT, so this bounds what the ratio adds to
-/// the uploads at one in sixteen (as packing does), however small the database.
+/// the uploads at one in seventeen (as packing does), however small the database.
 pub const SNAPSHOT_RATIO_MIN_SEGMENTS: u32 = 16;
 
 /// Tuning for one database's replication. The defaults suit a small web app.
@@ -132,7 +132,7 @@ pub struct Options {
     /// database is.
     pub snapshot_segments: u32,
     /// Also take one once the segments shipped since the last snapshot hold this many times its
-    /// bytes, and are at least [`SNAPSHOT_RATIO_MIN_SEGMENTS`] (default 4; 0: never), so that a restore of
+    /// bytes (default 4; 0: never) and number at least [`SNAPSHOT_RATIO_MIN_SEGMENTS`], so that a restore of
     /// the newest state reads about as much as the database holds, not as much as its history
     /// since the last snapshot: each such snapshot costs at most a quarter of the bytes shipped
     /// since the one before.

@@ -59,7 +59,7 @@ fn prove(db: &mut Database, client: &dyn ReplicaClient, ctx: &Context) -> Result
     }
     let tip = ctx.rt.block_on(catalog::tip(client, generation, objs))?;
     let (since_snapshot, snapshot_ms, snapshot_bytes) = match objs.snapshots.last() {
-        Some(s) => (objs.segments_since_snapshot() as u32, s.time_ms, s.size),
+        Some(s) => (objs.since_snapshot().0 as u32, s.time_ms, s.size),
         None => (0, now_ms(), 0),
     };
     if tip.page_size != db.page_size() {
@@ -143,7 +143,7 @@ fn prove(db: &mut Database, client: &dyn ReplicaClient, ctx: &Context) -> Result
         carry,
         since_snapshot,
         snapshot_bytes,
-        bytes_since_snapshot: objs.bytes_since_snapshot(),
+        bytes_since_snapshot: objs.since_snapshot().1,
         ..ReplicaState::new(generation, tip.txid, cursor, hashes, snapshot_ms)
     }))
 }
