@@ -188,9 +188,11 @@ fn restart_wal(
     // replica has shipped): the app keeps writing meanwhile, and what is left for the locked
     // step below is only what it appended since — so the app waits on the agent for a short
     // read and a small checkpoint, never for the bulk of the copying and its fsync.
+    let pre = Instant::now();
     if let Err(e) = db.checkpoint(CheckpointMode::Passive) {
         debug!(error = %e.chain(), "checkpoint before the locked step failed");
     }
+    let pre = pre.elapsed();
     // The file keeps its largest size across restarts; past the bound, the space goes back
     // right after the locked step (below). Cutting a file whose pages are still being written
     // back waits for the disk, so flush the log now, without a lock: then the cut is quick,
@@ -209,11 +211,13 @@ fn restart_wal(
     } else {
         None
     };
+    let waited = Instant::now();
     if !db.try_write_lock(wait)? {
         debug!(frames, "write lock busy; checkpoint deferred");
         return Ok((false, false));
     }
     let locked = Instant::now();
+    let waited = waited.elapsed();
     let result = carry_tails_and_checkpoint(db, replicas, ctx);
     // Re-pin while the write lock is still held, so there is never a moment without a reader.
     let pinned = db.pin();
@@ -222,7 +226,14 @@ fn restart_wal(
     let r = result?;
     pinned?;
     released?;
-    debug!(?r, frames, ?held, "checkpoint under the agent's write lock");
+    debug!(
+        ?r,
+        frames,
+        ?held,
+        ?pre,
+        ?waited,
+        "checkpoint under the agent's write lock"
+    );
     let complete = r.is_some_and(|r| !r.busy && r.log_frames == r.checkpointed);
     let mut truncated = false;
     if complete && truncate {

@@ -245,9 +245,19 @@ impl Replicator {
         // Before the pin moves on: a snapshot may be taken once every replica covers the pin,
         // and after `after_ship` the pin is at the newest commit, which a busy writer has
         // already passed again (the replicas would never cover it).
+        let t_ship = now.elapsed();
         report.puts += snapshots::scheduled(&mut self.db, &mut self.replicas, ctx, &self.times);
+        let t_snap = now.elapsed();
         self.checkpoints
             .after_ship(&mut self.db, &mut self.replicas, ctx);
+        // Where a pass's time goes (shipping, a scheduled snapshot, the pin and checkpoint).
+        tracing::debug!(
+            ship = ?t_ship,
+            snapshot = ?t_snap.saturating_sub(t_ship),
+            total = ?now.elapsed(),
+            puts = report.puts,
+            "pass done"
+        );
         self.times.forget_shipped(
             self.replicas
                 .iter()
