@@ -58,8 +58,9 @@ fn prove(db: &mut Database, client: &dyn ReplicaClient, ctx: &Context) -> Result
         return Ok(Phase::NeedsGeneration(Reason::Restored));
     }
     let tip = ctx.rt.block_on(catalog::tip(client, generation, objs))?;
+    let (segments_since, bytes_since_snapshot) = objs.since_snapshot();
     let (since_snapshot, snapshot_ms, snapshot_bytes) = match objs.snapshots.last() {
-        Some(s) => (objs.since_snapshot().0 as u32, s.time_ms, s.size),
+        Some(s) => (segments_since as u32, s.time_ms, s.size),
         None => (0, now_ms(), 0),
     };
     if tip.page_size != db.page_size() {
@@ -143,7 +144,7 @@ fn prove(db: &mut Database, client: &dyn ReplicaClient, ctx: &Context) -> Result
         carry,
         since_snapshot,
         snapshot_bytes,
-        bytes_since_snapshot: objs.since_snapshot().1,
+        bytes_since_snapshot,
         ..ReplicaState::new(generation, tip.txid, cursor, hashes, snapshot_ms)
     }))
 }
