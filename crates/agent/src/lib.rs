@@ -107,7 +107,8 @@ pub struct Options {
     /// returns (default 256 MiB).
     pub max_wal_bytes: u64,
     /// When the WAL file is larger than this after the agent's checkpoint, truncate it with a
-    /// TRUNCATE checkpoint (default 128 MiB). The file otherwise keeps its largest size.
+    /// TRUNCATE checkpoint (default 128 MiB), at most once per 10 s. The file otherwise keeps its
+    /// largest size.
     pub truncate_wal_bytes: u64,
     /// Largest segment read from the WAL, in raw frame bytes (default 64 MiB; a bigger single
     /// transaction still fits in one). A restore holds one segment's frames at a time.
