@@ -216,9 +216,10 @@ impl Database {
         let c = self.pins[next].get(&self.path)?;
         c.execute_batch("BEGIN DEFERRED")
             .map_err(|e| Error::sqlite(&self.path, "begin pin", e))?;
-        if let Err(e) = c.query_row("SELECT count(*) FROM sqlite_schema", [], |r| {
-            r.get::<_, i64>(0)
-        }) {
+        // Any read starts the read transaction; the header cookie is the cheapest (page 1
+        // only, and unlike a query on a table it does not make a new connection read and
+        // parse the schema).
+        if let Err(e) = c.query_row("PRAGMA user_version", [], |r| r.get::<_, i64>(0)) {
             let _ = c.execute_batch("ROLLBACK");
             return Err(Error::sqlite(&self.path, "pin WAL", e));
         }
@@ -459,6 +460,7 @@ impl Database {
     /// reads within the pin's read transaction and so sees exactly the pinned state.
     pub fn for_each_page(&self, mut f: impl FnMut(&[u8]) -> io::Result<()>) -> Result<u32> {
         let c = self.pins[self.active.expect("pinned")].get(&self.path)?;
+        conn::limit_cache(&c);
         crate::files::for_each_dbpage(&c, &self.path, self.page_size, |_, page| {
             f(page).map_err(|e| Error::io("write snapshot", e))
         })
@@ -508,6 +510,8 @@ impl Database {
 }
 
 fn run_checkpoint(c: &Connection, path: &Path, mode: CheckpointMode) -> Result<CheckpointResult> {
+    // The checkpoint pragma reads the schema.
+    conn::limit_cache(c);
     c.query_row(mode.sql(), [], |r| {
         Ok(CheckpointResult {
             busy: r.get::<_, i64>(0)? != 0,

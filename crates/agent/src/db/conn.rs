@@ -56,8 +56,9 @@ impl LockFile {
 
 /// Keeps a connection's own memory small: the agent holds three per database, and a thousand
 /// databases in one agent must fit in tens of megabytes. No lookaside buffer (SQLite's default
-/// gives every connection 48 KiB, all of it touched when the connection opens) and a page
-/// cache of at most 64 KiB (the agent reads pages once, in order, or not at all).
+/// gives every connection 48 KiB, all of it touched when the connection opens) and no page
+/// memory set aside up front; the page cache's bound is [`limit_cache`], set where pages are
+/// read.
 fn small_memory(c: &Connection) {
     static NO_BULK_PAGE_CACHE: std::sync::Once = std::sync::Once::new();
     NO_BULK_PAGE_CACHE.call_once(|| {
@@ -87,6 +88,14 @@ fn small_memory(c: &Connection) {
             0 as std::ffi::c_int,
         );
     }
+}
+
+/// Bounds `c`'s page cache to 64 KiB (the agent reads pages once, in order, or not at all).
+/// Called before a statement that reads the schema or the database's pages (a checkpoint, a
+/// snapshot), not when a connection opens: the pragma itself makes SQLite read and parse the
+/// schema, which the pin (the most often opened connection: once per pass after an idle
+/// spell) never needs.
+pub(super) fn limit_cache(c: &Connection) {
     let _ = c.execute_batch("PRAGMA cache_size=-64;");
 }
 
