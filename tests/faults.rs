@@ -163,20 +163,22 @@ fn resets_and_server_errors_on_a_share_of_requests_lose_nothing() {
 }
 
 /// Packs (see `replica::packing`) while the server acts on every request but loses a share of
-/// the answers: first to DELETEs (a packed segment is deleted, the agent cannot know), then to
-/// PUTs (a pack that landed may be taken for failed, and its segments kept beside it). Whatever
-/// the agent concluded, nothing is lost and every copy agrees with the pack.
+/// the answers: first to the batch deletes (DeleteObjects, a POST: the packed segments are
+/// deleted, the agent cannot know), then to PUTs (a pack that landed may be taken for failed,
+/// and its segments kept beside it). Whatever the agent concluded, nothing is lost and every
+/// copy agrees with the pack.
 #[test]
 fn packs_and_deletions_whose_answers_are_lost_lose_nothing() {
     let sc = Scene::new("packs");
-    let agent = sc.agent(&[]);
+    let per_pack = 16;
+    let agent = sc.agent(&["--pack-segments", &per_pack.to_string()]);
     // A slow writer: a few commits a second, so one small segment a second (the PUT budget),
-    // packed in eights.
+    // packed in sixteens.
     let w = PacedWriter::start(&sc.db, Duration::from_millis(250));
     wait_until("a first pack", Duration::from_secs(60), || {
         !sc.s3.objects("packs", ".lbpack").is_empty()
     });
-    for method in ["DELETE", "PUT"] {
+    for method in ["POST", "PUT"] {
         let before = sc.s3.counts().faulted;
         sc.s3
             .set(Rule::methods(Fault::LoseResponse, &[method]).share(0.5));
@@ -189,15 +191,19 @@ fn packs_and_deletions_whose_answers_are_lost_lose_nothing() {
     });
     let n = w.halt();
     agent.stop_ok();
-    let deletes = sc.s3.counts().requests.get("DELETE").copied().unwrap_or(0);
+    let counts = sc.s3.counts();
+    let batches = counts.requests.get("POST").copied().unwrap_or(0);
+    let packs = sc.s3.objects("packs", ".lbpack").len();
+    let segments = sc.s3.objects("packs", ".lbseg").len();
     eprintln!(
-        "packs through lost answers: {n} commits, {} packs, {} segments left, {deletes} DELETEs",
-        sc.s3.objects("packs", ".lbpack").len(),
-        sc.s3.objects("packs", ".lbseg").len()
+        "packs through lost answers: {n} commits, {packs} packs, {segments} segments left, \
+         {batches} batch deletes"
     );
+    // Each pack replaced 16 segments unless its deletes were lost with the agent none the
+    // wiser; had no delete landed, every pack would have its 16 segments beside it.
     assert!(
-        deletes >= 8,
-        "{deletes} DELETEs: no pack replaced its segments"
+        segments < per_pack * packs,
+        "{segments} segments beside {packs} packs of {per_pack}: no pack replaced its segments"
     );
     sc.restore_and_verify();
 }

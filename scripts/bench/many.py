@@ -48,6 +48,12 @@ def loadavg():
 
 
 def cpu_s(pid):
+    """CPU time of process `pid`, every thread, in seconds: the kernel's per-process CPU clock
+    (nanoseconds; see `proc_cpu_s` in bench.py), else `/proc/PID/stat` (10 ms ticks)."""
+    try:
+        return time.clock_gettime(((~pid) << 3) | 2)
+    except OSError:
+        pass
     with open(f"/proc/{pid}/stat") as f:
         parts = f.read().rsplit(")", 1)[1].split()
     return (int(parts[11]) + int(parts[12])) / CLK_TCK

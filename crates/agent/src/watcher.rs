@@ -244,9 +244,7 @@ impl Pace {
         if let Some(r) = rest {
             std::thread::sleep(r);
         }
-        if file != self.file {
-            self.file = file;
-        }
+        self.file = file;
         self.last = Some(Instant::now());
         rest
     }

@@ -197,7 +197,9 @@ pub fn without_expect(raw: &[u8]) -> Vec<u8> {
 /// A complete S3-style error response.
 pub fn error_response(status: u16, code: &str, message: &str) -> Vec<u8> {
     let reason = match status {
+        400 => "Bad Request",
         500 => "Internal Server Error",
+        501 => "Not Implemented",
         503 => "Service Unavailable",
         _ => "Error",
     };

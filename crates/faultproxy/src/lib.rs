@@ -55,7 +55,8 @@ pub enum Fault {
     /// Hold it for this long, then relay it and answer (if the client is still there): a
     /// request that lands late, possibly after the client gave up or was killed.
     LateForward(Duration),
-    /// Answer with this status (500: `InternalError`, 503: `SlowDown`) without relaying.
+    /// Answer with this status without relaying: 503 is `SlowDown`, 400 `InvalidRequest` (a
+    /// header the server wants is missing), 501 `NotImplemented`, any other `InternalError`.
     ServerError(u16),
     /// Relay it, and cut the answer's body in half (answers with a body only).
     TruncateBody,
@@ -294,13 +295,21 @@ async fn serve(sock: TcpStream, shared: Arc<Shared>) -> std::io::Result<()> {
                 return Ok(());
             }
             Fault::ServerError(code) => {
-                let (name, msg) = if code == 503 {
-                    ("SlowDown", "Please reduce your request rate.")
-                } else {
-                    (
+                let (name, msg) = match code {
+                    503 => ("SlowDown", "Please reduce your request rate."),
+                    // What a server that wants Content-MD5 on DeleteObjects answers.
+                    400 => (
+                        "InvalidRequest",
+                        "Missing required header for this request: Content-Md5.",
+                    ),
+                    501 => (
+                        "NotImplemented",
+                        "A header you provided implies functionality that is not implemented.",
+                    ),
+                    _ => (
                         "InternalError",
                         "We encountered an internal error. Please try again.",
-                    )
+                    ),
                 };
                 client
                     .get_mut()

@@ -15,6 +15,8 @@
 
 use std::ops::Range;
 use std::path::Path;
+use std::sync::atomic::AtomicBool;
+use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -46,6 +48,8 @@ pub struct S3Client {
     pub(crate) cfg: S3Config,
     /// The region requests are signed for.
     region: String,
+    /// The server refused a DeleteObjects request for good: delete one key per request.
+    pub(crate) batch_delete_refused: Arc<AtomicBool>,
 }
 
 impl std::fmt::Debug for S3Client {
@@ -115,6 +119,7 @@ impl S3Client {
             client: Client::from_conf(conf),
             cfg,
             region,
+            batch_delete_refused: Arc::default(),
         })
     }
 
@@ -491,6 +496,10 @@ impl ReplicaClient for S3Client {
             Ok(_) | Err(Error::NotFound { .. }) => Ok(()),
             Err(e) => Err(e),
         }
+    }
+
+    async fn delete_many(&self, keys: &[String]) -> Vec<Result<()>> {
+        self.delete_batches(keys).await
     }
 
     async fn abort_stale_uploads(&self, older_than: std::time::Duration) -> Result<usize> {

@@ -15,7 +15,8 @@
 //!
 //! Layout: `config` parses URLs and holds the timeouts; `client` is the [`S3Client`] and its
 //! create-only writes; `conditional` the lease's conditional writes; `download` the resumable
-//! GETs; `multipart` large uploads and the clean-up of stale ones; `error` maps S3 failures
+//! GETs; `multipart` large uploads and the clean-up of stale ones; `delete` batch deletes
+//! (DeleteObjects, one key per request where a server refuses it); `error` maps S3 failures
 //! onto the storage errors (what is transient, which set-up mistake, what to tell the user);
 //! `testing` runs `moto_server`.
 //!
@@ -34,6 +35,7 @@
 mod client;
 mod conditional;
 mod config;
+mod delete;
 mod download;
 mod error;
 mod multipart;

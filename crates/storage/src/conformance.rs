@@ -130,6 +130,31 @@ pub async fn check(client: &dyn ReplicaClient) {
         client.get(&k("dir/b")).await,
         Err(Error::NotFound { .. })
     ));
+    // Several at once: one answer per key, in order; a missing key is deleted all the same;
+    // nothing outside the list is touched.
+    assert!(client.delete_many(&[]).await.is_empty());
+    let many = [k("dir/a"), k("missing"), k("dir/bin"), k("dir/b")];
+    let answers = client.delete_many(&many).await;
+    assert_eq!(
+        answers.len(),
+        many.len(),
+        "delete_many answers for each key"
+    );
+    for (key, r) in many.iter().zip(&answers) {
+        assert!(r.is_ok(), "delete_many of {key}: {r:?}");
+    }
+    let keys: Vec<_> = client
+        .list(&p)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|o| o.key)
+        .collect();
+    assert_eq!(
+        keys,
+        [k("dir/file"), k("dirx"), k("empty")],
+        "delete_many deletes exactly the keys it is given"
+    );
     for o in client.list(&p).await.unwrap() {
         client.delete(&o.key).await.unwrap();
     }

@@ -20,9 +20,9 @@ pub struct RequestCounts {
     pub get: AtomicU64,
     /// `list` and `abort_stale_uploads` (one call may be several paginated requests).
     pub list: AtomicU64,
-    /// `delete` and `delete_if_match`.
+    /// `delete`, `delete_many` and `delete_if_match`.
     pub delete: AtomicU64,
-    /// Calls that returned an error.
+    /// Calls that returned an error (a `delete_many` that failed for any key counts once).
     pub failed: AtomicU64,
 }
 
@@ -109,6 +109,15 @@ impl ReplicaClient for Counting {
     async fn delete(&self, key: &str) -> Result<()> {
         let r = self.inner.delete(key).await;
         self.count(&self.counts.delete, r)
+    }
+
+    async fn delete_many(&self, keys: &[String]) -> Vec<Result<()>> {
+        let r = self.inner.delete_many(keys).await;
+        self.counts.delete.fetch_add(1, Ordering::Relaxed);
+        if r.iter().any(|r| r.is_err()) {
+            self.counts.failed.fetch_add(1, Ordering::Relaxed);
+        }
+        r
     }
 
     async fn abort_stale_uploads(&self, older_than: std::time::Duration) -> Result<usize> {

@@ -131,6 +131,16 @@ pub trait ReplicaClient: Send + Sync + Debug + 'static {
     /// Deletes the object; deleting a missing object succeeds.
     async fn delete(&self, key: &str) -> Result<()>;
 
+    /// Deletes each of `keys` (a missing object succeeds) and answers for each, in the same
+    /// order: one key's failure never hides another's outcome.
+    ///
+    /// The default sends the deletions together, one [`delete`](Self::delete) per key. S3 sends
+    /// one request per thousand keys (DeleteObjects), and falls back to one per key on a server
+    /// that refuses that request.
+    async fn delete_many(&self, keys: &[String]) -> Vec<Result<()>> {
+        futures::future::join_all(keys.iter().map(|k| self.delete(k))).await
+    }
+
     /// Removes what interrupted writes left behind that was started more than `older_than`
     /// ago (S3: multipart uploads under the replica's prefix, aborted; a folder: temporary
     /// files), and returns how many. Never touches an object. Best effort, for the agent to call

@@ -106,6 +106,11 @@ impl ReplicaClient for Prefixed {
         self.inner.delete(&self.key(key)).await
     }
 
+    async fn delete_many(&self, keys: &[String]) -> Vec<Result<()>> {
+        let full: Vec<String> = keys.iter().map(|k| self.key(k)).collect();
+        self.inner.delete_many(&full).await
+    }
+
     async fn abort_stale_uploads(&self, older_than: Duration) -> Result<usize> {
         // Interrupted uploads are found under the whole replica; cleaning them for one database
         // cleans them for all, which is harmless (only writes older than `older_than`).

@@ -190,12 +190,11 @@ pub(crate) fn upload(
         warn!(key = %pack.key, error = %e, "could not store a pack of segments; they stay as they are (a restore reads them one by one)");
         return Packed::Failed;
     }
-    // The deletions go out together (one round trip, not sixteen), each answered on its
-    // own.
+    // The deletions go out together (on S3 one DeleteObjects request, not sixteen), each
+    // answered on its own.
     let deleted = crate::lease::may_write(ctx).and_then(|()| {
         crate::upload::bounded(ctx, wal, async {
-            let each = pack.originals.iter().map(|key| client.delete(key));
-            Ok(futures::future::join_all(each).await)
+            Ok(client.delete_many(&pack.originals).await)
         })
     });
     let results = match deleted {
