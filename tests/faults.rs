@@ -208,6 +208,47 @@ fn packs_and_deletions_whose_answers_are_lost_lose_nothing() {
     sc.restore_and_verify();
 }
 
+/// A store that refuses DeleteObjects (as MinIO before 2025 does without `Content-MD5`): the
+/// first pack's batch delete is refused, its segments are deleted one DELETE each, and no batch
+/// is sent again; with a live writer, every pack still replaces its segments and nothing is lost.
+#[test]
+fn a_store_that_refuses_batch_deletes_gets_one_delete_per_packed_segment() {
+    let sc = Scene::new("no-batch");
+    sc.s3.set(Rule::methods(Fault::ServerError(400), &["POST"]));
+    let per_pack: u64 = 4;
+    let agent = sc.agent(&["--pack-segments", &per_pack.to_string()]);
+    let w = PacedWriter::start(&sc.db, Duration::from_millis(250));
+    wait_until(
+        "three packs' segments deleted",
+        Duration::from_secs(90),
+        || sc.s3.counts().requests.get("DELETE").copied().unwrap_or(0) >= 3 * per_pack,
+    );
+    let n = w.halt();
+    agent.stop_ok();
+    let counts = sc.s3.counts();
+    let packs = sc.s3.objects("no-batch", ".lbpack").len() as u64;
+    let segments = sc.s3.objects("no-batch", ".lbseg").len() as u64;
+    eprintln!(
+        "batch deletes refused: {n} commits, {packs} packs, {segments} segments left, requests {:?}",
+        counts.requests
+    );
+    assert_eq!(
+        counts.requests.get("POST").copied().unwrap_or(0),
+        1,
+        "one refused batch, then no more"
+    );
+    assert!(
+        segments < per_pack * packs,
+        "{segments} segments beside {packs} packs of {per_pack}: the packs' segments were not deleted"
+    );
+    let log = std::fs::read_to_string(sc.dir.path().join("agent.log")).unwrap();
+    assert!(
+        log.contains("refuses DeleteObjects"),
+        "the agent's log says why it deletes one by one:\n{log}"
+    );
+    sc.restore_and_verify();
+}
+
 /// Answers delayed past the client's timeout while the server completes each request (late
 /// landing), then on time again.
 #[test]
